@@ -1,0 +1,142 @@
+"""Typed records that flow between changeflow's transforms.
+
+All records are immutable NamedTuples of plain values (str, int, bytes,
+Decimal, tuples), so Beam's deterministic pickling coder can key state on them
+and a record printed in a dead letter reads back as it was.
+
+Versions are fixed-width strings that sort in source order (see
+:func:`audit_version`): comparing two versions of one row is a string compare,
+whatever source produced them.
+"""
+
+import enum
+from typing import Any, NamedTuple, Optional, Tuple
+
+__all__ = [
+    'SourceRecord', 'LogEvent', 'AuditEvent', 'OpKind', 'RowOp', 'Change',
+    'DeadLetter', 'FULL_ROW_KINDS', 'audit_version',
+]
+
+
+class SourceRecord(NamedTuple):
+    """One raw record as a source delivered it (a Kinesis record, a Firehose
+    gzip member): the bytes still compressed, plus where it came from."""
+    data: bytes
+    source: str            # stream name or file path
+    shard: str             # shard id, or '' for files
+    sequence: str          # sequence number, or the member/line index in a file
+    arrival_ms: int        # ApproximateArrivalTimestamp, 0 when unknown
+
+    @property
+    def position(self) -> str:
+        return f'{self.source}/{self.shard}/{self.sequence}' if self.shard else (
+            f'{self.source}#{self.sequence}')
+
+
+class LogEvent(NamedTuple):
+    """One CloudWatch Logs event (one audit line) and its provenance."""
+    message: str
+    log_group: str
+    log_stream: str
+    event_id: str
+    timestamp_ms: int
+    position: str          # the SourceRecord position plus '@<index in logEvents>'
+
+
+class AuditEvent(NamedTuple):
+    """One parsed server_audit line.
+
+    ``object`` is unescaped: for QUERY it is the SQL text, for TABLE events
+    (READ, WRITE, ...) the table name. ``retcode`` is None where the plugin
+    writes it empty (TABLE events).
+    """
+    timestamp_us: int      # UTC epoch microseconds (local-time logs are read as UTC)
+    serverhost: str
+    username: str
+    host: str
+    connection_id: int
+    query_id: int
+    operation: str         # QUERY, CONNECT, DISCONNECT, FAILED_CONNECT, READ, WRITE, ...
+    database: str
+    object: str
+    retcode: Optional[int]
+    position: str
+    line: str              # the line as logged, for dead letters
+
+
+class OpKind(str, enum.Enum):
+    """What one statement did to one row."""
+    INSERT = 'insert'                # row did not exist; now holds values
+    REPLACE = 'replace'              # row now holds values, whatever it held
+    INSERT_IGNORE = 'insert_ignore'  # values only if the row does not exist
+    UPSERT = 'upsert'                # INSERT .. ON DUPLICATE KEY UPDATE
+    UPDATE = 'update'                # assignments on the existing row, if any
+    DELETE = 'delete'
+    TRUNCATE = 'truncate'            # every row of the table (key is ())
+
+
+# Kinds after which the row's state does not depend on what came before.
+FULL_ROW_KINDS = frozenset({OpKind.INSERT, OpKind.REPLACE, OpKind.DELETE})
+
+
+class RowOp(NamedTuple):
+    """One statement's effect on one row.
+
+    ``values``: column -> literal value, for INSERT/REPLACE/INSERT_IGNORE/UPSERT
+    (the row written when it is inserted). Columns not named take the target's
+    defaults. ``assignments``: column -> expression (see
+    :mod:`changeflow.expressions`), for UPDATE and the ON DUPLICATE KEY UPDATE
+    part of UPSERT, evaluated left to right against the current row as MySQL
+    does. Both are tuples of pairs so the record hashes and pickles
+    deterministically.
+    """
+    kind: OpKind
+    version: str
+    values: Tuple[Tuple[str, Any], ...] = ()
+    assignments: Tuple[Tuple[str, Any], ...] = ()
+    position: str = ''
+
+
+class Change(NamedTuple):
+    """Everything known to happen to one row, in version order.
+
+    Produced one per statement and row by the SQL stage (``ops`` of length 1)
+    and coalesced per (table, key) and window into as few ops as keep the
+    result exact. A sink applies the ops whose version is newer than the one it
+    recorded for the row, in order.
+    """
+    table: str             # source table, 'database.table'
+    key: Tuple[Any, ...]   # primary-key values in the configured key order; () for TRUNCATE
+    ops: Tuple[RowOp, ...]
+    event_time_us: int     # time of the newest op at the source
+
+    @property
+    def version(self) -> str:
+        return self.ops[-1].version
+
+    @property
+    def first_version(self) -> str:
+        return self.ops[0].version
+
+
+class DeadLetter(NamedTuple):
+    """A record that could not be processed, with everything needed to replay it."""
+    step: str              # the transform that rejected it, e.g. 'decode', 'parse_audit'
+    reason: str            # short machine-readable class, e.g. 'bad-gzip', 'needs-lookup'
+    detail: str            # human-readable explanation
+    original: bytes        # the bytes as received (a record, a log line, ...)
+    position: str          # source position of the original
+    time_us: int           # when it was rejected (processing time)
+
+
+def audit_version(first_touch_us: int, first_query_id: int, query_id: int, seq: int) -> str:
+    """Version of one audit-log change to one row.
+
+    A transaction holds a row's lock from its first write to the row until it
+    ends, so two transactions' writes to one row are ordered by when each first
+    touched it: the logged time of that statement (whole seconds, or
+    microseconds on Aurora), then its query id. Within a transaction the
+    statement's own query id orders the writes, then the row's place in a
+    multi-row statement.
+    """
+    return f'{first_touch_us:017d}.{first_query_id:020d}.{query_id:020d}.{seq:06d}'

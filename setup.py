@@ -1,0 +1,32 @@
+"""Installs changeflow; usable as Beam's --setup_file on Dataflow/Flink workers."""
+
+import setuptools
+
+setuptools.setup(
+    name='changeflow',
+    version='0.1.0',
+    description='Apache Beam pipelines that turn database change streams into '
+                'replicas, Parquet backups and notifications.',
+    packages=setuptools.find_packages(include=['changeflow', 'changeflow.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'apache-beam>=2.77.0,<2.78',
+        'boto3>=1.34,<2',
+        'orjson>=3.9,<4',
+        'pyarrow>=14,<26',
+        'PyYAML>=6,<7',
+        'sqlalchemy>=2.0,<2.2',
+        'sqlglot>=30,<31',
+    ],
+    extras_require={
+        'mysql': ['pymysql>=1.1,<2'],
+        'postgres': ['psycopg2-binary>=2.9,<3'],
+        'test': [
+            'pytest>=8,<10',
+            'moto[server]>=5.2,<6',
+            'pymysql>=1.1,<2',
+            'psycopg2-binary>=2.9,<3',
+        ],
+    },
+    entry_points={'console_scripts': ['changeflow=changeflow.cli:main']},
+)
