@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 __all__ = [
     'SourceRecord', 'LogEvent', 'AuditEvent', 'OpKind', 'RowOp', 'Change',
-    'DeadLetter', 'FULL_ROW_KINDS', 'audit_version',
+    'DeadLetter', 'FULL_ROW_KINDS', 'audit_version', 'DEAD_LETTER_TAG', 'dead_letter',
 ]
 
 
@@ -140,3 +140,14 @@ def audit_version(first_touch_us: int, first_query_id: int, query_id: int, seq: 
     multi-row statement.
     """
     return f'{first_touch_us:017d}.{first_query_id:020d}.{query_id:020d}.{seq:06d}'
+
+
+DEAD_LETTER_TAG = 'dead_letter'
+
+
+def dead_letter(step: str, reason: str, detail: str, original, position: str) -> DeadLetter:
+    """A DeadLetter stamped now; ``original`` may be str (encoded as UTF-8) or bytes."""
+    import time
+    if isinstance(original, str):
+        original = original.encode('utf-8', 'surrogateescape')
+    return DeadLetter(step, reason, detail, bytes(original), position, time.time_ns() // 1000)
