@@ -1,0 +1,46 @@
+"""Fans coalesced changes out to independent sink branches."""
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+__all__ = ['DATABASE', 'PARQUET', 'NOTIFY', 'BRANCHES', 'RouteChanges']
+
+DATABASE = 'database'
+PARQUET = 'parquet'
+NOTIFY = 'notify'
+BRANCHES = (DATABASE, PARQUET, NOTIFY)
+
+
+class _RouteFn(beam.DoFn):
+    def __init__(self, branches):
+        self._branches = branches
+        self._routed = {b: Metrics.counter('changeflow.route', f'to_{b}') for b in branches}
+
+    def process(self, change):
+        for branch in self._branches:
+            self._routed[branch].inc()
+            yield TaggedOutput(branch, change)
+
+
+class RouteChanges(beam.PTransform):
+    """PCollection[Change] -> one tagged output per branch.
+
+    Each branch starts with a Reshuffle, so the runner does not fuse the sinks
+    into one stage: a sink whose bundle fails and is retried re-runs alone,
+    never the others (no duplicate notifications because a backup failed).
+    The sinks themselves catch their own errors into dead letters.
+    """
+
+    def __init__(self, branches):
+        super().__init__()
+        unknown = sorted(set(branches) - set(BRANCHES))
+        if unknown:
+            raise ValueError(f'unknown branch(es) {unknown}; known: {list(BRANCHES)}')
+        self._branches = tuple(branches)
+
+    def expand(self, changes):
+        routed = changes | 'Route' >> beam.ParDo(_RouteFn(self._branches)).with_outputs(
+            *self._branches)
+        return {branch: routed[branch] | f'Isolate_{branch}' >> beam.Reshuffle()
+                for branch in self._branches}
