@@ -74,14 +74,25 @@ class Translation(NamedTuple):
 
 # --- literal masking ---------------------------------------------------------
 
+# One match per literal: a possessive run skips everything that cannot start
+# one (words, `identifiers`, punctuation), then a literal or comment is taken.
+# A word directly followed by a quote (x'41', b'01', _utf8mb4'a') is not
+# skipped, so its literal is seen.
 _TOKEN = re.compile(r"""
-    (?P<hex>[xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++\b)
-  | (?P<bit>[bB]'[01]*+')
-  | (?P<str>'(?:[^'\\]++|\\.|'')*+')
-  | (?P<dq>"(?:[^"\\]++|\\.|"")*+")
-  | (?P<ident>`(?:[^`]++|``)*+`)
-  | (?P<comment>/\*.*?\*/|--[ \t][^\n]*+|\#[^\n]*+)
-  | (?P<num>(?<![\w$.@:])(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?(?![\w$]))
+    (?:[A-Za-z_$][\w$]*+(?!['"])
+     | `(?:[^`]++|``)*+`
+     | [^\w$'"`#/\-]++
+     | -(?!-[ \t])
+     | /(?!\*)
+    )*+
+    (?:
+      (?P<hex>[xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++)
+    | (?P<bit>[bB]'[01]*+')
+    | (?P<str>'(?:[^'\\]++|\\.|'')*+')
+    | (?P<dq>"(?:[^"\\]++|\\.|"")*+")
+    | (?P<comment>/\*.*?\*/|--[ \t][^\n]*+|\#[^\n]*+)
+    | (?P<num>(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?(?![\w$]))
+    )
 """, re.S | re.X)
 
 _ESCAPES = {'0': '\0', "'": "'", '"': '"', 'b': '\b', 'n': '\n', 'r': '\r',
@@ -118,15 +129,13 @@ def mask_literals(sql: str) -> Tuple[str, List[Any]]:
     last = 0
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
-        if kind == 'ident':
-            continue
-        start, end = match.span()
+        start, end = match.span(kind)
         parts.append(sql[last:start])
         last = end
         if kind == 'comment':
             parts.append(' ')
             continue
-        text = match.group()
+        text = match.group(kind)
         if kind == 'str':
             value = unescape_mysql_string(text[1:-1])
         elif kind == 'num':
