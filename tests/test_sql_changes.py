@@ -20,7 +20,7 @@ def changes_of(translator, sql, database='shop'):
 def test_mask_literals_masks_strings_numbers_and_drops_comments():
     shape, params = mask_literals(
         "INSERT INTO `t 1` (a, b2, c) VALUES ('it\\'s, \"x\"', -1.50, 0x4142) /* app */")
-    assert shape == 'INSERT INTO `t 1` (a, b2, c) VALUES (:p0, -:p1, :p2)  '
+    assert shape == 'INSERT INTO `t 1` (a, b2, c) VALUES (\0, -\0, \0)  '
     assert params == ['it\'s, "x"', decimal.Decimal('1.50'), b'AB']
 
 
@@ -120,6 +120,13 @@ def test_qualified_names_and_backticks(translator):
 def test_insert_without_column_list_uses_declared_order(translator):
     (change,) = changes_of(translator, "INSERT INTO notes VALUES (5, 'five')")
     assert change.values == (('id', 5), ('body', 'five'))
+
+
+def test_comments_do_not_make_new_shapes(translator):
+    for i in range(5):
+        translator.translate(f"/* request_id={i} */ DELETE FROM notes WHERE id = {i} -- by job {i}",
+                             'shop')
+    assert translator.shapes_compiled == 1
 
 
 def test_one_parse_per_shape(translator):

@@ -23,6 +23,7 @@ statements are classified and skipped.
 
 import decimal
 import logging
+import operator
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -74,26 +75,28 @@ class Translation(NamedTuple):
 
 # --- literal masking ---------------------------------------------------------
 
-# One match per literal: a possessive run skips everything that cannot start
-# one (words, `identifiers`, punctuation), then a literal or comment is taken.
-# A word directly followed by a quote (x'41', b'01', _utf8mb4'a') is not
-# skipped, so its literal is seen.
+# One match per literal or comment: a possessive run skips everything that
+# cannot start one (words, `identifiers`, punctuation), then the literal is
+# captured. A word directly followed by a quote (x'41', b'01', _utf8mb4'a') is
+# not skipped, so its literal is seen. ``split`` returns, per match: the text
+# before it (empty), the skipped run, then one group per literal kind.
 _TOKEN = re.compile(r"""
-    (?:[A-Za-z_$][\w$]*+(?!['"])
+    ((?:[A-Za-z_$][\w$]*+(?!['"])
      | `(?:[^`]++|``)*+`
      | [^\w$'"`#/\-]++
      | -(?!-[ \t])
      | /(?!\*)
-    )*+
+    )*+)
     (?:
-      (?P<hex>[xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++)
-    | (?P<bit>[bB]'[01]*+')
-    | (?P<str>'(?:[^'\\]++|\\.|'')*+')
-    | (?P<dq>"(?:[^"\\]++|\\.|"")*+")
-    | (?P<comment>/\*.*?\*/|--[ \t][^\n]*+|\#[^\n]*+)
-    | (?P<num>(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?(?![\w$]))
+      '((?:[^'\\]++|\\.|'')*+)'
+    | (\d++)(?![\w$.eE])
+    | ((?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?)(?![\w$])
+    | (/\*.*?\*/|--[ \t][^\n]*+|\#[^\n]*+)
+    | ([xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++|[bB]'[01]*+'|"(?:[^"\\]++|\\.|"")*+")
     )
 """, re.S | re.X)
+_GROUPS = 7  # split() pieces per match: before, skipped, str, int, number, comment, other
+MARKER = '\0'  # stands for a literal in a shape; NUL cannot occur in SQL outside a literal
 
 _ESCAPES = {'0': '\0', "'": "'", '"': '"', 'b': '\b', 'n': '\n', 'r': '\r',
             't': '\t', 'Z': '\x1a', '\\': '\\', '%': '\\%', '_': '\\_'}
@@ -121,37 +124,49 @@ def _number(text: str):
     return int(text)
 
 
+def _other_literal(text: str):
+    if text[0] == '"':
+        return unescape_mysql_string(text[1:-1], '"')
+    if text[0] == '0':
+        return bytes.fromhex(text[2:])
+    if text[0] in 'xX':
+        return bytes.fromhex(text[2:-1])
+    return int(text[2:-1] or '0', 2)
+
+
 def mask_literals(sql: str) -> Tuple[str, List[Any]]:
     """(shape, literal values): the statement with each literal replaced by
-    ``:pN`` and comments dropped, and the literals' Python values in order."""
-    parts = []
+    :data:`MARKER` and comments by a space, and the literals' values in order."""
+    pieces = _TOKEN.split(sql)
+    if len(pieces) == 1:
+        return sql, []
+    shape = []
     params: List[Any] = []
-    last = 0
-    for match in _TOKEN.finditer(sql):
-        kind = match.lastgroup
-        start, end = match.span(kind)
-        parts.append(sql[last:start])
-        last = end
-        if kind == 'comment':
-            parts.append(' ')
+    for i in range(0, len(pieces) - 1, _GROUPS):
+        shape.append(pieces[i])
+        shape.append(pieces[i + 1])
+        text = pieces[i + 2]
+        if text is not None:
+            params.append(text if '\\' not in text and "''" not in text
+                          else unescape_mysql_string(text))
+        elif pieces[i + 3] is not None:
+            params.append(int(pieces[i + 3]))
+        elif pieces[i + 4] is not None:
+            params.append(_number(pieces[i + 4]))
+        elif pieces[i + 5] is not None:
+            shape.append(' ')
             continue
-        text = match.group(kind)
-        if kind == 'str':
-            value = unescape_mysql_string(text[1:-1])
-        elif kind == 'num':
-            value = _number(text)
-        elif kind == 'dq':
-            value = unescape_mysql_string(text[1:-1], '"')
-        elif kind == 'hex':
-            value = bytes.fromhex(text[2:] if text[0] == '0' else text[2:-1])
         else:
-            value = int(text[2:-1] or '0', 2)
-        parts.append(f':p{len(params)}')
-        params.append(value)
-    if not params and last == 0:
-        return sql, params
-    parts.append(sql[last:])
-    return ''.join(parts), params
+            params.append(_other_literal(pieces[i + 6]))
+        shape.append(MARKER)
+    shape.append(pieces[-1])
+    return ''.join(shape), params
+
+
+def _numbered(shape: str) -> str:
+    """The shape as sqlglot parses it: markers become :p0, :p1, ..."""
+    parts = shape.split(MARKER)
+    return ''.join(part + (f':p{i}' if i < len(parts) - 1 else '') for i, part in enumerate(parts))
 
 
 # --- plans -------------------------------------------------------------------
@@ -376,15 +391,24 @@ class _Compiler:
                         raise _needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
                     assignments.append((column, self.expr(eq.expression, values)))
             rows.append((values, tuple(assignments)))
-        key = spec.key
+        # Every row names the same columns (DEFAULT aside), so key positions
+        # are those of the first row; a row that differs is checked here.
+        first = list(rows[0][0])
+        if any(list(values) != first for values, _ in rows):
+            raise SqlChangeError('unsupported-sql', 'DEFAULT in some VALUES rows but not others')
+        key_positions = [first.index(k) for k in spec.key]
+        compiled = [(tuple(values), _values_binder(list(values.values())),
+                     tuple((c, _binder(t)) for c, t in assignments)) for values, assignments in rows]
+        source_table = spec.source
 
         def plan(params):
             changes = []
-            for values, assignments in rows:
-                bound = {c: _bind_value(t, params) for c, t in values.items()}
+            for columns_, bind_values, assignments in compiled:
+                bound = bind_values(params)
                 changes.append(RowChange(
-                    spec.source, tuple(bound[k] for k in key), kind, tuple(bound.items()),
-                    tuple((c, _bind(t, params)) for c, t in assignments)))
+                    source_table, tuple(bound[i] for i in key_positions), kind,
+                    tuple(zip(columns_, bound)),
+                    tuple((c, bind(params)) for c, bind in assignments)))
             return Translation(tuple(changes))
         return plan
 
@@ -417,18 +441,20 @@ class _Compiler:
     def _keyed_plan(spec, pins, kind, assignments):
         key_templates = [pins[k] for k in spec.key]
 
+        key_binders = [[_value_binder(t) for t in pins[k]] for k in spec.key]
+        assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
+        source_table = spec.source
+
         def plan(params):
             keys = [()]
-            for candidates in key_templates:
-                keys = [k + (_bind_value(t, params),) for k in keys for t in candidates]
-            bound = tuple((c, _bind(t, params)) for c, t in assignments)
-            seen = set()
-            changes = []
-            for key in keys:
-                if key not in seen:  # `IN (1, 1)` touches the row once
-                    seen.add(key)
-                    changes.append(RowChange(spec.source, key, kind, (), bound))
-            return Translation(tuple(changes))
+            for candidates in key_binders:
+                keys = [k + (bind(params),) for k in keys for bind in candidates]
+            bound = tuple((c, bind(params)) for c, bind in assignment_binders)
+            if len(keys) == 1:
+                return Translation((RowChange(source_table, keys[0], kind, (), bound),))
+            # `IN (1, 1)` touches the row once
+            return Translation(tuple(RowChange(source_table, key, kind, (), bound)
+                                     for key in dict.fromkeys(keys)))
         return plan
 
 
@@ -449,29 +475,61 @@ def _reads_columns(template: tuple) -> bool:
     return any(_reads_columns(arg) for arg in template[2])
 
 
-def _bind(template: tuple, params: Sequence[Any]) -> tuple:
-    """An expressions.py expression: params replaced by literals, constants folded."""
+def _has_params(template: tuple) -> bool:
     tag = template[0]
     if tag == 'param':
-        return ('lit', params[template[1]])
+        return True
     if tag in ('lit', 'col'):
-        return template
+        return False
     if tag == 'neg':
-        bound = ('neg', _bind(template[1], params))
+        return _has_params(template[1])
+    if tag == 'bin':
+        return _has_params(template[2]) or _has_params(template[3])
+    return any(_has_params(arg) for arg in template[2])
+
+
+def _binder(template: tuple) -> Callable[[Sequence[Any]], tuple]:
+    """Compiles a template into params -> expressions.py expression, folding it
+    to a literal where it reads no column. Runs once per shape."""
+    tag = template[0]
+    if tag == 'param':
+        index = template[1]
+        return lambda params: ('lit', params[index])
+    if not _has_params(template):
+        constant = template if _reads_columns(template) else substitute(template, {})
+        return lambda params: constant
+    if tag == 'neg':
+        inner = _binder(template[1])
+        build = lambda params: ('neg', inner(params))  # noqa: E731
     elif tag == 'bin':
-        bound = ('bin', template[1], _bind(template[2], params), _bind(template[3], params))
+        op, left, right = template[1], _binder(template[2]), _binder(template[3])
+        build = lambda params: ('bin', op, left(params), right(params))  # noqa: E731
     else:
-        bound = ('fn', template[1], tuple(_bind(a, params) for a in template[2]))
-    return substitute(bound, {})
+        name, args = template[1], [_binder(arg) for arg in template[2]]
+        build = lambda params: ('fn', name, tuple(a(params) for a in args))  # noqa: E731
+    if _reads_columns(template):
+        return build
+    return lambda params: substitute(build(params), {})
 
 
-def _bind_value(template: tuple, params: Sequence[Any]) -> Any:
+def _value_binder(template: tuple) -> Callable[[Sequence[Any]], Any]:
+    """params -> the literal value of a template that reads no column."""
     if template[0] == 'param':
-        return params[template[1]]
-    bound = _bind(template, params)
-    if bound[0] != 'lit':
-        raise _needs_lookup('value depends on the row')
-    return bound[1]
+        return operator.itemgetter(template[1])
+    bind = _binder(template)
+    return lambda params: bind(params)[1]
+
+
+def _values_binder(templates: List[tuple]) -> Callable[[Sequence[Any]], Tuple[Any, ...]]:
+    """params -> the tuple of values of a VALUES row; one C call when every
+    value is a plain literal, as it almost always is."""
+    if templates and all(t[0] == 'param' for t in templates):
+        getter = operator.itemgetter(*(t[1] for t in templates))
+        if len(templates) == 1:
+            return lambda params: (getter(params),)
+        return getter
+    binders = [_value_binder(t) for t in templates]
+    return lambda params: tuple(bind(params) for bind in binders)
 
 
 _REPLACE_HEAD = re.compile(r'^\s*REPLACE\b', re.I)
@@ -479,6 +537,7 @@ _REPLACE_HEAD = re.compile(r'^\s*REPLACE\b', re.I)
 
 def _parse(shape: str):
     """sqlglot AST of a statement shape; REPLACE parses as INSERT, marked."""
+    shape = _numbered(shape)
     replace = _REPLACE_HEAD.match(shape)
     text = shape[:replace.start()] + 'INSERT' + shape[replace.end():] if replace else shape
     try:
