@@ -1,0 +1,387 @@
+"""Notifications about Changes, routed by rules to JSON-lines files or stdout.
+
+A rule (as the YAML configuration gives it)::
+
+    {'to': 'file:/var/changeflow/orders.jsonl',
+     'when': {'table': 'shop.orders', 'op': ['insert', 'delete']}}
+
+``to`` is ``scheme:address``: ``file:PATH`` (JSON lines) or ``stdout``. More
+targets (SNS, SQS, a Slack webhook) plug in as :class:`NotificationWriter`
+subclasses registered in :data:`WRITERS` under their scheme, with the same
+rule shape.
+
+``when`` (optional, every key optional): ``table`` is a 'database.table' name
+or an ``fnmatch`` pattern ('shop.*'); ``op`` one OpKind value or a list of
+them. A Change matches when its table matches and *any* of its ops is of a
+listed kind. Kinds match exactly: a rule for 'insert' does not fire on
+'replace', 'upsert' or 'insert_ignore', nor one for 'update' on 'upsert',
+because from the change stream alone one cannot tell whether such a statement
+inserted, updated or did nothing (that needs the replica's prior state); list
+those kinds to be told about them.
+
+Each matching (rule target, Change) gives one JSON object::
+
+    {"id": "...", "table": "shop.orders", "key": [1, 7], "op": "update",
+     "version": "...", "event_time": "2026-11-22T14:16:18.000000Z",
+     "values": {"status": "paid", "card": "***"}}
+
+``op`` and ``version`` are the Change's last op's; ``values`` the literal
+values that op writes (see :func:`changeflow.io.parquet.op_columns`: an
+UPDATE's literal assignments, an insert's or UPSERT's inserted values; computed
+assignments are left out), rendered by
+:func:`changeflow.io.dead_letter.json_value` (Decimal as text, bytes base64).
+Columns in the TableSpec's ``redact``, values and key parts alike, read
+``"***"``. ``id`` is a hash of (rule target, table, key, version): two rules
+with the same target send one notification.
+
+Delivery: ``file:`` appends a line per notification whose ``id`` is not yet in
+the file. The ids in the file are read when the DoFn is set up, and again
+(what was appended since) before every append, under an exclusive ``fcntl``
+lock on the file; so re-running the same input, or several workers of one
+machine, leave one line per id. The file must be on a local filesystem shared
+by the workers that write it (a local or single-machine run).
+``stdout`` prints every notification and is not idempotent: a re-run prints
+again.
+
+Runner support: any runner; writes are buffered per bundle (at most
+``batch_size`` per target) and flushed before the bundle ends.
+"""
+
+import fcntl
+import fnmatch
+import hashlib
+import logging
+import os
+import sys
+from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from changeflow.config import TableSpec
+from changeflow.io.dead_letter import iso_utc, json_value
+from changeflow.io.parquet import op_columns
+from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+
+__all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
+           'StdoutWriter', 'WRITERS', 'REDACTED']
+
+_STEP = 'write_notify'
+_LOG = logging.getLogger(__name__)
+REDACTED = '***'
+
+
+class NotificationWriter:
+    """Delivers notification lines to one target (``scheme:address``).
+
+    One instance per target and DoFn instance: :meth:`open` in the DoFn's
+    setup, :meth:`write` when a buffer is flushed, :meth:`close` at teardown.
+    """
+
+    def __init__(self, address: str):
+        """Checks ``address``; raises ValueError naming it when unusable."""
+        self.address = address
+
+    def open(self) -> None:
+        """Connects. If it raises, it is called again before each write until
+        it succeeds; the notifications meanwhile are dead-lettered."""
+
+    def write(self, batch: Sequence[Tuple[str, bytes]]) -> Set[str]:
+        """Delivers (id, JSON line) pairs; returns the ids actually written
+        (the others were already delivered). Raises if nothing is known to be
+        written."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Releases what :meth:`open` acquired."""
+
+
+class JsonLinesFileWriter(NotificationWriter):
+    """``file:PATH``: appends JSON lines whose id is not yet in the file."""
+
+    def __init__(self, address: str):
+        super().__init__(address)
+        if not address:
+            raise ValueError("a 'file:' target needs a path, as in 'file:/tmp/notes.jsonl'")
+        self._file = None
+        self._ids: Set[str] = set()
+        self._offset = 0
+
+    def open(self) -> None:
+        self.close()
+        directory = os.path.dirname(self.address)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._file = open(self.address, 'a+b')  # pylint: disable=consider-using-with
+        self._ids, self._offset = set(), 0
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def _catch_up(self) -> bytes:
+        """Reads the ids of the lines appended since the last call (the whole
+        file after a truncation); returns the unfinished last line, if any.
+        Lines that are not notification objects are ignored."""
+        if os.fstat(self._file.fileno()).st_size < self._offset:
+            self._ids, self._offset = set(), 0
+        self._file.seek(self._offset)
+        data = self._file.read()
+        complete = data.rfind(b'\n') + 1
+        for line in data[:complete].splitlines():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line someone else wrote or a torn write: not an id
+            if isinstance(record, dict) and isinstance(record.get('id'), str):
+                self._ids.add(record['id'])
+        self._offset += complete
+        return data[complete:]
+
+    def write(self, batch):
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            unfinished = self._catch_up()
+            fresh: Dict[str, bytes] = {}
+            for note_id, line in batch:
+                if note_id not in self._ids and note_id not in fresh:
+                    fresh[note_id] = line
+            if fresh:
+                data = (b'\n' if unfinished else b'') + b''.join(
+                    line + b'\n' for line in fresh.values())
+                self._file.write(data)
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._ids.update(fresh)
+                self._offset += len(unfinished) + len(data)
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        return set(fresh)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StdoutWriter(NotificationWriter):
+    """``stdout``: prints every line (not idempotent: a re-run prints again)."""
+
+    def __init__(self, address: str):
+        super().__init__(address)
+        if address:
+            raise ValueError(f"'stdout' takes no address, got {address!r}")
+
+    def write(self, batch):
+        sys.stdout.write(''.join(line.decode('utf-8') + '\n' for _, line in batch))
+        sys.stdout.flush()
+        return {note_id for note_id, _ in batch}
+
+
+WRITERS: Dict[str, type] = {'file': JsonLinesFileWriter, 'stdout': StdoutWriter}
+
+_OP_KINDS = frozenset(kind.value for kind in OpKind)
+
+
+class _Rule(NamedTuple):
+    target: str                  # 'scheme:address' as configured
+    scheme: str
+    address: str
+    table: Optional[str]         # fnmatch pattern; None: any table
+    ops: FrozenSet[str]          # OpKind values; empty: any op
+
+    def matches(self, change: Change) -> bool:
+        if self.table is not None and not fnmatch.fnmatchcase(change.table, self.table):
+            return False
+        return not self.ops or any(op.kind.value in self.ops for op in change.ops)
+
+
+def _parse_rule(rule: Mapping[str, Any]) -> _Rule:
+    if not isinstance(rule, Mapping):
+        raise ValueError(f'a notification rule is a mapping with "to" and "when", got {rule!r}')
+    unknown = set(rule) - {'to', 'when'}
+    if unknown:
+        raise ValueError(f'unknown notification rule keys {sorted(unknown)} in {dict(rule)!r}')
+    target = rule.get('to')
+    if not isinstance(target, str) or not target:
+        raise ValueError(f'a notification rule needs a "to" target, got {target!r}')
+    scheme, _, address = target.partition(':')
+    if scheme not in WRITERS:
+        raise ValueError(f'unknown notification target scheme {scheme!r} in {target!r}; '
+                         f'known: {sorted(WRITERS)}')
+    WRITERS[scheme](address)  # validates the address
+    when = rule.get('when') or {}
+    if not isinstance(when, Mapping) or set(when) - {'table', 'op'}:
+        raise ValueError(f'"when" takes "table" and "op", got {when!r}')
+    table = when.get('table')
+    if table is not None and (not isinstance(table, str) or not table):
+        raise ValueError(f'"when.table" must be a table name, got {table!r}')
+    ops = when.get('op') or ()
+    ops = (ops,) if isinstance(ops, str) else tuple(ops)
+    for op in ops:
+        if op not in _OP_KINDS:
+            raise ValueError(f'unknown op {op!r} in notification rule for {target!r}; '
+                             f'known: {sorted(_OP_KINDS)}')
+    return _Rule(target, scheme, address, table, frozenset(ops))
+
+
+def _notification(target: str, change: Change, redact: FrozenSet[str],
+                  key_columns: Tuple[str, ...]) -> Tuple[str, bytes]:
+    """(id, JSON line) of ``change`` for ``target``."""
+    key = json_value(list(change.key))
+    note_id = hashlib.sha256(orjson.dumps(
+        [target, change.table, key, change.version])).hexdigest()[:32]
+    if redact and len(key_columns) == len(key):
+        key = [REDACTED if column in redact else value
+               for column, value in zip(key_columns, key)]
+    last = change.ops[-1]
+    literals, _ = op_columns(last)
+    values = {column: REDACTED if column in redact else json_value(value)
+              for column, value in literals.items()}
+    return note_id, orjson.dumps({
+        'id': note_id, 'table': change.table, 'key': key, 'op': last.kind.value,
+        'version': last.version, 'event_time': iso_utc(change.event_time_us),
+        'values': values})
+
+
+class _Pending(NamedTuple):
+    note_id: str
+    line: bytes
+    position: str
+    timestamp: Any
+    window: Any
+
+
+class _NotifyFn(beam.DoFn):
+    """Change -> notification lines written (main) and DeadLetters."""
+
+    def __init__(self, rules: Tuple[_Rule, ...], tables: Dict[str, Tuple[FrozenSet[str],
+                                                                       Tuple[str, ...]]],
+                 batch_size: int):
+        self._rules = rules
+        self._tables = tables
+        self._batch_size = batch_size
+        namespace = f'changeflow.{_STEP}'
+        self._received = Metrics.counter(namespace, 'received')
+        self._written = Metrics.counter(namespace, 'written')
+        self._skipped_existing = Metrics.counter(namespace, 'skipped_existing')
+        self._dead_lettered = Metrics.counter(namespace, 'dead_lettered')
+
+    def setup(self):
+        self._writers: Dict[str, NotificationWriter] = {}
+        self._unopened: Set[str] = set()
+        for rule in self._rules:
+            if rule.target not in self._writers:
+                self._writers[rule.target] = WRITERS[rule.scheme](rule.address)
+                try:
+                    self._writers[rule.target].open()
+                except Exception as error:  # retried at each flush, dead-lettered there
+                    _LOG.warning('cannot open notification target %s yet: %s', rule.target, error)
+                    self._unopened.add(rule.target)
+
+    def start_bundle(self):
+        self._pending: Dict[str, List[_Pending]] = {target: [] for target in self._writers}
+
+    def process(self, change: Change, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        self._received.inc()
+        try:
+            redact, key_columns = self._tables.get(change.table, (frozenset(), ()))
+            notes = {rule.target: _notification(rule.target, change, redact, key_columns)
+                     for rule in self._rules if rule.matches(change)}
+        except Exception as error:  # a malformed Change: dead-lettered, not retried
+            self._dead_lettered.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                _STEP, 'bad-change', f'{type(error).__name__}: {error}', repr(change),
+                change.ops[-1].position if change.ops else ''))
+            return
+        for target, (note_id, line) in notes.items():
+            pending = self._pending[target]
+            pending.append(_Pending(note_id, line, change.ops[-1].position, timestamp, window))
+            if len(pending) >= self._batch_size:
+                yield from self._flush(target)
+
+    def finish_bundle(self):
+        for target in self._pending:
+            yield from self._flush(target)
+
+    def _flush(self, target: str):
+        batch, self._pending[target] = self._pending[target], []
+        if not batch:
+            return
+        try:
+            if target in self._unopened:
+                self._writers[target].open()
+                self._unopened.discard(target)
+            written = self._writers[target].write([(p.note_id, p.line) for p in batch])
+        except Exception as error:  # every notification of the batch is dead-lettered
+            self._dead_lettered.inc(len(batch))
+            for pending in batch:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(dead_letter(
+                    _STEP, 'write-failed', f'{target}: {type(error).__name__}: {error}',
+                    pending.line, pending.position), pending.timestamp, [pending.window]))
+            return
+        for pending in batch:
+            if pending.note_id in written:
+                written.discard(pending.note_id)
+                self._written.inc()
+                yield WindowedValue(pending.line.decode('utf-8'), pending.timestamp,
+                                    [pending.window])
+            else:
+                self._skipped_existing.inc()
+
+    def teardown(self):
+        for target, writer in self._writers.items():
+            if target not in self._unopened:
+                writer.close()
+
+
+class WriteNotifications(beam.PTransform):
+    """Sends a notification per Change and matching rule target.
+
+    See the module docstring for rules, matching, the notification object and
+    delivery guarantees.
+
+    Args:
+        rules: mappings ``{'to': target, 'when': {'table': ..., 'op': ...}}``;
+            checked here (ValueError naming an unknown scheme, op or key).
+        tables: TableSpecs whose ``redact`` columns (and key order) apply to
+            notifications of their table; tables without one are not redacted.
+        batch_size: notifications per target buffered before a write.
+
+    Returns:
+        A DoOutputsTuple: the main output (tag ``'written'``) has each JSON
+        line written (str, without newline); lines skipped because their id
+        was already in a file are counted, not output. ``DEAD_LETTER_TAG`` has
+        a DeadLetter (step ``write_notify``) per notification not delivered
+        (``write-failed``, ``original`` the JSON line) and per Change that
+        could not be rendered (``bad-change``). Metrics (namespace
+        ``changeflow.write_notify``): received (Changes), written,
+        skipped_existing, dead_lettered.
+
+    Example::
+
+        notes = changes | WriteNotifications(
+            [{'to': 'file:/tmp/orders.jsonl', 'when': {'table': 'shop.orders', 'op': 'delete'}}],
+            tables=specs)
+    """
+
+    def __init__(self, rules: Sequence[Mapping[str, Any]], tables: Sequence[TableSpec] = (),
+                 batch_size: int = 500):
+        super().__init__()
+        if isinstance(rules, Mapping) or not rules:
+            raise ValueError(f'WriteNotifications needs a list of rules, got {rules!r}')
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be positive, got {batch_size!r}')
+        self._rules = tuple(_parse_rule(rule) for rule in rules)
+        self._tables = {spec.source: (frozenset(spec.redact), tuple(spec.key))
+                        for spec in tables}
+        self._batch_size = batch_size
+
+    def expand(self, changes):
+        return changes | 'Notify' >> beam.ParDo(
+            _NotifyFn(self._rules, self._tables, self._batch_size)
+        ).with_outputs(DEAD_LETTER_TAG, main='written')
