@@ -1,0 +1,1036 @@
+"""The database sink: coalesced Changes materialised into replica tables.
+
+Prerequisites: SQLAlchemy 2 and the DB-API driver of the target
+(``pip install changeflow[postgres]`` for psycopg2, ``changeflow[mysql]`` for
+PyMySQL; SQLite needs nothing). Tested against SQLite, PostgreSQL and MariaDB;
+other SQLAlchemy dialects use generic (DELETE + INSERT) bookkeeping upserts.
+Runs on any runner with stateful processing (``GroupIntoBatches``): the
+FnApiRunner, Prism, Dataflow, Flink.
+
+Exactly-once effect on an at-least-once runner comes from a version guard kept
+in the target database itself, written in the same transaction as the rows:
+
+* ``changeflow_row_versions(table_name, row_key, version, deleted)``, primary
+  key ``(table_name, row_key)``: per replica row, the version of the newest op
+  applied to it and whether that left the row deleted (a tombstone).
+  ``row_key`` is the canonical JSON of the key values (``[1,"a"]``), or
+  ``sha256:<hex>`` of it when longer than 512 characters, so the primary key
+  stays inside MariaDB's 3072-byte index limit in utf8mb4.
+* ``changeflow_table_versions(table_name, truncated_version)``: per replica
+  table, the version of the newest TRUNCATE applied ('' when none).
+
+The prefix ``changeflow_`` is configurable; ``table_name`` is the replica
+table name (``TableSpec.target``).
+"""
+
+import base64
+import collections
+import datetime
+import decimal
+import hashlib
+import json
+import logging
+import re
+import time
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import sqlalchemy as sa
+from apache_beam import typehints
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from changeflow.config import TableSpec
+from changeflow.expressions import MissingColumn
+from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+from changeflow.rowstate import ABSENT, RowState, apply_op
+
+__all__ = ['WriteToDatabase', 'APPLIED_TAG', 'STEP']
+
+STEP = 'write_database'
+APPLIED_TAG = 'applied'      # name of the main output in the returned DoOutputsTuple
+
+_NAMESPACE = 'changeflow.write_database'
+_TABLE_NAME_LENGTH = 128     # 512 bytes in utf8mb4
+_ROW_KEY_LENGTH = 512        # 2048 bytes in utf8mb4: the primary key stays < 3072
+_VERSION_LENGTH = 80         # audit versions are 67 characters
+_KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT / DELETE
+_BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
+_MAX_BACKOFF_SECS = 10.0
+_DETAIL_LENGTH = 2000
+_DECIMAL_TYPE = re.compile(r'decimal\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\Z', re.IGNORECASE)
+_QUANTIZE = decimal.Context(prec=100)
+
+
+def _sql_type(declared: str) -> sa.types.TypeEngine:
+    """The SQLAlchemy type of a TableSpec column type (config.COLUMN_TYPES).
+
+    MySQL/MariaDB get the variants that hold what the other databases hold:
+    DECIMAL(65,30) for an unqualified decimal (MySQL's default is (10,0)),
+    DATETIME(6), LONGTEXT and LONGBLOB.
+    """
+    kind = declared.strip().lower()
+    match = _DECIMAL_TYPE.match(kind)
+    if match:
+        precision, scale = int(match.group(1)), int(match.group(2))
+        if not 0 < precision or scale > precision:
+            raise ValueError(f'bad decimal precision/scale: {declared!r}')
+        return sa.Numeric(precision, scale)
+    types = {
+        'integer': lambda: sa.Integer(),
+        'bigint': lambda: sa.BigInteger(),
+        'decimal': lambda: sa.Numeric().with_variant(mysql.DECIMAL(65, 30), 'mysql', 'mariadb'),
+        'float': lambda: sa.Double(),
+        'string': lambda: sa.String(255),
+        'text': lambda: sa.Text().with_variant(mysql.LONGTEXT(), 'mysql', 'mariadb'),
+        'boolean': lambda: sa.Boolean(),
+        'date': lambda: sa.Date(),
+        'datetime': lambda: sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mysql', 'mariadb'),
+        'binary': lambda: sa.LargeBinary().with_variant(mysql.LONGBLOB(), 'mysql', 'mariadb'),
+        'json': lambda: sa.JSON(none_as_null=True),
+    }
+    if kind not in types:
+        raise ValueError(f'unknown column type {declared!r}; expected one of '
+                         f'{sorted(types)} or decimal(p,s)')
+    return types[kind]()
+
+
+# ---------------------------------------------------------------------------
+# Coercion of audit-log values (str, int, Decimal, ...) to column types.
+
+class _BadValue(ValueError):
+    """A value the column cannot hold."""
+
+
+def _text(value) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode('utf-8')
+    if isinstance(value, str):
+        return value.strip()
+    raise _BadValue(f'{type(value).__name__} is not text')
+
+
+def _to_decimal(value) -> decimal.Decimal:
+    if isinstance(value, bool):
+        return decimal.Decimal(int(value))
+    if isinstance(value, (int, decimal.Decimal)):
+        result = decimal.Decimal(value)
+    elif isinstance(value, float):
+        result = decimal.Decimal(repr(value))
+    else:
+        try:
+            result = decimal.Decimal(_text(value))
+        except (decimal.InvalidOperation, UnicodeDecodeError):
+            raise _BadValue('not a number') from None
+    if not result.is_finite():
+        raise _BadValue('not a finite number')
+    return result
+
+
+def _coerce_int(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    # MySQL rounds a fractional value stored in an integer column half away from zero.
+    return int(_to_decimal(value).to_integral_value(rounding=decimal.ROUND_HALF_UP))
+
+
+def _coerce_float(value):
+    if isinstance(value, float):
+        return value
+    return float(_to_decimal(value))
+
+
+def _decimal_coercer(precision: Optional[int], scale: Optional[int]):
+    def coerce(value):
+        result = _to_decimal(value)
+        if scale is not None:
+            result = result.quantize(decimal.Decimal(1).scaleb(-scale),
+                                     rounding=decimal.ROUND_HALF_UP, context=_QUANTIZE)
+            if precision is not None and result and result.adjusted() >= precision - scale:
+                raise _BadValue(f'out of range for DECIMAL({precision},{scale})')
+        return result
+    return coerce
+
+
+def _coerce_bool(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, decimal.Decimal)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, (str, bytes)):
+        text = _text(value).lower()
+        if text in ('0', '1', 'true', 'false'):
+            return text in ('1', 'true')
+    raise _BadValue('not a boolean (0, 1, true, false)')
+
+
+def _coerce_datetime(value):
+    if isinstance(value, datetime.datetime):
+        result = value
+    elif isinstance(value, datetime.date):
+        return datetime.datetime(value.year, value.month, value.day)
+    else:
+        try:
+            result = datetime.datetime.fromisoformat(_text(value))
+        except (ValueError, UnicodeDecodeError):
+            raise _BadValue('not a date-time (YYYY-MM-DD HH:MM:SS[.ffffff])') from None
+    if result.tzinfo is not None:
+        result = result.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return result
+
+
+def _coerce_date(value):
+    if isinstance(value, datetime.datetime):
+        return value.date()
+    if isinstance(value, datetime.date):
+        return value
+    try:
+        text = _text(value)
+        try:
+            return datetime.date.fromisoformat(text)
+        except ValueError:
+            return datetime.datetime.fromisoformat(text).date()
+    except (ValueError, UnicodeDecodeError):
+        raise _BadValue('not a date (YYYY-MM-DD)') from None
+
+
+def _coerce_json(value):
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise _BadValue('not valid JSON') from None
+    if isinstance(value, decimal.Decimal):
+        return json.loads(str(value))
+    if value is None or isinstance(value, (dict, list, int, float)):
+        return value
+    raise _BadValue(f'{type(value).__name__} is not JSON')
+
+
+def _string_coercer(length: Optional[int]):
+    def coerce(value):
+        if isinstance(value, str):
+            result = value
+        elif isinstance(value, (bytes, bytearray)):
+            try:
+                result = bytes(value).decode('utf-8')
+            except UnicodeDecodeError:
+                raise _BadValue('bytes are not UTF-8 text') from None
+        elif isinstance(value, bool):
+            result = str(int(value))
+        elif isinstance(value, (int, decimal.Decimal)):
+            result = str(value)
+        elif isinstance(value, float):
+            result = repr(value)
+        elif isinstance(value, datetime.datetime):
+            result = value.isoformat(sep=' ')
+        elif isinstance(value, datetime.date):
+            result = value.isoformat()
+        else:
+            raise _BadValue(f'{type(value).__name__} is not text')
+        if length is not None and len(result) > length:
+            raise _BadValue(f'longer than {length} characters')
+        return result
+    return coerce
+
+
+def _coerce_bytes(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode('utf-8')
+    raise _BadValue(f'{type(value).__name__} is not binary')
+
+
+def _coercer(type_: sa.types.TypeEngine) -> Callable[[Any], Any]:
+    """Function making a value fit a column of ``type_``; raises _BadValue.
+
+    Types changeflow does not declare (TIME, UUID, arrays, ...) pass values
+    through for the driver to convert.
+    """
+    if isinstance(type_, sa.Boolean):
+        return _coerce_bool
+    if isinstance(type_, sa.Float):
+        return _coerce_float
+    if isinstance(type_, sa.Integer):
+        return _coerce_int
+    if isinstance(type_, sa.Numeric):
+        return _decimal_coercer(type_.precision, type_.scale)
+    if isinstance(type_, sa.DateTime):
+        return _coerce_datetime
+    if isinstance(type_, sa.Date):
+        return _coerce_date
+    if isinstance(type_, sa.JSON):
+        return _coerce_json
+    if isinstance(type_, sa.String):
+        return _string_coercer(getattr(type_, 'length', None))
+    if isinstance(type_, (sa.LargeBinary, sa.BINARY, sa.VARBINARY)):
+        return _coerce_bytes
+    return lambda value: value
+
+
+def _key_part(value):
+    if isinstance(value, decimal.Decimal):
+        return format(value.normalize(), 'f')
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode('ascii')
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _row_key(values: Sequence[Any]) -> str:
+    """Canonical text of a row's (coerced) key values, as the bookkeeping stores it."""
+    text = json.dumps([_key_part(v) for v in values], ensure_ascii=False, separators=(',', ':'))
+    if len(text) <= _ROW_KEY_LENGTH:
+        return text
+    return 'sha256:' + hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()
+
+
+def _shard_of(change: Change, num_shards: int) -> Tuple[Tuple[str, int], Change]:
+    """(table, shard) key of a Change: a stable hash of its key values, so every
+    change of one row goes to the same shard on every worker and run."""
+    text = json.dumps([change.table, [str(v) for v in change.key]], ensure_ascii=False)
+    digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
+    return (change.table, int.from_bytes(digest, 'big') % num_shards), change
+
+
+# ---------------------------------------------------------------------------
+# The replica: tables, bookkeeping, and how one batch is written.
+
+class _Rejected(Exception):
+    """A change the sink cannot apply; becomes a dead letter."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Item(NamedTuple):
+    """A buffered Change with the windowing it arrived in."""
+    change: Change
+    timestamp: Any
+    window: Any
+
+
+class _Outcome:
+    """What writing some items did: applied and dead items, metric deltas.
+    Merged into the batch's outcome only once its statements succeeded."""
+
+    def __init__(self):
+        self.applied: List[_Item] = []
+        self.dead: List[Tuple[_Item, str, str]] = []
+        self.counts: collections.Counter = collections.Counter()
+
+    def merge(self, other: '_Outcome') -> None:
+        self.applied.extend(other.applied)
+        self.dead.extend(other.dead)
+        self.counts.update(other.counts)
+
+    @classmethod
+    def all_dead(cls, items: Iterable[_Item], reason: str, detail: str) -> '_Outcome':
+        outcome = cls()
+        outcome.dead = [(item, reason, detail) for item in items]
+        return outcome
+
+
+class _Target:
+    """One replica table: its SQLAlchemy Table and a coercer per column."""
+
+    def __init__(self, spec: TableSpec, table: sa.Table):
+        missing = [k for k in spec.key if k not in table.c]
+        if missing:
+            raise ValueError(f'key column(s) {missing} of {spec.source!r} are not columns '
+                             f'of replica table {spec.target!r}')
+        self.spec = spec
+        self.name = spec.target
+        self.table = table
+        self.key_columns = [table.c[k] for k in spec.key]
+        self.coercers = {c.name: (_coercer(c.type), repr(c.type)) for c in table.columns}
+
+    def coerce(self, column: str, value):
+        if column not in self.coercers:
+            raise _Rejected('unknown-column',
+                            f'{column!r} is not a column of {self.name!r}')
+        if value is None:
+            return None
+        coerce, described = self.coercers[column]
+        try:
+            return coerce(value)
+        except _BadValue as exc:
+            shown = '<redacted>' if column in self.spec.redact else repr(value)
+            raise _Rejected('bad-value', f'column {column!r} of {self.name!r} ({described}): '
+                                         f'{shown}: {exc}') from None
+
+    def coerce_key(self, key: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        if len(key) != len(self.spec.key):
+            raise _Rejected('bad-change', f'key {len(key)} values long; {self.name!r} '
+                                          f'has key columns {list(self.spec.key)}')
+        values = tuple(self.coerce(c, v) for c, v in zip(self.spec.key, key))
+        if any(v is None for v in values):
+            raise _Rejected('bad-value', f'NULL in the key of {self.name!r}')
+        return values
+
+    def coerce_state(self, state: RowState, key: Tuple[Any, ...]) -> RowState:
+        """``state`` with every value coerced; a key column may not change."""
+        values = {c: self.coerce(c, v) for c, v in state.values.items()}
+        for column, expected in zip(self.spec.key, key):
+            if column in values and values[column] != expected:
+                raise _Rejected('key-changed', f'the op sets key column {column!r} of '
+                                               f'{self.name!r}; key updates are not replicated')
+        return RowState(state.exists, values, state.replaced)
+
+    def key_values(self, key: Tuple[Any, ...]) -> Dict[str, Any]:
+        return dict(zip(self.spec.key, key))
+
+
+class _Plan:
+    """Row writes of one table, executed batched: DELETEs, INSERTs grouped by
+    column set, UPDATEs grouped by the set of changed columns."""
+
+    def __init__(self, target: _Target):
+        self.target = target
+        self.deletes: List[Tuple[Any, ...]] = []
+        self.inserts: List[Dict[str, Any]] = []
+        self.updates: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+        self.rows_deleted = 0
+
+    def add(self, key: Tuple[Any, ...], base: RowState, state: RowState) -> None:
+        """Make the row ``key`` go from ``base`` (as read) to ``state``."""
+        if not state.exists:
+            if base.exists:
+                self.deletes.append(key)
+                self.rows_deleted += 1
+        elif state.replaced:
+            # Exactly ``values``, other columns at their defaults: DELETE + INSERT.
+            if base.exists:
+                self.deletes.append(key)
+            self.inserts.append({**state.values, **self.target.key_values(key)})
+        else:
+            changed = {c: v for c, v in state.values.items()
+                       if c not in base.values or base.values[c] != v}
+            if changed:
+                self.updates.append((key, changed))
+
+    @property
+    def rows_upserted(self) -> int:
+        return len(self.inserts) + len(self.updates)
+
+    def execute(self, conn: sa.Connection) -> None:
+        table, key_columns = self.target.table, self.target.key_columns
+        by_key = _by_key(key_columns)
+        if self.deletes:
+            conn.execute(table.delete().where(by_key), [_key_params(k) for k in self.deletes])
+        for rows in _grouped(self.inserts, lambda row: tuple(sorted(row))).values():
+            conn.execute(table.insert(), rows)
+        groups = _grouped(self.updates, lambda update: tuple(sorted(update[1])))
+        for columns, updates in groups.items():
+            statement = table.update().where(by_key).values(
+                {table.c[c]: sa.bindparam(f'changeflow_v{j}') for j, c in enumerate(columns)})
+            conn.execute(statement, [
+                {**_key_params(key), **{f'changeflow_v{j}': changed[c]
+                                        for j, c in enumerate(columns)}}
+                for key, changed in updates])
+
+
+def _by_key(columns) -> sa.ColumnElement:
+    """WHERE clause matching one row by key, for executemany with _key_params."""
+    return sa.and_(*(c == sa.bindparam(f'changeflow_k{i}') for i, c in enumerate(columns)))
+
+
+def _key_params(values: Sequence[Any]) -> Dict[str, Any]:
+    return {f'changeflow_k{i}': v for i, v in enumerate(values)}
+
+
+def _grouped(values, key_of) -> Dict[Any, list]:
+    groups = collections.defaultdict(list)
+    for value in values:
+        groups[key_of(value)].append(value)
+    return groups
+
+
+def _chunks(values: Sequence, size: int = _KEYS_PER_SELECT):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _bookkeeping_tables(metadata: sa.MetaData, prefix: str) -> Tuple[sa.Table, sa.Table]:
+    # Binary collations: row keys compare exactly and versions bytewise everywhere.
+    def text(length):
+        return sa.String(length).with_variant(sa.String(length, collation='C'), 'postgresql')
+    options = dict(mysql_charset='utf8mb4', mysql_collate='utf8mb4_bin')
+    rows = sa.Table(
+        f'{prefix}row_versions', metadata,
+        sa.Column('table_name', text(_TABLE_NAME_LENGTH), primary_key=True),
+        sa.Column('row_key', text(_ROW_KEY_LENGTH), primary_key=True),
+        sa.Column('version', text(_VERSION_LENGTH), nullable=False),
+        sa.Column('deleted', sa.Boolean(), nullable=False),
+        **options)
+    tables = sa.Table(
+        f'{prefix}table_versions', metadata,
+        sa.Column('table_name', text(_TABLE_NAME_LENGTH), primary_key=True),
+        sa.Column('truncated_version', text(_VERSION_LENGTH), nullable=False),
+        **options)
+    return rows, tables
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
+            update: Sequence[str]) -> None:
+    """Insert ``rows`` (executemany); on a primary-key conflict overwrite the
+    ``update`` columns, or keep the stored row when ``update`` is empty."""
+    if not rows:
+        return
+    key = [c.name for c in table.primary_key]
+    dialect = conn.dialect.name
+    if dialect in ('sqlite', 'postgresql'):
+        insert = (sqlite.insert if dialect == 'sqlite' else postgresql.insert)(table)
+        statement = (insert.on_conflict_do_update(
+            index_elements=key, set_={c: insert.excluded[c] for c in update})
+            if update else insert.on_conflict_do_nothing(index_elements=key))
+    elif dialect in ('mysql', 'mariadb'):
+        insert = mysql.insert(table)
+        statement = insert.on_duplicate_key_update(
+            {c: insert.inserted[c] for c in (update or key[:1])})
+    else:
+        # Generic: in this transaction, remove the stored rows (or the new
+        # ones, to keep the stored), then insert.
+        if update:
+            conn.execute(table.delete().where(_by_key([table.c[k] for k in key])),
+                         [_key_params([row[k] for k in key]) for row in rows])
+        else:
+            stored = {tuple(r) for r in conn.execute(sa.select(*table.primary_key.columns))}
+            rows = [row for row in rows if tuple(row[k] for k in key) not in stored]
+            if not rows:
+                return
+        statement = table.insert()
+    conn.execute(statement, rows)
+
+
+class _Replica:
+    """The replica tables of one database and the transactional write of a batch."""
+
+    def __init__(self, url: str, specs: Sequence[TableSpec], bookkeeping_prefix: str):
+        self._url = url
+        self._specs = {spec.source: spec for spec in specs}
+        self._prefix = bookkeeping_prefix
+        self.targets: Dict[str, _Target] = {}
+        self.prepared = False
+
+    def prepare(self, engine: sa.Engine) -> None:
+        """Create declared and bookkeeping tables, reflect the others.
+
+        Raises ValueError when a table without declared columns does not exist.
+        """
+        metadata = sa.MetaData()
+        self._rows, self._tables = _bookkeeping_tables(metadata, self._prefix)
+        created = [self._rows, self._tables]
+        targets = {}
+        with engine.begin() as conn:
+            for spec in self._specs.values():
+                schema, _, name = spec.target.rpartition('.')
+                if spec.columns:
+                    table = sa.Table(
+                        name, metadata,
+                        *(sa.Column(c, _sql_type(t), primary_key=c in spec.key,
+                                    autoincrement=False)  # the source assigns keys
+                          for c, t in spec.columns),
+                        schema=schema or None, mysql_charset='utf8mb4')
+                    created.append(table)
+                else:
+                    try:
+                        table = sa.Table(name, metadata, schema=schema or None,
+                                         autoload_with=conn)
+                    except sa_exc.NoSuchTableError:
+                        raise ValueError(
+                            f'replica table {spec.target!r} (for {spec.source!r}) does not exist '
+                            f'in {engine.url.render_as_string(hide_password=True)}: create it, '
+                            f'or declare its columns in the table spec') from None
+                targets[spec.source] = _Target(spec, table)
+            metadata.create_all(conn, tables=created, checkfirst=True)
+        with engine.begin() as conn:
+            _upsert(conn, self._tables, [{'table_name': t.name, 'truncated_version': ''}
+                                         for t in targets.values()], update=())
+        self.targets = targets
+        self.prepared = True
+
+    def write(self, conn: sa.Connection, items: Sequence[_Item], isolate: bool) -> _Outcome:
+        """Apply ``items`` in the transaction of ``conn``.
+
+        With ``isolate``, each change runs in its own SAVEPOINT and a change
+        the database rejects is dead-lettered alone ('database-rejected').
+        """
+        outcome = _Outcome()
+        names = sorted({self.targets[i.change.table].name for i in items})
+        truncating = {self.targets[i.change.table].name for i in items if not i.change.key}
+        # Share-lock each table's truncate marker (exclusive when this batch
+        # truncates the table), always in name order: keyed writers of one
+        # table run concurrently, a TRUNCATE waits for them and they for it.
+        truncated = {name: self._lock_table(conn, name, exclusive=name in truncating)
+                     for name in names}
+        truncates = sorted((i for i in items if not i.change.key), key=lambda i: i.change.version)
+        for item in truncates:  # before the keyed changes: they see the new marker
+            outcome.merge(self._guarded(conn, isolate, [item], self._truncate, truncated))
+        keyed = _grouped((i for i in items if i.change.key), lambda i: i.change.table)
+        for table in sorted(keyed):
+            target = self.targets[table]
+            batches = [[item] for item in keyed[table]] if isolate else [keyed[table]]
+            for batch in batches:
+                outcome.merge(self._guarded(conn, isolate, batch, self._write_rows,
+                                            target, truncated[target.name]))
+        return outcome
+
+    @staticmethod
+    def _guarded(conn, isolate, items, write, *args) -> _Outcome:
+        if not isolate:
+            return write(conn, items, *args)
+        savepoint = conn.begin_nested()
+        try:
+            outcome = write(conn, items, *args)
+        except sa_exc.DBAPIError as exc:
+            savepoint.rollback()
+            return _Outcome.all_dead(items, 'database-rejected', _describe(exc))
+        savepoint.commit()
+        return outcome
+
+    def _lock_table(self, conn, name: str, exclusive: bool) -> str:
+        marker = self._tables.c.truncated_version
+        version = conn.scalar(sa.select(marker).where(self._tables.c.table_name == name)
+                              .with_for_update(read=not exclusive))
+        if version is None:  # the marker row was removed since setup
+            _upsert(conn, self._tables, [{'table_name': name, 'truncated_version': ''}], ())
+            version = ''
+        return version
+
+    def _truncate(self, conn, items: List[_Item], truncated: Dict[str, str]) -> _Outcome:
+        """Delete the rows whose stored version is older than the TRUNCATE
+        (rows written after it survive) and record it as the table's marker."""
+        outcome = _Outcome()
+        for item in items:
+            target = self.targets[item.change.table]
+            ops = item.change.ops
+            if any(op.kind != OpKind.TRUNCATE for op in ops):
+                outcome.dead.append((item, 'bad-change',
+                                     'a change without a key must be a TRUNCATE'))
+                continue
+            newer = [op for op in ops if op.version > truncated[target.name]]
+            outcome.counts['ops_skipped_stale'] += len(ops) - len(newer)
+            outcome.applied.append(item)
+            if not newer:
+                continue
+            version = newer[-1].version
+            rows = self._rows
+            of_table = rows.c.table_name == target.name
+            survivors = set(conn.scalars(sa.select(rows.c.row_key)
+                                         .where(of_table, rows.c.version > version)))
+            if survivors:
+                doomed = [tuple(r) for r in conn.execute(sa.select(*target.key_columns))
+                          if _row_key(tuple(r)) not in survivors]
+                plan = _Plan(target)
+                for key in doomed:
+                    plan.add(key, RowState(True, {}, False), ABSENT)
+                plan.execute(conn)
+                deleted = len(doomed)
+            else:
+                deleted = conn.execute(target.table.delete()).rowcount
+            conn.execute(rows.delete().where(of_table, rows.c.version < version))
+            _upsert(conn, self._tables, [{'table_name': target.name, 'truncated_version': version}],
+                    update=('truncated_version',))
+            truncated[target.name] = version
+            outcome.counts['rows_deleted'] += max(deleted, 0)
+        return outcome
+
+    def _write_rows(self, conn, items: List[_Item], target: _Target,
+                    truncated_version: str) -> _Outcome:
+        """Apply keyed changes of one table; a second change of one row (from
+        another window) waits for the next round."""
+        outcome = _Outcome()
+        pending = sorted(items, key=lambda i: i.change.first_version)
+        while pending:
+            rows, pending = self._distinct_rows(target, pending, outcome)
+            if rows:
+                outcome.merge(self._write_round(conn, target, rows, truncated_version))
+        return outcome
+
+    @staticmethod
+    def _distinct_rows(target, items, outcome):
+        """((item, key, row_key) of the first change of each row, the later changes)."""
+        rows, seen, later = [], set(), []
+        for item in items:
+            try:
+                key = target.coerce_key(item.change.key)
+            except _Rejected as exc:
+                outcome.dead.append((item, exc.reason, exc.detail))
+                continue
+            row_key = _row_key(key)
+            if row_key in seen:
+                later.append(item)
+            else:
+                seen.add(row_key)
+                rows.append((item, key, row_key))
+        return rows, later
+
+    def _write_round(self, conn, target: _Target, rows, truncated_version: str) -> _Outcome:
+        outcome = _Outcome()
+        stored = self._stored_versions(conn, target, [row_key for _, _, row_key in rows])
+        current = self._current_rows(conn, target, [key for _, key, _ in rows])
+        plan = _Plan(target)
+        versions = []
+        for item, key, row_key in rows:
+            ops = item.change.ops
+            guard = max(stored.get(row_key, ''), truncated_version)
+            newer = [op for op in ops if op.version > guard]
+            stale = len(ops) - len(newer)
+            if newer:
+                row = current.get(row_key)
+                base = ABSENT if row is None else RowState(True, row, False)
+                try:
+                    base, state = self._apply(conn, target, key, base, newer)
+                except _Rejected as exc:
+                    outcome.dead.append((item, exc.reason, exc.detail))
+                    continue
+                plan.add(key, base, state)
+                versions.append({'table_name': target.name, 'row_key': row_key,
+                                 'version': newer[-1].version, 'deleted': not state.exists})
+            outcome.counts['ops_skipped_stale'] += stale
+            outcome.applied.append(item)
+        plan.execute(conn)
+        _upsert(conn, self._rows, versions, update=('version', 'deleted'))
+        outcome.counts['rows_upserted'] += plan.rows_upserted
+        outcome.counts['rows_deleted'] += plan.rows_deleted
+        return outcome
+
+    def _apply(self, conn, target: _Target, key, base: RowState, ops) -> Tuple[RowState, RowState]:
+        """(row as stored before the final write, state after ``ops``).
+
+        When an op reads a column the state does not know (the row was
+        inserted without it: it holds the default), the known state is written
+        and read back, inside a SAVEPOINT so a later rejection undoes it.
+        """
+        savepoint = None
+        try:
+            state = base
+            for op in ops:
+                try:
+                    state = apply_op(state, op)
+                except MissingColumn as exc:
+                    if not state.replaced:  # every stored column is known
+                        raise _Rejected('unknown-column', f'{exc.args[0]!r} is not a column '
+                                                          f'of {target.name!r}') from None
+                    savepoint = savepoint or conn.begin_nested()
+                    plan = _Plan(target)
+                    plan.add(key, base, state)
+                    plan.execute(conn)
+                    base = state = RowState(True, self._current_rows(conn, target, [key])[
+                        _row_key(key)], False)
+                    state = apply_op(state, op)
+                state = target.coerce_state(state, key)
+        except MissingColumn as exc:
+            rejection = _Rejected('unknown-column', f'{exc.args[0]!r} is not a column of '
+                                                    f'{target.name!r}')
+        except _Rejected as exc:
+            rejection = exc
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            rejection = _Rejected('bad-expression', f'{type(exc).__name__}: {exc}')
+        else:
+            if savepoint is not None:
+                savepoint.commit()
+            return base, state
+        if savepoint is not None:
+            savepoint.rollback()
+        raise rejection
+
+    def _stored_versions(self, conn, target: _Target, row_keys: List[str]) -> Dict[str, str]:
+        rows, stored = self._rows, {}
+        for chunk in _chunks(row_keys):
+            stored.update(conn.execute(
+                sa.select(rows.c.row_key, rows.c.version)
+                .where(rows.c.table_name == target.name, rows.c.row_key.in_(chunk))).all())
+        return stored
+
+    def _current_rows(self, conn, target: _Target, keys: List[Tuple[Any, ...]]
+                      ) -> Dict[str, Dict[str, Any]]:
+        columns = target.key_columns
+        current = {}
+        for chunk in _chunks(keys):
+            where = (columns[0].in_([k[0] for k in chunk]) if len(columns) == 1
+                     else sa.tuple_(*columns).in_(chunk))
+            for row in conn.execute(sa.select(target.table).where(where)).mappings():
+                values = dict(row)
+                current[_row_key(tuple(values[c.name] for c in columns))] = values
+        return current
+
+
+def _describe(exc: BaseException) -> str:
+    """Error text without bound parameters (the engine hides them too)."""
+    text = f'{type(exc).__name__}: {getattr(exc, "orig", None) or exc}'
+    return text[:_DETAIL_LENGTH]
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: lost or refused connections, deadlocks, lock
+    timeouts (all OperationalError in psycopg2, PyMySQL and sqlite3)."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
+                        sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+def _create_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    if engine.dialect.name == 'sqlite':
+        # pysqlite's own transaction handling skips BEGIN before SELECTs and
+        # SAVEPOINTs; take it over (SQLAlchemy's documented recipe) and take
+        # the write lock at BEGIN so two writers never deadlock on upgrade.
+        @event.listens_for(engine, 'connect')
+        def _no_driver_transactions(dbapi_connection, _):
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, 'begin')
+        def _begin_immediate(conn):
+            conn.exec_driver_sql('BEGIN IMMEDIATE')
+    return engine
+
+
+# ---------------------------------------------------------------------------
+# Beam.
+
+class _WriteDoFn(beam.DoFn):
+    """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
+
+    def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix):
+        self._url = url
+        self._tables = tuple(tables)
+        self._known = {spec.source for spec in tables}
+        self._batch_size = batch_size
+        self._max_retries = max_retries
+        self._bookkeeping_prefix = bookkeeping_prefix
+        self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
+            'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
+            'changes_dead_lettered', 'batches_committed', 'batch_retries')}
+        self._engine = None
+        self._replica = None
+        self._buffer: List[_Item] = []
+
+    def setup(self):
+        self._engine = _create_engine(self._url)
+        self._replica = _Replica(self._url, self._tables, self._bookkeeping_prefix)
+        try:
+            self._replica.prepare(self._engine)
+        except sa_exc.SQLAlchemyError as exc:
+            # The database may come back: prepare again before the first write.
+            logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
+                            'first batch', STEP, _describe(exc))
+
+    def start_bundle(self):
+        self._buffer = []
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        _, changes = element
+        for change in changes:
+            self._counters['changes_received'].inc()
+            item = _Item(change, timestamp, window)
+            if change.table not in self._known:
+                yield from self._emit(_Outcome.all_dead(
+                    [item], 'unknown-table',
+                    f'{change.table!r} is not one of the tables given to WriteToDatabase'))
+                continue
+            self._buffer.append(item)
+            if len(self._buffer) >= self._batch_size:
+                yield from self._flush()
+
+    def finish_bundle(self):
+        yield from self._flush()
+
+    def teardown(self):
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _flush(self):
+        items, self._buffer = self._buffer, []
+        if items:
+            yield from self._emit(self._write(items))
+
+    def _write(self, items: List[_Item]) -> _Outcome:
+        """One transaction for ``items``, retried on transient errors; never raises."""
+        attempt, isolate = 0, False
+        while True:
+            connected = False
+            try:
+                if not self._replica.prepared:
+                    self._replica.prepare(self._engine)
+                with self._engine.begin() as conn:
+                    connected = True
+                    outcome = self._replica.write(conn, items, isolate)
+                outcome.counts['batches_committed'] += 1
+                return outcome
+            except sa_exc.SQLAlchemyError as exc:
+                if _is_transient(exc) and attempt < self._max_retries:
+                    attempt += 1
+                    self._counters['batch_retries'].inc()
+                    time.sleep(min(_BACKOFF_SECS * 2 ** (attempt - 1), _MAX_BACKOFF_SECS))
+                    continue
+                if connected and not isolate and isinstance(exc, sa_exc.DBAPIError):
+                    isolate = True  # find the changes the database rejects
+                    continue
+                return _Outcome.all_dead(items, 'database-error', _describe(exc))
+            except ValueError as exc:  # a replica table vanished, or is not as configured
+                return _Outcome.all_dead(items, 'database-error', str(exc))
+            except Exception as exc:  # pylint: disable=broad-except
+                # A defect, not data: keep the changes replayable, keep the branch alive.
+                logging.exception('%s: unexpected error writing %d changes', STEP, len(items))
+                return _Outcome.all_dead(items, 'internal-error', _describe(exc))
+
+    def _emit(self, outcome: _Outcome):
+        for name, count in outcome.counts.items():
+            self._counters[name].inc(count)
+        for item in outcome.applied:
+            yield WindowedValue(item.change, item.timestamp, (item.window,))
+        self._counters['changes_dead_lettered'].inc(len(outcome.dead))
+        for item, reason, detail in outcome.dead:
+            ops = item.change.ops
+            letter = dead_letter(STEP, reason, detail, repr(item.change),
+                                 ops[-1].position if ops else '')
+            yield TaggedOutput(DEAD_LETTER_TAG,
+                               WindowedValue(letter, item.timestamp, (item.window,)))
+
+
+class WriteToDatabase(beam.PTransform):
+    """Applies coalesced Changes to replica tables through SQLAlchemy Core.
+
+    Input: PCollection[Change], one per (table, key) and window, ops in version
+    order. Output: a DoOutputsTuple whose main output ('applied') holds the
+    Changes written or found already written, and whose DEAD_LETTER_TAG output
+    holds a DeadLetter(step='write_database') per Change that could not be.
+
+    Per row, only ops newer than the version stored for the row (and than the
+    table's last TRUNCATE) are applied, in order, with rowstate.apply_op,
+    starting from the row as the replica holds it: a replayed or older change
+    never overwrites a newer one, and a delete leaves a tombstone so a late
+    older insert stays ignored. The final state is written as a DELETE (row
+    gone), DELETE + INSERT (row replaced: exactly its values, other columns at
+    the target's defaults) or an UPDATE of the changed columns; the versions go
+    to the bookkeeping tables (see the module docstring) in the same
+    transaction. A TRUNCATE deletes the rows whose stored version is older than
+    it and raises the table's marker.
+
+    Values are coerced to the column types ('2026-11-01' to a date, '10.50' to
+    a Decimal of the column's scale, 1/0 to booleans); a value that does not
+    fit dead-letters its change ('bad-value', column named), and so does an op
+    naming a column the target lacks ('unknown-column'), an expression that
+    cannot be evaluated ('bad-expression'), an op changing a key column
+    ('key-changed') and a change of a table not in ``tables``
+    ('unknown-table'). The other changes of the batch commit.
+
+    Batching and concurrency: changes are keyed by (table, stable hash of the
+    key) modulo ``num_shards`` and grouped with GroupIntoBatches. Stateful
+    processing runs one key on one worker at a time, so no two workers ever
+    write the same row concurrently, while shards run in parallel. A plain
+    shuffle plus a stateless DoFn would not give that guarantee (two bundles of
+    one key may run at once after a redistribution) and a GroupByKey needs a
+    trigger in the global window. The writer buffers batches up to
+    ``batch_size`` changes and flushes them, and the rest in finish_bundle,
+    each flush in ONE transaction. Transient errors (lost connection,
+    deadlock) retry the batch ``max_retries`` times with exponential backoff;
+    then every change of the batch is dead-lettered ('database-error'). When
+    the database rejects a statement (constraint, data error), the batch is
+    redone with a SAVEPOINT per change, so only the rejected changes are
+    dead-lettered ('database-rejected'). The step never raises for data or
+    database errors, so it never fails or re-runs other branches.
+
+    Caveat: the result is exact whatever the order in which changes of
+    different rows arrive, except around a TRUNCATE: a keyed change newer than
+    the TRUNCATE whose first newer op depends on the previous row (UPDATE,
+    UPSERT, INSERT_IGNORE) must not reach the sink before the TRUNCATE. Within
+    a batch, TRUNCATEs are applied first.
+
+    Metrics (namespace 'changeflow.write_database'): changes_received,
+    rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
+    batches_committed, batch_retries.
+
+    Example::
+
+        applied, dead = changes | WriteToDatabase(
+            'postgresql+psycopg2://replica@db/shop',
+            [TableSpec('shop.orders', ('tenant_id', 'order_id'), 'orders')])
+
+    Args:
+        url: SQLAlchemy URL of the replica database. Prefer a URL without a
+            password (the driver's own configuration: .pgpass, option files).
+        tables: the replicated tables. A spec with ``columns`` gets its table
+            created when missing; one without must name an existing table
+            (setup raises ValueError naming table and URL otherwise).
+        batch_size: changes per transaction.
+        max_retries: retries of a batch after a transient error.
+        num_shards: parallel writers per table.
+        max_buffering_secs: how long a shard's incomplete batch may wait.
+        bookkeeping_prefix: prefix of the bookkeeping tables' names.
+    """
+    MAIN = APPLIED_TAG
+
+    def __init__(self, url: str, tables: Sequence[TableSpec], batch_size: int = 500,
+                 max_retries: int = 3, *, num_shards: int = 16,
+                 max_buffering_secs: float = 5.0, bookkeeping_prefix: str = 'changeflow_'):
+        super().__init__()
+        if not url or not isinstance(url, str):
+            raise ValueError(f'url must be a SQLAlchemy URL, got {url!r}')
+        tables = tuple(tables)
+        if not tables:
+            raise ValueError('tables is empty')
+        sources = [spec.source for spec in tables]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f'a source table is listed twice: {sources}')
+        for spec in tables:
+            _check_spec(spec)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}')
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f'max_retries must be an integer >= 0, got {max_retries!r}')
+        if not isinstance(num_shards, int) or num_shards < 1:
+            raise ValueError(f'num_shards must be a positive integer, got {num_shards!r}')
+        if not max_buffering_secs > 0:
+            raise ValueError(f'max_buffering_secs must be > 0, got {max_buffering_secs!r}')
+        if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', bookkeeping_prefix):
+            raise ValueError(f'bookkeeping_prefix must be an SQL identifier, '
+                             f'got {bookkeeping_prefix!r}')
+        self._url = url
+        self._tables = tables
+        self._batch_size = batch_size
+        self._max_retries = max_retries
+        self._num_shards = num_shards
+        self._max_buffering_secs = max_buffering_secs
+        self._bookkeeping_prefix = bookkeeping_prefix
+
+    def expand(self, changes):
+        return (
+            changes
+            | 'KeyByShard' >> beam.Map(_shard_of, self._num_shards).with_output_types(
+                typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
+            | 'BatchPerShard' >> beam.GroupIntoBatches(
+                self._batch_size, max_buffering_duration_secs=self._max_buffering_secs)
+            | 'Write' >> beam.ParDo(_WriteDoFn(
+                self._url, self._tables, self._batch_size, self._max_retries,
+                self._bookkeeping_prefix)).with_outputs(DEAD_LETTER_TAG, main=APPLIED_TAG))
+
+
+def _check_spec(spec: TableSpec) -> None:
+    if not spec.key:
+        raise ValueError(f'table {spec.source!r} has no key columns')
+    if not spec.target or len(spec.target) > _TABLE_NAME_LENGTH:
+        raise ValueError(f'target of {spec.source!r} must be 1 to {_TABLE_NAME_LENGTH} '
+                         f'characters, got {spec.target!r}')
+    if spec.columns:
+        declared = [name for name, _ in spec.columns]
+        for name, type_ in spec.columns:
+            _sql_type(type_)
+        missing = [k for k in spec.key if k not in declared]
+        if missing:
+            raise ValueError(f'key column(s) {missing} of {spec.source!r} are not among '
+                             f'its declared columns {declared}')
