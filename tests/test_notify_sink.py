@@ -9,7 +9,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
-from changeflow.config import TableSpec
+from changeflow.config import NotifyRule, TableSpec
 from changeflow.expressions import col, lit
 from changeflow.io.notify import REDACTED, WriteNotifications
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
@@ -72,7 +72,7 @@ def test_rules_filter_render_and_redact(tmp_path):
     rules = [
         {'to': f'file:{orders}', 'when': {'table': 'shop.orders', 'op': ['insert', 'delete']}},
         {'to': f'file:{people}', 'when': {'table': 'shop.cust*'}},
-        {'to': f'file:{people}', 'when': {'op': 'replace'}},  # same target: same ids
+        NotifyRule(f'file:{people}', ops=('replace',)),  # same target: same ids
     ]
     counters = run(rules, changes(), written=keys_ops(
         ('shop.orders', [1, 1], 'insert'), ('shop.orders', [1, 2], 'update'),
@@ -154,6 +154,7 @@ def test_malformed_change_is_dead_lettered():
     ([{'to': 'stdout', 'if': {}}], "'if'"),
     ([{'to': 'file:'}], 'needs a path'),
     ([{'to': 'stdout:x'}], "'x'"),
+    ([NotifyRule('stdout', ops=('insert', 'merge'))], "op 'merge'"),
     ({'to': 'stdout'}, 'list of rules'),
     ([], 'list of rules'),
 ])

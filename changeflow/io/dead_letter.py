@@ -206,7 +206,7 @@ class WriteDeadLetters(beam.PTransform):
         records_per_file: most lines per file.
 
     Returns:
-        A DoOutputsTuple: the main output (tag ``'written'``) has one
+        A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has one
         :class:`WrittenFile` per file written; ``DEAD_LETTER_TAG`` has the
         letters that could not be written (unchanged, e.g. to log them), so a
         storage failure never fails the pipeline.
@@ -221,6 +221,8 @@ class WriteDeadLetters(beam.PTransform):
         errors = (parsed[DEAD_LETTER_TAG], written[DEAD_LETTER_TAG]) | beam.Flatten()
         errors | WriteDeadLetters('s3://bucket/dead-letters')
     """
+
+    MAIN = 'written'
 
     def __init__(self, path: str, records_per_file: int = 100_000):
         super().__init__()
@@ -237,7 +239,7 @@ class WriteDeadLetters(beam.PTransform):
                 | 'GroupPerWindow' >> beam.GroupByKey()
                 | 'WriteFiles' >> beam.ParDo(
                     _WriteDeadLetterFilesFn(self._path, self._records_per_file)
-                ).with_outputs(DEAD_LETTER_TAG, main='written'))
+                ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
 
 
 def read_dead_letters(path: str) -> Iterator[DeadLetter]:

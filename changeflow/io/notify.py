@@ -1,6 +1,6 @@
 """Notifications about Changes, routed by rules to JSON-lines files or stdout.
 
-A rule (as the YAML configuration gives it)::
+A rule (a :class:`changeflow.config.NotifyRule`, or a mapping as in the YAML)::
 
     {'to': 'file:/var/changeflow/orders.jsonl',
      'when': {'table': 'shop.orders', 'op': ['insert', 'delete']}}
@@ -53,14 +53,15 @@ import hashlib
 import logging
 import os
 import sys
-from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set,
+                    Tuple, Union)
 
 import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from changeflow.config import TableSpec
+from changeflow.config import NotifyRule, TableSpec
 from changeflow.io.dead_letter import iso_utc, json_value
 from changeflow.io.parquet import op_columns
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
@@ -199,9 +200,12 @@ class _Rule(NamedTuple):
         return not self.ops or any(op.kind.value in self.ops for op in change.ops)
 
 
-def _parse_rule(rule: Mapping[str, Any]) -> _Rule:
+def _parse_rule(rule: Union[NotifyRule, Mapping[str, Any]]) -> _Rule:
+    if isinstance(rule, NotifyRule):
+        rule = {'to': rule.to, 'when': {'table': rule.table, 'op': list(rule.ops)}}
     if not isinstance(rule, Mapping):
-        raise ValueError(f'a notification rule is a mapping with "to" and "when", got {rule!r}')
+        raise ValueError(f'a notification rule is a NotifyRule or a mapping with "to" and '
+                         f'"when", got {rule!r}')
     unknown = set(rule) - {'to', 'when'}
     if unknown:
         raise ValueError(f'unknown notification rule keys {sorted(unknown)} in {dict(rule)!r}')
@@ -346,14 +350,15 @@ class WriteNotifications(beam.PTransform):
     delivery guarantees.
 
     Args:
-        rules: mappings ``{'to': target, 'when': {'table': ..., 'op': ...}}``;
-            checked here (ValueError naming an unknown scheme, op or key).
+        rules: :class:`changeflow.config.NotifyRule` records, or mappings
+            ``{'to': target, 'when': {'table': ..., 'op': ...}}`` as in the
+            YAML; checked here (ValueError naming an unknown scheme, op or key).
         tables: TableSpecs whose ``redact`` columns (and key order) apply to
             notifications of their table; tables without one are not redacted.
         batch_size: notifications per target buffered before a write.
 
     Returns:
-        A DoOutputsTuple: the main output (tag ``'written'``) has each JSON
+        A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has each JSON
         line written (str, without newline); lines skipped because their id
         was already in a file are counted, not output. ``DEAD_LETTER_TAG`` has
         a DeadLetter (step ``write_notify``) per notification not delivered
@@ -369,7 +374,10 @@ class WriteNotifications(beam.PTransform):
             tables=specs)
     """
 
-    def __init__(self, rules: Sequence[Mapping[str, Any]], tables: Sequence[TableSpec] = (),
+    MAIN = 'written'
+
+    def __init__(self, rules: Sequence[Union[NotifyRule, Mapping[str, Any]]],
+                 tables: Sequence[TableSpec] = (),
                  batch_size: int = 500):
         super().__init__()
         if isinstance(rules, Mapping) or not rules:
@@ -384,4 +392,4 @@ class WriteNotifications(beam.PTransform):
     def expand(self, changes):
         return changes | 'Notify' >> beam.ParDo(
             _NotifyFn(self._rules, self._tables, self._batch_size)
-        ).with_outputs(DEAD_LETTER_TAG, main='written')
+        ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)

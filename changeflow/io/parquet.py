@@ -455,7 +455,7 @@ class WriteParquetBackup(beam.PTransform):
             more is cut, deterministically, into several files).
 
     Returns:
-        A DoOutputsTuple: the main output (tag ``'written'``) has one
+        A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has one
         :class:`~changeflow.io.dead_letter.WrittenFile` (path, rows) per file
         written; ``DEAD_LETTER_TAG`` has a DeadLetter per op row not written.
 
@@ -469,6 +469,8 @@ class WriteParquetBackup(beam.PTransform):
         backup = changes | WriteParquetBackup('s3://bucket/backup', specs)
         backup[DEAD_LETTER_TAG] | WriteDeadLetters('s3://bucket/dead-letters')
     """
+
+    MAIN = 'written'
 
     def __init__(self, path: str, tables: Sequence[TableSpec], rows_per_file: int = 250_000):
         super().__init__()
@@ -500,4 +502,4 @@ class WriteParquetBackup(beam.PTransform):
                 | 'GroupByPartition' >> beam.GroupByKey()
                 | 'WriteFiles' >> beam.ParDo(
                     _WritePartitionFn(self._path, self._layouts, self._rows_per_file)
-                ).with_outputs(DEAD_LETTER_TAG, main='written'))
+                ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
