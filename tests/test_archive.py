@@ -248,10 +248,9 @@ def test_reads_from_s3(aws_env, members):
 
 
 def test_outputs_are_named():
-    outputs = beam.Pipeline() | ReadArchive('server-audit', '/nonexistent/*.log')
-    assert outputs.log_events is not None and outputs[DEAD_LETTER_TAG] is not None
-    outputs = beam.Pipeline() | ReadArchive('firehose', '/nonexistent/*.gz')
-    assert outputs.records is not None
+    for fmt in FORMATS:
+        outputs = beam.Pipeline() | ReadArchive(fmt, '/nonexistent/*')
+        assert outputs[ReadArchive.MAIN] is not None and outputs[DEAD_LETTER_TAG] is not None
 
 
 def test_unknown_format_and_empty_path_are_rejected():

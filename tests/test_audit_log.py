@@ -280,7 +280,7 @@ def test_parse_audit_lines_pipeline(lines):
 
 def test_parse_audit_lines_output_tags():
     outputs = beam.Pipeline() | beam.Create([]) | ParseAuditLines()
-    assert outputs.audit_events is not None and outputs[DEAD_LETTER_TAG] is not None
+    assert outputs[ParseAuditLines.MAIN] is not None and outputs[DEAD_LETTER_TAG] is not None
 
 
 @pytest.mark.parametrize('limit', [-1, 1.5, '1024', True])

@@ -243,8 +243,8 @@ class ReadArchive(beam.PTransform):
         fmt: one of FORMATS (see the module docstring).
         path: a file or glob; a glob may match nothing, a plain path must exist.
 
-    Returns a DoOutputsTuple: the main output (``records``: SourceRecord for
-    'kinesis-jsonl' and 'firehose'; ``log_events``: LogEvent for
+    Returns a DoOutputsTuple: the main output (tag ``ReadArchive.MAIN``:
+    SourceRecord for 'kinesis-jsonl' and 'firehose', LogEvent for
     'server-audit') and DEAD_LETTER_TAG: DeadLetter(step='read_archive') for a
     line that is not JSON, bad base64, a corrupt gzip stretch, a line that is
     not UTF-8. A bad line or member never fails the pipeline nor loses the
@@ -258,6 +258,8 @@ class ReadArchive(beam.PTransform):
         events, dead2 = records | DecodeCloudWatchRecords()
     """
 
+    MAIN = 'records'
+
     def __init__(self, fmt: str, path: str):
         super().__init__()
         if fmt not in _READERS:
@@ -268,12 +270,11 @@ class ReadArchive(beam.PTransform):
         self._path = path
 
     def expand(self, pbegin):
-        main, main_type = (('log_events', LogEvent) if self._fmt == 'server-audit'
-                           else ('records', SourceRecord))
+        main_type = LogEvent if self._fmt == 'server-audit' else SourceRecord
         return (pbegin
                 | 'MatchFiles' >> fileio.MatchFiles(self._path)
                 | 'SpreadFiles' >> beam.Reshuffle()
                 | 'ReadMatches' >> fileio.ReadMatches(
                     compression=CompressionTypes.UNCOMPRESSED)
                 | f'Read[{self._fmt}]' >> beam.ParDo(_READERS[self._fmt]())
-                .with_output_types(main_type).with_outputs(DEAD_LETTER_TAG, main=main))
+                .with_output_types(main_type).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

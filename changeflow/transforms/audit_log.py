@@ -220,6 +220,8 @@ class ParseAuditLines(beam.PTransform):
         events, dead = log_events | ParseAuditLines(query_log_limit=1024)
     """
 
+    MAIN = 'audit_events'
+
     def __init__(self, query_log_limit: int = DEFAULT_QUERY_LOG_LIMIT):
         super().__init__()
         if (not isinstance(query_log_limit, int) or isinstance(query_log_limit, bool)
@@ -231,4 +233,4 @@ class ParseAuditLines(beam.PTransform):
     def expand(self, log_events):
         return log_events | 'ParseAuditLine' >> beam.ParDo(
             _ParseAuditLineFn(self._query_log_limit)).with_outputs(
-                DEAD_LETTER_TAG, main='audit_events')
+                DEAD_LETTER_TAG, main=self.MAIN)

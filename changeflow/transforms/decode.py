@@ -189,6 +189,8 @@ class DecodeCloudWatchRecords(beam.PTransform):
         events, dead = records | DecodeCloudWatchRecords()
     """
 
+    MAIN = 'log_events'
+
     def expand(self, records):
         return records | 'DecodeRecord' >> beam.ParDo(_DecodeRecordFn()).with_outputs(
-            DEAD_LETTER_TAG, main='log_events')
+            DEAD_LETTER_TAG, main=self.MAIN)
