@@ -172,6 +172,24 @@ def test_firehose_corrupt_members_are_dead_lettered_and_reading_goes_on(tmp_path
     assert run(pipeline) == {'files': 1, 'records': 13, 'dead_lettered': 3}
 
 
+def test_firehose_compressed_again_with_a_cut_outer_member(tmp_path, members):
+    # Firehose compression on top, written as two outer gzip members (a valid
+    # multi-member gzip of the concatenated CloudWatch members), the second cut
+    # short: the first outer member's payloads come through, the cut one is
+    # dead-lettered whole so it can be replayed.
+    outer_first = gzip.compress(b''.join(members[:7]))
+    outer_cut = gzip.compress(b''.join(members[7:]))[:-20]
+    path = write(tmp_path / 'double-cut.gz', outer_first + outer_cut)
+    pipeline = local_pipeline()
+    records, dead = pipeline | ReadArchive('firehose', path)
+    assert_that(records, equal_to([SourceRecord(data, path, '', f'{n:010d}', 0)
+                                   for n, data in enumerate(members[:7])]), label='records')
+    assert_that(strip(dead), equal_to([
+        ('read_archive', 'bad-gzip', outer_cut, f'{path}#outer0000000001')]),
+        label='dead letters')
+    assert run(pipeline) == {'files': 1, 'records': 7, 'dead_lettered': 1}
+
+
 def test_firehose_file_that_is_not_gzip(tmp_path, audit_dir):
     with open(os.path.join(audit_dir, 'server_audit.log'), 'rb') as f:
         text = f.read()
