@@ -28,7 +28,7 @@ def letters(time_us=NOW):
                    'audit.log#2', time_us),
         DeadLetter('decode', 'bad-gzip', 'not gzip', b'\x1f\x8b\x00\xff', 'stream/shard-0/7',
                    time_us + 1),
-        DeadLetter('sql', 'needs-lookup', 'NOW() reads the clock',
+        DeadLetter('sql', 'needs-lookup', 'NOW() reads the clock near \udce9',
                    "UPDATE t SET x = NOW(), note = 'ü\n' WHERE id = 1".encode(), 'audit.log#1',
                    time_us + 2),
     ]

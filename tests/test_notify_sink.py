@@ -139,6 +139,15 @@ def test_failing_target_is_dead_lettered_and_others_written(tmp_path):
     assert counters == {'received': 5, 'written': 1, 'dead_lettered': 5}
 
 
+def test_text_that_is_not_utf8_is_escaped(tmp_path):
+    target = tmp_path / 'notes.jsonl'
+    change = Change('shop.orders', (1, 9), (op(OpKind.INSERT, 9, [('note', 'caf\udce9')]),), T)
+    run([{'to': f'file:{target}'}], [change], letters=equal_to([]))
+    (note,) = lines(target)
+    assert note['values'] == {'note': 'caf\udce9'}
+    assert run([{'to': f'file:{target}'}], [change]) == {'received': 1, 'skipped_existing': 1}
+
+
 def test_malformed_change_is_dead_lettered():
     def bad(letters):
         (letter,) = letters

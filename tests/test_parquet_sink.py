@@ -228,6 +228,20 @@ def test_unknown_table_column_and_unwritable_path(tmp_path):
     assert counters == {'received': 3, 'dead_lettered': 3}
 
 
+def test_text_that_is_not_utf8(tmp_path):
+    # Audit lines are decoded with 'surrogateescape': invalid bytes become lone surrogates.
+    bad_note = order(5, insert(40, tenant_id=1, order_id=5, note='caf\udce9'))
+    bad_computed = order(6, update(41, ('note', ('fn', 'CONCAT', (col('note'), lit('\udce9'))))))
+    good = order(7, insert(42, tenant_id=1, order_id=7, note='café'))
+    odd_key = Change('shop.events', ('\udce9',), (insert(43, id='\udce9', x='\udce9'),), DAY1)
+    run(str(tmp_path), [bad_note, bad_computed, good, odd_key], tables=(ORDERS, EVENTS),
+        letters=reasons(('bad-value', 'audit.log#40'), ('bad-value', 'audit.log#41')))
+    orders = pq.read_table(str(tmp_path / 'table=orders')).to_pylist()
+    assert [r['note'] for r in orders] == ['café']
+    (event,) = pq.read_table(str(tmp_path / 'table=events')).to_pylist()
+    assert (event['key'], event['values']) == ('["\\udce9"]', '{"id":"\\udce9","x":"\\udce9"}')
+
+
 def test_op_columns_substitutes_earlier_assignments():
     op = update(1, ('a', lit(5)), ('b', ('bin', '+', col('a'), lit(1))),
                 ('c', ('bin', '*', col('c'), col('a'))))

@@ -31,6 +31,7 @@ import base64
 import datetime
 import decimal
 import hashlib
+import json
 import logging
 import math
 import os
@@ -47,7 +48,7 @@ from changeflow.expressions import to_sql
 from changeflow.model import DEAD_LETTER_TAG, Change, DeadLetter
 
 __all__ = ['WriteDeadLetters', 'read_dead_letters', 'WrittenFile', 'write_file',
-           'json_value', 'change_json', 'iso_utc', 'parse_iso_utc']
+           'json_value', 'dumps_json', 'loads_json', 'change_json', 'iso_utc', 'parse_iso_utc']
 
 _LOG = logging.getLogger(__name__)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -126,13 +127,32 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
+def dumps_json(obj: Any) -> bytes:
+    """Compact JSON as UTF-8, for any str: text holding lone surrogates (bytes
+    that were not UTF-8, decoded with 'surrogateescape') falls back to ASCII
+    JSON with ``\\u`` escapes instead of failing."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, ensure_ascii=True, separators=(',', ':')).encode('ascii')
+
+
+def loads_json(data: bytes) -> Any:
+    """Parses JSON, including what :func:`dumps_json` wrote with escaped lone
+    surrogates (which orjson refuses); raises ValueError if it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def change_json(change: Change) -> bytes:
     """A Change as JSON text, for a dead letter's ``original``.
 
     Values go through :func:`json_value`; assignments are rendered with
     :func:`changeflow.expressions.to_sql`.
     """
-    return orjson.dumps({
+    return dumps_json({
         'table': change.table,
         'key': json_value(change.key),
         'event_time': iso_utc(change.event_time_us),
@@ -148,12 +168,12 @@ def change_json(change: Change) -> bytes:
 
 def _identity(letter: DeadLetter) -> bytes:
     """A letter's line without its rejection time: what names and orders files."""
-    return orjson.dumps([letter.step, letter.reason, letter.detail,
+    return dumps_json([letter.step, letter.reason, letter.detail,
                          base64.b64encode(letter.original).decode('ascii'), letter.position])
 
 
 def _line(letter: DeadLetter) -> bytes:
-    return orjson.dumps({
+    return dumps_json({
         'step': letter.step,
         'reason': letter.reason,
         'detail': letter.detail,
@@ -256,7 +276,7 @@ def read_dead_letters(path: str) -> Iterator[DeadLetter]:
         for line in data.splitlines():
             if not line.strip():
                 continue
-            record = orjson.loads(line)
+            record = loads_json(line)
             yield DeadLetter(record['step'], record['reason'], record['detail'],
                              base64.b64decode(record['original_base64']),
                              record['position'], parse_iso_utc(record['time']))

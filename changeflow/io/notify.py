@@ -44,7 +44,8 @@ by the workers that write it (a local or single-machine run).
 again.
 
 Runner support: any runner; writes are buffered per bundle (at most
-``batch_size`` per target) and flushed before the bundle ends.
+``batch_size`` per target) and flushed before the bundle ends, each batch in
+version order.
 """
 
 import fcntl
@@ -57,12 +58,11 @@ from typing import (Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, S
                     Tuple, Union)
 
 import apache_beam as beam
-import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
 from changeflow.config import NotifyRule, TableSpec
-from changeflow.io.dead_letter import iso_utc, json_value
+from changeflow.io.dead_letter import dumps_json, iso_utc, json_value, loads_json
 from changeflow.io.parquet import op_columns
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 
@@ -134,8 +134,8 @@ class JsonLinesFileWriter(NotificationWriter):
         complete = data.rfind(b'\n') + 1
         for line in data[:complete].splitlines():
             try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
+                record = loads_json(line)
+            except ValueError:
                 continue  # a line someone else wrote or a torn write: not an id
             if isinstance(record, dict) and isinstance(record.get('id'), str):
                 self._ids.add(record['id'])
@@ -236,7 +236,7 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
                   key_columns: Tuple[str, ...]) -> Tuple[str, bytes]:
     """(id, JSON line) of ``change`` for ``target``."""
     key = json_value(list(change.key))
-    note_id = hashlib.sha256(orjson.dumps(
+    note_id = hashlib.sha256(dumps_json(
         [target, change.table, key, change.version])).hexdigest()[:32]
     if redact and len(key_columns) == len(key):
         key = [REDACTED if column in redact else value
@@ -245,13 +245,14 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
     literals, _ = op_columns(last)
     values = {column: REDACTED if column in redact else json_value(value)
               for column, value in literals.items()}
-    return note_id, orjson.dumps({
+    return note_id, dumps_json({
         'id': note_id, 'table': change.table, 'key': key, 'op': last.kind.value,
         'version': last.version, 'event_time': iso_utc(change.event_time_us),
         'values': values})
 
 
 class _Pending(NamedTuple):
+    version: str
     note_id: str
     line: bytes
     position: str
@@ -304,7 +305,8 @@ class _NotifyFn(beam.DoFn):
             return
         for target, (note_id, line) in notes.items():
             pending = self._pending[target]
-            pending.append(_Pending(note_id, line, change.ops[-1].position, timestamp, window))
+            pending.append(_Pending(change.version, note_id, line, change.ops[-1].position,
+                                    timestamp, window))
             if len(pending) >= self._batch_size:
                 yield from self._flush(target)
 
@@ -313,7 +315,8 @@ class _NotifyFn(beam.DoFn):
             yield from self._flush(target)
 
     def _flush(self, target: str):
-        batch, self._pending[target] = self._pending[target], []
+        batch = sorted(self._pending[target], key=lambda p: (p.version, p.note_id))
+        self._pending[target] = []
         if not batch:
             return
         try:

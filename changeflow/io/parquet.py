@@ -48,10 +48,11 @@ scale; numeric strings parse); anything else is ``bad-value``.
 
 Dead letters (step ``write_parquet``), one per op row, ``original`` the
 single-op Change as JSON: ``bad-value`` (a value not coercible to its
-column; the other rows are still written), ``unknown-column`` (a literal value
-for a column the TableSpec does not declare), ``unknown-table`` (a Change of a
-table not in ``tables``), ``bad-change`` (a Change whose event time has no
-date), ``write-failed`` (the file could not be written).
+column, or text that is not UTF-8; the other rows are still written),
+``unknown-column`` (a literal value for a column the TableSpec does not
+declare), ``unknown-table`` (a Change of a table not in ``tables``),
+``bad-change`` (an event time with no date, an op that cannot be rendered),
+``write-failed`` (the file could not be written).
 
 Runner support: any runner. Files are written through Beam's ``FileSystems``:
 ``s3://`` uses ``S3Options`` (``--s3_endpoint_url`` ...) or boto3's default
@@ -74,7 +75,8 @@ from apache_beam.metrics import Metrics
 
 from changeflow.config import COLUMN_TYPES, TableSpec
 from changeflow.expressions import is_literal, literal_value, substitute, to_sql
-from changeflow.io.dead_letter import WrittenFile, change_json, json_value, write_file
+from changeflow.io.dead_letter import (
+    WrittenFile, change_json, dumps_json, json_value, write_file)
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, dead_letter
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'op_columns', 'METADATA_SCHEMA']
@@ -189,6 +191,7 @@ def _to_float(value) -> float:
 
 def _to_text(value) -> str:
     if isinstance(value, str):
+        value.encode('utf-8')  # lone surrogates (bytes that were not UTF-8) raise
         return value
     if isinstance(value, bytes):
         return value.decode('utf-8')
@@ -306,19 +309,26 @@ def _row(change: Change, op: RowOp, layout: _Layout, plan) -> Dict[str, Any]:
     column names are case-insensitive.
     """
     literals, computed = op_columns(op)
+    texts = [change.table, op.version, op.position, *literals, *computed]
+    texts.extend(to_sql(expr) for expr in computed.values())
+    try:
+        for text in texts:
+            text.encode('utf-8')
+    except UnicodeEncodeError as error:
+        raise _BadRow('bad-value', f'{change.table}: text that is not UTF-8: {error}') from None
     row = {
         'source_table': change.table,
         'op': op.kind.value,
         'version': op.version,
         'event_time': change.event_time_us,
-        'key': orjson.dumps(json_value(list(change.key))).decode('utf-8'),
+        'key': dumps_json(json_value(list(change.key))).decode('utf-8'),
         'position': op.position,
         'set_columns': list(dict.fromkeys(
             [column for column, _ in (*op.values, *op.assignments)])),
         'computed': [(column, to_sql(expr)) for column, expr in computed.items()],
     }
     if not layout.columns:
-        row['values'] = orjson.dumps({
+        row['values'] = dumps_json({
             column: None if value is None else _as_text(value)
             for column, value in literals.items()}).decode('utf-8')
         return row
@@ -341,7 +351,7 @@ def _row(change: Change, op: RowOp, layout: _Layout, plan) -> Dict[str, Any]:
 
 def _as_text(value) -> str:
     rendered = json_value(value)
-    return rendered if isinstance(rendered, str) else orjson.dumps(rendered).decode('utf-8')
+    return rendered if isinstance(rendered, str) else dumps_json(rendered).decode('utf-8')
 
 
 def _utc_day(time_us: int) -> str:
@@ -405,6 +415,9 @@ class _WritePartitionFn(beam.DoFn):
                 row = _row(change, change.ops[0], layout, self._plans[change.table])
             except _BadRow as error:
                 yield self._reject(change, error.reason, error.detail)
+                continue
+            except Exception as error:  # a malformed op: dead-lettered, the others written
+                yield self._reject(change, 'bad-change', f'{type(error).__name__}: {error}')
                 continue
             rows.append(((row['version'], row['source_table'], row['key'], row['position']),
                          row, change))
