@@ -8,7 +8,7 @@ setuptools.setup(
     description='Apache Beam pipelines that turn database change streams into '
                 'replicas, Parquet backups and notifications.',
     packages=setuptools.find_packages(include=['changeflow', 'changeflow.*']),
-    python_requires='>=3.10',
+    python_requires='>=3.11',  # possessive regex quantifiers in the audit parser,
     install_requires=[
         'apache-beam>=2.77.0,<2.78',
         'boto3>=1.34,<2',

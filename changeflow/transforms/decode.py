@@ -10,7 +10,7 @@ plain JSON. Runs on any runner; element-wise.
 """
 
 import zlib
-from typing import Iterable, Literal, List, Tuple, Union
+from typing import Iterable, Iterator, Literal, List, Tuple, Union
 
 import apache_beam as beam
 import orjson
@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter, LogEvent, SourceRecord, dead_letter
 
-__all__ = ['DecodeError', 'decode_record', 'DecodeCloudWatchRecords', 'inflate_gzip_member',
+__all__ = ['DecodeError', 'envelopes', 'decode_record', 'DecodeCloudWatchRecords', 'inflate_gzip_member',
            'GZIP_MAGIC']
 
 GZIP_MAGIC = b'\x1f\x8b'
@@ -103,6 +103,22 @@ def _field(mapping: dict, name: str, types, where: str):
     return value
 
 
+def envelopes(data: bytes) -> Iterator[dict]:
+    """The CloudWatch Logs envelopes in one record's bytes, CONTROL_MESSAGEs included.
+
+    Raises:
+        DecodeError: 'bad-gzip', 'bad-json', 'bad-utf8' or 'bad-envelope'.
+    """
+    if data[:2] != GZIP_MAGIC and data[:1] and data[0] not in _JSON_START:
+        raise DecodeError('bad-gzip', f'neither gzip nor JSON: {data[:16]!r}')
+    for payload in _payloads(data):
+        envelope = _load_json(payload)
+        if not isinstance(envelope, dict):
+            raise DecodeError('bad-envelope', f'payload is a {type(envelope).__name__},'
+                                              f' not an object')
+        yield envelope
+
+
 def decode_record(record: SourceRecord) -> List[LogEvent]:
     """The log events of one record, in order; [] for a CONTROL_MESSAGE.
 
@@ -118,18 +134,11 @@ def decode_record(record: SourceRecord) -> List[LogEvent]:
 
 def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
     """(the record's log events, how many CONTROL_MESSAGE envelopes it held)."""
-    data = record.data
-    if data[:2] != GZIP_MAGIC and data[:1] and data[0] not in _JSON_START:
-        raise DecodeError('bad-gzip', f'neither gzip nor JSON: {data[:16]!r}')
     events = []
     controls = 0
     base = record.position + '@'
     new = tuple.__new__  # skips LogEvent's Python-level __new__ on this hot path
-    for payload in _payloads(data):
-        envelope = _load_json(payload)
-        if not isinstance(envelope, dict):
-            raise DecodeError('bad-envelope', f'payload is a {type(envelope).__name__},'
-                                              f' not an object')
+    for envelope in envelopes(record.data):
         message_type = _field(envelope, 'messageType', (str,), 'envelope')
         if message_type == 'CONTROL_MESSAGE':
             controls += 1
