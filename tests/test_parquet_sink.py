@@ -3,6 +3,7 @@
 import datetime
 import decimal
 import io
+import json
 import os
 import re
 
@@ -217,8 +218,17 @@ def test_windows_and_rows_per_file_split_files(tmp_path):
 def test_unknown_table_column_and_unwritable_path(tmp_path):
     stray = Change('shop.other', (1,), (insert(30, id=1),), DAY1)
     extra = order(9, insert(31, tenant_id=1, order_id=9, colour='red'))
-    run(str(tmp_path), [stray, extra], letters=reasons(
-        ('unknown-table', 'audit.log#30'), ('unknown-column', 'audit.log#31')))
+    timeless = order(10, insert(32, tenant_id=1, order_id=10), time_us=None)
+    malformed = order(11, update(33, ('note', ('bogus',))))
+
+    def described(letters):
+        reasons(('unknown-table', 'audit.log#30'), ('unknown-column', 'audit.log#31'),
+                ('bad-change', 'audit.log#32'), ('bad-change', 'audit.log#33'))(letters)
+        originals = {l.position: json.loads(l.original) for l in letters}
+        assert originals['audit.log#32']['event_time_us'] is None
+        assert originals['audit.log#33']['ops'][0]['assignments'] == [['note', "('bogus',)"]]
+
+    run(str(tmp_path), [stray, extra, timeless, malformed], letters=described)
 
     blocker = tmp_path / 'a-file'
     blocker.write_text('not a directory')

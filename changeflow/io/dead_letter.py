@@ -150,26 +150,34 @@ def change_json(change: Change) -> bytes:
     """A Change as JSON text, for a dead letter's ``original``.
 
     Values go through :func:`json_value`; assignments are rendered with
-    :func:`changeflow.expressions.to_sql`.
+    :func:`changeflow.expressions.to_sql` (``repr`` for a malformed one), so a
+    rejected Change can always be described.
     """
     return dumps_json({
         'table': change.table,
         'key': json_value(change.key),
-        'event_time': iso_utc(change.event_time_us),
+        'event_time_us': json_value(change.event_time_us),
         'ops': [{
-            'kind': op.kind.value,
+            'kind': json_value(op.kind),
             'version': op.version,
             'position': op.position,
             'values': {c: json_value(v) for c, v in op.values},
-            'assignments': [[c, to_sql(e)] for c, e in op.assignments],
+            'assignments': [[c, _sql_text(e)] for c, e in op.assignments],
         } for op in change.ops],
     })
+
+
+def _sql_text(expr) -> str:
+    try:
+        return to_sql(expr)
+    except (LookupError, TypeError, ValueError):
+        return repr(expr)
 
 
 def _identity(letter: DeadLetter) -> bytes:
     """A letter's line without its rejection time: what names and orders files."""
     return dumps_json([letter.step, letter.reason, letter.detail,
-                         base64.b64encode(letter.original).decode('ascii'), letter.position])
+                       base64.b64encode(letter.original).decode('ascii'), letter.position])
 
 
 def _line(letter: DeadLetter) -> bytes:
@@ -218,6 +226,7 @@ class _WriteDeadLetterFilesFn(beam.DoFn):
             yield WrittenFile(path, len(chunk))
 
 
+@beam.typehints.with_input_types(DeadLetter)
 class WriteDeadLetters(beam.PTransform):
     """Writes DeadLetters as JSON lines under ``path`` (local or ``s3://``...).
 

@@ -346,6 +346,7 @@ class _NotifyFn(beam.DoFn):
                 writer.close()
 
 
+@beam.typehints.with_input_types(Change)
 class WriteNotifications(beam.PTransform):
     """Sends a notification per Change and matching rule target.
 

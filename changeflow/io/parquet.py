@@ -454,6 +454,7 @@ class _WritePartitionFn(beam.DoFn):
             _STEP, reason, detail, change_json(change), change.ops[0].position))
 
 
+@beam.typehints.with_input_types(Change)
 class WriteParquetBackup(beam.PTransform):
     """Writes every op of a PCollection of Changes as a row of a Parquet change log.
 
