@@ -46,13 +46,13 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from changeflow.config import TableSpec
 from changeflow.expressions import MissingColumn
+from changeflow.io.dead_letter import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 from changeflow.rowstate import ABSENT, RowState, apply_op
 
-__all__ = ['WriteToDatabase', 'APPLIED_TAG', 'STEP']
+__all__ = ['WriteToDatabase']
 
-STEP = 'write_database'
-APPLIED_TAG = 'applied'      # name of the main output in the returned DoOutputsTuple
+_STEP = 'write_database'
 
 _NAMESPACE = 'changeflow.write_database'
 _TABLE_NAME_LENGTH = 128     # 512 bytes in utf8mb4
@@ -516,8 +516,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
 class _Replica:
     """The replica tables of one database and the transactional write of a batch."""
 
-    def __init__(self, url: str, specs: Sequence[TableSpec], bookkeeping_prefix: str):
-        self._url = url
+    def __init__(self, specs: Sequence[TableSpec], bookkeeping_prefix: str):
         self._specs = {spec.source: spec for spec in specs}
         self._prefix = bookkeeping_prefix
         self.targets: Dict[str, _Target] = {}
@@ -820,13 +819,13 @@ class _WriteDoFn(beam.DoFn):
 
     def setup(self):
         self._engine = _create_engine(self._url)
-        self._replica = _Replica(self._url, self._tables, self._bookkeeping_prefix)
+        self._replica = _Replica(self._tables, self._bookkeeping_prefix)
         try:
             self._replica.prepare(self._engine)
         except sa_exc.SQLAlchemyError as exc:
             # The database may come back: prepare again before the first write.
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
-                            'first batch', STEP, _describe(exc))
+                            'first batch', _STEP, _describe(exc))
 
     def start_bundle(self):
         self._buffer = []
@@ -885,7 +884,7 @@ class _WriteDoFn(beam.DoFn):
                 return _Outcome.all_dead(items, 'database-error', str(exc))
             except Exception as exc:  # pylint: disable=broad-except
                 # A defect, not data: keep the changes replayable, keep the branch alive.
-                logging.exception('%s: unexpected error writing %d changes', STEP, len(items))
+                logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
                 return _Outcome.all_dead(items, 'internal-error', _describe(exc))
 
     def _emit(self, outcome: _Outcome):
@@ -896,19 +895,21 @@ class _WriteDoFn(beam.DoFn):
         self._counters['changes_dead_lettered'].inc(len(outcome.dead))
         for item, reason, detail in outcome.dead:
             ops = item.change.ops
-            letter = dead_letter(STEP, reason, detail, repr(item.change),
+            letter = dead_letter(_STEP, reason, detail, change_json(item.change),
                                  ops[-1].position if ops else '')
             yield TaggedOutput(DEAD_LETTER_TAG,
                                WindowedValue(letter, item.timestamp, (item.window,)))
 
 
+@typehints.with_input_types(Change)
 class WriteToDatabase(beam.PTransform):
     """Applies coalesced Changes to replica tables through SQLAlchemy Core.
 
     Input: PCollection[Change], one per (table, key) and window, ops in version
-    order. Output: a DoOutputsTuple whose main output ('applied') holds the
-    Changes written or found already written, and whose DEAD_LETTER_TAG output
-    holds a DeadLetter(step='write_database') per Change that could not be.
+    order. Output: a DoOutputsTuple whose main output (tag ``MAIN``,
+    ``'written'``) holds the Changes applied or found already applied, and
+    whose DEAD_LETTER_TAG output holds a DeadLetter(step='write_database',
+    original=the Change as JSON) per Change that could not be.
 
     Per row, only ops newer than the version stored for the row (and than the
     table's last TRUNCATE) are applied, in order, with rowstate.apply_op,
@@ -929,15 +930,18 @@ class WriteToDatabase(beam.PTransform):
     ('key-changed') and a change of a table not in ``tables``
     ('unknown-table'). The other changes of the batch commit.
 
-    Batching and concurrency: changes are keyed by (table, stable hash of the
-    key) modulo ``num_shards`` and grouped with GroupIntoBatches. Stateful
-    processing runs one key on one worker at a time, so no two workers ever
-    write the same row concurrently, while shards run in parallel. A plain
-    shuffle plus a stateless DoFn would not give that guarantee (two bundles of
-    one key may run at once after a redistribution) and a GroupByKey needs a
-    trigger in the global window. The writer buffers batches up to
-    ``batch_size`` changes and flushes them, and the rest in finish_bundle,
-    each flush in ONE transaction. Transient errors (lost connection,
+    Batching and concurrency: each change is keyed by (table, stable hash of
+    its key values modulo ``num_shards``) and batched per shard with
+    GroupIntoBatches, a stateful DoFn: the runner processes a key on one
+    worker at a time and holds it until the bundle commits, and the writer is
+    fused into that bundle, so one row is never written by two workers at
+    once while the shards of a table are written in parallel. (A Reshuffle
+    plus a stateless DoFn gives no such guarantee; a GroupByKey would need a
+    trigger to emit anything in the global window of a stream.) TRUNCATE,
+    which touches every shard of its table, is serialised by row locks on the
+    table's marker: keyed batches share-lock it, a TRUNCATE locks it
+    exclusively. The writer buffers batches and flushes every ``batch_size``
+    changes and in finish_bundle, each flush in ONE transaction. Transient errors (lost connection,
     deadlock) retry the batch ``max_retries`` times with exponential backoff;
     then every change of the batch is dead-lettered ('database-error'). When
     the database rejects a statement (constraint, data error), the batch is
@@ -957,7 +961,7 @@ class WriteToDatabase(beam.PTransform):
 
     Example::
 
-        applied, dead = changes | WriteToDatabase(
+        written, dead = changes | WriteToDatabase(
             'postgresql+psycopg2://replica@db/shop',
             [TableSpec('shop.orders', ('tenant_id', 'order_id'), 'orders')])
 
@@ -973,7 +977,7 @@ class WriteToDatabase(beam.PTransform):
         max_buffering_secs: how long a shard's incomplete batch may wait.
         bookkeeping_prefix: prefix of the bookkeeping tables' names.
     """
-    MAIN = APPLIED_TAG
+    MAIN = 'written'
 
     def __init__(self, url: str, tables: Sequence[TableSpec], batch_size: int = 500,
                  max_retries: int = 3, *, num_shards: int = 16,
@@ -1017,7 +1021,7 @@ class WriteToDatabase(beam.PTransform):
                 self._batch_size, max_buffering_duration_secs=self._max_buffering_secs)
             | 'Write' >> beam.ParDo(_WriteDoFn(
                 self._url, self._tables, self._batch_size, self._max_retries,
-                self._bookkeeping_prefix)).with_outputs(DEAD_LETTER_TAG, main=APPLIED_TAG))
+                self._bookkeeping_prefix)).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
 
 
 def _check_spec(spec: TableSpec) -> None:
