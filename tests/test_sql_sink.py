@@ -54,7 +54,12 @@ def run_sink(url, changes, tables, dead=(), **options):
     wanted = {position: text for _, position, text in dead}
     applied = [(c.table, c.key) for c in changes if c.ops[-1].position not in wanted]
     pipeline = local_pipeline()
+    # As CoalesceChanges delivers them: out of a GroupByKey, timestamped at the
+    # end of the global window.
     written, dead_letters = (pipeline | beam.Create(changes)
+                             | 'ByRow' >> beam.Map(lambda c: ((c.table, c.key), c))
+                             | beam.GroupByKey()
+                             | 'Changes' >> beam.FlatMapTuple(lambda _, changes: changes)
                              | WriteToDatabase(url, tables, **options))
     assert_that(written | 'AppliedKeys' >> beam.Map(lambda c: (c.table, c.key)),
                 equal_to(applied), label='applied')
@@ -400,6 +405,7 @@ def test_a_missing_reflected_table_fails_setup_naming_table_and_url(sqlite_url):
     (dict(tables=[]), 'tables is empty'),
     (dict(batch_size=0), 'batch_size'),
     (dict(max_retries=-1), 'max_retries'),
+    (dict(max_buffering_secs=0), 'max_buffering_secs'),
     (dict(tables=[TableSpec('a.b', (), 'b')]), 'no key columns'),
     (dict(tables=[TableSpec('a.b', ('id',), 'b', (('name', 'string'),))]), 'key column'),
     (dict(tables=[TableSpec('a.b', ('id',), 'b', (('id', 'uuid'),))]), "'uuid'"),

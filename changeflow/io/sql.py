@@ -974,14 +974,20 @@ class WriteToDatabase(beam.PTransform):
         batch_size: changes per transaction.
         max_retries: retries of a batch after a transient error.
         num_shards: parallel writers per table.
-        max_buffering_secs: how long a shard's incomplete batch may wait.
+        max_buffering_secs: how long a shard's incomplete batch may wait for
+            more changes (a processing-time timer). Unset, a batch is written
+            when full or when its window closes, which suits bounded input and
+            windowed streams; set it for a stream in the global window. (The
+            FnApiRunner schedules processing-time timers at the element's
+            timestamp, so a bounded run there must leave it unset.)
         bookkeeping_prefix: prefix of the bookkeeping tables' names.
     """
     MAIN = 'written'
 
     def __init__(self, url: str, tables: Sequence[TableSpec], batch_size: int = 500,
                  max_retries: int = 3, *, num_shards: int = 16,
-                 max_buffering_secs: float = 5.0, bookkeeping_prefix: str = 'changeflow_'):
+                 max_buffering_secs: Optional[float] = None,
+                 bookkeeping_prefix: str = 'changeflow_'):
         super().__init__()
         if not url or not isinstance(url, str):
             raise ValueError(f'url must be a SQLAlchemy URL, got {url!r}')
@@ -999,8 +1005,9 @@ class WriteToDatabase(beam.PTransform):
             raise ValueError(f'max_retries must be an integer >= 0, got {max_retries!r}')
         if not isinstance(num_shards, int) or num_shards < 1:
             raise ValueError(f'num_shards must be a positive integer, got {num_shards!r}')
-        if not max_buffering_secs > 0:
-            raise ValueError(f'max_buffering_secs must be > 0, got {max_buffering_secs!r}')
+        if max_buffering_secs is not None and not max_buffering_secs > 0:
+            raise ValueError(f'max_buffering_secs must be > 0 or None, '
+                             f'got {max_buffering_secs!r}')
         if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', bookkeeping_prefix):
             raise ValueError(f'bookkeeping_prefix must be an SQL identifier, '
                              f'got {bookkeeping_prefix!r}')
