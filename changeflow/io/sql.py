@@ -4,8 +4,8 @@ Prerequisites: SQLAlchemy 2 and the DB-API driver of the target
 (``pip install changeflow[postgres]`` for psycopg2, ``changeflow[mysql]`` for
 PyMySQL; SQLite needs nothing). Tested against SQLite, PostgreSQL and MariaDB;
 other SQLAlchemy dialects use generic (DELETE + INSERT) bookkeeping upserts.
-Runs on any runner with stateful processing (``GroupIntoBatches``): the
-FnApiRunner, Prism, Dataflow, Flink.
+Needs a runner with stateful processing (``GroupIntoBatches``); tested on the
+FnApiRunner.
 
 Exactly-once effect on an at-least-once runner comes from a version guard kept
 in the target database itself, written in the same transaction as the rows:
@@ -58,12 +58,13 @@ _NAMESPACE = 'changeflow.write_database'
 _TABLE_NAME_LENGTH = 128     # 512 bytes in utf8mb4
 _ROW_KEY_LENGTH = 512        # 2048 bytes in utf8mb4: the primary key stays < 3072
 _VERSION_LENGTH = 80         # audit versions are 67 characters
-_KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT / DELETE
+_KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
 _DETAIL_LENGTH = 2000
 _DECIMAL_TYPE = re.compile(r'decimal\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\Z', re.IGNORECASE)
 _QUANTIZE = decimal.Context(prec=100)
+_MISSING = object()
 
 
 def _sql_type(declared: str) -> sa.types.TypeEngine:
@@ -378,9 +379,14 @@ class _Target:
             raise _Rejected('bad-value', f'NULL in the key of {self.name!r}')
         return values
 
-    def coerce_state(self, state: RowState, key: Tuple[Any, ...]) -> RowState:
-        """``state`` with every value coerced; a key column may not change."""
-        values = {c: self.coerce(c, v) for c, v in state.values.items()}
+    def coerce_state(self, state: RowState, key: Tuple[Any, ...],
+                     previous: RowState) -> RowState:
+        """``state`` with the values an op set coerced (those it kept from
+        ``previous``, already coerced or read from the table, stay as they
+        are); a key column may not change."""
+        kept = previous.values
+        values = {c: v if kept.get(c, _MISSING) is v else self.coerce(c, v)
+                  for c, v in state.values.items()}
         for column, expected in zip(self.spec.key, key):
             if column in values and values[column] != expected:
                 raise _Rejected('key-changed', f'the op sets key column {column!r} of '
@@ -592,7 +598,7 @@ class _Replica:
         savepoint = conn.begin_nested()
         try:
             outcome = write(conn, items, *args)
-        except sa_exc.DBAPIError as exc:
+        except sa_exc.StatementError as exc:
             savepoint.rollback()
             return _Outcome.all_dead(items, 'database-rejected', _describe(exc))
         savepoint.commit()
@@ -716,20 +722,20 @@ class _Replica:
         try:
             state = base
             for op in ops:
+                previous = state
                 try:
-                    state = apply_op(state, op)
-                except MissingColumn as exc:
-                    if not state.replaced:  # every stored column is known
-                        raise _Rejected('unknown-column', f'{exc.args[0]!r} is not a column '
-                                                          f'of {target.name!r}') from None
+                    state = apply_op(previous, op)
+                except MissingColumn:
+                    if not previous.replaced:  # it holds every column of the table
+                        raise
                     savepoint = savepoint or conn.begin_nested()
                     plan = _Plan(target)
-                    plan.add(key, base, state)
+                    plan.add(key, base, previous)
                     plan.execute(conn)
-                    base = state = RowState(True, self._current_rows(conn, target, [key])[
-                        _row_key(key)], False)
-                    state = apply_op(state, op)
-                state = target.coerce_state(state, key)
+                    row = self._current_rows(conn, target, [key])[_row_key(key)]
+                    base = previous = RowState(True, row, False)
+                    state = apply_op(previous, op)
+                state = target.coerce_state(state, key, previous)
         except MissingColumn as exc:
             rejection = _Rejected('unknown-column', f'{exc.args[0]!r} is not a column of '
                                                     f'{target.name!r}')
@@ -841,6 +847,9 @@ class _WriteDoFn(beam.DoFn):
                     [item], 'unknown-table',
                     f'{change.table!r} is not one of the tables given to WriteToDatabase'))
                 continue
+            if not change.ops:
+                yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
+                continue
             self._buffer.append(item)
             if len(self._buffer) >= self._batch_size:
                 yield from self._flush()
@@ -871,12 +880,14 @@ class _WriteDoFn(beam.DoFn):
                 outcome.counts['batches_committed'] += 1
                 return outcome
             except sa_exc.SQLAlchemyError as exc:
-                if _is_transient(exc) and attempt < self._max_retries:
+                # Preparing may also fail on a race with another worker's CREATE TABLE.
+                retry = _is_transient(exc) or not self._replica.prepared
+                if retry and attempt < self._max_retries:
                     attempt += 1
                     self._counters['batch_retries'].inc()
                     time.sleep(min(_BACKOFF_SECS * 2 ** (attempt - 1), _MAX_BACKOFF_SECS))
                     continue
-                if connected and not isolate and isinstance(exc, sa_exc.DBAPIError):
+                if connected and not isolate and isinstance(exc, sa_exc.StatementError):
                     isolate = True  # find the changes the database rejects
                     continue
                 return _Outcome.all_dead(items, 'database-error', _describe(exc))
@@ -941,19 +952,28 @@ class WriteToDatabase(beam.PTransform):
     which touches every shard of its table, is serialised by row locks on the
     table's marker: keyed batches share-lock it, a TRUNCATE locks it
     exclusively. The writer buffers batches and flushes every ``batch_size``
-    changes and in finish_bundle, each flush in ONE transaction. Transient errors (lost connection,
-    deadlock) retry the batch ``max_retries`` times with exponential backoff;
-    then every change of the batch is dead-lettered ('database-error'). When
-    the database rejects a statement (constraint, data error), the batch is
-    redone with a SAVEPOINT per change, so only the rejected changes are
-    dead-lettered ('database-rejected'). The step never raises for data or
-    database errors, so it never fails or re-runs other branches.
+    changes and in finish_bundle, each flush in ONE transaction.
 
-    Caveat: the result is exact whatever the order in which changes of
-    different rows arrive, except around a TRUNCATE: a keyed change newer than
-    the TRUNCATE whose first newer op depends on the previous row (UPDATE,
-    UPSERT, INSERT_IGNORE) must not reach the sink before the TRUNCATE. Within
-    a batch, TRUNCATEs are applied first.
+    Errors: transient ones (lost connection, deadlock) retry the batch
+    ``max_retries`` times with exponential backoff; then every change of the
+    batch is dead-lettered ('database-error'). When the database rejects a
+    statement (constraint, data error), the batch is redone with a SAVEPOINT
+    per change, so only the rejected changes are dead-lettered
+    ('database-rejected'). The step never raises for data or database
+    errors, so it never fails or re-runs other branches.
+
+    Caveats:
+
+    * The result does not depend on the order in which changes of different
+      rows arrive, except around a TRUNCATE: a keyed change newer than the
+      TRUNCATE whose first newer op depends on the previous row (UPDATE,
+      UPSERT, INSERT_IGNORE) must not reach the sink before the TRUNCATE
+      (within a batch, TRUNCATEs are applied first).
+    * Two changes of ONE row (from two windows) must arrive in version order
+      unless they share a batch: once the newer is applied, the older is stale.
+    * TableSpec declares no column defaults, so a table the sink creates has
+      none: an INSERT that omits columns leaves them NULL. Create the table
+      beforehand with the source's defaults to replicate them exactly.
 
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
