@@ -159,9 +159,11 @@ def test_insert_and_updates_with_literals_and_expressions(replica):
                         amount='10.50', ordered_on='2026-11-01'),
                op(OpKind.UPDATE, 2, [('status', lit('paid')), ('qty', plus('qty', 1))])),
         # Evaluated against the row the replica holds.
-        change((2,), op(OpKind.UPDATE, 3, [('qty', plus('qty', 1)),
-                                           ('amount', ('bin', '*', col('amount'), lit(2))),
-                                           ('note', ('fn', 'CONCAT', (lit('was '), col('status'))))])),
+        change((2,), op(OpKind.UPDATE, 3, [
+            ('qty', plus('qty', 1)),
+            ('amount', ('bin', '*', col('amount'), lit(2))),
+            ('note', ('fn', 'CONCAT', (lit('was '), col('status')))),
+        ])),
         change((3,), op(OpKind.UPDATE, 4, [('qty', lit(7))])),  # no such row: a no-op
         # qty was left to its default: written, read back, then incremented.
         change((4,), op(OpKind.INSERT, 5, id=4, note='defaults'),
