@@ -24,6 +24,7 @@ class TableSpec(NamedTuple):
     target: str                   # replica table name
     columns: Tuple[Tuple[str, str], ...] = ()
     redact: Tuple[str, ...] = ()  # columns never shown in notifications or logs
+    defaults: Tuple[Tuple[str, str], ...] = ()  # column -> DEFAULT of a table the sink creates
 
     def column_type(self, name: str) -> Optional[str]:
         return dict(self.columns).get(name)
@@ -108,7 +109,13 @@ def _table(name: str, raw) -> TableSpec:
     target = _typed(f'{where}.target', raw.get('target', name.split('.', 1)[1]), str, 'a string')
     columns = raw.get('columns') or {}
     _typed(f'{where}.columns', columns, dict, 'a mapping of column: type')
-    for column, kind in columns.items():
+    defaults = {}
+    for column, kind in list(columns.items()):
+        if isinstance(kind, dict):  # {type: string, default: new}
+            _check_keys(f'{where}.columns.{column}', kind, ('type', 'default'), required=('type',))
+            if kind.get('default') is not None:
+                defaults[column] = str(kind['default'])
+            kind = columns[column] = kind['type']
         base = str(kind).split('(')[0].strip().lower()
         if base not in COLUMN_TYPES:
             raise ConfigError(f'{where}.columns.{column}: unknown type {kind!r}; '
@@ -119,7 +126,7 @@ def _table(name: str, raw) -> TableSpec:
     _typed(f'{where}.redact', redact, list, 'a list of column names')
     return TableSpec(name, tuple(key), target,
                      tuple((c, str(t).lower().replace(' ', '')) for c, t in columns.items()),
-                     tuple(redact))
+                     tuple(redact), tuple(defaults.items()))
 
 
 def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:

@@ -540,11 +540,13 @@ class _Replica:
         with engine.begin() as conn:
             for spec in self._specs.values():
                 schema, _, name = spec.target.rpartition('.')
+                defaults = dict(spec.defaults)
                 if spec.columns:
                     table = sa.Table(
                         name, metadata,
                         *(sa.Column(c, _sql_type(t), primary_key=c in spec.key,
-                                    autoincrement=False)  # the source assigns keys
+                                    autoincrement=False,  # the source assigns keys
+                                    server_default=defaults.get(c))
                           for c, t in spec.columns),
                         schema=schema or None, mysql_charset='utf8mb4')
                     created.append(table)
