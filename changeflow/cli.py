@@ -23,15 +23,30 @@ def _summary(result) -> str:
     return '\n'.join(f'  {name:<{width}}  {value:>10,}' for name, value in sorted(totals.items()))
 
 
+def _outputs(config) -> str:
+    lines = []
+    if config.database_url:
+        lines.append(f'  replica       {config.database_url}')
+    if config.parquet_path:
+        lines.append(f'  parquet       {config.parquet_path}')
+    for rule in config.notify:
+        lines.append(f'  notify        {rule.to}')
+    lines.append(f'  dead letters  {config.dead_letter_path}')
+    return '\n'.join(lines)
+
+
 def _run(args, beam_args) -> int:
-    from changeflow.config import ConfigError
+    from changeflow.config import ConfigError, load_config
     from changeflow.pipelines import audit_sync
     try:
-        result = audit_sync.run(['--config', args.config, *beam_args])
-    except ConfigError as error:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as error:
         print(f'changeflow: bad configuration: {error}', file=sys.stderr)
         return 2
-    print(f'changeflow: job {result.state}. Counters:')
+    result = audit_sync.run(['--config', args.config, *beam_args])
+    print(f'changeflow: job {result.state}. Outputs:')
+    print(_outputs(config))
+    print('Counters:')
     print(_summary(result))
     return 0
 

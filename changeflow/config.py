@@ -104,7 +104,7 @@ def _table(name: str, raw) -> TableSpec:
     key = raw['key']
     if isinstance(key, str):
         key = [key]
-    if not key or not all(isinstance(k, str) for k in key):
+    if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
         raise ConfigError(f'{where}.key: expected a column name or a list of them, got {key!r}')
     target = _typed(f'{where}.target', raw.get('target', name.split('.', 1)[1]), str, 'a string')
     columns = raw.get('columns') or {}

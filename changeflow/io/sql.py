@@ -30,6 +30,7 @@ import decimal
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -792,6 +793,10 @@ def _is_transient(exc: BaseException) -> bool:
 def _create_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if engine.dialect.name == 'sqlite':
+        database = engine.url.database
+        if database and database != ':memory:' and not database.startswith('file:'):
+            # A new replica file's folder may not exist yet (sqlite will not make it).
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         # pysqlite's own transaction handling skips BEGIN before SELECTs and
         # SAVEPOINTs; take it over (SQLAlchemy's documented recipe) and take
         # the write lock at BEGIN so two writers never deadlock on upgrade.

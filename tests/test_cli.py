@@ -1,0 +1,127 @@
+import base64
+import json
+import os
+import shutil
+
+import pytest
+
+from changeflow.cli import main
+from changeflow.config import ConfigError, parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUDIT = os.path.join(ROOT, 'tests', 'data', 'audit')
+EXAMPLE = os.path.join(ROOT, 'examples', 'shop.yaml')
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def test_run_prints_outputs_and_counters(tmp_path, capsys):
+    shutil.copytree(os.path.join(ROOT, 'examples'), tmp_path / 'examples',
+                    ignore=shutil.ignore_patterns('out'))
+    shutil.copytree(AUDIT, tmp_path / 'tests' / 'data' / 'audit')
+    code, out, _ = run_cli(['run', str(tmp_path / 'examples' / 'shop.yaml')], capsys)
+    assert code == 0
+    assert 'job DONE' in out
+    assert 'dead letters  ' + str(tmp_path / 'examples' / 'out' / 'dead-letter') in out
+    counters = dict(line.split() for line in out.splitlines()
+                    if line.startswith('  changeflow.'))
+    assert counters['changeflow.sql_changes.dead_lettered'] == '4'
+    assert counters['changeflow.parse_audit.dead_lettered'] == '1'
+    assert counters['changeflow.write_database.changes_dead_lettered'] == '0'
+
+
+def test_run_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
+    config = tmp_path / 'job.yaml'
+    config.write_text(open(EXAMPLE).read().replace('window: {seconds: 5}',
+                                                   'window: {second: 5}'))
+    code, _, err = run_cli(['run', str(config)], capsys)
+    assert code == 2
+    assert "window: unknown key(s) 'second'" in err
+
+
+def first_record_line():
+    with open(os.path.join(AUDIT, 'kinesis.jsonl')) as f:
+        return next(line for line in f if 'H4sI' in line)
+
+
+@pytest.mark.parametrize('form', ['jsonl', 'base64', 'get-records', 'raw'])
+def test_inspect_reads_every_form_of_a_record(tmp_path, capsys, form):
+    line = first_record_line()
+    data = base64.b64decode(json.loads(line)['Data'])
+    content = {'jsonl': line.encode(), 'base64': base64.b64encode(data),
+               'get-records': json.dumps({'Records': [json.loads(line)]}).encode(),
+               'raw': data}[form]
+    path = tmp_path / 'record'
+    path.write_bytes(content)
+    code, out, _ = run_cli(['inspect', str(path)], capsys)
+    assert code == 0
+    assert 'DATA_MESSAGE' in out and 'logGroup=/aws/rds/instance/shop-db/audit' in out
+    assert 'QUERY root@127.0.0.1' in out
+
+
+def test_inspect_shows_row_changes_with_a_config(tmp_path, capsys):
+    lines = open(os.path.join(AUDIT, 'kinesis.jsonl')).read()
+    path = tmp_path / 'all.jsonl'
+    path.write_text(lines)
+    code, out, _ = run_cli(['inspect', str(path), '--config', EXAMPLE], capsys)
+    assert code == 1  # the record with the statement cut at the log limit
+    assert "change: update shop.orders key=(1, 2) set: qty=(`qty` + 1)" in out
+    assert 'dead letter: truncated-statement' in out
+    assert 'dead letter: needs-lookup' in out
+
+
+def test_inspect_reports_undecodable_input(tmp_path, capsys):
+    path = tmp_path / 'bad'
+    path.write_bytes(b'\x1f\x8b\x08garbage')
+    code, out, _ = run_cli(['inspect', str(path)], capsys)
+    assert code == 1
+    assert 'undecodable: bad-gzip' in out
+
+
+MINIMAL = {
+    'source': {'type': 'archive', 'format': 'server-audit', 'path': 'audit.log'},
+    'tables': {'shop.orders': {'key': ['tenant_id', 'order_id']}},
+    'sinks': {'database': {'url': 'sqlite:///out/r.db'}},
+    'dead_letter': {'path': 'out/dl'},
+}
+
+
+def with_change(path, value):
+    raw = json.loads(json.dumps(MINIMAL))
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return raw
+
+
+def test_config_defaults_and_relative_paths():
+    config = parse_config(MINIMAL, '/jobs')
+    assert config.source.path == '/jobs/audit.log'
+    assert config.database_url == 'sqlite:////jobs/out/r.db'
+    assert config.tables[0].target == 'orders'
+    assert config.window_seconds == 5 and config.query_log_limit == 1024
+
+
+@pytest.mark.parametrize('path, value, message', [
+    (('sinks', 'databse'), {}, "sinks: unknown key(s) 'databse'"),
+    (('source', 'format'), 'csv', "source.format: 'csv' is not one of"),
+    (('tables', 'shop.orders', 'key'), 5, 'tables.shop.orders.key: expected a column name'),
+    (('tables', 'orders'), {'key': 'id'}, 'tables.orders: name tables as database.table'),
+    (('tables', 'shop.orders', 'columns'), {'tenant_id': 'int4'},
+     "tables.shop.orders.columns.tenant_id: unknown type 'int4'"),
+    (('window',), {'seconds': -1}, 'window.seconds: must be positive'),
+    (('sinks', 'notify'), [{'to': 'sns:topic'}], "sinks.notify[0].to: 'sns:topic' is not supported"),
+    (('sinks', 'notify'), [{'to': 'stdout', 'when': {'op': 'create'}}],
+     "sinks.notify[0].when.op: unknown op 'create'"),
+    (('audit',), {'autocommit': 'yes'}, 'audit.autocommit: expected true/false'),
+])
+def test_config_errors_name_the_key(path, value, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(with_change(path, value), '/jobs')
+    assert message in str(error.value)
