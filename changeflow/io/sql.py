@@ -4,7 +4,7 @@ Prerequisites: SQLAlchemy 2 and the DB-API driver of the target
 (``pip install changeflow[postgres]`` for psycopg2, ``changeflow[mysql]`` for
 PyMySQL; SQLite needs nothing). Tested against SQLite, PostgreSQL and MariaDB;
 other SQLAlchemy dialects use generic (DELETE + INSERT) bookkeeping upserts.
-Needs a runner with stateful processing (``GroupIntoBatches``); tested on the
+Needs a runner with stateful processing and event-time timers; tested on the
 FnApiRunner.
 
 Exactly-once effect on an at-least-once runner comes from a version guard kept
@@ -39,7 +39,13 @@ import apache_beam as beam
 import sqlalchemy as sa
 from apache_beam import typehints
 from apache_beam.metrics import Metrics
+from apache_beam.coders import PickleCoder
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms import userstate
+from apache_beam.transforms import window as beam_window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -795,8 +801,12 @@ def _create_engine(url: str) -> sa.Engine:
     if engine.dialect.name == 'sqlite':
         database = engine.url.database
         if database and database != ':memory:' and not database.startswith('file:'):
-            # A new replica file's folder may not exist yet (sqlite will not make it).
-            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            # A new replica file's folder may not exist yet (sqlite will not make
+            # it); if it cannot be made, connecting reports the error.
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            except OSError:
+                pass
         # pysqlite's own transaction handling skips BEGIN before SELECTs and
         # SAVEPOINTs; take it over (SQLAlchemy's documented recipe) and take
         # the write lock at BEGIN so two writers never deadlock on upgrade.
@@ -813,6 +823,11 @@ def _create_engine(url: str) -> sa.Engine:
 # ---------------------------------------------------------------------------
 # Beam.
 
+_BUFFER = userstate.BagStateSpec('changes', PickleCoder())
+_DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())  # the timer's time
+_FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
+
+
 class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 
@@ -828,7 +843,6 @@ class _WriteDoFn(beam.DoFn):
             'changes_dead_lettered', 'batches_committed', 'batch_retries')}
         self._engine = None
         self._replica = None
-        self._buffer: List[_Item] = []
 
     def setup(self):
         self._engine = _create_engine(self._url)
@@ -840,15 +854,39 @@ class _WriteDoFn(beam.DoFn):
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
                             'first batch', _STEP, _describe(exc))
 
-    def start_bundle(self):
-        self._buffer = []
-
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam):
-        _, changes = element
-        for change in changes:
-            self._counters['changes_received'].inc()
-            item = _Item(change, timestamp, window)
+                buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
+                flush=beam.DoFn.TimerParam(_FLUSH)):
+        _, change = element
+        self._counters['changes_received'].inc()
+        buffer.add((timestamp.micros, change))
+        earliest = due.read()
+        if earliest is None or timestamp.micros < earliest:
+            due.write(timestamp.micros)
+            flush.set(timestamp)
+
+    @userstate.on_timer(_FLUSH)
+    def flush_due(self, fired=beam.DoFn.TimestampParam, buffer=beam.DoFn.StateParam(_BUFFER),
+                  due=beam.DoFn.StateParam(_DUE), flush=beam.DoFn.TimerParam(_FLUSH)):
+        """The watermark passed ``fired``: every change of this shard timestamped
+        up to it has arrived (changes are timestamped at the end of their
+        window), and earlier ones were flushed before. Apply them in version
+        order, ``batch_size`` per transaction; keep the rest for a later timer."""
+        ready, later = [], []
+        for micros, change in buffer.read():
+            (ready if micros <= fired.micros else later).append((micros, change))
+        buffer.clear()
+        due.clear()
+        for micros, change in later:
+            buffer.add((micros, change))
+        if later:
+            earliest = min(micros for micros, _ in later)
+            due.write(earliest)
+            flush.set(Timestamp(micros=earliest))
+        ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
+        batch: List[_Item] = []
+        for micros, change in ready:
+            item = _Item(change, Timestamp(micros=micros), GlobalWindow())
             if change.table not in self._known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
@@ -857,21 +895,16 @@ class _WriteDoFn(beam.DoFn):
             if not change.ops:
                 yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
                 continue
-            self._buffer.append(item)
-            if len(self._buffer) >= self._batch_size:
-                yield from self._flush()
-
-    def finish_bundle(self):
-        yield from self._flush()
+            batch.append(item)
+            if len(batch) >= self._batch_size:
+                yield from self._emit(self._write(batch))
+                batch = []
+        if batch:
+            yield from self._emit(self._write(batch))
 
     def teardown(self):
         if self._engine is not None:
             self._engine.dispose()
-
-    def _flush(self):
-        items, self._buffer = self._buffer, []
-        if items:
-            yield from self._emit(self._write(items))
 
     def _write(self, items: List[_Item]) -> _Outcome:
         """One transaction for ``items``, retried on transient errors; never raises."""
@@ -948,18 +981,20 @@ class WriteToDatabase(beam.PTransform):
     ('key-changed') and a change of a table not in ``tables``
     ('unknown-table'). The other changes of the batch commit.
 
-    Batching and concurrency: each change is keyed by (table, stable hash of
-    its key values modulo ``num_shards``) and batched per shard with
-    GroupIntoBatches, a stateful DoFn: the runner processes a key on one
-    worker at a time and holds it until the bundle commits, and the writer is
-    fused into that bundle, so one row is never written by two workers at
-    once while the shards of a table are written in parallel. (A Reshuffle
-    plus a stateless DoFn gives no such guarantee; a GroupByKey would need a
-    trigger to emit anything in the global window of a stream.) TRUNCATE,
-    which touches every shard of its table, is serialised by row locks on the
+    Ordering, batching and concurrency: each change is keyed by (table,
+    stable hash of its key values modulo ``num_shards``) and buffered in a
+    stateful DoFn per shard (across windows: changes keep their timestamp,
+    the end of the window they were coalesced in). When the watermark passes
+    a change's timestamp (an event-time timer), every change up to it has
+    arrived and every earlier one was flushed before, so the ready changes
+    are written sorted by version, ``batch_size`` per transaction. One row's changes therefore reach the database in version
+    order across windows, in a stream as in a bounded run (where the only
+    flush comes at the end of the input). The runner processes a key on one
+    worker at a time, so one row is never written by two workers at once,
+    while the shards of a table are written in parallel. TRUNCATE, which
+    touches every shard of its table, is serialised by row locks on the
     table's marker: keyed batches share-lock it, a TRUNCATE locks it
-    exclusively. The writer buffers batches and flushes every ``batch_size``
-    changes and in finish_bundle, each flush in ONE transaction.
+    exclusively.
 
     Errors: transient ones (lost connection, deadlock) retry the batch
     ``max_retries`` times with exponential backoff; then every change of the
@@ -971,16 +1006,13 @@ class WriteToDatabase(beam.PTransform):
 
     Caveats:
 
-    * The result does not depend on the order in which changes of different
-      rows arrive, except around a TRUNCATE: a keyed change newer than the
-      TRUNCATE whose first newer op depends on the previous row (UPDATE,
-      UPSERT, INSERT_IGNORE) must not reach the sink before the TRUNCATE
-      (within a batch, TRUNCATEs are applied first).
-    * Two changes of ONE row (from two windows) must arrive in version order
-      unless they share a batch: once the newer is applied, the older is stale.
-    * TableSpec declares no column defaults, so a table the sink creates has
-      none: an INSERT that omits columns leaves them NULL. Create the table
-      beforehand with the source's defaults to replicate them exactly.
+    * Around a TRUNCATE, shards are independent: a keyed change newer than
+      the TRUNCATE whose first newer op depends on the previous row (UPDATE,
+      UPSERT, INSERT_IGNORE) must not be written before the TRUNCATE (within
+      a batch, TRUNCATEs are applied first).
+    * An INSERT that omits columns leaves them at the target's defaults:
+      declare the source's defaults in the TableSpec (or create the table
+      with them) to replicate them exactly.
 
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
@@ -1001,19 +1033,12 @@ class WriteToDatabase(beam.PTransform):
         batch_size: changes per transaction.
         max_retries: retries of a batch after a transient error.
         num_shards: parallel writers per table.
-        max_buffering_secs: how long a shard's incomplete batch may wait for
-            more changes (a processing-time timer). Unset, a batch is written
-            when full or when its window closes, which suits bounded input and
-            windowed streams; set it for a stream in the global window. (The
-            FnApiRunner schedules processing-time timers at the element's
-            timestamp, so a bounded run there must leave it unset.)
         bookkeeping_prefix: prefix of the bookkeeping tables' names.
     """
     MAIN = 'written'
 
     def __init__(self, url: str, tables: Sequence[TableSpec], batch_size: int = 500,
                  max_retries: int = 3, *, num_shards: int = 16,
-                 max_buffering_secs: Optional[float] = None,
                  bookkeeping_prefix: str = 'changeflow_'):
         super().__init__()
         if not url or not isinstance(url, str):
@@ -1032,9 +1057,6 @@ class WriteToDatabase(beam.PTransform):
             raise ValueError(f'max_retries must be an integer >= 0, got {max_retries!r}')
         if not isinstance(num_shards, int) or num_shards < 1:
             raise ValueError(f'num_shards must be a positive integer, got {num_shards!r}')
-        if max_buffering_secs is not None and not max_buffering_secs > 0:
-            raise ValueError(f'max_buffering_secs must be > 0 or None, '
-                             f'got {max_buffering_secs!r}')
         if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', bookkeeping_prefix):
             raise ValueError(f'bookkeeping_prefix must be an SQL identifier, '
                              f'got {bookkeeping_prefix!r}')
@@ -1043,7 +1065,6 @@ class WriteToDatabase(beam.PTransform):
         self._batch_size = batch_size
         self._max_retries = max_retries
         self._num_shards = num_shards
-        self._max_buffering_secs = max_buffering_secs
         self._bookkeeping_prefix = bookkeeping_prefix
 
     def expand(self, changes):
@@ -1051,9 +1072,9 @@ class WriteToDatabase(beam.PTransform):
             changes
             | 'KeyByShard' >> beam.Map(_shard_of, self._num_shards).with_output_types(
                 typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
-            | 'BatchPerShard' >> beam.GroupIntoBatches(
-                self._batch_size, max_buffering_duration_secs=self._max_buffering_secs)
-            | 'Write' >> beam.ParDo(_WriteDoFn(
+            # One buffer per shard across windows, so timers fire in timestamp order.
+            | 'AcrossWindows' >> beam.WindowInto(beam_window.GlobalWindows())
+            | 'WriteInVersionOrder' >> beam.ParDo(_WriteDoFn(
                 self._url, self._tables, self._batch_size, self._max_retries,
                 self._bookkeeping_prefix)).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
 
