@@ -122,7 +122,7 @@ def main():
           f'{args.per_record} events each)')
     print(f'row changes                  {changes:>12,}')
     print(f'statement shapes compiled    {translator.shapes_compiled:>12,}')
-    print(f'parse stage (decode + parse + SQL -> changes), one core')
+    print('parse stage (decode + parse + SQL -> changes), one core')
     print(f'  changeflow                 {events / elapsed:>12,.0f} events/s  '
           f'({elapsed * 1e6 / events:.2f} us/event)')
     print(f'  naive sqlglot.parse_one    {naive:>12,.0f} statements/s '

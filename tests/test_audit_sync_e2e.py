@@ -182,7 +182,7 @@ def test_poison_records_are_dead_lettered_and_good_ones_still_sync(tmp_path, exp
     run_job(config)
     assert replica_tables(config) == expected_tables
     dead = {d.reason: d for d in read_dead_letters(load_config(config).dead_letter_path)}
-    for reason, data in poison.items():
+    for reason in poison:
         assert reason in dead, f'{reason} not dead-lettered: {sorted(dead)}'
     for reason in ('bad-gzip', 'bad-json', 'bad-utf8'):
         assert dead[reason].original == poison[reason], reason

@@ -439,7 +439,6 @@ class _Compiler:
 
     @staticmethod
     def _keyed_plan(spec, pins, kind, assignments):
-        key_templates = [pins[k] for k in spec.key]
 
         key_binders = [[_value_binder(t) for t in pins[k]] for k in spec.key]
         assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
