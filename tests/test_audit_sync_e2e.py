@@ -7,8 +7,10 @@ import decimal
 import gzip
 import json
 import os
+import pathlib
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -97,6 +99,16 @@ def test_recorded_log_replicates_exactly_into_sqlite(tmp_path, expected_tables, 
     run_job(config)
     assert replica_tables(config) == expected_tables
     assert dead_letter_reasons(config) == EXPECTED_DEAD_LETTERS
+    # Rolled-back, failed and disconnected writes reach no branch at all.
+    loaded = load_config(config)
+    backup = str([pq.read_table(p).to_pylist()
+                  for p in pathlib.Path(loaded.parquet_path).rglob('*.parquet')])
+    notified = ''.join(pathlib.Path(rule.to[len('file:'):]).read_text(encoding='utf-8')
+                       for rule in loaded.notify)
+    for written in (backup, notified):
+        assert 'rolled@back' not in written and 'never' not in written
+        assert 'lost at disconnect' not in written and 'duplicate' not in written
+    assert 'paid, thanks' in backup and "'qty': 8" in backup  # what did happen is there
 
 
 @pytest.mark.parametrize('server', ['postgres_url', 'mariadb_url'])
