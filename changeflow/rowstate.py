@@ -1,12 +1,14 @@
 """What a row looks like after a sequence of RowOps: the one definition of their
-semantics, shared by the coalescer and every sink that materialises rows."""
+semantics, shared by the coalescer and every sink that materialises rows; and
+what one op writes (:func:`op_columns`), for the sinks that record ops
+(the Parquet change log, notifications)."""
 
-from typing import Any, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from changeflow.expressions import evaluate
+from changeflow.expressions import evaluate, is_literal, literal_value, substitute
 from changeflow.model import OpKind, RowOp
 
-__all__ = ['RowState', 'ABSENT', 'apply_op', 'apply_ops']
+__all__ = ['RowState', 'ABSENT', 'apply_op', 'apply_ops', 'op_columns']
 
 
 class RowState(NamedTuple):
@@ -51,3 +53,28 @@ def apply_ops(state: Optional[RowState], ops: Sequence[RowOp]) -> RowState:
     for op in ops:
         state = apply_op(state, op)
     return state
+
+
+def op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
+    """(literals, computed) that ``op`` writes, known without the row before it.
+
+    ``literals``: column -> literal value: ``op.values``, and for an UPDATE the
+    assignments that are literals once earlier assignments of the same
+    statement are substituted in (``SET a = 5, b = a + 1`` sets b to 6).
+    ``computed``: column -> expression in terms of the row before the op; for
+    an UPSERT every ON DUPLICATE KEY UPDATE assignment (it applies only if the
+    row existed, so none of them is a plain value of the row).
+    """
+    literals = dict(op.values)
+    assigned: Dict[str, tuple] = {}
+    for column, expr in op.assignments:
+        assigned[column] = substitute(expr, assigned)
+    if op.kind == OpKind.UPSERT:
+        return literals, assigned
+    computed = {}
+    for column, expr in assigned.items():
+        if is_literal(expr):
+            literals[column] = literal_value(expr)
+        else:
+            computed[column] = expr
+    return literals, computed

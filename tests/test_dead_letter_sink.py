@@ -13,8 +13,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from changeflow.io.dead_letter import (
-    WriteDeadLetters, iso_utc, json_value, parse_iso_utc, read_dead_letters)
+from changeflow.io.dead_letter import WriteDeadLetters, read_dead_letters
+from changeflow.io.json_records import iso_utc, json_value, parse_iso_utc
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter
 from tests.beam_helpers import local_pipeline
 

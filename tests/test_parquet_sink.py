@@ -19,8 +19,9 @@ from apache_beam.transforms import window
 
 from changeflow.config import TableSpec
 from changeflow.expressions import col, lit
-from changeflow.io.parquet import WriteParquetBackup, arrow_type, op_columns
+from changeflow.io.parquet import WriteParquetBackup, arrow_type
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
+from changeflow.rowstate import op_columns
 from tests.beam_helpers import local_pipeline
 
 UTC = datetime.timezone.utc

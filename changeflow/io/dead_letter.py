@@ -15,163 +15,32 @@ sorted by (position, step, reason, detail, original) and cut into files of at
 most ``records_per_file`` lines; ``digest`` is a hash of a file's lines
 *without* their ``time`` (the processing time of the rejection), so re-running
 the same input writes the same file names with the same letters in the same
-order (only ``time`` differs) and never a second copy.
-
-The module also holds the small pieces the file sinks share:
-:func:`write_file` (atomic whole-file writes through Beam's ``FileSystems``, so
-``s3://`` works with ``--s3_endpoint_url`` & co. from ``S3Options`` or the
-boto3 default chain), :class:`WrittenFile`, and the JSON rendering of values
-and Changes used in dead letters and notifications.
+order (only ``time`` differs) and never a second copy. Files are written
+whole with :func:`changeflow.io.files.write_file` (``s3://`` works with
+``--s3_endpoint_url`` & co. from ``S3Options`` or the boto3 default chain).
 
 Runner support: any runner; the sink groups per window (one GroupByKey on a
 single key: dead letters are expected to be rare).
 """
 
 import base64
-import datetime
-import decimal
 import hashlib
-import json
 import logging
-import math
-import os
-import uuid
-from typing import Any, Iterator, List, NamedTuple
+from typing import Iterator, List
 
 import apache_beam as beam
-import orjson
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from changeflow.expressions import to_sql
-from changeflow.model import DEAD_LETTER_TAG, Change, DeadLetter
+from changeflow.io.files import WrittenFile, write_file
+from changeflow.io.json_records import dumps_json, iso_utc, loads_json, parse_iso_utc
+from changeflow.model import DEAD_LETTER_TAG, DeadLetter
 
-__all__ = ['WriteDeadLetters', 'read_dead_letters', 'WrittenFile', 'write_file',
-           'json_value', 'dumps_json', 'loads_json', 'change_json', 'iso_utc', 'parse_iso_utc']
+__all__ = ['WriteDeadLetters', 'read_dead_letters']
 
 _LOG = logging.getLogger(__name__)
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-_MICROSECOND = datetime.timedelta(microseconds=1)
 _STEP = 'write_dead_letters'
-
-
-class WrittenFile(NamedTuple):
-    """One file a sink wrote: its full path and how many records it holds."""
-    path: str
-    records: int
-
-
-def write_file(path: str, data: bytes) -> None:
-    """Writes ``data`` as the whole of ``path``, replacing it, never leaving a
-    partial file under that name.
-
-    Local paths: written to a hidden temporary name in the same directory, then
-    renamed over ``path`` (atomic on POSIX). Object stores (``s3://``, ``gs://``):
-    the object only appears when its upload completes, so it is created directly.
-    """
-    options = dict(mime_type='application/octet-stream',
-                   compression_type=CompressionTypes.UNCOMPRESSED)
-    if FileSystems.get_scheme(path) is not None:
-        with FileSystems.create(path, **options) as f:
-            f.write(data)
-        return
-    directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f'.{name}.{uuid.uuid4().hex}.tmp')
-    with FileSystems.create(temporary, **options) as f:
-        f.write(data)
-    try:
-        FileSystems.rename([temporary], [path])
-    except Exception:
-        FileSystems.delete([temporary])
-        raise
-
-
-def iso_utc(time_us: int) -> str:
-    """Epoch microseconds as ISO 8601 UTC with microseconds and a ``Z``."""
-    moment = _EPOCH + datetime.timedelta(microseconds=time_us)
-    return moment.isoformat(timespec='microseconds').replace('+00:00', 'Z')
-
-
-def parse_iso_utc(text: str) -> int:
-    """Inverse of :func:`iso_utc`: epoch microseconds."""
-    moment = datetime.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def json_value(value: Any) -> Any:
-    """A column or key value as JSON can carry it without loss of digits.
-
-    None, bool, int, str and finite floats stay; Decimal becomes its exact
-    text ('12.50'); bytes become base64 text; dates and datetimes ISO text;
-    sets sorted lists; anything else ``str(value)``.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        return format(value, 'f')
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode('ascii')
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset)):
-        return sorted((json_value(v) for v in value), key=repr)
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
-    return str(value)
-
-
-def dumps_json(obj: Any) -> bytes:
-    """Compact JSON as UTF-8, for any str: text holding lone surrogates (bytes
-    that were not UTF-8, decoded with 'surrogateescape') falls back to ASCII
-    JSON with ``\\u`` escapes instead of failing."""
-    try:
-        return orjson.dumps(obj)
-    except orjson.JSONEncodeError:
-        return json.dumps(obj, ensure_ascii=True, separators=(',', ':')).encode('ascii')
-
-
-def loads_json(data: bytes) -> Any:
-    """Parses JSON, including what :func:`dumps_json` wrote with escaped lone
-    surrogates (which orjson refuses); raises ValueError if it is not JSON."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
-
-
-def change_json(change: Change) -> bytes:
-    """A Change as JSON text, for a dead letter's ``original``.
-
-    Values go through :func:`json_value`; assignments are rendered with
-    :func:`changeflow.expressions.to_sql` (``repr`` for a malformed one), so a
-    rejected Change can always be described.
-    """
-    return dumps_json({
-        'table': change.table,
-        'key': json_value(change.key),
-        'event_time_us': json_value(change.event_time_us),
-        'ops': [{
-            'kind': json_value(op.kind),
-            'version': op.version,
-            'position': op.position,
-            'values': {c: json_value(v) for c, v in op.values},
-            'assignments': [[c, _sql_text(e)] for c, e in op.assignments],
-        } for op in change.ops],
-    })
-
-
-def _sql_text(expr) -> str:
-    try:
-        return to_sql(expr)
-    except (LookupError, TypeError, ValueError):
-        return repr(expr)
 
 
 def _identity(letter: DeadLetter) -> bytes:
@@ -236,9 +105,10 @@ class WriteDeadLetters(beam.PTransform):
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has one
-        :class:`WrittenFile` per file written; ``DEAD_LETTER_TAG`` has the
-        letters that could not be written (unchanged, e.g. to log them), so a
-        storage failure never fails the pipeline.
+        :class:`~changeflow.io.files.WrittenFile` per file written;
+        ``DEAD_LETTER_TAG`` has the letters that could not be written
+        (unchanged, e.g. to log them), so a storage failure never fails the
+        pipeline.
 
     Idempotence: a re-run over the same letters in the same windows rewrites
     the same files (see the module docstring); the letters' ``time`` in them is

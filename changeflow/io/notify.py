@@ -26,10 +26,10 @@ Each matching (rule target, Change) gives one JSON object::
      "values": {"status": "paid", "card": "***"}}
 
 ``op`` and ``version`` are the Change's last op's; ``values`` the literal
-values that op writes (see :func:`changeflow.io.parquet.op_columns`: an
+values that op writes (see :func:`changeflow.rowstate.op_columns`: an
 UPDATE's literal assignments, an insert's or UPSERT's inserted values; computed
 assignments are left out), rendered by
-:func:`changeflow.io.dead_letter.json_value` (Decimal as text, bytes base64).
+:func:`changeflow.io.json_records.json_value` (Decimal as text, bytes base64).
 Columns in the TableSpec's ``redact``, values and key parts alike, read
 ``"***"``. ``id`` is a hash of (rule target, table, key, version): two rules
 with the same target send one notification.
@@ -62,9 +62,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
 from changeflow.config import NotifyRule, TableSpec
-from changeflow.io.dead_letter import dumps_json, iso_utc, json_value, loads_json
-from changeflow.io.parquet import op_columns
+from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+from changeflow.rowstate import op_columns
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']

@@ -23,7 +23,7 @@ Columns of every file:
 * ``event_time`` (timestamp[us, UTC]): the Change's ``event_time_us``; all ops
   of one Change share it (RowOp carries no time of its own).
 * ``key`` (string): the key values as a JSON array (see
-  :func:`changeflow.io.dead_letter.json_value`).
+  :func:`changeflow.io.json_records.json_value`).
 * ``set_columns`` (list<string>): the columns the op sets.
 * ``computed`` (map<string, string>): column -> SQL text of assignments that
   are not literals (``qty`` -> ```qty` + 1``), in terms of the row *before*
@@ -42,9 +42,11 @@ Type mapping: integer, bigint -> int64 (MySQL's INT UNSIGNED exceeds int32);
 decimal(p,s) -> decimal128(p,s) (decimal256 beyond 38 digits), bare decimal ->
 decimal128(38,9); float -> float64; string, text, json -> string; boolean ->
 bool; date -> date32; datetime -> timestamp[us] (no zone, as MySQL DATETIME);
-binary -> binary. Coercion follows MySQL's assignment rules where they are
-lossless or MySQL rounds too (numbers round half away from zero to the declared
-scale; numeric strings parse); anything else is ``bad-value``.
+binary -> binary. Values are coerced as MySQL stores them, by
+:func:`changeflow.coercion.coercer`: numbers round half away from zero to the
+column's scale (a bare decimal's is 9), numeric strings parse, a boolean is
+true for any non-zero number. Integers must also fit int64, and a json column
+holds the document's text. A value that does not fit is ``bad-value``.
 
 Dead letters (step ``write_parquet``), one per op row, ``original`` the
 single-op Change as JSON: ``bad-value`` (a value not coercible to its
@@ -60,26 +62,27 @@ chain. A GroupByKey's values are held in memory to sort them.
 """
 
 import datetime
-import decimal
+import functools
 import hashlib
 import io
 import re
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import apache_beam as beam
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from changeflow.coercion import BadValue, coercer
 from changeflow.config import COLUMN_TYPES, TableSpec
-from changeflow.expressions import is_literal, literal_value, substitute, to_sql
-from changeflow.io.dead_letter import (
-    WrittenFile, change_json, dumps_json, json_value, write_file)
-from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, dead_letter
+from changeflow.expressions import to_sql
+from changeflow.io.files import WrittenFile, write_file
+from changeflow.io.json_records import change_json, dumps_json, json_value
+from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
+from changeflow.rowstate import op_columns
 
-__all__ = ['WriteParquetBackup', 'arrow_type', 'op_columns', 'METADATA_SCHEMA']
+__all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
 
 _STEP = 'write_parquet'
 
@@ -122,141 +125,23 @@ def arrow_type(column_type: str) -> pa.DataType:
     return types[name]
 
 
-def op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
-    """(literals, computed) that ``op`` writes.
-
-    ``literals``: column -> literal value: ``op.values``, and for an UPDATE the
-    assignments that are literals once earlier assignments of the same
-    statement are substituted in (``SET a = 5, b = a + 1`` sets b to 6).
-    ``computed``: column -> expression in terms of the row before the op; for
-    an UPSERT every ON DUPLICATE KEY UPDATE assignment (it applies only if the
-    row existed, so none of them is a plain value of the row).
-    """
-    literals = dict(op.values)
-    assigned: Dict[str, tuple] = {}
-    for column, expr in op.assignments:
-        assigned[column] = substitute(expr, assigned)
-    if op.kind == OpKind.UPSERT:
-        return literals, assigned
-    computed = {}
-    for column, expr in assigned.items():
-        if is_literal(expr):
-            literals[column] = literal_value(expr)
-        else:
-            computed[column] = expr
-    return literals, computed
-
-
-# --- coercion to declared types ----------------------------------------------
-
-def _decimal(value) -> decimal.Decimal:
-    if isinstance(value, bool):
-        return decimal.Decimal(int(value))
-    if isinstance(value, (int, decimal.Decimal)):
-        result = decimal.Decimal(value)
-    elif isinstance(value, float):
-        result = decimal.Decimal(repr(value))
-    elif isinstance(value, (str, bytes)):
-        text = value.decode('utf-8') if isinstance(value, bytes) else value
-        result = decimal.Decimal(text.strip())
-    else:
-        raise TypeError(type(value).__name__)
-    if not result.is_finite():
-        raise ValueError('not a finite number')
-    return result
-
-
-def _to_int(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        result = value
-    else:
-        result = int(_decimal(value).to_integral_value(rounding=decimal.ROUND_HALF_UP))
-    if not _INT64[0] <= result <= _INT64[1]:
-        raise ValueError('out of the int64 range')
-    return result
-
-
-def _to_decimal(value, precision: int, scale: int) -> decimal.Decimal:
-    result = _decimal(value).quantize(decimal.Decimal(1).scaleb(-scale),
-                                      rounding=decimal.ROUND_HALF_UP,
-                                      context=decimal.Context(prec=100))
-    if len(result.as_tuple().digits) > precision:
-        raise ValueError(f'more than {precision} digits')
-    return result
-
-
-def _to_float(value) -> float:
-    return float(value) if isinstance(value, float) else float(_decimal(value))
-
-
-def _to_text(value) -> str:
-    if isinstance(value, str):
-        value.encode('utf-8')  # lone surrogates (bytes that were not UTF-8) raise
-        return value
-    if isinstance(value, bytes):
-        return value.decode('utf-8')
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, (int, float, decimal.Decimal)):
-        return format(value, 'f') if isinstance(value, decimal.Decimal) else str(value)
-    if isinstance(value, datetime.date):
-        return value.isoformat(' ') if isinstance(value, datetime.datetime) else value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
-def _to_json(value) -> str:
-    text = _to_text(value)
-    orjson.loads(text)
-    return text
-
-
-def _to_bool(value) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ('true', 'false'):
-        return value.strip().lower() == 'true'
-    return bool(value) if isinstance(value, bool) else _decimal(value) != 0
-
-
-def _to_datetime(value) -> datetime.datetime:
-    if isinstance(value, (str, bytes)):
-        value = datetime.datetime.fromisoformat(
-            value.decode('utf-8') if isinstance(value, bytes) else value.strip())
-    elif not isinstance(value, datetime.date):
-        raise TypeError(type(value).__name__)
-    if not isinstance(value, datetime.datetime):
-        return datetime.datetime(value.year, value.month, value.day)
-    if value.tzinfo is not None:
-        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return value
-
-
-def _to_date(value) -> datetime.date:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # MySQL reads 20261122 as a date
-    if isinstance(value, datetime.datetime):
-        return value.date()
-    if isinstance(value, datetime.date):
-        return value
-    return _to_datetime(value).date()
-
-
-def _to_binary(value) -> bytes:
-    if isinstance(value, str):
-        return value.encode('utf-8')
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(type(value).__name__)
-
-
-def _coercer(arrow: pa.DataType, column_type: str):
+def _coercer(arrow: pa.DataType, column_type: str) -> Callable[[Any], Any]:
+    """The coercion of a declared column stored as ``arrow``: a decimal at the
+    Arrow type's precision and scale (a bare 'decimal' is decimal128(38,9)),
+    an integer within int64. Raises BadValue."""
     if pa.types.is_decimal(arrow):
-        return lambda value: _to_decimal(value, arrow.precision, arrow.scale)
-    if column_type.strip().lower() == 'json':
-        return _to_json
-    return {
-        pa.int64(): _to_int, pa.float64(): _to_float, pa.string(): _to_text,
-        pa.bool_(): _to_bool, pa.date32(): _to_date, pa.timestamp('us'): _to_datetime,
-        pa.binary(): _to_binary,
-    }[arrow]
+        return coercer(f'decimal({arrow.precision},{arrow.scale})')
+    coerce = coercer(column_type)
+    if pa.types.is_int64(arrow):
+        return functools.partial(_within_int64, coerce)
+    return coerce
+
+
+def _within_int64(coerce: Callable[[Any], int], value) -> int:
+    result = coerce(value)
+    if not _INT64[0] <= result <= _INT64[1]:
+        raise BadValue('out of the int64 range')
+    return result
 
 
 class _Column(NamedTuple):
@@ -343,7 +228,7 @@ def _row(change: Change, op: RowOp, layout: _Layout, plan) -> Dict[str, Any]:
         value = given.get(lowered)
         try:
             row[column.name] = None if value is None else coerce(value)
-        except (ArithmeticError, ValueError, TypeError) as error:
+        except BadValue as error:
             raise _BadRow('bad-value', f'{change.table}.{column.source}: cannot store '
                           f'{value!r:.100} as {column.column_type}: {error}') from None
     return row
@@ -470,7 +355,7 @@ class WriteParquetBackup(beam.PTransform):
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has one
-        :class:`~changeflow.io.dead_letter.WrittenFile` (path, rows) per file
+        :class:`~changeflow.io.files.WrittenFile` (path, rows) per file
         written; ``DEAD_LETTER_TAG`` has a DeadLetter per op row not written.
 
     Idempotence: the same input in the same windows yields the same file names

@@ -27,6 +27,7 @@ import base64
 import collections
 import datetime
 import decimal
+import functools
 import hashlib
 import json
 import logging
@@ -51,9 +52,10 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from changeflow.coercion import BadValue, coercer
 from changeflow.config import TableSpec
 from changeflow.expressions import MissingColumn
-from changeflow.io.dead_letter import change_json
+from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 from changeflow.rowstate import ABSENT, RowState, apply_op
 
@@ -70,7 +72,6 @@ _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
 _DETAIL_LENGTH = 2000
 _DECIMAL_TYPE = re.compile(r'decimal\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\Z', re.IGNORECASE)
-_QUANTIZE = decimal.Context(prec=100)
 _MISSING = object()
 
 
@@ -108,177 +109,55 @@ def _sql_type(declared: str) -> sa.types.TypeEngine:
 
 
 # ---------------------------------------------------------------------------
-# Coercion of audit-log values (str, int, Decimal, ...) to column types.
+# Coercion of values to column types: changeflow.coercion, by declared type.
 
-class _BadValue(ValueError):
-    """A value the column cannot hold."""
-
-
-def _text(value) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode('utf-8')
-    if isinstance(value, str):
-        return value.strip()
-    raise _BadValue(f'{type(value).__name__} is not text')
+# First match wins: Boolean and Float before Integer and Numeric.
+_DECLARED_TYPES = (
+    (sa.Boolean, 'boolean'), (sa.Float, 'float'), (sa.Integer, 'integer'),
+    (sa.Numeric, 'decimal'), (sa.DateTime, 'datetime'), (sa.Date, 'date'),
+    (sa.JSON, 'json'), (sa.String, 'string'),
+    ((sa.LargeBinary, sa.BINARY, sa.VARBINARY), 'binary'),
+)
 
 
-def _to_decimal(value) -> decimal.Decimal:
-    if isinstance(value, bool):
-        return decimal.Decimal(int(value))
-    if isinstance(value, (int, decimal.Decimal)):
-        result = decimal.Decimal(value)
-    elif isinstance(value, float):
-        result = decimal.Decimal(repr(value))
-    else:
-        try:
-            result = decimal.Decimal(_text(value))
-        except (decimal.InvalidOperation, UnicodeDecodeError):
-            raise _BadValue('not a number') from None
-    if not result.is_finite():
-        raise _BadValue('not a finite number')
-    return result
-
-
-def _coerce_int(value):
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    # MySQL rounds a fractional value stored in an integer column half away from zero.
-    return int(_to_decimal(value).to_integral_value(rounding=decimal.ROUND_HALF_UP))
-
-
-def _coerce_float(value):
-    if isinstance(value, float):
-        return value
-    return float(_to_decimal(value))
-
-
-def _decimal_coercer(precision: Optional[int], scale: Optional[int]):
-    def coerce(value):
-        result = _to_decimal(value)
-        if scale is not None:
-            result = result.quantize(decimal.Decimal(1).scaleb(-scale),
-                                     rounding=decimal.ROUND_HALF_UP, context=_QUANTIZE)
-            if precision is not None and result and result.adjusted() >= precision - scale:
-                raise _BadValue(f'out of range for DECIMAL({precision},{scale})')
-        return result
-    return coerce
-
-
-def _coerce_bool(value):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, decimal.Decimal)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, (str, bytes)):
-        text = _text(value).lower()
-        if text in ('0', '1', 'true', 'false'):
-            return text in ('1', 'true')
-    raise _BadValue('not a boolean (0, 1, true, false)')
-
-
-def _coerce_datetime(value):
-    if isinstance(value, datetime.datetime):
-        result = value
-    elif isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day)
-    else:
-        try:
-            result = datetime.datetime.fromisoformat(_text(value))
-        except (ValueError, UnicodeDecodeError):
-            raise _BadValue('not a date-time (YYYY-MM-DD HH:MM:SS[.ffffff])') from None
-    if result.tzinfo is not None:
-        result = result.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return result
-
-
-def _coerce_date(value):
-    if isinstance(value, datetime.datetime):
-        return value.date()
-    if isinstance(value, datetime.date):
-        return value
-    try:
-        text = _text(value)
-        try:
-            return datetime.date.fromisoformat(text)
-        except ValueError:
-            return datetime.datetime.fromisoformat(text).date()
-    except (ValueError, UnicodeDecodeError):
-        raise _BadValue('not a date (YYYY-MM-DD)') from None
-
-
-def _coerce_json(value):
-    if isinstance(value, (str, bytes)):
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise _BadValue('not valid JSON') from None
-    if isinstance(value, decimal.Decimal):
-        return json.loads(str(value))
-    if value is None or isinstance(value, (dict, list, int, float)):
-        return value
-    raise _BadValue(f'{type(value).__name__} is not JSON')
-
-
-def _string_coercer(length: Optional[int]):
-    def coerce(value):
-        if isinstance(value, str):
-            result = value
-        elif isinstance(value, (bytes, bytearray)):
-            try:
-                result = bytes(value).decode('utf-8')
-            except UnicodeDecodeError:
-                raise _BadValue('bytes are not UTF-8 text') from None
-        elif isinstance(value, bool):
-            result = str(int(value))
-        elif isinstance(value, (int, decimal.Decimal)):
-            result = str(value)
-        elif isinstance(value, float):
-            result = repr(value)
-        elif isinstance(value, datetime.datetime):
-            result = value.isoformat(sep=' ')
-        elif isinstance(value, datetime.date):
-            result = value.isoformat()
-        else:
-            raise _BadValue(f'{type(value).__name__} is not text')
-        if length is not None and len(result) > length:
-            raise _BadValue(f'longer than {length} characters')
-        return result
-    return coerce
-
-
-def _coerce_bytes(value):
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode('utf-8')
-    raise _BadValue(f'{type(value).__name__} is not binary')
+def _declared_type(type_: sa.types.TypeEngine) -> Optional[str]:
+    """The config.COLUMN_TYPES type whose values a column of ``type_`` (declared
+    by _sql_type, or reflected) holds; None for the types changeflow does not
+    declare. A NUMERIC with a scale is decimal(p,s) (p 65, MySQL's largest,
+    when only the scale is known), one without is an exact decimal."""
+    declared = next((name for types, name in _DECLARED_TYPES if isinstance(type_, types)), None)
+    if declared == 'decimal' and type_.scale is not None:
+        declared = f'decimal({type_.precision or max(65, type_.scale)},{type_.scale})'
+    return declared
 
 
 def _coercer(type_: sa.types.TypeEngine) -> Callable[[Any], Any]:
-    """Function making a value fit a column of ``type_``; raises _BadValue.
+    """Function making a value fit a column of ``type_``; raises BadValue.
 
-    Types changeflow does not declare (TIME, UUID, arrays, ...) pass values
-    through for the driver to convert.
+    String columns check their length; JSON columns get the document as Python
+    objects (the type serialises them). Types changeflow does not declare
+    (TIME, UUID, arrays, ...) pass values through for the driver to convert.
     """
-    if isinstance(type_, sa.Boolean):
-        return _coerce_bool
-    if isinstance(type_, sa.Float):
-        return _coerce_float
-    if isinstance(type_, sa.Integer):
-        return _coerce_int
-    if isinstance(type_, sa.Numeric):
-        return _decimal_coercer(type_.precision, type_.scale)
-    if isinstance(type_, sa.DateTime):
-        return _coerce_datetime
-    if isinstance(type_, sa.Date):
-        return _coerce_date
-    if isinstance(type_, sa.JSON):
-        return _coerce_json
-    if isinstance(type_, sa.String):
-        return _string_coercer(getattr(type_, 'length', None))
-    if isinstance(type_, (sa.LargeBinary, sa.BINARY, sa.VARBINARY)):
-        return _coerce_bytes
-    return lambda value: value
+    declared = _declared_type(type_)
+    if declared is None:
+        return _unchanged
+    if declared == 'string':
+        return coercer(declared, length=getattr(type_, 'length', None))
+    if declared == 'json':
+        return functools.partial(_json_document, coercer(declared))
+    return coercer(declared)
+
+
+def _unchanged(value):
+    return value
+
+
+def _json_document(coerce: Callable[[Any], str], value):
+    text = coerce(value)
+    try:
+        return json.loads(text)
+    except RecursionError:  # nested deeper than Python's parser goes
+        raise BadValue('JSON nested too deeply') from None
 
 
 def _key_part(value):
@@ -372,7 +251,7 @@ class _Target:
         coerce, described = self.coercers[column]
         try:
             return coerce(value)
-        except _BadValue as exc:
+        except BadValue as exc:
             shown = '<redacted>' if column in self.spec.redact else repr(value)
             raise _Rejected('bad-value', f'column {column!r} of {self.name!r} ({described}): '
                                          f'{shown}: {exc}') from None
@@ -973,9 +852,12 @@ class WriteToDatabase(beam.PTransform):
     transaction. A TRUNCATE deletes the rows whose stored version is older than
     it and raises the table's marker.
 
-    Values are coerced to the column types ('2026-11-01' to a date, '10.50' to
-    a Decimal of the column's scale, 1/0 to booleans); a value that does not
-    fit dead-letters its change ('bad-value', column named), and so does an op
+    Values are coerced to the column types as MySQL stores them
+    (:func:`changeflow.coercion.coercer`: '2026-11-01' to a date, '10.50' to a
+    Decimal of the column's scale, a number to a boolean true when non-zero;
+    a reflected type is read as the declared type it holds, and types
+    changeflow does not declare go to the driver as they are); a value that
+    does not fit dead-letters its change ('bad-value', column named), and so does an op
     naming a column the target lacks ('unknown-column'), an expression that
     cannot be evaluated ('bad-expression'), an op changing a key column
     ('key-changed') and a change of a table not in ``tables``
