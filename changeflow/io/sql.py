@@ -969,8 +969,8 @@ def _check_spec(spec: TableSpec) -> None:
                          f'characters, got {spec.target!r}')
     if spec.columns:
         declared = [name for name, _ in spec.columns]
-        for name, type_ in spec.columns:
-            _sql_type(type_)
+        for _, type_ in spec.columns:
+            _sql_type(type_)  # raises ValueError for an unknown type
         missing = [k for k in spec.key if k not in declared]
         if missing:
             raise ValueError(f'key column(s) {missing} of {spec.source!r} are not among '
