@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from changeflow.expressions import col, lit
 from changeflow.model import Change, OpKind, RowOp, audit_version
 from changeflow.rowstate import RowState, apply_ops
-from changeflow.transforms.coalesce import CoalesceChanges, coalesce_ops
+from changeflow.transforms.coalesce import CoalesceChanges, coalesce_changes, coalesce_ops
 from tests.beam_helpers import local_pipeline
 
 
@@ -59,6 +59,16 @@ def test_folding_never_changes_the_result():
            RowOp(OpKind.UPSERT, v(4), (('id', 1),), (inc('qty'),)),
            RowOp(OpKind.INSERT_IGNORE, v(5), (('id', 1), ('qty', 0)))]
     assert apply_ops(start, coalesce_ops(ops)) == apply_ops(start, ops)
+
+
+def test_a_truncate_between_a_rows_ops_is_not_folded_across():
+    insert = Change('shop.orders', (1, 1), (RowOp(OpKind.INSERT, v(5), (('qty', 1),)),), 0)
+    update = Change('shop.orders', (1, 1), (RowOp(OpKind.UPDATE, v(12), (), (inc('qty'),)),), 0)
+    truncates = (RowOp(OpKind.TRUNCATE, v(10)), RowOp(OpKind.TRUNCATE, v(20)))
+    merged = coalesce_changes([insert, update], truncates)
+    assert apply_ops(None, merged.ops).exists is False
+    assert coalesce_changes([insert, update]).ops == (
+        RowOp(OpKind.INSERT, v(12), (('qty', 2),)),)
 
 
 def change(qid, op, seconds):

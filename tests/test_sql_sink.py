@@ -257,6 +257,17 @@ def test_truncate_deletes_older_rows_and_keeps_later_ones(replica):
     assert counters['ops_skipped_stale'] == 1
 
 
+def test_updates_after_a_truncate_find_no_row_whatever_shard_they_land_in(replica):
+    """The TRUNCATE reaches every shard, so no shard applies a later UPDATE to a
+    row the TRUNCATE removed, whichever shard is flushed first."""
+    spec = replica.orders(rows=[order_row(i, 'snapshot row') for i in range(1, 21)])
+    replica.run([truncate(10)]
+                + [change((i,), op(OpKind.UPDATE, 12, [('note', lit('after'))]))
+                   for i in range(1, 21)]
+                + [change((30,), op(OpKind.INSERT, 15, id=30, note='new'))], [spec])
+    assert replica.rows(spec) == {(30,): order_row(30, 'new')}
+
+
 def test_values_round_trip_exactly(replica):
     spec = TableSpec('shop.kinds', ('id',), replica.prefix + 'kinds', (
         ('id', 'integer'), ('big', 'bigint'), ('amount', 'decimal(12,2)'),

@@ -180,12 +180,18 @@ def _row_key(values: Sequence[Any]) -> str:
     return 'sha256:' + hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()
 
 
-def _shard_of(change: Change, num_shards: int) -> Tuple[Tuple[str, int], Change]:
-    """(table, shard) key of a Change: a stable hash of its key values, so every
-    change of one row goes to the same shard on every worker and run."""
+def _shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int], Change]]:
+    """(table, shard) keyed copies of a Change: one, by a stable hash of its key
+    values, so every change of one row goes to the same shard on every worker
+    and run; a TRUNCATE goes to every shard of its table, so each shard applies
+    it in version order with its own rows' changes (shard 0 reports it)."""
+    if not change.key:
+        for shard in range(num_shards):
+            yield (change.table, shard), change
+        return
     text = json.dumps([change.table, [str(v) for v in change.key]], ensure_ascii=False)
     digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
-    return (change.table, int.from_bytes(digest, 'big') % num_shards), change
+    yield (change.table, int.from_bytes(digest, 'big') % num_shards), change
 
 
 # ---------------------------------------------------------------------------
@@ -205,6 +211,7 @@ class _Item(NamedTuple):
     change: Change
     timestamp: Any
     window: Any
+    reported: bool = True  # False for the copies of a TRUNCATE outside shard 0
 
 
 class _Outcome:
@@ -745,8 +752,9 @@ class _WriteDoFn(beam.DoFn):
             flush.set(timestamp)
 
     @userstate.on_timer(_FLUSH)
-    def flush_due(self, fired=beam.DoFn.TimestampParam, buffer=beam.DoFn.StateParam(_BUFFER),
-                  due=beam.DoFn.StateParam(_DUE), flush=beam.DoFn.TimerParam(_FLUSH)):
+    def flush_due(self, fired=beam.DoFn.TimestampParam, shard_key=beam.DoFn.KeyParam,
+                  buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
+                  flush=beam.DoFn.TimerParam(_FLUSH)):
         """The watermark passed ``fired``: every change of this shard timestamped
         up to it has arrived (changes are timestamped at the end of their
         window), and earlier ones were flushed before. Apply them in version
@@ -765,7 +773,8 @@ class _WriteDoFn(beam.DoFn):
         ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
         batch: List[_Item] = []
         for micros, change in ready:
-            item = _Item(change, Timestamp(micros=micros), GlobalWindow())
+            item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
+                         reported=bool(change.key) or shard_key[1] == 0)
             if change.table not in self._known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
@@ -773,6 +782,15 @@ class _WriteDoFn(beam.DoFn):
                 continue
             if not change.ops:
                 yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
+                continue
+            if not item.reported:
+                # A TRUNCATE copy: applied here in its place, reported by shard 0;
+                # whichever copy runs first deletes the rows, so count those.
+                if batch:
+                    yield from self._emit(self._write(batch))
+                    batch = []
+                deleted = self._write([item]).counts.get('rows_deleted', 0)
+                self._counters['rows_deleted'].inc(deleted)
                 continue
             batch.append(item)
             if len(batch) >= self._batch_size:
@@ -888,10 +906,10 @@ class WriteToDatabase(beam.PTransform):
 
     Caveats:
 
-    * Around a TRUNCATE, shards are independent: a keyed change newer than
-      the TRUNCATE whose first newer op depends on the previous row (UPDATE,
-      UPSERT, INSERT_IGNORE) must not be written before the TRUNCATE (within
-      a batch, TRUNCATEs are applied first).
+    * A TRUNCATE is sent to every shard of its table and applied there in
+      version order with that shard's changes (within a batch, TRUNCATEs are
+      applied first); shard 0's copy is the one reported. A row change that
+      spans a TRUNCATE carries it as a DELETE op (CoalesceChanges adds it).
     * An INSERT that omits columns leaves them at the target's defaults:
       declare the source's defaults in the TableSpec (or create the table
       with them) to replicate them exactly.
@@ -952,7 +970,7 @@ class WriteToDatabase(beam.PTransform):
     def expand(self, changes):
         return (
             changes
-            | 'KeyByShard' >> beam.Map(_shard_of, self._num_shards).with_output_types(
+            | 'KeyByShard' >> beam.FlatMap(_shards_of, self._num_shards).with_output_types(
                 typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
             # One buffer per shard across windows, so timers fire in timestamp order.
             | 'AcrossWindows' >> beam.WindowInto(beam_window.GlobalWindows())

@@ -93,11 +93,21 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
     return tuple(folded)
 
 
-def coalesce_changes(changes: Sequence[Change]) -> Change:
-    """Changes of one (table, key) -> one Change."""
+def coalesce_changes(changes: Sequence[Change], truncates: Sequence[RowOp] = ()) -> Change:
+    """Changes of one (table, key) -> one Change.
+
+    ``truncates``: the TRUNCATE ops of the row's table. One that falls between
+    the row's first and last op is inserted as a DELETE of the row, so nothing
+    folds across it (an INSERT, a TRUNCATE, then an UPDATE leaves no row).
+    """
     first = changes[0]
-    ops = coalesce_ops([op for change in changes for op in change.ops])
-    return Change(first.table, first.key, ops, max(c.event_time_us for c in changes))
+    ops = [op for change in changes for op in change.ops]
+    if truncates and first.key:
+        low, high = min(op.version for op in ops), max(op.version for op in ops)
+        ops += [RowOp(OpKind.DELETE, t.version, position=t.position)
+                for t in truncates if low < t.version < high]
+    return Change(first.table, first.key, coalesce_ops(ops),
+                  max(c.event_time_us for c in changes))
 
 
 class _CoalesceFn(beam.DoFn):
@@ -105,10 +115,10 @@ class _CoalesceFn(beam.DoFn):
         self._rows = Metrics.counter('changeflow.coalesce', 'rows')
         self._folded = Metrics.counter('changeflow.coalesce', 'ops_folded')
 
-    def process(self, element):
-        _, changes = element
+    def process(self, element, truncates):
+        (table, _), changes = element
         changes = list(changes)
-        merged = coalesce_changes(changes)
+        merged = coalesce_changes(changes, truncates.get(table, ()))
         self._rows.inc()
         self._folded.inc(sum(len(c.ops) for c in changes) - len(merged.ops))
         yield merged
@@ -138,8 +148,14 @@ class CoalesceChanges(beam.PTransform):
                 | 'EventTime' >> beam.Map(
                     lambda c: window.TimestampedValue(c, c.event_time_us / 1e6))
                 | 'Window' >> beam.WindowInto(window.FixedWindows(self._window_seconds)))
+        truncates = (
+            windowed
+            | 'Truncates' >> beam.Filter(lambda c: c.ops[0].kind == OpKind.TRUNCATE)
+            | 'ByTable' >> beam.Map(lambda c: (c.table, c.ops[0]))
+            | 'TruncatesOfTable' >> beam.GroupByKey()
+            | 'Listed' >> beam.MapTuple(lambda table, ops: (table, tuple(ops))))
         return (
             windowed
             | 'ByRow' >> beam.Map(lambda c: ((c.table, c.key), c))
             | 'GroupRow' >> beam.GroupByKey()
-            | 'Fold' >> beam.ParDo(_CoalesceFn()))
+            | 'Fold' >> beam.ParDo(_CoalesceFn(), truncates=beam.pvalue.AsDict(truncates)))
