@@ -7,7 +7,9 @@ each, as the subscription filter batches them) holding DML statements of a
 few dozen shapes with varying literals, then times, on one core and without
 Beam: decode (gunzip + JSON), audit-line parse, transaction classification and
 SQL -> row change with the shape cache; and, for comparison, a naive
-``sqlglot.parse_one`` per statement. Prints events/s and peak RSS.
+``sqlglot.parse_one`` per statement. Two mixes: every event a DML QUERY line
+(the worst case), and the lines as server_audit writes them with TABLE events
+on (each DML QUERY after its WRITE table event). Prints events/s and peak RSS.
 """
 
 import argparse
@@ -69,18 +71,31 @@ def _audit_line(qid, sql):
     return f"20261124 10:{qid // 60000 % 60:02d}:{qid // 1000 % 60:02d},db-1,app,10.0.0.7,{qid % 97},{qid},QUERY,shop,'{logged}',0"
 
 
-def make_records(events, per_record, seed=7):
+def _table_line(qid, sql):
+    """The TABLE event server_audit logs before a write (events CONNECT,QUERY,TABLE)."""
+    table = 'customers' if 'customers' in sql[:30] else 'orders'
+    return f"20261124 10:{qid // 60000 % 60:02d}:{qid // 1000 % 60:02d},db-1,app,10.0.0.7,{qid % 97},{qid},WRITE,shop,{table},"
+
+
+def make_records(events, per_record, seed=7, table_events=False):
+    """(records, statements): ``events`` audit lines, all DML QUERY lines, or with
+    ``table_events`` each QUERY preceded by its WRITE table event."""
     rng = random.Random(seed)
-    statements = [_statement(rng) for _ in range(events)]
+    statements = [_statement(rng) for _ in range(events // 2 if table_events else events)]
+    lines = []
+    for qid, sql in enumerate(statements, 1):
+        if table_events:
+            lines.append(_table_line(qid, sql))
+        lines.append(_audit_line(qid, sql))
     records = []
-    for start in range(0, events, per_record):
-        batch = statements[start:start + per_record]
+    for start in range(0, len(lines), per_record):
+        batch = lines[start:start + per_record]
         payload = {'messageType': 'DATA_MESSAGE', 'owner': '123456789012',
                    'logGroup': '/aws/rds/instance/db-1/audit', 'logStream': 'db-1.audit.log',
                    'subscriptionFilters': ['to-kinesis'],
                    'logEvents': [{'id': str(start + i).zfill(56), 'timestamp': 1795000000000 + start + i,
-                                  'message': _audit_line(start + i + 1, sql)}
-                                 for i, sql in enumerate(batch)]}
+                                  'message': line}
+                                 for i, line in enumerate(batch)]}
         records.append(SourceRecord(gzip.compress(json.dumps(payload).encode()), 'bench',
                                     'shardId-000000000000', str(start), 0))
     return records, statements
@@ -92,6 +107,8 @@ def parse_stage(records, translator):
         for log_event in decode_record(record):
             audit = parse_audit_line(log_event.message, log_event.position)
             events += 1
+            if audit.operation != 'QUERY':
+                continue
             classify_statement(audit.object)
             changes += len(translator.translate(audit.object, audit.database).changes)
     return events, changes
@@ -112,6 +129,11 @@ def main():
     events, changes = parse_stage(records, translator)
     elapsed = time.perf_counter() - started
 
+    mixed, _ = make_records(args.events, args.per_record, table_events=True)
+    started = time.perf_counter()
+    mixed_events, _ = parse_stage(mixed, translator)
+    mixed_rate = mixed_events / (time.perf_counter() - started)
+
     started = time.perf_counter()
     for sql in statements[:args.naive_sample]:
         sqlglot.parse_one(sql, read='mysql')
@@ -123,8 +145,10 @@ def main():
     print(f'row changes                  {changes:>12,}')
     print(f'statement shapes compiled    {translator.shapes_compiled:>12,}')
     print('parse stage (decode + parse + SQL -> changes), one core')
-    print(f'  changeflow                 {events / elapsed:>12,.0f} events/s  '
+    print(f'  changeflow, DML only       {events / elapsed:>12,.0f} events/s  '
           f'({elapsed * 1e6 / events:.2f} us/event)')
+    print(f'  changeflow, as logged      {mixed_rate:>12,.0f} events/s  '
+          f'(each DML after its WRITE table event)')
     print(f'  naive sqlglot.parse_one    {naive:>12,.0f} statements/s '
           f'(parse only, {args.naive_sample:,} statements)')
     print(f'  speed-up                   {events / elapsed / naive:>12,.1f} x')
