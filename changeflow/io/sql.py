@@ -743,8 +743,9 @@ class _WriteDoFn(beam.DoFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
                 flush=beam.DoFn.TimerParam(_FLUSH)):
-        _, change = element
-        self._counters['changes_received'].inc()
+        (_, shard), change = element
+        if change.key or shard == 0:  # a TRUNCATE arrives once per shard
+            self._counters['changes_received'].inc()
         buffer.add((timestamp.micros, change))
         earliest = due.read()
         if earliest is None or timestamp.micros < earliest:
