@@ -1,5 +1,6 @@
 """The YAML job configuration, validated into typed records."""
 
+import glob
 import os
 
 from typing import NamedTuple, Optional, Tuple
@@ -162,6 +163,9 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         raise ConfigError(f"source.format: {source['format']!r} is not one of "
                           f"{', '.join(ARCHIVE_FORMATS)}")
     _typed('source.path', source['path'], str, 'a path or glob')
+    path = _resolve(source['path'], base_dir)
+    if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
+        raise ConfigError(f'source.path: {path} does not exist')
     tables = raw['tables']
     _typed('tables', tables, dict, 'a mapping of database.table: spec')
     if not tables:
@@ -190,7 +194,7 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     audit = raw.get('audit') or {}
     _check_keys('audit', audit, ('query_log_limit', 'autocommit'))
     return JobConfig(
-        source=SourceConfig('archive', source['format'], _resolve(source['path'], base_dir)),
+        source=SourceConfig('archive', source['format'], path),
         tables=tuple(_table(name, spec) for name, spec in tables.items()),
         window_seconds=float(seconds),
         database_url=_resolve_url(database['url'], base_dir) if database else None,

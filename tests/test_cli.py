@@ -37,8 +37,9 @@ def test_run_prints_outputs_and_counters(tmp_path, capsys):
 
 def test_run_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
     config = tmp_path / 'job.yaml'
-    config.write_text(open(EXAMPLE).read().replace('window: {seconds: 5}',
-                                                   'window: {second: 5}'))
+    config.write_text(open(EXAMPLE).read()
+                      .replace('../tests/data/audit/', AUDIT + '/')
+                      .replace('window: {seconds: 5}', 'window: {second: 5}'))
     code, _, err = run_cli(['run', str(config)], capsys)
     assert code == 2
     assert "window: unknown key(s) 'second'" in err
@@ -100,12 +101,19 @@ def with_change(path, value):
     return raw
 
 
-def test_config_defaults_and_relative_paths():
-    config = parse_config(MINIMAL, '/jobs')
-    assert config.source.path == '/jobs/audit.log'
-    assert config.database_url == 'sqlite:////jobs/out/r.db'
+def test_config_defaults_and_relative_paths(tmp_path):
+    (tmp_path / 'audit.log').write_text('')
+    config = parse_config(MINIMAL, str(tmp_path))
+    assert config.source.path == str(tmp_path / 'audit.log')
+    assert config.database_url == f'sqlite:///{tmp_path}/out/r.db'
     assert config.tables[0].target == 'orders'
     assert config.window_seconds == 5 and config.query_log_limit == 1024
+
+
+def test_a_missing_source_file_is_named_but_an_empty_glob_is_allowed(tmp_path):
+    with pytest.raises(ConfigError, match=r'source.path: .*audit.log does not exist'):
+        parse_config(MINIMAL, str(tmp_path))
+    assert parse_config(with_change(('source', 'path'), 'logs/*.log'), str(tmp_path))
 
 
 @pytest.mark.parametrize('path, value, message', [
@@ -121,7 +129,8 @@ def test_config_defaults_and_relative_paths():
      "sinks.notify[0].when.op: unknown op 'create'"),
     (('audit',), {'autocommit': 'yes'}, 'audit.autocommit: expected true/false'),
 ])
-def test_config_errors_name_the_key(path, value, message):
+def test_config_errors_name_the_key(tmp_path, path, value, message):
+    (tmp_path / 'audit.log').write_text('')
     with pytest.raises(ConfigError) as error:
-        parse_config(with_change(path, value), '/jobs')
+        parse_config(with_change(path, value), str(tmp_path))
     assert message in str(error.value)
