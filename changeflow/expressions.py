@@ -14,10 +14,10 @@ the SQL stage as ``needs-lookup``.
 """
 
 import decimal
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Iterator, Mapping
 
 __all__ = ['MissingColumn', 'FUNCTIONS', 'lit', 'col', 'evaluate', 'substitute',
-           'is_literal', 'literal_value', 'to_sql']
+           'is_literal', 'literal_value', 'leaf_tags', 'to_sql']
 
 _CONTEXT = decimal.Context(prec=65)  # MySQL DECIMAL holds up to 65 digits
 
@@ -171,17 +171,24 @@ def substitute(expr: tuple, known: Mapping[str, tuple]) -> tuple:
     return result
 
 
-def _all_literal(expr: tuple) -> bool:
+def leaf_tags(expr: tuple) -> Iterator[str]:
+    """The tags of an expression's leaves ('lit', 'col', or others a caller
+    adds, such as the SQL stage's 'param')."""
     tag = expr[0]
-    if tag == 'lit':
-        return True
-    if tag == 'col':
-        return False
     if tag == 'neg':
-        return _all_literal(expr[1])
-    if tag == 'bin':
-        return _all_literal(expr[2]) and _all_literal(expr[3])
-    return all(_all_literal(arg) for arg in expr[2])
+        yield from leaf_tags(expr[1])
+    elif tag == 'bin':
+        yield from leaf_tags(expr[2])
+        yield from leaf_tags(expr[3])
+    elif tag == 'fn':
+        for arg in expr[2]:
+            yield from leaf_tags(arg)
+    else:
+        yield tag
+
+
+def _all_literal(expr: tuple) -> bool:
+    return all(tag == 'lit' for tag in leaf_tags(expr))
 
 
 def to_sql(expr: tuple) -> str:

@@ -34,7 +34,7 @@ from apache_beam.pvalue import TaggedOutput
 from sqlglot import expressions as exp
 
 from changeflow.config import TableSpec
-from changeflow.expressions import substitute
+from changeflow.expressions import leaf_tags, substitute
 from changeflow.model import (DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version,
                               dead_letter)
 from changeflow.transforms.transactions import CommittedTransaction
@@ -462,29 +462,11 @@ def _constant_translation(translation: Translation):
 
 
 def _reads_columns(template: tuple) -> bool:
-    tag = template[0]
-    if tag == 'col':
-        return True
-    if tag in ('lit', 'param'):
-        return False
-    if tag == 'neg':
-        return _reads_columns(template[1])
-    if tag == 'bin':
-        return _reads_columns(template[2]) or _reads_columns(template[3])
-    return any(_reads_columns(arg) for arg in template[2])
+    return 'col' in leaf_tags(template)
 
 
 def _has_params(template: tuple) -> bool:
-    tag = template[0]
-    if tag == 'param':
-        return True
-    if tag in ('lit', 'col'):
-        return False
-    if tag == 'neg':
-        return _has_params(template[1])
-    if tag == 'bin':
-        return _has_params(template[2]) or _has_params(template[3])
-    return any(_has_params(arg) for arg in template[2])
+    return 'param' in leaf_tags(template)
 
 
 def _binder(template: tuple) -> Callable[[Sequence[Any]], tuple]:
