@@ -18,10 +18,10 @@ import tempfile
 import time
 
 import yaml
-from apache_beam.metrics.metric import MetricsFilter
-
-from changeflow.pipelines import audit_sync
 from parse_throughput import TABLES, make_records
+
+from changeflow.metrics import counter_totals
+from changeflow.pipelines import audit_sync
 
 
 def write_archive(path, records):
@@ -62,10 +62,7 @@ def main():
         started = time.perf_counter()
         result = audit_sync.run(['--config', config])
         elapsed = time.perf_counter() - started
-        counters = {}
-        for counter in result.metrics().query(MetricsFilter())['counters']:
-            name = f'{counter.key.metric.namespace}.{counter.key.metric.name}'
-            counters[name] = counters.get(name, 0) + counter.committed
+        counters = counter_totals(result)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f'events                 {args.events:>12,}  ({len(records):,} Kinesis records)')
     for name in ('changeflow.sql_changes.row_changes', 'changeflow.coalesce.rows',

@@ -13,12 +13,8 @@ __all__ = ['main']
 
 def _summary(result) -> str:
     """The job's counters, one per line, grouped by component."""
-    from apache_beam.metrics.metric import MetricsFilter
-    totals = {}
-    for counter in result.metrics().query(MetricsFilter())['counters']:
-        name = f'{counter.key.metric.namespace}.{counter.key.metric.name}'
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[name] = totals.get(name, 0) + (value or 0)
+    from changeflow.metrics import counter_totals
+    totals = counter_totals(result)
     width = max(map(len, totals), default=0)
     return '\n'.join(f'  {name:<{width}}  {value:>10,}' for name, value in sorted(totals.items()))
 

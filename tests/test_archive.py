@@ -13,11 +13,11 @@ import os
 import apache_beam as beam
 import boto3
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
-
 from beam_helpers import local_pipeline
+
 from changeflow.io.archive import FORMATS, ReadArchive
+from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, LogEvent, SourceRecord
 from changeflow.transforms.audit_log import ParseAuditLines, parse_audit_line
 from changeflow.transforms.decode import DecodeCloudWatchRecords
@@ -56,8 +56,7 @@ def strip(dead):
 def run(pipeline):
     result = pipeline.run()
     result.wait_until_finish()
-    return {c.key.metric.name: c.committed for c in result.metrics().query(
-        MetricsFilter().with_namespace('changeflow.read_archive'))['counters']}
+    return counter_totals(result, 'changeflow.read_archive')
 
 
 def write(path, data: bytes):

@@ -6,12 +6,16 @@ import random
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
-
 from beam_helpers import local_pipeline
+
+from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, AuditEvent, LogEvent
-from changeflow.transforms.audit_log import AuditLineError, ParseAuditLines, parse_audit_line
+from changeflow.transforms.audit_log import (
+    AuditLineError,
+    ParseAuditLines,
+    parse_audit_line,
+)
 
 # Every line of the fixture was logged in this second (server time, read as UTC).
 RECORDED_US = calendar.timegm((2026, 11, 24, 21, 40, 48)) * 1_000_000
@@ -272,8 +276,7 @@ def test_parse_audit_lines_pipeline(lines):
         label='dead letters')
     result = pipeline.run()
     result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
-        MetricsFilter().with_namespace('changeflow.parse_audit'))['counters']}
+    counters = counter_totals(result, 'changeflow.parse_audit')
     assert counters == {'lines_received': 103, 'events_parsed': 100, 'dead_lettered': 3,
                         'queries': 47, 'table_events': 49, 'connects': 4}
 

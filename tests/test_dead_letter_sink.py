@@ -9,12 +9,12 @@ import re
 import apache_beam as beam
 import boto3
 import orjson
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.io.dead_letter import WriteDeadLetters, read_dead_letters
 from changeflow.io.json_records import iso_utc, json_value, parse_iso_utc
+from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter
 from tests.beam_helpers import local_pipeline
 
@@ -44,8 +44,7 @@ def run(path, elements, written=None, failed=None, options=None, **kwargs):
         assert_that(result[DEAD_LETTER_TAG], failed, label='NotWritten')
     outcome = p.run()
     outcome.wait_until_finish()
-    return {c.key.metric.name: c.committed for c in outcome.metrics().query(
-        MetricsFilter().with_namespace('changeflow.write_dead_letters'))['counters']}
+    return counter_totals(outcome, 'changeflow.write_dead_letters')
 
 
 def test_lines_sorted_named_by_content_and_read_back(tmp_path):

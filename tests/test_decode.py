@@ -13,12 +13,16 @@ import random
 import apache_beam as beam
 import orjson
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
-
 from beam_helpers import local_pipeline
+
+from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, LogEvent, SourceRecord
-from changeflow.transforms.decode import DecodeCloudWatchRecords, DecodeError, decode_record
+from changeflow.transforms.decode import (
+    DecodeCloudWatchRecords,
+    DecodeError,
+    decode_record,
+)
 
 LOG_GROUP = '/aws/rds/instance/shop-db/audit'
 LOG_STREAM = 'shop-db.audit.log.0.2026-11-24-00-00.0.0'
@@ -197,7 +201,6 @@ def test_decode_pipeline_routes_poison_and_keeps_good_records(records, lines):
         label='dead letters')
     result = pipeline.run()
     result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
-        MetricsFilter().with_namespace('changeflow.decode'))['counters']}
+    counters = counter_totals(result, 'changeflow.decode')
     assert counters == {'records_received': 15 + len(poison) + 1, 'control_messages': 1,
                         'log_events': 101, 'dead_lettered': len(poison)}

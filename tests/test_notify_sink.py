@@ -6,12 +6,12 @@ import json
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import NotifyRule, TableSpec
 from changeflow.expressions import col, lit
 from changeflow.io.notify import REDACTED, WriteNotifications
+from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
 from tests.beam_helpers import local_pipeline
 
@@ -51,8 +51,7 @@ def run(rules, elements, written=None, letters=None, tables=(CUSTOMERS,), **kwar
         assert_that(result[DEAD_LETTER_TAG], letters, label='DeadLetters')
     outcome = p.run()
     outcome.wait_until_finish()
-    return {c.key.metric.name: c.committed for c in outcome.metrics().query(
-        MetricsFilter().with_namespace('changeflow.write_notify'))['counters']}
+    return counter_totals(outcome, 'changeflow.write_notify')
 
 
 def lines(path):

@@ -12,7 +12,6 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
@@ -20,6 +19,7 @@ from apache_beam.transforms import window
 from changeflow.config import TableSpec
 from changeflow.expressions import col, lit
 from changeflow.io.parquet import WriteParquetBackup, arrow_type
+from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
 from changeflow.rowstate import op_columns
 from tests.beam_helpers import local_pipeline
@@ -86,8 +86,7 @@ def run(path, elements, tables=(ORDERS,), options=None, written=None, letters=No
         assert_that(result[DEAD_LETTER_TAG], letters, label='DeadLetters')
     outcome = p.run()
     outcome.wait_until_finish()
-    return {c.key.metric.name: c.committed for c in outcome.metrics().query(
-        MetricsFilter().with_namespace('changeflow.write_parquet'))['counters']}
+    return counter_totals(outcome, 'changeflow.write_parquet')
 
 
 def files(root, *expected):

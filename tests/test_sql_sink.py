@@ -10,12 +10,12 @@ import socket
 import apache_beam as beam
 import pytest
 import sqlalchemy as sa
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import TableSpec
 from changeflow.expressions import col, lit
 from changeflow.io.sql import WriteToDatabase
+from changeflow.metrics import counter_totals
 from changeflow.model import Change, OpKind, RowOp, audit_version
 from tests.beam_helpers import local_pipeline
 
@@ -71,12 +71,7 @@ def run_sink(url, changes, tables, dead=(), **options):
             wanted),
         equal_to([(reason, position, True) for reason, position, _ in dead]), label='dead')
     result = pipeline.run()
-    totals = {}
-    for counter in result.metrics().query(
-            MetricsFilter().with_namespace('changeflow.write_database'))['counters']:
-        name = counter.key.metric.name
-        totals[name] = totals.get(name, 0) + counter.committed
-    return totals
+    return counter_totals(result, 'changeflow.write_database')
 
 
 class Replica:
