@@ -2,8 +2,11 @@
 
 import glob
 import os
-
 from typing import NamedTuple, Optional, Tuple
+
+import yaml
+
+from changeflow.model import OpKind
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config']
@@ -61,7 +64,7 @@ class ConfigError(ValueError):
 
 
 ARCHIVE_FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit')
-NOTIFY_OPS = ('insert', 'update', 'delete', 'replace', 'upsert', 'insert_ignore', 'truncate')
+NOTIFY_OPS = tuple(kind.value for kind in OpKind)  # a rule's `when.op`
 
 
 def _check_keys(where: str, mapping, allowed, required=()):
@@ -84,7 +87,6 @@ def _typed(where: str, value, kind, name):
 
 def _resolve(path: str, base_dir: str) -> str:
     """Relative local paths are relative to the config file; URLs stay as they are."""
-
     if '://' in path or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(base_dir, path))
@@ -210,8 +212,6 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
 
 def load_config(path: str) -> JobConfig:
     """Reads and validates a YAML job configuration file."""
-
-    import yaml
     with open(path, encoding='utf-8') as f:
         try:
             raw = yaml.safe_load(f)

@@ -10,13 +10,13 @@ rarely holds a whole one).
 
 import base64
 import binascii
-import datetime
 from typing import Iterator, Sequence, TextIO, Tuple
 
 import orjson
 
 from changeflow.config import TableSpec
 from changeflow.expressions import to_sql
+from changeflow.io.json_records import iso_utc
 from changeflow.transforms.audit_log import AuditLineError, parse_audit_line
 from changeflow.transforms.decode import GZIP_MAGIC, DecodeError, envelopes
 from changeflow.transforms.sql_changes import SqlChangeError, StatementTranslator
@@ -99,8 +99,7 @@ def _show_envelope(envelope: dict, out: TextIO, translator, query_log_limit: int
           f"filters={envelope.get('subscriptionFilters')}  events={len(events)}", file=out)
     ok = True
     for event in events:
-        stamp = datetime.datetime.fromtimestamp(event.get('timestamp', 0) / 1000,
-                                                datetime.timezone.utc).isoformat()
+        stamp = iso_utc(int(event.get('timestamp', 0)) * 1000)
         print(f"   - event {event.get('id')} at {stamp}", file=out)
         try:
             audit = parse_audit_line(event.get('message', ''), '', query_log_limit)
