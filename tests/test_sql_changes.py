@@ -1,11 +1,15 @@
 import decimal
 
+import apache_beam as beam
 import pytest
+from apache_beam.testing.util import assert_that, equal_to
 
-from changeflow.model import OpKind
-from changeflow.transforms.sql_changes import (SqlChangeError, StatementTranslator,
-                                               mask_literals)
+from changeflow.model import DEAD_LETTER_TAG, OpKind
+from changeflow.transforms.sql_changes import (ExtractRowChanges, SqlChangeError,
+                                               StatementTranslator, mask_literals)
+from changeflow.transforms.transactions import CommittedTransaction
 from tests.audit_fixture import SHOP_TABLES, query_event
+from tests.beam_helpers import local_pipeline
 
 
 @pytest.fixture
@@ -134,3 +138,20 @@ def test_one_parse_per_shape(translator):
         translator.translate(f"UPDATE orders SET note = 'n{i}' WHERE tenant_id = {i} "
                              f'AND order_id = {i + 1}', 'shop')
     assert translator.shapes_compiled == 1
+
+
+def test_a_statement_with_an_uncastable_key_is_dead_lettered_whole():
+    """Row 1 is fine, row 2's key is not an integer: nothing of the statement is
+    emitted (it is replayable whole), the next statement still is."""
+    template = query_event('DELETE FROM orders')
+    bad = template._replace(query_id=900, object=(
+        "INSERT INTO orders (tenant_id, order_id, note) VALUES (7, 1, 'a'), (7, 'two', 'b')"))
+    good = template._replace(query_id=901, object=(
+        "INSERT INTO orders (tenant_id, order_id, note) VALUES (7, 3, 'c')"))
+    with local_pipeline() as p:
+        result = (p | beam.Create([CommittedTransaction('vm', 1, (bad, good))])
+                  | ExtractRowChanges(SHOP_TABLES))
+        assert_that(result['changes'] | beam.Map(lambda c: c.key), equal_to([(7, 3)]),
+                    label='changes')
+        assert_that(result[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.reason, d.position)),
+                    equal_to([('bad-value', template.position)]), label='dead letters')

@@ -612,29 +612,32 @@ class _ExtractRowChangesFn(beam.DoFn):
             self._received.inc()
             try:
                 translation = self._translator.translate(statement.object, statement.database)
-                changes = translation.changes
-                if translation.skipped:
-                    self._skipped[translation.skipped.replace('-', '_')].inc()
-                    continue
-                caster = None
-                for seq, change in enumerate(changes):
-                    caster = self._casters[change.table]
-                    key = caster(change.key) if caster else change.key
-                    touch = first_touch.setdefault(
-                        (change.table, key), (statement.timestamp_us, statement.query_id))
-                    version = audit_version(touch[0], touch[1], statement.query_id, seq)
-                    position = statement.position if len(changes) == 1 else (
-                        f'{statement.position}#{seq}')
-                    self._changes.inc()
-                    yield Change(change.table, key, (RowOp(
-                        change.kind, version, change.values, change.assignments, position),),
-                        statement.timestamp_us)
+                keys = [self._key(change) for change in translation.changes]
             except (SqlChangeError, ValueError, ArithmeticError) as error:
+                # Nothing of the statement is emitted: it is replayable whole.
                 self._dead.inc()
-                reason = getattr(error, 'reason', 'bad-value')
                 yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                    'sql_changes', reason, getattr(error, 'detail', str(error)),
-                    statement.line, statement.position))
+                    'sql_changes', getattr(error, 'reason', 'bad-value'),
+                    getattr(error, 'detail', str(error)), statement.line, statement.position))
+                continue
+            if translation.skipped:
+                self._skipped[translation.skipped.replace('-', '_')].inc()
+                continue
+            changes = translation.changes
+            for seq, (change, key) in enumerate(zip(changes, keys)):
+                touch = first_touch.setdefault(
+                    (change.table, key), (statement.timestamp_us, statement.query_id))
+                version = audit_version(touch[0], touch[1], statement.query_id, seq)
+                position = statement.position if len(changes) == 1 else (
+                    f'{statement.position}#{seq}')
+                self._changes.inc()
+                yield Change(change.table, key, (RowOp(
+                    change.kind, version, change.values, change.assignments, position),),
+                    statement.timestamp_us)
+
+    def _key(self, change: RowChange) -> Tuple[Any, ...]:
+        caster = self._casters[change.table]
+        return caster(change.key) if caster else change.key
 
 
 class ExtractRowChanges(beam.PTransform):
