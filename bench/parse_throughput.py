@@ -25,7 +25,7 @@ from changeflow.config import TableSpec
 from changeflow.model import SourceRecord
 from changeflow.transforms.audit_log import parse_audit_line
 from changeflow.transforms.decode import decode_record
-from changeflow.transforms.sql_changes import StatementTranslator
+from changeflow.sql.plans import StatementTranslator
 from changeflow.transforms.transactions import classify_statement
 
 TABLES = (

@@ -15,11 +15,11 @@ from typing import Iterator, Sequence, TextIO, Tuple
 import orjson
 
 from changeflow.config import TableSpec
-from changeflow.expressions import to_sql
+from changeflow.sql.expressions import to_sql
 from changeflow.io.json_records import iso_utc
 from changeflow.transforms.audit_log import AuditLineError, parse_audit_line
 from changeflow.transforms.decode import GZIP_MAGIC, DecodeError, envelopes
-from changeflow.transforms.sql_changes import SqlChangeError, StatementTranslator
+from changeflow.sql.plans import SqlChangeError, StatementTranslator
 from changeflow.transforms.transactions import StatementClass, classify_statement
 
 __all__ = ['records_in', 'inspect_input']

@@ -85,7 +85,7 @@ class RowOp(NamedTuple):
     ``values``: column -> literal value, for INSERT/REPLACE/INSERT_IGNORE/UPSERT
     (the row written when it is inserted). Columns not named take the target's
     defaults. ``assignments``: column -> expression (see
-    :mod:`changeflow.expressions`), for UPDATE and the ON DUPLICATE KEY UPDATE
+    :mod:`changeflow.sql.expressions`), for UPDATE and the ON DUPLICATE KEY UPDATE
     part of UPSERT, evaluated left to right against the current row as MySQL
     does. Both are tuples of pairs so the record hashes and pickles
     deterministically.

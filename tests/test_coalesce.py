@@ -6,9 +6,9 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from changeflow.expressions import col, lit
+from changeflow.sql.expressions import col, lit
 from changeflow.model import Change, OpKind, RowOp, audit_version
-from changeflow.rowstate import RowState, apply_ops
+from changeflow.sql.rowstate import RowState, apply_ops
 from changeflow.transforms.coalesce import CoalesceChanges, coalesce_changes, coalesce_ops
 from tests.beam_helpers import local_pipeline
 

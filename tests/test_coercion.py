@@ -1,4 +1,4 @@
-"""changeflow.coercion: each declared type's accepted and refused values.
+"""changeflow.sql.coercion: each declared type's accepted and refused values.
 
 Cases marked "sql" or "parquet" are where the two sinks' former coercions
 disagreed; the comment says which sink changed.
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-import changeflow.coercion
-from changeflow.coercion import BadValue, coercer
+import changeflow.sql.coercion
+from changeflow.sql.coercion import BadValue, coercer
 from changeflow.io import parquet, sql
 
 D = decimal.Decimal
@@ -244,7 +244,7 @@ def test_bad_value_is_a_value_error():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(changeflow.coercion).failed == 0
+    assert doctest.testmod(changeflow.sql.coercion).failed == 0
 
 
 # Both sinks coerce through this module: the same value gives the same result.

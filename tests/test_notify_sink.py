@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import NotifyRule, TableSpec
-from changeflow.expressions import col, lit
+from changeflow.sql.expressions import col, lit
 from changeflow.io.notify import REDACTED, WriteNotifications
 from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version

@@ -17,11 +17,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
 from changeflow.config import TableSpec
-from changeflow.expressions import col, lit
+from changeflow.sql.expressions import col, lit
 from changeflow.io.parquet import WriteParquetBackup, arrow_type
 from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
-from changeflow.rowstate import op_columns
+from changeflow.sql.rowstate import op_columns
 from tests.beam_helpers import local_pipeline
 
 UTC = datetime.timezone.utc

@@ -5,8 +5,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.model import DEAD_LETTER_TAG, OpKind
-from changeflow.transforms.sql_changes import (ExtractRowChanges, SqlChangeError,
-                                               StatementTranslator, mask_literals)
+from changeflow.sql.literals import mask_literals
+from changeflow.sql.plans import SqlChangeError, StatementTranslator
+from changeflow.transforms.sql_changes import ExtractRowChanges
 from changeflow.transforms.transactions import CommittedTransaction
 from tests.audit_fixture import SHOP_TABLES, query_event
 from tests.beam_helpers import local_pipeline

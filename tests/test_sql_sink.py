@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import TableSpec
-from changeflow.expressions import col, lit
+from changeflow.sql.expressions import col, lit
 from changeflow.io.sql import WriteToDatabase
 from changeflow.metrics import counter_totals
 from changeflow.model import Change, OpKind, RowOp, audit_version

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from changeflow.expressions import to_sql
+from changeflow.sql.expressions import to_sql
 from changeflow.model import Change
 
 __all__ = ['json_value', 'dumps_json', 'loads_json', 'change_json', 'iso_utc', 'parse_iso_utc']
@@ -87,7 +87,7 @@ def change_json(change: Change) -> bytes:
     """A Change as JSON text, for a dead letter's ``original``.
 
     Values go through :func:`json_value`; assignments are rendered with
-    :func:`changeflow.expressions.to_sql` (``repr`` for a malformed one), so a
+    :func:`changeflow.sql.expressions.to_sql` (``repr`` for a malformed one), so a
     rejected Change can always be described.
     """
     return dumps_json({

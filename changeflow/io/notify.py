@@ -26,7 +26,7 @@ Each matching (rule target, Change) gives one JSON object::
      "values": {"status": "paid", "card": "***"}}
 
 ``op`` and ``version`` are the Change's last op's; ``values`` the literal
-values that op writes (see :func:`changeflow.rowstate.op_columns`: an
+values that op writes (see :func:`changeflow.sql.rowstate.op_columns`: an
 UPDATE's literal assignments, an insert's or UPSERT's inserted values; computed
 assignments are left out), rendered by
 :func:`changeflow.io.json_records.json_value` (Decimal as text, bytes base64).
@@ -64,7 +64,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from changeflow.config import NotifyRule, TableSpec
 from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
-from changeflow.rowstate import op_columns
+from changeflow.sql.rowstate import op_columns
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']

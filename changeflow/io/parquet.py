@@ -43,7 +43,7 @@ decimal(p,s) -> decimal128(p,s) (decimal256 beyond 38 digits), bare decimal ->
 decimal128(38,9); float -> float64; string, text, json -> string; boolean ->
 bool; date -> date32; datetime -> timestamp[us] (no zone, as MySQL DATETIME);
 binary -> binary. Values are coerced as MySQL stores them, by
-:func:`changeflow.coercion.coercer`: numbers round half away from zero to the
+:func:`changeflow.sql.coercion.coercer`: numbers round half away from zero to the
 column's scale (a bare decimal's is 9), numeric strings parse, a boolean is
 true for any non-zero number. Integers must also fit int64, and a json column
 holds the document's text. A value that does not fit is ``bad-value``.
@@ -74,13 +74,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from changeflow.coercion import BadValue, coercer
+from changeflow.sql.coercion import BadValue, coercer
 from changeflow.config import COLUMN_TYPES, TableSpec
-from changeflow.expressions import to_sql
+from changeflow.sql.expressions import to_sql
 from changeflow.io.files import WrittenFile, write_file
 from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
-from changeflow.rowstate import op_columns
+from changeflow.sql.rowstate import op_columns
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
 

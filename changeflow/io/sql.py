@@ -52,12 +52,12 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from changeflow.coercion import BadValue, coercer
+from changeflow.sql.coercion import BadValue, coercer
 from changeflow.config import TableSpec
-from changeflow.expressions import MissingColumn
+from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
-from changeflow.rowstate import ABSENT, RowState, apply_op
+from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 
 __all__ = ['WriteToDatabase']
 
@@ -109,7 +109,7 @@ def _sql_type(declared: str) -> sa.types.TypeEngine:
 
 
 # ---------------------------------------------------------------------------
-# Coercion of values to column types: changeflow.coercion, by declared type.
+# Coercion of values to column types: changeflow.sql.coercion, by declared type.
 
 # First match wins: Boolean and Float before Integer and Numeric.
 _DECLARED_TYPES = (
@@ -872,7 +872,7 @@ class WriteToDatabase(beam.PTransform):
     it and raises the table's marker.
 
     Values are coerced to the column types as MySQL stores them
-    (:func:`changeflow.coercion.coercer`: '2026-11-01' to a date, '10.50' to a
+    (:func:`changeflow.sql.coercion.coercer`: '2026-11-01' to a date, '10.50' to a
     Decimal of the column's scale, a number to a boolean true when non-zero;
     a reflected type is read as the declared type it holds, and types
     changeflow does not declare go to the driver as they are); a value that

@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from changeflow.expressions import is_literal, lit, substitute
+from changeflow.sql.expressions import is_literal, lit, substitute
 from changeflow.model import FULL_ROW_KINDS, Change, OpKind, RowOp
 
 __all__ = ['coalesce_ops', 'coalesce_changes', 'CoalesceChanges']

@@ -5,7 +5,7 @@ what one op writes (:func:`op_columns`), for the sinks that record ops
 
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from changeflow.expressions import evaluate, is_literal, literal_value, substitute
+from changeflow.sql.expressions import evaluate, is_literal, literal_value, substitute
 from changeflow.model import OpKind, RowOp
 
 __all__ = ['RowState', 'ABSENT', 'apply_op', 'apply_ops', 'op_columns']
