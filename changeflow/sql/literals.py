@@ -11,7 +11,7 @@ import decimal
 import re
 from typing import Any, List, Tuple
 
-__all__ = ['MARKER', 'mask_literals', 'unescape_mysql_string', 'number_literal',
+__all__ = ['MARKER', 'HexLiteral', 'mask_literals', 'unescape_mysql_string', 'number_literal',
            'numbered_shape']
 
 # One match per literal or comment: a possessive run skips everything that
@@ -64,13 +64,20 @@ def number_literal(text: str):
     return int(text)
 
 
+class HexLiteral(bytes):
+    """A hexadecimal literal (``x'41'``, ``0x41``): a binary string that is an
+    unsigned integer in numeric context (``x'41' + 0`` is 65), unlike a quoted
+    string of the same bytes."""
+    __slots__ = ()
+
+
 def _other_literal(text: str):
     if text[0] == '"':
         return unescape_mysql_string(text[1:-1], '"')
     if text[0] == '0':
-        return bytes.fromhex(text[2:])
+        return HexLiteral(bytes.fromhex(text[2:]))
     if text[0] in 'xX':
-        return bytes.fromhex(text[2:-1])
+        return HexLiteral(bytes.fromhex(text[2:-1]))
     return int(text[2:-1] or '0', 2)
 
 
