@@ -1,12 +1,16 @@
 """The whole audit-sync job on the local FnApiRunner: events/s and peak memory.
 
-    python bench/pipeline_throughput.py [--events 200000] [--per-record 100]
+    python bench/pipeline_throughput.py [--events 200000] [--workload upserts|mixed]
+                                        [--connections 1] [--baseline]
 
-Writes a kinesis-jsonl archive of generated payloads (the same generator as
-bench/parse_throughput.py) to a temporary folder, runs the job into SQLite,
-local Parquet and a JSONL notification file, and prints wall time, events/s,
-the job's key counters and the peak RSS of this process (the FnApiRunner runs
-the job in-process).
+Workloads: ``upserts`` (bench/workload.py: half INSERT ... ON DUPLICATE KEY
+UPDATE, 40% updates and 10% deletes by key over 20k rows of one table, in a
+Firehose archive) or ``mixed`` (bench/parse_throughput.py's two tables and six
+statement shapes, as kinesis-jsonl). Runs the job into SQLite, local Parquet
+and a JSONL notification file, and prints wall time, events/s, the job's key
+counters and the peak RSS of this process (the FnApiRunner runs the job
+in-process). ``--baseline`` also times bench/naive_sync.py on the same archive
+in the same run and prints the ratio.
 """
 
 import argparse
@@ -18,7 +22,10 @@ import tempfile
 import time
 
 import yaml
+from naive_sync import naive_sync
 from parse_throughput import TABLES, make_records
+from workload import TABLE as UPSERT_TABLE
+from workload import write_firehose_archive
 
 from changeflow.metrics import counter_totals
 from changeflow.pipelines import audit_sync
@@ -32,15 +39,14 @@ def write_archive(path, records):
                                 'Data': base64.b64encode(record.data).decode()}) + '\n')
 
 
-def write_config(folder, archive):
+def write_config(folder, archive, archive_format, tables, notify_table):
     config = {
-        'source': {'type': 'archive', 'format': 'kinesis-jsonl', 'path': archive},
-        'tables': {spec.source: {'key': list(spec.key), 'target': spec.target,
-                                 'columns': dict(spec.columns)} for spec in TABLES},
+        'source': {'type': 'archive', 'format': archive_format, 'path': archive},
+        'tables': tables,
         'sinks': {'database': {'url': f'sqlite:///{folder}/replica.db'},
                   'parquet': {'path': f'{folder}/backup'},
                   'notify': [{'to': f'file:{folder}/notifications.jsonl',
-                              'when': {'table': 'shop.customers', 'op': 'upsert'}}]},
+                              'when': {'table': notify_table, 'op': 'upsert'}}]},
         'dead_letter': {'path': f'{folder}/dead-letter'},
     }
     path = os.path.join(folder, 'job.yaml')
@@ -53,18 +59,38 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--events', type=int, default=200_000)
     parser.add_argument('--per-record', type=int, default=100)
+    parser.add_argument('--workload', choices=('upserts', 'mixed'), default='upserts')
+    parser.add_argument('--connections', type=int, default=1,
+                        help='client connections of the upserts workload')
+    parser.add_argument('--baseline', action='store_true',
+                        help='also time the naive hand-written sync on the same archive')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        records, _ = make_records(args.events, args.per_record)
-        archive = os.path.join(folder, 'audit.jsonl')
-        write_archive(archive, records)
-        config = write_config(folder, archive)
+        if args.workload == 'upserts':
+            archive = os.path.join(folder, 'audit.gz')
+            write_firehose_archive(archive, args.events, connections=args.connections,
+                                   per_record=args.per_record)
+            config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items')
+        else:
+            records, _ = make_records(args.events, args.per_record)
+            archive = os.path.join(folder, 'audit.jsonl')
+            write_archive(archive, records)
+            tables = {spec.source: {'key': list(spec.key), 'target': spec.target,
+                                    'columns': dict(spec.columns)} for spec in TABLES}
+            config = write_config(folder, archive, 'kinesis-jsonl', tables, 'shop.customers')
         started = time.perf_counter()
         result = audit_sync.run(['--config', config])
         elapsed = time.perf_counter() - started
         counters = counter_totals(result)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f'events                 {args.events:>12,}  ({len(records):,} Kinesis records)')
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.baseline and args.workload == 'upserts':
+            started = time.perf_counter()
+            naive_sync(archive, os.path.join(folder, 'naive.db'), [
+                'CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER, price NUMERIC, '
+                'note TEXT)'])
+            naive_elapsed = time.perf_counter() - started
+    print(f'workload               {args.workload} ({args.connections} connection(s))')
+    print(f'events                 {args.events:>12,}')
     for name in ('changeflow.sql_changes.row_changes', 'changeflow.coalesce.rows',
                  'changeflow.write_database.rows_upserted', 'changeflow.write_database.rows_deleted',
                  'changeflow.write_parquet.written', 'changeflow.write_notify.written'):
@@ -72,7 +98,11 @@ def main():
     print(f'wall time              {elapsed:>12.1f} s (FnApiRunner, one process, '
           f'SQLite + Parquet + JSONL sinks)')
     print(f'throughput             {args.events / elapsed:>12,.0f} events/s end to end')
-    print(f'peak RSS               {peak_mb:>12,.0f} MiB')
+    print(f'peak RSS               {peak_mb:>12,.0f} MiB (before the baseline ran)')
+    if args.baseline and args.workload == 'upserts':
+        print(f'naive sync             {args.events / naive_elapsed:>12,.0f} events/s '
+              f'(bench/naive_sync.py, same archive)')
+        print(f'changeflow / naive     {naive_elapsed / elapsed:>12.2f} x')
 
 
 if __name__ == '__main__':
