@@ -858,10 +858,12 @@ def literal_default(column):
         return None
     if default.startswith("'") and default.endswith("'"):
         return default[1:-1].replace("''", "'")
+    if default.startswith("b'") and default.endswith("'"):  # BIT: declared as its integer
+        return str(int(default[2:-1] or '0', 2))
     try:
         decimal.Decimal(default)
     except decimal.InvalidOperation:
-        return None  # current_timestamp(), b'0', ...
+        return None  # current_timestamp(), other expressions
     return default
 
 
