@@ -250,3 +250,18 @@ def test_information_schema_equals_the_dump(mariadb_url, dump):
     for table in dump.tables:
         assert live.table(DB, table.name) == table, table.name
     assert live == dump
+
+
+def test_trigger_writes_cover_replace_delete_and_multi_table_update():
+    _, trigger, _, _ = ddl.parse_create_trigger(
+        'CREATE TRIGGER t AFTER DELETE ON d.a FOR EACH ROW BEGIN '
+        'REPLACE INTO log (x) VALUES (REPLACE(OLD.x, 1, 2)); DELETE FROM other.b WHERE id = 1; '
+        'UPDATE c JOIN e ON c.id = e.id SET c.n = 1; '
+        'INSERT INTO f VALUES (1) ON DUPLICATE KEY UPDATE n = 2; CALL p(1); END', None)
+    assert trigger.writes == (('d', 'log'), ('other', 'b'), ('d', 'c'), ('d', 'e'), ('d', 'f'))
+    assert trigger.calls == ('d.p',)
+
+
+def test_table_default_collation_is_kept(dump):
+    assert (dump.table(DB, 'orders').collation, dump.table(DB, 'orders').charset) == (
+        'utf8mb4_general_ci', 'utf8mb4')

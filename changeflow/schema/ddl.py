@@ -21,10 +21,11 @@ from sqlglot.tokens import Token, TokenType
 
 from changeflow.schema.model import Column, ForeignKey, Index, TableSchema, Trigger
 
-__all__ = ['DdlError', 'CreateTable', 'unwrap_comments', 'split_statements', 'tokenize',
+__all__ = ['DdlError', 'ParsedCreate', 'unwrap_comments', 'split_statements', 'tokenize',
            'parse_create_table', 'parse_column', 'parse_create_trigger', 'normalize_type',
            'classify_default', 'is_clock', 'trigger_writes', 'leading_words', 'Tokens',
-           'default_collation', 'charset_of', 'CHARACTER_TYPES']
+           'default_collation', 'charset_of', 'CHARACTER_TYPES', 'parse_definition',
+           'build_table', 'canonical_expression', 'type_base']
 
 
 class DdlError(ValueError):
@@ -152,6 +153,12 @@ def split_statements(text: str) -> List[str]:
 
 # --- tokens -----------------------------------------------------------------
 
+class _Tokenizer(MySQL.Tokenizer):
+    """MySQL's tokenizer without "commands" (RENAME, REPLACE, ...), whose rest
+    sqlglot would keep as one string."""
+    COMMANDS = set()
+
+
 _DIALECT = MySQL()
 _NAME_TYPES = {TokenType.VAR, TokenType.IDENTIFIER}
 
@@ -161,7 +168,7 @@ def tokenize(sql: str):
     with its multi-word keywords (``PRIMARY KEY``, ``ORDER BY``) split into
     one token per word."""
     try:
-        tokens = _DIALECT.tokenize(sql)
+        tokens = _Tokenizer(dialect=_DIALECT).tokenize(sql)
     except Exception as error:  # sqlglot raises TokenError and, on odd input, others
         raise DdlError(f'cannot tokenize: {error}') from None
     out = []
@@ -480,7 +487,7 @@ def charset_of(collation: str) -> str:
 
 # --- CREATE TABLE -----------------------------------------------------------
 
-class CreateTable(NamedTuple):
+class ParsedCreate(NamedTuple):
     """A parsed CREATE TABLE: ``table`` holds the definitions (None for
     ``LIKE``); ``like`` the copied table; ``select`` the text of a CREATE ...
     SELECT's query (the table's rows come from it)."""
@@ -785,7 +792,8 @@ def _unique_name(name: str, taken) -> str:
     return f'{name}_{n}'
 
 
-def build_table(database: str, name: str, definitions: List[_Definition]) -> TableSchema:
+def build_table(database: str, name: str, definitions: List[_Definition],
+                charset: Optional[str] = None, collation: Optional[str] = None) -> TableSchema:
     """A TableSchema from parsed definitions, naming what MySQL names
     implicitly (unnamed indexes after their first column, foreign keys
     ``<table>_ibfk_<n>``) and adding the index InnoDB creates for a foreign key."""
@@ -830,7 +838,8 @@ def build_table(database: str, name: str, definitions: List[_Definition]) -> Tab
             index_name = _unique_name(index_name or fk.name, names)
             names.add(index_name)
             named.append(Index(index_name, fk.columns, False))
-    return TableSchema(database, name, tuple(columns), tuple(primary), tuple(named), tuple(fks))
+    return TableSchema(database, name, tuple(columns), tuple(primary), tuple(named), tuple(fks),
+                       (), collation, charset)
 
 
 def _table_options(cur: Tokens) -> Tuple[Optional[str], Optional[str], Optional[str]]:
@@ -868,7 +877,7 @@ def _table_options(cur: Tokens) -> Tuple[Optional[str], Optional[str], Optional[
     return charset, collation, select
 
 
-def parse_create_table(sql: str, database: Optional[str]) -> CreateTable:
+def parse_create_table(sql: str, database: Optional[str]) -> ParsedCreate:
     """Parses ``CREATE [OR REPLACE] [TEMPORARY] TABLE [IF NOT EXISTS] name``
     with a definition list, ``LIKE other`` or a SELECT (comments unwrapped
     first). Column charsets and collations default to the table's options."""
@@ -880,12 +889,12 @@ def parse_create_table(sql: str, database: Optional[str]) -> CreateTable:
     if_not_exists = cur.accept('IF', 'NOT', 'EXISTS')
     ref = cur.qualified(database)
     if cur.accept('LIKE'):
-        return CreateTable(ref, None, cur.qualified(database), None, temporary, if_not_exists,
+        return ParsedCreate(ref, None, cur.qualified(database), None, temporary, if_not_exists,
                            or_replace)
     if cur.punct('(') and cur.word(1) == 'LIKE':
         _, inner = cur.group()
         inner.expect('LIKE')
-        return CreateTable(ref, None, inner.qualified(database), None, temporary, if_not_exists,
+        return ParsedCreate(ref, None, inner.qualified(database), None, temporary, if_not_exists,
                            or_replace)
     body = None
     if cur.punct('(') and cur.word(1) not in ('SELECT', 'WITH'):
@@ -893,8 +902,8 @@ def parse_create_table(sql: str, database: Optional[str]) -> CreateTable:
     charset, collation, select = _table_options(cur)
     definitions = [parse_definition(part, ref[0], charset, collation)
                    for part in body.split()] if body is not None else []
-    table = build_table(ref[0], ref[1], definitions)
-    return CreateTable(ref, table, None, select, temporary, if_not_exists, or_replace)
+    table = build_table(ref[0], ref[1], definitions, charset, collation)
+    return ParsedCreate(ref, table, None, select, temporary, if_not_exists, or_replace)
 
 
 # --- CREATE TRIGGER ---------------------------------------------------------

@@ -93,7 +93,8 @@ class Trigger(NamedTuple):
 class TableSchema(NamedTuple):
     """One table: columns in table order, primary key (may be empty),
     secondary indexes, foreign keys it holds, triggers (in firing order per
-    event and timing)."""
+    event and timing), and the table's default collation and charset (what
+    a character column added without one gets)."""
     database: str
     name: str
     columns: Tuple[Column, ...]
@@ -101,6 +102,8 @@ class TableSchema(NamedTuple):
     indexes: Tuple[Index, ...] = ()
     foreign_keys: Tuple[ForeignKey, ...] = ()
     triggers: Tuple[Trigger, ...] = ()
+    collation: Optional[str] = None
+    charset: Optional[str] = None
 
     @property
     def qualified(self) -> str:

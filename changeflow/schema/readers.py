@@ -129,6 +129,10 @@ def read_schema_file(path: str, database: Optional[str] = None,
 
 # --- information_schema ---------------------------------------------------
 
+_TABLES = """
+SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES
+WHERE TABLE_SCHEMA IN :databases AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')
+"""
 _COLUMNS = """
 SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_DEFAULT, c.IS_NULLABLE,
        c.COLUMN_TYPE, c.CHARACTER_SET_NAME, c.COLLATION_NAME, c.EXTRA,
@@ -221,6 +225,7 @@ def read_information_schema(connection, databases: Optional[Iterable[str]] = Non
         statement = text(sql).bindparams(bindparam('databases', expanding=True))
         return connection.execute(statement, {'databases': databases}).all()
 
+    collations = {(row[0], row[1]): row[2].lower() if row[2] else None for row in query(_TABLES)}
     columns: Dict[Tuple[str, str], List[Column]] = {}
     for row in query(_COLUMNS):
         columns.setdefault((row[0], row[1]), []).append(_column(row, mariadb))
@@ -258,5 +263,6 @@ def read_information_schema(connection, databases: Optional[Iterable[str]] = Non
                              on_update.upper())
                   for name, (c, ref_db, ref_table, rc, on_delete, on_update)
                   in foreign.get(ref, {}).items()),
-            tuple(triggers.get(ref, ())))))
+            tuple(triggers.get(ref, ())), collations.get(ref),
+            ddl.charset_of(collations[ref]) if collations.get(ref) else None)))
     return SourceSchema(tables, int(lower))

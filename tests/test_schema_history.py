@@ -1,0 +1,296 @@
+"""The schema history: each DDL form, its effects, and schema_at(position)."""
+
+import os
+
+import pytest
+
+from changeflow.schema.history import (
+    AddColumn, CreateTable, DropColumn, DropTable, ModifyColumn, NeedsResync, RenameColumn,
+    RenameTable, SchemaChanged, SchemaHistory, TemporaryTable, UnknownDdl, apply_ddl, data_loss)
+from changeflow.schema.model import Column, Index
+from changeflow.schema.readers import read_schema_file
+
+DUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'schema', 'shop_dump.sql')
+DB = 'cf_schema_shop'
+
+
+@pytest.fixture(scope='module')
+def initial():
+    return read_schema_file(DUMP)
+
+
+@pytest.fixture
+def history(initial):
+    return SchemaHistory(initial)
+
+
+def ref(name):
+    return (DB, name)
+
+
+def kinds(effects):
+    return [e.kind for e in effects]
+
+
+def test_create_table_and_schema_at(history):
+    effects = history.apply('CREATE TABLE tags (id INT PRIMARY KEY, label VARCHAR(20) NOT NULL '
+                            "DEFAULT 'x')", DB, (100, 1))
+    assert kinds(effects) == ['create-table']
+    created = effects[0].schema
+    assert created.primary_key == ('id',) and created.column('label').default == 'x'
+    assert created.collation is None  # no table options: the database default is not known
+    assert history.schema_at((100, 1)).table(DB, 'tags') == created
+    assert history.schema_at((99, 9)).table(DB, 'tags') is None
+    assert history.current.table(DB, 'tags') == created
+
+
+def test_create_table_like_copies_keys_not_foreign_keys_or_triggers(history, initial):
+    (effect,) = history.apply('CREATE TABLE orders_copy LIKE orders', DB, (1,))
+    copy = effect.schema
+    original = initial.table(DB, 'orders')
+    assert copy.columns == original.columns and copy.unique_keys == original.unique_keys
+    assert copy.foreign_keys == () and copy.triggers == ()
+    assert (copy.database, copy.name) == ref('orders_copy')
+
+
+def test_create_table_select_of_plain_columns_needs_resync(history):
+    effects = history.apply('CREATE TABLE emails AS SELECT id, email AS address FROM customers',
+                            DB, (1,))
+    assert kinds(effects) == ['create-table', 'needs-resync']
+    table = effects[0].schema
+    assert [(c.name, c.type, c.auto_increment) for c in table.columns] == [
+        ('id', 'int unsigned', False), ('address', 'varchar(200)', False)]
+    assert effects[1] == NeedsResync(ref('emails'), 'CREATE TABLE ... SELECT: rows come from the query')
+
+
+def test_create_table_select_of_expressions_is_not_guessed(history):
+    effects = history.apply('CREATE TABLE totals SELECT tenant_id, SUM(qty) AS n FROM orders '
+                            'GROUP BY tenant_id', DB, (1,))
+    assert effects == [NeedsResync(ref('totals'), 'CREATE TABLE ... SELECT: columns and rows '
+                                                  'come from the query')]
+    assert history.current.table(DB, 'totals') is None
+
+
+def test_create_existing_table(history):
+    assert history.apply('CREATE TABLE IF NOT EXISTS counters (x INT)', DB, (1,)) == []
+    effects = history.apply('CREATE OR REPLACE TABLE counters (x INT)', DB, (2,))
+    assert kinds(effects) == ['drop-table', 'create-table']
+    assert history.current.table(DB, 'counters').column_names == ('x',)
+    (unknown,) = history.apply('CREATE TABLE counters (y INT)', DB, (3,))
+    assert unknown.kind == 'unknown-ddl' and unknown.table == ref('counters')
+
+
+def test_add_columns_with_fill_values_positions_and_resyncs(history):
+    effects = history.apply(
+        "ALTER TABLE counters ADD COLUMN note VARCHAR(10) NOT NULL DEFAULT 'n/a' AFTER name, "
+        "ADD hits INT NOT NULL FIRST, ADD (maybe TEXT, at DATETIME NOT NULL DEFAULT NOW()), "
+        "ADD seq BIGINT AS (value + 1) STORED", DB, (5,))
+    assert [(e.kind, getattr(e, 'column', None) and e.column.name, getattr(e, 'fill', None))
+            for e in effects] == [
+        ('add-column', 'note', 'n/a'), ('add-column', 'hits', '0'), ('add-column', 'maybe', None),
+        ('add-column', 'at', None), ('needs-resync', None, None), ('add-column', 'seq', None),
+        ('needs-resync', None, None)]
+    assert 'evaluated for existing rows' in effects[4].reason
+    table = history.current.table(DB, 'counters')
+    assert table.column_names == ('hits', 'name', 'note', 'value', 'maybe', 'at', 'seq')
+    assert table.column('note').collation == 'utf8mb4_general_ci'  # the table's default
+
+
+def test_drop_column_leaves_keys_consistent(history):
+    (effect,) = history.apply('ALTER TABLE orders DROP COLUMN ext_ref', DB, (1,))
+    assert effect == DropColumn(ref('orders'), 'ext_ref')
+    orders = history.current.table(DB, 'orders')
+    assert orders.column('ext_ref') is None
+    assert orders.unique_keys == (('tenant_id',),)  # MySQL shrinks the index
+    assert history.apply('ALTER TABLE orders DROP COLUMN IF EXISTS ext_ref', DB, (2,)) == []
+
+
+@pytest.mark.parametrize('old, new, lossy', [
+    ('varchar(100)', 'varchar(200)', False), ('varchar(100)', 'varchar(50)', True),
+    ('varchar(100)', 'text', False), ('varchar(10)', 'char(10)', True),
+    ('int', 'bigint', False), ('bigint', 'int', True), ('int unsigned', 'int', True),
+    ('int unsigned', 'bigint', False), ('int', 'int unsigned', True),
+    ('int', 'decimal(12,2)', False), ('int', 'decimal(8,0)', True),
+    ('decimal(10,2)', 'decimal(12,2)', False), ('decimal(10,2)', 'decimal(10,1)', True),
+    ("enum('a','b')", "enum('a','b','c')", False), ("enum('a','b')", "enum('a')", True),
+    ('datetime', 'datetime(6)', False), ('datetime(6)', 'datetime', True), ('date', 'datetime', False),
+    ('float', 'double', False), ('double', 'float', True), ('varbinary(4)', 'blob', False),
+    ('int', 'varchar(20)', True),
+])
+def test_data_loss_of_type_changes(old, new, lossy):
+    charset = dict(charset='utf8mb4', collation='utf8mb4_general_ci') if any(
+        new.startswith(t) or old.startswith(t) for t in ('varchar', 'char', 'text', 'enum')) else {}
+    a = Column('c', old, **(charset if not old.startswith(('int', 'big')) else {}))
+    b = Column('c', new, **(charset if not new.startswith(('int', 'big')) else {}))
+    assert (data_loss(a, b) is not None) == lossy
+
+
+def test_modify_widening_and_narrowing(history):
+    effects = history.apply('ALTER TABLE customers MODIFY name VARCHAR(150) DEFAULT NULL', DB, (1,))
+    assert kinds(effects) == ['modify-column']
+    assert effects[0].column.type == 'varchar(150)'
+    effects = history.apply('ALTER TABLE customers MODIFY COLUMN name VARCHAR(20)', DB, (2,))
+    assert kinds(effects) == ['modify-column', 'needs-resync']
+    assert 'varchar(150) -> varchar(20)' in effects[1].reason
+    effects = history.apply('ALTER TABLE customers MODIFY name VARCHAR(20) NOT NULL', DB, (3,))
+    assert kinds(effects) == ['modify-column', 'needs-resync'] and 'NULL' in effects[1].reason
+    assert history.apply('ALTER TABLE customers MODIFY name VARCHAR(20) NOT NULL', DB, (4,)) == []
+
+
+def test_change_renames_and_follows_referencing_foreign_keys(history):
+    effects = history.apply('ALTER TABLE customers CHANGE id customer_no INT UNSIGNED NOT NULL '
+                            'AUTO_INCREMENT', DB, (1,))
+    assert effects == [RenameColumn(ref('customers'), 'id', 'customer_no')]
+    schema = history.current
+    assert schema.table(DB, 'customers').primary_key == ('customer_no',)
+    assert schema.table(DB, 'orders').foreign_keys[0].ref_columns == ('customer_no',)
+    effects = history.apply('ALTER TABLE customers CHANGE customer_no id BIGINT UNSIGNED NOT NULL '
+                            'AUTO_INCREMENT FIRST', DB, (2,))
+    assert kinds(effects) == ['rename-column', 'modify-column']
+
+
+def test_rename_column(history):
+    effects = history.apply('ALTER TABLE orders RENAME COLUMN tenant_id TO tenant', DB, (1,))
+    assert effects == [RenameColumn(ref('orders'), 'tenant_id', 'tenant')]
+    schema = history.current
+    assert schema.table(DB, 'orders').primary_key == ('tenant', 'order_id')
+    assert schema.table(DB, 'order_lines').foreign_keys[0].ref_columns == ('tenant', 'order_id')
+
+
+def test_add_and_drop_keys(history):
+    effects = history.apply('ALTER TABLE counters ADD UNIQUE KEY uq_value (value), '
+                            'ADD INDEX (name, value)', DB, (1,))
+    assert kinds(effects) == ['schema-changed', 'schema-changed']
+    assert history.current.table(DB, 'counters').unique_keys == (('value',),)
+    history.apply('ALTER TABLE counters DROP INDEX uq_value', DB, (2,))
+    assert history.current.table(DB, 'counters').unique_keys == ()
+    history.apply('ALTER TABLE payments DROP FOREIGN KEY fk_payments_customer', DB, (3,))
+    assert history.current.referencing(DB, 'customers')[0][0].name == 'orders'
+    history.apply('ALTER TABLE payments ADD CONSTRAINT fk_p FOREIGN KEY (customer_id) '
+                  'REFERENCES customers (id) ON DELETE CASCADE', DB, (4,))
+    fks = {fk.name: fk.on_delete for _, fk in history.current.referencing(DB, 'customers')}
+    assert fks == {'fk_orders_customer': 'SET NULL', 'fk_p': 'CASCADE'}
+    history.apply('CREATE UNIQUE INDEX uq_sku ON order_lines (sku)', DB, (5,))
+    assert history.current.table(DB, 'order_lines').unique_keys == (('sku',),)
+    assert kinds(history.apply('DROP INDEX uq_sku ON order_lines', DB, (6,))) == ['schema-changed']
+    assert history.current.table(DB, 'order_lines').unique_keys == ()
+
+
+def test_rename_table_list_and_swap(history):
+    effects = history.apply('RENAME TABLE customers TO clients, counters TO tallies', DB, (1,))
+    assert effects == [RenameTable(ref('customers'), ref('clients')),
+                       RenameTable(ref('counters'), ref('tallies'))]
+    schema = history.current
+    assert schema.table(DB, 'customers') is None and schema.table(DB, 'clients') is not None
+    assert schema.table(DB, 'orders').foreign_keys[0].ref_table == 'clients'
+    history.apply('RENAME TABLE clients TO tmp, tallies TO clients, tmp TO tallies', DB, (2,))
+    assert history.current.table(DB, 'clients').column_names == ('name', 'value')
+
+
+def test_rename_from_an_unknown_table_needs_resync(history):
+    effects = history.apply('RENAME TABLE counters TO counters_old, _counters_new TO counters',
+                            DB, (1,))
+    assert kinds(effects) == ['rename-table', 'rename-table', 'needs-resync']
+    assert effects[2].table == ref('counters')
+    assert history.current.table(DB, 'counters') is None
+
+
+def test_alter_rename_to_other_database(history):
+    effects = history.apply('ALTER TABLE counters RENAME TO archive.counters', DB, (1,))
+    assert effects == [RenameTable(ref('counters'), ('archive', 'counters'))]
+    assert history.current.table('archive', 'counters').database == 'archive'
+
+
+def test_drop_tables(history):
+    effects = history.apply('DROP TABLE IF EXISTS counters, `payments`, nothing_here', DB, (1,))
+    assert effects == [DropTable(ref('counters')), DropTable(ref('payments')),
+                       DropTable(ref('nothing_here'))]
+    assert history.current.table(DB, 'payments') is None
+    assert history.apply('DROP TEMPORARY TABLE IF EXISTS t1', DB, (2,)) == [
+        TemporaryTable(ref('t1'), True)]
+
+
+def test_truncate_changes_no_schema(history, initial):
+    assert history.apply('TRUNCATE TABLE orders', DB, (1,)) == []
+    assert history.current == initial
+
+
+def test_create_and_drop_trigger(history):
+    effects = history.apply(
+        'CREATE DEFINER=`root`@`localhost` TRIGGER counters_bu BEFORE UPDATE ON counters '
+        'FOR EACH ROW BEGIN SET NEW.value = NEW.value + 1; INSERT INTO audit_trail (table_name, '
+        "action) VALUES ('counters', 'u'); END", DB, (1,))
+    assert effects == [SchemaChanged(ref('counters'), 'BEFORE UPDATE trigger counters_bu created')]
+    (trigger,) = history.current.table(DB, 'counters').triggers
+    assert trigger.writes == (ref('audit_trail'),)
+    assert kinds(history.apply('DROP TRIGGER IF EXISTS counters_bu', DB, (2,))) == [
+        'schema-changed']
+    assert history.current.table(DB, 'counters').triggers == ()
+    assert history.apply('DROP TRIGGER IF EXISTS counters_bu', DB, (3,)) == []
+
+
+def test_temporary_table_is_reported(history):
+    assert history.apply('CREATE TEMPORARY TABLE orders (id INT)', DB, (1,)) == [
+        TemporaryTable(ref('orders'), False)]
+
+
+def test_unknown_ddl_is_never_silent(history, initial):
+    (effect,) = history.apply('ALTER TABLE orders FROBNICATE everything', DB, (1,))
+    assert effect.kind == 'unknown-ddl' and effect.table == ref('orders')
+    (effect,) = history.apply('CREATE VIEW v AS SELECT * FROM orders', DB, (2,))
+    assert effect.kind == 'unknown-ddl'
+    (effect,) = history.apply('ALTER TABLE nowhere ADD COLUMN x INT', DB, (3,))
+    assert effect == UnknownDdl(ref('nowhere'), 'ALTER TABLE of a table the schema does not hold')
+    assert history.current == initial
+
+
+def test_a_bad_clause_leaves_the_whole_alter_unapplied(history, initial):
+    (effect,) = history.apply('ALTER TABLE orders ADD COLUMN x INT, DROP COLUMN no_such', DB, (1,))
+    assert effect.kind == 'unknown-ddl' and 'no_such' in effect.detail
+    assert history.current.table(DB, 'orders') == initial.table(DB, 'orders')
+
+
+def test_table_options_and_engines(history):
+    assert history.apply('ALTER TABLE orders ENGINE=InnoDB ROW_FORMAT=DYNAMIC, '
+                         'AUTO_INCREMENT = 5, ALGORITHM=INPLACE, LOCK=NONE', DB, (1,)) == []
+    (effect,) = history.apply('ALTER TABLE orders ENGINE=BLACKHOLE', DB, (2,))
+    assert effect == NeedsResync(ref('orders'), 'ENGINE=BLACKHOLE')
+    assert kinds(history.apply('ALTER TABLE orders CONVERT TO CHARACTER SET latin1', DB, (3,))) == [
+        'needs-resync']
+    assert history.current.table(DB, 'orders').column('note').charset == 'latin1'
+
+
+def test_executable_comments_are_applied(history):
+    effects = history.apply('ALTER TABLE counters /*!50100 ADD COLUMN z INT */', DB, (1,))
+    assert kinds(effects) == ['add-column']
+
+
+def test_drop_database_drops_its_tables(history):
+    effects = history.apply('DROP DATABASE cf_schema_shop', None, (1,))
+    assert len(effects) == 6 and all(isinstance(e, DropTable) for e in effects)
+    assert len(history.current) == 0
+
+
+def test_positions_out_of_order_and_replays(history):
+    history.apply('ALTER TABLE counters ADD COLUMN b INT', DB, (20, 1))
+    history.apply('ALTER TABLE counters ADD COLUMN c INT', DB, (30, 1))
+    # a late statement from before both: the later ones are re-applied after it
+    assert kinds(history.apply('ALTER TABLE counters ADD COLUMN a INT', DB, (10, 1))) == [
+        'add-column']
+    assert history.schema_at((10, 1)).table(DB, 'counters').column_names == ('name', 'value', 'a')
+    assert history.schema_at((25, 0)).table(DB, 'counters').column_names == (
+        'name', 'value', 'a', 'b')
+    assert history.current.table(DB, 'counters').column_names == ('name', 'value', 'a', 'b', 'c')
+    # replaying the same statement at the same position changes nothing
+    again = history.apply('ALTER TABLE counters ADD COLUMN b INT', DB, (20, 1))
+    assert kinds(again) == ['add-column'] and len(history) == 3
+    with pytest.raises(ValueError, match='already holds'):
+        history.apply('ALTER TABLE counters ADD COLUMN d INT', DB, (20, 1))
+
+
+def test_apply_ddl_never_raises(initial):
+    for sql in ('', 'ALTER TABLE', 'CREATE TABLE (', 'RENAME TABLE a', 'DROP TABLE',
+                "ALTER TABLE orders ADD COLUMN x ENUM('", 'CREATE TABLE t (id INT)'):
+        schema, effects = apply_ddl(initial, sql, None)
+        assert schema == initial
+        assert [e.kind for e in effects] == ['unknown-ddl'], sql
