@@ -9,6 +9,8 @@ firing order.
 
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from sqlalchemy import bindparam, text
+
 from changeflow.schema import ddl
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import (
@@ -205,8 +207,6 @@ def read_information_schema(connection, databases: Optional[Iterable[str]] = Non
     MariaDB (10.2.7 and later) writes COLUMN_DEFAULT as SQL text; MySQL 8 is
     read by its rules (literals unquoted, DEFAULT_GENERATED for expressions).
     """
-    from sqlalchemy import bindparam, text
-
     if hasattr(connection, 'connect') and not hasattr(connection, 'execute'):
         with connection.connect() as conn:
             return read_information_schema(conn, databases)
