@@ -290,7 +290,50 @@ def test_positions_out_of_order_and_replays(history):
 
 def test_apply_ddl_never_raises(initial):
     for sql in ('', 'ALTER TABLE', 'CREATE TABLE (', 'RENAME TABLE a', 'DROP TABLE',
-                "ALTER TABLE orders ADD COLUMN x ENUM('", 'CREATE TABLE t (id INT)'):
+                "ALTER TABLE orders ADD COLUMN x ENUM('", 'CREATE TABLE t (id INT)',
+                'ALTER TABLE cf_schema_shop.orders MODIFY note VARCHAR(10SELECT)',
+                'CREATE TABLE d.t (c INT)x)'):
         schema, effects = apply_ddl(initial, sql, None)
         assert schema == initial
         assert [e.kind for e in effects] == ['unknown-ddl'], sql
+        assert not effects[0].detail.startswith('internal error'), effects[0].detail
+
+
+def _mutations(seed_texts, count, seed=5):
+    """Deterministic mutations of real DDL: deleted, inserted and cut characters."""
+    import random
+
+    rnd = random.Random(seed)
+    pieces = list("()'`\",;.=-+*/ \n\\") + ['SELECT', 'KEY', 'DEFAULT', 'NULL', 'AS', 'ON', '/*!',
+                                            '*/', 'BEGIN', 'END', 'DELIMITER ;;', 'FIRST']
+    for _ in range(count):
+        chars = list(rnd.choice(seed_texts))
+        for _ in range(rnd.randint(1, 4)):
+            i = rnd.randint(0, len(chars))
+            roll = rnd.random()
+            if roll < 0.4 and chars:
+                del chars[min(i, len(chars) - 1)]
+            elif roll < 0.8:
+                chars.insert(i, rnd.choice(pieces))
+            else:
+                del chars[i:rnd.randint(i, len(chars))]
+        yield ''.join(chars)
+
+
+def test_mutated_ddl_never_raises_nor_hits_an_internal_error(initial):
+    from changeflow.schema.ddl import DdlError
+    from changeflow.schema.readers import read_schema_text
+
+    seeds = open(DUMP).read().split(';') + [
+        'ALTER TABLE orders ADD COLUMN x INT NOT NULL DEFAULT 5 AFTER qty, DROP INDEX '
+        'uq_orders_ext, MODIFY note VARCHAR(10)', 'RENAME TABLE orders TO o2, customers TO c2',
+        'CREATE TABLE t2 AS SELECT * FROM orders', 'DROP TABLE IF EXISTS a, b',
+        'ALTER TABLE customers CHANGE id cid INT UNSIGNED NOT NULL, ADD CONSTRAINT fk FOREIGN KEY '
+        '(cid) REFERENCES payments (id) ON DELETE CASCADE', 'CREATE INDEX i ON orders (qty, price)']
+    for text in _mutations(seeds, 1500):
+        schema, effects = apply_ddl(initial, text, DB)
+        assert not any(getattr(e, 'detail', '').startswith('internal error') for e in effects), text
+        try:
+            read_schema_text(text, DB)
+        except DdlError as error:
+            assert 'internal error' not in str(error), text

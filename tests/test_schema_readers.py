@@ -168,9 +168,17 @@ def test_unwrap_comments_runs_executable_comments():
     ('REAL', 'double'), ('double precision', 'double'), ('YEAR(4)', 'year'),
     ("ENUM('a', 'B c','d''e')", "enum('a','B c','d''e')"), ('VARCHAR( 20 )', 'varchar(20)'),
     ('serial', 'bigint unsigned'), ('datetime(6)', 'datetime(6)'), ('int signed', 'int'),
+    ('CHAR', 'char(1)'), ('bit', 'bit(1)'), ('datetime(0)', 'datetime'),
 ])
 def test_normalize_type(text, normal):
     assert ddl.normalize_type(text) == normal
+
+
+@pytest.mark.parametrize('text', [
+    'VARCHAR', 'varchar(10select)', 'decimal(a,b)', 'enum(a,b)', "set('a',)", 'int(', 'int)x'])
+def test_types_with_wrong_arguments_are_refused(text):
+    with pytest.raises(DdlError):
+        ddl.parse_create_table(f'CREATE TABLE d.t (c {text})', None)
 
 
 @pytest.mark.parametrize('text, expected', [

@@ -25,7 +25,7 @@ __all__ = ['DdlError', 'ParsedCreate', 'unwrap_comments', 'split_statements', 't
            'parse_create_table', 'parse_column', 'parse_create_trigger', 'normalize_type',
            'classify_default', 'is_clock', 'trigger_writes', 'leading_words', 'Tokens',
            'default_collation', 'charset_of', 'CHARACTER_TYPES', 'parse_definition',
-           'build_table', 'canonical_expression', 'type_base']
+           'build_table', 'canonical_expression', 'type_base', 'check_type']
 
 
 class DdlError(ValueError):
@@ -355,8 +355,10 @@ def normalize_type(text: str) -> str:
     unsigned = 'unsigned' in modifiers or zerofill
     if base in _INTEGERS and args and not zerofill and not (base == 'tinyint' and args == '(1)'):
         args = ''
-    if base == 'year':
+    if base == 'year' or base in ('datetime', 'time', 'timestamp') and args == '(0)':
         args = ''
+    if base in ('char', 'binary', 'bit') and not args:
+        args = '(1)'
     if base == 'decimal':
         numbers = args.strip('()').split(',') if args else []
         precision = numbers[0] if numbers and numbers[0] else '10'
@@ -372,6 +374,31 @@ def normalize_type(text: str) -> str:
 
 def type_base(type_text: str) -> str:
     return re.split(r'[ (]', type_text, 1)[0]
+
+
+_NUMERIC_ARGS = {'tinyint', 'smallint', 'mediumint', 'int', 'bigint', 'decimal', 'float', 'double',
+                 'char', 'varchar', 'binary', 'varbinary', 'bit', 'datetime', 'time', 'timestamp',
+                 'year', 'text', 'blob'}
+_NEEDS_LENGTH = {'varchar', 'varbinary'}
+_VALUE_LIST = re.compile(r"^\('(?:[^'\\]|''|\\.)*'(?:,'(?:[^'\\]|''|\\.)*')*\)$")
+
+
+def check_type(type_text: str) -> str:
+    """``type_text`` (normalized) when its arguments are what the type takes:
+    numbers for lengths, precisions and scales, quoted values for ENUM and
+    SET; DdlError otherwise."""
+    base = type_base(type_text)
+    match = re.match(r'^[a-z0-9_ ]+?(\(.*\))?( unsigned)?( zerofill)?$', type_text)
+    args = match.group(1) if match else None
+    if match is None:
+        raise DdlError(f'cannot read the type {type_text!r}')
+    if base in _NUMERIC_ARGS and args is not None and not re.fullmatch(r'\(\d+(,\d+)?\)', args):
+        raise DdlError(f'{type_text!r}: {base} takes numeric arguments')
+    if base in _NEEDS_LENGTH and args is None:
+        raise DdlError(f'{type_text!r}: {base} needs a length')
+    if base in ('enum', 'set') and (args is None or not _VALUE_LIST.match(args)):
+        raise DdlError(f'{type_text!r}: {base} needs a list of quoted values')
+    return type_text
 
 
 # --- defaults ---------------------------------------------------------------
@@ -574,7 +601,7 @@ def parse_column(cur: Tokens, table_charset: Optional[str] = None,
         cur.i += 1
     type_text = cur.sql[first.start:cur.tokens[cur.i - 1].end + 1]
     serial = type_text.strip().lower() == 'serial'  # BIGINT UNSIGNED NOT NULL AUTO_INCREMENT UNIQUE
-    type_text = normalize_type(type_text)
+    type_text = check_type(normalize_type(type_text))
     base = type_base(type_text)
     nullable, default, on_update, auto_increment = not serial, None, False, serial
     generated, stored, charset, collation = None, False, None, None
@@ -842,6 +869,9 @@ def build_table(database: str, name: str, definitions: List[_Definition],
                        (), collation, charset)
 
 
+_VALUE_TOKENS = {TokenType.STRING, TokenType.NUMBER, TokenType.IDENTIFIER, TokenType.VAR}
+
+
 def _table_options(cur: Tokens) -> Tuple[Optional[str], Optional[str], Optional[str]]:
     """(charset, collation, select text) from the table options at the cursor."""
     charset = collation = select = None
@@ -863,13 +893,18 @@ def _table_options(cur: Tokens) -> Tuple[Optional[str], Optional[str], Optional[
             charset = _charset_name(_option_value(cur))
         elif cur.accept('COLLATE'):
             collation = _collation_name(_option_value(cur))
-        else:  # ENGINE=InnoDB, COMMENT='..', AUTO_INCREMENT=5, UNION=(a,b), ...
+        elif cur.word() is not None:  # ENGINE=InnoDB, COMMENT='..', UNION=(a,b), ...
             cur.i += 1
             cur.accept_punct('=')
+            token = cur.peek()
             if cur.punct('('):
                 cur.group()
-            elif not cur.done() and not (cur.at('SELECT') or cur.at('AS')):
+            elif token is not None and not (cur.at('SELECT') or cur.at('AS')):
+                if token.token_type not in _VALUE_TOKENS and cur.word() is None:
+                    raise DdlError(f'cannot read the table option at {cur.rest()[:60]!r}')
                 cur.i += 1
+        else:
+            raise DdlError(f'cannot read the table options at {cur.rest()[:60]!r}')
     if collation and not charset:
         charset = charset_of(collation)
     if charset and not collation:

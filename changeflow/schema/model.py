@@ -140,7 +140,7 @@ class SourceSchema:
     given; 1 and 2 compare them in lower case.
     """
 
-    __slots__ = ('_tables', 'lower_case_table_names')
+    __slots__ = ('_tables', 'lower_case_table_names', '_referencing')
 
     def __init__(self, tables: Iterable[TableSchema] = (), lower_case_table_names: int = 0):
         if lower_case_table_names not in (0, 1, 2):
@@ -149,6 +149,7 @@ class SourceSchema:
         self._tables: Dict[Tuple[str, str], TableSchema] = {}
         for table in tables:
             self._tables[self._key(table.database, table.name)] = table
+        self._referencing = None  # (database, name) key -> ((child, fk), ...), built on first use
 
     def _key(self, database: str, name: str) -> Tuple[str, str]:
         if self.lower_case_table_names:
@@ -203,6 +204,11 @@ class SourceSchema:
         holding each: what a DELETE or a key UPDATE here may cascade to. A
         self-referencing key is included (it reaches other rows of the same
         table)."""
-        target = self._key(database, name)
-        return tuple((table, fk) for table in self.tables for fk in table.foreign_keys
-                     if self._key(fk.ref_database, fk.ref_table) == target)
+        if self._referencing is None:
+            index: Dict[Tuple[str, str], list] = {}
+            for table in self.tables:
+                for fk in table.foreign_keys:
+                    index.setdefault(self._key(fk.ref_database, fk.ref_table), []).append(
+                        (table, fk))
+            self._referencing = {key: tuple(pairs) for key, pairs in index.items()}
+        return self._referencing.get(self._key(database, name), ())

@@ -69,7 +69,9 @@ def read_schema_text(text: str, database: Optional[str] = None,
             continue
         try:
             if words[0] == 'USE':
-                current = ddl.Tokens(ddl.unwrap_comments(statement)).tokens[1].text
+                cur = ddl.Tokens(ddl.unwrap_comments(statement))
+                cur.expect('USE')
+                current = cur.name()
             elif words[:2] in (('CREATE', 'DATABASE'), ('CREATE', 'SCHEMA')):
                 continue
             elif words[0] == 'ALTER' and (words[1:2] in (('DATABASE',), ('SCHEMA',)) or (
@@ -114,6 +116,9 @@ def read_schema_text(text: str, database: Optional[str] = None,
                 raise DdlError('not a schema statement')
         except DdlError as error:
             raise DdlError(f'{error} in {_excerpt(statement)}') from None
+        except Exception as error:  # a reader bug: still a DdlError naming the statement
+            raise DdlError(f'internal error {type(error).__name__}: {error} in '
+                           f'{_excerpt(statement)}') from None
     return schema
 
 
