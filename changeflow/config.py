@@ -306,9 +306,14 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f'tables: {", ".join(duplicates)} named more than once')
-    explicit = {}
-    expanded = {}
-    for name, spec in entries:
+    explicit = [tuple(name.split('.', 1)) for name in names
+                if '.' in name and not _is_pattern(name)]
+    specs, taken = [], []
+
+    def named(ref) -> bool:
+        return any(schema.same_name(ref, other) for other in taken)
+
+    for name, spec in entries:  # in config order; a pattern adds the tables not named yet
         where = f'tables.{name}'
         if '.' not in name:
             raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
@@ -321,13 +326,17 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
                                                                         fold(name))]
             if not matched:
                 raise ConfigError(f'{where}: the pattern matches no table of the schema')
-            for column in spec.get('redact') or []:
+            redact = _typed(f'{where}.redact', spec.get('redact') or [], list,
+                            'a list of column names')
+            for column in redact:
                 if not any(isinstance(column, str) and t.column(column) for t in matched):
                     raise ConfigError(f'{where}.redact: no table it matches has a column '
                                       f'{column!r}')
             for table in matched:
-                expanded.setdefault((table.database, table.name),
-                                    _schema_table(name, spec, table, pattern=True))
+                ref = (table.database, table.name)
+                if not named(ref) and not any(schema.same_name(ref, e) for e in explicit):
+                    specs.append(_schema_table(name, spec, table, pattern=True))
+                    taken.append(ref)
             continue
         table = schema.table(*name.split('.', 1)) if schema is not None else None
         if table is None:
@@ -335,13 +344,12 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
                 missing = ' and is not in the schema' if schema is not None else ''
                 _check_keys(where, spec, ('key', 'target', 'columns', 'redact'))
                 raise ConfigError(f'{where}: missing required key(s) key{missing}')
-            explicit[name] = _table(name, spec)
+            specs.append(_table(name, spec))
         else:
-            explicit[name] = _schema_table(name, spec, table)
-    specs = list(explicit.values())
-    for ref, spec in expanded.items():
-        if not any(schema.same_name(ref, tuple(name.split('.', 1))) for name in explicit):
-            specs.append(spec)
+            if named((table.database, table.name)):
+                raise ConfigError(f'tables: {name} named more than once')
+            specs.append(_schema_table(name, spec, table))
+            taken.append((table.database, table.name))
     targets = [spec.target for spec in specs]
     clashes = sorted({t for t in targets if targets.count(t) > 1})
     if clashes and schema is not None:

@@ -75,6 +75,10 @@ def test_patterns_expand_against_the_schema_and_explicit_names_win(base):
     assert specs[f'{DB}.counters'].redact == ()
     assert [s.source for s in config(base, [f'{DB}.order*']).tables] == [
         f'{DB}.order_lines', f'{DB}.orders']
+    # config order is kept: a pattern adds the tables not named elsewhere, where it stands
+    assert [s.source for s in config(base, [f'{DB}.payments', f'{DB}.order*',
+                                            f'{DB}.orders']).tables] == [
+        f'{DB}.payments', f'{DB}.order_lines', f'{DB}.orders']
 
 
 def test_lower_case_table_names_setting(base):
@@ -96,6 +100,9 @@ def test_lower_case_table_names_setting(base):
     ({f'{DB}.orders': {'wat': 1}}, {}, r"unknown key\(s\) 'wat'"),
     ({f'{DB}.orders': {}, f'{DB}.order_lines': {'target': 'orders'}}, {}, 'several tables'),
     ([f'{DB}.orders', f'{DB}.orders'], {}, 'named more than once'),
+    ({'cf_schema_shop.orders': {}, 'CF_SCHEMA_SHOP.ORDERS': {}},
+     {'schema': {'file': 'schema.sql', 'lower_case_table_names': 1}}, 'named more than once'),
+    ({f'{DB}.*': {'redact': 'email'}}, {}, 'redact: expected a list'),
     ([3], {}, r'tables\[0\]: expected a database.table name'),
     ({3: {}}, {}, 'table names as strings'),
     (['orders'], {}, 'name tables as database.table'),

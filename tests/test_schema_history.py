@@ -337,3 +337,13 @@ def test_mutated_ddl_never_raises_nor_hits_an_internal_error(initial):
             read_schema_text(text, DB)
         except DdlError as error:
             assert 'internal error' not in str(error), text
+
+
+def test_primary_key_columns_stay_not_null(history):
+    history.apply('ALTER TABLE counters MODIFY name VARCHAR(40)', DB, (1,))
+    assert not history.current.table(DB, 'counters').column('name').nullable
+    history.apply('ALTER TABLE audit_trail DROP PRIMARY KEY, ADD PRIMARY KEY (id, row_ref)', DB,
+                  (2,))
+    table = history.current.table(DB, 'audit_trail')
+    assert table.primary_key == ('id', 'row_ref')
+    assert table.column('row_ref')[2:5] == (False, None, 'none')

@@ -273,3 +273,11 @@ def test_trigger_writes_cover_replace_delete_and_multi_table_update():
 def test_table_default_collation_is_kept(dump):
     assert (dump.table(DB, 'orders').collation, dump.table(DB, 'orders').charset) == (
         'utf8mb4_general_ci', 'utf8mb4')
+
+
+def test_object_kind_comes_from_the_first_object_word():
+    schema = read_schema_text('CREATE TABLE d.t (`trigger` INT, `view` INT);\n'
+                              'CREATE DEFINER=`u`@`h` TRIGGER d.tr BEFORE INSERT ON d.t '
+                              'FOR EACH ROW SET NEW.`trigger` = 1;')
+    assert schema.table('d', 't').column_names == ('trigger', 'view')
+    assert schema.table('d', 't').triggers[0].name == 'tr'

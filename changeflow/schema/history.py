@@ -308,6 +308,12 @@ def _column_def(cur: Tokens, table: TableSchema):
     return column, position
 
 
+def _key_column(column: Column) -> Column:
+    """A primary key column: NOT NULL, as MySQL makes it."""
+    return column._replace(nullable=False, default_kind='none' if column.default_kind == 'null'
+                           else column.default_kind)
+
+
 class _Alter:
     """One ALTER TABLE statement applied clause by clause to a working copy."""
 
@@ -348,6 +354,8 @@ class _Alter:
 
     def change_column(self, old_name: str, column: Column, position: Optional[str]):
         old = self.column(old_name)
+        if _fold(old.name) in map(_fold, self.table.primary_key):
+            column = _key_column(column)
         if _fold(column.name) != _fold(old.name) and self.table.column(column.name) is not None:
             raise DdlError(f'{self.table.qualified} already has a column {column.name}')
         if column.name != old.name:
@@ -374,7 +382,11 @@ class _Alter:
         if definition.kind == 'column':
             raise DdlError('expected a key definition')
         if definition.kind == 'primary':
-            self.table = self.table._replace(primary_key=definition.primary)
+            for name in definition.primary:
+                self.column(name)
+            key = set(map(_fold, definition.primary))
+            self.table = self.table._replace(primary_key=definition.primary, columns=tuple(
+                _key_column(c) if _fold(c.name) in key else c for c in self.table.columns))
             self.changed(f'primary key ({", ".join(definition.primary)})')
         elif definition.kind == 'index':
             names = {_fold(i.name) for i in self.table.indexes}

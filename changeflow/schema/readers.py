@@ -50,6 +50,14 @@ def _words(statement: str) -> Tuple[str, ...]:
     return ddl.leading_words(statement, 8)
 
 
+_OBJECTS = ('TABLE', 'TRIGGER') + _NOT_TABLES
+
+
+def _object(words: Tuple[str, ...]) -> Optional[str]:
+    """The kind of object a CREATE/DROP statement names: its first object word."""
+    return next((word for word in words[1:] if word in _OBJECTS), None)
+
+
 def read_schema_text(text: str, database: Optional[str] = None,
                      lower_case_table_names: int = 0) -> SourceSchema:
     """Reads ``mysqldump``/``mariadb-dump --no-data --triggers`` output, or
@@ -77,14 +85,14 @@ def read_schema_text(text: str, database: Optional[str] = None,
             elif words[0] == 'ALTER' and (words[1:2] in (('DATABASE',), ('SCHEMA',)) or (
                     'KEYS' in words and ('DISABLE' in words or 'ENABLE' in words))):
                 continue  # ALTER TABLE t DISABLE KEYS, ALTER DATABASE ... CHARACTER SET
-            elif words[0] == 'CREATE' and 'TRIGGER' in words:
+            elif words[0] == 'CREATE' and _object(words) == 'TRIGGER':
                 ref, trigger, _, _ = ddl.parse_create_trigger(statement, current)
                 table = schema.table(*ref)
                 if table is None:
                     raise DdlError(f'trigger {trigger.name} is on {ref[0]}.{ref[1]}, '
                                    f'which the file does not define before it')
                 schema = schema.with_table(with_trigger(table, trigger))
-            elif words[0] == 'CREATE' and 'TABLE' in words[:4]:
+            elif words[0] == 'CREATE' and _object(words) == 'TABLE':
                 created = ddl.parse_create_table(statement, current)
                 if created.select is not None:
                     raise DdlError(f'{".".join(created.ref)}: CREATE TABLE ... SELECT in a '
@@ -108,9 +116,9 @@ def read_schema_text(text: str, database: Optional[str] = None,
                 cur.accept('IF', 'EXISTS')
                 for part in cur.split():
                     schema = schema.without(*part.qualified(current))
-            elif words[0] in ('CREATE', 'DROP') and any(w in _NOT_TABLES for w in words[1:6]):
+            elif words[0] in ('CREATE', 'DROP') and _object(words) in _NOT_TABLES:
                 continue
-            elif words[0] == 'DROP' and 'TRIGGER' in words[:3]:
+            elif words[0] == 'DROP' and _object(words) == 'TRIGGER':
                 continue  # a dump drops a trigger only before re-creating it
             else:
                 raise DdlError('not a schema statement')
