@@ -5,9 +5,9 @@ import os
 import pytest
 
 from changeflow.schema.history import (
-    AddColumn, CreateTable, DropColumn, DropTable, ModifyColumn, NeedsResync, RenameColumn,
-    RenameTable, SchemaChanged, SchemaHistory, TemporaryTable, UnknownDdl, apply_ddl, data_loss)
-from changeflow.schema.model import Column, Index
+    DropColumn, DropTable, NeedsResync, RenameColumn, RenameTable, SchemaChanged, SchemaHistory,
+    TemporaryTable, UnknownDdl, apply_ddl, data_loss)
+from changeflow.schema.model import Column
 from changeflow.schema.readers import read_schema_file
 
 DUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'schema', 'shop_dump.sql')

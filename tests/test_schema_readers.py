@@ -9,7 +9,7 @@ import pytest
 
 from changeflow.schema import ddl
 from changeflow.schema.ddl import DdlError
-from changeflow.schema.model import Column, ForeignKey, Index, SourceSchema, TableSchema, Trigger
+from changeflow.schema.model import Column, ForeignKey, Index, SourceSchema, Trigger
 from changeflow.schema.readers import (
     read_information_schema, read_schema_file, read_schema_text)
 

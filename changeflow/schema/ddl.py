@@ -585,7 +585,8 @@ def _option_value(cur: Tokens) -> str:
 
 
 def parse_column(cur: Tokens, table_charset: Optional[str] = None,
-                 table_collation: Optional[str] = None) -> _ColumnDef:
+                 table_collation: Optional[str] = None, database: Optional[str] = None
+                 ) -> _ColumnDef:
     """One column definition at the cursor (name, type, attributes), to the
     end of the tokens or to FIRST/AFTER (left for ALTER TABLE)."""
     name = cur.name()
@@ -661,7 +662,7 @@ def parse_column(cur: Tokens, table_charset: Optional[str] = None,
         elif cur.accept('CHECK'):
             cur.group()
         elif cur.accept('REFERENCES'):
-            reference = _references(cur, None, (name,), None)
+            reference = _references(cur, None, (name,), database)
         elif cur.word() in ('COLUMN_FORMAT', 'STORAGE'):
             cur.i += 2
         elif cur.word() in ('SRID', 'REF_SYSTEM_ID', 'ENGINE_ATTRIBUTE',
@@ -704,7 +705,7 @@ def _action(cur: Tokens) -> str:
 
 
 def _references(cur: Tokens, name: Optional[str], columns, database) -> ForeignKey:
-    ref_database, ref_table = cur.qualified(database or '\0')
+    ref_database, ref_table = cur.qualified(database)
     _, inner = cur.group()
     ref_columns = tuple(_key_part(part) for part in inner.split())
     on_delete = on_update = 'RESTRICT'
@@ -804,7 +805,7 @@ def parse_definition(cur: Tokens, database: str, charset=None, collation=None) -
         return _Definition('period')
     if constraint is not None:
         raise DdlError(f'CONSTRAINT {constraint}: cannot read {cur.rest()[:60]!r}')
-    column = parse_column(cur, charset, collation)
+    column = parse_column(cur, charset, collation, database)
     if not cur.done():
         raise DdlError(f'cannot read column text {cur.rest()[:60]!r}')
     return _Definition('column', column=column)
@@ -855,8 +856,6 @@ def build_table(database: str, name: str, definitions: List[_Definition],
         if not fk.name:
             n += 1
             fk = fk._replace(name=f'{name}_ibfk_{n}')
-        if fk.ref_database == '\0':
-            fk = fk._replace(ref_database=database)
         fks.append(fk)
         lowered = tuple(c.lower() for c in fk.columns)
         covered = [tuple(c.lower() for c in primary)] + [

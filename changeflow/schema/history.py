@@ -27,7 +27,7 @@ from sqlglot import exp
 
 from changeflow.schema import ddl
 from changeflow.schema.ddl import DdlError, Tokens
-from changeflow.schema.model import Column, Index, SourceSchema, TableSchema, Trigger
+from changeflow.schema.model import Column, Index, SourceSchema, TableSchema
 from changeflow.schema.readers import ordered, with_trigger
 
 __all__ = ['SchemaHistory', 'CreateTable', 'DropTable', 'RenameTable', 'AddColumn', 'DropColumn',
@@ -298,7 +298,7 @@ def _position(cur: Tokens) -> Optional[str]:
 
 
 def _column_def(cur: Tokens, table: TableSchema):
-    definition = ddl.parse_column(cur, table.charset, table.collation)
+    definition = ddl.parse_column(cur, table.charset, table.collation, table.database)
     position = _position(cur)
     if not cur.done():
         raise DdlError(f'cannot read {cur.rest()[:60]!r}')
