@@ -281,3 +281,78 @@ def test_object_kind_comes_from_the_first_object_word():
                               'FOR EACH ROW SET NEW.`trigger` = 1;')
     assert schema.table('d', 't').column_names == ('trigger', 'view')
     assert schema.table('d', 't').triggers[0].name == 'tr'
+
+
+MYSQL8_DUMP = """-- MySQL dump 10.13  Distrib 8.0.36, for Linux (x86_64)
+/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;
+/*!50503 SET NAMES utf8mb4 */;
+SET @MYSQLDUMP_TEMP_LOG_BIN = @@SESSION.SQL_LOG_BIN;
+SET @@SESSION.SQL_LOG_BIN= 0;
+SET @@GLOBAL.GTID_PURGED=/*!80000 '+'*/ '';
+CREATE DATABASE /*!32312 IF NOT EXISTS*/ `shop` /*!40100 DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_0900_ai_ci */ /*!80016 DEFAULT ENCRYPTION='N' */;
+USE `shop`;
+DROP TABLE IF EXISTS `items`;
+/*!40101 SET @saved_cs_client     = @@character_set_client */;
+/*!50503 SET character_set_client = utf8mb4 */;
+CREATE TABLE `items` (
+  `id` int unsigned NOT NULL AUTO_INCREMENT,
+  `sku` varchar(20) COLLATE utf8mb4_bin NOT NULL,
+  `token` char(36) NOT NULL DEFAULT (uuid()),
+  `flag` tinyint(1) NOT NULL DEFAULT '0',
+  `price` decimal(10,2) NOT NULL DEFAULT '0.00',
+  `created` timestamp NULL DEFAULT CURRENT_TIMESTAMP,
+  `changed` datetime(3) DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+  `doubled` decimal(12,2) GENERATED ALWAYS AS ((`price` * 2)) VIRTUAL,
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `sku` (`sku`)
+) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_ai_ci;
+/*!40101 SET character_set_client = @saved_cs_client */;
+DROP TABLE IF EXISTS `v_items`;
+/*!50001 DROP VIEW IF EXISTS `v_items`*/;
+SET @saved_cs_client     = @@character_set_client;
+/*!50503 SET character_set_client = utf8mb4 */;
+/*!50001 CREATE VIEW `v_items` AS SELECT 1 AS `id`*/;
+SET character_set_client = @saved_cs_client;
+/*!50001 DROP VIEW IF EXISTS `v_items`*/;
+/*!50001 CREATE ALGORITHM=UNDEFINED */
+/*!50013 DEFINER=`root`@`localhost` SQL SECURITY DEFINER */
+/*!50001 VIEW `v_items` AS select `items`.`id` AS `id` from `items` */;
+SET @@SESSION.SQL_LOG_BIN = @MYSQLDUMP_TEMP_LOG_BIN;
+"""
+
+
+def test_a_mysql8_dump_reads_too():
+    items = read_schema_text(MYSQL8_DUMP).table('shop', 'items')
+    assert (items.collation, items.charset) == ('utf8mb4_0900_ai_ci', 'utf8mb4')
+    assert [(c.name, c.type, c.default_kind, c.default) for c in items.columns] == [
+        ('id', 'int unsigned', 'none', None), ('sku', 'varchar(20)', 'none', None),
+        ('token', 'char(36)', 'expression', 'UUID()'), ('flag', 'tinyint(1)', 'literal', '0'),
+        ('price', 'decimal(10,2)', 'literal', '0.00'),
+        ('created', 'timestamp', 'clock', 'current_timestamp'),
+        ('changed', 'datetime(3)', 'clock', 'current_timestamp(3)'),
+        ('doubled', 'decimal(12,2)', 'none', None)]
+    assert items.column('sku').collation == 'utf8mb4_bin'
+    assert items.column('token').collation == 'utf8mb4_0900_ai_ci'
+    assert items.column('changed').on_update_clock
+    assert items.column('doubled').generated == '`price` * 2'
+    assert items.unique_keys == (('sku',),)
+
+
+def test_mysql8_information_schema_rows_read_by_mysql_rules():
+    from changeflow.schema.readers import _column
+
+    def row(name, default, nullable, type_, extra, generation=None, charset=None, collation=None):
+        return ('d', 't', name, default, nullable, type_, charset, collation, extra, generation)
+
+    assert _column(row('s', 'active', 'NO', "enum('active','x')", '', None, 'utf8mb4',
+                       'utf8mb4_0900_ai_ci'), False)[2:5] == (False, 'active', 'literal')
+    assert _column(row('c', 'CURRENT_TIMESTAMP', 'YES', 'timestamp',
+                       'DEFAULT_GENERATED on update CURRENT_TIMESTAMP'), False)[3:6] == (
+        'current_timestamp', 'clock', True)
+    assert _column(row('u', 'uuid()', 'NO', 'char(36)', 'DEFAULT_GENERATED'), False)[3:5] == (
+        'UUID()', 'expression')
+    assert _column(row('n', None, 'YES', 'int', ''), False)[3:5] == (None, 'null')
+    generated = _column(row('g', None, 'YES', 'decimal(12,2)', 'VIRTUAL GENERATED',
+                            '(`price` * 2)'), False)
+    assert (generated.generated, generated.stored, generated.default_kind) == (
+        '`price` * 2', False, 'none')

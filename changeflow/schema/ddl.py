@@ -316,7 +316,7 @@ class Tokens:
 
 def leading_words(sql: str, count: int = 4) -> Tuple[str, ...]:
     """The first words of a statement, upper case (comments unwrapped)."""
-    return tuple(w.upper() for w in _WORD.findall(unwrap_comments(sql)[:200])[:count])
+    return tuple(w.upper() for w in _WORD.findall(unwrap_comments(sql[:2000])[:600])[:count])
 
 
 # --- types ------------------------------------------------------------------

@@ -925,7 +925,7 @@ def apply_ddl(schema: SourceSchema, sql: str, database: Optional[str]
     Never raises: what it does not understand is an UnknownDdl effect and the
     schema is left as it was."""
     try:
-        words = ddl.leading_words(sql, 8)
+        words = ddl.leading_words(sql, 16)
         if not words:
             return schema, [UnknownDdl(None, 'empty statement')]
         head = words[0]

@@ -47,7 +47,7 @@ def with_trigger(table: TableSchema, trigger: Trigger) -> TableSchema:
 
 
 def _words(statement: str) -> Tuple[str, ...]:
-    return ddl.leading_words(statement, 8)
+    return ddl.leading_words(statement, 16)
 
 
 _OBJECTS = ('TABLE', 'TRIGGER') + _NOT_TABLES
