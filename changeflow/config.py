@@ -223,7 +223,7 @@ def _schema(raw, source_db_url: Optional[str], tables, base_dir: str) -> Optiona
         raise ConfigError(f'source_db.url: cannot read the schema from {shown}: '
                           f'{type(error).__name__}: {message}') from None
     if lower is not None:
-        schema = SourceSchema(schema.tables, lower)
+        schema = SourceSchema(schema.tables, lower, schema.databases)
     return schema
 
 

@@ -38,7 +38,15 @@ def test_create_table_and_schema_at(history):
     assert kinds(effects) == ['create-table']
     created = effects[0].schema
     assert created.primary_key == ('id',) and created.column('label').default == 'x'
-    assert created.collation is None  # no table options: the database default is not known
+    assert created.collation == 'utf8mb4_general_ci'  # the database's default, from the dump
+    assert created.column('label').collation == 'utf8mb4_general_ci'
+    history.apply('CREATE DATABASE IF NOT EXISTS other DEFAULT COLLATE latin1_bin', None, (101,))
+    (effect,) = history.apply('CREATE TABLE other.t (s TEXT)', None, (102,))
+    assert effect.schema.column('s')[-2:] == ('latin1_bin', 'latin1')
+    assert history.apply('CREATE DATABASE IF NOT EXISTS other CHARSET utf8mb4', None, (103,)) == []
+    assert history.current.database_default('other') == ('latin1', 'latin1_bin')
+    (effect,) = history.apply('CREATE TABLE x (s TEXT)', None, (104,))
+    assert effect.kind == 'unknown-ddl'  # no database selected: the name cannot be resolved
     assert history.schema_at((100, 1)).table(DB, 'tags') == created
     assert history.schema_at((99, 9)).table(DB, 'tags') is None
     assert history.current.table(DB, 'tags') == created
@@ -347,3 +355,70 @@ def test_primary_key_columns_stay_not_null(history):
     table = history.current.table(DB, 'audit_trail')
     assert table.primary_key == ('id', 'row_ref')
     assert table.column('row_ref')[2:5] == (False, None, 'none')
+
+
+LIVE_DB = 'cf_schema_hist'
+LIVE_STEPS = [
+    'CREATE TABLE a (id INT NOT NULL, name VARCHAR(20), PRIMARY KEY (id))',
+    'CREATE TABLE b (id INT PRIMARY KEY, a_id INT, note TEXT, UNIQUE (note(10)), '
+    'FOREIGN KEY (a_id) REFERENCES a (id) ON DELETE CASCADE) DEFAULT CHARSET=latin1',
+    'ALTER TABLE a ADD COLUMN qty INT NOT NULL DEFAULT 3 AFTER id, '
+    'ADD email VARCHAR(50) COLLATE utf8mb4_unicode_ci, ADD UNIQUE KEY (email)',
+    "ALTER TABLE a MODIFY name VARCHAR(40) NOT NULL DEFAULT ''",
+    'ALTER TABLE a CHANGE name full_name VARCHAR(40) NOT NULL',
+    'ALTER TABLE a RENAME COLUMN qty TO quantity',
+    'ALTER TABLE b ADD INDEX ix_note (note(5)), '
+    'ADD CONSTRAINT fk2 FOREIGN KEY (id) REFERENCES a (id) ON UPDATE CASCADE',
+    'ALTER TABLE b ADD COLUMN parent INT, '
+    'ADD CONSTRAINT fk3 FOREIGN KEY (parent) REFERENCES b (id) ON DELETE SET NULL',
+    'ALTER TABLE b DROP FOREIGN KEY fk2',
+    'ALTER TABLE a DROP COLUMN email',
+    'CREATE TABLE c LIKE a',
+    'CREATE TABLE d AS SELECT id, full_name AS nm FROM a',
+    'RENAME TABLE c TO c2, d TO d2',
+    'ALTER TABLE c2 RENAME TO c3',
+    'CREATE TRIGGER a_bi BEFORE INSERT ON a FOR EACH ROW SET NEW.quantity = NEW.quantity + 1',
+    'CREATE TRIGGER a_ai AFTER INSERT ON a FOR EACH ROW '
+    'INSERT INTO b (id, a_id) VALUES (NEW.id, NEW.id)',
+    'DROP TRIGGER a_bi',
+    'CREATE UNIQUE INDEX uq_nm ON d2 (nm)',
+    'DROP INDEX uq_nm ON d2',
+    'ALTER TABLE a ADD COLUMN t TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP '
+    'ON UPDATE CURRENT_TIMESTAMP, ADD g INT AS (quantity * 2) STORED',
+    'ALTER TABLE a ALTER COLUMN quantity SET DEFAULT 7',
+    'ALTER TABLE a ALTER COLUMN quantity DROP DEFAULT',
+    'ALTER TABLE b DROP PRIMARY KEY, ADD PRIMARY KEY (id, a_id)',
+    'DROP TABLE IF EXISTS d2, nothere',
+    'ALTER TABLE a CONVERT TO CHARACTER SET latin1',
+    'ALTER TABLE a DEFAULT CHARSET = utf8mb4',
+    'ALTER TABLE a ADD COLUMN z VARCHAR(5), ADD COLUMN e ENUM(\'x\',\'y\') NOT NULL',
+    'ALTER DATABASE cf_schema_hist CHARACTER SET latin1',
+    'CREATE TABLE e (s VARCHAR(3) PRIMARY KEY)',
+]
+
+
+def test_history_follows_a_live_mariadb(mariadb_url):
+    """Each DDL run on MariaDB and applied to the history: after every step
+    the history's schema equals the server's information_schema."""
+    sqlalchemy = pytest.importorskip('sqlalchemy')
+    from changeflow.schema.readers import read_information_schema
+
+    engine = sqlalchemy.create_engine(mariadb_url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS {LIVE_DB}')
+            conn.exec_driver_sql(f'CREATE DATABASE {LIVE_DB} CHARACTER SET utf8mb4 '
+                                 f'COLLATE utf8mb4_general_ci')
+            conn.exec_driver_sql(f'USE {LIVE_DB}')
+            history = SchemaHistory(read_information_schema(conn, [LIVE_DB]))
+            for i, sql in enumerate(LIVE_STEPS):
+                conn.exec_driver_sql(sql)
+                effects = history.apply(sql, LIVE_DB, (i,))
+                assert 'unknown-ddl' not in kinds(effects), (sql, effects)
+                live = read_information_schema(conn, [LIVE_DB])
+                for table in live.tables:
+                    assert history.current.table(table.database, table.name) == table, sql
+                assert history.current == live, sql
+            conn.exec_driver_sql(f'DROP DATABASE {LIVE_DB}')
+    finally:
+        engine.dispose()

@@ -92,7 +92,18 @@ def test_compound_trigger_body_and_restrict_foreign_key(dump):
 
 
 def test_show_create_text_gives_the_dump_model(dump):
-    assert read_schema_file(SHOW_CREATE, DB) == dump
+    assert read_schema_file(SHOW_CREATE, DB).tables == dump.tables
+
+
+def test_database_defaults_come_from_create_database(dump):
+    assert dump.databases == ((DB, 'utf8mb4', 'utf8mb4_general_ci'),)
+    schema = read_schema_text('CREATE DATABASE d CHARACTER SET latin1;\n'
+                              'CREATE TABLE d.t (a VARCHAR(5), b CHAR(2) CHARACTER SET utf8mb4);')
+    t = schema.table('d', 't')
+    assert (t.charset, t.collation) == ('latin1', 'latin1_swedish_ci')
+    assert t.column('a').collation == 'latin1_swedish_ci'
+    assert t.column('b').collation == 'utf8mb4_general_ci'
+
 
 
 def test_referencing_lists_child_foreign_keys(dump):
@@ -209,11 +220,11 @@ def test_column_definitions_from_application_ddl():
     assert created.if_not_exists and created.select is None
     assert t.column('id')[1:7] == ('bigint unsigned', False, None, 'none', False, True)
     assert t.column('b').collation == 'utf8mb4_bin'
-    assert (t.column('c').generated, t.column('c').stored) == ('UPPER(b)', True)
+    assert (t.column('c').generated, t.column('c').stored) == ('UPPER(`b`)', True)
     assert t.column('f')[-2:] == ('latin1_swedish_ci', 'latin1')
     assert [(i.name, i.columns, i.unique) for i in t.indexes] == [
         ('id', ('id',), True), ('e', ('e',), True), ('a', ('a', 'b'), True), ('a_2', ('a',), False),
-        ('t_ibfk_1', ('d',), False)]
+        ('d', ('d',), False)]
     assert [(f.name, f.columns, f.ref_database, f.ref_table, f.on_delete, f.on_update)
             for f in t.foreign_keys] == [
         ('t_ibfk_1', ('d',), 's', 'u', 'CASCADE', 'RESTRICT'),

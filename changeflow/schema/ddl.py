@@ -25,7 +25,8 @@ __all__ = ['DdlError', 'ParsedCreate', 'unwrap_comments', 'split_statements', 't
            'parse_create_table', 'parse_column', 'parse_create_trigger', 'normalize_type',
            'classify_default', 'is_clock', 'trigger_writes', 'leading_words', 'Tokens',
            'default_collation', 'charset_of', 'CHARACTER_TYPES', 'parse_definition',
-           'build_table', 'canonical_expression', 'type_base', 'check_type']
+           'build_table', 'canonical_expression', 'type_base', 'check_type',
+           'parse_database_options', 'with_foreign_key']
 
 
 class DdlError(ValueError):
@@ -473,13 +474,14 @@ def classify_default(text: Optional[str]) -> Tuple[str, Optional[str]]:
     clock = _clock_text(node)
     if clock is not None:
         return 'clock', clock
-    return 'expression', node.sql('mysql')
+    return 'expression', node.sql('mysql', identify=True)
 
 
 def canonical_expression(text: str) -> str:
-    """An expression's text as sqlglot renders it for MySQL (raw text if sqlglot cannot)."""
+    """An expression's text as sqlglot renders it for MySQL, identifiers
+    quoted (raw text if sqlglot cannot parse it)."""
     node = _parse_expression(text)
-    return text.strip() if node is None else node.sql('mysql')
+    return text.strip() if node is None else node.sql('mysql', identify=True)
 
 
 # --- character sets ---------------------------------------------------------
@@ -851,21 +853,32 @@ def build_table(database: str, name: str, definitions: List[_Definition],
         index_name = _unique_name(index.name or index.columns[0].strip('()'), names)
         names.add(index_name)
         named.append(index._replace(name=index_name))
-    fks, n = [], 0
+    table = TableSchema(database, name, tuple(columns), tuple(primary), tuple(named), (),
+                        (), collation, charset)
     for fk, index_name in foreign:
-        if not fk.name:
+        table = with_foreign_key(table, fk, index_name)
+    return table
+
+
+def with_foreign_key(table: TableSchema, fk: ForeignKey, index_name: Optional[str] = None
+                     ) -> TableSchema:
+    """The table with ``fk`` added (named ``<table>_ibfk_<n>`` when unnamed)
+    and the index InnoDB adds for it when no key starts with its columns:
+    named as the FOREIGN KEY clause names it, else after the constraint, else
+    after its first column (as MariaDB does)."""
+    index_name = index_name or fk.name or fk.columns[0]
+    if not fk.name:
+        n = len(table.foreign_keys) + 1
+        while any(f.name == f'{table.name}_ibfk_{n}' for f in table.foreign_keys):
             n += 1
-            fk = fk._replace(name=f'{name}_ibfk_{n}')
-        fks.append(fk)
-        lowered = tuple(c.lower() for c in fk.columns)
-        covered = [tuple(c.lower() for c in primary)] + [
-            tuple(c.lower() for c in i.columns) for i in named]
-        if not any(key[:len(lowered)] == lowered for key in covered):
-            index_name = _unique_name(index_name or fk.name, names)
-            names.add(index_name)
-            named.append(Index(index_name, fk.columns, False))
-    return TableSchema(database, name, tuple(columns), tuple(primary), tuple(named), tuple(fks),
-                       (), collation, charset)
+        fk = fk._replace(name=f'{table.name}_ibfk_{n}')
+    indexes = table.indexes
+    lowered = tuple(c.lower() for c in fk.columns)
+    covered = [tuple(c.lower() for c in table.primary_key)] + [
+        tuple(c.lower() for c in i.columns) for i in indexes]
+    if not any(key[:len(lowered)] == lowered for key in covered):
+        indexes += (Index(_unique_name(index_name, {i.name for i in indexes}), fk.columns, False),)
+    return table._replace(foreign_keys=table.foreign_keys + (fk,), indexes=indexes)
 
 
 _VALUE_TOKENS = {TokenType.STRING, TokenType.NUMBER, TokenType.IDENTIFIER, TokenType.VAR}
@@ -911,10 +924,12 @@ def _table_options(cur: Tokens) -> Tuple[Optional[str], Optional[str], Optional[
     return charset, collation, select
 
 
-def parse_create_table(sql: str, database: Optional[str]) -> ParsedCreate:
+def parse_create_table(sql: str, database: Optional[str], database_default=None
+                       ) -> ParsedCreate:
     """Parses ``CREATE [OR REPLACE] [TEMPORARY] TABLE [IF NOT EXISTS] name``
     with a definition list, ``LIKE other`` or a SELECT (comments unwrapped
-    first). Column charsets and collations default to the table's options."""
+    first). Column charsets and collations default to the table's options,
+    the table's to ``database_default(database)`` -> (charset, collation)."""
     cur = Tokens(unwrap_comments(sql))
     cur.expect('CREATE')
     or_replace = cur.accept('OR', 'REPLACE')
@@ -934,10 +949,44 @@ def parse_create_table(sql: str, database: Optional[str]) -> ParsedCreate:
     if cur.punct('(') and cur.word(1) not in ('SELECT', 'WITH'):
         _, body = cur.group()
     charset, collation, select = _table_options(cur)
+    if charset is None and database_default is not None:
+        charset, collation = database_default(ref[0])
     definitions = [parse_definition(part, ref[0], charset, collation)
                    for part in body.split()] if body is not None else []
     table = build_table(ref[0], ref[1], definitions, charset, collation)
     return ParsedCreate(ref, table, None, select, temporary, if_not_exists, or_replace)
+
+
+def parse_database_options(sql: str, database: Optional[str]):
+    """``CREATE DATABASE`` / ``ALTER DATABASE``: (name, charset, collation,
+    if_not_exists); charset or collation None where the statement sets none."""
+    cur = Tokens(unwrap_comments(sql))
+    cur.i += 1  # CREATE | ALTER
+    if not (cur.accept('DATABASE') or cur.accept('SCHEMA')):
+        raise DdlError('expected DATABASE or SCHEMA')
+    if_not_exists = cur.accept('IF', 'NOT', 'EXISTS')
+    name = database
+    if not cur.done() and not (cur.at('DEFAULT') or cur.at('CHARACTER') or cur.at('CHARSET')
+                               or cur.at('COLLATE') or cur.at('COMMENT')):
+        name = cur.name()
+    if not name:
+        raise DdlError('no database named')
+    charset = collation = None
+    while not cur.done():
+        cur.accept('DEFAULT')
+        if cur.accept('CHARACTER', 'SET') or cur.accept('CHARSET'):
+            charset = _charset_name(_option_value(cur))
+        elif cur.accept('COLLATE'):
+            collation = _collation_name(_option_value(cur))
+        elif cur.accept('COMMENT') or cur.accept('ENCRYPTION') or cur.accept('READ', 'ONLY'):
+            _option_value(cur)
+        else:
+            raise DdlError(f'cannot read the database option at {cur.rest()[:60]!r}')
+    if collation and not charset:
+        charset = charset_of(collation)
+    if charset and not collation:
+        collation = default_collation(charset)
+    return name, charset, collation, if_not_exists
 
 
 # --- CREATE TRIGGER ---------------------------------------------------------

@@ -398,11 +398,8 @@ class _Alter:
                 index._replace(name=name),))
             self.changed(f'{"unique " if index.unique else ""}index {name} added')
         elif definition.kind == 'foreign':
-            fk = definition.foreign
-            if not fk.name:
-                fk = fk._replace(name=f'{self.table.name}_ibfk_{len(self.table.foreign_keys) + 1}')
-            self.table = self.table._replace(foreign_keys=self.table.foreign_keys + (fk,))
-            self.changed(f'foreign key {fk.name} added')
+            self.table = ddl.with_foreign_key(self.table, definition.foreign, definition.fk_index)
+            self.changed(f'foreign key {self.table.foreign_keys[-1].name} added')
         else:
             self.changed(f'{definition.kind} added')
 
@@ -645,8 +642,7 @@ def _table_options(alter: _Alter, cur: Tokens):
 
 # --- statements -------------------------------------------------------------
 
-_NO_EFFECT = {('CREATE', 'DATABASE'), ('CREATE', 'SCHEMA'), ('ALTER', 'DATABASE'),
-              ('ALTER', 'SCHEMA'), ('ANALYZE', 'TABLE'), ('OPTIMIZE', 'TABLE'), ('CHECK', 'TABLE'),
+_NO_EFFECT = {('ANALYZE', 'TABLE'), ('OPTIMIZE', 'TABLE'), ('CHECK', 'TABLE'),
               ('CREATE', 'USER'), ('DROP', 'USER'), ('ALTER', 'USER'), ('RENAME', 'USER'),
               ('CREATE', 'ROLE'), ('DROP', 'ROLE'), ('GRANT',), ('REVOKE',), ('FLUSH',),
               ('SET', 'PASSWORD')}
@@ -714,7 +710,7 @@ def _derived_columns(schema: SourceSchema, select: str, database: Optional[str]
 
 
 def _create_table(schema: SourceSchema, sql: str, database: Optional[str]):
-    created = ddl.parse_create_table(sql, database)
+    created = ddl.parse_create_table(sql, database, schema.database_default)
     ref = created.ref
     if created.temporary:
         return schema, [TemporaryTable(ref, False)]
@@ -911,12 +907,22 @@ def _drop_database(schema: SourceSchema, sql: str, database: Optional[str]):
     cur.accept('DATABASE') or cur.accept('SCHEMA')
     cur.accept('IF', 'EXISTS')
     name = cur.name()
-    effects = []
-    for table in schema.tables:
-        if schema.same_name((table.database, ''), (name, '')):
-            schema = schema.without(table.database, table.name)
-            effects.append(DropTable((table.database, table.name)))
-    return schema, effects
+    effects = [DropTable((table.database, table.name)) for table in schema.tables
+               if schema.same_name((table.database, ''), (name, ''))]
+    return schema.without_database(name), effects
+
+
+def _database_options(schema: SourceSchema, sql: str, database: Optional[str]):
+    """CREATE / ALTER DATABASE: the defaults later tables inherit; no effect."""
+    name, charset, collation, if_not_exists = ddl.parse_database_options(sql, database)
+    known = schema.database_default(name) != (None, None)
+    if if_not_exists and known:
+        return schema, []
+    if charset is None:
+        if ddl.leading_words(sql, 1) == ('ALTER',):
+            return schema, []  # a COMMENT, READ ONLY, ...: nothing the schema holds
+        charset, collation = schema.database_default(name) if known else (None, None)
+    return schema.with_database(name, charset, collation), []
 
 
 def apply_ddl(schema: SourceSchema, sql: str, database: Optional[str]
@@ -952,6 +958,8 @@ def apply_ddl(schema: SourceSchema, sql: str, database: Optional[str]
             return _drop_index(schema, sql, database)
         if head == 'DROP' and target in ('DATABASE', 'SCHEMA'):
             return _drop_database(schema, sql, database)
+        if head in ('CREATE', 'ALTER') and words[1:2] in (('DATABASE',), ('SCHEMA',)):
+            return _database_options(schema, sql, database)
         return schema, [UnknownDdl(_guess_table(sql, database),
                                    f'{" ".join(words[:3])}: not followed by the schema history')]
     except DdlError as error:

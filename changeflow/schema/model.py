@@ -135,20 +135,26 @@ class TableSchema(NamedTuple):
 class SourceSchema:
     """The tables of a source server, looked up by (database, name).
 
-    Immutable: the ``with_*``/``without`` methods return a new schema.
+    Immutable: the ``with_*``/``without*`` methods return a new schema.
     ``lower_case_table_names`` is the server's setting: 0 compares names as
-    given; 1 and 2 compare them in lower case.
+    given; 1 and 2 compare them in lower case. ``databases`` are (name,
+    charset, collation) triples: each database's defaults, which a table
+    created without its own inherits.
     """
 
-    __slots__ = ('_tables', 'lower_case_table_names', '_referencing')
+    __slots__ = ('_tables', 'lower_case_table_names', '_referencing', '_databases')
 
-    def __init__(self, tables: Iterable[TableSchema] = (), lower_case_table_names: int = 0):
+    def __init__(self, tables: Iterable[TableSchema] = (), lower_case_table_names: int = 0,
+                 databases: Iterable[Tuple[str, Optional[str], Optional[str]]] = ()):
         if lower_case_table_names not in (0, 1, 2):
-            raise ValueError(f'lower_case_table_names must be 0, 1 or 2, got {lower_case_table_names!r}')
+            raise ValueError(f'lower_case_table_names must be 0, 1 or 2, '
+                             f'got {lower_case_table_names!r}')
         self.lower_case_table_names = lower_case_table_names
         self._tables: Dict[Tuple[str, str], TableSchema] = {}
         for table in tables:
             self._tables[self._key(table.database, table.name)] = table
+        self._databases = {self._key(name, '')[0]: (name, charset, collation)
+                           for name, charset, collation in databases}
         self._referencing = None  # (database, name) key -> ((child, fk), ...), built on first use
 
     def _key(self, database: str, name: str) -> Tuple[str, str]:
@@ -171,9 +177,21 @@ class SourceSchema:
     def __len__(self) -> int:
         return len(self._tables)
 
+    @property
+    def databases(self) -> Tuple[Tuple[str, Optional[str], Optional[str]], ...]:
+        """(name, default charset, default collation) of every known database, sorted."""
+        return tuple(sorted(self._databases.values()))
+
+    def database_default(self, name: str) -> Tuple[Optional[str], Optional[str]]:
+        """(charset, collation) a table created in database ``name`` without
+        its own gets; (None, None) when not known."""
+        entry = self._databases.get(self._key(name, '')[0])
+        return (entry[1], entry[2]) if entry else (None, None)
+
     def __eq__(self, other) -> bool:
         return (isinstance(other, SourceSchema) and self.tables == other.tables
-                and self.lower_case_table_names == other.lower_case_table_names)
+                and self.lower_case_table_names == other.lower_case_table_names
+                and self.databases == other.databases)
 
     def __hash__(self):
         return hash(self.tables)
@@ -182,7 +200,25 @@ class SourceSchema:
         return f'SourceSchema({", ".join(t.qualified for t in self.tables)})'
 
     def __reduce__(self):
-        return SourceSchema, (self.tables, self.lower_case_table_names)
+        return SourceSchema, (self.tables, self.lower_case_table_names, self.databases)
+
+    def _copy(self, tables) -> 'SourceSchema':
+        return SourceSchema(tables, self.lower_case_table_names, self._databases.values())
+
+    def with_database(self, name: str, charset: Optional[str], collation: Optional[str]
+                      ) -> 'SourceSchema':
+        """A schema that knows database ``name``'s defaults."""
+        databases = dict(self._databases)
+        databases[self._key(name, '')[0]] = (name, charset, collation)
+        return SourceSchema(self._tables.values(), self.lower_case_table_names,
+                            databases.values())
+
+    def without_database(self, name: str) -> 'SourceSchema':
+        """A schema without database ``name`` and its tables."""
+        key = self._key(name, '')[0]
+        databases = {k: v for k, v in self._databases.items() if k != key}
+        return SourceSchema((t for k, t in self._tables.items() if k[0] != key),
+                            self.lower_case_table_names, databases.values())
 
     def same_name(self, a: Tuple[str, str], b: Tuple[str, str]) -> bool:
         """Whether two (database, table) references name the same table."""
@@ -192,12 +228,12 @@ class SourceSchema:
         """A schema where ``table`` replaces any table of the same name."""
         tables = dict(self._tables)
         tables[self._key(table.database, table.name)] = table
-        return SourceSchema(tables.values(), self.lower_case_table_names)
+        return self._copy(tables.values())
 
     def without(self, database: str, name: str) -> 'SourceSchema':
         tables = dict(self._tables)
         tables.pop(self._key(database, name), None)
-        return SourceSchema(tables.values(), self.lower_case_table_names)
+        return self._copy(tables.values())
 
     def referencing(self, database: str, name: str) -> Tuple[Tuple[TableSchema, ForeignKey], ...]:
         """The foreign keys that reference this table, with the (child) table

@@ -80,11 +80,13 @@ def read_schema_text(text: str, database: Optional[str] = None,
                 cur = ddl.Tokens(ddl.unwrap_comments(statement))
                 cur.expect('USE')
                 current = cur.name()
-            elif words[:2] in (('CREATE', 'DATABASE'), ('CREATE', 'SCHEMA')):
-                continue
-            elif words[0] == 'ALTER' and (words[1:2] in (('DATABASE',), ('SCHEMA',)) or (
-                    'KEYS' in words and ('DISABLE' in words or 'ENABLE' in words))):
-                continue  # ALTER TABLE t DISABLE KEYS, ALTER DATABASE ... CHARACTER SET
+            elif words[0] in ('CREATE', 'ALTER') and words[1:2] in (('DATABASE',), ('SCHEMA',)):
+                name, charset, collation, _ = ddl.parse_database_options(statement, current)
+                if charset is not None:
+                    schema = schema.with_database(name, charset, collation)
+            elif words[0] == 'ALTER' and 'KEYS' in words and (
+                    'DISABLE' in words or 'ENABLE' in words):
+                continue  # ALTER TABLE t DISABLE KEYS
             elif words[0] == 'CREATE' and _object(words) == 'TRIGGER':
                 ref, trigger, _, _ = ddl.parse_create_trigger(statement, current)
                 table = schema.table(*ref)
@@ -93,7 +95,7 @@ def read_schema_text(text: str, database: Optional[str] = None,
                                    f'which the file does not define before it')
                 schema = schema.with_table(with_trigger(table, trigger))
             elif words[0] == 'CREATE' and _object(words) == 'TABLE':
-                created = ddl.parse_create_table(statement, current)
+                created = ddl.parse_create_table(statement, current, schema.database_default)
                 if created.select is not None:
                     raise DdlError(f'{".".join(created.ref)}: CREATE TABLE ... SELECT in a '
                                    f'schema file: its columns come from the query')
@@ -147,6 +149,10 @@ def read_schema_file(path: str, database: Optional[str] = None,
 _TABLES = """
 SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES
 WHERE TABLE_SCHEMA IN :databases AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')
+"""
+_SCHEMATA = """
+SELECT SCHEMA_NAME, DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME
+FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN :databases
 """
 _COLUMNS = """
 SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_DEFAULT, c.IS_NULLABLE,
@@ -278,4 +284,6 @@ def read_information_schema(connection, databases: Optional[Iterable[str]] = Non
                   in foreign.get(ref, {}).items()),
             tuple(triggers.get(ref, ())), collations.get(ref),
             ddl.charset_of(collations[ref]) if collations.get(ref) else None)))
-    return SourceSchema(tables, int(lower))
+    defaults = [(name, charset.lower() if charset else None, collation.lower() if collation
+                 else None) for name, charset, collation in query(_SCHEMATA)]
+    return SourceSchema(tables, int(lower), defaults)
