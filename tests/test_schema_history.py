@@ -71,6 +71,18 @@ def test_create_table_select_of_plain_columns_needs_resync(history):
     assert effects[1] == NeedsResync(ref('emails'), 'CREATE TABLE ... SELECT: rows come from the query')
 
 
+def test_create_table_select_star_keeps_what_mariadb_keeps(history):
+    (created, _) = history.apply('CREATE TABLE c2 SELECT * FROM customers', DB, (1,))
+    table = created.schema
+    assert table.column('id')[3:7] == ('0', 'literal', False, False)  # AUTO_INCREMENT dropped
+    assert table.column('token')[3:5] == (None, 'none')  # an expression default is dropped
+    assert table.column('created_at')[3:5] == ('current_timestamp', 'clock')
+    assert table.column('updated_at').on_update_clock
+    assert table.primary_key == () and table.indexes == ()
+    (created, _) = history.apply('CREATE TABLE o2 SELECT * FROM orders', DB, (2,))
+    assert created.schema.column('total')[2:9] == (True, None, 'null', False, False, None, False)
+
+
 def test_create_table_select_of_expressions_is_not_guessed(history):
     effects = history.apply('CREATE TABLE totals SELECT tenant_id, SUM(qty) AS n FROM orders '
                             'GROUP BY tenant_id', DB, (1,))
@@ -394,6 +406,17 @@ LIVE_STEPS = [
     'ALTER TABLE a ADD COLUMN z VARCHAR(5), ADD COLUMN e ENUM(\'x\',\'y\') NOT NULL',
     'ALTER DATABASE cf_schema_hist CHARACTER SET latin1',
     'CREATE TABLE e (s VARCHAR(3) PRIMARY KEY)',
+    'CREATE TABLE f (id SERIAL, x INT NOT NULL, y INT UNIQUE, w VARCHAR(4) NOT NULL, KEY (x), '
+    'UNIQUE (x, y), CONSTRAINT FOREIGN KEY (x) REFERENCES a (id)) DEFAULT CHARSET=utf8mb4',
+    'ALTER TABLE f ADD COLUMN v INT FIRST, MODIFY w VARCHAR(8) NOT NULL AFTER v, '
+    'CHANGE y yy BIGINT FIRST',
+    'ALTER TABLE f ADD UNIQUE (v, yy), ADD UNIQUE (v), ADD INDEX (w, v), RENAME INDEX x TO x_idx',
+    'ALTER TABLE f DROP COLUMN w',
+    'CREATE TABLE g AS SELECT * FROM a',
+    'RENAME TABLE f TO cf_schema_hist2.f',
+    'CREATE TABLE cf_schema_hist.h (id INT UNSIGNED NOT NULL PRIMARY KEY, '
+    'f_id BIGINT UNSIGNED, FOREIGN KEY fk_idx (f_id) REFERENCES cf_schema_hist2.f (id) '
+    'ON DELETE SET NULL ON UPDATE CASCADE)',
 ]
 
 
@@ -406,19 +429,25 @@ def test_history_follows_a_live_mariadb(mariadb_url):
     engine = sqlalchemy.create_engine(mariadb_url)
     try:
         with engine.connect() as conn:
+            conn.exec_driver_sql('SET SESSION foreign_key_checks = 0')  # cross-database keys
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS {LIVE_DB}2')
+            conn.exec_driver_sql(f'CREATE DATABASE {LIVE_DB}2')
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS {LIVE_DB}')
             conn.exec_driver_sql(f'CREATE DATABASE {LIVE_DB} CHARACTER SET utf8mb4 '
                                  f'COLLATE utf8mb4_general_ci')
             conn.exec_driver_sql(f'USE {LIVE_DB}')
-            history = SchemaHistory(read_information_schema(conn, [LIVE_DB]))
+            conn.exec_driver_sql('SET SESSION foreign_key_checks = 1')
+            history = SchemaHistory(read_information_schema(conn, [LIVE_DB, LIVE_DB + '2']))
             for i, sql in enumerate(LIVE_STEPS):
                 conn.exec_driver_sql(sql)
                 effects = history.apply(sql, LIVE_DB, (i,))
                 assert 'unknown-ddl' not in kinds(effects), (sql, effects)
-                live = read_information_schema(conn, [LIVE_DB])
+                live = read_information_schema(conn, [LIVE_DB, LIVE_DB + '2'])
                 for table in live.tables:
                     assert history.current.table(table.database, table.name) == table, sql
                 assert history.current == live, sql
+            conn.exec_driver_sql('SET SESSION foreign_key_checks = 0')
             conn.exec_driver_sql(f'DROP DATABASE {LIVE_DB}')
+            conn.exec_driver_sql(f'DROP DATABASE {LIVE_DB}2')
     finally:
         engine.dispose()

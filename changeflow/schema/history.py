@@ -671,8 +671,10 @@ def _object(words: Tuple[str, ...]) -> Optional[str]:
 
 def _derived_columns(schema: SourceSchema, select: str, database: Optional[str]
                      ) -> Optional[Tuple[Column, ...]]:
-    """The columns a CREATE ... SELECT of plain columns of one table creates
-    (types, nullability and literal defaults copied, as MySQL does), or None."""
+    """The columns a CREATE ... SELECT of plain columns of one table creates,
+    or None. As MariaDB does: types, nullability, literal and clock defaults
+    are copied; an AUTO_INCREMENT column gets DEFAULT 0, an expression default
+    is dropped, a generated column becomes a plain one."""
     try:
         node = sqlglot.parse_one(select, read='mysql')
     except Exception:  # ParseError or recursion
@@ -700,12 +702,16 @@ def _derived_columns(schema: SourceSchema, select: str, database: Optional[str]
             return None
         columns.append(column._replace(name=alias or column.name))
     plain = []
-    for column in columns:
-        kind = column.default_kind if column.default_kind in ('literal', 'null', 'none') else 'none'
-        plain.append(column._replace(
-            auto_increment=False, generated=None, stored=False, on_update_clock=False,
-            default=column.default if kind == 'literal' else None,
-            default_kind='null' if kind == 'none' and column.nullable else kind))
+    for column in columns:  # what MariaDB keeps of each column's definition
+        if column.auto_increment:
+            column = column._replace(auto_increment=False, default='0', default_kind='literal')
+        elif column.default_kind == 'expression':
+            column = column._replace(default=None,
+                                     default_kind='null' if column.nullable else 'none')
+        if column.generated is not None:
+            column = column._replace(generated=None, stored=False,
+                                     default_kind='null' if column.nullable else 'none')
+        plain.append(column)
     return tuple(plain)
 
 
