@@ -149,3 +149,18 @@ def test_cascades_are_followed_transitively():
 def test_unknown_kind_is_rejected(schema):
     with pytest.raises(ValueError, match='unknown write kind'):
         hazards(schema, 'orders', 'merge')
+
+
+def test_trigger_writes_are_followed_through_nested_triggers_and_cascades():
+    schema = read_schema_text("""
+        CREATE TABLE d.a (id INT PRIMARY KEY);
+        CREATE TABLE d.log (id INT PRIMARY KEY);
+        CREATE TABLE d.stats (id INT PRIMARY KEY);
+        CREATE TABLE d.detail (id INT PRIMARY KEY, stat INT,
+          FOREIGN KEY (stat) REFERENCES stats (id) ON DELETE CASCADE);
+        CREATE TRIGGER a_ad AFTER DELETE ON d.a FOR EACH ROW INSERT INTO log VALUES (OLD.id);
+        CREATE TRIGGER log_ai AFTER INSERT ON d.log FOR EACH ROW DELETE FROM stats WHERE id = 1;
+        """)
+    (trigger,) = write_hazards(schema, schema.table('d', 'a'), 'delete')
+    assert trigger.affected_tables == (('d', 'log'), ('d', 'stats'), ('d', 'detail'))
+    assert 'also d.stats, d.detail' in trigger.detail

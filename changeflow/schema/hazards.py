@@ -94,6 +94,30 @@ def _cascades(schema: SourceSchema, table: TableSchema, deleting: bool,
     return results
 
 
+def _reach(schema: SourceSchema, writes: Tuple[Tuple[str, str], ...]
+           ) -> Tuple[Tuple[str, str], ...]:
+    """The tables a trigger's writes reach: those it writes, then, through
+    every table reached, the writes of its own triggers (nested triggers
+    fire) and the tables its foreign keys cascade to. Conservative: any
+    event of a reached table is assumed."""
+    reached: List[Tuple[str, str]] = []
+    pending = list(writes)
+    while pending:
+        ref = pending.pop(0)
+        if any(schema.same_name(ref, seen) for seen in reached):
+            continue
+        reached.append(ref)
+        table = schema.table(*ref)
+        if table is None:
+            continue
+        for trigger in table.triggers:
+            pending.extend(trigger.writes)
+        for child, fk in schema.referencing(*ref):
+            if fk.on_delete in _CHANGING_ACTIONS or fk.on_update in _CHANGING_ACTIONS:
+                pending.append((child.database, child.name))
+    return tuple(reached)
+
+
 def write_hazards(schema: SourceSchema, table: TableSchema, kind: str,
                   columns_written: Iterable[str] = (), columns_omitted: Optional[Iterable[str]] = None,
                   columns_updated: Optional[Iterable[str]] = None) -> List[Hazard]:
@@ -131,7 +155,11 @@ def write_hazards(schema: SourceSchema, table: TableSchema, kind: str,
                 detail += ' and calls ' + ', '.join(trigger.calls) + ' (writes unknown)'
             if modifies_row:
                 detail += '; it may change the row before it is written'
-            hazards.append(Hazard('trigger', detail, trigger.writes, not modifies_row))
+            reached = _reach(schema, trigger.writes)
+            if len(reached) > len(trigger.writes):
+                detail += '; through their triggers and foreign keys also ' + ', '.join(
+                    f'{db}.{name}' for db, name in reached[len(trigger.writes):])
+            hazards.append(Hazard('trigger', detail, reached, not modifies_row))
 
     if kind in ('delete', 'replace'):
         for detail, reached in _cascades(schema, table, True, set()):
