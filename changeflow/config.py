@@ -155,6 +155,9 @@ def display_url(url: Optional[str]) -> Optional[str]:
 
 
 def _source_db(raw, base_dir: str) -> Optional[str]:
+    """``source_db.url``: an SQLAlchemy URL for read-only access to the
+    source. Prefer one without a password: the driver's option files hold it
+    (PyMySQL: ``?read_default_file=~/.my.cnf``). Shown only via display_url."""
     if raw is None:
         return None
     _check_keys('source_db', raw, ('url',), required=('url',))

@@ -135,7 +135,8 @@ def test_drop_column_leaves_keys_consistent(history):
     ("enum('a','b')", "enum('a','b','c')", False), ("enum('a','b')", "enum('a')", True),
     ('datetime', 'datetime(6)', False), ('datetime(6)', 'datetime', True), ('date', 'datetime', False),
     ('float', 'double', False), ('double', 'float', True), ('varbinary(4)', 'blob', False),
-    ('int', 'varchar(20)', True),
+    ('int', 'varchar(20)', True), ('bit(8)', 'bit(16)', False), ('bit(8)', 'bit(4)', True),
+    ('tinyint(1)', 'tinyint', False), ('char(10)', 'varchar(10)', False),
 ])
 def test_data_loss_of_type_changes(old, new, lossy):
     charset = dict(charset='utf8mb4', collation='utf8mb4_general_ci') if any(

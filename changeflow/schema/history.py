@@ -190,6 +190,8 @@ def data_loss(old: Column, new: Column) -> Optional[str]:
     if ob in ('binary', 'varbinary') + tuple(_BLOB_BYTES) and nb in (
             'varbinary',) + tuple(_BLOB_BYTES):
         return None if _binary_bytes(new) >= _binary_bytes(old) else lost
+    if ob == 'bit' and nb == 'bit':
+        return None if int(_args(new.type)[0]) >= int(_args(old.type)[0]) else lost
     if ob in ('enum', 'set') and nb == ob:
         return None if set(_args(old.type)) <= set(_args(new.type)) else lost
     if ob in _TEMPORAL and nb in _TEMPORAL:
