@@ -1,15 +1,21 @@
 """The YAML job configuration, validated into typed records."""
 
+import fnmatch
 import glob
 import os
 from typing import NamedTuple, Optional, Tuple
 
+import sqlalchemy
 import yaml
+from sqlalchemy.engine import make_url
 
 from changeflow.model import OpKind
+from changeflow.schema.ddl import DdlError
+from changeflow.schema.model import SourceSchema, TableSchema
+from changeflow.schema.readers import read_information_schema, read_schema_file
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
-           'parse_config', 'load_config']
+           'parse_config', 'load_config', 'display_url']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -29,6 +35,7 @@ class TableSpec(NamedTuple):
     columns: Tuple[Tuple[str, str], ...] = ()
     redact: Tuple[str, ...] = ()  # columns never shown in notifications or logs
     defaults: Tuple[Tuple[str, str], ...] = ()  # column -> DEFAULT of a table the sink creates
+    schema: Optional[TableSchema] = None  # the source table's schema, when the config has one
 
     def column_type(self, name: str) -> Optional[str]:
         return dict(self.columns).get(name)
@@ -57,6 +64,8 @@ class JobConfig(NamedTuple):
     dead_letter_path: str
     query_log_limit: int
     autocommit: bool
+    source_db_url: Optional[str] = None     # read-only SQLAlchemy URL; show it with display_url
+    schema: Optional[SourceSchema] = None   # from schema.file, else read over source_db
 
 
 class ConfigError(ValueError):
@@ -132,6 +141,225 @@ def _table(name: str, raw) -> TableSpec:
                      tuple(redact), tuple(defaults.items()))
 
 
+# --- schema and source_db ---------------------------------------------------
+
+def display_url(url: Optional[str]) -> Optional[str]:
+    """A database URL fit for logs: the password hidden (SQLAlchemy's
+    ``render_as_string(hide_password=True)``)."""
+    if url is None:
+        return None
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL: never echo it, it may hold a secret
+        return '<unparseable URL>'
+
+
+def _source_db(raw, base_dir: str) -> Optional[str]:
+    """``source_db.url``: an SQLAlchemy URL for read-only access to the
+    source. Prefer one without a password: the driver's option files hold it
+    (PyMySQL: ``?read_default_file=~/.my.cnf``). Shown only via display_url."""
+    if raw is None:
+        return None
+    _check_keys('source_db', raw, ('url',), required=('url',))
+    url = _typed('source_db.url', raw['url'], str, 'an SQLAlchemy URL')
+    try:
+        make_url(url)
+    except Exception:  # ArgumentError, or ValueError on a bad port
+        raise ConfigError('source_db.url: not an SQLAlchemy URL '
+                          '(dialect+driver://user@host/database)') from None
+    return _resolve_url(url, base_dir)
+
+
+def _is_pattern(name: str) -> bool:
+    return glob.has_magic(name)
+
+
+def _named_databases(tables) -> Optional[Tuple[str, ...]]:
+    """The databases ``tables:`` names (None: a pattern spans databases)."""
+    names = tables if isinstance(tables, list) else list(tables or {})
+    databases = []
+    for name in names:
+        if not isinstance(name, str) or '.' not in name:
+            continue
+        database = name.split('.', 1)[0]
+        if _is_pattern(database):
+            return None
+        if database not in databases:
+            databases.append(database)
+    return tuple(databases)
+
+
+def _schema(raw, source_db_url: Optional[str], tables, base_dir: str) -> Optional[SourceSchema]:
+    """The source schema: ``schema.file`` (a mysqldump --no-data --triggers
+    file or SHOW CREATE text, relative to the config file), else read from
+    ``source_db``'s information_schema, else None."""
+    raw = {} if raw is None else raw
+    _check_keys('schema', raw, ('file', 'lower_case_table_names'))
+    lower = raw.get('lower_case_table_names')
+    if lower is not None and (_typed('schema.lower_case_table_names', lower, int, '0, 1 or 2')
+                              not in (0, 1, 2)):
+        raise ConfigError(f'schema.lower_case_table_names: expected 0, 1 or 2, got {lower!r}')
+    if raw.get('file') is not None:
+        path = _resolve(_typed('schema.file', raw['file'], str, 'a path'), base_dir)
+        if not os.path.isfile(path):
+            raise ConfigError(f'schema.file: {path} does not exist')
+        try:
+            return read_schema_file(path, lower_case_table_names=lower or 0)
+        except DdlError as error:
+            raise ConfigError(f'schema.file: {path}: {error}') from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f'schema.file: cannot read {path}: {error}') from None
+    if source_db_url is None:
+        return None
+    shown = display_url(source_db_url)
+    try:
+        engine = sqlalchemy.create_engine(source_db_url)
+        try:
+            schema = read_information_schema(engine, _named_databases(tables))
+        finally:
+            engine.dispose()
+    except Exception as error:  # driver missing, unreachable, denied: all name the key
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        password = make_url(source_db_url).password
+        if password:
+            message = message.replace(str(password), '***')
+        raise ConfigError(f'source_db.url: cannot read the schema from {shown}: '
+                          f'{type(error).__name__}: {message}') from None
+    if lower is not None:
+        schema = SourceSchema(schema.tables, lower, schema.databases)
+    return schema
+
+
+def _schema_column_type(where: str, type_text: str) -> str:
+    """Validates a MySQL column type taken from the schema (``'int unsigned'``,
+    ``"enum('a','b')"``): the type layer's ``parse_type`` is to check it once
+    it reads MySQL type text; until then any non-empty text passes."""
+    if not isinstance(type_text, str) or not type_text.strip():
+        raise ConfigError(f'{where}: no column type')
+    return type_text
+
+
+def _schema_key(where: str, table: TableSchema) -> Tuple[str, ...]:
+    """The primary key, else the first UNIQUE key of NOT NULL columns (the
+    row identity InnoDB itself uses)."""
+    if table.primary_key:
+        return table.primary_key
+    for columns in table.unique_keys:
+        if all(table.column(c) is not None and not table.column(c).nullable for c in columns):
+            return columns
+    raise ConfigError(f'{where}: {table.qualified} has no primary key or NOT NULL unique key; '
+                      f'set key')
+
+
+def _schema_table(name: str, raw, table: TableSchema, pattern: bool = False) -> TableSpec:
+    """A table spec from the schema; ``raw`` may override key, target,
+    columns and redact (a pattern's spec only key and redact)."""
+    where = f'tables.{name}'
+    allowed = ('key', 'redact') if pattern else ('key', 'target', 'columns', 'redact')
+    _check_keys(where, raw, allowed)
+    source = name if not pattern else table.qualified
+    if raw.get('columns'):  # the config's own columns, validated as without a schema
+        spec = _table(source, {'key': list(_schema_key(where, table)), **raw})
+        return spec._replace(schema=table)
+    key = raw.get('key', list(_schema_key(where, table)))
+    if isinstance(key, str):
+        key = [key]
+    if not isinstance(key, (list, tuple)) or not key or not all(isinstance(k, str) for k in key):
+        raise ConfigError(f'{where}.key: expected a column name or a list of them, got {key!r}')
+    for column in key:
+        if table.column(column) is None:
+            raise ConfigError(f'{where}.key: {table.qualified} has no column {column!r}')
+    redact = raw.get('redact') or []
+    _typed(f'{where}.redact', redact, list, 'a list of column names')
+    if pattern:  # a pattern's redact names the columns of any table it matches
+        redact = [c for c in redact if isinstance(c, str) and table.column(c) is not None]
+    for column in redact:
+        if not isinstance(column, str) or table.column(column) is None:
+            raise ConfigError(f'{where}.redact: {table.qualified} has no column {column!r}')
+    target = _typed(f'{where}.target', raw.get('target', table.name), str, 'a string')
+    columns = tuple((c.name, _schema_column_type(f'{where}.columns.{c.name}', c.type))
+                    for c in table.columns)
+    defaults = tuple((c.name, c.default) for c in table.columns if c.default_kind == 'literal')
+    return TableSpec(source, tuple(table.column(k).name for k in key), target, columns,
+                     tuple(table.column(c).name for c in redact), defaults, table)
+
+
+def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
+    """``tables:`` as a mapping of name: spec, or (with a schema) a list of
+    names. With a schema, a spec may be empty and names may be patterns
+    (``shop.*``) expanded against it; tables named explicitly override a
+    pattern's."""
+    if isinstance(raw, list):
+        if schema is None:
+            raise ConfigError('tables: a list of names needs a schema (schema.file or '
+                              'source_db); without one give a mapping of database.table: spec')
+        entries = []
+        for i, name in enumerate(raw):
+            _typed(f'tables[{i}]', name, str, 'a database.table name or pattern')
+            entries.append((name, {}))
+    else:
+        _typed('tables', raw, dict, 'a mapping of database.table: spec')
+        entries = []
+        for name, spec in raw.items():
+            _typed('tables', name, str, 'table names as strings (database.table)')
+            entries.append((name, {} if spec is None else spec))
+    if not entries:
+        raise ConfigError('tables: name at least one table to replicate')
+    names = [name for name, _ in entries]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f'tables: {", ".join(duplicates)} named more than once')
+    explicit = [tuple(name.split('.', 1)) for name in names
+                if '.' in name and not _is_pattern(name)]
+    specs, taken = [], []
+
+    def named(ref) -> bool:
+        return any(schema.same_name(ref, other) for other in taken)
+
+    for name, spec in entries:  # in config order; a pattern adds the tables not named yet
+        where = f'tables.{name}'
+        if '.' not in name:
+            raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
+        if _is_pattern(name):
+            if schema is None:
+                raise ConfigError(f'{where}: a pattern needs a schema (schema.file or source_db)')
+            _typed(where, spec, dict, 'a mapping')
+            fold = (str.lower if schema.lower_case_table_names else str)
+            matched = [t for t in schema.tables if fnmatch.fnmatchcase(fold(t.qualified),
+                                                                        fold(name))]
+            if not matched:
+                raise ConfigError(f'{where}: the pattern matches no table of the schema')
+            redact = _typed(f'{where}.redact', spec.get('redact') or [], list,
+                            'a list of column names')
+            for column in redact:
+                if not any(isinstance(column, str) and t.column(column) for t in matched):
+                    raise ConfigError(f'{where}.redact: no table it matches has a column '
+                                      f'{column!r}')
+            for table in matched:
+                ref = (table.database, table.name)
+                if not named(ref) and not any(schema.same_name(ref, e) for e in explicit):
+                    specs.append(_schema_table(name, spec, table, pattern=True))
+                    taken.append(ref)
+            continue
+        table = schema.table(*name.split('.', 1)) if schema is not None else None
+        if table is None:
+            if not isinstance(spec, dict) or 'key' not in spec:
+                missing = ' and is not in the schema' if schema is not None else ''
+                _check_keys(where, spec, ('key', 'target', 'columns', 'redact'))
+                raise ConfigError(f'{where}: missing required key(s) key{missing}')
+            specs.append(_table(name, spec))
+        else:
+            if named((table.database, table.name)):
+                raise ConfigError(f'tables: {name} named more than once')
+            specs.append(_schema_table(name, spec, table))
+            taken.append((table.database, table.name))
+    targets = [spec.target for spec in specs]
+    clashes = sorted({t for t in targets if targets.count(t) > 1})
+    if clashes and schema is not None:
+        raise ConfigError(f'tables: several tables replicate to {", ".join(clashes)}; set target')
+    return tuple(specs)
+
+
 def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     where = f'sinks.notify[{i}]'
     _check_keys(where, raw, ('to', 'when'), required=('to',))
@@ -155,7 +383,8 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
 
 def parse_config(raw, base_dir: str = '.') -> JobConfig:
     """Validates a loaded YAML document; raises ConfigError naming the key."""
-    _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit'),
+    _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
+                                'schema', 'source_db'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
     source = raw['source']
     _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
@@ -168,10 +397,9 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     path = _resolve(source['path'], base_dir)
     if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
         raise ConfigError(f'source.path: {path} does not exist')
-    tables = raw['tables']
-    _typed('tables', tables, dict, 'a mapping of database.table: spec')
-    if not tables:
-        raise ConfigError('tables: name at least one table to replicate')
+    source_db_url = _source_db(raw.get('source_db'), base_dir)
+    schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
+    tables = _tables(raw['tables'], schema)
     window = raw.get('window') or {}
     _check_keys('window', window, ('seconds',))
     seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
@@ -197,7 +425,7 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     _check_keys('audit', audit, ('query_log_limit', 'autocommit'))
     return JobConfig(
         source=SourceConfig('archive', source['format'], path),
-        tables=tuple(_table(name, spec) for name, spec in tables.items()),
+        tables=tables,
         window_seconds=float(seconds),
         database_url=_resolve_url(database['url'], base_dir) if database else None,
         database_batch_size=database.get('batch_size', 500) if database else 500,
@@ -207,6 +435,8 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         query_log_limit=_typed('audit.query_log_limit', audit.get('query_log_limit', 1024), int,
                                'an integer'),
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
+        source_db_url=source_db_url,
+        schema=schema,
     )
 
 
