@@ -23,6 +23,8 @@ NEEDS_LOOKUP_FUNCTIONS = {
 }
 _BINARY = {exp.Add: '+', exp.Sub: '-', exp.Mul: '*', exp.Div: '/', exp.IntDiv: 'DIV',
            exp.Mod: '%'}
+_COMPARISONS = {exp.EQ: '=', exp.NullSafeEQ: '<=>', exp.NEQ: '<>', exp.LT: '<', exp.LTE: '<=',
+                exp.GT: '>', exp.GTE: '>=', exp.Xor: 'XOR'}
 _FUNCTIONS = {exp.Coalesce: 'COALESCE', exp.Upper: 'UPPER', exp.Lower: 'LOWER',
               exp.Abs: 'ABS', exp.Greatest: 'GREATEST', exp.Least: 'LEAST'}
 
@@ -58,6 +60,33 @@ class ExpressionCompiler:
         if op:
             return ('bin', op, self.compile(node.this, row_values),
                     self.compile(node.expression, row_values))
+        name = _COMPARISONS.get(type(node))
+        if name:
+            return ('fn', name, (self.compile(node.this, row_values),
+                                 self.compile(node.expression, row_values)))
+        if isinstance(node, (exp.And, exp.Or)):
+            # a AND b AND c is one n-ary node: evaluation stops at the operand that decides
+            return ('fn', 'AND' if isinstance(node, exp.And) else 'OR',
+                    tuple(self.compile(a, row_values) for a in node.flatten()))
+        if isinstance(node, exp.Not):
+            inner = node.this
+            if isinstance(inner, exp.Is):
+                name, args = self._is(inner, row_values)
+                return ('fn', 'IS NOT ' + name[3:], args)
+            return ('fn', 'NOT', (self.compile(inner, row_values),))
+        if isinstance(node, exp.Is):
+            name, args = self._is(node, row_values)
+            return ('fn', name, args)
+        if isinstance(node, exp.Between):
+            return ('fn', 'BETWEEN', tuple(self.compile(node.args[k], row_values)
+                                           for k in ('this', 'low', 'high')))
+        if isinstance(node, exp.In):
+            if node.args.get('query') or node.args.get('unnest') or node.args.get('field'):
+                raise needs_lookup(f'IN reads other rows: {node.sql(dialect="mysql")}')
+            return ('fn', 'IN', tuple(self.compile(a, row_values)
+                                      for a in [node.this, *node.expressions]))
+        if isinstance(node, (exp.Like, exp.Escape)):
+            return self._like(node, row_values)
         if isinstance(node, exp.Concat):
             return ('fn', 'CONCAT', tuple(self.compile(a, row_values) for a in node.expressions))
         name = _FUNCTIONS.get(type(node))
@@ -87,3 +116,27 @@ class ExpressionCompiler:
                 raise needs_lookup(f'non-deterministic function {fname}()')
             raise needs_lookup(f'function {fname}() is not evaluated by changeflow')
         raise needs_lookup(f'expression {node.sql(dialect="mysql")!r} is not evaluated by changeflow')
+
+    def _is(self, node: exp.Is, row_values) -> tuple:
+        """('IS NULL' / 'IS TRUE' / 'IS FALSE', args) of ``x IS NULL|UNKNOWN|TRUE|FALSE``."""
+        what = node.expression
+        if isinstance(what, exp.Null):
+            name = 'IS NULL'
+        elif isinstance(what, exp.Boolean):
+            name = 'IS TRUE' if what.this else 'IS FALSE'
+        else:
+            raise SqlChangeError('unsupported-sql', f'IS {what.sql(dialect="mysql")}')
+        return name, (self.compile(node.this, row_values),)
+
+    def _like(self, node, row_values) -> tuple:
+        """``a [NOT] LIKE p [ESCAPE e]`` (sqlglot wraps a LIKE with an escape in Escape)."""
+        escape = None
+        if isinstance(node, exp.Escape):
+            escape, node = node.expression, node.this
+            if not isinstance(node, exp.Like):
+                raise SqlChangeError('unsupported-sql', f'ESCAPE after {type(node).__name__}')
+        args = (self.compile(node.this, row_values), self.compile(node.expression, row_values))
+        if escape is not None:
+            args += (self.compile(escape, row_values),)
+        like = ('fn', 'LIKE', args)
+        return ('fn', 'NOT', (like,)) if node.args.get('negate') else like
