@@ -26,7 +26,28 @@ _BINARY = {exp.Add: '+', exp.Sub: '-', exp.Mul: '*', exp.Div: '/', exp.IntDiv: '
 _COMPARISONS = {exp.EQ: '=', exp.NullSafeEQ: '<=>', exp.NEQ: '<>', exp.LT: '<', exp.LTE: '<=',
                 exp.GT: '>', exp.GTE: '>=', exp.Xor: 'XOR'}
 _FUNCTIONS = {exp.Coalesce: 'COALESCE', exp.Upper: 'UPPER', exp.Lower: 'LOWER',
-              exp.Abs: 'ABS', exp.Greatest: 'GREATEST', exp.Least: 'LEAST'}
+              exp.Abs: 'ABS', exp.Greatest: 'GREATEST', exp.Least: 'LEAST',
+              exp.ConcatWs: 'CONCAT_WS'}
+# Functions whose sqlglot node names its arguments: node -> (NAME, argument keys
+# in the order expressions.py takes them; trailing ones optional).
+_NAMED_ARGS = {
+    exp.Nullif: ('NULLIF', ('this', 'expression')),
+    exp.Substring: ('SUBSTRING', ('this', 'start', 'length')),
+    exp.Left: ('LEFT', ('this', 'expression')),
+    exp.Right: ('RIGHT', ('this', 'expression')),
+    exp.Replace: ('REPLACE', ('this', 'expression', 'replacement')),
+    exp.Repeat: ('REPEAT', ('this', 'times')),
+    exp.Reverse: ('REVERSE', ('this',)),
+    exp.StrPosition: ('LOCATE', ('substr', 'this', 'position')),  # LOCATE, INSTR, POSITION
+    exp.Round: ('ROUND', ('this', 'decimals')),
+    exp.Trunc: ('TRUNCATE', ('this', 'decimals')),
+    exp.Floor: ('FLOOR', ('this',)),
+    exp.Ceil: ('CEIL', ('this',)),
+    exp.Sign: ('SIGN', ('this',)),
+    exp.If: ('IF', ('this', 'true', 'false')),
+}
+_TRIMS = {None: 'TRIM', 'BOTH': 'TRIM', 'LEADING': 'LTRIM', 'TRAILING': 'RTRIM'}
+_ANONYMOUS = {'MID': 'SUBSTRING', 'OCTET_LENGTH': 'LENGTH'}
 
 
 class ExpressionCompiler:
@@ -87,7 +108,25 @@ class ExpressionCompiler:
                                       for a in [node.this, *node.expressions]))
         if isinstance(node, (exp.Like, exp.Escape)):
             return self._like(node, row_values)
-        if isinstance(node, exp.Concat):
+        named = _NAMED_ARGS.get(type(node))
+        if named:
+            return ('fn', named[0], self._named_args(node, named[1], row_values))
+        if isinstance(node, exp.Length):
+            return ('fn', 'LENGTH' if node.args.get('binary') else 'CHAR_LENGTH',
+                    self._named_args(node, ('this',), row_values))
+        if isinstance(node, exp.Pad):
+            return ('fn', 'LPAD' if node.args.get('is_left') else 'RPAD',
+                    self._named_args(node, ('this', 'expression', 'fill_pattern'), row_values))
+        if isinstance(node, exp.Trim):
+            position = node.args.get('position')
+            name = _TRIMS.get(str(position).upper() if position else None)
+            if name is None:
+                raise SqlChangeError('unsupported-sql', f'TRIM {position}')
+            return ('fn', name, self._named_args(node, ('this', 'expression'), row_values,
+                                                  flags=('position',)))
+        if isinstance(node, exp.Case):
+            return self._case(node, row_values)
+        if type(node) is exp.Concat:  # pylint: disable=unidiomatic-typecheck (ConcatWs is one)
             return ('fn', 'CONCAT', tuple(self.compile(a, row_values) for a in node.expressions))
         name = _FUNCTIONS.get(type(node))
         if name:
@@ -101,8 +140,9 @@ class ExpressionCompiler:
                 if column not in row_values:
                     raise SqlChangeError('unsupported-sql', f'VALUES({column}) of a column not inserted')
                 return row_values[column]
-            if fname == 'IFNULL' and len(node.expressions) == 2:
-                return ('fn', 'IFNULL', tuple(self.compile(a, row_values) for a in node.expressions))
+            if fname in _ANONYMOUS:
+                return ('fn', _ANONYMOUS[fname], tuple(self.compile(a, row_values)
+                                                       for a in node.expressions))
             if fname in NEEDS_LOOKUP_FUNCTIONS:
                 raise needs_lookup(f'non-deterministic function {fname}()')
             raise needs_lookup(f'function {fname}() is not evaluated by changeflow')
@@ -116,6 +156,34 @@ class ExpressionCompiler:
                 raise needs_lookup(f'non-deterministic function {fname}()')
             raise needs_lookup(f'function {fname}() is not evaluated by changeflow')
         raise needs_lookup(f'expression {node.sql(dialect="mysql")!r} is not evaluated by changeflow')
+
+    def _named_args(self, node, keys, row_values, flags=()) -> tuple:
+        """The arguments ``keys`` of ``node``, compiled; trailing absent ones
+        dropped. An argument changeflow does not know (a dialect's extra) is refused."""
+        unknown = [k for k, v in node.args.items()
+                   if k not in keys and k not in flags and v is not None and not isinstance(v, bool)]
+        if unknown:
+            raise SqlChangeError('unsupported-sql', f'{node.sql(dialect="mysql")} ({unknown[0]})')
+        args = [node.args.get(k) for k in keys]
+        while args and args[-1] is None:
+            args.pop()
+        if any(a is None for a in args):
+            raise SqlChangeError('unsupported-sql', f'{node.sql(dialect="mysql")}: missing argument')
+        return tuple(self.compile(a, row_values) for a in args)
+
+    def _case(self, node: exp.Case, row_values) -> tuple:
+        """CASE as its searched form (when1, then1, ..., else): a simple CASE's
+        WHEN v becomes operand = v (MySQL compares them with =)."""
+        operand = node.this
+        args = []
+        for branch in node.args.get('ifs') or ():
+            when = self.compile(branch.this, row_values)
+            if operand is not None:
+                when = ('fn', '=', (self.compile(operand, row_values), when))
+            args += [when, self.compile(branch.args['true'], row_values)]
+        default = node.args.get('default')
+        args.append(self.compile(default, row_values) if default is not None else ('lit', None))
+        return ('fn', 'CASE', tuple(args))
 
     def _is(self, node: exp.Is, row_values) -> tuple:
         """('IS NULL' / 'IS TRUE' / 'IS FALSE', args) of ``x IS NULL|UNKNOWN|TRUE|FALSE``."""
