@@ -410,3 +410,52 @@ def test_no_function_raises_anything_but_an_expression_error():
         except ExpressionError:
             pass
         to_sql(expr)
+
+
+# DEFAULT and DEFAULT(col) ---------------------------------------------------
+
+@pytest.fixture
+def with_defaults():
+    from changeflow.config import TableSpec
+    from changeflow.sql.plans import StatementTranslator
+    return StatementTranslator([TableSpec(
+        'shop.items', ('id',), 'items',
+        (('id', 'integer'), ('status', 'string'), ('qty', 'integer'), ('note', 'text')),
+        defaults=(('status', 'new'), ('qty', '0')))])
+
+
+def test_default_in_assignments_and_values_is_the_declared_default(with_defaults):
+    (update,) = with_defaults.translate(
+        'UPDATE items SET status = DEFAULT, qty = DEFAULT(qty) + 1 WHERE id = 1', 'shop').changes
+    assert update.assignments == (('status', lit('new')), ('qty', lit(1)))  # typed: 1, not 1.0
+    first, second = with_defaults.translate(
+        "INSERT INTO items (id, status, qty) VALUES (1, DEFAULT, DEFAULT(qty)), (2, 'x', DEFAULT)",
+        'shop').changes
+    assert first.values == (('id', 1), ('status', 'new'), ('qty', 0))
+    assert second.values == (('id', 2), ('status', 'x'), ('qty', 0))
+    (upsert,) = with_defaults.translate(
+        'INSERT INTO items (id, qty) VALUES (1, 5) ON DUPLICATE KEY UPDATE '
+        'status = DEFAULT, qty = IFNULL(qty, default(qty))', 'shop').changes
+    assert upsert.assignments == (('status', lit('new')),
+                                  ('qty', ('fn', 'COALESCE', (col('qty'), lit(0)))))
+
+
+@pytest.mark.parametrize('sql, reason, detail', [
+    ('UPDATE items SET note = DEFAULT WHERE id = 1', 'needs-lookup', 'DEFAULT of column note'),
+    ('INSERT INTO items (id, note) VALUES (1, DEFAULT(note))', 'needs-lookup', 'DEFAULT of column note'),
+    ('INSERT INTO items (id) VALUES (DEFAULT)', 'needs-lookup', 'DEFAULT of column id'),
+    ('UPDATE items SET qty = DEFAULT + 1 WHERE id = 1', 'unsupported-sql', 'not a whole value'),
+    ('UPDATE items SET qty = DEFAULT(1) WHERE id = 1', 'unsupported-sql', 'not a column'),
+])
+def test_an_unknown_default_needs_lookup(with_defaults, sql, reason, detail):
+    with pytest.raises(SqlChangeError) as error:
+        with_defaults.translate(sql, 'shop')
+    assert error.value.reason == reason and detail in error.value.detail
+
+
+def test_default_clauses_of_ddl_are_left_to_the_parser():
+    from changeflow.sql.compile_expressions import mark_default_calls
+    ddl = 'ALTER TABLE t ADD c INT DEFAULT (1 + 1)'
+    assert mark_default_calls(ddl) == ddl
+    assert mark_default_calls('UPDATE t SET a = default (a), `x default`(b)') == (
+        'UPDATE t SET a = CHANGEFLOW_DEFAULT (a), `x default`(b)')

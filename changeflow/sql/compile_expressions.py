@@ -1,14 +1,17 @@
 """sqlglot expression nodes -> template expressions (:mod:`changeflow.sql.expressions`
 tuples that may also hold ``('param', i)``, the statement's i-th literal)."""
 
-from typing import Dict, Optional
+import re
+from typing import Any, Dict, Mapping, Optional
 
 from sqlglot import expressions as exp
 
+from changeflow.sql.coercion import coercer
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.literals import number_literal
 
-__all__ = ['ExpressionCompiler', 'NEEDS_LOOKUP_FUNCTIONS']
+__all__ = ['ExpressionCompiler', 'NEEDS_LOOKUP_FUNCTIONS', 'mark_default_calls', 'resolve_defaults',
+           'table_defaults']
 
 
 # A template expression is an expressions.py tuple that may also hold
@@ -50,6 +53,53 @@ _TRIMS = {None: 'TRIM', 'BOTH': 'TRIM', 'LEADING': 'LTRIM', 'TRAILING': 'RTRIM'}
 _ANONYMOUS = {'MID': 'SUBSTRING', 'OCTET_LENGTH': 'LENGTH'}
 
 
+# sqlglot cannot parse DEFAULT(col); in a data-changing statement's shape it is
+# renamed to a function it parses (DDL keeps DEFAULT (expr) column clauses).
+_DEFAULT_CALL = re.compile(r'(?<![\w$`.@])DEFAULT(?=\s*\()', re.IGNORECASE)
+_DML = re.compile(r'\s*(?:INSERT|REPLACE|UPDATE)\b', re.IGNORECASE)
+_DEFAULT_FUNCTION = 'CHANGEFLOW_DEFAULT'
+
+
+def mark_default_calls(text: str) -> str:
+    """``text`` (a statement shape) with DEFAULT(col) renamed so that sqlglot parses it."""
+    if _DML.match(text) and 'default' in text.lower():
+        return _DEFAULT_CALL.sub(_DEFAULT_FUNCTION, text)
+    return text
+
+
+def table_defaults(spec) -> Dict[str, Any]:
+    """Column -> literal DEFAULT of a TableSpec, as a value of the column's
+    declared type (the config holds them as text: DEFAULT(qty) + 1 is 1, not 1.0)."""
+    defaults = {}
+    for column, text in spec.defaults:
+        declared = spec.column_type(column)
+        try:
+            defaults[column] = coercer(declared)(text) if declared else text
+        except ValueError:  # a type changeflow does not coerce, or a default it does not fit
+            defaults[column] = text
+    return defaults
+
+
+def resolve_defaults(template: tuple, defaults: Mapping[str, Any]) -> tuple:
+    """``template`` with each ``('default', column)`` leaf replaced by the
+    column's literal default; needs-lookup when it is not known."""
+    tag = template[0]
+    if tag == 'default':
+        column = template[1]
+        if column not in defaults:
+            raise needs_lookup(f'DEFAULT of column {column} is not known (declare it in the '
+                               f'table\'s columns: {{type, default}})')
+        return ('lit', defaults[column])
+    if tag == 'neg':
+        return ('neg', resolve_defaults(template[1], defaults))
+    if tag == 'bin':
+        return ('bin', template[1], resolve_defaults(template[2], defaults),
+                resolve_defaults(template[3], defaults))
+    if tag == 'fn':
+        return ('fn', template[1], tuple(resolve_defaults(a, defaults) for a in template[2]))
+    return template
+
+
 class ExpressionCompiler:
     """Compiles the expressions of one statement; ``table_aliases`` are the names
     its columns may be qualified with (the statement's table and its alias)."""
@@ -57,8 +107,17 @@ class ExpressionCompiler:
     def __init__(self):
         self.table_aliases = None
 
-    def compile(self, node, row_values: Optional[Dict[str, tuple]] = None) -> tuple:
-        """Template expression of ``node``; ``row_values`` resolves VALUES(col)."""
+    def compile(self, node, row_values: Optional[Dict[str, tuple]] = None,
+                target: Optional[str] = None) -> tuple:
+        """Template expression of ``node``; ``row_values`` resolves VALUES(col);
+        ``target`` is the column a bare DEFAULT (the whole value) stands for.
+
+        DEFAULT and DEFAULT(col) become the leaf ``('default', col)``, which
+        :func:`resolve_defaults` replaces by the table's literal default."""
+        if _is_bare_default(node):
+            if target is None:
+                raise SqlChangeError('unsupported-sql', 'DEFAULT that is not a whole value')
+            return ('default', target)
         if isinstance(node, exp.Paren):
             return self.compile(node.this, row_values)
         if isinstance(node, exp.Placeholder):
@@ -140,6 +199,10 @@ class ExpressionCompiler:
                 if column not in row_values:
                     raise SqlChangeError('unsupported-sql', f'VALUES({column}) of a column not inserted')
                 return row_values[column]
+            if fname == _DEFAULT_FUNCTION:
+                if len(node.expressions) != 1 or not isinstance(node.expressions[0], exp.Column):
+                    raise SqlChangeError('unsupported-sql', 'DEFAULT() of something not a column')
+                return ('default', node.expressions[0].name)
             if fname in _ANONYMOUS:
                 return ('fn', _ANONYMOUS[fname], tuple(self.compile(a, row_values)
                                                        for a in node.expressions))
@@ -208,3 +271,11 @@ class ExpressionCompiler:
             args += (self.compile(escape, row_values),)
         like = ('fn', 'LIKE', args)
         return ('fn', 'NOT', (like,)) if node.args.get('negate') else like
+
+
+def _is_bare_default(node) -> bool:
+    """DEFAULT as a whole value: a Var in VALUES, an unquoted column in SET."""
+    if isinstance(node, exp.Var):
+        return node.name.upper() == 'DEFAULT'
+    return (isinstance(node, exp.Column) and not node.table and node.name.upper() == 'DEFAULT'
+            and not node.this.args.get('quoted'))
