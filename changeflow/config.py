@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional, Tuple
 import yaml
 
 from changeflow.model import OpKind
+from changeflow.sql.types import canonical_type
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config']
@@ -119,16 +120,17 @@ def _table(name: str, raw) -> TableSpec:
             if kind.get('default') is not None:
                 defaults[column] = str(kind['default'])
             kind = columns[column] = kind['type']
-        base = str(kind).split('(')[0].strip().lower()
-        if base not in COLUMN_TYPES:
-            raise ConfigError(f'{where}.columns.{column}: unknown type {kind!r}; '
-                              f'use one of {", ".join(COLUMN_TYPES)}')
+        try:
+            columns[column] = canonical_type(kind)
+        except ValueError as error:
+            raise ConfigError(f'{where}.columns.{column}: {error}; use one of '
+                              f'{", ".join(COLUMN_TYPES)} or a MySQL column type') from None
     if columns and not set(key) <= set(columns):
         raise ConfigError(f'{where}.columns: must include the key column(s) {", ".join(key)}')
     redact = raw.get('redact') or []
     _typed(f'{where}.redact', redact, list, 'a list of column names')
     return TableSpec(name, tuple(key), target,
-                     tuple((c, str(t).lower().replace(' ', '')) for c, t in columns.items()),
+                     tuple(columns.items()),
                      tuple(redact), tuple(defaults.items()))
 
 

@@ -37,6 +37,7 @@ from changeflow.sql.compile_expressions import (ExpressionCompiler, mark_default
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.expressions import leaf_tags, substitute
 from changeflow.sql.literals import mask_literals, numbered_shape
+from changeflow.sql.types import parse_type
 
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
 
@@ -395,7 +396,7 @@ def key_caster(spec: TableSpec):
     and `VALUES (5, ...)` name the same row."""
     casters = []
     for column in spec.key:
-        declared = (spec.column_type(column) or '').split('(')[0]
+        declared = _key_kind(spec.column_type(column))
         if declared in ('integer', 'bigint'):
             casters.append(lambda v: v if v is None or isinstance(v, int) else int(decimal.Decimal(str(v))))
         elif declared == 'decimal':
@@ -407,3 +408,19 @@ def key_caster(spec: TableSpec):
     if not any(casters):
         return None
     return lambda key: tuple(c(v) if c else v for c, v in zip(casters, key))
+
+
+def _key_kind(declared: Optional[str]) -> str:
+    """The changeflow kind a key column's declared type casts as (a MySQL
+    integer type as 'integer', CHAR/VARCHAR/ENUM/SET as 'string'); '' if none."""
+    try:
+        parsed = parse_type(declared or '')
+    except ValueError:
+        return ''
+    if parsed.changeflow or parsed.kind == 'decimal':
+        return parsed.kind
+    if parsed.integer_range is not None or parsed.kind in ('year', 'bit'):
+        return 'integer'
+    if parsed.kind in ('char', 'varchar', 'enum', 'set') or parsed.kind.endswith('text'):
+        return 'string'
+    return ''
