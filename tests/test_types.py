@@ -202,3 +202,18 @@ def test_the_database_sink_refuses_types_whose_values_mysql_normalises():
     for text in ('int unsigned', 'tinyint(1)', 'varchar(5)', 'decimal(10,2) unsigned', 'datetime(6)',
                  'mediumtext', 'varbinary(3)', 'bigint unsigned', 'double', 'json'):
         _sql_type(text)
+
+
+@pytest.mark.parametrize('text, value', [
+    ("enum('a','B')", 'b'), ("set('x','y')", 'y,x'), ('year', '69'), ('char(3)', 'ab '),
+    ('binary(3)', 'a'), ('bit(8)', '5'), ('time(0)', '-10:00:00.5'), ('tinyint unsigned', 255),
+    ('bigint unsigned', 2 ** 64 - 1), ('decimal(10,2) unsigned', '1.005'), ('float(10)', 0.5),
+    ('datetime(3)', '2024-01-01 10:00:00.12345'), ('mediumblob', b'\x00'), ('json', '[1]'),
+])
+def test_parquet_stores_mysql_types(text, value):
+    from changeflow.io import parquet
+    from changeflow.sql.coercion import coercer
+    arrow = arrow_type(text)
+    coerced = parquet._coercer(arrow, text)(value)
+    assert coerced == coercer(text)(value)
+    assert pa.array([coerced], type=arrow).to_pylist() == [coerced]

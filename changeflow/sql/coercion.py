@@ -388,7 +388,8 @@ def _mysql_coercer(column: ColumnType) -> Callable[[Any], Any]:
 
 _TEXT_BYTES = {'tinytext': 255, 'text': 65535, 'mediumtext': 2 ** 24 - 1, 'longtext': 2 ** 32 - 1}
 _BLOB_BYTES = {'tinyblob': 255, 'blob': 65535, 'mediumblob': 2 ** 24 - 1, 'longblob': 2 ** 32 - 1}
-_TIMESTAMP_RANGE = (datetime.datetime(1970, 1, 1, 0, 0, 1), datetime.datetime(2038, 1, 19, 3, 14, 7))
+_TIMESTAMP_RANGE = (datetime.datetime(1970, 1, 1, 0, 0, 1),
+                    datetime.datetime(2038, 1, 19, 3, 14, 7, 999999))
 _TIME_LIMIT = datetime.timedelta(hours=838, minutes=59, seconds=59)
 _TIME = re.compile(r'(-)?(?:(\d+) )?(\d+):(\d\d)(?::(\d\d)(?:\.(\d{1,6})\d*)?)?\Z')
 
@@ -512,9 +513,9 @@ def _fractional(fsp: int, timestamp: bool, value) -> datetime.datetime:
     result = _datetime(value)
     cut = 10 ** (6 - fsp)
     result = result.replace(microsecond=result.microsecond // cut * cut)
-    if timestamp and not _TIMESTAMP_RANGE[0] <= result <= _TIMESTAMP_RANGE[1].replace(
-            microsecond=999999):
-        raise BadValue('out of range for TIMESTAMP (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)')
+    if timestamp and not _TIMESTAMP_RANGE[0] <= result <= _TIMESTAMP_RANGE[1]:
+        raise BadValue('out of range for TIMESTAMP '
+                       '(1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)')
     return result
 
 

@@ -224,14 +224,16 @@ class ExpressionCompiler:
         """The arguments ``keys`` of ``node``, compiled; trailing absent ones
         dropped. An argument changeflow does not know (a dialect's extra) is refused."""
         unknown = [k for k, v in node.args.items()
-                   if k not in keys and k not in flags and v is not None and not isinstance(v, bool)]
+                   if k not in keys and k not in flags and v is not None
+                   and not isinstance(v, bool)]
         if unknown:
             raise SqlChangeError('unsupported-sql', f'{node.sql(dialect="mysql")} ({unknown[0]})')
         args = [node.args.get(k) for k in keys]
         while args and args[-1] is None:
             args.pop()
         if any(a is None for a in args):
-            raise SqlChangeError('unsupported-sql', f'{node.sql(dialect="mysql")}: missing argument')
+            raise SqlChangeError('unsupported-sql',
+                                 f'{node.sql(dialect="mysql")}: missing argument')
         return tuple(self.compile(a, row_values) for a in args)
 
     def _case(self, node: exp.Case, row_values) -> tuple:

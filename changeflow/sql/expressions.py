@@ -684,7 +684,9 @@ def _text_function(function):
 
 @_text_function
 def _length(subject):
-    return len(subject) if isinstance(subject, bytes) else len(subject.encode('utf-8', 'surrogatepass'))
+    if isinstance(subject, bytes):
+        return len(subject)
+    return len(subject.encode('utf-8', 'surrogatepass'))
 
 
 @_text_function

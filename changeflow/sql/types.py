@@ -162,7 +162,8 @@ def _column_type(name, arguments, modifiers, mysql) -> ColumnType:
             first = None
         if second is not None and second > first:
             raise ValueError('scale exceeds precision')
-        return ColumnType(kind, precision=first, scale=second, unsigned=fields.get('unsigned', False))
+        return ColumnType(kind, precision=first, scale=second,
+                          unsigned=fields.get('unsigned', False))
     if kind in ('time', 'datetime', 'timestamp'):
         if second is not None or (first or 0) > 6:
             raise ValueError('fractional seconds precision is 0 to 6')
