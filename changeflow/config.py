@@ -13,6 +13,7 @@ from changeflow.model import OpKind
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
 from changeflow.schema.readers import read_information_schema, read_schema_file
+from changeflow.sql.types import canonical_type
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config', 'display_url']
@@ -128,16 +129,17 @@ def _table(name: str, raw) -> TableSpec:
             if kind.get('default') is not None:
                 defaults[column] = str(kind['default'])
             kind = columns[column] = kind['type']
-        base = str(kind).split('(')[0].strip().lower()
-        if base not in COLUMN_TYPES:
-            raise ConfigError(f'{where}.columns.{column}: unknown type {kind!r}; '
-                              f'use one of {", ".join(COLUMN_TYPES)}')
+        try:
+            columns[column] = canonical_type(kind)
+        except ValueError as error:
+            raise ConfigError(f'{where}.columns.{column}: {error}; use one of '
+                              f'{", ".join(COLUMN_TYPES)} or a MySQL column type') from None
     if columns and not set(key) <= set(columns):
         raise ConfigError(f'{where}.columns: must include the key column(s) {", ".join(key)}')
     redact = raw.get('redact') or []
     _typed(f'{where}.redact', redact, list, 'a list of column names')
     return TableSpec(name, tuple(key), target,
-                     tuple((c, str(t).lower().replace(' ', '')) for c, t in columns.items()),
+                     tuple(columns.items()),
                      tuple(redact), tuple(defaults.items()))
 
 
@@ -231,12 +233,13 @@ def _schema(raw, source_db_url: Optional[str], tables, base_dir: str) -> Optiona
 
 
 def _schema_column_type(where: str, type_text: str) -> str:
-    """Validates a MySQL column type taken from the schema (``'int unsigned'``,
-    ``"enum('a','b')"``): the type layer's ``parse_type`` is to check it once
-    it reads MySQL type text; until then any non-empty text passes."""
-    if not isinstance(type_text, str) or not type_text.strip():
-        raise ConfigError(f'{where}: no column type')
-    return type_text
+    """A MySQL column type taken from the schema (``'int unsigned'``,
+    ``"enum('a','b')"``), read with MySQL's meaning of the bare names
+    (``datetime`` has no fractional seconds), as the TableSpec keeps it."""
+    try:
+        return canonical_type(type_text, mysql=True)
+    except ValueError as error:
+        raise ConfigError(f'{where}: {error}') from None
 
 
 def _schema_key(where: str, table: TableSchema) -> Tuple[str, ...]:

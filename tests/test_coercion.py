@@ -286,3 +286,121 @@ def test_sink_specific_limits_stay_in_the_sinks():
     assert parquet._coercer(pa.decimal128(38, 9), 'decimal')('1.0000000005') == D('1.000000001')
     assert sql._coercer(sa.Numeric())('1.0000000005') == D('1.0000000005')
     assert sql._coercer(sa.Time())('10:00') == '10:00'  # undeclared types: the driver's
+
+
+# MySQL column types: what MariaDB 10.11 stores in strict mode --------------
+# (value as written in SQL, the value as Python passes it, what MariaDB holds).
+# test_mysql_cases_match_live_mariadb stores each in a real column when the
+# local MariaDB is reachable.
+
+from changeflow.sql.literals import HexLiteral  # noqa: E402
+
+MYSQL_STORES = [
+    ("enum('a','B')", "'b'", 'b', 'B'), ("enum('a','B')", "'A '", 'A ', 'a'),
+    ("enum('a','B')", '2', 2, 'B'), ("enum('a','B')", "'2'", '2', 'B'),
+    ("enum('a','B')", '1.6', D('1.6'), 'a'), ("enum('0','1','2')", '2', 2, '1'),
+    ("enum('0','1','2')", "'2'", '2', '2'), ("enum('0','1','2')", "'3'", '3', '2'),
+    ("enum('a ','b')", "'a'", 'a', 'a'),
+    ("set('x','y','z')", "'z,x,X'", 'z,x,X', 'x,z'), ("set('x','y','z')", "''", '', ''),
+    ("set('x','y','z')", '5', 5, 'x,z'), ("set('x','y','z')", "'3'", '3', 'x,y'),
+    ("set('x','y','z')", '0', 0, ''),
+    ('year', '0', 0, 0), ('year', "'0'", '0', 2000), ('year', "'00'", '00', 2000),
+    ('year', '69', 69, 2069), ('year', '70', 70, 1970), ('year', "'69'", '69', 2069),
+    ('year', '99', 99, 1999), ('year', '1901', 1901, 1901), ('year', '2155', 2155, 2155),
+    ('year', "'2024'", '2024', 2024), ('year', '2024.6', D('2024.6'), 2025),
+    ('datetime(0)', "'2024-01-01 10:00:00.6'", '2024-01-01 10:00:00.6',
+     datetime.datetime(2024, 1, 1, 10, 0)),
+    ('datetime(1)', "'2024-01-01 10:00:00.66'", '2024-01-01 10:00:00.66',
+     datetime.datetime(2024, 1, 1, 10, 0, 0, 600000)),
+    ('bit(8)', '255', 255, 255), ('bit(8)', "'5'", '5', 53), ('bit(8)', '0x41', HexLiteral(b'A'), 65),
+    ("bit(8)", "b'101'", 5, 5), ('bit(16)', "'ab'", 'ab', 0x6162),
+    ('char(3)', "'ab '", 'ab ', 'ab'), ('char(3)', "'ab   '", 'ab   ', 'ab'),
+    ('varchar(3)', "'ab    '", 'ab    ', 'ab '), ('binary(4)', "'ab'", 'ab', b'ab\0\0'),
+    ('varbinary(10)', '5', 5, b'5'), ('varchar(5)', '0x41', HexLiteral(b'A'), 'A'),
+    ('varchar(5)', '12.50', D('12.50'), '12.50'), ('text', '12.5e0', 12.5, '12.5'),
+    ('varchar(10)', '1e20', 1e20, '1e20'), ('varchar(10)', '6e0', 6.0, '6'),
+    ('tinyint(1)', '2', 2, 2), ('int unsigned', '4294967295', 4294967295, 4294967295),
+    ('decimal(5,2)', '1.005', D('1.005'), D('1.01')), ('decimal(5,2)', '-1.005', D('-1.005'), D('-1.01')),
+    ('decimal(5,2)', '0x41', HexLiteral(b'A'), D('65.00')), ('int', '0x41', HexLiteral(b'A'), 65),
+    ('int', '2.5', D('2.5'), 3), ('tinyint', "' 12 '", ' 12 ', 12), ('float', '0.1', D('0.1'), 0.1),
+    ('bigint unsigned', '18446744073709551615', 2 ** 64 - 1, 2 ** 64 - 1),
+    ('time', "'838:59:59'", '838:59:59', datetime.timedelta(hours=838, minutes=59, seconds=59)),
+    ('time', "'-10:00:00.5'", '-10:00:00.5', -datetime.timedelta(hours=10)),
+    ('time(2)', "'1 02:03:04.567'", '1 02:03:04.567', datetime.timedelta(days=1, seconds=7384, microseconds=560000)),
+    ('mediumint unsigned', '16777215', 16777215, 16777215), ('smallint', '-32768', -32768, -32768),
+    ('char(2) character set utf8mb4', "'é '", 'é ', 'é'),
+]
+
+MYSQL_REFUSES = [
+    ("enum('a','B')", '0', 0), ("enum('a','B')", "''", ''), ("enum('a','B')", '3', 3),
+    ("enum('a','B')", "'c'", 'c'),
+    ("set('x','y','z')", '8', 8), ("set('x','y','z')", "'x,w'", 'x,w'),
+    ("set('x','y','z')", "'y, x'", 'y, x'),
+    ('year', '1900', 1900), ('year', '2156', 2156), ('year', "'24x'", '24x'),
+    ('timestamp', "'1969-12-31 23:59:59'", '1969-12-31 23:59:59'),
+    ('timestamp', "'2038-01-19 03:14:08'", '2038-01-19 03:14:08'),
+    ('bit(8)', '256', 256), ('char(3)', "'abcd'", 'abcd'), ('varbinary(2)', "'abc'", 'abc'),
+    ('tinyint', '128', 128), ('tinyint unsigned', '-1', -1), ('decimal(5,2) unsigned', '-1', -1),
+    ('int', "'12abc'", '12abc'), ('double unsigned', '-1', -1), ('time', "'839:00:00'", '839:00:00'),
+    ('int unsigned', '4294967296', 4294967296), ('smallint', '32768', 32768),
+    ('tinytext', 'REPEAT(\'é\', 128)', 'é' * 128),
+]
+
+
+@pytest.mark.parametrize('column_type, sql, value, stored', MYSQL_STORES)
+def test_mysql_types_store_what_mariadb_stores(column_type, sql, value, stored):
+    result = coercer(column_type)(value)
+    assert result == stored and type(result) is type(stored), (value, result)
+
+
+@pytest.mark.parametrize('column_type, sql, value', MYSQL_REFUSES)
+def test_mysql_types_refuse_what_mariadb_refuses(column_type, sql, value):
+    with pytest.raises(BadValue):
+        coercer(column_type)(value)
+
+
+def test_tinyint_1_is_an_integer_and_boolean_stays_a_bool():
+    assert coercer('tinyint(1)')(5) == 5 and type(coercer('tinyint(1)')(1)) is int
+    assert coercer('bool')(5) is True and coercer('boolean')(0) is False
+
+
+def _mariadb():
+    pymysql = pytest.importorskip('pymysql')
+    try:
+        return pymysql.connect(host='127.0.0.1', port=3306, user='root', database='test',
+                               connect_timeout=2, charset='utf8mb4', autocommit=True)
+    except pymysql.err.OperationalError as error:
+        pytest.skip(f'MariaDB at 127.0.0.1:3306 is not reachable: {error}')
+
+
+def _as_python(column_type, value):
+    """A value as pymysql returns it, as changeflow's coercion holds it."""
+    if column_type.startswith('bit') and isinstance(value, bytes):
+        return int.from_bytes(value, 'big')
+    return value
+
+
+def test_mysql_cases_match_live_mariadb():
+    import pymysql
+    connection = _mariadb()
+    wrong = []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET sql_mode = DEFAULT, time_zone = '+00:00'")
+            for column_type, text, _, stored in MYSQL_STORES + [c + (None,) for c in MYSQL_REFUSES]:
+                cursor.execute('DROP TABLE IF EXISTS cf_expr_coercion')
+                cursor.execute(f'CREATE TABLE cf_expr_coercion (v {column_type})')
+                try:
+                    cursor.execute(f'INSERT INTO cf_expr_coercion VALUES ({text})')
+                except pymysql.err.MySQLError:
+                    if stored is not None:
+                        wrong.append((column_type, text, 'refused'))
+                    continue
+                cursor.execute('SELECT v FROM cf_expr_coercion')
+                (server,), = cursor.fetchall()
+                if stored is None or _as_python(column_type, server) != stored:
+                    wrong.append((column_type, text, server))
+            cursor.execute('DROP TABLE IF EXISTS cf_expr_coercion')
+    finally:
+        connection.close()
+    assert not wrong, wrong

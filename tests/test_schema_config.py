@@ -36,7 +36,7 @@ def test_a_list_of_names_takes_keys_columns_and_defaults_from_the_schema(base):
     job = config(base, [f'{DB}.orders', f'{DB}.customers'])
     orders, customers = job.tables
     assert orders.key == ('tenant_id', 'order_id') and orders.target == 'orders'
-    assert orders.columns[:3] == (('tenant_id', 'int'), ('order_id', 'bigint unsigned'),
+    assert orders.columns[:3] == (('tenant_id', 'int'), ('order_id', 'bigint(20) unsigned'),
                                   ('customer_id', 'int unsigned'))
     assert [c for c, _ in orders.columns] == list(orders.schema.column_names)
     assert dict(customers.columns)['status'] == "enum('active','closed')"
@@ -170,4 +170,4 @@ def test_load_config_resolves_the_schema_file_next_to_the_config(base):
         f'schema: {{file: schema.sql}}\ntables: [{DB}.counters]\nsinks: {{}}\n'
         'dead_letter: {path: dead}\n')
     job = load_config(str(base / 'job.yaml'))
-    assert job.tables[0].columns == (('name', 'varchar(30)'), ('value', 'bigint'))
+    assert job.tables[0].columns == (('name', 'varchar(30)'), ('value', 'bigint(20)'))

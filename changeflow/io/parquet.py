@@ -75,11 +75,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from changeflow.sql.coercion import BadValue, coercer
-from changeflow.config import COLUMN_TYPES, TableSpec
+from changeflow.config import TableSpec
 from changeflow.sql.expressions import to_sql
 from changeflow.io.files import WrittenFile, write_file
 from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
+from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -97,7 +98,6 @@ METADATA_SCHEMA = pa.schema([
     pa.field('computed', pa.map_(pa.string(), pa.string()), nullable=False),
 ])
 _RESERVED = frozenset(METADATA_SCHEMA.names) | {'table', 'date', 'values'}
-_DECIMAL = re.compile(r'decimal\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?$', re.I)
 _UNSAFE_IN_NAME = re.compile(r'[^A-Za-z0-9._-]')
 _UNROUTABLE = ('', '')
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
@@ -105,24 +105,9 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def arrow_type(column_type: str) -> pa.DataType:
-    """The Arrow type of a TableSpec column type; ValueError if unknown."""
-    name = column_type.strip().lower()
-    match = _DECIMAL.match(name)
-    if match:
-        precision = int(match.group(1) or 38)
-        scale = int(match.group(2) or (0 if match.group(1) else 9))
-        if not 1 <= precision <= 76 or scale > precision:
-            raise ValueError(f'bad decimal precision/scale in {column_type!r}')
-        return (pa.decimal128 if precision <= 38 else pa.decimal256)(precision, scale)
-    types = {
-        'integer': pa.int64(), 'bigint': pa.int64(), 'float': pa.float64(),
-        'string': pa.string(), 'text': pa.string(), 'json': pa.string(),
-        'boolean': pa.bool_(), 'date': pa.date32(), 'datetime': pa.timestamp('us'),
-        'binary': pa.binary(),
-    }
-    if name not in types:
-        raise ValueError(f'unknown column type {column_type!r}; expected one of {COLUMN_TYPES}')
-    return types[name]
+    """The Arrow type of a TableSpec column type (:func:`changeflow.sql.types.arrow_type`:
+    a bare 'decimal' is decimal128(38,9)); ValueError if unknown."""
+    return types.arrow_type(column_type)
 
 
 def _coercer(arrow: pa.DataType, column_type: str) -> Callable[[Any], Any]:

@@ -58,6 +58,7 @@ from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
+from changeflow.sql.types import normalises_values, sqlalchemy_type
 
 __all__ = ['WriteToDatabase']
 
@@ -71,41 +72,19 @@ _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
 _DETAIL_LENGTH = 2000
-_DECIMAL_TYPE = re.compile(r'decimal\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\Z', re.IGNORECASE)
 _MISSING = object()
 
 
 def _sql_type(declared: str) -> sa.types.TypeEngine:
-    """The SQLAlchemy type of a TableSpec column type (config.COLUMN_TYPES).
-
-    MySQL/MariaDB get the variants that hold what the other databases hold:
-    DECIMAL(65,30) for an unqualified decimal (MySQL's default is (10,0)),
-    DATETIME(6), LONGTEXT and LONGBLOB.
-    """
-    kind = declared.strip().lower()
-    match = _DECIMAL_TYPE.match(kind)
-    if match:
-        precision, scale = int(match.group(1)), int(match.group(2))
-        if not 0 < precision or scale > precision:
-            raise ValueError(f'bad decimal precision/scale: {declared!r}')
-        return sa.Numeric(precision, scale)
-    types = {
-        'integer': lambda: sa.Integer(),
-        'bigint': lambda: sa.BigInteger(),
-        'decimal': lambda: sa.Numeric().with_variant(mysql.DECIMAL(65, 30), 'mysql', 'mariadb'),
-        'float': lambda: sa.Double(),
-        'string': lambda: sa.String(255),
-        'text': lambda: sa.Text().with_variant(mysql.LONGTEXT(), 'mysql', 'mariadb'),
-        'boolean': lambda: sa.Boolean(),
-        'date': lambda: sa.Date(),
-        'datetime': lambda: sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mysql', 'mariadb'),
-        'binary': lambda: sa.LargeBinary().with_variant(mysql.LONGBLOB(), 'mysql', 'mariadb'),
-        'json': lambda: sa.JSON(none_as_null=True),
-    }
-    if kind not in types:
-        raise ValueError(f'unknown column type {declared!r}; expected one of '
-                         f'{sorted(types)} or decimal(p,s)')
-    return types[kind]()
+    """The SQLAlchemy type of a TableSpec column type: :func:`changeflow.sql.types.sqlalchemy_type`
+    (MySQL/MariaDB get DECIMAL(65,30) for an unqualified decimal, DATETIME(6),
+    LONGTEXT and LONGBLOB; SQLite keeps decimals exact). ValueError if unknown,
+    or if MySQL changes values of the type as it stores them (ENUM, SET,
+    YEAR, CHAR, ...): this sink coerces by storage type, which would not."""
+    if normalises_values(declared):
+        raise ValueError(f'column type {declared!r} is not supported by the database sink yet: '
+                         f'MySQL normalises its values, and the sink coerces by storage type')
+    return sqlalchemy_type(declared)
 
 
 # ---------------------------------------------------------------------------

@@ -31,6 +31,10 @@ from typing import Any, Callable, Optional
 
 import orjson
 
+from changeflow.sql.expressions import ExpressionError, double_text
+from changeflow.sql.literals import HexLiteral
+from changeflow.sql.types import ColumnType, parse_type
+
 __all__ = ['BadValue', 'coercer']
 
 _DECIMAL_TYPE = re.compile(r'decimal\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?', re.IGNORECASE)
@@ -77,7 +81,8 @@ def coercer(column_type: str, *, length: Optional[int] = None) -> Callable[[Any]
       datetime, or a date (at midnight).
     * ``string``, ``text`` -> str. Bytes are decoded as UTF-8, and numbers
       get their SQL text: 1/0 for booleans, Decimal in positional notation
-      ('0.0000001', never '1E-7'), floats as repr. Dates use ISO text with a
+      ('0.0000001', never '1E-7'), floats as MariaDB prints a DOUBLE ('6',
+      '0.25', '1e20'). Dates use ISO text with a
       space before the time. Text that is not UTF-8 (a lone surrogate left
       by 'surrogateescape' decoding) is refused, as utf8mb4 refuses it. With
       ``length``, text longer than ``length`` characters is refused
@@ -90,9 +95,39 @@ def coercer(column_type: str, *, length: Optional[int] = None) -> Callable[[Any]
       back from a replica) becomes its JSON text. A sink that stores
       documents as objects parses this text.
 
+    A MySQL column type (as :func:`changeflow.sql.types.parse_type` reads
+    it) gets MySQL's rules for that type in strict mode (checked against
+    MariaDB 10.11):
+
+    * integer types: the integer rules above, within the type's range
+      (TINYINT -128..127, INT UNSIGNED 0..4294967295, ...); TINYINT(1) keeps
+      its integer (2 stays 2). A hexadecimal literal is its unsigned value.
+    * ``decimal(p,s) unsigned``, ``float``, ``double``: as above; unsigned
+      refuses a negative value.
+    * ``char(n)``: text of at most n characters, trailing spaces removed (a
+      CHAR reads back without them); ``varchar(n)``: at most n characters
+      (spaces beyond n are cut, as MySQL cuts them with a note only);
+      ``tinytext`` .. ``longtext``: at most their bytes in UTF-8.
+    * ``binary(n)``: bytes padded with NUL to n; ``varbinary(n)``, blobs: at
+      most n (their) bytes; a number is stored as its text.
+    * ``enum(...)``: a member by value (case- and trailing-space-insensitive,
+      stored with the declared spelling) or by 1-based index (a number, or a
+      numeric string that is not a member); '' and 0 are refused.
+    * ``set(...)``: comma-separated members, stored in declaration order
+      without duplicates ('z,x,X' -> 'x,z'), or a bitmask number; an unknown
+      member is refused.
+    * ``year``: 1901..2155, or 0; two-digit years 1..69 -> 2001..2069 and
+      70..99 -> 1970..1999 ('0' and '00' -> 2000, the number 0 stays 0).
+    * ``datetime(n)``, ``timestamp(n)``: as ``datetime``, fractional seconds
+      cut to n digits (MariaDB truncates); a TIMESTAMP is within
+      1970-01-01 00:00:01 .. 2038-01-19 03:14:07 UTC. ``time(n)``: a
+      timedelta within -838:59:59..838:59:59.
+    * ``bit(n)``: an int below 2**n; bytes and text by their bytes ('5' is 53).
+
     Args:
         column_type: one of :data:`changeflow.config.COLUMN_TYPES`, or
-            ``decimal(p)`` / ``decimal(p,s)``; any case, spaces allowed.
+            ``decimal(p)`` / ``decimal(p,s)``, or a MySQL column type; any
+            case, spaces allowed.
         length: for ``string`` and ``text`` only: most characters stored.
 
     Raises:
@@ -112,10 +147,17 @@ def coercer(column_type: str, *, length: Optional[int] = None) -> Callable[[Any]
         return functools.partial(_fixed_decimal, precision, scale)
     if kind in ('string', 'text'):
         return functools.partial(_string, length)
-    if kind not in _COERCERS:
+    if kind in _COERCERS:
+        return _COERCERS[kind]
+    try:
+        parsed = parse_type(column_type)
+    except ValueError:
         raise ValueError(f'unknown column type {column_type!r}; expected one of '
-                         f'{sorted([*_COERCERS, "string", "text", "decimal"])} or decimal(p,s)')
-    return _COERCERS[kind]
+                         f'{sorted([*_COERCERS, "string", "text", "decimal"])}, decimal(p,s) '
+                         f'or a MySQL column type') from None
+    if parsed.changeflow:  # an alias of one of changeflow's names (bool)
+        return coercer(parsed.kind)
+    return _mysql_coercer(parsed)
 
 
 def _text(value, what: str) -> str:
@@ -134,6 +176,8 @@ def _number(value) -> decimal.Decimal:
     """``value`` as an exact, finite Decimal (a float by its shortest repr)."""
     if isinstance(value, bool):
         result = decimal.Decimal(int(value))
+    elif isinstance(value, HexLiteral):  # 0x41 is 65 in numeric context
+        result = decimal.Decimal(int.from_bytes(value, 'big'))
     elif isinstance(value, (int, decimal.Decimal)):
         result = decimal.Decimal(value)
     elif isinstance(value, float):
@@ -254,7 +298,10 @@ def _string(length: Optional[int], value) -> str:
     elif isinstance(value, decimal.Decimal):
         result = format(value, 'f')
     elif isinstance(value, float):
-        result = repr(value)
+        try:
+            result = double_text(value)  # as MariaDB prints a DOUBLE: 6.0 is '6'
+        except ExpressionError:
+            raise BadValue('not a finite number') from None
     elif isinstance(value, datetime.datetime):
         result = value.isoformat(sep=' ')
     elif isinstance(value, datetime.date):
@@ -276,6 +323,8 @@ def _json(value) -> str:
             raise BadValue('not a JSON document') from None
     if isinstance(value, datetime.date):
         raise BadValue(f'{type(value).__name__} is not JSON')
+    if isinstance(value, float) and value != value or value in (float('inf'), float('-inf')):
+        raise BadValue('not valid JSON')
     text = _string(None, value)
     try:
         orjson.loads(text)
@@ -299,3 +348,209 @@ _COERCERS = {
     'integer': _integer, 'bigint': _integer, 'float': _float, 'boolean': _boolean,
     'date': _date, 'datetime': _datetime, 'binary': _binary, 'json': _json,
 }
+
+
+# MySQL column types -----------------------------------------------------------
+
+def _mysql_coercer(column: ColumnType) -> Callable[[Any], Any]:
+    kind = column.kind
+    if column.integer_range is not None:
+        return functools.partial(_ranged_integer, kind.upper() + (' UNSIGNED' if column.unsigned
+                                                                  else ''), column.integer_range)
+    if kind == 'decimal':  # DECIMAL(p,s) UNSIGNED (a signed one is changeflow's decimal(p,s))
+        return functools.partial(_unsigned, functools.partial(
+            _fixed_decimal, column.precision, column.scale))
+    if kind in ('float', 'double'):
+        return functools.partial(_unsigned, _float) if column.unsigned else _float
+    if kind in ('char', 'varchar'):
+        return functools.partial(_characters, column.length, kind == 'char')
+    if kind in _TEXT_BYTES:
+        return functools.partial(_text_bytes, _TEXT_BYTES[kind])
+    if kind in ('binary', 'varbinary') or kind in _BLOB_BYTES:
+        size = column.length if kind in ('binary', 'varbinary') else _BLOB_BYTES[kind]
+        return functools.partial(_bytes_of, size, kind == 'binary')
+    if kind == 'enum':
+        return functools.partial(_enum, column.values)
+    if kind == 'set':
+        return functools.partial(_set, column.values)
+    if kind == 'year':
+        return _year
+    if kind == 'date':
+        return _date
+    if kind in ('datetime', 'timestamp'):
+        return functools.partial(_fractional, column.fsp, kind == 'timestamp')
+    if kind == 'time':
+        return functools.partial(_time, column.fsp)
+    if kind == 'bit':
+        return functools.partial(_bit, column.length)
+    return _json
+
+
+_TEXT_BYTES = {'tinytext': 255, 'text': 65535, 'mediumtext': 2 ** 24 - 1, 'longtext': 2 ** 32 - 1}
+_BLOB_BYTES = {'tinyblob': 255, 'blob': 65535, 'mediumblob': 2 ** 24 - 1, 'longblob': 2 ** 32 - 1}
+_TIMESTAMP_RANGE = (datetime.datetime(1970, 1, 1, 0, 0, 1),
+                    datetime.datetime(2038, 1, 19, 3, 14, 7, 999999))
+_TIME_LIMIT = datetime.timedelta(hours=838, minutes=59, seconds=59)
+_TIME = re.compile(r'(-)?(?:(\d+) )?(\d+):(\d\d)(?::(\d\d)(?:\.(\d{1,6})\d*)?)?\Z')
+
+
+def _ranged_integer(name: str, bounds, value) -> int:
+    result = _integer(value)
+    if not bounds[0] <= result <= bounds[1]:
+        raise BadValue(f'out of range for {name} ({bounds[0]} to {bounds[1]})')
+    return result
+
+
+def _unsigned(coerce, value):
+    result = coerce(value)
+    if result < 0:
+        raise BadValue('out of range for an UNSIGNED column (negative)')
+    return result
+
+
+def _characters(length: int, fixed: bool, value) -> str:
+    """CHAR(n) / VARCHAR(n): spaces beyond n are cut (MySQL notes it, even in
+    strict mode); other characters beyond n are refused; a CHAR loses its
+    trailing spaces."""
+    text = _string(None, value)
+    if len(text) > length:
+        if text[length:].strip(' '):
+            raise BadValue(f'longer than {length} characters')
+        text = text[:length]
+    return text.rstrip(' ') if fixed else text
+
+
+def _text_bytes(size: int, value) -> str:
+    text = _string(None, value)
+    if len(text) * 4 > size and len(text.encode('utf-8')) > size:
+        raise BadValue(f'longer than {size} bytes')
+    return text
+
+
+def _bytes_of(size: int, pad: bool, value) -> bytes:
+    """BINARY(n) (padded with NUL to n), VARBINARY(n), BLOB: a number is its text."""
+    if isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool):
+        value = _string(None, value)
+    elif isinstance(value, bool):
+        value = str(int(value))
+    data = _binary(value)
+    if len(data) > size:
+        raise BadValue(f'longer than {size} bytes')
+    return data.ljust(size, b'\0') if pad else data
+
+
+def _index(value, count: int) -> Optional[int]:
+    """A number used as an ENUM index / SET bitmask (truncated, as MariaDB does); None if text."""
+    if isinstance(value, (str, bytes, bytearray)) and not isinstance(value, HexLiteral):
+        return None
+    number = _number(value)
+    if number.adjusted() > 20:
+        raise BadValue('out of range')
+    return int(number)
+
+
+def _member_key(text: str) -> str:
+    return text.rstrip(' ').casefold()
+
+
+def _enum(members, value) -> str:
+    keys = {_member_key(m): m for m in reversed(members)}
+    index = _index(value, len(members))
+    if index is None:
+        text = _text(value, 'an ENUM member')
+        text = value if isinstance(value, str) else text
+        member = keys.get(_member_key(text))
+        if member is not None:
+            return member
+        try:  # a numeric string that is not a member is an index
+            index = int(decimal.Decimal(text.strip()))
+        except (decimal.InvalidOperation, ValueError):
+            raise BadValue('not a member of the ENUM') from None
+    if not 1 <= index <= len(members):
+        raise BadValue(f'ENUM index out of range (1 to {len(members)})')
+    return members[index - 1]
+
+
+def _set(members, value) -> str:
+    index = _index(value, len(members))
+    if index is None:
+        text = value if isinstance(value, str) else _text(value, 'SET members')
+        if text == '':
+            return ''
+        keys = {_member_key(m): i for i, m in reversed(list(enumerate(members)))}
+        chosen = set()
+        for part in text.split(','):
+            position = keys.get(_member_key(part))
+            if position is None:
+                if part.strip().isdigit() and ',' not in text:
+                    return _set(members, int(part.strip()))
+                raise BadValue('not a member of the SET')
+            chosen.add(position)
+    else:
+        if not 0 <= index < 2 ** len(members):
+            raise BadValue('SET bitmask out of range')
+        chosen = {i for i in range(len(members)) if index >> i & 1}
+    return ','.join(members[i] for i in sorted(chosen))
+
+
+def _year(value) -> int:
+    text = value.strip() if isinstance(value, str) else None
+    if isinstance(value, (bytes, bytearray)) and not isinstance(value, HexLiteral):
+        text = _text(value, 'a year')
+    number = _integer(value)
+    if text is not None and len(text.lstrip('+')) <= 2 and 0 <= number <= 99:
+        return 2000 + number if number < 70 else 1900 + number  # '0' and '00' are 2000
+    if 1 <= number <= 69:
+        return 2000 + number
+    if 70 <= number <= 99:
+        return 1900 + number
+    if number == 0 or 1901 <= number <= 2155:
+        return number
+    raise BadValue('out of range for YEAR (1901 to 2155)')
+
+
+def _fractional(fsp: int, timestamp: bool, value) -> datetime.datetime:
+    result = _datetime(value)
+    cut = 10 ** (6 - fsp)
+    result = result.replace(microsecond=result.microsecond // cut * cut)
+    if timestamp and not _TIMESTAMP_RANGE[0] <= result <= _TIMESTAMP_RANGE[1]:
+        raise BadValue('out of range for TIMESTAMP '
+                       '(1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)')
+    return result
+
+
+def _time(fsp: int, value) -> datetime.timedelta:
+    if isinstance(value, datetime.timedelta):
+        result = value
+    elif isinstance(value, datetime.time):
+        result = datetime.timedelta(hours=value.hour, minutes=value.minute, seconds=value.second,
+                                    microseconds=value.microsecond)
+    else:
+        match = _TIME.match(_text(value, 'a time'))
+        if not match:
+            raise BadValue('not a time ([-][D ]HH:MM[:SS[.ffffff]])')
+        sign, days, hours, minutes, seconds, fraction = match.groups()
+        if int(minutes) > 59 or int(seconds or 0) > 59:
+            raise BadValue('not a time ([-][D ]HH:MM[:SS[.ffffff]])')
+        result = datetime.timedelta(days=int(days or 0), hours=int(hours), minutes=int(minutes),
+                                    seconds=int(seconds or 0),
+                                    microseconds=int((fraction or '0').ljust(6, '0')))
+        result = -result if sign else result
+    cut = 10 ** (6 - fsp)
+    micros = abs(result) // datetime.timedelta(microseconds=1) // cut * cut
+    result = datetime.timedelta(microseconds=micros) * (-1 if result < datetime.timedelta(0) else 1)
+    if abs(result) > _TIME_LIMIT + datetime.timedelta(microseconds=999999):
+        raise BadValue('out of range for TIME (-838:59:59 to 838:59:59)')
+    return result
+
+
+def _bit(width: int, value) -> int:
+    """BIT(n): a number as it is, a (binary) string by its bytes ('5' is 0x35)."""
+    if isinstance(value, (str, bytes, bytearray)):
+        data = _binary(value)
+        result = int.from_bytes(data, 'big')
+    else:
+        result = _integer(value)
+    if not 0 <= result < 2 ** width:
+        raise BadValue(f'out of range for BIT({width})')
+    return result

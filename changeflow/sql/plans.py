@@ -32,10 +32,12 @@ from sqlglot import expressions as exp
 
 from changeflow.config import TableSpec
 from changeflow.model import OpKind
-from changeflow.sql.compile_expressions import ExpressionCompiler
+from changeflow.sql.compile_expressions import (ExpressionCompiler, mark_default_calls,
+                                                resolve_defaults, table_defaults)
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.expressions import leaf_tags, substitute
 from changeflow.sql.literals import mask_literals, numbered_shape
+from changeflow.sql.types import parse_type
 
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
 
@@ -69,6 +71,7 @@ class _Compiler:
         self._tables = tables
         self._database = database
         self._expressions = ExpressionCompiler()
+        self._defaults = {}  # column -> literal DEFAULT of the statement's table
 
     # Tables and keys --------------------------------------------------------
 
@@ -77,7 +80,9 @@ class _Compiler:
             raise needs_lookup('multi-table statement')
         database = node.db or self._database
         self._expressions.table_aliases = {node.name, node.alias_or_name}
-        return self._tables.get(f'{database}.{node.name}')
+        spec = self._tables.get(f'{database}.{node.name}')
+        self._defaults = table_defaults(spec) if spec else {}
+        return spec
 
     def key_pins(self, where, spec: TableSpec) -> Dict[str, List[tuple]]:
         """Key column -> candidate template values, from ``a = x AND b IN (...)``."""
@@ -117,10 +122,14 @@ class _Compiler:
         return pins
 
     def _constant(self, node) -> tuple:
-        value = self._expressions.compile(node)
+        value = self._compile(node)
         if _reads_columns(value):
             raise needs_lookup(f'WHERE compares to a column: {node.sql(dialect="mysql")}')
         return value
+
+    def _compile(self, node, row_values=None, target=None) -> tuple:
+        """Template of ``node``, DEFAULT / DEFAULT(col) resolved to the table's literal defaults."""
+        return resolve_defaults(self._expressions.compile(node, row_values, target), self._defaults)
 
     # Statements -------------------------------------------------------------
 
@@ -189,11 +198,7 @@ class _Compiler:
                 raise SqlChangeError('unsupported-sql', 'VALUES row length differs from column list')
             values = {}
             for column, node in zip(columns, items):
-                if isinstance(node, exp.Var) and node.name.upper() == 'DEFAULT':
-                    if column in spec.key:
-                        raise needs_lookup(f'key column {column} takes its DEFAULT')
-                    continue
-                template = self._expressions.compile(node)
+                template = self._compile(node, target=column)
                 if _reads_columns(template):
                     raise needs_lookup(f'VALUES reads a column: {node.sql(dialect="mysql")}')
                 values[column] = template
@@ -203,13 +208,11 @@ class _Compiler:
                     column = eq.this.name
                     if column in spec.key:
                         raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
-                    assignments.append((column, self._expressions.compile(eq.expression, values)))
+                    assignments.append((column, self._compile(eq.expression, values, column)))
             rows.append((values, tuple(assignments)))
-        # Every row names the same columns (DEFAULT aside), so key positions
-        # are those of the first row; a row that differs is checked here.
+        # Every row names every column (a DEFAULT as its literal), so key
+        # positions are those of the first row.
         first = list(rows[0][0])
-        if any(list(values) != first for values, _ in rows):
-            raise SqlChangeError('unsupported-sql', 'DEFAULT in some VALUES rows but not others')
         key_positions = [first.index(k) for k in spec.key]
         compiled = [(tuple(values), _values_binder(list(values.values())),
                      tuple((c, _binder(t)) for c, t in assignments)) for values, assignments in rows]
@@ -237,7 +240,7 @@ class _Compiler:
             column = eq.this.name
             if column in spec.key:
                 raise needs_lookup(f'UPDATE changes key column {column}')
-            assignments.append((column, self._expressions.compile(eq.expression)))
+            assignments.append((column, self._compile(eq.expression, target=column)))
         pins = self.key_pins(tree.args.get('where'), spec)
         assignments = tuple(assignments)
         return self._keyed_plan(spec, pins, OpKind.UPDATE, assignments)
@@ -332,7 +335,7 @@ _REPLACE_HEAD = re.compile(r'^\s*REPLACE\b', re.I)
 
 def _parse(shape: str):
     """sqlglot AST of a statement shape; REPLACE parses as INSERT, marked."""
-    shape = numbered_shape(shape)
+    shape = mark_default_calls(numbered_shape(shape))
     replace = _REPLACE_HEAD.match(shape)
     text = shape[:replace.start()] + 'INSERT' + shape[replace.end():] if replace else shape
     try:
@@ -393,7 +396,7 @@ def key_caster(spec: TableSpec):
     and `VALUES (5, ...)` name the same row."""
     casters = []
     for column in spec.key:
-        declared = (spec.column_type(column) or '').split('(')[0]
+        declared = _key_kind(spec.column_type(column))
         if declared in ('integer', 'bigint'):
             casters.append(lambda v: v if v is None or isinstance(v, int) else int(decimal.Decimal(str(v))))
         elif declared == 'decimal':
@@ -405,3 +408,19 @@ def key_caster(spec: TableSpec):
     if not any(casters):
         return None
     return lambda key: tuple(c(v) if c else v for c, v in zip(casters, key))
+
+
+def _key_kind(declared: Optional[str]) -> str:
+    """The changeflow kind a key column's declared type casts as (a MySQL
+    integer type as 'integer', CHAR/VARCHAR/ENUM/SET as 'string'); '' if none."""
+    try:
+        parsed = parse_type(declared or '')
+    except ValueError:
+        return ''
+    if parsed.changeflow or parsed.kind == 'decimal':
+        return parsed.kind
+    if parsed.integer_range is not None or parsed.kind in ('year', 'bit'):
+        return 'integer'
+    if parsed.kind in ('char', 'varchar', 'enum', 'set') or parsed.kind.endswith('text'):
+        return 'string'
+    return ''
