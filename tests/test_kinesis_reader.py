@@ -257,7 +257,7 @@ class ShardAware:
 def test_throttled_shard_backs_off_with_jitter_while_others_are_read(moto, stream):
     put(moto, stream, KEYS, 3)
     shards = sorted(s['ShardId'] for s in KinesisShardReader(moto).list_shards(stream))
-    left = collections.Counter({('get_records', shards[0]): 4, ('get_shard_iterator', shards[1]): 2})
+    left = collections.Counter({('get_records', shards[0]): 4, ('get_shard_iterator', shards[0]): 2})
 
     def throttle(op, shard):
         if left[op, shard]:
@@ -265,7 +265,8 @@ def test_throttled_shard_backs_off_with_jitter_while_others_are_read(moto, strea
             raise error('ProvisionedThroughputExceededException' if op == 'get_records'
                         else 'LimitExceededException')
     clock = FakeClock()
-    reader = KinesisShardReader(ShardAware(moto, clock, throttle), limit=2, clock=clock,
+    timing = ShardAware(moto, clock, throttle)
+    reader = KinesisShardReader(timing, limit=2, clock=clock,
                                 sleep=clock.sleep, backoff=Backoff(base_s=0.5, cap_s=3.0),
                                 rng=random.Random(7))
     records, _ = read_all(reader, stream, {})
@@ -275,11 +276,19 @@ def test_throttled_shard_backs_off_with_jitter_while_others_are_read(moto, strea
     # GetShardIterator's sleeps: retry 1 within [0, 0.5] s, retry 2 within [0, 1] s, jittered.
     assert 0 <= clock.sleeps[0] <= 0.5 and 0 <= clock.sleeps[1] <= 1.0
     assert clock.sleeps[0] != clock.sleeps[1]
-    # While shard 0 backed off (4 throttles: at least 0.2 s of the 5 reads/s spacing each),
-    # shard 1 was read: its records come first.
+    # Shard 0's backoff did not hold up shard 1: it was read at once, and ahead of shard 0.
+    assert timing.times[shards[1]][0] == timing.times[shards[0]][0]
     order = [r.shard for r in records]
     assert order[0] == shards[1]
-    assert order.index(shards[0]) > 0
+
+
+def test_backoff_is_capped_exponential_with_full_jitter():
+    backoff = Backoff(base_s=0.1, cap_s=1.0)
+    rng = random.Random(3)
+    for attempt, ceiling in ((1, 0.1), (2, 0.2), (4, 0.8), (5, 1.0), (30, 1.0)):
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert 0 <= min(delays) and max(delays) <= ceiling
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling   # spread over [0, ceiling]
 
 
 def test_throttling_past_the_attempt_limit_fails_loudly(moto, stream):
