@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 
 from changeflow.io.kinesis import (
     Backoff, KinesisShardReader, ReadError, ShardsLost, Start, kinesis_client)
+from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.shards import ShardPosition
 from changeflow.model import SourceRecord
 from kinesis_servers import client, create_stream, kinesalite_endpoint, wait_active  # noqa: F401
@@ -355,8 +356,11 @@ def _merge(kinesis, stream, a, b):
     wait_active(kinesis, stream)
 
 
-def test_split_and_merge_while_reading_lose_and_repeat_nothing(kinesalite_endpoint):
+def test_split_and_merge_while_reading_lose_and_repeat_nothing(kinesalite_endpoint, tmp_path):
+    """Catch-up cycles, each resuming from the checkpoint store, while shards
+    split and merge under them."""
     kinesis = client(kinesalite_endpoint)
+    store = CheckpointStore(f'sqlite:///{tmp_path / "ckpt.db"}')
     stream = f'rs-{uuid.uuid4().hex[:8]}'
     create_stream(kinesis, stream, shards=2)
     keys = [f'key{i}' for i in range(24)]
@@ -370,6 +374,12 @@ def test_split_and_merge_while_reading_lose_and_repeat_nothing(kinesalite_endpoi
             rounds['w'] += 1
             put(kinesis, stream, keys, 1, tag=tag)
 
+    def cycle():
+        return reader.read_to_tip(stream, store.load('job', stream).positions)
+
+    def commit():
+        store.commit('job', stream, positions, {'records': len(read)})
+
     def consume(batches, stop_after=None):
         for i, batch in enumerate(batches):
             positions[batch.shard_id] = batch.position
@@ -379,25 +389,29 @@ def test_split_and_merge_while_reading_lose_and_repeat_nothing(kinesalite_endpoi
                 return
 
     write(3)
-    cycle = reader.read_to_tip(stream, dict(positions))
-    consume(cycle, stop_after=2)
+    batches = cycle()
+    consume(batches, stop_after=2)
     first, second = _open_shards(kinesis, stream)
     _split(kinesis, stream, first)                  # split during reading
     write(3)
-    consume(cycle)                                  # the same cycle reads on into the children
+    consume(batches)                                # the same cycle reads on into the children
+    commit()
     children = sorted(sid for sid, s in _shard_ids(kinesis, stream).items()
                       if s.get('ParentShardId') == first)
     assert len(children) == 2 and set(children) <= set(batch_shards)
 
-    cycle = reader.read_to_tip(stream, dict(positions))
+    batches = cycle()
     write(2)
-    consume(cycle, stop_after=1)
+    consume(batches, stop_after=1)
     _merge(kinesis, stream, *children)              # merge during reading
     _split(kinesis, stream, second)                 # and split the other original shard
     write(3)
-    consume(cycle)
+    consume(batches)
+    commit()
     for _ in range(3):                              # later cycles catch up the rest
-        consume(reader.read_to_tip(stream, dict(positions)))
+        consume(cycle())
+        commit()
+    assert store.load('job', stream) == (positions, {'records': len(read)})
 
     listing = _shard_ids(kinesis, stream)
     assert len(listing) == 7                        # 2 + 2 (split) + 1 (merge) + 2 (split)

@@ -181,6 +181,7 @@ class KinesisShardReader:
     ``lag`` holds each shard's last ``MillisBehindLatest``.
     """
 
+    max_limit = MAX_LIMIT
     max_renewals = 3           # consecutive expired iterators of one shard before ReadError
 
     def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 5.0,
@@ -188,8 +189,8 @@ class KinesisShardReader:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Optional[random.Random] = None):
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ValueError(f'limit must be 1..{MAX_LIMIT}, not {limit!r}')
+        if not 1 <= limit <= self.max_limit:
+            raise ValueError(f'limit must be 1..{self.max_limit}, not {limit!r}')
         if reads_per_second <= 0:
             raise ValueError(f'reads_per_second must be positive, not {reads_per_second!r}')
         self._client = client
@@ -278,7 +279,8 @@ class KinesisShardReader:
         Yields a ShardBatch per ``GetRecords`` call that returned records or
         finished a shard (an empty batch then carries the finished position).
         A shard stops when caught up (no records and ``MillisBehindLatest``
-        0) or when closed and drained (``NextShardIterator`` null). Shards
+        0) or when closed and drained (``NextShardIterator`` null; kinesalite
+        then still reports a ``MillisBehindLatest`` above 0). Shards
         without a checkpoint start at ``start``, except children of a shard
         this reader (or the checkpoint) has read records from: they start at
         TRIM_HORIZON, so nothing after the parent's last record is skipped.
@@ -322,16 +324,31 @@ class KinesisShardReader:
             positions[cursor.shard_id] = cursor.position
             if records or drained:
                 yield ShardBatch(cursor.shard_id,
-                                 tuple(_source_record(r, source, cursor.shard_id) for r in records),
+                                 tuple(self._source_record(r, source, cursor.shard_id)
+                                       for r in records),
                                  cursor.position, behind)
             if drained:
                 del cursors[cursor.shard_id]
                 graph = self.shard_graph(stream)     # children made while reading
-            elif not records and not behind:
+            elif self._caught_up(records, behind):
                 del cursors[cursor.shard_id]
                 caught_up.add(cursor.shard_id)
             else:
                 cursor.iterator = response['NextShardIterator']
+
+    # What differs in another service's reader (DynamoDB Streams) is in these
+    # methods and the service calls above; the lineage loop stays the same.
+
+    @staticmethod
+    def _caught_up(records, millis_behind) -> bool:
+        return not records and not millis_behind
+
+    @staticmethod
+    def _source_record(record: Mapping, source: str, shard_id: str) -> SourceRecord:
+        arrival = record.get('ApproximateArrivalTimestamp')
+        arrival_ms = int(arrival.timestamp() * 1000) if isinstance(arrival, datetime.datetime) else 0
+        return SourceRecord(bytes(record['Data']), source, shard_id, record['SequenceNumber'],
+                            arrival_ms)
 
     def _open(self, stream, graph, shard_id, positions, start) -> _Cursor:
         position = positions.get(shard_id) or ShardPosition(parents=graph.shards[shard_id].parents)
@@ -365,8 +382,3 @@ class KinesisShardReader:
         else:
             raise error
 
-
-def _source_record(record: Mapping, source: str, shard_id: str) -> SourceRecord:
-    arrival = record.get('ApproximateArrivalTimestamp')
-    arrival_ms = int(arrival.timestamp() * 1000) if isinstance(arrival, datetime.datetime) else 0
-    return SourceRecord(bytes(record['Data']), source, shard_id, record['SequenceNumber'], arrival_ms)
