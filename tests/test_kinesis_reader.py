@@ -1,6 +1,7 @@
 """The Kinesis reader against moto's server, and against kinesalite for resharding."""
 
 import collections
+import datetime
 import random
 import time
 import uuid
@@ -191,6 +192,10 @@ def test_at_timestamp_starts_at_the_first_record_at_or_after_it(moto, stream):
 def test_start_parse_rejects_bad_values():
     assert Start.parse(None) == Start() == Start.parse('trim_horizon')
     assert Start.parse('latest').resolved(5) == Start('at_timestamp', 5)
+    # YAML reads an ISO-8601 timestamp with a zone as an aware datetime.
+    assert Start.parse({'at_timestamp': datetime.datetime(
+        2026, 12, 1, 12, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))}) == Start(
+        'at_timestamp', 1796119200000)
     for bad in ('earliest', {'at_timestamp': '2026-12-01T10:00:00'}, {'at': 1}):
         with pytest.raises(ValueError):
             Start.parse(bad)

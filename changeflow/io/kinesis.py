@@ -43,12 +43,13 @@ from changeflow.io.shards import ShardGraph, ShardPosition, split_positions
 from changeflow.model import SourceRecord
 
 __all__ = ['Start', 'ShardBatch', 'Backoff', 'KinesisShardReader', 'kinesis_client',
-           'ReadError', 'ShardsLost', 'MAX_LIMIT']
+           'ReadError', 'ShardsLost', 'MAX_LIMIT', 'THROTTLING', 'stream_name']
 
 _LOG = logging.getLogger(__name__)
 
 MAX_LIMIT = 10_000                     # GetRecords' largest Limit
-THROTTLING = frozenset({'ProvisionedThroughputExceededException', 'LimitExceededException'})
+THROTTLING = frozenset({'ProvisionedThroughputExceededException', 'LimitExceededException',
+                        'KMSThrottlingException'})   # GetRecords on an encrypted stream
 
 
 class ReadError(RuntimeError):
@@ -230,6 +231,7 @@ class KinesisShardReader:
         botocore#2009). moto 5.2 wants the stream repeated, answering
         ``InvalidToken`` (a code AWS's ListShards does not have) otherwise; that
         page is asked again its way. An expired token restarts the listing.
+        (kinesalite ignores ``MaxResults`` and returns one page.)
         """
         first = dict(_stream_args(stream))
         if self._page_size:
