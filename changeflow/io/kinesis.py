@@ -353,7 +353,9 @@ class KinesisShardReader:
                             arrival_ms)
 
     def _open(self, stream, graph, shard_id, positions, start) -> _Cursor:
-        position = positions.get(shard_id) or ShardPosition(parents=graph.shards[shard_id].parents)
+        position = positions.get(shard_id) or ShardPosition()
+        if not position.parents:
+            position = position._replace(parents=graph.shards[shard_id].parents)
         if position.sequence is None and any(
                 positions.get(p, ShardPosition()).sequence is not None
                 for p in graph.shards[shard_id].parents):
