@@ -65,6 +65,7 @@ from changeflow.config import NotifyRule, TableSpec
 from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
+from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']
@@ -260,6 +261,7 @@ class _Pending(NamedTuple):
     window: Any
 
 
+@guarded(_STEP, changes_original, lambda change: change.ops[-1].position, buffered=False)
 class _NotifyFn(beam.DoFn):
     """Change -> notification lines written (main) and DeadLetters."""
 

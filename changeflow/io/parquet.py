@@ -81,6 +81,7 @@ from changeflow.io.files import WrittenFile, write_file
 from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql.rowstate import op_columns
+from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
 
@@ -100,6 +101,7 @@ _RESERVED = frozenset(METADATA_SCHEMA.names) | {'table', 'date', 'values'}
 _DECIMAL = re.compile(r'decimal\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?$', re.I)
 _UNSAFE_IN_NAME = re.compile(r'[^A-Za-z0-9._-]')
 _UNROUTABLE = ('', '')
+_FAILED = ('', 'failed')  # dead letters of KeyByPartition, passed through WriteFiles
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -243,6 +245,7 @@ def _utc_day(time_us: int) -> str:
     return (_EPOCH + datetime.timedelta(microseconds=time_us)).date().isoformat()
 
 
+@guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
     """Change -> one (partition, single-op Change) per op. Never raises: a
     Change that has no partition is keyed _UNROUTABLE and rejected after the
@@ -263,6 +266,7 @@ class _KeyByPartition(beam.DoFn):
             yield partition, Change(change.table, change.key, (op,), change.event_time_us)
 
 
+@guarded(_STEP, lambda element: changes_original(element[1]), buffered=False)
 class _WritePartitionFn(beam.DoFn):
     """(partition, single-op Changes) -> Parquet files and dead letters."""
 
@@ -284,6 +288,9 @@ class _WritePartitionFn(beam.DoFn):
 
     def process(self, element):
         partition, changes = element
+        if partition == _FAILED:
+            yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in changes)
+            return
         if partition == _UNROUTABLE:
             for change in changes:
                 if change.table in self._layouts:
@@ -396,9 +403,11 @@ class WriteParquetBackup(beam.PTransform):
 
     def expand(self, changes):
         targets = {source: layout.target for source, layout in self._layouts.items()}
-        return (changes
-                | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets))
-                | 'GroupByPartition' >> beam.GroupByKey()
+        keyed = changes | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets)).with_outputs(
+            DEAD_LETTER_TAG, main='keyed')
+        failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(lambda letter: (_FAILED, [letter]))
+        return ((keyed['keyed'] | 'GroupByPartition' >> beam.GroupByKey(), failed)
+                | 'WithFailed' >> beam.Flatten()
                 | 'WriteFiles' >> beam.ParDo(
                     _WritePartitionFn(self._path, self._layouts, self._rows_per_file)
                 ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

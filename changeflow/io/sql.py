@@ -58,6 +58,7 @@ from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
+from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase']
 
@@ -714,6 +715,8 @@ _DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())  # the timer's t
 _FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
 
 
+@guarded(_STEP, lambda element: changes_original(element[1]), lambda element: element[1].ops[-1].position,
+         buffered=False)
 class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 
@@ -833,8 +836,13 @@ class _WriteDoFn(beam.DoFn):
                 return _Outcome.all_dead(items, 'database-error', str(exc))
             except Exception as exc:  # pylint: disable=broad-except
                 # A defect, not data: keep the changes replayable, keep the branch alive.
+                if len(items) > 1:  # each change on its own: only the one that trips it is dead
+                    outcome = _Outcome()
+                    for item in items:
+                        outcome.merge(self._write([item]))
+                    return outcome
                 logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
-                return _Outcome.all_dead(items, 'internal-error', _describe(exc))
+                return _Outcome.all_dead(items, 'internal-error', describe_error(exc))
 
     def _emit(self, outcome: _Outcome):
         for name, count in outcome.counts.items():
