@@ -554,3 +554,99 @@ def test_poison_mixed_into_good_records_is_dead_lettered_and_the_rest_replicates
     assert all(json.loads(d.original)['key'] == [1, 9] for d in sink_letters)
     notes = [json.loads(n) for n in (tmp_path / 'notes.jsonl').read_text().splitlines()]
     assert sorted(n['key'] for n in notes) == [[1, 1], [1, 2], [1, 9]]
+
+
+# --- secrets and case-insensitive column names --------------------------------
+
+@pytest.mark.parametrize('sql, masked', [
+    ("CREATE USER 'bob'@'%' IDENTIFIED BY 'hunter2'", "CREATE USER 'bob'@'%' IDENTIFIED BY '*****'"),
+    ("CREATE USER bob IDENTIFIED WITH mysql_native_password AS '*2470C0C06DEE42FD'",
+     "CREATE USER bob IDENTIFIED WITH mysql_native_password AS '*****'"),
+    ("GRANT ALL ON *.* TO bob IDENTIFIED BY 'hunter2' WITH GRANT OPTION",
+     "GRANT ALL ON *.* TO bob IDENTIFIED BY '*****' WITH GRANT OPTION"),
+    ("SET PASSWORD FOR bob = PASSWORD('hunter2')", "SET PASSWORD FOR bob = PASSWORD('*****')"),
+    ("set password = 'hunter2'", "set password = '*****'"),
+    ("UPDATE mysql.user SET authentication_string = 'hunter2' WHERE User = 'bob'",
+     "UPDATE mysql.user SET authentication_string = '*****' WHERE User = '*****'"),
+    ('INSERT INTO t VALUES (1, OLD_PASSWORD("hunter2"))', 'INSERT INTO t VALUES (1, OLD_PASSWORD("*****"))'),
+    ("ALTER USER bob IDENTIFIED BY 'it''s \\' hunter2'", "ALTER USER bob IDENTIFIED BY '*****'"),
+    ("CREATE USER bob IDENTIFIED BY 'hunt", "CREATE USER bob IDENTIFIED BY '*****'"),
+    (line("SET PASSWORD = PASSWORD('hunter2')"),
+     "20261122 14:16:18,vm,app,localhost,7,1,QUERY,shop,'SET PASSWORD = PASSWORD(\\'*****\\')',0"),
+    ("UPDATE t SET note = 'no secret here' WHERE id = 1", "UPDATE t SET note = 'no secret here' WHERE id = 1"),
+])
+def test_passwords_are_masked(sql, masked):
+    from changeflow.sql.secrets import mask_secrets
+    assert mask_secrets(sql) == masked
+
+
+def test_dead_letters_mask_statement_text_and_details_but_keep_bytes():
+    from changeflow.model import dead_letter
+    statement = line("CREATE USER bob IDENTIFIED BY 'hunter2'")
+    letter = dead_letter('parse_audit', 'malformed-line', f'bad: {statement}', statement, 'p')
+    assert b'hunter2' not in letter.original and 'hunter2' not in letter.detail
+    record = b"{\"m\": \"IDENTIFIED BY 'hunter2'\"}"
+    assert dead_letter('decode', 'bad-json', 'x', record, 'p').original == record
+
+
+def test_no_dead_letter_written_shows_a_password(tmp_path):
+    from changeflow.io.dead_letter import read_dead_letters
+    statements = [
+        line("INSERT INTO items (tenant_id, id, note) VALUES (1, 5, PASSWORD('hunter2'))", 7, 1),
+        line("SET PASSWORD = PASSWORD('hunter2')", 7, 2).replace(',vm,', ',vm,x,'),  # 11 fields
+        line("UPDATE items SET note = CONCAT(note, 'x') WHERE tenant_id = 1 AND id IN (1, 2) "
+             "AND note = PASSWORD('hunter2')", 8, 3),
+        "20261122 14:16:18,vm,app,localhost,9,4,QUERY,shop,'CREATE USER x IDENTIFIED BY \\'hunter2",
+    ]
+    run_job(tmp_path, [kinesis_line(n, gzip.compress(envelope(s))) for n, s in enumerate(statements)])
+    letters = list(read_dead_letters(str(tmp_path / 'dead')))
+    assert len(letters) == 4, letters
+    for letter in letters:
+        assert b'hunter2' not in letter.original and 'hunter2' not in letter.detail, letter
+        assert b'*****' in letter.original
+
+
+CUSTOMERS = {'key': 'id', 'columns': {'id': 'integer', 'name': 'string', 'email': 'string',
+                                      'pin': 'integer'}, 'redact': ['EMAIL', 'Pin']}
+
+
+def test_column_names_are_case_insensitive_in_every_sink_redaction_included(tmp_path):
+    import pyarrow.parquet as pq
+    statements = [line("INSERT INTO customers (ID, NAME, EMAIL) VALUES (1, 'n', 'first@x.org')", 7, 1),
+                  line("UPDATE customers SET Email = 'second@x.org', Name = 'm' WHERE Id = 1", 7, 2)]
+    run_job(tmp_path, [kinesis_line(n, gzip.compress(envelope(s))) for n, s in enumerate(statements)],
+            tables={'shop.customers': CUSTOMERS})
+    assert not list((tmp_path / 'dead').glob('*.jsonl'))
+    assert replica_rows(tmp_path, 'customers') == [(1, 'm', 'second@x.org', None)]
+    notes = (tmp_path / 'notes.jsonl').read_text()
+    assert '@x.org' not in notes
+    assert json.loads(notes.splitlines()[0])['values'] == {'id': 1, 'name': 'm', 'email': '***'}
+    backup = pq.read_table(next((tmp_path / 'backup').rglob('*.parquet'))).to_pylist()
+    assert [(row['id'], row['name'], row['email']) for row in backup] == [(1, 'm', 'second@x.org')]
+
+
+def test_no_bad_value_detail_shows_a_redacted_value(tmp_path):
+    from changeflow.io.dead_letter import read_dead_letters
+    statements = [line("INSERT INTO customers (id, name, PIN) VALUES (1, 'n', 'secret-pin')", 7, 1)]
+    run_job(tmp_path, [kinesis_line(n, gzip.compress(envelope(s))) for n, s in enumerate(statements)],
+            tables={'shop.customers': CUSTOMERS})
+    letters = list(read_dead_letters(str(tmp_path / 'dead')))
+    assert sorted((d.step, d.reason) for d in letters) == [
+        ('write_database', 'bad-value'), ('write_parquet', 'bad-value')]
+    for letter in letters:
+        assert 'secret-pin' not in letter.detail and '<redacted>' in letter.detail, letter.detail
+    assert 'secret-pin' not in (tmp_path / 'notes.jsonl').read_text()
+
+
+def test_the_sql_stage_spells_columns_as_the_spec_does():
+    from changeflow.sql.plans import StatementTranslator
+    translator = StatementTranslator([ORDERS])
+    (insert_,) = translator.translate("INSERT INTO orders (ID, Note) VALUES (1, 'a') "
+                                      "ON DUPLICATE KEY UPDATE NOTE = CONCAT(NoTe, 'b')", 'shop').changes
+    assert insert_.values == (('id', 1), ('note', 'a'))
+    assert insert_.assignments == (('note', ('fn', 'CONCAT', (('col', 'note'), ('lit', 'b')))),)
+    (update,) = translator.translate("UPDATE orders SET NOTE = 'x' WHERE Id = 2", 'shop').changes
+    assert (update.key, update.assignments) == ((2,), (('note', ('lit', 'x')),))
+    undeclared = StatementTranslator([ORDERS._replace(columns=())])
+    (change,) = undeclared.translate("INSERT INTO orders (ID, Other) VALUES (1, 2)", 'shop').changes
+    assert change.values == (('id', 1), ('Other', 2))  # the key is always known

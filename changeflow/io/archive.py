@@ -127,7 +127,8 @@ class _ReadServerAuditFn(_ReadFileFn):
             try:
                 message = line.decode('utf-8')
             except UnicodeDecodeError as e:
-                yield self._dead('bad-utf8', f'line {lineno} is not UTF-8: {e}', line, position)
+                yield self._dead('bad-utf8', f'line {lineno} is not UTF-8: {e}',
+                                 line.decode('utf-8', 'surrogateescape'), position)
                 continue
             yield new(LogEvent, (message, '', path, str(lineno), 0, position))
 

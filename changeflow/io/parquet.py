@@ -66,7 +66,7 @@ import functools
 import hashlib
 import io
 import re
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -158,6 +158,7 @@ class _Layout(NamedTuple):
     key: Tuple[str, ...]
     columns: Tuple[_Column, ...]   # empty: values go to the 'values' JSON column
     schema: pa.Schema
+    redacted: FrozenSet[str] = frozenset()  # lower-cased: never shown in a dead letter's detail
 
 
 def _layout(spec: TableSpec) -> _Layout:
@@ -179,7 +180,8 @@ def _layout(spec: TableSpec) -> _Layout:
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise ValueError(f'{spec.source}: Parquet column names clash: {clashes}')
-    return _Layout(spec.target, tuple(spec.key), tuple(columns), pa.schema(fields))
+    return _Layout(spec.target, tuple(spec.key), tuple(columns), pa.schema(fields),
+                   frozenset(column.lower() for column in spec.redact))
 
 
 class _BadRow(Exception):
@@ -231,8 +233,9 @@ def _row(change: Change, op: RowOp, layout: _Layout, plan) -> Dict[str, Any]:
         try:
             row[column.name] = None if value is None else coerce(value)
         except BadValue as error:
+            shown = '<redacted>' if lowered in layout.redacted else f'{value!r:.100}'
             raise _BadRow('bad-value', f'{change.table}.{column.source}: cannot store '
-                          f'{value!r:.100} as {column.column_type}: {error}') from None
+                          f'{shown} as {column.column_type}: {error}') from None
     return row
 
 

@@ -249,6 +249,7 @@ class _Target:
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
         self.coercers = {c.name: (_coercer(c.type), repr(c.type)) for c in table.columns}
+        self.redacted = frozenset(column.lower() for column in spec.redact)
 
     def coerce(self, column: str, value):
         if column not in self.coercers:
@@ -260,7 +261,7 @@ class _Target:
         try:
             return coerce(value)
         except BadValue as exc:
-            shown = '<redacted>' if column in self.spec.redact else repr(value)
+            shown = '<redacted>' if column.lower() in self.redacted else repr(value)
             raise _Rejected('bad-value', f'column {column!r} of {self.name!r} ({described}): '
                                          f'{shown}: {exc}') from None
 
