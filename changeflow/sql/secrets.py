@@ -39,8 +39,10 @@ def _masked(match) -> str:
 
 def mask_secrets(text: str) -> str:
     """``text`` with the literals after a password keyword masked; unchanged
-    (the same object) when it has none."""
-    match = _SECRET.search(text)
-    if match is None:
-        return text
-    return text[:match.start()] + _QUOTED.sub(_masked, text[match.start():])
+    (the same object) when it has none. Literals are paired from each keyword
+    on, the last first, so a keyword inside a literal (a quote out of place,
+    a mutated statement) still has the literals after it masked."""
+    starts = [match.start() for match in _SECRET.finditer(text)]
+    for start in reversed(starts):
+        text = text[:start] + _QUOTED.sub(_masked, text[start:])
+    return text

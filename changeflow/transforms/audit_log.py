@@ -173,7 +173,7 @@ def _why_malformed(line: str) -> str:
         if not re.match(r"'(?:[^'\\]|\\.)*'", rest, re.DOTALL):
             return f'unterminated quoted object: {line[:200]!r}'
     if not re.fullmatch(r'\d{8} \d\d:\d\d:\d\d|\d+', head[0]):
-        return f'bad timestamp {head[0]!r}: {line[:200]!r}'
+        return f'bad timestamp {head[0][:40]!r}: {line[:200]!r}'
     if not (head[4].isdigit() and head[5].isdigit()):
         return f'non-numeric connection or query id: {line[:200]!r}'
     return f'not connectionid,queryid,...,object,retcode[,extra[,extra]]: {line[:200]!r}'

@@ -41,7 +41,10 @@ def _assign(known: dict, assignments) -> Optional[dict]:
     right as MySQL does; None if one reads a column that is not known."""
     known = dict(known)
     for column, expr in assignments:
-        value = substitute(expr, known)
+        try:
+            value = substitute(expr, known)
+        except (ArithmeticError, LookupError, TypeError, ValueError):
+            return None  # not foldable (GREATEST of text and a number): the sink decides
         if not is_literal(value):
             return None
         known[column] = value
