@@ -650,3 +650,13 @@ def test_the_sql_stage_spells_columns_as_the_spec_does():
     undeclared = StatementTranslator([ORDERS._replace(columns=())])
     (change,) = undeclared.translate("INSERT INTO orders (ID, Other) VALUES (1, 2)", 'shop').changes
     assert change.values == (('id', 1), ('Other', 2))  # the key is always known
+
+
+def test_an_expression_that_cannot_be_folded_is_left_to_the_sink():
+    """GREATEST of a text and a number raised in the coalescer and failed the job."""
+    from changeflow.model import audit_version
+    from changeflow.transforms.coalesce import coalesce_ops
+    ops = [RowOp(OpKind.INSERT, audit_version(1, 1, 1, 0), (('id', 1), ('note', 'a'))),
+           RowOp(OpKind.UPDATE, audit_version(1, 2, 2, 0), (), (
+               ('note', ('fn', 'GREATEST', (('col', 'note'), ('lit', 5)))),))]
+    assert coalesce_ops(ops) == tuple(ops)
