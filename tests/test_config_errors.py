@@ -155,3 +155,17 @@ def test_decimal_types_are_normalised(tmp_path):
 def test_redact_is_case_insensitive_against_declared_columns(tmp_path):
     config = load_config(str(write(tmp_path, changed((*ORDERS, 'redact'), ['EMAIL']))))
     assert config.tables[0].redact == ('EMAIL',)
+
+
+def test_the_command_itself_prints_one_line_and_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    config = write(tmp_path, changed(('window', 'seconds'), float('nan')))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, '-m', 'changeflow', 'run', str(config)], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHONPATH': root})
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith('changeflow: bad configuration: window.seconds:')
+    assert 'Traceback' not in done.stderr
