@@ -179,7 +179,8 @@ def _table(name, raw) -> TableSpec:
     if isinstance(key, str):
         key = [key]
     if not isinstance(key, list) or not key or not all(isinstance(k, str) and k for k in key):
-        raise ConfigError(f'{where}.key: expected a column name or a list of them, got {_shown(key)}')
+        raise ConfigError(f'{where}.key: expected a column name or a list of them,'
+                          f' got {_shown(key)}')
     if len({k.lower() for k in key}) != len(key):
         raise ConfigError(f'{where}.key: a column is named twice: {key!r}')
     target = _typed(f'{where}.target', raw.get('target', table), str, 'a string')

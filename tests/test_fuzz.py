@@ -20,7 +20,6 @@ import re
 import zlib
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

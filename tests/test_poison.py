@@ -18,7 +18,6 @@ from changeflow.model import DEAD_LETTER_TAG, Change, LogEvent, OpKind, RowOp, S
 from changeflow.transforms import guard
 from changeflow.transforms.guard import guarded
 from changeflow.transforms.transactions import CommittedTransaction
-from tests.audit_fixture import SHOP_TABLES
 from tests.beam_helpers import local_pipeline
 
 T0 = 1_795_000_000_000_000

@@ -215,7 +215,8 @@ class _ReadKinesisJsonlFn(_ReadFileFn):
                     original = line if record is document else _json_form(record, line)
                     yield self._dead(e.reason, f'{record_position}: {e.detail}', original,
                                      record_position)
-                except Exception as e:  # pylint: disable=broad-except; a defect: this record alone
+                except Exception as e:  # pylint: disable=broad-except
+                    # A defect: this record alone is dead-lettered.
                     original = line if record is document else _json_form(record, line)
                     yield pvalue.TaggedOutput(DEAD_LETTER_TAG, internal_error(
                         _STEP, e, original, record_position))

@@ -408,7 +408,8 @@ class WriteParquetBackup(beam.PTransform):
         targets = {source: layout.target for source, layout in self._layouts.items()}
         keyed = changes | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets)).with_outputs(
             DEAD_LETTER_TAG, main='keyed')
-        failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(lambda letter: (_FAILED, [letter]))
+        failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(
+            lambda letter: (_FAILED, [letter]))
         return ((keyed['keyed'] | 'GroupByPartition' >> beam.GroupByKey(), failed)
                 | 'WithFailed' >> beam.Flatten()
                 | 'WriteFiles' >> beam.ParDo(

@@ -716,8 +716,8 @@ _DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())  # the timer's t
 _FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
 
 
-@guarded(_STEP, lambda element: changes_original(element[1]), lambda element: element[1].ops[-1].position,
-         buffered=False)
+@guarded(_STEP, lambda element: changes_original(element[1]),
+         lambda element: element[1].ops[-1].position, buffered=False)
 class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 

@@ -92,7 +92,8 @@ class _Compiler:
         self._expressions.table_aliases = {node.name, node.alias_or_name}
         spec = self._tables.get(f'{database}.{node.name}')
         if spec is not None:
-            self._names = {name.lower(): name for name in (*spec.key, *(c for c, _ in spec.columns))}
+            names = (*spec.key, *(column for column, _ in spec.columns))
+            self._names = {name.lower(): name for name in names}
         return spec
 
     def _column(self, name: str) -> str:

@@ -28,8 +28,8 @@ from apache_beam.metrics import Metrics
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter, LogEvent, SourceRecord, dead_letter
 from changeflow.transforms.guard import guarded, preview
 
-__all__ = ['DecodeError', 'envelopes', 'decode_record', 'DecodeCloudWatchRecords', 'inflate_gzip_member',
-           'GZIP_MAGIC', 'MAX_INFLATED_BYTES']
+__all__ = ['DecodeError', 'envelopes', 'decode_record', 'DecodeCloudWatchRecords',
+           'inflate_gzip_member', 'GZIP_MAGIC', 'MAX_INFLATED_BYTES']
 
 GZIP_MAGIC = b'\x1f\x8b'
 # Gzip layers unwrapped at most (CloudWatch's own, plus Firehose's compression).
@@ -92,7 +92,8 @@ def inflate_gzip_member(data: bytes, offset: int = 0,
     return b''.join(parts), position - len(inflater.unused_data)
 
 
-def _payloads(data: bytes, depth: int = 0, budget: Optional[List[int]] = None) -> Iterable[bytes]:
+def _payloads(data: bytes, depth: int = 0,
+              budget: Optional[List[int]] = None) -> Iterable[bytes]:
     """The JSON documents in ``data``: each innermost gzip member, or data itself.
     ``budget[0]``: bytes the record may still inflate to, over all its layers."""
     if budget is None:

@@ -44,7 +44,8 @@ class _ExtractRowChangesFn(beam.DoFn):
                     'sql_changes', getattr(error, 'reason', 'bad-value'),
                     getattr(error, 'detail', str(error)), statement.line, statement.position))
                 continue
-            except Exception as error:  # pylint: disable=broad-except; a defect: this statement alone
+            except Exception as error:  # pylint: disable=broad-except
+                # A defect: this statement alone is dead-lettered, replayable whole.
                 self._dead.inc()
                 yield TaggedOutput(DEAD_LETTER_TAG, internal_error(
                     'sql_changes', error, statement.line, statement.position))

@@ -204,7 +204,8 @@ class TransactionTracker:
         return tuple(self._pending)
 
 
-@guarded('transactions', lambda element: lines_original(element[1]), lambda element: next(iter(element[1])).position)
+@guarded('transactions', lambda element: lines_original(element[1]),
+         lambda element: next(iter(element[1])).position)
 class _ResolveConnection(beam.DoFn):
     """All of one connection's events (a bounded run) -> committed transactions."""
 
