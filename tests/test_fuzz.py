@@ -20,8 +20,11 @@ import re
 import zlib
 
 import orjson
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+import pytest
+
+pytest.importorskip('hypothesis', reason="the fuzz test needs hypothesis: pip install -e '.[test]'")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from changeflow.config import TableSpec
 from changeflow.model import OpKind, RowOp, SourceRecord, audit_version
