@@ -146,8 +146,15 @@ DEAD_LETTER_TAG = 'dead_letter'
 
 
 def dead_letter(step: str, reason: str, detail: str, original, position: str) -> DeadLetter:
-    """A DeadLetter stamped now; ``original`` may be str (encoded as UTF-8) or bytes."""
+    """A DeadLetter stamped now; ``original`` may be str (encoded as UTF-8) or bytes.
+
+    Passwords in the detail and in a str original (statement text) are masked
+    (:func:`changeflow.sql.secrets.mask_secrets`); bytes (records, Changes as
+    JSON) are kept as they are, to be replayed.
+    """
     import time
+    from changeflow.sql.secrets import mask_secrets
     if isinstance(original, str):
-        original = original.encode('utf-8', 'surrogateescape')
-    return DeadLetter(step, reason, detail, bytes(original), position, time.time_ns() // 1000)
+        original = mask_secrets(original).encode('utf-8', 'surrogateescape')
+    return DeadLetter(step, reason, mask_secrets(detail), bytes(original), position,
+                      time.time_ns() // 1000)

@@ -59,6 +59,7 @@ from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import normalises_values, sqlalchemy_type
+from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase']
 
@@ -227,6 +228,7 @@ class _Target:
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
         self.coercers = {c.name: (_coercer(c.type), repr(c.type)) for c in table.columns}
+        self.redacted = frozenset(column.lower() for column in spec.redact)
 
     def coerce(self, column: str, value):
         if column not in self.coercers:
@@ -238,7 +240,7 @@ class _Target:
         try:
             return coerce(value)
         except BadValue as exc:
-            shown = '<redacted>' if column in self.spec.redact else repr(value)
+            shown = '<redacted>' if column.lower() in self.redacted else repr(value)
             raise _Rejected('bad-value', f'column {column!r} of {self.name!r} ({described}): '
                                          f'{shown}: {exc}') from None
 
@@ -693,6 +695,8 @@ _DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())  # the timer's t
 _FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
 
 
+@guarded(_STEP, lambda element: changes_original(element[1]),
+         lambda element: element[1].ops[-1].position, buffered=False)
 class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 
@@ -812,8 +816,13 @@ class _WriteDoFn(beam.DoFn):
                 return _Outcome.all_dead(items, 'database-error', str(exc))
             except Exception as exc:  # pylint: disable=broad-except
                 # A defect, not data: keep the changes replayable, keep the branch alive.
+                if len(items) > 1:  # each change on its own: only the one that trips it is dead
+                    outcome = _Outcome()
+                    for item in items:
+                        outcome.merge(self._write([item]))
+                    return outcome
                 logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
-                return _Outcome.all_dead(items, 'internal-error', _describe(exc))
+                return _Outcome.all_dead(items, 'internal-error', describe_error(exc))
 
     def _emit(self, outcome: _Outcome):
         for name, count in outcome.counts.items():

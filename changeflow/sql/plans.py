@@ -18,11 +18,20 @@ from the statement alone): clock/random/session functions, user variables,
 prepared-statement templates (``?``), INSERT ... SELECT, subqueries,
 multi-table statements, a WHERE that does not pin the key, writes that change
 a key column, inserts without the key (AUTO_INCREMENT). Reads, DDL and session
-statements are classified and skipped.
+statements are classified and skipped. A statement nested too deeply for
+sqlglot is ``unparseable-sql``; an UPDATE or DELETE whose IN lists name more
+than :data:`MAX_ROWS_PER_STATEMENT` (10,000) key combinations (the cross
+product of several lists; one list alone stays linear) is ``too-many-rows``.
+
+Column names are case-insensitive, as in MySQL: the plan names each column as
+the table spec spells it (its key, and its declared columns when there are
+any), so ``INSERT ... (EMAIL)`` and a spec's ``email`` are one column for every
+sink, redaction included.
 """
 
 import decimal
 import logging
+import math
 import operator
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -42,6 +51,9 @@ from changeflow.sql.types import parse_type
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
 
 MAX_CACHED_SHAPES = 20_000
+# Most rows one UPDATE or DELETE may name through IN lists on its key columns
+# (their cross product): 1,000 values on each of two columns are a million.
+MAX_ROWS_PER_STATEMENT = 10_000
 
 # sqlglot warns on every statement it parses as a generic Command (PREPARE, ...).
 logging.getLogger('sqlglot').setLevel(logging.ERROR)
@@ -72,6 +84,7 @@ class _Compiler:
         self._database = database
         self._expressions = ExpressionCompiler()
         self._defaults = {}  # column -> literal DEFAULT of the statement's table
+        self._names: Dict[str, str] = {}  # lower-case column name -> the spec's spelling
 
     # Tables and keys --------------------------------------------------------
 
@@ -82,7 +95,14 @@ class _Compiler:
         self._expressions.table_aliases = {node.name, node.alias_or_name}
         spec = self._tables.get(f'{database}.{node.name}')
         self._defaults = table_defaults(spec) if spec else {}
+        if spec is not None:
+            names = (*spec.key, *(column for column, _ in spec.columns))
+            self._names = {name.lower(): name for name in names}
         return spec
+
+    def _column(self, name: str) -> str:
+        """A column as the spec spells it (MySQL column names are case-insensitive)."""
+        return self._names.get(name.lower(), name)
 
     def key_pins(self, where, spec: TableSpec) -> Dict[str, List[tuple]]:
         """Key column -> candidate template values, from ``a = x AND b IN (...)``."""
@@ -102,14 +122,14 @@ class _Compiler:
                 left, right = node.this, node.expression
                 if not isinstance(left, exp.Column):
                     left, right = right, left
-                if isinstance(left, exp.Column) and left.name in spec.key:
+                if isinstance(left, exp.Column) and self._column(left.name) in spec.key:
                     values = [self._constant(right)]
-                    column = left.name
+                    column = self._column(left.name)
                 else:
                     raise needs_lookup(f'WHERE on a non-key condition: {node.sql(dialect="mysql")}')
             elif isinstance(node, exp.In) and isinstance(node.this, exp.Column) \
-                    and node.this.name in spec.key and not node.args.get('query'):
-                column = node.this.name
+                    and self._column(node.this.name) in spec.key and not node.args.get('query'):
+                column = self._column(node.this.name)
                 values = [self._constant(v) for v in node.expressions]
             else:
                 raise needs_lookup(f'WHERE on a non-key condition: {node.sql(dialect="mysql")}')
@@ -128,8 +148,11 @@ class _Compiler:
         return value
 
     def _compile(self, node, row_values=None, target=None) -> tuple:
-        """Template of ``node``, DEFAULT / DEFAULT(col) resolved to the table's literal defaults."""
-        return resolve_defaults(self._expressions.compile(node, row_values, target), self._defaults)
+        """Template of ``node``, DEFAULT / DEFAULT(col) resolved to the table's literal
+        defaults, its columns spelled as the spec does (MySQL column names are
+        case-insensitive)."""
+        return _respelled(resolve_defaults(self._expressions.compile(node, row_values, target),
+                                           self._defaults), self._names)
 
     # Statements -------------------------------------------------------------
 
@@ -171,6 +194,8 @@ class _Compiler:
         spec = self.table(target)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
+        if columns is not None:
+            columns = [self._column(c) for c in columns]
         if columns is None:
             if not spec.columns:
                 raise needs_lookup('INSERT without a column list and no declared columns')
@@ -205,7 +230,7 @@ class _Compiler:
             assignments = []
             if conflict is not None:
                 for eq in conflict.expressions:
-                    column = eq.this.name
+                    column = self._column(eq.this.name)
                     if column in spec.key:
                         raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
                     assignments.append((column, self._compile(eq.expression, values, column)))
@@ -237,7 +262,7 @@ class _Compiler:
             raise needs_lookup('UPDATE ... FROM reads other rows')
         assignments = []
         for eq in tree.expressions:
-            column = eq.this.name
+            column = self._column(eq.this.name)
             if column in spec.key:
                 raise needs_lookup(f'UPDATE changes key column {column}')
             assignments.append((column, self._compile(eq.expression, target=column)))
@@ -256,6 +281,12 @@ class _Compiler:
 
     @staticmethod
     def _keyed_plan(spec, pins, kind, assignments):
+        rows = math.prod(len(pins[k]) for k in spec.key)
+        # IN lists on several key columns multiply; one long list stays linear.
+        if rows > max(MAX_ROWS_PER_STATEMENT, *(len(pins[k]) for k in spec.key)):
+            raise SqlChangeError('too-many-rows', f'the WHERE names {rows:,} key combinations;'
+                                                  f' at most {MAX_ROWS_PER_STATEMENT:,} per'
+                                                  f' statement are translated')
 
         key_binders = [[_value_binder(t) for t in pins[k]] for k in spec.key]
         assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
@@ -272,6 +303,15 @@ class _Compiler:
             return Translation(tuple(RowChange(source_table, key, kind, (), bound)
                                      for key in dict.fromkeys(keys)))
         return plan
+
+
+def _respelled(template, names: Dict[str, str]):
+    """``template`` with each ``('col', name)`` renamed to ``names[name.lower()]``."""
+    if not isinstance(template, tuple) or not template or template[0] == 'lit':
+        return template
+    if template[0] == 'col' and isinstance(template[1], str):
+        return ('col', names.get(template[1].lower(), template[1]), *template[2:])
+    return tuple(_respelled(part, names) for part in template)
 
 
 def _constant_translation(translation: Translation):
@@ -342,6 +382,8 @@ def _parse(shape: str):
         trees = sqlglot.parse(text, read='mysql')
     except sqlglot.errors.SqlglotError as error:
         raise SqlChangeError('unparseable-sql', str(error).splitlines()[0][:300]) from None
+    except RecursionError:  # sqlglot recurses per nesting level: ~40 parentheses are too many
+        raise SqlChangeError('unparseable-sql', 'nested too deeply to parse') from None
     trees = [t for t in trees if t is not None]
     if len(trees) != 1:
         raise SqlChangeError('unsupported-sql', f'{len(trees)} statements in one log line')
@@ -384,6 +426,8 @@ class StatementTranslator:
             plan = _Compiler(self._tables, database).compile(_parse(shape))
         except SqlChangeError as error:
             plan = error  # refusals are cached too: a bad shape is not parsed twice
+        except RecursionError:
+            plan = SqlChangeError('unparseable-sql', 'nested too deeply to compile')
         if len(self._plans) >= self._max_shapes:
             self._plans.clear()
         self._plans[(shape, database)] = plan

@@ -28,7 +28,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
 from changeflow.sql.expressions import is_literal, lit, substitute
-from changeflow.model import FULL_ROW_KINDS, Change, OpKind, RowOp
+from changeflow.model import DEAD_LETTER_TAG, FULL_ROW_KINDS, Change, OpKind, RowOp
+from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['coalesce_ops', 'coalesce_changes', 'CoalesceChanges']
 
@@ -40,7 +41,10 @@ def _assign(known: dict, assignments) -> Optional[dict]:
     right as MySQL does; None if one reads a column that is not known."""
     known = dict(known)
     for column, expr in assignments:
-        value = substitute(expr, known)
+        try:
+            value = substitute(expr, known)
+        except (ArithmeticError, LookupError, TypeError, ValueError):
+            return None  # not foldable (GREATEST of text and a number): the sink decides
         if not is_literal(value):
             return None
         known[column] = value
@@ -110,6 +114,7 @@ def coalesce_changes(changes: Sequence[Change], truncates: Sequence[RowOp] = ())
                   max(c.event_time_us for c in changes))
 
 
+@guarded('coalesce', lambda element: changes_original(element[1]), lambda element: element[0][0])
 class _CoalesceFn(beam.DoFn):
     def __init__(self):
         self._rows = Metrics.counter('changeflow.coalesce', 'rows')
@@ -125,12 +130,15 @@ class _CoalesceFn(beam.DoFn):
 
 
 class CoalesceChanges(beam.PTransform):
-    """PCollection[Change] -> one Change per (table, key) per window.
+    """PCollection[Change] -> main (``MAIN``): one Change per (table, key) per
+    window; DEAD_LETTER_TAG: the changes of a row that could not be coalesced.
 
     Args:
       window_seconds: fixed event-time window for streaming inputs.
       whole_input: coalesce each key over the whole (bounded) input instead.
     """
+
+    MAIN = 'changes'
 
     def __init__(self, window_seconds: float = 5, whole_input: bool = True):
         super().__init__()
@@ -158,4 +166,5 @@ class CoalesceChanges(beam.PTransform):
             windowed
             | 'ByRow' >> beam.Map(lambda c: ((c.table, c.key), c))
             | 'GroupRow' >> beam.GroupByKey()
-            | 'Fold' >> beam.ParDo(_CoalesceFn(), truncates=beam.pvalue.AsDict(truncates)))
+            | 'Fold' >> beam.ParDo(_CoalesceFn(), truncates=beam.pvalue.AsDict(truncates))
+            .with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

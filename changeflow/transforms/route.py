@@ -4,6 +4,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
+from changeflow.model import DEAD_LETTER_TAG
+from changeflow.transforms.guard import changes_original, guarded
+
 __all__ = ['DATABASE', 'PARQUET', 'NOTIFY', 'BRANCHES', 'RouteChanges']
 
 DATABASE = 'database'
@@ -12,6 +15,7 @@ NOTIFY = 'notify'
 BRANCHES = (DATABASE, PARQUET, NOTIFY)
 
 
+@guarded('route', changes_original, lambda change: change.ops[-1].position)
 class _RouteFn(beam.DoFn):
     def __init__(self, branches):
         self._branches = branches
@@ -24,7 +28,7 @@ class _RouteFn(beam.DoFn):
 
 
 class RouteChanges(beam.PTransform):
-    """PCollection[Change] -> one tagged output per branch.
+    """PCollection[Change] -> one tagged output per branch, and DEAD_LETTER_TAG.
 
     Each branch starts with a Reshuffle, so the runner does not fuse the sinks
     into one stage: a sink whose bundle fails and is retried re-runs alone,
@@ -41,6 +45,7 @@ class RouteChanges(beam.PTransform):
 
     def expand(self, changes):
         routed = changes | 'Route' >> beam.ParDo(_RouteFn(self._branches)).with_outputs(
-            *self._branches)
-        return {branch: routed[branch] | f'Isolate_{branch}' >> beam.Reshuffle()
-                for branch in self._branches}
+            DEAD_LETTER_TAG, *self._branches)
+        return {DEAD_LETTER_TAG: routed[DEAD_LETTER_TAG],
+                **{branch: routed[branch] | f'Isolate_{branch}' >> beam.Reshuffle()
+                   for branch in self._branches}}

@@ -10,11 +10,13 @@ from apache_beam.pvalue import TaggedOutput
 from changeflow.config import TableSpec
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, audit_version, dead_letter
 from changeflow.sql.plans import RowChange, SqlChangeError, StatementTranslator, key_caster
+from changeflow.transforms.guard import guarded, internal_error, lines_original
 from changeflow.transforms.transactions import CommittedTransaction
 
 __all__ = ['ExtractRowChanges']
 
 
+@guarded('sql_changes', lambda t: lines_original(t.statements), lambda t: t.statements[0].position)
 class _ExtractRowChangesFn(beam.DoFn):
     def __init__(self, tables: Sequence[TableSpec]):
         self._tables = tuple(tables)
@@ -41,6 +43,12 @@ class _ExtractRowChangesFn(beam.DoFn):
                 yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                     'sql_changes', getattr(error, 'reason', 'bad-value'),
                     getattr(error, 'detail', str(error)), statement.line, statement.position))
+                continue
+            except Exception as error:  # pylint: disable=broad-except
+                # A defect: this statement alone is dead-lettered, replayable whole.
+                self._dead.inc()
+                yield TaggedOutput(DEAD_LETTER_TAG, internal_error(
+                    'sql_changes', error, statement.line, statement.position))
                 continue
             if translation.skipped:
                 self._skipped[translation.skipped.replace('-', '_')].inc()
