@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import yaml
 
-from changeflow.model import OpKind
+from changeflow.model import MARKER_KINDS, OpKind
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config']
@@ -64,7 +64,7 @@ class ConfigError(ValueError):
 
 
 ARCHIVE_FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit')
-NOTIFY_OPS = tuple(kind.value for kind in OpKind)  # a rule's `when.op`
+NOTIFY_OPS = tuple(kind.value for kind in OpKind if kind not in MARKER_KINDS)  # `when.op`
 
 
 def _check_keys(where: str, mapping, allowed, required=()):

@@ -143,7 +143,8 @@ def test_one_parse_per_shape(translator):
 
 def test_a_statement_with_an_uncastable_key_is_dead_lettered_whole():
     """Row 1 is fine, row 2's key is not an integer: nothing of the statement is
-    emitted (it is replayable whole), the next statement still is."""
+    emitted (it is replayable whole) but a whole-table DIVERGE mark, the next
+    statement still is."""
     template = query_event('DELETE FROM orders')
     bad = template._replace(query_id=900, object=(
         "INSERT INTO orders (tenant_id, order_id, note) VALUES (7, 1, 'a'), (7, 'two', 'b')"))
@@ -152,7 +153,7 @@ def test_a_statement_with_an_uncastable_key_is_dead_lettered_whole():
     with local_pipeline() as p:
         result = (p | beam.Create([CommittedTransaction('vm', 1, (bad, good))])
                   | ExtractRowChanges(SHOP_TABLES))
-        assert_that(result['changes'] | beam.Map(lambda c: c.key), equal_to([(7, 3)]),
-                    label='changes')
+        assert_that(result['changes'] | beam.Map(lambda c: (c.key, c.ops[0].kind.value)),
+                    equal_to([((), 'diverge'), ((7, 3), 'insert')]), label='changes')
         assert_that(result[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.reason, d.position)),
                     equal_to([('bad-value', template.position)]), label='dead letters')

@@ -125,6 +125,18 @@ class _Compiler:
     # Statements -------------------------------------------------------------
 
     def compile(self, tree) -> Callable[[Sequence[Any]], Translation]:
+        try:
+            return self._compile(tree)
+        except SqlChangeError as error:
+            if error.table is None and isinstance(tree, (exp.Insert, exp.Update, exp.Delete)):
+                # Refused before its table was known (a multi-table write): every
+                # configured table it names may have been written.
+                tables = self.tracked_tables(tree)
+                if tables:
+                    raise error.on(tables[0] if len(tables) == 1 else tables) from None
+            raise
+
+    def _compile(self, tree) -> Callable[[Sequence[Any]], Translation]:
         if isinstance(tree, exp.Insert):
             return self._insert(tree)
         if isinstance(tree, exp.Update):
@@ -162,6 +174,12 @@ class _Compiler:
         spec = self.table(target)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
+        try:
+            return self._insert_plan(tree, spec, columns)
+        except SqlChangeError as error:  # the rows it wrote cannot be named
+            raise error.on(spec.source) from None
+
+    def _insert_plan(self, tree: exp.Insert, spec: TableSpec, columns):
         if columns is None:
             if not spec.columns:
                 raise needs_lookup('INSERT without a column list and no declared columns')
@@ -182,34 +200,27 @@ class _Compiler:
             kind = OpKind.INSERT_IGNORE
         else:
             kind = OpKind.INSERT
-        rows = []
+        rows, row_keys, refusal = [], [], None
         for row in source.expressions:
             items = row.expressions if isinstance(row, exp.Tuple) else [row]
             if len(items) != len(columns):
                 raise SqlChangeError('unsupported-sql', 'VALUES row length differs from column list')
-            values = {}
-            for column, node in zip(columns, items):
-                if isinstance(node, exp.Var) and node.name.upper() == 'DEFAULT':
-                    if column in spec.key:
-                        raise needs_lookup(f'key column {column} takes its DEFAULT')
-                    continue
-                template = self._expressions.compile(node)
-                if _reads_columns(template):
-                    raise needs_lookup(f'VALUES reads a column: {node.sql(dialect="mysql")}')
-                values[column] = template
-            assignments = []
-            if conflict is not None:
-                for eq in conflict.expressions:
-                    column = eq.this.name
-                    if column in spec.key:
-                        raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
-                    assignments.append((column, self._expressions.compile(eq.expression, values)))
-            rows.append((values, tuple(assignments)))
-        # Every row names the same columns (DEFAULT aside), so key positions
-        # are those of the first row; a row that differs is checked here.
-        first = list(rows[0][0])
-        if any(list(values) != first for values, _ in rows):
-            raise SqlChangeError('unsupported-sql', 'DEFAULT in some VALUES rows but not others')
+            by_column = dict(zip(columns, items))
+            # The key first: a value refused below still leaves the row named.
+            row_keys.append([self._value(by_column[k], k, key=True) for k in spec.key])
+            try:
+                rows.append(self._values_row(spec, by_column, conflict))
+            except SqlChangeError as error:
+                refusal = refusal or error
+        if refusal is None:
+            # Every row names the same columns (DEFAULT aside), so key positions
+            # are those of the first row; a row that differs is checked here.
+            first = list(rows[0][0])
+            if any(list(values) != first for values, _ in rows):
+                refusal = SqlChangeError('unsupported-sql',
+                                         'DEFAULT in some VALUES rows but not others')
+        if refusal is not None:
+            return _refused_plan(refusal, spec.source, _row_keys_binder(row_keys))
         key_positions = [first.index(k) for k in spec.key]
         compiled = [(tuple(values), _values_binder(list(values.values())),
                      tuple((c, _binder(t)) for c, t in assignments)) for values, assignments in rows]
@@ -226,21 +237,55 @@ class _Compiler:
             return Translation(tuple(changes))
         return plan
 
+    def _value(self, node, column: str, key: bool = False) -> tuple:
+        """Template of one VALUES item; None for DEFAULT (not allowed for a key)."""
+        if isinstance(node, exp.Var) and node.name.upper() == 'DEFAULT':
+            if key:
+                raise needs_lookup(f'key column {column} takes its DEFAULT')
+            return None
+        template = self._expressions.compile(node)
+        if _reads_columns(template):
+            raise needs_lookup(f'VALUES reads a column: {node.sql(dialect="mysql")}')
+        return template
+
+    def _values_row(self, spec: TableSpec, by_column, conflict):
+        values = {}
+        for column, node in by_column.items():
+            template = self._value(node, column, key=column in spec.key)
+            if template is not None:
+                values[column] = template
+        assignments = []
+        if conflict is not None:
+            for eq in conflict.expressions:
+                column = eq.this.name
+                if column in spec.key:
+                    raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
+                assignments.append((column, self._expressions.compile(eq.expression, values)))
+        return values, tuple(assignments)
+
     def _update(self, tree: exp.Update):
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
-        if tree.args.get('from') or tree.args.get('from_'):
-            raise needs_lookup('UPDATE ... FROM reads other rows')
-        assignments = []
-        for eq in tree.expressions:
-            column = eq.this.name
-            if column in spec.key:
-                raise needs_lookup(f'UPDATE changes key column {column}')
-            assignments.append((column, self._expressions.compile(eq.expression)))
-        pins = self.key_pins(tree.args.get('where'), spec)
-        assignments = tuple(assignments)
-        return self._keyed_plan(spec, pins, OpKind.UPDATE, assignments)
+        # The WHERE is read even when an assignment is refused, so the refusal
+        # names the rows it leaves stale; the first refusal in statement order
+        # is the one reported.
+        refusal, assignments = None, []
+        try:
+            if tree.args.get('from') or tree.args.get('from_'):
+                raise needs_lookup('UPDATE ... FROM reads other rows')
+            for eq in tree.expressions:
+                column = eq.this.name
+                if column in spec.key:
+                    raise needs_lookup(f'UPDATE changes key column {column}')
+                assignments.append((column, self._expressions.compile(eq.expression)))
+        except SqlChangeError as error:
+            refusal = error
+        pins = self._pins_or_refusal(tree, spec, refusal)
+        if refusal is not None:
+            return _refused_plan(refusal, spec.source, _keys_binder(
+                [pins[k] for k in spec.key]))
+        return self._keyed_plan(spec, pins, OpKind.UPDATE, tuple(assignments))
 
     def _delete(self, tree: exp.Delete):
         if tree.args.get('tables') or tree.args.get('using'):
@@ -248,27 +293,72 @@ class _Compiler:
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
-        pins = self.key_pins(tree.args.get('where'), spec)
+        pins = self._pins_or_refusal(tree, spec, None)
         return self._keyed_plan(spec, pins, OpKind.DELETE, ())
+
+    def _pins_or_refusal(self, tree, spec: TableSpec, refusal: Optional[SqlChangeError]):
+        """key_pins of the statement's WHERE; when it does not pin the key, the
+        first refusal (``refusal`` or the WHERE's) for the whole table."""
+        try:
+            return self.key_pins(tree.args.get('where'), spec)
+        except SqlChangeError as error:
+            raise (refusal or error).on(spec.source) from None
 
     @staticmethod
     def _keyed_plan(spec, pins, kind, assignments):
-
-        key_binders = [[_value_binder(t) for t in pins[k]] for k in spec.key]
+        bind_keys = _keys_binder([pins[k] for k in spec.key])
         assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
         source_table = spec.source
 
         def plan(params):
-            keys = [()]
-            for candidates in key_binders:
-                keys = [k + (bind(params),) for k in keys for bind in candidates]
             bound = tuple((c, bind(params)) for c, bind in assignment_binders)
-            if len(keys) == 1:
-                return Translation((RowChange(source_table, keys[0], kind, (), bound),))
-            # `IN (1, 1)` touches the row once
             return Translation(tuple(RowChange(source_table, key, kind, (), bound)
-                                     for key in dict.fromkeys(keys)))
+                                     for key in bind_keys(params)))
         return plan
+
+    def tracked_tables(self, tree) -> Tuple[str, ...]:
+        """Source names of the configured tables a statement names, in order."""
+        names = []
+        for node in tree.find_all(exp.Table):
+            source = f'{node.db or self._database}.{node.name}'
+            if source in self._tables and source not in names:
+                names.append(source)
+        return tuple(names)
+
+
+def _keys_binder(candidates: Sequence[Sequence[tuple]]) -> Callable[[Sequence[Any]], List[tuple]]:
+    """params -> the distinct keys named by candidate templates per key column
+    (in key order): their cross product."""
+    binders = [[_value_binder(t) for t in column] for column in candidates]
+    if all(len(column) == 1 for column in binders):
+        single = [column[0] for column in binders]
+        return lambda params: [tuple(bind(params) for bind in single)]
+
+    def bind_keys(params):
+        keys = [()]
+        for column in binders:
+            keys = [k + (bind(params),) for k in keys for bind in column]
+        return list(dict.fromkeys(keys))  # `IN (1, 1)` touches the row once
+    return bind_keys
+
+
+def _row_keys_binder(rows: Sequence[Sequence[tuple]]) -> Callable[[Sequence[Any]], List[tuple]]:
+    """params -> the distinct keys of VALUES rows, given each row's key templates."""
+    binders = [[_value_binder(t) for t in row] for row in rows]
+    return lambda params: list(dict.fromkeys(
+        tuple(bind(params) for bind in row) for row in binders))
+
+
+def _refused_plan(refusal: SqlChangeError, table: str, bind_keys):
+    """A plan that refuses every statement of its shape, naming the rows each
+    one writes (the whole table when its keys cannot be bound)."""
+    def plan(params):
+        try:
+            keys = bind_keys(params)
+        except (ArithmeticError, TypeError, ValueError, IndexError):
+            keys = None
+        raise refusal.on(table, keys)
+    return plan
 
 
 def _constant_translation(translation: Translation):
@@ -366,14 +456,15 @@ class StatementTranslator:
         """Row changes of one successful statement run in ``database``.
 
         Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql' or
-        'unsupported-sql'.
+        'unsupported-sql', naming the configured table(s) the statement writes
+        and, where the statement pins them, the keys of its rows.
         """
         shape, params = mask_literals(sql)
         plan = self._plans.get((shape, database))
         if plan is None:
             plan = self._compile(shape, database)
         if isinstance(plan, SqlChangeError):
-            raise SqlChangeError(plan.reason, plan.detail)
+            raise plan.on(plan.table, plan.keys)
         return plan(params)
 
     def _compile(self, shape: str, database: str):

@@ -30,6 +30,8 @@ def apply_op(state: RowState, op: RowOp) -> RowState:
     """State after ``op``. Raises expressions.MissingColumn when an assignment
     reads a column ``state`` does not know (the caller reads it and retries)."""
     kind = op.kind
+    if kind == OpKind.DIVERGE:
+        return state  # a marker: the sink records it, the row is unchanged
     if kind in (OpKind.DELETE, OpKind.TRUNCATE):
         return ABSENT
     if kind in (OpKind.INSERT, OpKind.REPLACE):

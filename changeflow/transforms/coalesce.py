@@ -12,7 +12,10 @@ sink may have applied part of a row's history before (a replay, a restart):
   expressions can be evaluated from the values written;
 * literal-only UPDATEs fold into each other;
 * anything else (``qty = qty + 1`` twice) stays a separate op, each with its
-  own version, and the sink applies exactly the ops newer than what it has.
+  own version, and the sink applies exactly the ops newer than what it has;
+* a DIVERGE marker is never folded away, and nothing folds across it (a
+  whole-row write after it still makes the ops before it irrelevant, not
+  the marker).
 
 Ordering: in a bounded run every row is coalesced over the whole input
 (``whole_input=True``), so one change per row reaches the sinks. In a streaming
@@ -28,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
 from changeflow.sql.expressions import is_literal, lit, substitute
-from changeflow.model import FULL_ROW_KINDS, Change, OpKind, RowOp
+from changeflow.model import FULL_ROW_KINDS, MARKER_KINDS, Change, OpKind, RowOp
 
 __all__ = ['coalesce_ops', 'coalesce_changes', 'CoalesceChanges']
 
@@ -82,8 +85,11 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
         by_version.setdefault(op.version, op)
     folded: List[RowOp] = []
     for op in sorted(by_version.values(), key=lambda o: o.version):
-        if op.kind in FULL_ROW_KINDS or op.kind == OpKind.TRUNCATE or not folded:
-            folded = [op]
+        if op.kind in FULL_ROW_KINDS or op.kind == OpKind.TRUNCATE:
+            folded = [o for o in folded if o.kind in MARKER_KINDS] + [op]
+            continue
+        if not folded or op.kind in MARKER_KINDS or folded[-1].kind in MARKER_KINDS:
+            folded.append(op)
             continue
         merged = _merge(folded[-1], op)
         if merged is None:
