@@ -182,3 +182,128 @@ def test_only_the_database_branch_gets_markers():
                                                ((), ('diverge',))]), label='database')
         assert_that(kinds[PARQUET], equal_to([((1,), ('insert',))]), label='parquet')
         assert_that(kinds[NOTIFY], equal_to([((1,), ('insert',))]), label='notify')
+
+
+# ---------------------------------------------------------------------------
+# The replica keeps the marks (SQLite always; PostgreSQL and MariaDB where reachable).
+
+from tests.test_sql_sink import (  # noqa: E402
+    ORDERS_SOURCE, Replica, change, op, order_row, plus, version)
+from changeflow.io.sql import WriteToDatabase  # noqa: E402
+from changeflow.metrics import counter_totals  # noqa: E402
+import json  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+
+@pytest.fixture
+def replica(database_url, table_prefix):
+    replica = Replica(database_url, table_prefix)
+    yield replica
+    replica.drop()
+
+
+def mark(n, reason='needs-lookup', detail='NOW()'):
+    return diverge_op(version(n), reason, detail, f'audit.log#{n}')
+
+
+def write(replica, changes, tables, written, dead, **options):
+    """Runs the sink; asserts the written changes' (key, op positions) and the
+    dead letters' (reason, key, op positions); returns the counters."""
+    def ops_of(change_):
+        return [list(change_.key), [o.position for o in change_.ops]]
+
+    def dead_of(letter):
+        original = json.loads(letter.original)
+        return [letter.reason, original['key'], [o['position'] for o in original['ops']]]
+
+    pipeline = local_pipeline()
+    out, letters = (pipeline | beam.Create(changes)
+                    | WriteToDatabase(replica.url, tables,
+                                      bookkeeping_prefix=replica.bookkeeping, **options))
+    assert_that(out | 'Written' >> beam.Map(ops_of), equal_to(written), label='written')
+    assert_that(letters | 'Dead' >> beam.Map(dead_of), equal_to(dead), label='dead')
+    return counter_totals(pipeline.run(), 'changeflow.write_database')
+
+
+def diverged(replica, spec):
+    """{row_key: (version, reason)} of a replica table's marks."""
+    with replica.engine.connect() as conn:
+        return {key: (v, reason) for key, v, reason in conn.execute(sa.text(
+            f'SELECT row_key, version, reason FROM {replica.bookkeeping}diverged'
+            ' WHERE table_name = :t'), {'t': spec.target})}
+
+
+def positions(*ns):
+    return [f'audit.log#{n}' for n in ns]
+
+
+def test_a_marked_row_keeps_its_changes_and_its_mark_under_replay(replica):
+    spec = replica.orders()
+    changes = [change((1,), op(OpKind.INSERT, 1, id=1, qty=1), mark(2),
+                      op(OpKind.UPDATE, 3, [('qty', plus('qty', 1))])),
+               change((2,), mark(4))]
+    counters = write(replica, changes, [spec], [[[1], positions(1, 2, 3)], [[2], positions(4)]],
+                     [])
+    assert counters['rows_marked_diverged'] == 2
+    expected = {'[1]': (version(2), 'needs-lookup'), '[2]': (version(4), 'needs-lookup')}
+    assert diverged(replica, spec) == expected
+    assert replica.rows(spec) == {(1,): order_row(1, qty=2)}
+    # Replayed: nothing changes, nothing is counted again.
+    counters = write(replica, changes, [spec], [[[1], positions(1, 2, 3)], [[2], positions(4)]],
+                     [])
+    assert counters.get('rows_marked_diverged', 0) == 0
+    assert counters['ops_skipped_stale'] == 4
+    # Later changes still apply; the row stays marked.
+    write(replica, [change((1,), op(OpKind.UPDATE, 5, [('qty', plus('qty', 10))]))], [spec],
+          [[[1], positions(5)]], [])
+    assert replica.rows(spec) == {(1,): order_row(1, qty=12)}
+    assert diverged(replica, spec) == expected
+
+
+def test_an_op_that_cannot_be_applied_keeps_the_rows_earlier_ops(replica):
+    """Row 1's third op is a bad value: the first two are applied, the row is
+    marked with the bad op's version, the dead letter holds ops 3 and 4."""
+    spec = replica.orders()
+    changes = [
+        change((1,), op(OpKind.INSERT, 1, id=1, qty=1),
+               op(OpKind.UPDATE, 2, [('qty', plus('qty', 1))]),
+               op(OpKind.UPDATE, 3, [('qty', lit('lots'))]),
+               op(OpKind.UPDATE, 4, [('qty', plus('qty', 10))])),
+        change((2,), op(OpKind.INSERT, 5, id=2, colour='red')),
+        change((3,), op(OpKind.INSERT, 6, id=3), op(OpKind.UPDATE, 7, [('qty', col('nope'))])),
+        change((4,), op(OpKind.INSERT, 8, id=4, status=None)),  # NOT NULL: the database refuses
+        change(('x',), op(OpKind.INSERT, 9, id='x')),  # the key cannot be an integer
+        change((6,), op(OpKind.INSERT, 10, id=6)),
+    ]
+    write(replica, changes, [spec],
+          [[[1], positions(1, 2)], [[3], positions(6)], [[6], positions(10)]],
+          [['bad-value', [1], positions(3, 4)], ['unknown-column', [2], positions(5)],
+           ['unknown-column', [3], positions(7)], ['database-rejected', [4], positions(8)],
+           ['bad-value', ['x'], positions(9)]])
+    assert replica.rows(spec) == {(1,): order_row(1, qty=2), (3,): order_row(3),
+                                  (6,): order_row(6)}
+    assert replica.versions(spec)[0] == {'[1]': (version(2), False), '[3]': (version(6), False),
+                                         '[6]': (version(10), False)}
+    assert diverged(replica, spec) == {
+        '[1]': (version(3), 'bad-value'), '[2]': (version(5), 'unknown-column'),
+        '[3]': (version(7), 'unknown-column'), '[4]': (version(8), 'database-rejected'),
+        '': (version(9), 'bad-value')}
+
+
+def test_a_whole_table_mark_reaches_every_shard_and_is_reported_once(replica):
+    spec = replica.orders()
+    table_mark = Change(ORDERS_SOURCE, (), (mark(3),), 0)
+    changes = [change((k,), op(OpKind.INSERT, k, id=k)) for k in (1, 2, 4, 5)] + [table_mark]
+    written = [[[k], positions(k)] for k in (1, 2, 4, 5)] + [[[], positions(3)]]
+    counters = write(replica, changes, [spec], written, [], num_shards=4)
+    assert counters['changes_received'] == 5
+    assert counters['tables_marked_diverged'] == 1
+    assert diverged(replica, spec) == {'': (version(3), 'needs-lookup')}
+    assert set(replica.rows(spec)) == {(1,), (2,), (4,), (5,)}
+    # A newer mark replaces the reason; an older replayed one does not.
+    newer = Change(ORDERS_SOURCE, (), (mark(7, 'trigger', 'on orders'),), 0)
+    counters = write(replica, [newer], [spec], [[[], positions(7)]], [], num_shards=4)
+    assert counters['tables_marked_diverged'] == 1
+    counters = write(replica, [table_mark], [spec], [[[], positions(3)]], [], num_shards=4)
+    assert counters.get('tables_marked_diverged', 0) == 0
+    assert diverged(replica, spec) == {'': (version(7), 'trigger')}

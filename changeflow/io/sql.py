@@ -18,6 +18,12 @@ in the target database itself, written in the same transaction as the rows:
   stays inside MariaDB's 3072-byte index limit in utf8mb4.
 * ``changeflow_table_versions(table_name, truncated_version)``: per replica
   table, the version of the newest TRUNCATE applied ('' when none).
+* ``changeflow_diverged(table_name, row_key, version, reason, detail)``,
+  primary key ``(table_name, row_key)``: the rows (``row_key`` as above) and
+  whole tables (``row_key = ''``) no longer known to equal the source, with
+  the version and reason of the newest mark: a DIVERGE op (a statement the
+  SQL stage dead-lettered) or a change this sink dead-lettered. Later changes
+  still apply; a mark stays until the row is repaired.
 
 The prefix ``changeflow_`` is configurable; ``table_name`` is the replica
 table name (``TableSpec.target``).
@@ -56,7 +62,7 @@ from changeflow.sql.coercion import BadValue, coercer
 from changeflow.config import TableSpec
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
-from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 
 __all__ = ['WriteToDatabase']
@@ -71,6 +77,7 @@ _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
 _DETAIL_LENGTH = 2000
+_REASON_LENGTH = 64
 _DECIMAL_TYPE = re.compile(r'decimal\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\Z', re.IGNORECASE)
 _MISSING = object()
 
@@ -183,8 +190,9 @@ def _row_key(values: Sequence[Any]) -> str:
 def _shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int], Change]]:
     """(table, shard) keyed copies of a Change: one, by a stable hash of its key
     values, so every change of one row goes to the same shard on every worker
-    and run; a TRUNCATE goes to every shard of its table, so each shard applies
-    it in version order with its own rows' changes (shard 0 reports it)."""
+    and run; a whole-table op (TRUNCATE, DIVERGE) goes to every shard of its
+    table, so each shard applies it in version order with its own rows'
+    changes (shard 0 reports it)."""
     if not change.key:
         for shard in range(num_shards):
             yield (change.table, shard), change
@@ -198,12 +206,14 @@ def _shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int
 # The replica: tables, bookkeeping, and how one batch is written.
 
 class _Rejected(Exception):
-    """A change the sink cannot apply; becomes a dead letter."""
+    """A change the sink cannot apply; becomes a dead letter. ``index``: the
+    position of the op that cannot be applied, among the ops tried."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.index = 0
 
 
 class _Item(NamedTuple):
@@ -211,7 +221,7 @@ class _Item(NamedTuple):
     change: Change
     timestamp: Any
     window: Any
-    reported: bool = True  # False for the copies of a TRUNCATE outside shard 0
+    reported: bool = True  # False for the copies of a whole-table op outside shard 0
 
 
 class _Outcome:
@@ -360,7 +370,8 @@ def _chunks(values: Sequence, size: int = _KEYS_PER_SELECT):
         yield values[start:start + size]
 
 
-def _bookkeeping_tables(metadata: sa.MetaData, prefix: str) -> Tuple[sa.Table, sa.Table]:
+def _bookkeeping_tables(metadata: sa.MetaData, prefix: str
+                        ) -> Tuple[sa.Table, sa.Table, sa.Table]:
     # Binary collations: row keys compare exactly and versions bytewise everywhere.
     def text(length):
         return sa.String(length).with_variant(sa.String(length, collation='C'), 'postgresql')
@@ -377,7 +388,15 @@ def _bookkeeping_tables(metadata: sa.MetaData, prefix: str) -> Tuple[sa.Table, s
         sa.Column('table_name', text(_TABLE_NAME_LENGTH), primary_key=True),
         sa.Column('truncated_version', text(_VERSION_LENGTH), nullable=False),
         **options)
-    return rows, tables
+    diverged = sa.Table(
+        f'{prefix}diverged', metadata,
+        sa.Column('table_name', text(_TABLE_NAME_LENGTH), primary_key=True),
+        sa.Column('row_key', text(_ROW_KEY_LENGTH), primary_key=True),  # '': the whole table
+        sa.Column('version', text(_VERSION_LENGTH), nullable=False),
+        sa.Column('reason', sa.String(_REASON_LENGTH), nullable=False),
+        sa.Column('detail', sa.Text(), nullable=False),
+        **options)
+    return rows, tables, diverged
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
@@ -427,8 +446,8 @@ class _Replica:
         Raises ValueError when a table without declared columns does not exist.
         """
         metadata = sa.MetaData()
-        self._rows, self._tables = _bookkeeping_tables(metadata, self._prefix)
-        created = [self._rows, self._tables]
+        self._rows, self._tables, self._diverged = _bookkeeping_tables(metadata, self._prefix)
+        created = [self._rows, self._tables, self._diverged]
         targets = {}
         with engine.begin() as conn:
             for spec in self._specs.values():
@@ -474,9 +493,9 @@ class _Replica:
         # table run concurrently, a TRUNCATE waits for them and they for it.
         truncated = {name: self._lock_table(conn, name, exclusive=name in truncating)
                      for name in names}
-        truncates = sorted((i for i in items if not i.change.key), key=lambda i: i.change.version)
-        for item in truncates:  # before the keyed changes: they see the new marker
-            outcome.merge(self._guarded(conn, isolate, [item], self._truncate, truncated))
+        whole = sorted((i for i in items if not i.change.key), key=lambda i: i.change.version)
+        for item in whole:  # before the keyed changes: they see the new marker
+            outcome.merge(self._guarded(conn, isolate, [item], self._table_ops, truncated))
         keyed = _grouped((i for i in items if i.change.key), lambda i: i.change.table)
         for table in sorted(keyed):
             target = self.targets[table]
@@ -486,8 +505,7 @@ class _Replica:
                                             target, truncated[target.name]))
         return outcome
 
-    @staticmethod
-    def _guarded(conn, isolate, items, write, *args) -> _Outcome:
+    def _guarded(self, conn, isolate, items, write, *args) -> _Outcome:
         if not isolate:
             return write(conn, items, *args)
         savepoint = conn.begin_nested()
@@ -495,7 +513,9 @@ class _Replica:
             outcome = write(conn, items, *args)
         except sa_exc.StatementError as exc:
             savepoint.rollback()
-            return _Outcome.all_dead(items, 'database-rejected', _describe(exc))
+            outcome = _Outcome.all_dead(items, 'database-rejected', _describe(exc))
+            self._mark_dead(conn, outcome)
+            return outcome
         savepoint.commit()
         return outcome
 
@@ -508,17 +528,21 @@ class _Replica:
             version = ''
         return version
 
-    def _truncate(self, conn, items: List[_Item], truncated: Dict[str, str]) -> _Outcome:
-        """Delete the rows whose stored version is older than the TRUNCATE
-        (rows written after it survive) and record it as the table's marker."""
+    def _table_ops(self, conn, items: List[_Item], truncated: Dict[str, str]) -> _Outcome:
+        """Whole-table ops: a DIVERGE marks the table diverged; a TRUNCATE
+        deletes the rows whose stored version is older than it (rows written
+        after it survive) and is recorded as the table's marker."""
         outcome = _Outcome()
         for item in items:
             target = self.targets[item.change.table]
             ops = item.change.ops
-            if any(op.kind != OpKind.TRUNCATE for op in ops):
+            if any(op.kind not in _TABLE_KINDS for op in ops):
                 outcome.dead.append((item, 'bad-change',
-                                     'a change without a key must be a TRUNCATE'))
+                                     'a change without a key must be a TRUNCATE or a DIVERGE'))
                 continue
+            self._record_marks(conn, [_diverged_row(target, '', op.version, *divergence(op))
+                                      for op in ops if op.kind == OpKind.DIVERGE], outcome.counts)
+            ops = [op for op in ops if op.kind == OpKind.TRUNCATE]
             newer = [op for op in ops if op.version > truncated[target.name]]
             outcome.counts['ops_skipped_stale'] += len(ops) - len(newer)
             outcome.applied.append(item)
@@ -553,20 +577,23 @@ class _Replica:
         outcome = _Outcome()
         pending = sorted(items, key=lambda i: i.change.first_version)
         while pending:
-            rows, pending = self._distinct_rows(target, pending, outcome)
+            rows, pending = self._distinct_rows(conn, target, pending, outcome)
             if rows:
                 outcome.merge(self._write_round(conn, target, rows, truncated_version))
         return outcome
 
-    @staticmethod
-    def _distinct_rows(target, items, outcome):
-        """((item, key, row_key) of the first change of each row, the later changes)."""
+    def _distinct_rows(self, conn, target, items, outcome):
+        """((item, key, row_key) of the first change of each row, the later
+        changes). A change whose key cannot be coerced is dead-lettered and,
+        its row being unnamed in the replica, marks the table diverged."""
         rows, seen, later = [], set(), []
         for item in items:
             try:
                 key = target.coerce_key(item.change.key)
             except _Rejected as exc:
                 outcome.dead.append((item, exc.reason, exc.detail))
+                self._record_marks(conn, [_diverged_row(
+                    target, '', item.change.first_version, exc.reason, exc.detail)], outcome.counts)
                 continue
             row_key = _row_key(key)
             if row_key in seen:
@@ -581,30 +608,98 @@ class _Replica:
         stored = self._stored_versions(conn, target, [row_key for _, _, row_key in rows])
         current = self._current_rows(conn, target, [key for _, key, _ in rows])
         plan = _Plan(target)
-        versions = []
+        versions, marks = [], []
         for item, key, row_key in rows:
             ops = item.change.ops
             guard = max(stored.get(row_key, ''), truncated_version)
             newer = [op for op in ops if op.version > guard]
             stale = len(ops) - len(newer)
-            if newer:
-                row = current.get(row_key)
-                base = ABSENT if row is None else RowState(True, row, False)
-                try:
-                    base, state = self._apply(conn, target, key, base, newer)
-                except _Rejected as exc:
-                    outcome.dead.append((item, exc.reason, exc.detail))
-                    continue
+            outcome.counts['ops_skipped_stale'] += stale
+            if not newer:
+                outcome.applied.append(item)
+                continue
+            row = current.get(row_key)
+            base = ABSENT if row is None else RowState(True, row, False)
+            base, state, applied, rejection = self._apply_prefix(conn, target, key, base, newer)
+            marks.extend(_diverged_row(target, row_key, op.version, *divergence(op))
+                         for op in applied if op.kind == OpKind.DIVERGE)
+            if applied:
                 plan.add(key, base, state)
                 versions.append({'table_name': target.name, 'row_key': row_key,
-                                 'version': newer[-1].version, 'deleted': not state.exists})
-            outcome.counts['ops_skipped_stale'] += stale
-            outcome.applied.append(item)
+                                 'version': applied[-1].version, 'deleted': not state.exists})
+                outcome.applied.append(item if rejection is None else _with_ops(
+                    item, ops[:stale + len(applied)]))
+            if rejection is not None:
+                # The row keeps the ops before the bad one, and is marked stale.
+                bad = newer[len(applied)]
+                marks.append(_diverged_row(target, row_key, bad.version, rejection.reason,
+                                   rejection.detail))
+                outcome.dead.append((_with_ops(item, newer[len(applied):]), rejection.reason,
+                                     rejection.detail))
         plan.execute(conn)
         _upsert(conn, self._rows, versions, update=('version', 'deleted'))
+        self._record_marks(conn, marks, outcome.counts)
         outcome.counts['rows_upserted'] += plan.rows_upserted
         outcome.counts['rows_deleted'] += plan.rows_deleted
         return outcome
+
+    def _apply_prefix(self, conn, target: _Target, key, base: RowState, ops):
+        """(row as stored before the final write, state, the ops applied, the
+        rejection of the first op that cannot be, or None): as many of ``ops``
+        as apply, in order."""
+        try:
+            base, state = self._apply(conn, target, key, base, ops)
+            return base, state, ops, None
+        except _Rejected as exc:
+            rejection = exc
+        applied = ops[:rejection.index]
+        if applied:
+            base, state = self._apply(conn, target, key, base, applied)
+        else:
+            state = base
+        return base, state, applied, rejection
+
+    def _record_marks(self, conn, marks: List[Dict[str, str]], counts) -> None:
+        """Record ``marks`` (rows or tables diverged) where newer than the
+        stored mark, so a replay changes nothing; count those in ``counts``."""
+        newest: Dict[Tuple[str, str], Dict[str, str]] = {}
+        for mark in marks:
+            seen = newest.get((mark['table_name'], mark['row_key']))
+            if seen is None or mark['version'] > seen['version']:
+                newest[(mark['table_name'], mark['row_key'])] = mark
+        if not newest:
+            return
+        diverged, stored = self._diverged, {}
+        for table_name, group in _grouped(newest, lambda k: k[0]).items():
+            for chunk in _chunks([row_key for _, row_key in group]):
+                stored.update(((table_name, k), v) for k, v in conn.execute(
+                    sa.select(diverged.c.row_key, diverged.c.version).where(
+                        diverged.c.table_name == table_name, diverged.c.row_key.in_(chunk))))
+        fresh = [mark for k, mark in newest.items() if mark['version'] > stored.get(k, '')]
+        _upsert(conn, diverged, fresh, update=('version', 'reason', 'detail'))
+        for mark in fresh:
+            counts['rows_marked_diverged' if mark['row_key'] else 'tables_marked_diverged'] += 1
+
+    def _mark_dead(self, conn, outcome: _Outcome) -> None:
+        """Mark the rows (or tables) of changes the database rejected, in a
+        SAVEPOINT of their own: the rejection already undid their writes."""
+        marks = []
+        for item, reason, detail in outcome.dead:
+            target = self.targets[item.change.table]
+            try:
+                row_key = _row_key(target.coerce_key(item.change.key)) if item.change.key else ''
+            except _Rejected:
+                row_key = ''
+            marks.append(_diverged_row(target, row_key, item.change.first_version, reason,
+                                       detail))
+        savepoint = conn.begin_nested()
+        try:
+            self._record_marks(conn, marks, outcome.counts)
+        except sa_exc.StatementError:
+            savepoint.rollback()
+            logging.warning('%s: cannot mark %d rejected change(s) diverged', _STEP, len(marks))
+            return
+        savepoint.commit()
 
     def _apply(self, conn, target: _Target, key, base: RowState, ops) -> Tuple[RowState, RowState]:
         """(row as stored before the final write, state after ``ops``).
@@ -612,11 +707,14 @@ class _Replica:
         When an op reads a column the state does not know (the row was
         inserted without it: it holds the default), the known state is written
         and read back, inside a SAVEPOINT so a later rejection undoes it.
+        Raises _Rejected with ``index``, the position in ``ops`` of the op
+        that cannot be applied.
         """
         savepoint = None
+        index = 0
         try:
             state = base
-            for op in ops:
+            for index, op in enumerate(ops):
                 previous = state
                 try:
                     state = apply_op(previous, op)
@@ -644,6 +742,7 @@ class _Replica:
             return base, state
         if savepoint is not None:
             savepoint.rollback()
+        rejection.index = index
         raise rejection
 
     def _stored_versions(self, conn, target: _Target, row_keys: List[str]) -> Dict[str, str]:
@@ -665,6 +764,20 @@ class _Replica:
                 values = dict(row)
                 current[_row_key(tuple(values[c.name] for c in columns))] = values
         return current
+
+
+_TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE})
+
+
+def _diverged_row(target: _Target, row_key: str, version: str, reason: str, detail: str
+          ) -> Dict[str, str]:
+    """A changeflow_diverged row; ``row_key`` '' for the whole table."""
+    return {'table_name': target.name, 'row_key': row_key, 'version': version,
+            'reason': reason[:_REASON_LENGTH], 'detail': detail[:_DETAIL_LENGTH]}
+
+
+def _with_ops(item: _Item, ops) -> _Item:
+    return item._replace(change=item.change._replace(ops=tuple(ops)))
 
 
 def _describe(exc: BaseException) -> str:
@@ -726,7 +839,8 @@ class _WriteDoFn(beam.DoFn):
         self._bookkeeping_prefix = bookkeeping_prefix
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
-            'changes_dead_lettered', 'batches_committed', 'batch_retries')}
+            'changes_dead_lettered', 'rows_marked_diverged', 'tables_marked_diverged',
+            'batches_committed', 'batch_retries')}
         self._engine = None
         self._replica = None
 
@@ -744,7 +858,7 @@ class _WriteDoFn(beam.DoFn):
                 buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
                 flush=beam.DoFn.TimerParam(_FLUSH)):
         (_, shard), change = element
-        if change.key or shard == 0:  # a TRUNCATE arrives once per shard
+        if change.key or shard == 0:  # a whole-table op arrives once per shard
             self._counters['changes_received'].inc()
         buffer.add((timestamp.micros, change))
         earliest = due.read()
@@ -785,13 +899,15 @@ class _WriteDoFn(beam.DoFn):
                 yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
                 continue
             if not item.reported:
-                # A TRUNCATE copy: applied here in its place, reported by shard 0;
-                # whichever copy runs first deletes the rows, so count those.
+                # A whole-table op's copy: applied here in its place, reported by
+                # shard 0; whichever copy runs first deletes the rows or marks
+                # the table, so count those.
                 if batch:
                     yield from self._emit(self._write(batch))
                     batch = []
-                deleted = self._write([item]).counts.get('rows_deleted', 0)
-                self._counters['rows_deleted'].inc(deleted)
+                counts = self._write([item]).counts
+                for name in ('rows_deleted', 'tables_marked_diverged'):
+                    self._counters[name].inc(counts.get(name, 0))
                 continue
             batch.append(item)
             if len(batch) >= self._batch_size:
@@ -869,7 +985,8 @@ class WriteToDatabase(beam.PTransform):
     the target's defaults) or an UPDATE of the changed columns; the versions go
     to the bookkeeping tables (see the module docstring) in the same
     transaction. A TRUNCATE deletes the rows whose stored version is older than
-    it and raises the table's marker.
+    it and raises the table's marker. A DIVERGE op changes no row: it records
+    the row (or, without a key, the table) in ``changeflow_diverged``.
 
     Values are coerced to the column types as MySQL stores them
     (:func:`changeflow.sql.coercion.coercer`: '2026-11-01' to a date, '10.50' to a
@@ -880,7 +997,12 @@ class WriteToDatabase(beam.PTransform):
     naming a column the target lacks ('unknown-column'), an expression that
     cannot be evaluated ('bad-expression'), an op changing a key column
     ('key-changed') and a change of a table not in ``tables``
-    ('unknown-table'). The other changes of the batch commit.
+    ('unknown-table'). The other changes of the batch commit. Such an op
+    does not take the row's earlier ops with it: the ops before it are
+    applied, the row is marked diverged with the bad op's version and
+    reason, and the dead letter holds that op and the ones after it. A change
+    the database rejects, or whose key cannot be coerced, is dead-lettered
+    whole and marks its row (its table, for a bad key) diverged.
 
     Ordering, batching and concurrency: each change is keyed by (table,
     stable hash of its key values modulo ``num_shards``) and buffered in a
@@ -917,6 +1039,7 @@ class WriteToDatabase(beam.PTransform):
 
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
+    rows_marked_diverged, tables_marked_diverged (marks newly recorded),
     batches_committed, batch_retries.
 
     Example::
