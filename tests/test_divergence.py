@@ -307,3 +307,22 @@ def test_a_whole_table_mark_reaches_every_shard_and_is_reported_once(replica):
     counters = write(replica, [table_mark], [spec], [[[], positions(3)]], [], num_shards=4)
     assert counters.get('tables_marked_diverged', 0) == 0
     assert diverged(replica, spec) == {'': (version(7), 'trigger')}
+
+
+def test_a_truncate_clears_the_older_marks_of_the_rows_it_deletes(replica):
+    """Marks older than a TRUNCATE go with the rows (gone at the source too);
+    a row written after it keeps its mark; a late older mark is stale."""
+    spec = replica.orders()
+    write(replica, [change((1,), op(OpKind.INSERT, 1, id=1), mark(2)),
+                    change((2,), op(OpKind.INSERT, 3, id=2), mark(4), op(OpKind.UPDATE, 9, [
+                        ('qty', plus('qty', 1))])),
+                    Change(ORDERS_SOURCE, (), (mark(5),), 0)], [spec],
+          [[[1], positions(1, 2)], [[2], positions(3, 4, 9)], [[], positions(5)]], [])
+    assert set(diverged(replica, spec)) == {'[1]', '[2]', ''}
+    truncate = Change(ORDERS_SOURCE, (), (RowOp(OpKind.TRUNCATE, version(6),
+                                                position='audit.log#6'),), 0)
+    write(replica, [truncate, change((3,), mark(4)), change((4,), mark(7))], [spec],
+          [[[], positions(6)], [[3], positions(4)], [[4], positions(7)]], [], num_shards=2)
+    assert replica.rows(spec) == {(2,): order_row(2, qty=1)}
+    assert diverged(replica, spec) == {'[2]': (version(4), 'needs-lookup'),
+                                       '[4]': (version(7), 'needs-lookup')}

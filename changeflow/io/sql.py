@@ -23,7 +23,9 @@ in the target database itself, written in the same transaction as the rows:
   whole tables (``row_key = ''``) no longer known to equal the source, with
   the version and reason of the newest mark: a DIVERGE op (a statement the
   SQL stage dead-lettered) or a change this sink dead-lettered. Later changes
-  still apply; a mark stays until the row is repaired.
+  still apply; a mark stays until the row is repaired, or a TRUNCATE newer
+  than the mark empties the table at the source and in the replica alike
+  (older DIVERGE ops are then stale, as any older op is).
 
 The prefix ``changeflow_`` is configurable; ``table_name`` is the replica
 table name (``TableSpec.target``).
@@ -65,7 +67,7 @@ from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 
-__all__ = ['WriteToDatabase']
+__all__ = ['WriteToDatabase', 'Divergence', 'read_divergence']
 
 _STEP = 'write_database'
 
@@ -529,9 +531,11 @@ class _Replica:
         return version
 
     def _table_ops(self, conn, items: List[_Item], truncated: Dict[str, str]) -> _Outcome:
-        """Whole-table ops: a DIVERGE marks the table diverged; a TRUNCATE
-        deletes the rows whose stored version is older than it (rows written
-        after it survive) and is recorded as the table's marker."""
+        """Whole-table ops newer than the table's last TRUNCATE, in order: a
+        DIVERGE marks the table diverged; a TRUNCATE deletes the rows whose
+        stored version is older than it (rows written after it survive), and
+        their marks and the table's older ones (the rows are gone at the
+        source too), and is recorded as the table's marker."""
         outcome = _Outcome()
         for item in items:
             target = self.targets[item.change.table]
@@ -540,35 +544,45 @@ class _Replica:
                 outcome.dead.append((item, 'bad-change',
                                      'a change without a key must be a TRUNCATE or a DIVERGE'))
                 continue
-            self._record_marks(conn, [_diverged_row(target, '', op.version, *divergence(op))
-                                      for op in ops if op.kind == OpKind.DIVERGE], outcome.counts)
-            ops = [op for op in ops if op.kind == OpKind.TRUNCATE]
-            newer = [op for op in ops if op.version > truncated[target.name]]
-            outcome.counts['ops_skipped_stale'] += len(ops) - len(newer)
             outcome.applied.append(item)
-            if not newer:
-                continue
-            version = newer[-1].version
-            rows = self._rows
-            of_table = rows.c.table_name == target.name
-            survivors = set(conn.scalars(sa.select(rows.c.row_key)
-                                         .where(of_table, rows.c.version > version)))
-            if survivors:
-                doomed = [tuple(r) for r in conn.execute(sa.select(*target.key_columns))
-                          if _row_key(tuple(r)) not in survivors]
-                plan = _Plan(target)
-                for key in doomed:
-                    plan.add(key, RowState(True, {}, False), ABSENT)
-                plan.execute(conn)
-                deleted = len(doomed)
-            else:
-                deleted = conn.execute(target.table.delete()).rowcount
-            conn.execute(rows.delete().where(of_table, rows.c.version < version))
-            _upsert(conn, self._tables, [{'table_name': target.name, 'truncated_version': version}],
-                    update=('truncated_version',))
-            truncated[target.name] = version
-            outcome.counts['rows_deleted'] += max(deleted, 0)
+            for op in ops:
+                if op.version <= truncated[target.name]:
+                    outcome.counts['ops_skipped_stale'] += 1
+                elif op.kind == OpKind.DIVERGE:
+                    self._record_marks(conn, [_diverged_row(target, '', op.version,
+                                                            *divergence(op))], outcome.counts)
+                else:
+                    outcome.counts['rows_deleted'] += self._truncate(conn, target, op.version)
+                    truncated[target.name] = op.version
         return outcome
+
+    def _truncate(self, conn, target: _Target, version: str) -> int:
+        """TRUNCATE at ``version``; returns the number of rows deleted."""
+        rows = self._rows
+        of_table = rows.c.table_name == target.name
+        survivors = set(conn.scalars(sa.select(rows.c.row_key)
+                                     .where(of_table, rows.c.version > version)))
+        if survivors:
+            doomed = [tuple(r) for r in conn.execute(sa.select(*target.key_columns))
+                      if _row_key(tuple(r)) not in survivors]
+            plan = _Plan(target)
+            for key in doomed:
+                plan.add(key, RowState(True, {}, False), ABSENT)
+            plan.execute(conn)
+            deleted = len(doomed)
+        else:
+            deleted = conn.execute(target.table.delete()).rowcount
+        # Older marks go with their rows (a row written after the TRUNCATE
+        # keeps its mark) and the table's own.
+        diverged = self._diverged
+        conn.execute(diverged.delete().where(
+            diverged.c.table_name == target.name, diverged.c.version < version,
+            diverged.c.row_key.not_in(sa.select(rows.c.row_key).where(
+                of_table, rows.c.version > version))))
+        conn.execute(rows.delete().where(of_table, rows.c.version < version))
+        _upsert(conn, self._tables, [{'table_name': target.name, 'truncated_version': version}],
+                update=('truncated_version',))
+        return max(deleted, 0)
 
     def _write_rows(self, conn, items: List[_Item], target: _Target,
                     truncated_version: str) -> _Outcome:
@@ -817,6 +831,44 @@ def _create_engine(url: str) -> sa.Engine:
         def _begin_immediate(conn):
             conn.exec_driver_sql('BEGIN IMMEDIATE')
     return engine
+
+
+# ---------------------------------------------------------------------------
+# Reading the marks back (``changeflow status``).
+
+class Divergence(NamedTuple):
+    """What a replica's bookkeeping records as diverged.
+
+    ``tables``: (table, version, reason) per whole-table mark; ``rows``:
+    (table, reason, count of rows) per table and reason; by table name.
+    """
+    tables: Tuple[Tuple[str, str, str], ...]
+    rows: Tuple[Tuple[str, str, int], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.rows)
+
+
+def read_divergence(url: str, bookkeeping_prefix: str = 'changeflow_') -> Divergence:
+    """The diverged tables and rows recorded in the replica at ``url`` (none
+    when the sink has not written there yet). Raises SQLAlchemyError when the
+    database cannot be read."""
+    engine = sa.create_engine(url, hide_parameters=True)
+    try:
+        diverged = _bookkeeping_tables(sa.MetaData(), bookkeeping_prefix)[2]
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(diverged.name):
+                return Divergence((), ())
+            c = diverged.c
+            tables = conn.execute(sa.select(c.table_name, c.version, c.reason)
+                                  .where(c.row_key == '').order_by(c.table_name)).all()
+            rows = conn.execute(
+                sa.select(c.table_name, c.reason, sa.func.count())
+                .where(c.row_key != '').group_by(c.table_name, c.reason)
+                .order_by(c.table_name, c.reason)).all()
+    finally:
+        engine.dispose()
+    return Divergence(tuple(map(tuple, tables)), tuple((t, r, int(n)) for t, r, n in rows))
 
 
 # ---------------------------------------------------------------------------
