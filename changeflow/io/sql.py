@@ -854,6 +854,11 @@ def read_divergence(url: str, bookkeeping_prefix: str = 'changeflow_') -> Diverg
     when the sink has not written there yet). Raises SQLAlchemyError when the
     database cannot be read."""
     engine = sa.create_engine(url, hide_parameters=True)
+    database = engine.url.database
+    if engine.dialect.name == 'sqlite' and database and database != ':memory:' and (
+            not database.startswith('file:') and not os.path.exists(database)):
+        engine.dispose()
+        return Divergence((), ())  # not written yet; reading would create the file
     try:
         diverged = _bookkeeping_tables(sa.MetaData(), bookkeeping_prefix)[2]
         with engine.connect() as conn:
