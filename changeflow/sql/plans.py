@@ -32,7 +32,8 @@ from sqlglot import expressions as exp
 
 from changeflow.config import TableSpec
 from changeflow.model import OpKind
-from changeflow.sql.compile_expressions import ExpressionCompiler
+from changeflow.sql.compile_expressions import (ExpressionCompiler, mark_default_calls,
+                                                resolve_defaults, table_defaults)
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.expressions import leaf_tags, substitute
 from changeflow.sql.literals import mask_literals, numbered_shape
@@ -69,6 +70,7 @@ class _Compiler:
         self._tables = tables
         self._database = database
         self._expressions = ExpressionCompiler()
+        self._defaults = {}  # column -> literal DEFAULT of the statement's table
 
     # Tables and keys --------------------------------------------------------
 
@@ -77,7 +79,9 @@ class _Compiler:
             raise needs_lookup('multi-table statement')
         database = node.db or self._database
         self._expressions.table_aliases = {node.name, node.alias_or_name}
-        return self._tables.get(f'{database}.{node.name}')
+        spec = self._tables.get(f'{database}.{node.name}')
+        self._defaults = table_defaults(spec) if spec else {}
+        return spec
 
     def key_pins(self, where, spec: TableSpec) -> Dict[str, List[tuple]]:
         """Key column -> candidate template values, from ``a = x AND b IN (...)``."""
@@ -117,16 +121,20 @@ class _Compiler:
         return pins
 
     def _constant(self, node) -> tuple:
-        value = self._expressions.compile(node)
+        value = self._compile(node)
         if _reads_columns(value):
             raise needs_lookup(f'WHERE compares to a column: {node.sql(dialect="mysql")}')
         return value
+
+    def _compile(self, node, row_values=None, target=None) -> tuple:
+        """Template of ``node``, DEFAULT / DEFAULT(col) resolved to the table's literal defaults."""
+        return resolve_defaults(self._expressions.compile(node, row_values, target), self._defaults)
 
     # Statements -------------------------------------------------------------
 
     def compile(self, tree) -> Callable[[Sequence[Any]], Translation]:
         try:
-            return self._compile(tree)
+            return self._statement(tree)
         except SqlChangeError as error:
             if error.table is None and isinstance(tree, (exp.Insert, exp.Update, exp.Delete)):
                 # Refused before its table was known (a multi-table write): every
@@ -136,7 +144,7 @@ class _Compiler:
                     raise error.on(tables[0] if len(tables) == 1 else tables) from None
             raise
 
-    def _compile(self, tree) -> Callable[[Sequence[Any]], Translation]:
+    def _statement(self, tree) -> Callable[[Sequence[Any]], Translation]:
         if isinstance(tree, exp.Insert):
             return self._insert(tree)
         if isinstance(tree, exp.Update):
@@ -207,20 +215,16 @@ class _Compiler:
                 raise SqlChangeError('unsupported-sql', 'VALUES row length differs from column list')
             by_column = dict(zip(columns, items))
             # The key first: a value refused below still leaves the row named.
-            row_keys.append([self._value(by_column[k], k, key=True) for k in spec.key])
+            row_keys.append([self._value(by_column[k], k) for k in spec.key])
             try:
                 rows.append(self._values_row(spec, by_column, conflict))
             except SqlChangeError as error:
                 refusal = refusal or error
-        if refusal is None:
-            # Every row names the same columns (DEFAULT aside), so key positions
-            # are those of the first row; a row that differs is checked here.
-            first = list(rows[0][0])
-            if any(list(values) != first for values, _ in rows):
-                refusal = SqlChangeError('unsupported-sql',
-                                         'DEFAULT in some VALUES rows but not others')
         if refusal is not None:
             return _refused_plan(refusal, spec.source, _row_keys_binder(row_keys))
+        # Every row names every column (a DEFAULT as its literal), so key
+        # positions are those of the first row.
+        first = list(rows[0][0])
         key_positions = [first.index(k) for k in spec.key]
         compiled = [(tuple(values), _values_binder(list(values.values())),
                      tuple((c, _binder(t)) for c, t in assignments)) for values, assignments in rows]
@@ -237,30 +241,22 @@ class _Compiler:
             return Translation(tuple(changes))
         return plan
 
-    def _value(self, node, column: str, key: bool = False) -> tuple:
-        """Template of one VALUES item; None for DEFAULT (not allowed for a key)."""
-        if isinstance(node, exp.Var) and node.name.upper() == 'DEFAULT':
-            if key:
-                raise needs_lookup(f'key column {column} takes its DEFAULT')
-            return None
-        template = self._expressions.compile(node)
+    def _value(self, node, column: str) -> tuple:
+        """Template of one VALUES item (a DEFAULT as the column's literal default)."""
+        template = self._compile(node, target=column)
         if _reads_columns(template):
             raise needs_lookup(f'VALUES reads a column: {node.sql(dialect="mysql")}')
         return template
 
     def _values_row(self, spec: TableSpec, by_column, conflict):
-        values = {}
-        for column, node in by_column.items():
-            template = self._value(node, column, key=column in spec.key)
-            if template is not None:
-                values[column] = template
+        values = {column: self._value(node, column) for column, node in by_column.items()}
         assignments = []
         if conflict is not None:
             for eq in conflict.expressions:
                 column = eq.this.name
                 if column in spec.key:
                     raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
-                assignments.append((column, self._expressions.compile(eq.expression, values)))
+                assignments.append((column, self._compile(eq.expression, values, column)))
         return values, tuple(assignments)
 
     def _update(self, tree: exp.Update):
@@ -278,7 +274,7 @@ class _Compiler:
                 column = eq.this.name
                 if column in spec.key:
                     raise needs_lookup(f'UPDATE changes key column {column}')
-                assignments.append((column, self._expressions.compile(eq.expression)))
+                assignments.append((column, self._compile(eq.expression, target=column)))
         except SqlChangeError as error:
             refusal = error
         pins = self._pins_or_refusal(tree, spec, refusal)
@@ -422,7 +418,7 @@ _REPLACE_HEAD = re.compile(r'^\s*REPLACE\b', re.I)
 
 def _parse(shape: str):
     """sqlglot AST of a statement shape; REPLACE parses as INSERT, marked."""
-    shape = numbered_shape(shape)
+    shape = mark_default_calls(numbered_shape(shape))
     replace = _REPLACE_HEAD.match(shape)
     text = shape[:replace.start()] + 'INSERT' + shape[replace.end():] if replace else shape
     try:
