@@ -96,13 +96,18 @@ class RowOp(NamedTuple):
     part of UPSERT, evaluated left to right against the current row as MySQL
     does. Both are tuples of pairs so the record hashes and pickles
     deterministically. A DIVERGE op's ``values`` are ``(('reason', r),
-    ('detail', d))`` (see :func:`diverge_op`).
+    ('detail', d))`` (see :func:`diverge_op`). ``condition``: for UPDATE and
+    DELETE, an expression (the WHERE beyond the key pin: ``version = 3``,
+    ``deleted_at IS NULL``); the op applies only where it is true on the
+    row's current state (MySQL WHERE truth: non-NULL and non-zero); None:
+    always.
     """
     kind: OpKind
     version: str
     values: Tuple[Tuple[str, Any], ...] = ()
     assignments: Tuple[Tuple[str, Any], ...] = ()
     position: str = ''
+    condition: Optional[tuple] = None
 
 
 def diverge_op(version: str, reason: str, detail: str, position: str = '') -> RowOp:

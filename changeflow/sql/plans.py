@@ -9,9 +9,13 @@ statement then costs one regex scan plus a dict lookup.
 What is translated: INSERT (single and multi-row; a column list, or the
 declared column order), REPLACE, INSERT IGNORE, INSERT ... ON DUPLICATE KEY
 UPDATE (``VALUES(col)`` included), UPDATE and DELETE whose WHERE pins every key
-column by equality (``AND``, ``IN`` lists), TRUNCATE. Assignments may be
-deterministic expressions of the row (``qty = qty + 1``); they are carried as
-expressions and evaluated against the replica's row by the sink.
+column by equality (``AND``, ``IN`` lists), TRUNCATE. The WHERE's other
+conjuncts (``AND version = 3``, ``AND deleted_at IS NULL``) become the op's
+condition, evaluated on the row by the sink; a LIMIT is honoured when it
+reaches every named row (otherwise which rows it hit is unknown).
+Assignments may be deterministic expressions of the row (``qty = qty + 1``);
+they are carried as expressions and evaluated against the replica's row by
+the sink.
 
 What is refused with reason ``needs-lookup`` (the replica cannot reproduce it
 from the statement alone): clock/random/session functions, user variables,
@@ -19,6 +23,10 @@ prepared-statement templates (``?``), INSERT ... SELECT, subqueries,
 multi-table statements, a WHERE that does not pin the key, writes that change
 a key column, inserts without the key (AUTO_INCREMENT). Reads, DDL and session
 statements are classified and skipped.
+
+A refusal names what the statement writes (SqlChangeError.table, and .keys
+where the WHERE or VALUES pin the rows even though the rest is refused), so
+the SQL stage can mark it diverged.
 """
 
 import decimal
@@ -47,12 +55,14 @@ logging.getLogger('sqlglot').setLevel(logging.ERROR)
 
 
 class RowChange(NamedTuple):
-    """One row touched by one statement (versioned later, per transaction)."""
+    """One row touched by one statement (versioned later, per transaction);
+    ``condition``: see RowOp.condition."""
     table: str
     key: Tuple[Any, ...]
     kind: OpKind
     values: Tuple[Tuple[str, Any], ...]
     assignments: Tuple[Tuple[str, Any], ...]
+    condition: Optional[tuple] = None
 
 
 class Translation(NamedTuple):
@@ -83,47 +93,61 @@ class _Compiler:
         self._defaults = table_defaults(spec) if spec else {}
         return spec
 
-    def key_pins(self, where, spec: TableSpec) -> Dict[str, List[tuple]]:
-        """Key column -> candidate template values, from ``a = x AND b IN (...)``."""
+    def key_pins(self, where, spec: TableSpec) -> Tuple[Dict[str, List[tuple]], list]:
+        """(key column -> candidate template values, from ``a = x AND b IN
+        (...)``; the other conjuncts of the WHERE, for :meth:`condition`)."""
         if where is None:
             raise needs_lookup('no WHERE clause: every row of the table')
         pins: Dict[str, List[tuple]] = {}
-        conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
-        stack = conjuncts
-        while stack:
-            node = stack.pop()
-            while isinstance(node, exp.Paren):
-                node = node.this
-            if isinstance(node, exp.And):
-                stack.extend(node.flatten())
-                continue
-            if isinstance(node, exp.EQ):
-                left, right = node.this, node.expression
-                if not isinstance(left, exp.Column):
-                    left, right = right, left
-                if isinstance(left, exp.Column) and left.name in spec.key:
-                    values = [self._constant(right)]
-                    column = left.name
-                else:
-                    raise needs_lookup(f'WHERE on a non-key condition: {node.sql(dialect="mysql")}')
-            elif isinstance(node, exp.In) and isinstance(node.this, exp.Column) \
-                    and node.this.name in spec.key and not node.args.get('query'):
-                column = node.this.name
-                values = [self._constant(v) for v in node.expressions]
+        rest = []
+        for node in _conjuncts(where.this):
+            pin = self._pin(node, spec)
+            if pin is None or pin[0] in pins:  # `id = 5 AND id = 6` is a condition on row 5
+                rest.append(node)
             else:
-                raise needs_lookup(f'WHERE on a non-key condition: {node.sql(dialect="mysql")}')
-            if column in pins:
-                raise needs_lookup(f'key column {column} constrained twice')
-            pins[column] = values
+                pins[pin[0]] = pin[1]
         missing = [k for k in spec.key if k not in pins]
         if missing:
-            raise needs_lookup(f'WHERE does not pin key column(s) {", ".join(missing)}')
-        return pins
+            raise needs_lookup(
+                f'WHERE on a non-key condition: {rest[0].sql(dialect="mysql")}' if rest else
+                f'WHERE does not pin key column(s) {", ".join(missing)}')
+        return pins, rest
 
-    def _constant(self, node) -> tuple:
+    def _pin(self, node, spec: TableSpec) -> Optional[Tuple[str, List[tuple]]]:
+        """(key column, candidate templates) when ``node`` pins a key column to
+        constants (``k = x``, ``k IN (x, y)``); None for any other predicate."""
+        if isinstance(node, exp.EQ):
+            left, right = node.this, node.expression
+            if not isinstance(left, exp.Column):
+                left, right = right, left
+            if isinstance(left, exp.Column) and left.name in spec.key:
+                value = self._compile(right)
+                return None if _reads_columns(value) else (left.name, [value])
+        elif isinstance(node, exp.In) and isinstance(node.this, exp.Column) \
+                and node.this.name in spec.key and not node.args.get('query') \
+                and not node.args.get('unnest'):
+            values = [self._compile(v) for v in node.expressions]
+            if not any(_reads_columns(v) for v in values):
+                return node.this.name, values
+        return None
+
+    def condition(self, nodes) -> Optional[tuple]:
+        """Template of the non-key conjuncts (evaluated on the row by the sink:
+        the op applies where it is true), or None when there are none."""
+        parts = tuple(self._compile(node) for node in nodes)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else ('fn', 'AND', parts)
+
+    def limit(self, tree) -> Optional[tuple]:
+        """Template of ``... LIMIT n`` (with ORDER BY or not), or None."""
+        limit = tree.args.get('limit')
+        if limit is None:
+            return None
+        node = limit.args.get('expression') or limit.this
         value = self._compile(node)
         if _reads_columns(value):
-            raise needs_lookup(f'WHERE compares to a column: {node.sql(dialect="mysql")}')
+            raise SqlChangeError('unsupported-sql', f'LIMIT {node.sql(dialect="mysql")}')
         return value
 
     def _compile(self, node, row_values=None, target=None) -> tuple:
@@ -263,9 +287,9 @@ class _Compiler:
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
-        # The WHERE is read even when an assignment is refused, so the refusal
-        # names the rows it leaves stale; the first refusal in statement order
-        # is the one reported.
+        # The WHERE's key pins are read even when the rest is refused, so the
+        # refusal names the rows it leaves stale; the first refusal in
+        # statement order is the one reported.
         refusal, assignments = None, []
         try:
             if tree.args.get('from') or tree.args.get('from_'):
@@ -277,11 +301,7 @@ class _Compiler:
                 assignments.append((column, self._compile(eq.expression, target=column)))
         except SqlChangeError as error:
             refusal = error
-        pins = self._pins_or_refusal(tree, spec, refusal)
-        if refusal is not None:
-            return _refused_plan(refusal, spec.source, _keys_binder(
-                [pins[k] for k in spec.key]))
-        return self._keyed_plan(spec, pins, OpKind.UPDATE, tuple(assignments))
+        return self._keyed_plan(tree, spec, OpKind.UPDATE, tuple(assignments), refusal)
 
     def _delete(self, tree: exp.Delete):
         if tree.args.get('tables') or tree.args.get('using'):
@@ -289,27 +309,47 @@ class _Compiler:
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
-        pins = self._pins_or_refusal(tree, spec, None)
-        return self._keyed_plan(spec, pins, OpKind.DELETE, ())
+        return self._keyed_plan(tree, spec, OpKind.DELETE, (), None)
 
-    def _pins_or_refusal(self, tree, spec: TableSpec, refusal: Optional[SqlChangeError]):
-        """key_pins of the statement's WHERE; when it does not pin the key, the
-        first refusal (``refusal`` or the WHERE's) for the whole table."""
+    def _keyed_plan(self, tree, spec: TableSpec, kind: OpKind, assignments,
+                    refusal: Optional[SqlChangeError]):
+        """Plan of an UPDATE or DELETE whose WHERE pins the key; a refusal
+        (``refusal``, or one of the WHERE's conditions or LIMIT) names the
+        rows; a WHERE that does not pin the key refuses for the whole table."""
         try:
-            return self.key_pins(tree.args.get('where'), spec)
+            pins, rest = self.key_pins(tree.args.get('where'), spec)
         except SqlChangeError as error:
             raise (refusal or error).on(spec.source) from None
-
-    @staticmethod
-    def _keyed_plan(spec, pins, kind, assignments):
         bind_keys = _keys_binder([pins[k] for k in spec.key])
+        condition = limit = None
+        try:
+            condition = self.condition(rest)
+            limit = self.limit(tree)
+        except SqlChangeError as error:
+            refusal = refusal or error
+        if refusal is not None:
+            return _refused_plan(refusal, spec.source, bind_keys)
         assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
+        bind_condition = None if condition is None else _binder(condition)
+        bind_limit = None if limit is None else _value_binder(limit)
         source_table = spec.source
 
         def plan(params):
+            keys = bind_keys(params)
+            if bind_limit is not None:
+                try:
+                    limit_ = _row_count(bind_limit(params))
+                    if limit_ == 0:
+                        return Translation(())
+                    if len(keys) > limit_:
+                        raise needs_lookup(f'LIMIT {limit_} of {len(keys)} named rows: which '
+                                           f'ones depends on the source\'s row order')
+                except SqlChangeError as error:
+                    raise error.on(source_table, keys) from None
             bound = tuple((c, bind(params)) for c, bind in assignment_binders)
-            return Translation(tuple(RowChange(source_table, key, kind, (), bound)
-                                     for key in bind_keys(params)))
+            where = None if bind_condition is None else bind_condition(params)
+            return Translation(tuple(RowChange(source_table, key, kind, (), bound, where)
+                                     for key in keys))
         return plan
 
     def tracked_tables(self, tree) -> Tuple[str, ...]:
@@ -355,6 +395,25 @@ def _refused_plan(refusal: SqlChangeError, table: str, bind_keys):
             keys = None
         raise refusal.on(table, keys)
     return plan
+
+
+def _conjuncts(node):
+    """The operands of a WHERE's top-level ANDs, in statement order."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        for operand in node.flatten():
+            yield from _conjuncts(operand)
+    else:
+        yield node
+
+
+def _row_count(value) -> int:
+    """A LIMIT's value as a row count (MySQL takes only non-negative integers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, decimal.Decimal)) or value < 0 \
+            or value != int(value):
+        raise SqlChangeError('unsupported-sql', f'LIMIT {value!r}')
+    return int(value)
 
 
 def _constant_translation(translation: Translation):

@@ -13,6 +13,9 @@ sink may have applied part of a row's history before (a replay, a restart):
 * literal-only UPDATEs fold into each other;
 * anything else (``qty = qty + 1`` twice) stays a separate op, each with its
   own version, and the sink applies exactly the ops newer than what it has;
+* an op with a condition (``WHERE id = 5 AND version = 3``) folds only into
+  an earlier op whose written values decide the condition; nothing folds
+  into it, and a conditional DELETE does not make earlier ops irrelevant;
 * a DIVERGE marker is never folded away, and nothing folds across it (a
   whole-row write after it still makes the ops before it irrelevant, not
   the marker).
@@ -30,7 +33,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from changeflow.sql.expressions import is_literal, lit, substitute
+from changeflow.sql.expressions import is_literal, lit, literal_value, substitute, truthy
 from changeflow.model import FULL_ROW_KINDS, MARKER_KINDS, Change, OpKind, RowOp
 
 __all__ = ['coalesce_ops', 'coalesce_changes', 'CoalesceChanges']
@@ -50,10 +53,37 @@ def _assign(known: dict, assignments) -> Optional[dict]:
     return known
 
 
+def _decided(condition, known: dict) -> Optional[bool]:
+    """Whether ``condition`` holds on a row whose values are ``known`` (column
+    -> literal expr), or None when it reads a column that is not known."""
+    value = substitute(condition, known)
+    return truthy(literal_value(value)) if is_literal(value) else None
+
+
 def _merge(prev: RowOp, op: RowOp) -> Optional[RowOp]:
     """One op equal to ``prev`` then ``op`` that is safe to apply on a row that
     already has ``prev`` applied; None when there is none."""
     newer = dict(version=op.version, position=op.position)
+    if prev.condition is not None:
+        return None  # whether prev applied depends on the row
+    if op.condition is not None:
+        # Foldable only where the condition is decided by what prev wrote.
+        if prev.kind == OpKind.DELETE:
+            return prev._replace(**newer) if op.kind == OpKind.UPDATE else None
+        if prev.kind in _WHOLE_ROW:
+            known = {c: lit(v) for c, v in prev.values}
+        elif prev.kind == OpKind.UPDATE and all(is_literal(e) for _, e in prev.assignments):
+            known = dict(prev.assignments)
+        else:
+            return None
+        holds = _decided(op.condition, known)
+        if holds is None:
+            return None
+        if not holds:
+            return prev._replace(**newer)  # op touches nothing
+        if op.kind == OpKind.DELETE:
+            return RowOp(OpKind.DELETE, op.version, position=op.position)
+        op = op._replace(condition=None)
     if prev.kind == OpKind.DELETE:
         if op.kind == OpKind.UPDATE:
             return prev._replace(**newer)  # the row is gone: the update matches nothing
@@ -85,7 +115,7 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
         by_version.setdefault(op.version, op)
     folded: List[RowOp] = []
     for op in sorted(by_version.values(), key=lambda o: o.version):
-        if op.kind in FULL_ROW_KINDS or op.kind == OpKind.TRUNCATE:
+        if (op.kind in FULL_ROW_KINDS and op.condition is None) or op.kind == OpKind.TRUNCATE:
             folded = [o for o in folded if o.kind in MARKER_KINDS] + [op]
             continue
         if not folded or op.kind in MARKER_KINDS or folded[-1].kind in MARKER_KINDS:

@@ -71,7 +71,8 @@ class _ExtractRowChangesFn(beam.DoFn):
                 yield Change(change.table, key, (RowOp(
                     change.kind, self._version(first_touch, statement, change.table, key, seq),
                     change.values, change.assignments,
-                    _position(statement, seq, len(changes))),), statement.timestamp_us)
+                    _position(statement, seq, len(changes)), change.condition),),
+                    statement.timestamp_us)
 
     @staticmethod
     def _version(first_touch, statement, table: str, key, seq: int) -> str:
