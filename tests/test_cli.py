@@ -139,7 +139,8 @@ def test_config_errors_name_the_key(tmp_path, path, value, message):
 DIVERGING_LOG = '\n'.join(
     f"20261122 14:16:{10 + n:02d},vm,app,localhost,7,{20 + n},QUERY,shop,'{sql}',0"
     for n, sql in enumerate([
-        "INSERT INTO orders (id, note, qty) VALUES (1, \\'a\\', 1), (2, \\'b\\', 2), (3, \\'c\\', 3)",
+        "INSERT INTO orders (id, note, qty) VALUES "
+        "(1, \\'a\\', 1), (2, \\'b\\', 2), (3, \\'c\\', 3)",
         'UPDATE orders SET note = NOW() WHERE id = 1',        # refused: row 1 marked
         "UPDATE orders SET qty = \\'lots\\' WHERE id = 2",     # the sink refuses: row 2 marked
         "UPDATE notes SET body = \\'x\\' WHERE body = \\'y\\'",  # refused: the table marked

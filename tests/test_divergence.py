@@ -2,12 +2,17 @@
 leaves stale (SqlChangeError.table/keys), the SQL stage emits DIVERGE changes
 in its place, coalescing keeps them, and only the database branch gets them."""
 
+import json
+
 import apache_beam as beam
 import pytest
+import sqlalchemy as sa
 from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.model import (
     DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version, diverge_op, divergence)
+from changeflow.io.sql import WriteToDatabase
+from changeflow.metrics import counter_totals
 from changeflow.sql.errors import SqlChangeError
 from changeflow.sql.expressions import col, lit
 from changeflow.sql.plans import StatementTranslator
@@ -18,6 +23,7 @@ from changeflow.transforms.sql_changes import ExtractRowChanges
 from changeflow.transforms.transactions import CommittedTransaction
 from tests.audit_fixture import SHOP_TABLES, query_event
 from tests.beam_helpers import local_pipeline
+from tests.test_sql_sink import ORDERS_SOURCE, Replica, change, op, order_row, plus, version
 
 
 def refusal(sql, database='shop'):
@@ -71,6 +77,15 @@ def test_a_cached_refusal_names_each_statements_own_rows():
                                  f'WHERE tenant_id = 1 AND order_id = {order_id}', 'shop')
         assert error.value.keys == ((1, order_id),)
     assert translator.shapes_compiled == 1
+
+
+def test_a_refusal_naming_too_many_rows_names_its_table():
+    ids = ', '.join(map(str, range(200)))
+    error = refusal(f'UPDATE orders SET note = NOW() WHERE tenant_id IN ({ids}) '
+                    f'AND order_id IN ({ids})')  # 40,000 rows
+    assert (error.table, error.keys) == ('shop.orders', None)
+    assert len(refusal(f'UPDATE orders SET note = NOW() WHERE tenant_id = 1 '
+                       f'AND order_id IN ({ids})').keys) == 200
 
 
 def test_refusals_of_no_replicated_table_name_none():
@@ -186,13 +201,6 @@ def test_only_the_database_branch_gets_markers():
 
 # ---------------------------------------------------------------------------
 # The replica keeps the marks (SQLite always; PostgreSQL and MariaDB where reachable).
-
-from tests.test_sql_sink import (  # noqa: E402
-    ORDERS_SOURCE, Replica, change, op, order_row, plus, version)
-from changeflow.io.sql import WriteToDatabase  # noqa: E402
-from changeflow.metrics import counter_totals  # noqa: E402
-import json  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ status = 'open'``, ``AND deleted_at IS NULL``): compiled into RowOp.condition,
 applied only where they hold on the row, folded only where decidable; LIMIT
 on named rows."""
 
-import datetime
 import decimal
 
 import apache_beam as beam
@@ -11,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from changeflow.config import TableSpec
-from changeflow.model import Change, OpKind, RowOp, audit_version, diverge_op
+from changeflow.model import OpKind, RowOp, audit_version
 from changeflow.sql.errors import SqlChangeError
 from changeflow.sql.expressions import col, lit
 from changeflow.sql.plans import StatementTranslator

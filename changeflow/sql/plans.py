@@ -31,6 +31,7 @@ the SQL stage can mark it diverged.
 
 import decimal
 import logging
+import math
 import operator
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -49,6 +50,9 @@ from changeflow.sql.literals import mask_literals, numbered_shape
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
 
 MAX_CACHED_SHAPES = 20_000
+# A refusal naming more rows than this marks its table instead (an IN list per
+# key column whose cross product explodes must not become a million marks).
+MAX_MARKED_ROWS = 10_000
 
 # sqlglot warns on every statement it parses as a generic Command (PREPARE, ...).
 logging.getLogger('sqlglot').setLevel(logging.ERROR)
@@ -245,7 +249,7 @@ class _Compiler:
             except SqlChangeError as error:
                 refusal = refusal or error
         if refusal is not None:
-            return _refused_plan(refusal, spec.source, _row_keys_binder(row_keys))
+            return _refused_plan(refusal, spec.source, _row_keys_binder(row_keys), len(row_keys))
         # Every row names every column (a DEFAULT as its literal), so key
         # positions are those of the first row.
         first = list(rows[0][0])
@@ -328,7 +332,8 @@ class _Compiler:
         except SqlChangeError as error:
             refusal = refusal or error
         if refusal is not None:
-            return _refused_plan(refusal, spec.source, bind_keys)
+            return _refused_plan(refusal, spec.source, bind_keys,
+                                 math.prod(len(pins[k]) for k in spec.key))
         assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
         bind_condition = None if condition is None else _binder(condition)
         bind_limit = None if limit is None else _value_binder(limit)
@@ -385,13 +390,17 @@ def _row_keys_binder(rows: Sequence[Sequence[tuple]]) -> Callable[[Sequence[Any]
         tuple(bind(params) for bind in row) for row in binders))
 
 
-def _refused_plan(refusal: SqlChangeError, table: str, bind_keys):
-    """A plan that refuses every statement of its shape, naming the rows each
-    one writes (the whole table when its keys cannot be bound)."""
+def _refused_plan(refusal: SqlChangeError, table: str, bind_keys, count: int):
+    """A plan that refuses every statement of its shape, naming the ``count``
+    rows each one writes (the whole table when its keys cannot be bound, or
+    are more than MAX_MARKED_ROWS)."""
+    if count > MAX_MARKED_ROWS:
+        bind_keys = None
+
     def plan(params):
         try:
-            keys = bind_keys(params)
-        except (ArithmeticError, TypeError, ValueError, IndexError):
+            keys = None if bind_keys is None else bind_keys(params)
+        except (ArithmeticError, TypeError, ValueError, IndexError, SqlChangeError):
             keys = None
         raise refusal.on(table, keys)
     return plan
