@@ -30,9 +30,11 @@ def test_run_prints_outputs_and_counters(tmp_path, capsys):
     assert 'dead letters  ' + str(tmp_path / 'examples' / 'out' / 'dead-letter') in out
     counters = dict(line.split() for line in out.splitlines()
                     if line.startswith('  changeflow.'))
-    assert counters['changeflow.sql_changes.dead_lettered'] == '4'
+    assert counters['changeflow.sql_changes.dead_lettered'] == '3'
     assert counters['changeflow.parse_audit.dead_lettered'] == '1'
-    assert counters['changeflow.write_database.changes_dead_lettered'] == '0'
+    # UPDATE events ... WHERE kind LIKE: events is marked diverged (an INSERT
+    # without its key), so the WHERE cannot be evaluated on the replica's rows
+    assert counters['changeflow.write_database.changes_dead_lettered'] == '1'
 
 
 def test_run_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
@@ -143,7 +145,7 @@ DIVERGING_LOG = '\n'.join(
         "(1, \\'a\\', 1), (2, \\'b\\', 2), (3, \\'c\\', 3)",
         'UPDATE orders SET note = NOW() WHERE id = 1',        # refused: row 1 marked
         "UPDATE orders SET qty = \\'lots\\' WHERE id = 2",     # the sink refuses: row 2 marked
-        "UPDATE notes SET body = \\'x\\' WHERE body = \\'y\\'",  # refused: the table marked
+        "UPDATE notes SET body = \\'x\\' WHERE body = \\'y\\' LIMIT 1",  # the table marked
         "INSERT INTO orders (id, note) VALUES (4, \\'d\\')",
     ])) + '\n'
 

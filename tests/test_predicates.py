@@ -8,14 +8,15 @@ import decimal
 import apache_beam as beam
 import pytest
 import sqlalchemy as sa
+from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import TableSpec
-from changeflow.model import OpKind, RowOp, audit_version
+from changeflow.model import Change, OpKind, RowOp, audit_version
 from changeflow.sql.errors import SqlChangeError
 from changeflow.sql.expressions import col, lit
 from changeflow.sql.plans import StatementTranslator
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op, apply_ops
-from changeflow.transforms.coalesce import CoalesceChanges, coalesce_ops
+from changeflow.transforms.coalesce import CoalesceChanges, coalesce_changes, coalesce_ops
 from changeflow.io.sql import WriteToDatabase
 from changeflow.transforms.sql_changes import ExtractRowChanges
 from changeflow.transforms.transactions import CommittedTransaction
@@ -202,3 +203,93 @@ def test_a_diverged_rows_condition_is_read_from_the_replica_and_the_row_stays_ma
     with engine.connect() as conn:
         marks = conn.execute(sa.text(f'SELECT row_key, reason FROM {prefix}cf_diverged')).all()
     assert marks == [('[1]', 'needs-lookup')]
+
+
+# ---------------------------------------------------------------------------
+# WHERE that does not pin the key: one whole-table op, evaluated per shard.
+
+def test_a_where_that_does_not_pin_the_key_is_one_whole_table_op():
+    (change,) = translate("UPDATE items SET qty = qty + 1 WHERE status = 'open'")
+    assert (change.key, change.kind, change.condition) == ((), OpKind.UPDATE, eq('status', 'open'))
+    (change,) = translate('DELETE FROM items WHERE id BETWEEN 1 AND 5')
+    assert (change.key, change.kind) == ((), OpKind.DELETE)
+    assert change.condition == ('fn', 'BETWEEN', (col('id'), lit(1), lit(5)))
+    (change,) = translate('DELETE FROM items')
+    assert (change.key, change.condition) == ((), None)
+    with pytest.raises(SqlChangeError) as error:
+        translate("UPDATE items SET qty = 0 WHERE status = 'x' ORDER BY id LIMIT 1")
+    assert (error.value.table, error.value.keys) == ('shop.items', None)
+    assert 'LIMIT' in error.value.detail
+
+
+def test_a_whole_table_write_after_earlier_writes_to_its_table_in_the_transaction_is_refused():
+    template = query_event('DELETE FROM orders')
+    txn = CommittedTransaction('vm', 1, tuple(template._replace(
+        query_id=900 + i, object=sql, database='shop') for i, sql in enumerate([
+            'UPDATE items SET qty = 1 WHERE id = 1',
+            "DELETE FROM items WHERE status = 'x'"])))
+    with local_pipeline() as p:
+        result = p | beam.Create([txn]) | ExtractRowChanges([ITEMS])
+        assert_that(result['changes'] | beam.Map(lambda c: [c.key, c.ops[0].kind.value]),
+                    equal_to([[(1,), 'update'], [(), 'diverge']]), label='changes')
+
+
+def test_a_whole_table_op_folds_into_the_rows_it_falls_between():
+    row = [Change('shop.items', (1,), (RowOp(OpKind.INSERT, v(1), (('id', 1), ('qty', 1),
+                                                                   ('status', 'open'))),), 0),
+           Change('shop.items', (1,), (update(5, qty=7),), 0)]
+    table_update = update(3, eq('status', 'open'), qty=2, status='seen')
+    merged = coalesce_changes(row, (table_update, update(9, qty=0)))  # 9: after the row's ops
+    assert apply_ops(None, merged.ops).values == {'id': 1, 'qty': 7, 'status': 'seen'}
+    assert merged.ops[-1].version == v(5)
+    table = Change('shop.items', (), (table_update, RowOp(OpKind.TRUNCATE, v(2))), 0)
+    assert coalesce_changes([table]).ops == (RowOp(OpKind.TRUNCATE, v(2)), table_update)
+
+
+def marks(engine, prefix):
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.text(
+            f'SELECT row_key, reason FROM {prefix}cf_diverged')).all())
+
+
+def test_where_over_the_whole_table_replicates_per_shard_in_version_order(items):
+    url, spec, prefix, engine = items
+    sync(url, spec, prefix, statements(
+        "INSERT INTO items (id, version, status, qty) VALUES " + ', '.join(
+            f"({i}, 1, '{'open' if i % 2 else 'closed'}', {i})" for i in range(1, 9))))
+    # Row 1's and 3's changes straddle the whole-table ops (expressions: not
+    # folded): they carry them in place, and the shards skip them.
+    sync(url, spec, prefix, statements(
+        "UPDATE items SET qty = qty + 99 WHERE id = 1",           # before: 100 + 1
+        "UPDATE items SET qty = qty + 1 WHERE status = 'open'",   # rows 1, 3, 5, 7
+        "UPDATE items SET qty = qty * 2 WHERE id IN (1, 3)",      # after: doubled
+        'DELETE FROM items WHERE id BETWEEN 6 AND 7', first=750))
+    expected = {1: (1, 'open', 202), 2: (1, 'closed', 2), 3: (1, 'open', 8),
+                4: (1, 'closed', 4), 5: (1, 'open', 6), 8: (1, 'closed', 8)}
+    assert rows(engine, spec) == expected
+    # In a later run, over the replica's rows; a replay changes nothing.
+    later = statements("UPDATE items SET status = 'done', version = version + 1 "
+                       "WHERE qty > 5 AND status = 'open'", 'DELETE FROM items WHERE qty < 3',
+                       first=800)
+    for _ in range(2):
+        sync(url, spec, prefix, later)
+        assert rows(engine, spec) == {1: (2, 'done', 202), 3: (2, 'done', 8),
+                                      4: (1, 'closed', 4), 5: (2, 'done', 6),
+                                      8: (1, 'closed', 8)}
+    assert marks(engine, prefix) == []
+
+
+def test_where_over_a_table_with_diverged_rows_is_dead_lettered_and_marks_the_table(items):
+    url, spec, prefix, engine = items
+    sync(url, spec, prefix, statements(
+        "INSERT INTO items (id, version, status, qty) VALUES (1, 1, 'open', 1), "
+        "(2, 1, 'open', 1)",
+        'UPDATE items SET qty = RAND() WHERE id = 2'))  # row 2 marked
+    sync(url, spec, prefix, statements(
+        "UPDATE items SET qty = 9 WHERE status = 'open'",
+        "UPDATE items SET qty = 0 WHERE status = 'x' LIMIT 1", first=800))
+    assert ('', 'needs-lookup') in marks(engine, prefix)
+    assert ('[2]', 'needs-lookup') in marks(engine, prefix)
+    # The shard of row 2 refused (its rows stay as they were); another may
+    # have applied it to row 1: every row differing from the source is marked.
+    assert rows(engine, spec)[2] == (1, 'open', 1)

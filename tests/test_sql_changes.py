@@ -74,7 +74,6 @@ def test_replace_delete_truncate(translator):
 
 @pytest.mark.parametrize('fragment, detail', [
     ("VALUES ('login', NOW())", 'AUTO_INCREMENT'),
-    ('UPPER(kind) WHERE kind LIKE', 'non-key condition'),
     ('INSERT INTO events (kind) SELECT', 'INSERT ... SELECT'),
     ('UPDATE events SET kind = ?', 'prepared-statement'),
 ])
@@ -86,12 +85,12 @@ def test_recorded_statements_a_replica_cannot_reproduce_need_lookup(translator, 
 
 
 @pytest.mark.parametrize('sql', [
-    "UPDATE orders SET note = 'x' WHERE tenant_id = 1",                  # key half pinned
+    "UPDATE orders SET note = 'x' WHERE tenant_id = 1 LIMIT 1",          # key half pinned
     'UPDATE orders SET order_id = 5 WHERE tenant_id = 1 AND order_id = 1',  # key change
     'UPDATE orders SET qty = RAND() WHERE tenant_id = 1 AND order_id = 1',
     "UPDATE orders SET note = UUID() WHERE tenant_id = 1 AND order_id = 1",
     'UPDATE orders SET qty = @n WHERE tenant_id = 1 AND order_id = 1',
-    'DELETE FROM orders',
+    'DELETE FROM orders LIMIT 10',
     'UPDATE orders o JOIN customers c ON c.id = o.tenant_id SET o.qty = 1 WHERE o.tenant_id = 1',
     'CALL refresh_orders()',
 ])

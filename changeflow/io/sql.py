@@ -199,9 +199,16 @@ def _shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int
         for shard in range(num_shards):
             yield (change.table, shard), change
         return
-    text = json.dumps([change.table, [str(v) for v in change.key]], ensure_ascii=False)
+    yield (change.table, _shard_of(change.table, change.key, num_shards)), change
+
+
+def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
+    """The shard of a row, from the canonical text of its key values: the
+    same for the values a Change carries and for those read back from the
+    replica, for the key types _ShardableKey accepts."""
+    text = json.dumps([table, [str(_key_part(v)) for v in key]], ensure_ascii=False)
     digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
-    yield (change.table, int.from_bytes(digest, 'big') % num_shards), change
+    return int.from_bytes(digest, 'big') % num_shards
 
 
 # ---------------------------------------------------------------------------
@@ -224,6 +231,7 @@ class _Item(NamedTuple):
     timestamp: Any
     window: Any
     reported: bool = True  # False for the copies of a whole-table op outside shard 0
+    shard: int = 0
 
 
 class _Outcome:
@@ -436,9 +444,11 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
 class _Replica:
     """The replica tables of one database and the transactional write of a batch."""
 
-    def __init__(self, specs: Sequence[TableSpec], bookkeeping_prefix: str):
+    def __init__(self, specs: Sequence[TableSpec], bookkeeping_prefix: str,
+                 num_shards: int = 1):
         self._specs = {spec.source: spec for spec in specs}
         self._prefix = bookkeeping_prefix
+        self._num_shards = num_shards
         self.targets: Dict[str, _Target] = {}
         self.prepared = False
 
@@ -541,20 +551,93 @@ class _Replica:
             target = self.targets[item.change.table]
             ops = item.change.ops
             if any(op.kind not in _TABLE_KINDS for op in ops):
-                outcome.dead.append((item, 'bad-change',
-                                     'a change without a key must be a TRUNCATE or a DIVERGE'))
+                outcome.dead.append((item, 'bad-change', 'a change without a key must be a '
+                                     'TRUNCATE, DIVERGE, UPDATE or DELETE'))
                 continue
-            outcome.applied.append(item)
-            for op in ops:
+            refused = []
+            for index, op in enumerate(ops):
                 if op.version <= truncated[target.name]:
                     outcome.counts['ops_skipped_stale'] += 1
                 elif op.kind == OpKind.DIVERGE:
                     self._record_marks(conn, [_diverged_row(target, '', op.version,
                                                             *divergence(op))], outcome.counts)
-                else:
+                elif op.kind == OpKind.TRUNCATE:
                     outcome.counts['rows_deleted'] += self._truncate(conn, target, op.version)
                     truncated[target.name] = op.version
+                else:
+                    refusal = self._table_write(conn, target, op, item, outcome)
+                    if refusal is not None:
+                        # Not applied here: the table is stale from this op on.
+                        self._record_marks(conn, [_diverged_row(
+                            target, '', op.version, 'needs-lookup', refusal[0])], outcome.counts)
+                        refused.append((index, *refusal))
+            if refused:
+                # Every refusing shard says so (its rows are stale), each naming
+                # itself; a refusal every shard makes alike is reported once.
+                index, why, alike = refused[0]
+                if item.reported or not alike:
+                    outcome.dead.append((_with_ops(item, ops[index:]), 'needs-lookup', why))
+                if index:
+                    outcome.applied.append(_with_ops(item, ops[:index]))
+            else:
+                outcome.applied.append(item)
         return outcome
+
+    def _table_write(self, conn, target: _Target, op, item: _Item, outcome: _Outcome
+                     ) -> Optional[Tuple[str, bool]]:
+        """An UPDATE or DELETE of the rows its condition holds for (all rows
+        when None), applied to this shard's rows of the replica whose stored
+        version is older than it (newer ones had it applied in their own
+        Change). None when done; (why not, whether every shard refuses
+        alike) when it cannot be: the table (or one of this shard's rows) is
+        marked diverged, so the replica's rows are not known to be the
+        source's, or the key type does not shard the same read back."""
+        shard, shards = item.shard, self._num_shards
+        where = f'{op.kind.value.upper()} of rows the WHERE does not name'
+        if not _shardable(target):
+            return (f'{where}: the key type of {target.name!r} does not read back as '
+                    f'written, so its rows cannot be split among the shards'), True
+        diverged = self._diverged
+        marked = conn.scalars(sa.select(diverged.c.row_key).where(
+            diverged.c.table_name == target.name, diverged.c.version < op.version)).all()
+
+        def in_shard(row_key):  # the table's mark, or one of this shard's rows'
+            return not row_key or row_key.startswith('sha256:') or _shard_of(
+                item.change.table, json.loads(row_key), shards) == shard
+        if any(in_shard(row_key) for row_key in marked):
+            return (f'{where}: {target.name!r} is marked diverged, or rows of it (shard '
+                    f'{shard} of {shards}) it may or may not hit at the source'), False
+        rows = {}
+        for row in conn.execute(sa.select(target.table)).mappings():
+            key = tuple(row[c.name] for c in target.key_columns)
+            if _shard_of(item.change.table, key, shards) == shard:
+                rows[_row_key(key)] = (key, dict(row))
+        stored = self._stored_versions(conn, target, list(rows))
+        plan, versions, marks = _Plan(target), [], []
+        for row_key, (key, values) in rows.items():
+            if stored.get(row_key, '') >= op.version:
+                continue
+            base = RowState(True, values, False)
+            try:
+                _, state, _, rejection = self._apply_prefix(conn, target, key, base, [op])
+            except _Rejected as exc:  # pragma: no cover - _apply_prefix reports it
+                rejection = exc
+            if rejection is not None:
+                marks.append(_diverged_row(target, row_key, op.version, rejection.reason,
+                                           rejection.detail))
+                outcome.dead.append((_with_ops(item._replace(change=item.change._replace(
+                    key=key)), [op]), rejection.reason, rejection.detail))
+                continue
+            if state != base:
+                plan.add(key, base, state)
+                versions.append({'table_name': target.name, 'row_key': row_key,
+                                 'version': op.version, 'deleted': not state.exists})
+        plan.execute(conn)
+        _upsert(conn, self._rows, versions, update=('version', 'deleted'))
+        self._record_marks(conn, marks, outcome.counts)
+        outcome.counts['rows_upserted'] += plan.rows_upserted
+        outcome.counts['rows_deleted'] += plan.rows_deleted
+        return None
 
     def _truncate(self, conn, target: _Target, version: str) -> int:
         """TRUNCATE at ``version``; returns the number of rows deleted."""
@@ -780,7 +863,18 @@ class _Replica:
         return current
 
 
-_TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE})
+_TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE, OpKind.UPDATE, OpKind.DELETE})
+_ROW_WRITES = frozenset({OpKind.UPDATE, OpKind.DELETE})
+
+# Key types whose values read back from the replica hash to the same shard
+# as the values a Change carries (_shard_of): integers, exact decimals, strings.
+_SHARDABLE_KEY_TYPES = (sa.Integer, sa.Numeric, sa.String)
+
+
+def _shardable(target: _Target) -> bool:
+    return all(isinstance(c.type, _SHARDABLE_KEY_TYPES) and not isinstance(c.type, sa.Float)
+               and not isinstance(c.type, (sa.LargeBinary, sa.Enum))
+               for c in target.key_columns)
 
 
 def _diverged_row(target: _Target, row_key: str, version: str, reason: str, detail: str
@@ -887,8 +981,10 @@ _FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
 class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 
-    def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix):
+    def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix,
+                 num_shards=1):
         self._url = url
+        self._num_shards = num_shards
         self._tables = tuple(tables)
         self._known = {spec.source for spec in tables}
         self._batch_size = batch_size
@@ -903,7 +999,7 @@ class _WriteDoFn(beam.DoFn):
 
     def setup(self):
         self._engine = _create_engine(self._url)
-        self._replica = _Replica(self._tables, self._bookkeeping_prefix)
+        self._replica = _Replica(self._tables, self._bookkeeping_prefix, self._num_shards)
         try:
             self._replica.prepare(self._engine)
         except sa_exc.SQLAlchemyError as exc:
@@ -946,7 +1042,7 @@ class _WriteDoFn(beam.DoFn):
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
-                         reported=bool(change.key) or shard_key[1] == 0)
+                         reported=bool(change.key) or shard_key[1] == 0, shard=shard_key[1])
             if change.table not in self._known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
@@ -955,16 +1051,24 @@ class _WriteDoFn(beam.DoFn):
             if not change.ops:
                 yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
                 continue
-            if not item.reported:
-                # A whole-table op's copy: applied here in its place, reported by
-                # shard 0; whichever copy runs first deletes the rows or marks
-                # the table, so count those.
+            if not item.reported or (not change.key and any(
+                    op.kind in _ROW_WRITES for op in change.ops)):
+                # A whole-table op's copy, applied here in its place and reported
+                # by shard 0 (whichever copy runs first deletes the rows or
+                # marks the table, so count those); or one that writes this
+                # shard's rows, which must see every older change applied.
                 if batch:
                     yield from self._emit(self._write(batch))
                     batch = []
-                counts = self._write([item]).counts
-                for name in ('rows_deleted', 'tables_marked_diverged'):
-                    self._counters[name].inc(counts.get(name, 0))
+                outcome = self._write([item])
+                if item.reported:
+                    yield from self._emit(outcome)
+                    continue
+                for name in ('rows_deleted', 'rows_upserted', 'rows_marked_diverged',
+                             'tables_marked_diverged'):
+                    self._counters[name].inc(outcome.counts.get(name, 0))
+                outcome.applied, outcome.counts = [], collections.Counter()
+                yield from self._emit(outcome)  # its own rows' dead letters
                 continue
             batch.append(item)
             if len(batch) >= self._batch_size:
@@ -1043,7 +1147,15 @@ class WriteToDatabase(beam.PTransform):
     to the bookkeeping tables (see the module docstring) in the same
     transaction. A TRUNCATE deletes the rows whose stored version is older than
     it and raises the table's marker. A DIVERGE op changes no row: it records
-    the row (or, without a key, the table) in ``changeflow_diverged``.
+    the row (or, without a key, the table) in ``changeflow_diverged``. An
+    UPDATE or DELETE without a key (a WHERE that does not name its rows) is
+    applied by each shard, in its version place (alone in its transaction),
+    to its own rows of the replica whose stored version is older (a row
+    whose Change spans it carries it as its own op, from CoalesceChanges),
+    where its condition holds; a shard where the table or one of its rows is
+    marked diverged, or whose key type does not read back as written
+    (integer, decimal and string keys do), does not apply it: it
+    dead-letters it ('needs-lookup') and marks the table.
 
     Values are coerced to the column types as MySQL stores them
     (:func:`changeflow.sql.coercion.coercer`: '2026-11-01' to a date, '10.50' to a
@@ -1157,7 +1269,8 @@ class WriteToDatabase(beam.PTransform):
             | 'AcrossWindows' >> beam.WindowInto(beam_window.GlobalWindows())
             | 'WriteInVersionOrder' >> beam.ParDo(_WriteDoFn(
                 self._url, self._tables, self._batch_size, self._max_retries,
-                self._bookkeeping_prefix)).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
+                self._bookkeeping_prefix, self._num_shards)).with_outputs(
+                    DEAD_LETTER_TAG, main=self.MAIN))
 
 
 def _check_spec(spec: TableSpec) -> None:

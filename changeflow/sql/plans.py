@@ -12,7 +12,10 @@ UPDATE (``VALUES(col)`` included), UPDATE and DELETE whose WHERE pins every key
 column by equality (``AND``, ``IN`` lists), TRUNCATE. The WHERE's other
 conjuncts (``AND version = 3``, ``AND deleted_at IS NULL``) become the op's
 condition, evaluated on the row by the sink; a LIMIT is honoured when it
-reaches every named row (otherwise which rows it hit is unknown).
+reaches every named row (otherwise which rows it hit is unknown). An UPDATE
+or DELETE whose WHERE does not pin the key (or has none) becomes one
+whole-table op (key ``()``) whose condition is the whole WHERE, which the
+database sink evaluates over the replica's rows; with a LIMIT it is refused.
 Assignments may be deterministic expressions of the row (``qty = qty + 1``);
 they are carried as expressions and evaluated against the replica's row by
 the sink.
@@ -20,7 +23,7 @@ the sink.
 What is refused with reason ``needs-lookup`` (the replica cannot reproduce it
 from the statement alone): clock/random/session functions, user variables,
 prepared-statement templates (``?``), INSERT ... SELECT, subqueries,
-multi-table statements, a WHERE that does not pin the key, writes that change
+multi-table statements, a LIMIT on rows the WHERE does not name, writes that change
 a key column, inserts without the key (AUTO_INCREMENT). Reads, DDL and session
 statements are classified and skipped.
 
@@ -101,7 +104,7 @@ class _Compiler:
         """(key column -> candidate template values, from ``a = x AND b IN
         (...)``; the other conjuncts of the WHERE, for :meth:`condition`)."""
         if where is None:
-            raise needs_lookup('no WHERE clause: every row of the table')
+            raise _Unpinned('needs-lookup', 'no WHERE clause: every row of the table')
         pins: Dict[str, List[tuple]] = {}
         rest = []
         for node in _conjuncts(where.this):
@@ -112,9 +115,9 @@ class _Compiler:
                 pins[pin[0]] = pin[1]
         missing = [k for k in spec.key if k not in pins]
         if missing:
-            raise needs_lookup(
+            raise _Unpinned('needs-lookup', (
                 f'WHERE on a non-key condition: {rest[0].sql(dialect="mysql")}' if rest else
-                f'WHERE does not pin key column(s) {", ".join(missing)}')
+                f'WHERE does not pin key column(s) {", ".join(missing)}'))
         return pins, rest
 
     def _pin(self, node, spec: TableSpec) -> Optional[Tuple[str, List[tuple]]]:
@@ -322,6 +325,10 @@ class _Compiler:
         rows; a WHERE that does not pin the key refuses for the whole table."""
         try:
             pins, rest = self.key_pins(tree.args.get('where'), spec)
+        except _Unpinned:
+            if refusal is None:
+                return self._table_plan(tree, spec, kind, assignments)
+            raise refusal.on(spec.source) from None
         except SqlChangeError as error:
             raise (refusal or error).on(spec.source) from None
         bind_keys = _keys_binder([pins[k] for k in spec.key])
@@ -355,6 +362,31 @@ class _Compiler:
             where = None if bind_condition is None else bind_condition(params)
             return Translation(tuple(RowChange(source_table, key, kind, (), bound, where)
                                      for key in keys))
+        return plan
+
+    def _table_plan(self, tree, spec: TableSpec, kind: OpKind, assignments):
+        """Plan of an UPDATE or DELETE whose WHERE does not name its rows: one
+        whole-table op (key ``()``) whose condition is the whole WHERE (None:
+        every row), which the database sink evaluates over the replica's rows
+        in its version place. A LIMIT cannot be: which rows it hit depends on
+        the source's row order, and each shard of the sink sees only its own."""
+        try:
+            if tree.args.get('limit') is not None:
+                raise needs_lookup('LIMIT on rows the WHERE does not name: which ones depends '
+                                   'on the source\'s row order')
+            where = tree.args.get('where')
+            condition = None if where is None else self._compile(where.this)
+        except SqlChangeError as error:
+            raise error.on(spec.source) from None
+        assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
+        bind_condition = None if condition is None else _binder(condition)
+        source_table = spec.source
+
+        def plan(params):
+            return Translation((RowChange(
+                source_table, (), kind, (), tuple((c, bind(params)) for c, bind in
+                                                  assignment_binders),
+                None if bind_condition is None else bind_condition(params)),))
         return plan
 
     def tracked_tables(self, tree) -> Tuple[str, ...]:
@@ -404,6 +436,10 @@ def _refused_plan(refusal: SqlChangeError, table: str, bind_keys, count: int):
             keys = None
         raise refusal.on(table, keys)
     return plan
+
+
+class _Unpinned(SqlChangeError):
+    """The WHERE does not pin the key (a whole-table op, if the rest allows)."""
 
 
 def _conjuncts(node):

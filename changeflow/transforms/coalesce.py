@@ -132,18 +132,40 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
 def coalesce_changes(changes: Sequence[Change], truncates: Sequence[RowOp] = ()) -> Change:
     """Changes of one (table, key) -> one Change.
 
-    ``truncates``: the TRUNCATE ops of the row's table. One that falls between
-    the row's first and last op is inserted as a DELETE of the row, so nothing
-    folds across it (an INSERT, a TRUNCATE, then an UPDATE leaves no row).
+    ``truncates``: the whole-table ops of the row's table (TRUNCATE, and an
+    UPDATE or DELETE of rows its WHERE does not name). One that falls between
+    the row's first and last op is inserted as the row's own op (a TRUNCATE as
+    a DELETE), so the row's ops apply around it in order and nothing folds
+    across it (an INSERT, a TRUNCATE, then an UPDATE leaves no row). The ops
+    of a whole-table Change are only sorted and deduplicated.
     """
     first = changes[0]
     ops = [op for change in changes for op in change.ops]
-    if truncates and first.key:
+    if not first.key:
+        by_version = {op.version: op for op in reversed(ops)}
+        return Change(first.table, first.key, tuple(sorted(by_version.values(),
+                                                           key=lambda o: o.version)),
+                      max(c.event_time_us for c in changes))
+    if truncates:
         low, high = min(op.version for op in ops), max(op.version for op in ops)
-        ops += [RowOp(OpKind.DELETE, t.version, position=t.position)
-                for t in truncates if low < t.version < high]
+        ops += [_row_copy(t) for t in truncates if low < t.version < high]
     return Change(first.table, first.key, coalesce_ops(ops),
                   max(c.event_time_us for c in changes))
+
+
+def _row_copy(op: RowOp) -> RowOp:
+    """A whole-table op as one row's op."""
+    if op.kind == OpKind.TRUNCATE:
+        return RowOp(OpKind.DELETE, op.version, position=op.position)
+    return op
+
+
+def _is_table_op(change: Change) -> bool:
+    """A whole-table op that changes rows (not a DIVERGE marker)."""
+    return not change.key and change.ops[0].kind in _TABLE_WRITES
+
+
+_TABLE_WRITES = frozenset({OpKind.TRUNCATE, OpKind.UPDATE, OpKind.DELETE})
 
 
 class _CoalesceFn(beam.DoFn):
@@ -186,7 +208,7 @@ class CoalesceChanges(beam.PTransform):
                 | 'Window' >> beam.WindowInto(window.FixedWindows(self._window_seconds)))
         truncates = (
             windowed
-            | 'Truncates' >> beam.Filter(lambda c: c.ops[0].kind == OpKind.TRUNCATE)
+            | 'Truncates' >> beam.Filter(_is_table_op)
             | 'ByTable' >> beam.Map(lambda c: (c.table, c.ops[0]))
             | 'TruncatesOfTable' >> beam.GroupByKey()
             | 'Listed' >> beam.MapTuple(lambda table, ops: (table, tuple(ops))))

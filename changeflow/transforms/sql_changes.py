@@ -46,6 +46,7 @@ class _ExtractRowChangesFn(beam.DoFn):
             try:
                 translation = self._translator.translate(statement.object, statement.database)
                 keys = [self._key(change) for change in translation.changes]
+                _check_table_writes(translation, {table for table, _ in first_touch})
             except (SqlChangeError, ValueError, ArithmeticError) as error:
                 # Nothing of the statement is emitted: it is replayable whole;
                 # what it wrote is marked diverged, in its place.
@@ -108,6 +109,20 @@ class _ExtractRowChangesFn(beam.DoFn):
     def _key(self, change: RowChange) -> Tuple[Any, ...]:
         caster = self._casters[change.table]
         return caster(change.key) if caster else change.key
+
+
+def _check_table_writes(translation, written) -> None:
+    """A whole-table UPDATE/DELETE (a WHERE that does not name its rows) is
+    versioned as its transaction's first touch of the table: after earlier
+    writes to the table in the same transaction, the rows it hits were locked
+    at different times, so no one version orders it with other transactions."""
+    for change in translation.changes:
+        if not change.key and change.kind in (OpKind.UPDATE, OpKind.DELETE) and (
+                change.table in written):
+            raise SqlChangeError(
+                'needs-lookup', f'{change.kind.value.upper()} of rows the WHERE does not name, '
+                f'after earlier writes to {change.table} in the same transaction',
+                change.table)
 
 
 def _position(statement, seq: int, count: int) -> str:
