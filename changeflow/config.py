@@ -20,7 +20,7 @@ import sqlalchemy.exc
 import yaml
 from sqlalchemy.engine import make_url
 
-from changeflow.model import OpKind
+from changeflow.model import MARKER_KINDS, OpKind
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
 from changeflow.schema.readers import read_information_schema, read_schema_file
@@ -85,7 +85,7 @@ class ConfigError(ValueError):
 
 
 ARCHIVE_FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit')
-NOTIFY_OPS = tuple(kind.value for kind in OpKind)  # a rule's `when.op`
+NOTIFY_OPS = tuple(kind.value for kind in OpKind if kind not in MARKER_KINDS)  # `when.op`
 
 
 def _check_keys(where: str, mapping, allowed, required=()):

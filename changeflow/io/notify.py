@@ -64,7 +64,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from changeflow.config import NotifyRule, TableSpec
 from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_json
-from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.guard import changes_original, guarded
 
@@ -186,7 +186,7 @@ class StdoutWriter(NotificationWriter):
 
 WRITERS: Dict[str, type] = {'file': JsonLinesFileWriter, 'stdout': StdoutWriter}
 
-_OP_KINDS = frozenset(kind.value for kind in OpKind)
+_OP_KINDS = frozenset(kind.value for kind in OpKind if kind not in MARKER_KINDS)
 
 
 class _Rule(NamedTuple):

@@ -1,10 +1,15 @@
-"""Fans coalesced changes out to independent sink branches."""
+"""Fans coalesced changes out to independent sink branches.
+
+DIVERGE markers (:data:`changeflow.model.MARKER_KINDS`) go to the database
+branch only: they are about the replica, and a change log (Parquet) or a
+notification records what the source did.
+"""
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from changeflow.model import DEAD_LETTER_TAG
+from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['DATABASE', 'PARQUET', 'NOTIFY', 'BRANCHES', 'RouteChanges']
@@ -22,9 +27,18 @@ class _RouteFn(beam.DoFn):
         self._routed = {b: Metrics.counter('changeflow.route', f'to_{b}') for b in branches}
 
     def process(self, change):
+        source_ops = None
         for branch in self._branches:
+            routed = change
+            if branch != DATABASE:
+                if source_ops is None:
+                    source_ops = tuple(op for op in change.ops if op.kind not in MARKER_KINDS)
+                if not source_ops:
+                    continue
+                if len(source_ops) != len(change.ops):
+                    routed = change._replace(ops=source_ops)
             self._routed[branch].inc()
-            yield TaggedOutput(branch, change)
+            yield TaggedOutput(branch, routed)
 
 
 class RouteChanges(beam.PTransform):
