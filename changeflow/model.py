@@ -49,7 +49,9 @@ class AuditEvent(NamedTuple):
 
     ``object`` is unescaped: for QUERY it is the SQL text, for TABLE events
     (READ, WRITE, ...) the table name. ``retcode`` is None where the plugin
-    writes it empty (TABLE events).
+    writes it empty (TABLE events). A ``truncated`` statement is kept whole
+    as far as it was logged, so its transaction is replayed as the server ran
+    it; it is never translated.
     """
     timestamp_us: int      # UTC epoch microseconds (local-time logs are read as UTC)
     serverhost: str
@@ -63,6 +65,7 @@ class AuditEvent(NamedTuple):
     retcode: Optional[int]
     position: str
     line: str              # the line as logged, for dead letters
+    truncated: bool = False  # the plugin may have cut the object at its query log limit
 
 
 class OpKind(str, enum.Enum):

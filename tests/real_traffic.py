@@ -269,12 +269,11 @@ def run_fixture(folder: str, workdir: str, job: str = 'job.yaml') -> Report:
 # ---------------------------------------------------------------------------
 # Comparing.
 
-def _targets(config_path: str) -> Dict[str, str]:
-    """source table -> replica table, as the job declares them."""
-    with open(config_path, encoding='utf-8') as f:
-        raw = yaml.safe_load(f)
-    return {name: (spec or {}).get('target') or name.split('.', 1)[1]
-            for name, spec in (raw.get('tables') or {}).items()}
+def _specs(config_path: str) -> dict:
+    """source table -> TableSpec, as changeflow reads the job (a schema's
+    patterns expanded)."""
+    from changeflow.config import load_config
+    return {spec.source: spec for spec in load_config(config_path).tables}
 
 
 def _statement_of(original: bytes) -> Optional[str]:
@@ -382,7 +381,8 @@ def compare(folder: str, config_path: str, *, crash: Optional[str] = None,
     replica_url = replica_url or raw['sinks']['database']['url']
     dead_letter_path = dead_letter_path or raw['dead_letter']['path']
     final = load_final(folder)
-    targets = _targets(config_path)
+    specs = _specs(config_path)
+    targets = {name: spec.target for name, spec in specs.items()}
     source_tables = dict(final['tables'])
     for name in targets:  # replicated tables the source no longer has (renamed, dropped)
         source_tables.setdefault(name, {'key': None, 'columns': None, 'rows': []})
@@ -397,7 +397,7 @@ def compare(folder: str, config_path: str, *, crash: Optional[str] = None,
                 columns = data['columns']
                 key = data['key']
                 if columns is None:  # only in the job: describe it from the replica
-                    columns, key = _replica_columns(conn, target, raw['tables'][name])
+                    columns, key = _replica_columns(conn, target, list(specs[name].key))
                 tables[name] = _compare_table(conn, name, target, key, [tuple(c) for c in columns],
                                               data['rows'], letters.get(name, []), diverged)
     finally:
@@ -405,8 +405,7 @@ def compare(folder: str, config_path: str, *, crash: Optional[str] = None,
     return Report(os.path.basename(os.path.normpath(folder)), crash, tables, reasons)
 
 
-def _replica_columns(conn, target: str, spec) -> Tuple[List[Tuple[str, str]], List[str]]:
-    key = spec['key'] if isinstance(spec['key'], list) else [spec['key']]
+def _replica_columns(conn, target: str, key: List[str]) -> Tuple[List[Tuple[str, str]], List[str]]:
     if not sa.inspect(conn).has_table(target):
         return [(k, 'text') for k in key], key
     return [(c['name'], str(c['type']).lower()) for c in sa.inspect(conn).get_columns(target)], key

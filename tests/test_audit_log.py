@@ -262,14 +262,17 @@ def test_parse_audit_lines_pipeline(lines):
               LogEvent('CWL CONTROL MESSAGE: checking', 'g', 's', 'x2', 0, 'poison@1')]
     pipeline = local_pipeline()
     parsed, dead = (pipeline | beam.Create(events + poison) | ParseAuditLines())
+    # The statement cut at the query log limit passes on, marked, for its
+    # transaction's replay (the SQL stage dead-letters it if it committed).
     assert_that(parsed, equal_to([
-        parse_audit_line(e.message, e.position)
-        for n, e in enumerate(events, 1) if n != TRUNCATED_LINENO]), label='parsed')
+        parse_audit_line(e.message, e.position, keep_truncated=True) for e in events]),
+        label='parsed')
+    assert_that(parsed | beam.Filter(lambda e: e.truncated) | beam.Map(lambda e: e.query_id),
+                equal_to([parse_audit_line(line(lines, TRUNCATED_LINENO), '',
+                                           keep_truncated=True).query_id]), label='truncated')
     assert_that(
         dead | 'Strip' >> beam.Map(lambda d: (d.step, d.reason, d.original, d.position)),
         equal_to([
-            ('parse_audit', 'truncated-statement', line(lines, TRUNCATED_LINENO).encode(),
-             f'kinesis/shard-0/{TRUNCATED_LINENO}@0'),
             ('parse_audit', 'malformed-line', cut.encode('utf-8'), 'poison@0'),
             ('parse_audit', 'malformed-line', b'CWL CONTROL MESSAGE: checking', 'poison@1'),
         ]),
@@ -277,8 +280,8 @@ def test_parse_audit_lines_pipeline(lines):
     result = pipeline.run()
     result.wait_until_finish()
     counters = counter_totals(result, 'changeflow.parse_audit')
-    assert counters == {'lines_received': 103, 'events_parsed': 100, 'dead_lettered': 3,
-                        'queries': 47, 'table_events': 49, 'connects': 4}
+    assert counters == {'lines_received': 103, 'events_parsed': 101, 'dead_lettered': 2,
+                        'queries': 48, 'table_events': 49, 'connects': 4}
 
 
 def test_parse_audit_lines_output_tags():

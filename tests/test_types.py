@@ -1,5 +1,6 @@
 """changeflow.sql.types: MySQL and changeflow column type text, and the storage types."""
 
+import datetime
 import decimal
 import doctest
 
@@ -8,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import changeflow.sql.types
-from changeflow.config import ConfigError, parse_config
+from changeflow.config import ConfigError, TableSpec, parse_config
 from changeflow.sql.types import (ColumnType, arrow_type, canonical_type, parse_type,
                                   sqlalchemy_type)
 
@@ -193,15 +194,28 @@ def test_sqlite_keeps_long_decimals_exact_and_short_ones_numbers():
     assert values == [(D('12345.68'), 5), (D('9007199254740993.01'), 2 ** 64 - 1)]
 
 
-def test_the_database_sink_refuses_types_whose_values_mysql_normalises():
-    from changeflow.io.sql import _sql_type
-    for text in ("enum('a')", "set('a')", 'year', 'char(3)', 'binary(4)', 'bit(3)', 'time',
-                 'timestamp', 'datetime(0)'):
-        with pytest.raises(ValueError, match='not supported by the database sink'):
-            _sql_type(text)
-    for text in ('int unsigned', 'tinyint(1)', 'varchar(5)', 'decimal(10,2) unsigned', 'datetime(6)',
-                 'mediumtext', 'varbinary(3)', 'bigint unsigned', 'double', 'json'):
-        _sql_type(text)
+@pytest.mark.parametrize('text, value, stored', [
+    ("enum('a','B')", 'b', 'B'), ("enum('a','B')", 2, 'B'), ("set('x','y')", 'y,x', 'x,y'),
+    ('year', '69', 2069), ('char(3)', 'ab ', 'ab'), ('bit(8)', '5', 53),
+    ('datetime(0)', '2026-11-24 01:39:25.708948', datetime.datetime(2026, 11, 24, 1, 39, 25)),
+    ('tinyint(1)', 2, 2), ('int unsigned', '7', 7), ('decimal(10,2) unsigned', '1.005',
+                                                    D('1.01')),
+])
+def test_the_database_sink_stores_mysql_types_as_mysql_does(text, value, stored):
+    """A column declared with MySQL type text is coerced by that text (ENUM by
+    index and declared spelling, YEAR's two-digit years, CHAR's trailing
+    spaces, DATETIME(0)'s cut fraction), not by its storage type."""
+    from changeflow.io.sql import _sql_type, _Target
+    engine = sa.create_engine('sqlite://')
+    metadata = sa.MetaData()
+    table = sa.Table('cf_types_sink', metadata, sa.Column('k', sa.Integer, primary_key=True),
+                     sa.Column('v', _sql_type(text)))
+    metadata.create_all(engine)
+    target = _Target(TableSpec('shop.t', ('k',), 'cf_types_sink', (('k', 'integer'), ('v', text))),
+                     table)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{'k': 1, 'v': target.coerce('v', value)}])
+        assert conn.execute(sa.select(table.c.v)).scalar_one() == stored
 
 
 @pytest.mark.parametrize('text, value', [

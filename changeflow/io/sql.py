@@ -66,7 +66,7 @@ from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
-from changeflow.sql.types import normalises_values, sqlalchemy_type
+from changeflow.sql.types import parse_type, sqlalchemy_type
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'Divergence', 'read_divergence']
@@ -88,13 +88,22 @@ _MISSING = object()
 def _sql_type(declared: str) -> sa.types.TypeEngine:
     """The SQLAlchemy type of a TableSpec column type: :func:`changeflow.sql.types.sqlalchemy_type`
     (MySQL/MariaDB get DECIMAL(65,30) for an unqualified decimal, DATETIME(6),
-    LONGTEXT and LONGBLOB; SQLite keeps decimals exact). ValueError if unknown,
-    or if MySQL changes values of the type as it stores them (ENUM, SET,
-    YEAR, CHAR, ...): this sink coerces by storage type, which would not."""
-    if normalises_values(declared):
-        raise ValueError(f'column type {declared!r} is not supported by the database sink yet: '
-                         f'MySQL normalises its values, and the sink coerces by storage type')
+    LONGTEXT and LONGBLOB; SQLite keeps decimals exact). ValueError if unknown."""
     return sqlalchemy_type(declared)
+
+
+def _mysql_type(declared: Optional[str]) -> bool:
+    """Whether a declared column type is MySQL type text (``int unsigned``,
+    ``enum('a','b')``, ``datetime(0)``) rather than one of changeflow's names:
+    its values are coerced by that text, as MySQL stores them."""
+    return declared is not None and not parse_type(declared).changeflow
+
+
+def _declared_coercer(declared: str) -> Callable[[Any], Any]:
+    coerce = coercer(declared)
+    if parse_type(declared).kind == 'json':
+        return functools.partial(_json_document, coerce)
+    return coerce
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +256,10 @@ class _Target:
         self.name = spec.target
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
-        self.coercers = {c.name: (_coercer(c.type), repr(c.type)) for c in table.columns}
+        declared = dict(spec.columns)
+        self.coercers = {c.name: (_declared_coercer(declared[c.name]) if _mysql_type(
+            declared.get(c.name)) else _coercer(c.type), declared.get(c.name) or repr(c.type))
+            for c in table.columns}
         self.redacted = frozenset(column.lower() for column in spec.redact)
 
     def coerce(self, column: str, value):

@@ -54,7 +54,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     transactions = parsed[ParseAuditLines.MAIN] | 'Transactions' >> ResolveTransactions(
         config.autocommit)
     dead_letters.append(transactions[DEAD_LETTER_TAG])
-    changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(config.tables)
+    changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(
+        config.tables, config.schema)
     dead_letters.append(changes[DEAD_LETTER_TAG])
     coalesce = changes['changes'] | 'Coalesce' >> CoalesceChanges(
         config.window_seconds, whole_input=True)

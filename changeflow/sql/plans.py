@@ -54,6 +54,8 @@ from sqlglot import expressions as exp
 
 from changeflow.config import TableSpec
 from changeflow.model import OpKind
+from changeflow.schema.hazards import Hazard, write_hazards
+from changeflow.schema.model import SourceSchema
 from changeflow.sql.compile_expressions import (ExpressionCompiler, mark_default_calls,
                                                 resolve_defaults, table_defaults)
 from changeflow.sql.errors import SqlChangeError, needs_lookup
@@ -88,18 +90,25 @@ class RowChange(NamedTuple):
 
 class Translation(NamedTuple):
     """``skipped`` names why a statement has no changes ('read', 'ddl',
-    'session', 'untracked-table'); otherwise ``changes`` holds them."""
+    'session', 'untracked-table'); otherwise ``changes`` holds them.
+    ``hazards``: what the source schema says the statement did beyond its
+    text (:func:`changeflow.schema.hazards.write_hazards`): a trigger, a
+    cascade, a clock default, ...; the SQL stage marks what they leave stale."""
     changes: Tuple[RowChange, ...]
     skipped: str = ''
+    hazards: Tuple[Hazard, ...] = ()
 
 
 
 class _Compiler:
     """Turns one parsed statement shape into a plan: params -> [RowChange]."""
 
-    def __init__(self, tables: Dict[str, TableSpec], database: str):
+    def __init__(self, tables: Dict[str, TableSpec], database: str,
+                 schema: Optional[SourceSchema] = None):
         self._tables = tables
         self._database = database
+        self._schema = schema
+        self._hazards: Tuple[Hazard, ...] = ()  # of the statement being compiled
         self._expressions = ExpressionCompiler()
         self._defaults = {}  # column -> literal DEFAULT of the statement's table
         self._names: Dict[str, str] = {}  # lower-case column name -> the spec's spelling
@@ -121,6 +130,12 @@ class _Compiler:
     def _column(self, name: str) -> str:
         """A column as the spec spells it (MySQL column names are case-insensitive)."""
         return self._names.get(name.lower(), name)
+
+    def _assigned(self, node) -> str:
+        """The column of one ``col = expr`` of a SET or ON DUPLICATE KEY UPDATE."""
+        if not isinstance(node, exp.EQ) or not isinstance(node.this, exp.Column):
+            raise SqlChangeError('unsupported-sql', f'not an assignment: {node.sql(dialect="mysql")}')
+        return self._column(node.this.name)
 
     def key_pins(self, where, spec: TableSpec) -> Tuple[Dict[str, List[tuple]], list]:
         """(key column -> candidate template values, from ``a = x AND b IN
@@ -188,7 +203,7 @@ class _Compiler:
 
     def compile(self, tree) -> Callable[[Sequence[Any]], Translation]:
         try:
-            return self._statement(tree)
+            plan = self._statement(tree)
         except SqlChangeError as error:
             if error.table is None and isinstance(tree, (exp.Insert, exp.Update, exp.Delete)):
                 # Refused before its table was known (a multi-table write): every
@@ -197,6 +212,18 @@ class _Compiler:
                 if tables:
                     raise error.on(tables[0] if len(tables) == 1 else tables) from None
             raise
+        hazards = self._hazards
+        if not hazards:
+            return plan
+        return lambda params: plan(params)._replace(hazards=hazards)
+
+    def _note_hazards(self, spec: TableSpec, kind: OpKind, written=(), updated=None) -> None:
+        """What the schema says a ``kind`` write of ``written`` columns to
+        ``spec``'s table does beyond its text (None without a schema)."""
+        if self._schema is None or spec.schema is None:
+            return
+        self._hazards = tuple(write_hazards(self._schema, spec.schema, kind.value, written,
+                                            columns_updated=updated))
 
     def _statement(self, tree) -> Callable[[Sequence[Any]], Translation]:
         if isinstance(tree, exp.Insert):
@@ -264,6 +291,8 @@ class _Compiler:
             kind = OpKind.INSERT_IGNORE
         else:
             kind = OpKind.INSERT
+        self._note_hazards(spec, kind, columns, [
+            self._assigned(eq) for eq in conflict.expressions] if conflict else None)
         rows, row_keys, refusal = [], [], None
         for row in source.expressions:
             items = row.expressions if isinstance(row, exp.Tuple) else [row]
@@ -309,7 +338,7 @@ class _Compiler:
         assignments = []
         if conflict is not None:
             for eq in conflict.expressions:
-                column = self._column(eq.this.name)
+                column = self._assigned(eq)
                 if column in spec.key:
                     raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
                 assignments.append((column, self._compile(eq.expression, values, column)))
@@ -327,12 +356,13 @@ class _Compiler:
             if tree.args.get('from') or tree.args.get('from_'):
                 raise needs_lookup('UPDATE ... FROM reads other rows')
             for eq in tree.expressions:
-                column = self._column(eq.this.name)
+                column = self._assigned(eq)
                 if column in spec.key:
                     raise needs_lookup(f'UPDATE changes key column {column}')
                 assignments.append((column, self._compile(eq.expression, target=column)))
         except SqlChangeError as error:
             refusal = error
+        self._note_hazards(spec, OpKind.UPDATE, [column for column, _ in assignments])
         return self._keyed_plan(tree, spec, OpKind.UPDATE, tuple(assignments), refusal)
 
     def _delete(self, tree: exp.Delete):
@@ -341,6 +371,7 @@ class _Compiler:
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
+        self._note_hazards(spec, OpKind.DELETE)
         return self._keyed_plan(tree, spec, OpKind.DELETE, (), None)
 
     def _keyed_plan(self, tree, spec: TableSpec, kind: OpKind, assignments,
@@ -587,8 +618,10 @@ class StatementTranslator:
     Not thread-safe; one per DoFn instance.
     """
 
-    def __init__(self, tables: Sequence[TableSpec], max_shapes: int = MAX_CACHED_SHAPES):
+    def __init__(self, tables: Sequence[TableSpec], max_shapes: int = MAX_CACHED_SHAPES,
+                 schema: Optional[SourceSchema] = None):
         self._tables = {spec.source: spec for spec in tables}
+        self._schema = schema
         self._plans: Dict[Tuple[str, str], Any] = {}
         self._max_shapes = max_shapes
         self.shapes_compiled = 0
@@ -610,7 +643,7 @@ class StatementTranslator:
 
     def _compile(self, shape: str, database: str):
         try:
-            plan = _Compiler(self._tables, database).compile(_parse(shape))
+            plan = _Compiler(self._tables, database, self._schema).compile(_parse(shape))
         except SqlChangeError as error:
             plan = error  # refusals are cached too: a bad shape is not parsed twice
         except RecursionError:

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 __all__ = ['ColumnType', 'parse_type', 'canonical_type', 'type_text', 'sqlalchemy_type',
-           'arrow_type', 'normalises_values',
+           'arrow_type',
            'INTEGER_RANGES', 'ExactDecimal', 'ExactUnsignedBigInt']
 
 CHANGEFLOW_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text', 'boolean', 'date',
@@ -274,22 +274,6 @@ def type_text(column: ColumnType) -> str:
     if column.collation:
         parts.append(f'collate {column.collation}')
     return ' '.join(parts)
-
-
-def normalises_values(column) -> bool:
-    """Whether MySQL stores a value of this type differently from the value
-    written, beyond what changeflow's own names do: ENUM (by index, the
-    declared spelling), SET (member order), YEAR (two-digit years), CHAR
-    (trailing spaces), BINARY(n) (padding), BIT (a string's bytes), TIME and
-    fractional seconds below 6 digits (cut), TIMESTAMP (its range). A sink
-    must coerce such a column by its declared text (``coercion.coercer``),
-    not by its storage type."""
-    if isinstance(column, str):
-        column = parse_type(column)
-    if column.changeflow:
-        return False
-    return column.kind in ('enum', 'set', 'year', 'char', 'binary', 'bit', 'time', 'timestamp') \
-        or column.kind == 'datetime' and column.fsp < 6
 
 
 # SQLAlchemy -------------------------------------------------------------------

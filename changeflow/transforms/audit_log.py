@@ -117,14 +117,17 @@ def _utf8_length_at_least(text: str, n: int) -> bool:
 
 
 def parse_audit_line(line: str, position: str = '',
-                     query_log_limit: int = DEFAULT_QUERY_LOG_LIMIT) -> AuditEvent:
+                     query_log_limit: int = DEFAULT_QUERY_LOG_LIMIT, *,
+                     keep_truncated: bool = False) -> AuditEvent:
     """Parse one server_audit line.
 
     ``query_log_limit`` is the server's ``server_audit_query_log_limit`` (0 =
     unlimited). The plugin cuts the *escaped* statement at that many bytes,
     without a marker, and one byte early when the next character needs a
     two-byte escape; so a quoted object of ``limit - 1`` bytes or more may be
-    cut and raises 'truncated-statement' rather than yield a wrong statement.
+    cut and raises 'truncated-statement' rather than yield a wrong statement;
+    with ``keep_truncated`` a QUERY is returned marked ``truncated`` instead,
+    for the transaction replay (the SQL stage dead-letters it in its place).
 
     Raises:
         AuditLineError: 'malformed-line' or 'truncated-statement'.
@@ -134,14 +137,17 @@ def parse_audit_line(line: str, position: str = '',
         raise AuditLineError('malformed-line', _why_malformed(line))
     (timestamp, serverhost, username, host, connection_id, query_id, operation,
      database, quoted, bare, retcode) = match.groups()
+    truncated = False
     if quoted is None:
         obj = bare
     else:
         if query_log_limit and _utf8_length_at_least(quoted, query_log_limit - 1):
-            raise AuditLineError(
-                'truncated-statement',
-                f'{operation} object reaches server_audit_query_log_limit={query_log_limit}'
-                f' and may have been cut: {quoted[:80]!r}...')
+            if not (keep_truncated and operation == 'QUERY'):
+                raise AuditLineError(
+                    'truncated-statement',
+                    f'{operation} object reaches server_audit_query_log_limit={query_log_limit}'
+                    f' and may have been cut: {quoted[:80]!r}...')
+            truncated = True
         obj = _unescape(quoted) if '\\' in quoted else quoted
     if len(connection_id) > 19 or len(query_id) > 19 or len(retcode) > _MAX_RETCODE_DIGITS:
         _check_bounds(connection_id, query_id, retcode)
@@ -149,7 +155,7 @@ def parse_audit_line(line: str, position: str = '',
     return _new_tuple(AuditEvent, (
         _timestamp_us(timestamp), serverhost, username, host, int(connection_id),
         int(query_id), operation, database, obj, int(retcode) if retcode else None,
-        position, line))
+        position, line, truncated))
 
 
 def _check_bounds(connection_id: str, query_id: str, retcode: str) -> None:
@@ -211,7 +217,8 @@ class _ParseAuditLineFn(beam.DoFn):
     def process(self, event: LogEvent) -> Iterable[Union[AuditEvent, _DeadLetterOutput]]:
         self._received += 1
         try:
-            parsed = parse_audit_line(event.message, event.position, self._limit)
+            parsed = parse_audit_line(event.message, event.position, self._limit,
+                                      keep_truncated=True)
         except AuditLineError as e:
             self._dead += 1
             yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -237,9 +244,11 @@ class _ParseAuditLineFn(beam.DoFn):
 class ParseAuditLines(beam.PTransform):
     """PCollection[LogEvent] -> main: AuditEvent, DEAD_LETTER_TAG: DeadLetter.
 
-    Element-wise, so any windowing passes through. A line that is malformed or
-    cut at the query log limit becomes a DeadLetter(step='parse_audit',
-    original=the line's UTF-8 bytes) and never fails the pipeline.
+    Element-wise, so any windowing passes through. A line that is malformed,
+    or a TABLE/CONNECT object cut at the query log limit, becomes a
+    DeadLetter(step='parse_audit', original=the line's UTF-8 bytes) and never
+    fails the pipeline. A statement cut at the limit passes on marked
+    ``truncated``: whether it matters depends on its transaction committing.
 
     Example::
 

@@ -6,7 +6,20 @@ what it wrote stale in the replica, so it also becomes DIVERGE changes in its
 place: one per row it names (``UPDATE t SET a = NOW() WHERE id = 5``), or one
 for the whole table (key ``()``) when it cannot name them (a WHERE that does
 not pin the key, INSERT ... SELECT, an INSERT without its key).
+
+A statement that is translated but that the source schema says did more than
+its text (:mod:`changeflow.schema.hazards`: a BEFORE trigger, a clock default,
+an ON UPDATE CURRENT_TIMESTAMP column, a secondary UNIQUE key, cascading
+foreign keys, a trigger writing other tables) is applied, dead-lettered with
+the hazard as its reason, and what it leaves stale is marked: its rows, or
+the tables its cascades and triggers reach (a secondary UNIQUE key may make
+the write hit another row: its table). So is a write naming a key on a
+case-insensitive collation in a spelling that is not its folded form: the
+source may have matched a row the replica spells differently.
 """
+
+import re
+import unicodedata
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,17 +30,29 @@ from apache_beam.pvalue import TaggedOutput
 from changeflow.config import TableSpec
 from changeflow.model import (
     DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version, dead_letter, diverge_op)
+from changeflow.schema.model import SourceSchema
+from changeflow.schema.hazards import Hazard
 from changeflow.sql.plans import RowChange, SqlChangeError, StatementTranslator, key_caster
 from changeflow.transforms.guard import guarded, internal_error, lines_original
 from changeflow.transforms.transactions import CommittedTransaction
 
 __all__ = ['ExtractRowChanges']
 
+# Hazard reasons whose write may have hit a row the statement does not name.
+_TABLE_HAZARDS = frozenset({'secondary-unique-key'})
+HAZARD_REASONS = ('trigger', 'cascade', 'secondary-unique-key', 'clock-default',
+                  'expression-default', 'on-update-clock', 'auto-increment', 'generated-column',
+                  'case-insensitive-key')
+
 
 @guarded('sql_changes', lambda t: lines_original(t.statements), lambda t: t.statements[0].position)
 class _ExtractRowChangesFn(beam.DoFn):
-    def __init__(self, tables: Sequence[TableSpec]):
+    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None):
         self._tables = tuple(tables)
+        self._schema = schema
+        self._hazard_counters = {reason: Metrics.counter('changeflow.sql_changes',
+                                                         f'hazard_{reason.replace("-", "_")}')
+                                 for reason in HAZARD_REASONS}
         self._received = Metrics.counter('changeflow.sql_changes', 'statements_received')
         self._changes = Metrics.counter('changeflow.sql_changes', 'row_changes')
         self._dead = Metrics.counter('changeflow.sql_changes', 'dead_lettered')
@@ -37,13 +62,18 @@ class _ExtractRowChangesFn(beam.DoFn):
                          for reason in ('read', 'ddl', 'session', 'untracked_table')}
 
     def setup(self):
-        self._translator = StatementTranslator(self._tables)
+        self._translator = StatementTranslator(self._tables, schema=self._schema)
         self._casters = {spec.source: key_caster(spec) for spec in self._tables}
+        self._folded_keys = {spec.source: _case_insensitive_positions(spec)
+                             for spec in self._tables}
 
     def process(self, transaction: CommittedTransaction):
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
         for statement in transaction.statements:
             self._received.inc()
+            if statement.truncated:
+                yield from self._cut(statement, first_touch)
+                continue
             translation = None
             try:
                 translation = self._translator.translate(statement.object, statement.database)
@@ -54,7 +84,7 @@ class _ExtractRowChangesFn(beam.DoFn):
                 # what it wrote is marked diverged, in its place.
                 reason = getattr(error, 'reason', 'bad-value')
                 detail = getattr(error, 'detail', str(error))
-                marks = self._marks(error, translation)
+                marks = self._marks(error, translation, statement)
                 self._dead.inc()
                 yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                     'sql_changes', reason, detail + _marked(marks), statement.line,
@@ -75,23 +105,104 @@ class _ExtractRowChangesFn(beam.DoFn):
                 self._skipped[translation.skipped.replace('-', '_')].inc()
                 continue
             changes = translation.changes
+            versions = []
             for seq, (change, key) in enumerate(zip(changes, keys)):
                 self._changes.inc()
+                versions.append(self._version(first_touch, statement, change.table, key, seq))
                 yield Change(change.table, key, (RowOp(
-                    change.kind, self._version(first_touch, statement, change.table, key, seq),
-                    change.values, change.assignments,
+                    change.kind, versions[-1], change.values, change.assignments,
                     _position(statement, seq, len(changes)), change.condition),),
                     statement.timestamp_us)
+            hazards = list(translation.hazards) + self._key_hazards(changes, keys)
+            if hazards:
+                yield from self._hazard_marks(statement, hazards, changes, keys, versions,
+                                              first_touch)
+
+    def _cut(self, statement, first_touch):
+        """A committed write the plugin cut at its query log limit: never
+        translated; the tables it may have written are marked."""
+        tables = self._tables_at_head(statement)
+        marks = [(table, ()) for table in tables]
+        detail = (f'the statement reaches server_audit_query_log_limit and may have been cut '
+                  f'(raise the limit): {statement.object[:80]!r}...')
+        self._dead.inc()
+        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'sql_changes', 'truncated-statement', detail + _marked(marks), statement.line,
+            statement.position))
+        for seq, table in enumerate(tables):
+            self._tables_marked.inc()
+            yield Change(table, (), (diverge_op(
+                self._version(first_touch, statement, table, (), seq), 'truncated-statement',
+                detail, statement.position),), statement.timestamp_us)
+
+    def _key_hazards(self, changes, keys) -> list:
+        """A key on a case-insensitive column written in a spelling that is not
+        its folded form: the source may have matched a row spelled otherwise."""
+        hazards = []
+        for change, key in zip(changes, keys):
+            positions = self._folded_keys.get(change.table)
+            if positions and key and any(isinstance(key[i], str) and key[i] != _folded(key[i])
+                                 for i in positions):
+                table = tuple(change.table.split('.', 1))
+                hazards.append(Hazard(
+                    'case-insensitive-key',
+                    f'{change.table} key {key!r} on a case-insensitive collation: the source '
+                    f'matches it to any row of the same folded spelling', (table,), True))
+                break
+        return hazards
+
+    def _hazard_marks(self, statement, hazards, changes, keys, versions, first_touch):
+        """The dead letter of a translated statement the schema says did more
+        than its text, and the marks of what that leaves stale: its rows just
+        after its own ops, and every replicated table it may have reached."""
+        tables = []
+        for hazard in hazards:
+            self._hazard_counters[hazard.reason].inc()
+            reached = [f'{db}.{name}' for db, name in hazard.affected_tables]
+            if hazard.reason in _TABLE_HAZARDS:
+                reached += [change.table for change in changes]
+            tables += [t for t in reached if t in self._casters and t not in tables]
+        rows = [] if all(h.rows_exact for h in hazards) else [
+            (change.table, key, version) for change, key, version in zip(changes, keys, versions)
+            if change.key and change.table not in tables]
+        marks = [(table, ()) for table in tables] + [(table, key) for table, key, _ in rows]
+        if not marks:
+            return  # only tables changeflow does not replicate were reached
+        reason, detail = hazards[0].reason, '; '.join(h.detail for h in hazards)
+        self._dead.inc()
+        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'sql_changes', reason, f'applied, but {detail}' + _marked(marks), statement.line,
+            statement.position))
+        for seq, table in enumerate(tables):
+            self._tables_marked.inc()
+            yield Change(table, (), (diverge_op(
+                self._version(first_touch, statement, table, (), seq), reason, detail,
+                statement.position),), statement.timestamp_us)
+        for table, key, version in rows:
+            self._rows_marked.inc()
+            # Just after the statement's own op on the row, before its next one.
+            yield Change(table, key, (diverge_op(version + '.h', reason, detail,
+                                                 statement.position),), statement.timestamp_us)
 
     @staticmethod
     def _version(first_touch, statement, table: str, key, seq: int) -> str:
         touch = first_touch.setdefault((table, key), (statement.timestamp_us, statement.query_id))
         return audit_version(touch[0], touch[1], statement.query_id, seq)
 
-    def _marks(self, error, translation) -> List[Tuple[str, Tuple[Any, ...]]]:
+    def _tables_at_head(self, statement) -> List[str]:
+        """The replicated tables a write the SQL stage cannot read may have
+        written: the one its head names, else every one of its database."""
+        named = _head_tables(statement.object, statement.database)
+        if named:
+            return [t for t in named if t in self._casters]
+        return [t for t in self._casters if t.split('.', 1)[0] == statement.database]
+
+    def _marks(self, error, translation, statement) -> List[Tuple[str, Tuple[Any, ...]]]:
         """(table, key) of what a refused statement wrote; key () for a whole table."""
         if isinstance(error, SqlChangeError):
             tables = [t for t in error.tables if t in self._casters]
+            if not error.tables:  # refused before its table was known (unparseable, ...)
+                tables = self._tables_at_head(statement)
             raw: Dict[str, Optional[list]] = {t: None for t in tables}
             if len(tables) == 1 and error.keys is not None:
                 raw[tables[0]] = list(error.keys)
@@ -117,6 +228,40 @@ class _ExtractRowChangesFn(beam.DoFn):
     def _key(self, change: RowChange) -> Tuple[Any, ...]:
         caster = self._casters[change.table]
         return caster(change.key) if caster else change.key
+
+
+_NAME = r'(?:`(?:[^`]|``)+`|[\w$]+)'
+_CUT_WRITE = re.compile(
+    r'\s*(?:/\*.*?\*/\s*)*(?:(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*'
+    r'(?:\s+INTO)?|UPDATE(?:\s+(?:LOW_PRIORITY|IGNORE))*|DELETE(?:\s+(?:LOW_PRIORITY|QUICK|IGNORE))*'
+    r'\s+FROM|TRUNCATE(?:\s+TABLE)?)\s+(' + _NAME + r')(?:\s*\.\s*(' + _NAME + r'))?', re.I | re.S)
+
+
+def _head_tables(sql: str, database: str) -> List[str]:
+    """The table a write names at its head ('db.table'), read without parsing
+    the rest (it may be cut or unparseable); [] when the head does not name
+    one plainly."""
+    match = _CUT_WRITE.match(sql)
+    if match is None:
+        return []
+    first, second = (part.strip('`').replace('``', '`') if part else part
+                     for part in match.groups())
+    return [f'{first}.{second}' if second else f'{database}.{first}']
+
+
+def _folded(text: str) -> str:
+    """A string as a case- and accent-insensitive PAD SPACE collation
+    compares it (utf8mb4_general_ci and its kin)."""
+    decomposed = unicodedata.normalize('NFKD', text.rstrip(' '))
+    return ''.join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _case_insensitive_positions(spec: TableSpec) -> Tuple[int, ...]:
+    """Positions of the key columns with a case-insensitive collation."""
+    if spec.schema is None:
+        return ()
+    return tuple(i for i, name in enumerate(spec.key)
+                 if (column := spec.schema.column(name)) is not None and column.case_insensitive)
 
 
 def _check_table_writes(translation, written) -> None:
@@ -159,12 +304,14 @@ class ExtractRowChanges(beam.PTransform):
     order the source applied them.
     """
 
-    def __init__(self, tables: Sequence[TableSpec]):
+    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None):
         super().__init__()
         if not tables:
             raise ValueError('ExtractRowChanges needs at least one table spec')
         self._tables = tuple(tables)
+        self._schema = schema
 
     def expand(self, transactions):
         return transactions | 'Translate' >> beam.ParDo(
-            _ExtractRowChangesFn(self._tables)).with_outputs(DEAD_LETTER_TAG, main='changes')
+            _ExtractRowChangesFn(self._tables, self._schema)).with_outputs(
+                DEAD_LETTER_TAG, main='changes')
