@@ -11,36 +11,44 @@ import decimal
 import re
 from typing import Any, List, Tuple
 
+from changeflow.sql.errors import SqlChangeError
+
 __all__ = ['MARKER', 'HexLiteral', 'mask_literals', 'unescape_mysql_string', 'number_literal',
            'numbered_shape']
 
 # One match per literal or comment: a possessive run skips everything that
 # cannot start one (words, `identifiers`, punctuation), then the literal is
-# captured. A word directly followed by a quote (x'41', b'01', _utf8mb4'a') is
-# not skipped, so its literal is seen. ``split`` returns, per match: the text
-# before it (empty), the skipped run, then one group per literal kind.
+# captured. The match always ends at a literal, a comment, the end of the
+# statement or one raw token, so the scan never restarts inside a word
+# (which would mask the 2 of `note2`) and is linear in the statement.
+# ``split`` returns, per match: the text before it (always empty), the
+# skipped run, then one group per literal kind.
 _TOKEN = re.compile(r"""
-    ((?:[A-Za-z_$][\w$]*+(?!['"])
+    ((?:[A-Za-z_$\x80-\U0010ffff][\w$\x80-\U0010ffff]*+(?!['"])  # a word not directly before a quote
      | `(?:[^`]++|``)*+`
-     | [^\w$'"`#/\-]++
-     | -(?!-[ \t])
+     | [^\w$'"`\#/\-.\x80-\U0010ffff]++
+     | -(?!-(?:[\x00-\x20]|\Z))
      | /(?!\*)
+     | \.(?!\d)
     )*+)
     (?:
       '((?:[^'\\]++|\\.|'')*+)'
-    | (\d++)(?![\w$.eE])
-    | ((?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?)(?![\w$])
-    | (/\*.*?\*/|--[ \t][^\n]*+|\#[^\n]*+)
-    | ([xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++|[bB]'[01]*+'|"(?:[^"\\]++|\\.|"")*+")
+    | (\d++)(?![\w$.])
+    | ((?:\d++(?:\.\d*+)?|(?<![\w$`])\.\d++)(?:[eE][-+]?\d++)?)(?![\w$])
+    | (/\*.*?\*/|--(?:[\x00-\x20][^\n]*+|\Z)|\#[^\n]*+)
+    | ([xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++(?![\w$])|[bB]'[01]*+'|"(?:[^"\\]++|\\.|"")*+")
+    | (\.?[\w$\x80-\U0010ffff]++|.)   # a raw token, kept as it is: 2fa, t.1e3
+    | \Z
     )
 """, re.S | re.X)
-_GROUPS = 7  # split() pieces per match: before, skipped, str, int, number, comment, other
+_GROUPS = 8  # split() pieces per match: before, skipped, str, int, number, comment, other, raw
 MARKER = '\0'  # stands for a literal in a shape; NUL cannot occur in SQL outside a literal
 
 _ESCAPES = {'0': '\0', "'": "'", '"': '"', 'b': '\b', 'n': '\n', 'r': '\r',
             't': '\t', 'Z': '\x1a', '\\': '\\', '%': '\\%', '_': '\\_'}
 _ESCAPE = re.compile(r"\\(.)|''|\"\"", re.S)
-
+_UNTERMINATED = {"'": 'string literal', '"': 'string literal', '`': 'quoted identifier',
+                 '/': 'comment'}
 
 
 def unescape_mysql_string(body: str, quote: str = "'") -> str:
@@ -83,30 +91,37 @@ def _other_literal(text: str):
 
 def mask_literals(sql: str) -> Tuple[str, List[Any]]:
     """(shape, literal values): the statement with each literal replaced by
-    :data:`MARKER` and comments by a space, and the literals' values in order."""
-    pieces = _TOKEN.split(sql)
-    if len(pieces) == 1:
-        return sql, []
-    shape = []
+    :data:`MARKER` and comments by a space, and the literals' values in order.
+
+    Raises SqlChangeError ('unparseable-sql') for a string, quoted identifier
+    or comment that is not closed.
+    """
+    pieces = iter(_TOKEN.split(sql))
+    next(pieces)  # the text before the first match: empty, matches are contiguous
+    shape: List[str] = []
     params: List[Any] = []
-    for i in range(0, len(pieces) - 1, _GROUPS):
-        shape.append(pieces[i])
-        shape.append(pieces[i + 1])
-        text = pieces[i + 2]
+    add, param = shape.append, params.append
+    for skipped, text, integer, number, comment, other, raw, _ in zip(*[pieces] * _GROUPS):
+        add(skipped)
         if text is not None:
-            params.append(text if '\\' not in text and "''" not in text
-                          else unescape_mysql_string(text))
-        elif pieces[i + 3] is not None:
-            params.append(int(pieces[i + 3]))
-        elif pieces[i + 4] is not None:
-            params.append(number_literal(pieces[i + 4]))
-        elif pieces[i + 5] is not None:
-            shape.append(' ')
+            param(text if '\\' not in text and "''" not in text else unescape_mysql_string(text))
+        elif integer is not None:
+            param(int(integer))
+        elif number is not None:
+            param(number_literal(number))
+        elif comment is not None:
+            add(' ')
+            continue
+        elif other is not None:
+            param(_other_literal(other))
+        elif raw is not None:
+            if raw in _UNTERMINATED:  # a quote, or the `/` of `/*`, that nothing closes
+                raise SqlChangeError('unparseable-sql', f'unterminated {_UNTERMINATED[raw]}')
+            add(raw)
             continue
         else:
-            params.append(_other_literal(pieces[i + 6]))
-        shape.append(MARKER)
-    shape.append(pieces[-1])
+            continue  # the end of the statement
+        add(MARKER)
     return ''.join(shape), params
 
 
@@ -114,4 +129,3 @@ def numbered_shape(shape: str) -> str:
     """The shape as sqlglot parses it: markers become :p0, :p1, ..."""
     parts = shape.split(MARKER)
     return ''.join(part + (f':p{i}' if i < len(parts) - 1 else '') for i, part in enumerate(parts))
-
