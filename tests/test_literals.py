@@ -9,7 +9,7 @@ import pytest
 from changeflow.config import TableSpec
 from changeflow.model import OpKind
 from changeflow.sql.errors import SqlChangeError
-from changeflow.sql.literals import MARKER, mask_literals
+from changeflow.sql.literals import MARKER, HexLiteral, mask_literals
 from changeflow.sql.plans import StatementTranslator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,3 +96,88 @@ def test_a_valid_statement_with_a_long_tail_translates():
            + ', '.join(f'{c} = VALUES({c})' for c in columns))
     (change,) = StatementTranslator([spec]).translate(sql, 'shop').changes
     assert change.key == (7,) and dict(change.assignments)['c300'] == ('lit', 'c300')
+
+
+# Literal forms (MariaDB "String Literals", "Hexadecimal Literals", "Bit-Value Literals",
+# "Date and Time Literals", "Numeric Literals", "Comment Syntax"; values as MariaDB 10.11
+# returns them).
+
+def values(sql, **flags):
+    shape, params = mask_literals(sql, **flags)
+    return params
+
+
+def test_character_set_introducers_and_national_strings():
+    assert values("SELECT _utf8mb4'é', _utf8mb4 'x', _UTF8'y', _latin1'abc', N'ñ', n'x'") == [
+        'é', 'x', 'y', 'abc', 'ñ', 'x']
+    binary = values("SELECT _binary'é', _binary 'a\\'b'")
+    assert binary == [b'\xc3\xa9', b"a'b"] and all(type(v) is bytes for v in binary)
+    # An unknown "introducer" is an identifier (an alias); the string stays a string.
+    assert mask_literals("SELECT _foo 'x'") == ('SELECT _foo \0', ['x'])
+
+
+@pytest.mark.parametrize('sql', ["SELECT _latin1'é'", "SELECT _ucs2'ab'"])
+def test_strings_in_other_character_sets_are_refused_unless_plain_ascii(sql):
+    with pytest.raises(SqlChangeError) as error:
+        mask_literals(sql)
+    assert error.value.reason == 'unsupported-sql'
+
+
+def test_adjacent_strings_are_one_literal():
+    shape, params = mask_literals("UPDATE t SET a = 'a' 'b', b = 'x' \"y\" /* c */ 'z', "
+                                  "c = _binary 'p' 'q', d = '10' / 2 WHERE id = 'it''s' 'x'")
+    assert shape == 'UPDATE t SET a = \0, b = \0, c = \0, d = \0 / \0 WHERE id = \0'
+    assert params == ['ab', 'xyz', b'pq', '10', 2, "it'sx"]
+
+
+def test_date_time_and_timestamp_literals():
+    import datetime
+    shape, params = mask_literals(
+        "SELECT DATE '2024-1-1', date '24-01-02', DATE '20240103', DATE '2024/01/04', "
+        "TIMESTAMP '2024-01-01 1:2:3.5', TIMESTAMP '2024-01-01T10:00:00', "
+        "TIMESTAMP '20240101103000', TIME '10:00', TIME '-838:59:59', TIME '1 02:03:04'")
+    assert shape == 'SELECT ' + ', '.join([MARKER] * 10)
+    assert params == [
+        datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), datetime.date(2024, 1, 3),
+        datetime.date(2024, 1, 4), datetime.datetime(2024, 1, 1, 1, 2, 3, 500000),
+        datetime.datetime(2024, 1, 1, 10), datetime.datetime(2024, 1, 1, 10, 30),
+        '10:00:00', '-838:59:59', '26:03:04']
+    # A column named date is still a column.
+    assert mask_literals("UPDATE t SET date = '2024-01-01' WHERE time = 1")[0] == \
+        'UPDATE t SET date = \0 WHERE time = \0'
+    with pytest.raises(SqlChangeError):
+        mask_literals("SELECT DATE '2024-02-30'")
+
+
+def test_numbers():
+    import decimal
+    assert values('SELECT 1, -2, 1.5, .5, 1., 1e3, 1.5E-2, 18446744073709551616') == [
+        1, 2, decimal.Decimal('1.5'), decimal.Decimal('0.5'), decimal.Decimal('1'), 1000.0,
+        0.015, 18446744073709551616]
+
+
+def test_hexadecimal_and_bit_literals():
+    """0x41, b'1000001' and 0b1000001 are numbers in numeric context (HexLiteral);
+    MariaDB reads x'41' as a plain binary string (x'41' + 0 is 0), MySQL as a number."""
+    params = values("SELECT 0x41, 0x4, b'1000001', B'1', 0b101, b'', x'41', X'4142'")
+    assert params == [b'A', b'\x04', b'A', b'\x01', b'\x05', b'', b'A', b'AB']
+    assert [type(v).__name__ for v in params] == ['HexLiteral'] * 6 + ['bytes'] * 2
+    assert type(values("SELECT x'41'", server_version=80036)[0]) is HexLiteral
+    assert mask_literals('SELECT 0X41')[0] == 'SELECT 0X41'  # 0X is not a prefix: a name
+
+
+def test_comments():
+    shape, params = mask_literals("SELECT 1 -- one\n, 2 #two\n, 3--\n, 4 /* four */, 5-- x")
+    assert params == [1, 2, 3, 4, 5]
+    assert MARKER + ' \n,' in shape and '--' not in shape and '#' not in shape
+    assert mask_literals('SELECT 1--1')[1] == [1, 1]  # `--` without a space is minus minus
+
+
+def test_sql_mode_flags():
+    # NO_BACKSLASH_ESCAPES: a backslash is an ordinary character.
+    assert values(r"SELECT 'C:\temp\', 'it''s'", no_backslash_escapes=True) == [
+        'C:\\temp\\', "it's"]
+    # ANSI_QUOTES: "x" is an identifier, kept in the shape as `x`.
+    assert mask_literals('UPDATE "t" SET "a""b" = \'x\'', ansi_quotes=True) == (
+        'UPDATE `t` SET `a"b` = \0', ['x'])
+    assert values('SELECT "x"') == ['x']
