@@ -9,7 +9,7 @@ import pytest
 from changeflow.config import TableSpec
 from changeflow.model import OpKind
 from changeflow.sql.errors import SqlChangeError
-from changeflow.sql.literals import MARKER, HexLiteral, mask_literals
+from changeflow.sql.literals import MARKER, HexLiteral, mask_literals, unwrap_executable_comments
 from changeflow.sql.plans import StatementTranslator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,3 +181,49 @@ def test_sql_mode_flags():
     assert mask_literals('UPDATE "t" SET "a""b" = \'x\'', ansi_quotes=True) == (
         'UPDATE `t` SET `a"b` = \0', ['x'])
     assert values('SELECT "x"') == ['x']
+
+
+# Executable comments (MariaDB "Comment Syntax" and its lexer; results checked on MariaDB 10.11).
+
+def test_executable_comments_the_server_runs_are_part_of_the_statement():
+    """MariaDB 10.11 returns 1, 2, 2, 1, 2, 2, 3 and 1 for these."""
+    shape, params = mask_literals(
+        'SELECT 1 /*!50701 +1 */, 1 /*M!50701 +1 */, 1 /*!100100 +1 */, 1 /*!999999 +1 */, '
+        '1/*!+1*/, 1 /*!40101+1*/, 1 /*!100100 +1 /* inner */ +1 */, 1 /*!99999 +1 /* x */ */')
+    terms = [part.count(MARKER) for part in shape.split(',')]
+    assert terms == [1, 2, 2, 1, 2, 2, 3, 1] and params == [1] * 14
+
+
+def test_mysql_servers_skip_mariadb_comments_and_run_mysql_57_ones():
+    shape, _ = mask_literals('SELECT 1 /*!50701 +1 */, 1 /*M! +1 */, 1 /*!80040 +1 */',
+                             server_version=80036)
+    assert [part.count(MARKER) for part in shape.split(',')] == [2, 1, 1]
+
+
+def test_executable_comment_content_is_scanned_as_sql():
+    assert mask_literals("/*!40101 SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */") == (
+        '  SET SQL_MODE=\0  ', ['NO_AUTO_VALUE_ON_ZERO'])
+    # Quoted text is never a comment marker, and a string may hold */.
+    assert mask_literals("SELECT '/*!1 */', 2 /*!40000 , '*/' */")[1] == ['/*!1 */', 2, '*/']
+    assert unwrap_executable_comments(
+        '/*!50003 CREATE*/ /*!50017 DEFINER=`u`@`h`*/ /*!50003 TRIGGER t BEFORE INSERT ON x '
+        'FOR EACH ROW SET NEW.a = 1 */').split() == [
+            'CREATE', 'DEFINER=`u`@`h`', 'TRIGGER', 't', 'BEFORE', 'INSERT', 'ON', 'x', 'FOR',
+            'EACH', 'ROW', 'SET', 'NEW.a', '=', '1']
+
+
+@pytest.mark.parametrize('sql', ['SELECT 1 /*!100100 +1 /*!100100 +5 */ +1 */',
+                                 'SELECT /*! 1', 'SELECT /*!99999 1'])
+def test_executable_comments_the_server_refuses_are_refused(sql):
+    with pytest.raises(SqlChangeError) as error:
+        mask_literals(sql)
+    assert error.value.reason == 'unparseable-sql'
+
+
+def test_writes_inside_executable_comments_translate():
+    translator = StatementTranslator([NOTES])
+    (change,) = translator.translate(
+        "/*!40000 INSERT INTO notes2 (id, note2) VALUES (3, 'c') */", 'shop').changes
+    assert change.key == (3,) and change.kind == OpKind.INSERT
+    assert translator.translate("/*!99999 INSERT INTO notes2 (id) VALUES (4) */ SELECT 1",
+                                'shop').skipped == 'read'

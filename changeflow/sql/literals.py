@@ -15,7 +15,8 @@ from typing import Any, List, Tuple
 from changeflow.sql.errors import SqlChangeError
 
 __all__ = ['MARKER', 'DEFAULT_SERVER_VERSION', 'HexLiteral', 'mask_literals',
-           'unescape_mysql_string', 'number_literal', 'numbered_shape']
+           'unwrap_executable_comments', 'session_flags', 'unescape_mysql_string',
+           'number_literal', 'numbered_shape']
 
 DEFAULT_SERVER_VERSION = 101100  # MariaDB 10.11.0, as /*!NNNNNN ... */ comments number versions
 MARIADB_VERSION_FLOOR = 100000  # MariaDB 10.0: versions below are MySQL's
@@ -215,6 +216,71 @@ def _temporal(text: str):
                              'read by changeflow') from None
 
 
+# Executable comments: /*! ... */, /*!NNNNN ... */, /*M! ... */, /*M!NNNNNN ... */.
+_SCAN = {nbe: re.compile(r"""
+    (/\*(M?)!(\d{5}\d?)?)                   # an executable comment opens
+  | (\*/)
+  | '%s' | "%s" | `(?:[^`]|``)*`            # quoted: copied as they are
+  | /\*.*?\*/ | --(?=[\x00-\x20]|\Z)[^\n]* | \#[^\n]*
+  | [^'"`/*\#\-]+ | .
+""" % ((r"(?:[^']|'')*", r'(?:[^"]|"")*') if nbe else (r"(?:[^'\\]|\\.|'')*", r'(?:[^"\\]|\\.|"")*')),
+    re.S | re.X) for nbe in (False, True)}
+# The rest of a comment the server skips, to its */ (one comment may nest in it).
+_SKIPPED_COMMENT = re.compile(r'(?:[^/*]++|/(?!\*)|\*(?!/)|/\*.*?\*/)*+\*/', re.S)
+
+
+def _executes(mariadb_only: bool, version: str, server_version: int) -> bool:
+    """Whether the server runs an executable comment's content (MariaDB's
+    lexer: it skips MySQL-style comments numbered 50700-99999, MySQL 5.7+
+    features; MySQL reads /*M! as an ordinary comment)."""
+    mariadb = server_version >= MARIADB_VERSION_FLOOR
+    if mariadb_only and not mariadb:
+        return False
+    if version is None:
+        return True
+    number = int(version)
+    return number <= server_version and (
+        mariadb_only or not mariadb or number < 50700 or number > 99999)
+
+
+def unwrap_executable_comments(sql: str, server_version: int = DEFAULT_SERVER_VERSION,
+                               no_backslash_escapes: bool = False) -> str:
+    """The statement as the server ran it: the content of each executable
+    comment it runs (``/*!40101 SET NAMES utf8 */``) kept, without the
+    comment's markers; those it skips (a later version's, ``/*M!`` on
+    MySQL) become a space. Ordinary comments and quoted text are kept.
+
+    Raises SqlChangeError ('unparseable-sql') for an executable comment that
+    is not closed or holds another (the server refuses both).
+    """
+    scan = _SCAN[no_backslash_escapes]
+    out: List[str] = []
+    position, inside, end = 0, False, len(sql)
+    while position < end:
+        match = scan.match(sql, position)
+        position = match.end()
+        opener, mariadb_only, version, closer = match.group(1, 2, 3, 4)
+        if opener is not None:
+            if inside:
+                raise SqlChangeError('unparseable-sql', 'an executable comment inside another')
+            if _executes(bool(mariadb_only), version, server_version):
+                inside = True
+            else:
+                skipped = _SKIPPED_COMMENT.match(sql, position)
+                if skipped is None:
+                    raise SqlChangeError('unparseable-sql', 'unterminated comment')
+                position = skipped.end()
+            out.append(' ')
+        elif closer is not None and inside:
+            inside = False
+            out.append(' ')
+        else:
+            out.append(match.group())
+    if inside:
+        raise SqlChangeError('unparseable-sql', 'unterminated executable comment')
+    return ''.join(out)
+
+
 def _other_literal(text: str, no_backslash_escapes: bool, server_version: int):
     """The value of a rarer literal, told by its first characters."""
     if text[0] == '0' or text[0] in 'xXbB' and text[1] == "'":
@@ -235,6 +301,10 @@ def mask_literals(sql: str, no_backslash_escapes: bool = False, ansi_quotes: boo
     (MariaDB 10.11.0 is 101100, MySQL 8.0.36 is 80036) decides how ``x'41'``
     reads.
 
+    Executable comments (``/*!50003 ... */``, ``/*M! ... */``) are honoured:
+    the content of those the server runs is part of the statement (see
+    :func:`unwrap_executable_comments`).
+
     Values: str; int, Decimal (``1.5``, ``.5``) or float (``1e3``); bytes for
     ``_binary'..'`` (and MariaDB's ``x'..'``); :class:`HexLiteral` for
     hexadecimal and bit literals; date / datetime for ``DATE '..'`` /
@@ -246,6 +316,8 @@ def mask_literals(sql: str, no_backslash_escapes: bool = False, ansi_quotes: boo
     the log does not tell exactly (non-ASCII text introduced with a character
     set other than UTF-8, an invalid date).
     """
+    if '/*!' in sql or '/*M!' in sql:
+        sql = unwrap_executable_comments(sql, server_version, no_backslash_escapes)
     pieces = iter(_PATTERNS[no_backslash_escapes, ansi_quotes].split(sql))
     next(pieces)  # the text before the first match: empty, matches are contiguous
     shape: List[str] = []
@@ -277,6 +349,37 @@ def mask_literals(sql: str, no_backslash_escapes: bool = False, ansi_quotes: boo
             continue  # the end of the statement
         add(MARKER)
     return ''.join(shape), params
+
+
+_UTF8_CLIENT = frozenset(('', 'utf8', 'utf8mb3', 'utf8mb4'))
+
+
+def session_flags(session, sql: str) -> Tuple[bool, bool]:
+    """(no_backslash_escapes, ansi_quotes) for ``sql`` run in ``session`` (a
+    :class:`~changeflow.transforms.transactions.SessionState`).
+
+    Raises SqlChangeError: 'unknown-sql-mode' when the connection's sql_mode
+    is not known from the log and the statement holds a backslash or a double
+    quote (the two characters whose meaning it changes); 'unsupported-sql-mode'
+    for ``||`` under PIPES_AS_CONCAT; 'unsupported-charset' for non-ASCII text
+    from a client whose character set is not UTF-8.
+    """
+    mode = session.sql_mode
+    if mode is None:
+        if '\\' in sql or '"' in sql:
+            raise SqlChangeError('unknown-sql-mode', 'the connection set sql_mode to a value the '
+                                 'log does not show, and the statement has a backslash or a "')
+        flags = (False, False)
+    elif not mode:
+        flags = (False, False)
+    else:
+        flags = ('NO_BACKSLASH_ESCAPES' in mode, 'ANSI_QUOTES' in mode)
+        if 'PIPES_AS_CONCAT' in mode and '||' in sql:
+            raise SqlChangeError('unsupported-sql-mode', '|| under PIPES_AS_CONCAT')
+    if session.charset not in _UTF8_CLIENT and not sql.isascii():
+        raise SqlChangeError('unsupported-charset', f'non-ASCII text from a client whose '
+                             f'character set is {session.charset}')
+    return flags
 
 
 def numbered_shape(shape: str) -> str:

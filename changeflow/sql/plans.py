@@ -35,7 +35,8 @@ from changeflow.model import OpKind
 from changeflow.sql.compile_expressions import ExpressionCompiler
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.expressions import leaf_tags, substitute
-from changeflow.sql.literals import mask_literals, numbered_shape
+from changeflow.sql.literals import (DEFAULT_SERVER_VERSION, mask_literals, numbered_shape,
+                                     session_flags)
 
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
 
@@ -356,34 +357,40 @@ class StatementTranslator:
     Not thread-safe; one per DoFn instance.
     """
 
-    def __init__(self, tables: Sequence[TableSpec], max_shapes: int = MAX_CACHED_SHAPES):
+    def __init__(self, tables: Sequence[TableSpec], max_shapes: int = MAX_CACHED_SHAPES,
+                 server_version: int = DEFAULT_SERVER_VERSION):
         self._tables = {spec.source: spec for spec in tables}
+        self._server_version = server_version  # which executable comments run
         self._plans: Dict[Tuple[str, str], Any] = {}
         self._max_shapes = max_shapes
         self.shapes_compiled = 0
 
-    def translate(self, sql: str, database: str) -> Translation:
-        """Row changes of one successful statement run in ``database``.
+    def translate(self, sql: str, database: str, session=None) -> Translation:
+        """Row changes of one successful statement run in ``database``, with the
+        connection's ``session`` state (a transactions.SessionState: sql_mode,
+        character set) when known.
 
-        Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql' or
-        'unsupported-sql'.
+        Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql',
+        'unsupported-sql' or one of :func:`~changeflow.sql.literals.session_flags`'.
         """
-        shape, params = mask_literals(sql)
-        plan = self._plans.get((shape, database))
+        flags = (False, False) if session is None else session_flags(session, sql)
+        shape, params = mask_literals(sql, *flags, server_version=self._server_version)
+        key = (shape, database, flags)
+        plan = self._plans.get(key)
         if plan is None:
-            plan = self._compile(shape, database)
+            plan = self._compile(shape, database, key)
         if isinstance(plan, SqlChangeError):
             raise SqlChangeError(plan.reason, plan.detail)
         return plan(params)
 
-    def _compile(self, shape: str, database: str):
+    def _compile(self, shape: str, database: str, key):
         try:
             plan = _Compiler(self._tables, database).compile(_parse(shape))
         except SqlChangeError as error:
             plan = error  # refusals are cached too: a bad shape is not parsed twice
         if len(self._plans) >= self._max_shapes:
             self._plans.clear()
-        self._plans[(shape, database)] = plan
+        self._plans[key] = plan
         self.shapes_compiled += 1
         return plan
 

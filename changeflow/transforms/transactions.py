@@ -27,6 +27,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from changeflow.model import DEAD_LETTER_TAG, AuditEvent, dead_letter
+from changeflow.sql.errors import SqlChangeError
+from changeflow.sql.literals import DEFAULT_SERVER_VERSION, unwrap_executable_comments
 
 __all__ = ['CommittedTransaction', 'StatementClass', 'classify_statement',
            'TransactionTracker', 'ResolveTransactions']
@@ -55,7 +57,7 @@ class StatementClass:
     SESSION = 'session'
 
 
-_LEADING_NOISE = re.compile(r'(?:\s++|/\*(?!!).*?\*/|--[ \t][^\n]*+|#[^\n]*+)*+', re.S)
+_LEADING_NOISE = re.compile(r'(?:\s++|/\*.*?\*/|--(?=[\x00-\x20]|\Z)[^\n]*+|#[^\n]*+)*+', re.S)
 _HEAD = re.compile(r"""
     (?P<begin>START\s+TRANSACTION\b|BEGIN(?:\s+WORK)?\s*;?\s*$|XA\s+START\b)
   | (?P<rollback_to>ROLLBACK(?:\s+WORK)?\s+TO\s+(?:SAVEPOINT\s+)?(?P<to>`[^`]*`|\w+))
@@ -76,10 +78,18 @@ _AUTOCOMMIT = re.compile(
 _WRITE_HEADS = frozenset(('INSERT', 'UPDATE', 'DELETE', 'insert', 'update', 'delete'))
 
 
-def classify_statement(sql: str) -> Tuple[str, Optional[str]]:
-    """(StatementClass, savepoint name or None) of one logged statement."""
+def classify_statement(sql: str, server_version: int = DEFAULT_SERVER_VERSION
+                       ) -> Tuple[str, Optional[str]]:
+    """(StatementClass, savepoint name or None) of one logged statement, as the
+    server ran it: executable comments it runs (``/*!40101 SET ... */``) are
+    part of the statement."""
     if sql[:6] in _WRITE_HEADS and sql[6:7] in (' ', '\t', '\n'):
         return StatementClass.WRITE, None  # the common case, without a regex
+    if '/*!' in sql or '/*M!' in sql:
+        try:
+            sql = unwrap_executable_comments(sql, server_version)
+        except SqlChangeError:
+            pass  # the server refused it: it failed, and is classified as written
     start = _LEADING_NOISE.match(sql).end()
     match = _HEAD.match(sql, start)
     if match is None:
