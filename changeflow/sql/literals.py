@@ -361,7 +361,7 @@ def session_flags(session, sql: str) -> Tuple[bool, bool]:
     Raises SqlChangeError: 'unknown-sql-mode' when the connection's sql_mode
     is not known from the log and the statement holds a backslash or a double
     quote (the two characters whose meaning it changes); 'unsupported-sql-mode'
-    for ``||`` under PIPES_AS_CONCAT; 'unsupported-charset' for non-ASCII text
+    for ``||`` under PIPES_AS_CONCAT and for sql_mode ORACLE; 'unsupported-charset' for non-ASCII text
     from a client whose character set is not UTF-8.
     """
     mode = session.sql_mode
@@ -374,6 +374,8 @@ def session_flags(session, sql: str) -> Tuple[bool, bool]:
         flags = (False, False)
     else:
         flags = ('NO_BACKSLASH_ESCAPES' in mode, 'ANSI_QUOTES' in mode)
+        if 'ORACLE' in mode:  # MariaDB then parses Oracle's syntax
+            raise SqlChangeError('unsupported-sql-mode', 'sql_mode ORACLE')
         if 'PIPES_AS_CONCAT' in mode and '||' in sql:
             raise SqlChangeError('unsupported-sql-mode', '|| under PIPES_AS_CONCAT')
     if session.charset not in _UTF8_CLIENT and not sql.isascii():

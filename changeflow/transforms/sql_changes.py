@@ -30,10 +30,12 @@ class _ExtractRowChangesFn(beam.DoFn):
 
     def process(self, transaction: CommittedTransaction):
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
-        for statement in transaction.statements:
+        sessions = transaction.sessions or (None,) * len(transaction.statements)
+        for statement, session in zip(transaction.statements, sessions):
             self._received.inc()
             try:
-                translation = self._translator.translate(statement.object, statement.database)
+                translation = self._translator.translate(statement.object, statement.database,
+                                                         session)
                 keys = [self._key(change) for change in translation.changes]
             except (SqlChangeError, ValueError, ArithmeticError) as error:
                 # Nothing of the statement is emitted: it is replayable whole.
