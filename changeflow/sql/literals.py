@@ -76,6 +76,7 @@ def _token_pattern(no_backslash_escapes: bool, ansi_quotes: bool):
 
 
 _PATTERNS = {(nbe, ansi): _token_pattern(nbe, ansi) for nbe in (False, True) for ansi in (False, True)}
+_DEFAULT_PATTERN = _PATTERNS[False, False]
 _STRING_PARTS = {nbe: re.compile(r"""\s+|/\*.*?\*/|'(%s)'|"(%s)"|(_\w+|[nN])""" % (
     (r"(?:[^']|'')*", r'(?:[^"]|"")*') if nbe else (r"(?:[^'\\]|\\.|'')*", r'(?:[^"\\]|\\.|"")*')),
     re.S) for nbe in (False, True)}
@@ -316,9 +317,11 @@ def mask_literals(sql: str, no_backslash_escapes: bool = False, ansi_quotes: boo
     the log does not tell exactly (non-ASCII text introduced with a character
     set other than UTF-8, an invalid date).
     """
-    if '/*!' in sql or '/*M!' in sql:
+    if '/*' in sql and ('/*!' in sql or '/*M!' in sql):
         sql = unwrap_executable_comments(sql, server_version, no_backslash_escapes)
-    pieces = iter(_PATTERNS[no_backslash_escapes, ansi_quotes].split(sql))
+    pattern = _PATTERNS[no_backslash_escapes, ansi_quotes] if (
+        no_backslash_escapes or ansi_quotes) else _DEFAULT_PATTERN
+    pieces = iter(pattern.split(sql))
     next(pieces)  # the text before the first match: empty, matches are contiguous
     shape: List[str] = []
     params: List[Any] = []

@@ -328,6 +328,7 @@ def _values_binder(templates: List[tuple]) -> Callable[[Sequence[Any]], Tuple[An
     return lambda params: tuple(bind(params) for bind in binders)
 
 
+_NO_FLAGS = (False, False)  # (no_backslash_escapes, ansi_quotes) of the default sql_mode
 _REPLACE_HEAD = re.compile(r'^\s*REPLACE\b', re.I)
 
 
@@ -373,8 +374,8 @@ class StatementTranslator:
         Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql',
         'unsupported-sql' or one of :func:`~changeflow.sql.literals.session_flags`'.
         """
-        flags = (False, False) if session is None else session_flags(session, sql)
-        shape, params = mask_literals(sql, *flags, server_version=self._server_version)
+        flags = _NO_FLAGS if session is None else session_flags(session, sql)
+        shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
         key = (shape, database, flags)
         plan = self._plans.get(key)
         if plan is None:

@@ -260,6 +260,7 @@ def _normalised_mode(text: str) -> str:
     return ','.join(dict.fromkeys(m for m in expanded if m))
 
 
+_NO_FLAGS = (False, False)
 _WRITE_HEADS = frozenset(('INSERT', 'UPDATE', 'DELETE', 'insert', 'update', 'delete'))
 
 
@@ -306,6 +307,8 @@ def classify_statement(sql: str, server_version: int = DEFAULT_SERVER_VERSION
     """(StatementClass, savepoint name or None) of one logged statement, as the
     server ran it: executable comments it runs (``/*!40101 SET ... */``) are
     part of the statement, and ``SET STATEMENT ... FOR s`` is classified as s."""
+    if sql[:6] in _WRITE_HEADS and sql[6:7] in (' ', '\t', '\n'):
+        return StatementClass.WRITE, None  # the common case, without a regex
     return _classify(sql, server_version)[:2]
 
 
@@ -386,7 +389,7 @@ class TransactionTracker:
             self.counts['duplicates'] += 1
             return []
         self._seen.add(identity)
-        flags = (False, False) if not self._session.sql_mode else (
+        flags = _NO_FLAGS if not self._session.sql_mode else (
             'NO_BACKSLASH_ESCAPES' in self._session.sql_mode, 'ANSI_QUOTES' in self._session.sql_mode)
         kind, savepoint, sql, items = _classify(event.object, self._server_version, flags)
         if event.retcode:
