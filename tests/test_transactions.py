@@ -295,6 +295,7 @@ def test_a_failing_ddl_statement_still_commits_unless_it_did_not_parse():
 
 def test_classify_statement_reads_executable_comments():
     assert classify_statement('/*!40101 SET NAMES utf8 */') == (StatementClass.SESSION, None)
+    assert classify_statement('TRUNCATE TABLE t') == (StatementClass.WRITE, None)
     assert classify_statement("/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, "
                               "SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */")[0] == StatementClass.SESSION
     assert classify_statement('/*!40000 ALTER TABLE t DISABLE KEYS */')[0] == StatementClass.DDL

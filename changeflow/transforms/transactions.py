@@ -306,10 +306,12 @@ def classify_statement(sql: str, server_version: int = DEFAULT_SERVER_VERSION
                        ) -> Tuple[str, Optional[str]]:
     """(StatementClass, savepoint name or None) of one logged statement, as the
     server ran it: executable comments it runs (``/*!40101 SET ... */``) are
-    part of the statement, and ``SET STATEMENT ... FOR s`` is classified as s."""
+    part of the statement, and ``SET STATEMENT ... FOR s`` is classified as s.
+    TRUNCATE is a WRITE here (the tracker also knows it commits around itself)."""
     if sql[:6] in _WRITE_HEADS and sql[6:7] in (' ', '\t', '\n'):
         return StatementClass.WRITE, None  # the common case, without a regex
-    return _classify(sql, server_version)[:2]
+    kind, name = _classify(sql, server_version)[:2]
+    return (StatementClass.WRITE if kind == StatementClass.TRUNCATE else kind), name
 
 
 def _session_order(event: AuditEvent):
