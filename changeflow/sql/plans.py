@@ -362,7 +362,7 @@ class StatementTranslator:
                  server_version: int = DEFAULT_SERVER_VERSION):
         self._tables = {spec.source: spec for spec in tables}
         self._server_version = server_version  # which executable comments run
-        self._plans: Dict[Tuple[str, str], Any] = {}
+        self._plans: Dict[Tuple[str, str, Tuple[bool, bool]], Any] = {}
         self._max_shapes = max_shapes
         self.shapes_compiled = 0
 
@@ -372,7 +372,7 @@ class StatementTranslator:
         character set) when known.
 
         Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql',
-        'unsupported-sql' or one of :func:`~changeflow.sql.literals.session_flags`'.
+        'unsupported-sql', or one of :func:`~changeflow.sql.literals.session_flags`'s.
         """
         flags = _NO_FLAGS if session is None else session_flags(session, sql)
         shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
