@@ -163,7 +163,7 @@ def test_decode_internal_error(monkeypatch):
 def test_parse_internal_error(monkeypatch):
     from changeflow.transforms import audit_log
     monkeypatch.setattr(audit_log, 'parse_audit_line', raising_for(
-        lambda text, *_: 'BOOM' in text, audit_log.parse_audit_line))
+        lambda text, *_, **__: 'BOOM' in text, audit_log.parse_audit_line))
     events = [LogEvent(line(sql), 'g', 's', '1', 1, f'p{i}')
               for i, sql in enumerate(['SELECT 1', 'BOOM', 'SELECT 2'])]
 
@@ -177,8 +177,8 @@ def test_parse_internal_error(monkeypatch):
 def test_transactions_internal_error(monkeypatch):
     from changeflow.transforms import transactions
     from changeflow.transforms.audit_log import parse_audit_line
-    monkeypatch.setattr(transactions, 'classify_statement', raising_for(
-        lambda sql: 'BOOM' in sql, transactions.classify_statement))
+    monkeypatch.setattr(transactions, '_classify', raising_for(
+        lambda sql, *_, **__: 'BOOM' in sql, transactions._classify))
     events = [parse_audit_line(line(sql, conn, qid), f'p{conn}.{qid}') for conn, qid, sql in (
         (1, 1, 'DELETE FROM orders WHERE id = 1'), (2, 2, 'DELETE FROM orders WHERE id = 2'),
         (2, 3, 'DELETE FROM orders WHERE id = 3 /* BOOM */'))]
@@ -196,7 +196,7 @@ def test_sql_changes_internal_error_takes_only_its_statement(monkeypatch):
     from changeflow.transforms.audit_log import parse_audit_line
     from changeflow.transforms.sql_changes import ExtractRowChanges
     monkeypatch.setattr(StatementTranslator, 'translate', raising_for(
-        lambda self, sql, db: 'BOOM' in sql, StatementTranslator.translate))
+        lambda self, sql, *_, **__: 'BOOM' in sql, StatementTranslator.translate))
     statements = tuple(parse_audit_line(line(sql, 1, qid), f'p{qid}') for qid, sql in enumerate(
         ['DELETE FROM orders WHERE id = 1', 'DELETE FROM orders WHERE id = 2 /* BOOM */',
          'DELETE FROM orders WHERE id = 3'], 1))

@@ -7,44 +7,93 @@ their values share one compiled plan; the literals' values come back in
 order.
 """
 
+import datetime
 import decimal
 import re
 from typing import Any, List, Tuple
 
-__all__ = ['MARKER', 'HexLiteral', 'mask_literals', 'unescape_mysql_string', 'number_literal',
-           'numbered_shape']
+from changeflow.sql.errors import SqlChangeError
+
+__all__ = ['MARKER', 'DEFAULT_SERVER_VERSION', 'HexLiteral', 'mask_literals',
+           'unwrap_executable_comments', 'session_flags', 'unescape_mysql_string',
+           'number_literal', 'numbered_shape']
+
+DEFAULT_SERVER_VERSION = 101100  # MariaDB 10.11.0, as /*!NNNNNN ... */ comments number versions
+MARIADB_VERSION_FLOOR = 100000  # MariaDB 10.0: versions below are MySQL's
 
 # One match per literal or comment: a possessive run skips everything that
 # cannot start one (words, `identifiers`, punctuation), then the literal is
-# captured. A word directly followed by a quote (x'41', b'01', _utf8mb4'a') is
-# not skipped, so its literal is seen. ``split`` returns, per match: the text
-# before it (empty), the skipped run, then one group per literal kind.
-_TOKEN = re.compile(r"""
-    ((?:[A-Za-z_$][\w$]*+(?!['"])
+# captured. The match always ends at a literal, a comment, the end of the
+# statement or one raw token, so the scan never restarts inside a word
+# (which would mask the 2 of `note2`) and is linear in the statement.
+# ``split`` returns, per match: the text before it (always empty), the
+# skipped run, then one group per literal kind (see _GROUPS).
+# Character sets a string may be introduced with (MariaDB 10.11 SHOW CHARACTER SET,
+# plus MySQL 8's gb18030 and the utf8 alias); longest names first.
+_CHARSETS = sorted((
+    'armscii8', 'ascii', 'big5', 'binary', 'cp1250', 'cp1251', 'cp1256', 'cp1257', 'cp850',
+    'cp852', 'cp866', 'cp932', 'dec8', 'eucjpms', 'euckr', 'gb18030', 'gb2312', 'gbk', 'geostd8',
+    'greek', 'hebrew', 'hp8', 'keybcs2', 'koi8r', 'koi8u', 'latin1', 'latin2', 'latin5', 'latin7',
+    'macce', 'macroman', 'sjis', 'swe7', 'tis620', 'ucs2', 'ujis', 'utf16', 'utf16le', 'utf32',
+    'utf8', 'utf8mb3', 'utf8mb4'), key=len, reverse=True)
+_UTF8 = frozenset(('utf8', 'utf8mb3', 'utf8mb4'))
+_WIDE = frozenset(('ucs2', 'utf16', 'utf16le', 'utf32'))  # code units wider than a byte
+_TEMPLATE = r"""
+    ((?:[A-CE-SU-Za-ce-su-z$\x80-\U0010ffff][\w$\x80-\U0010ffff]*+(?!['"])  # a word not right before a quote
+     | [dDtT](?!(?i:ate|ime(?:stamp)?)\s*+')[\w$\x80-\U0010ffff]*+(?!['"])  # nor DATE '...'
+     | _[\w$\x80-\U0010ffff]*+(?!\s*+['"])              # nor an introducer: _utf8mb4 'x'
      | `(?:[^`]++|``)*+`
-     | [^\w$'"`#/\-]++
-     | -(?!-[ \t])
+     | [^\w$'"`\#/\-.\x80-\U0010ffff]++
+     | -(?!-(?:[\x00-\x20]|\Z))
      | /(?!\*)
+     | \.(?!\d)
     )*+)
     (?:
-      '((?:[^'\\]++|\\.|'')*+)'
-    | (\d++)(?![\w$.eE])
-    | ((?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?)(?![\w$])
-    | (/\*.*?\*/|--[ \t][^\n]*+|\#[^\n]*+)
-    | ([xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++|[bB]'[01]*+'|"(?:[^"\\]++|\\.|"")*+")
+      '(SQ_BODY)'(?!\s*+['"/])                          # a string alone: the common case
+    | (\d++)(?![\w$.])
+    | ((?:\d++(?:\.\d*+)?|(?<![\w$`])\.\d++)(?:[eE][-+]?\d++)?)(?![\w$])
+    | (/\*.*?\*/|--(?=[\x00-\x20]|\Z)[^\n]*+|\#[^\n]*+)
+    | (INTRO?STRING(?:(?:\s++|/\*.*?\*/)*+STRING)*+     # introduced or adjacent strings
+      |(?i:date|time(?:stamp)?)\s*+'[^'\\]*+'
+      |[xX]'[0-9a-fA-F]*+'|0x[0-9a-fA-F]++(?![\w$])|[bB]'[01]*+'|0b[01]++(?![\w$])
+      |IDENT)
+    | (\.?[\w$\x80-\U0010ffff]++|.)                    # a raw token, kept as it is: 2fa, t.1e3
+    | \Z
     )
-""", re.S | re.X)
-_GROUPS = 7  # split() pieces per match: before, skipped, str, int, number, comment, other
+"""
+_GROUPS = 8  # split() pieces per match: before, skipped, then the 6 groups above
+
+
+def _token_pattern(no_backslash_escapes: bool, ansi_quotes: bool):
+    sq = r"(?:[^']++|'')*+" if no_backslash_escapes else r"(?:[^'\\]++|\\.|'')*+"
+    dq = sq.replace("'", '"')
+    string = f"'{sq}'" if ansi_quotes else f"""(?:'{sq}'|"{dq}")"""
+    intro = r"(?:(?i:_(?:%s))(?![\w$])\s*+|[nN](?='))" % '|'.join(_CHARSETS)
+    pattern = (_TEMPLATE.replace('SQ_BODY', sq).replace('INTRO', intro)
+               .replace('STRING', string)
+               .replace('IDENT', f'"{dq}"' if ansi_quotes else '(?!)'))
+    return re.compile(pattern, re.S | re.X)
+
+
+_PATTERNS = {(nbe, ansi): _token_pattern(nbe, ansi) for nbe in (False, True) for ansi in (False, True)}
+_DEFAULT_PATTERN = _PATTERNS[False, False]
+_STRING_PARTS = {nbe: re.compile(r"""\s+|/\*.*?\*/|'(%s)'|"(%s)"|(_\w+|[nN])""" % (
+    (r"(?:[^']|'')*", r'(?:[^"]|"")*') if nbe else (r"(?:[^'\\]|\\.|'')*", r'(?:[^"\\]|\\.|"")*')),
+    re.S) for nbe in (False, True)}
 MARKER = '\0'  # stands for a literal in a shape; NUL cannot occur in SQL outside a literal
 
 _ESCAPES = {'0': '\0', "'": "'", '"': '"', 'b': '\b', 'n': '\n', 'r': '\r',
             't': '\t', 'Z': '\x1a', '\\': '\\', '%': '\\%', '_': '\\_'}
 _ESCAPE = re.compile(r"\\(.)|''|\"\"", re.S)
+_UNTERMINATED = {"'": 'string literal', '"': 'string literal', '`': 'quoted identifier',
+                 '/': 'comment'}
 
 
-
-def unescape_mysql_string(body: str, quote: str = "'") -> str:
-    """The value of a MySQL string literal's body (between the quotes)."""
+def unescape_mysql_string(body: str, quote: str = "'", no_backslash_escapes: bool = False) -> str:
+    """The value of a MySQL string literal's body (between the quotes); with
+    NO_BACKSLASH_ESCAPES a backslash is an ordinary character."""
+    if no_backslash_escapes:
+        return body.replace(quote * 2, quote)
     if '\\' not in body and quote * 2 not in body:
         return body
 
@@ -65,53 +114,280 @@ def number_literal(text: str):
 
 
 class HexLiteral(bytes):
-    """A hexadecimal literal (``x'41'``, ``0x41``): a binary string that is an
-    unsigned integer in numeric context (``x'41' + 0`` is 65), unlike a quoted
-    string of the same bytes."""
+    """A hexadecimal (``0x41``) or bit-value (``b'1000001'``, ``0b1000001``)
+    literal: a binary string that is an unsigned integer in numeric context
+    (``0x41 + 0`` and ``b'1000001' + 0`` are 65), unlike a quoted string of the
+    same bytes. MariaDB reads ``x'41'`` as a plain binary string (``x'41' + 0``
+    is 0); MySQL reads it as a HexLiteral."""
     __slots__ = ()
 
 
-def _other_literal(text: str):
-    if text[0] == '"':
-        return unescape_mysql_string(text[1:-1], '"')
-    if text[0] == '0':
-        return HexLiteral(bytes.fromhex(text[2:]))
-    if text[0] in 'xX':
-        return HexLiteral(bytes.fromhex(text[2:-1]))
-    return int(text[2:-1] or '0', 2)
+def _bits(digits: str) -> bytes:
+    """b'...' / 0b...: the bits right-aligned in whole bytes (b'' is empty)."""
+    return int(digits, 2).to_bytes((len(digits) + 7) // 8, 'big') if digits else b''
 
 
-def mask_literals(sql: str) -> Tuple[str, List[Any]]:
+def _hex_or_bits(text: str, server_version: int):
+    if text[1] == 'x':
+        digits = text[2:]
+        return HexLiteral(bytes.fromhex(digits if len(digits) % 2 == 0 else '0' + digits))
+    if text[1] == 'b':
+        return HexLiteral(_bits(text[2:]))
+    if text[0] in 'bB':
+        return HexLiteral(_bits(text[2:-1]))
+    value = bytes.fromhex(text[2:-1])  # x'..' has an even number of digits, or it failed
+    return value if server_version >= MARIADB_VERSION_FLOOR else HexLiteral(value)
+
+
+def _strings(text: str, no_backslash_escapes: bool):
+    """The value of introduced (_binary'..', N'..') or adjacent ('a' 'b') strings."""
+    introducer = None
+    parts = []
+    for match in _STRING_PARTS[no_backslash_escapes].finditer(text):
+        single, double, prefix = match.groups()
+        if prefix is not None:
+            introducer = prefix.lower()
+        elif single is not None:
+            parts.append(unescape_mysql_string(single, "'", no_backslash_escapes))
+        elif double is not None:
+            parts.append(unescape_mysql_string(double, '"', no_backslash_escapes))
+    value = ''.join(parts)
+    if introducer is None or introducer == 'n' or introducer[1:] in _UTF8:
+        return value
+    charset = introducer[1:]
+    if charset == 'binary':
+        return value.encode('utf-8', 'surrogateescape')
+    if charset in _WIDE and value or not value.isascii():
+        # The log holds the statement's bytes as UTF-8 text: bytes of another
+        # character set are not known exactly.
+        raise SqlChangeError('unsupported-sql', f'a string with the {introducer} introducer '
+                             'whose bytes the log does not give exactly')
+    return value
+
+
+_DATE = r'(\d{4}|\d{2})[^\d\s](\d{1,2})[^\d\s](\d{1,2})'
+_TIME = r'(\d{1,2})[^\d\s](\d{1,2})(?:[^\d\s](\d{1,2}))?(?:\.(\d{1,6}))?'
+_TEMPORAL = {
+    'date': re.compile(_DATE),
+    'timestamp': re.compile(_DATE + r'(?:(?:T|\s+)' + _TIME + ')?'),
+    'time': re.compile(r'(-)?(?:(\d+)\s+)?(\d{1,3}):(\d{1,2})(?::(\d{1,2}))?(?:\.(\d{1,6}))?'),
+}
+_UNDELIMITED = re.compile(r'(\d{8}|\d{6})((?:\d{6})?)(\.\d{1,6})?')  # YYYYMMDD[HHMMSS[.ffffff]]
+_TEMPORAL_HEAD = re.compile(r"(\w+)\s*'(.*)'", re.S)
+
+
+def _year(text: str) -> int:
+    """Two-digit years: 70-99 are 1970-1999, 00-69 are 2000-2069."""
+    year = int(text)
+    return year if len(text) == 4 else year + (1900 if year >= 70 else 2000)
+
+
+def _temporal(text: str):
+    """DATE '..' -> date, TIMESTAMP '..' -> datetime, TIME '..' -> its text as
+    TIME values print ('[-]HH:MM:SS[.ffffff]'), in MySQL's relaxed forms (any
+    punctuation as a delimiter, two-digit years, undelimited digits)."""
+    kind, body = _TEMPORAL_HEAD.fullmatch(text).groups()
+    kind = kind.lower()
+    body = body.strip()
+    digits = _UNDELIMITED.fullmatch(body) if kind != 'time' else None
+    if digits:  # 20240101, 240101, 20240101103000: fixed-width fields
+        date, time, fraction = digits.groups()
+        body = f'{date[:-4]}-{date[-4:-2]}-{date[-2:]}' + (
+            f' {time[:2]}:{time[2:4]}:{time[4:]}{fraction or ""}' if time else '')
+    match = _TEMPORAL[kind].fullmatch(body)
+    try:
+        if match is None:
+            raise ValueError(body)
+        if kind == 'time':
+            sign, days, hours, minutes, seconds, fraction = match.groups()
+            hours = int(hours) + 24 * int(days or 0)
+            if hours > 838 or int(minutes) > 59 or int(seconds or 0) > 59:
+                raise ValueError(body)
+            value = f'{sign or ""}{hours:02d}:{int(minutes):02d}:{int(seconds or 0):02d}'
+            return value + (f'.{fraction.ljust(6, "0")}' if fraction else '')
+        year, month, day = match.groups()[:3]
+        date = datetime.date(_year(year), int(month), int(day))
+        if kind == 'date':
+            return date
+        hour, minute, second, fraction = match.groups()[3:]
+        return datetime.datetime(date.year, date.month, date.day, int(hour or 0), int(minute or 0),
+                                 int(second or 0), int((fraction or '0').ljust(6, '0')))
+    except ValueError:
+        raise SqlChangeError('unsupported-sql', f'{kind.upper()} literal {body[:40]!r} is not '
+                             'read by changeflow') from None
+
+
+# Executable comments: /*! ... */, /*!NNNNN ... */, /*M! ... */, /*M!NNNNNN ... */.
+_SCAN = {nbe: re.compile(r"""
+    (/\*(M?)!(\d{5}\d?)?)                   # an executable comment opens
+  | (\*/)
+  | '%s' | "%s" | `(?:[^`]|``)*`            # quoted: copied as they are
+  | /\*.*?\*/ | --(?=[\x00-\x20]|\Z)[^\n]* | \#[^\n]*
+  | [^'"`/*\#\-]+ | .
+""" % ((r"(?:[^']|'')*", r'(?:[^"]|"")*') if nbe else (r"(?:[^'\\]|\\.|'')*", r'(?:[^"\\]|\\.|"")*')),
+    re.S | re.X) for nbe in (False, True)}
+# The rest of a comment the server skips, to its */ (one comment may nest in it).
+_SKIPPED_COMMENT = re.compile(r'(?:[^/*]++|/(?!\*)|\*(?!/)|/\*.*?\*/)*+\*/', re.S)
+
+
+def _executes(mariadb_only: bool, version: str, server_version: int) -> bool:
+    """Whether the server runs an executable comment's content (MariaDB's
+    lexer: it skips MySQL-style comments numbered 50700-99999, MySQL 5.7+
+    features; MySQL reads /*M! as an ordinary comment)."""
+    mariadb = server_version >= MARIADB_VERSION_FLOOR
+    if mariadb_only and not mariadb:
+        return False
+    if version is None:
+        return True
+    number = int(version)
+    return number <= server_version and (
+        mariadb_only or not mariadb or number < 50700 or number > 99999)
+
+
+def unwrap_executable_comments(sql: str, server_version: int = DEFAULT_SERVER_VERSION,
+                               no_backslash_escapes: bool = False) -> str:
+    """The statement as the server ran it: the content of each executable
+    comment it runs (``/*!40101 SET NAMES utf8 */``) kept, without the
+    comment's markers; those it skips (a later version's, ``/*M!`` on
+    MySQL) become a space. Ordinary comments and quoted text are kept.
+
+    Raises SqlChangeError ('unparseable-sql') for an executable comment that
+    is not closed or holds another (the server refuses both).
+    """
+    scan = _SCAN[no_backslash_escapes]
+    out: List[str] = []
+    position, inside, end = 0, False, len(sql)
+    while position < end:
+        match = scan.match(sql, position)
+        position = match.end()
+        opener, mariadb_only, version, closer = match.group(1, 2, 3, 4)
+        if opener is not None:
+            if inside:
+                raise SqlChangeError('unparseable-sql', 'an executable comment inside another')
+            if _executes(bool(mariadb_only), version, server_version):
+                inside = True
+            else:
+                skipped = _SKIPPED_COMMENT.match(sql, position)
+                if skipped is None:
+                    raise SqlChangeError('unparseable-sql', 'unterminated comment')
+                position = skipped.end()
+            out.append(' ')
+        elif closer is not None and inside:
+            inside = False
+            out.append(' ')
+        else:
+            out.append(match.group())
+    if inside:
+        raise SqlChangeError('unparseable-sql', 'unterminated executable comment')
+    return ''.join(out)
+
+
+def _other_literal(text: str, no_backslash_escapes: bool, server_version: int):
+    """The value of a rarer literal, told by its first characters."""
+    if text[0] == '0' or text[0] in 'xXbB' and text[1] == "'":
+        return _hex_or_bits(text, server_version)
+    if text[0] in 'dDtT':
+        return _temporal(text)
+    return _strings(text, no_backslash_escapes)  # '..' '..', "..", _charset'..', N'..'
+
+
+def mask_literals(sql: str, no_backslash_escapes: bool = False, ansi_quotes: bool = False,
+                  server_version: int = DEFAULT_SERVER_VERSION) -> Tuple[str, List[Any]]:
     """(shape, literal values): the statement with each literal replaced by
-    :data:`MARKER` and comments by a space, and the literals' values in order."""
-    pieces = _TOKEN.split(sql)
-    if len(pieces) == 1:
-        return sql, []
-    shape = []
+    :data:`MARKER` and comments by a space, and the literals' values in order.
+
+    ``no_backslash_escapes`` and ``ansi_quotes`` are the connection's sql_mode
+    flags: a backslash is then an ordinary character in strings, and ``"x"``
+    an identifier (it comes back as `` `x` `` in the shape). ``server_version``
+    (MariaDB 10.11.0 is 101100, MySQL 8.0.36 is 80036) decides how ``x'41'``
+    reads.
+
+    Executable comments (``/*!50003 ... */``, ``/*M! ... */``) are honoured:
+    the content of those the server runs is part of the statement (see
+    :func:`unwrap_executable_comments`).
+
+    Values: str; int, Decimal (``1.5``, ``.5``) or float (``1e3``); bytes for
+    ``_binary'..'`` (and MariaDB's ``x'..'``); :class:`HexLiteral` for
+    hexadecimal and bit literals; date / datetime for ``DATE '..'`` /
+    ``TIMESTAMP '..'``, the text of ``TIME '..'``. Introduced (``_utf8mb4'..'``,
+    ``N'..'``) and adjacent (``'a' 'b'``) strings are one literal.
+
+    Raises SqlChangeError: 'unparseable-sql' for a string, quoted identifier
+    or comment that is not closed; 'unsupported-sql' for a literal whose value
+    the log does not tell exactly (non-ASCII text introduced with a character
+    set other than UTF-8, an invalid date).
+    """
+    if '/*' in sql and ('/*!' in sql or '/*M!' in sql):
+        sql = unwrap_executable_comments(sql, server_version, no_backslash_escapes)
+    pattern = _PATTERNS[no_backslash_escapes, ansi_quotes] if (
+        no_backslash_escapes or ansi_quotes) else _DEFAULT_PATTERN
+    pieces = iter(pattern.split(sql))
+    next(pieces)  # the text before the first match: empty, matches are contiguous
+    shape: List[str] = []
     params: List[Any] = []
-    for i in range(0, len(pieces) - 1, _GROUPS):
-        shape.append(pieces[i])
-        shape.append(pieces[i + 1])
-        text = pieces[i + 2]
+    add, param = shape.append, params.append
+    for skipped, text, integer, number, comment, other, raw, _ in zip(*[pieces] * _GROUPS):
+        add(skipped)
         if text is not None:
-            params.append(text if '\\' not in text and "''" not in text
-                          else unescape_mysql_string(text))
-        elif pieces[i + 3] is not None:
-            params.append(int(pieces[i + 3]))
-        elif pieces[i + 4] is not None:
-            params.append(number_literal(pieces[i + 4]))
-        elif pieces[i + 5] is not None:
-            shape.append(' ')
+            param(text if '\\' not in text and "''" not in text
+                  else unescape_mysql_string(text, "'", no_backslash_escapes))
+        elif integer is not None:
+            param(int(integer))
+        elif number is not None:
+            param(number_literal(number))
+        elif comment is not None:
+            add(' ')
+            continue
+        elif other is not None:
+            if ansi_quotes and other[0] == '"':  # "x" is an identifier
+                add('`' + other[1:-1].replace('""', '"').replace('`', '``') + '`')
+                continue
+            param(_other_literal(other, no_backslash_escapes, server_version))
+        elif raw is not None:
+            if raw in _UNTERMINATED:  # a quote, or the `/` of `/*`, that nothing closes
+                raise SqlChangeError('unparseable-sql', f'unterminated {_UNTERMINATED[raw]}')
+            add(raw)
             continue
         else:
-            params.append(_other_literal(pieces[i + 6]))
-        shape.append(MARKER)
-    shape.append(pieces[-1])
+            continue  # the end of the statement
+        add(MARKER)
     return ''.join(shape), params
+
+
+_UTF8_CLIENT = frozenset(('', 'utf8', 'utf8mb3', 'utf8mb4'))
+
+
+def session_flags(session, sql: str) -> Tuple[bool, bool]:
+    """(no_backslash_escapes, ansi_quotes) for ``sql`` run in ``session`` (a
+    :class:`~changeflow.transforms.transactions.SessionState`).
+
+    Raises SqlChangeError: 'unknown-sql-mode' when the connection's sql_mode
+    is not known from the log and the statement holds a backslash or a double
+    quote (the two characters whose meaning it changes); 'unsupported-sql-mode'
+    for ``||`` under PIPES_AS_CONCAT and for sql_mode ORACLE; 'unsupported-charset' for non-ASCII text
+    from a client whose character set is not UTF-8.
+    """
+    mode = session.sql_mode
+    if mode is None:
+        if '\\' in sql or '"' in sql:
+            raise SqlChangeError('unknown-sql-mode', 'the connection set sql_mode to a value the '
+                                 'log does not show, and the statement has a backslash or a "')
+        flags = (False, False)
+    elif not mode:
+        flags = (False, False)
+    else:
+        flags = ('NO_BACKSLASH_ESCAPES' in mode, 'ANSI_QUOTES' in mode)
+        if 'ORACLE' in mode:  # MariaDB then parses Oracle's syntax
+            raise SqlChangeError('unsupported-sql-mode', 'sql_mode ORACLE')
+        if 'PIPES_AS_CONCAT' in mode and '||' in sql:
+            raise SqlChangeError('unsupported-sql-mode', '|| under PIPES_AS_CONCAT')
+    if session.charset not in _UTF8_CLIENT and not sql.isascii():
+        raise SqlChangeError('unsupported-charset', f'non-ASCII text from a client whose '
+                             f'character set is {session.charset}')
+    return flags
 
 
 def numbered_shape(shape: str) -> str:
     """The shape as sqlglot parses it: markers become :p0, :p1, ..."""
     parts = shape.split(MARKER)
     return ''.join(part + (f':p{i}' if i < len(parts) - 1 else '') for i, part in enumerate(parts))
-

@@ -60,7 +60,8 @@ from changeflow.sql.compile_expressions import (ExpressionCompiler, mark_default
                                                 resolve_defaults, table_defaults)
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.expressions import leaf_tags, substitute
-from changeflow.sql.literals import mask_literals, numbered_shape
+from changeflow.sql.literals import (DEFAULT_SERVER_VERSION, mask_literals, numbered_shape,
+                                     session_flags)
 from changeflow.sql.types import parse_type
 
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
@@ -587,6 +588,7 @@ def _values_binder(templates: List[tuple]) -> Callable[[Sequence[Any]], Tuple[An
     return lambda params: tuple(bind(params) for bind in binders)
 
 
+_NO_FLAGS = (False, False)  # (no_backslash_escapes, ansi_quotes) of the default sql_mode
 _REPLACE_HEAD = re.compile(r'^\s*REPLACE\b', re.I)
 
 
@@ -619,29 +621,36 @@ class StatementTranslator:
     """
 
     def __init__(self, tables: Sequence[TableSpec], max_shapes: int = MAX_CACHED_SHAPES,
-                 schema: Optional[SourceSchema] = None):
+                 schema: Optional[SourceSchema] = None,
+                 server_version: int = DEFAULT_SERVER_VERSION):
         self._tables = {spec.source: spec for spec in tables}
         self._schema = schema
-        self._plans: Dict[Tuple[str, str], Any] = {}
+        self._server_version = server_version  # which executable comments run
+        self._plans: Dict[Tuple[str, str, Tuple[bool, bool]], Any] = {}
         self._max_shapes = max_shapes
         self.shapes_compiled = 0
 
-    def translate(self, sql: str, database: str) -> Translation:
-        """Row changes of one successful statement run in ``database``.
+    def translate(self, sql: str, database: str, session=None) -> Translation:
+        """Row changes of one successful statement run in ``database``, with the
+        connection's ``session`` state (a transactions.SessionState: sql_mode,
+        character set) when known.
 
-        Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql' or
-        'unsupported-sql', naming the configured table(s) the statement writes
-        and, where the statement pins them, the keys of its rows.
+        Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql',
+        'unsupported-sql', or one of :func:`~changeflow.sql.literals.session_flags`'s,
+        naming the configured table(s) the statement writes and, where the
+        statement pins them, the keys of its rows.
         """
-        shape, params = mask_literals(sql)
-        plan = self._plans.get((shape, database))
+        flags = _NO_FLAGS if session is None else session_flags(session, sql)
+        shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
+        key = (shape, database, flags)
+        plan = self._plans.get(key)
         if plan is None:
-            plan = self._compile(shape, database)
+            plan = self._compile(shape, database, key)
         if isinstance(plan, SqlChangeError):
             raise plan.on(plan.table, plan.keys)
         return plan(params)
 
-    def _compile(self, shape: str, database: str):
+    def _compile(self, shape: str, database: str, key):
         try:
             plan = _Compiler(self._tables, database, self._schema).compile(_parse(shape))
         except SqlChangeError as error:
@@ -650,7 +659,7 @@ class StatementTranslator:
             plan = SqlChangeError('unparseable-sql', 'nested too deeply to compile')
         if len(self._plans) >= self._max_shapes:
             self._plans.clear()
-        self._plans[(shape, database)] = plan
+        self._plans[key] = plan
         self.shapes_compiled += 1
         return plan
 

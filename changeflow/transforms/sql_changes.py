@@ -69,14 +69,16 @@ class _ExtractRowChangesFn(beam.DoFn):
 
     def process(self, transaction: CommittedTransaction):
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
-        for statement in transaction.statements:
+        sessions = transaction.sessions or (None,) * len(transaction.statements)
+        for statement, session in zip(transaction.statements, sessions):
             self._received.inc()
             if statement.truncated:
                 yield from self._cut(statement, first_touch)
                 continue
             translation = None
             try:
-                translation = self._translator.translate(statement.object, statement.database)
+                translation = self._translator.translate(statement.object, statement.database,
+                                                         session)
                 keys = [self._key(change) for change in translation.changes]
                 _check_table_writes(translation, {table for table, _ in first_touch})
             except (SqlChangeError, ValueError, ArithmeticError) as error:
