@@ -162,8 +162,14 @@ class BadRecord(ValueError):
         self.detail = detail
 
 
-def _bad_value(path: str, detail: str) -> BadRecord:
-    return BadRecord('bad-attribute-value', f'{path}: {detail}')
+class _BadValue(Exception):
+    """A malformed value deep in an item; each level on the way out adds its
+    path segment, so paths are only built for the rare bad value."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+        self.segments: List[str] = []
 
 
 def _short(value) -> str:
@@ -171,94 +177,142 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + '...'
 
 
-def _number(text, path: str) -> decimal.Decimal:
-    if not isinstance(text, str) or not _NUMBER.match(text):
-        raise _bad_value(path, f'N must be a decimal number as text, not {_short(text)}')
+def _number(text) -> decimal.Decimal:
+    if type(text) is not str or not _NUMBER.match(text):
+        raise _BadValue(f'N must be a decimal number as text, not {_short(text)}')
     number = decimal.Decimal(text)          # exact: construction does not round
-    sign, digits, exponent = number.as_tuple()
-    significant = len(digits)
-    while significant > 1 and digits[significant - 1] == 0:
-        significant -= 1
-    if significant > MAX_DIGITS:
-        raise _bad_value(path, f'N {text!r} has {significant} significant digits; '
-                               f'DynamoDB keeps at most {MAX_DIGITS}')
+    digits = number.as_tuple().digits
+    if len(digits) > MAX_DIGITS:
+        significant = len(digits)
+        while significant > 1 and digits[significant - 1] == 0:
+            significant -= 1
+        if significant > MAX_DIGITS:
+            raise _BadValue(f'N {text!r} has {significant} significant digits; '
+                            f'DynamoDB keeps at most {MAX_DIGITS}')
     if number and not _MIN_EXPONENT <= number.adjusted() <= _MAX_EXPONENT:
-        raise _bad_value(path, f'N {text!r} is outside DynamoDB\'s range 1E-130 .. 9.9E+125')
+        raise _BadValue(f'N {text!r} is outside DynamoDB\'s range 1E-130 .. 9.9E+125')
     return number
 
 
-def _binary(value, path: str) -> bytes:
+def _binary(value) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise _bad_value(path, f'B is not base64: {_short(value)}') from None
-    raise _bad_value(path, f'B must be bytes or base64 text, not {type(value).__name__}')
+            raise _BadValue(f'B is not base64: {_short(value)}') from None
+    raise _BadValue(f'B must be bytes or base64 text, not {type(value).__name__}')
 
 
-def _set(tag: str, values, path: str) -> DynamoSet:
+def _string(value) -> str:
+    if type(value) is not str:
+        raise _BadValue(f'S must be text, not {type(value).__name__}')
+    return value
+
+
+def _in(segment: str, error: _BadValue) -> _BadValue:
+    error.segments.append(segment)
+    return error
+
+
+def _set(tag: str, values) -> DynamoSet:
     if not isinstance(values, (list, tuple)) or not values:
-        raise _bad_value(path, f'{tag} must be a non-empty list, not {_short(values)}')
-    element = {'SS': _string, 'NS': _number, 'BS': _binary}[tag]
-    elements = [element(v, f'{path}[{i}]') for i, v in enumerate(values)]
+        raise _BadValue(f'{tag} must be a non-empty list, not {_short(values)}')
+    element = _ELEMENTS[tag]
+    elements = []
+    for i, v in enumerate(values):
+        try:
+            elements.append(element(v))
+        except _BadValue as e:
+            raise _in(f'[{i}]', e)
     distinct = sorted(set(elements))
     if len(distinct) != len(elements):
-        raise _bad_value(path, f'{tag} holds duplicates: {_short(values)}')
+        raise _BadValue(f'{tag} holds duplicates: {_short(values)}')
     return DynamoSet(distinct)
 
 
-def _string(value, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad_value(path, f'S must be text, not {type(value).__name__}')
-    return value
+_ELEMENTS = {'SS': _string, 'NS': _number, 'BS': _binary}
+
+
+def _value(value) -> Any:
+    if type(value) is not dict and not isinstance(value, Mapping) or len(value) != 1:
+        raise _BadValue(f'an AttributeValue is an object with exactly one type, not {_short(value)}')
+    for tag, inner in value.items():
+        if tag == 'S':
+            return _string(inner)
+        if tag == 'N':
+            return _number(inner)
+        if tag == 'M':
+            return _map(inner)
+        if tag == 'BOOL':
+            if type(inner) is not bool:
+                raise _BadValue(f'BOOL must be true or false, not {_short(inner)}')
+            return inner
+        if tag == 'NULL':
+            if inner is not True:
+                raise _BadValue(f'NULL must be true, not {_short(inner)}')
+            return None
+        if tag == 'L':
+            if not isinstance(inner, (list, tuple)):
+                raise _BadValue(f'L must be a list, not {type(inner).__name__}')
+            out = []
+            for i, v in enumerate(inner):
+                try:
+                    out.append(_value(v))
+                except _BadValue as e:
+                    raise _in(f'[{i}]', e)
+            return tuple(out)
+        if tag == 'B':
+            return _binary(inner)
+        if tag in _ELEMENTS:
+            return _set(tag, inner)
+        raise _BadValue(f'unknown AttributeValue type {tag!r}')
+
+
+def _map(attributes) -> DynamoMap:
+    if type(attributes) is not dict and not isinstance(attributes, Mapping):
+        raise _BadValue(f'must be a map of attributes, not {type(attributes).__name__}')
+    pairs = []
+    for name, v in attributes.items():
+        if type(name) is not str:
+            raise _BadValue(f'attribute name {name!r} is not text')
+        try:
+            pairs.append((name, _value(v)))
+        except _BadValue as e:
+            raise _in(f'.{name}', e)
+    pairs.sort(key=_first)
+    return DynamoMap(pairs)
+
+
+def _first(pair):
+    return pair[0]
+
+
+def _bad_record(path: str, error: _BadValue) -> BadRecord:
+    return BadRecord('bad-attribute-value', f'{path}{"".join(reversed(error.segments))}: '
+                                            f'{error.detail}')
 
 
 def attribute_value(value: Mapping, path: str = 'value') -> Any:
     """One AttributeValue (``{"N": "100"}``) as a Python value.
 
     Raises:
-        BadRecord: 'bad-attribute-value', naming ``path`` (``NewImage.a.b[2]``).
+        BadRecord: 'bad-attribute-value', naming the attribute's path from
+        ``path`` (``NewImage.a.b[2]``).
     """
-    if not isinstance(value, Mapping) or len(value) != 1:
-        raise _bad_value(path, f'an AttributeValue is an object with exactly one type, '
-                               f'not {_short(value)}')
-    (tag, inner), = value.items()
-    if tag == 'S':
-        return _string(inner, path)
-    if tag == 'N':
-        return _number(inner, path)
-    if tag == 'B':
-        return _binary(inner, path)
-    if tag == 'BOOL':
-        if not isinstance(inner, bool):
-            raise _bad_value(path, f'BOOL must be true or false, not {_short(inner)}')
-        return inner
-    if tag == 'NULL':
-        if inner is not True:
-            raise _bad_value(path, f'NULL must be true, not {_short(inner)}')
-        return None
-    if tag in ('SS', 'NS', 'BS'):
-        return _set(tag, inner, path)
-    if tag == 'L':
-        if not isinstance(inner, (list, tuple)):
-            raise _bad_value(path, f'L must be a list, not {type(inner).__name__}')
-        return tuple(attribute_value(v, f'{path}[{i}]') for i, v in enumerate(inner))
-    if tag == 'M':
-        return item(inner, path)
-    raise _bad_value(path, f'unknown AttributeValue type {tag!r}')
+    try:
+        return _value(value)
+    except _BadValue as e:
+        raise _bad_record(path, e) from None
 
 
 def item(attributes: Mapping, path: str = 'Item') -> DynamoMap:
     """A map of attribute name -> AttributeValue (an item, a key, an M)."""
-    if not isinstance(attributes, Mapping):
-        raise _bad_value(path, f'must be a map of attributes, not {type(attributes).__name__}')
-    for name in attributes:
-        if not isinstance(name, str):
-            raise _bad_value(path, f'attribute name {name!r} is not text')
-    return DynamoMap(sorted((name, attribute_value(v, f'{path}.{name}'))
-                            for name, v in attributes.items()))
+    try:
+        return _map(attributes)
+    except _BadValue as e:
+        raise _bad_record(path, e) from None
 
 
 def table_from_arn(arn: str) -> str:
@@ -347,7 +401,7 @@ def decode_record(record: Mapping, table: Optional[str] = None, position: str = 
     Raises:
         BadRecord: with a reason for the dead letter.
     """
-    if not isinstance(record, Mapping):
+    if not isinstance(record, (dict, Mapping)):
         raise BadRecord('bad-record', f'a stream record is an object, not {_short(record)}')
     body = _field(record, 'dynamodb', Mapping, '')
     kinesis = 'tableName' in record and 'SequenceNumber' not in body
@@ -386,7 +440,7 @@ def decode_record(record: Mapping, table: Optional[str] = None, position: str = 
     return StreamRecord(
         table, event, keys, old, new, view, str(sequence), dynamodb_version(created_us, sequence),
         created_us, event is EventName.REMOVE and _ttl(record.get('userIdentity')),
-        event is EventName.MODIFY and old is not None and new is not None and _same(old, new),
+        event is EventName.MODIFY and old is not None and old == new and _same(old, new),
         str(record.get('eventID', '')), position or f'{table}/{sequence}',
         size if isinstance(size, int) else 0)
 
