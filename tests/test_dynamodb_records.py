@@ -251,7 +251,7 @@ def test_changes_for_the_replica():
         's': {'NS': ['2', '1']}}))
     change = to_change(insert, ['id', 'title'])
     assert isinstance(change, Change) and change.table == 'prod-Card'
-    assert change.key == (D(1), 'a') and change.event_time_us == insert.created_us
+    assert change.key == (1, 'a') and change.event_time_us == insert.created_us
     [op] = change.ops
     assert op.kind is OpKind.REPLACE and op.version == insert.version and op.position == insert.position
     values = dict(op.values)
@@ -280,6 +280,16 @@ def test_a_key_attribute_missing_from_keys():
     with pytest.raises(BadRecord) as e:
         to_change(decode_record(lambda_record('REMOVE', old=ROW)), ['id', 'sku'])
     assert e.value.reason == 'missing-key' and 'sku' in e.value.detail
+
+
+def test_number_keys_are_coder_safe_and_canonical():
+    keys = {'id': {'N': '1.50'}, 'title': {'S': 'a'}}
+    assert to_change(decode_record(lambda_record('REMOVE', keys=keys, old=ROW)), ['id', 'title']).key == ('1.5', 'a')
+    keys = {'id': {'N': '10.0'}, 'title': {'S': 'a'}}
+    change = to_change(decode_record(lambda_record('REMOVE', keys=keys, old=ROW)), ['id', 'title'])
+    assert change.key == (10, 'a') and type(change.key[0]) is int
+    from apache_beam.coders import coders
+    coders.FastPrimitivesCoder().as_deterministic_coder('GroupByKey').encode(('t', change.key))
 
 
 def test_json_ready_keeps_top_level_values():

@@ -1,5 +1,6 @@
 """The DynamoDB Streams reader against moto's server; faults through wrapper clients."""
 
+import json
 import uuid
 
 import boto3
@@ -129,7 +130,7 @@ def scan(ddb, name):
     rows = {}
     for raw in ddb.scan(TableName=name)['Items']:
         image = item(raw)
-        rows[(image.get('id'), image.get('title'))] = {n: json_ready(v) for n, v in image}
+        rows[(int(image.get('id')), image.get('title'))] = {n: json_ready(v) for n, v in image}
     return rows
 
 
@@ -326,3 +327,43 @@ def test_record_json_is_the_lambda_shape():
     assert out['eventSourceARN'].endswith('table/t/stream/x') and 'SequenceNumber' not in out
     assert out['dynamodb']['Keys'] == {'id': {'B': 'AA=='}}
     assert round(out['dynamodb']['ApproximateCreationDateTime'] * 1e6) == 1796119200_123456
+
+
+def test_the_sqlite_replica_equals_a_scan(table, sqlite_url):
+    """Reader -> decode -> Change -> the existing database sink: the replica equals the table."""
+    import apache_beam as beam
+    import sqlalchemy as sa
+    from changeflow.config import TableSpec
+    from changeflow.io.sql import WriteToDatabase
+    from tests.beam_helpers import local_pipeline
+
+    name, ddb, streams = table
+    write_workload(ddb, name)
+    ddb.put_item(TableName=name, Item={**key(5), 'tags': {'SS': ['z', 'y']}})
+    ddb.put_item(TableName=name, Item={**key(4), 'qty': {'N': '7'}, 'b': {'B': b'\x00\xff'}})
+    ddb.put_item(TableName=name, Item={**key(4), 'qty': {'N': '7'}, 'b': {'B': b'\x00\xff'}})  # no-op
+    records, _ = read(DynamoDBStreamReader(streams, reads_per_second=1000), latest_stream_arn(ddb, name), {})
+    decoded = [r for s in records for r in decode_source_record(s)]
+    assert sum(r.no_op for r in decoded) == 1
+    changes = [c for c in (to_change(r, ('id', 'title')) for r in decoded) if c is not None]
+    spec = TableSpec(name, ('id', 'title'), 'cards', (
+        ('id', 'integer'), ('title', 'string'), ('qty', 'integer'), ('tags', 'json'),
+        ('m', 'json'), ('b', 'binary')))
+    pipeline = local_pipeline()
+    _, dead = (pipeline | beam.Create(changes)
+               | 'ByRow' >> beam.Map(lambda c: ((c.table, c.key), c)) | beam.GroupByKey()
+               | beam.FlatMapTuple(lambda _, cs: sorted(cs, key=lambda c: c.version))
+               | WriteToDatabase(sqlite_url, [spec]))
+    from apache_beam.testing.util import assert_that, equal_to
+    assert_that(dead, equal_to([]), label='no dead letters')
+    pipeline.run().wait_until_finish()
+    with sa.create_engine(sqlite_url).connect() as conn:
+        rows = {(r.id, r.title): r for r in conn.execute(sa.text('SELECT * FROM cards'))}
+    expected = scan(ddb, name)
+    assert set(expected) == set(rows)
+    for row_key, item in expected.items():
+        row = rows[row_key]
+        assert row.qty == (int(item['qty']) if 'qty' in item else None)
+        assert (json.loads(row.m) if row.m else None) == item.get('m')
+        assert row.b == item.get('b')
+        assert (json.loads(row.tags) if row.tags else None) == item.get('tags')

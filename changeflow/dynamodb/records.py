@@ -513,6 +513,10 @@ def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change
     """The record as one Change for the replica, or None for a no-op MODIFY.
 
     ``key_names``: the table's key attributes in key order (hash, then range).
+    Number keys become ints when integral, else their exact text: Beam's
+    deterministic coder cannot encode a Decimal in a GroupByKey key (the
+    job would fail), and Decimal('1') and Decimal('1.0') are one DynamoDB
+    key but encode differently. The sink coerces them by column type.
     INSERT or MODIFY with a new image -> a REPLACE of the whole row with the
     new image's attributes; REMOVE (a user's or TTL's) -> DELETE; INSERT or
     MODIFY without a new image (``KEYS_ONLY``, ``OLD_IMAGE`` views) -> a
@@ -529,7 +533,7 @@ def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change
         if value is _MISSING:
             raise BadRecord('missing-key', f'key attribute {name!r} is not in Keys '
                                            f'{list(record.keys.names())}')
-        key.append(value)
+        key.append(_key_value(value))
     if record.event is EventName.REMOVE:
         op = RowOp(OpKind.DELETE, record.version, position=record.position)
     elif record.new_image is not None:
@@ -543,6 +547,14 @@ def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change
                     ('detail', f'{record.event.value} in a {view} stream carries no new image')),
                    position=record.position)
     return Change(record.table, tuple(key), (op,), record.created_us)
+
+
+def _key_value(value):
+    if isinstance(value, decimal.Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        return format(value.normalize(), 'f')
+    return value
 
 
 _MISSING = object()
