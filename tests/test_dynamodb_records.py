@@ -295,3 +295,34 @@ def test_number_keys_are_coder_safe_and_canonical():
 def test_json_ready_keeps_top_level_values():
     assert json_ready(D('1.50')) == D('1.50') and json_ready(b'\x00') == b'\x00'
     assert json_ready(DynamoMap((('a', D('1E+2')),))) == {'a': 100}
+
+
+# -- Beam transforms -----------------------------------------------------------
+
+def test_decode_and_change_transforms_route_dead_letters():
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from changeflow.dynamodb.transforms import DecodeDynamoDBRecords, DynamoDBChanges
+    from changeflow.metrics import counter_totals
+    from tests.beam_helpers import local_pipeline
+
+    lines = [json.dumps(lambda_record('INSERT', new=ROW, seq='1')).encode(),
+             b'not json',
+             json.dumps(lambda_record('MODIFY', new=ROW, old=ROW, seq='2')).encode(),
+             json.dumps(lambda_record('REMOVE', old=ROW, seq='3', identity={
+                 'type': 'Service', 'principalId': 'dynamodb.amazonaws.com'})).encode(),
+             json.dumps(lambda_record('REMOVE', old=ROW, seq='4', keys={'id': {'N': '1'}})).encode()]
+    sources = [SourceRecord(line, 'a.jsonl', '', str(i), 0) for i, line in enumerate(lines)]
+    pipeline = local_pipeline()
+    records, bad = pipeline | beam.Create(sources) | DecodeDynamoDBRecords()
+    changes, missing = records | DynamoDBChanges({'prod-Card': ('id', 'title')})
+    assert_that(changes | beam.Map(lambda c: (c.key, c.ops[0].kind.value)),
+                equal_to([((1, 'a'), 'replace'), ((1, 'a'), 'delete')]), label='changes')
+    assert_that(bad | 'BadReasons' >> beam.Map(lambda d: (d.reason, d.position, d.original)),
+                equal_to([('bad-json', 'a.jsonl#1', b'not json')]), label='bad')
+    assert_that(missing | 'MissingReasons' >> beam.Map(lambda d: (d.reason, d.position, json.loads(d.original)['keys'])),
+                equal_to([('missing-key', 'a.jsonl#4', {'id': '1'})]), label='missing')
+    totals = counter_totals(pipeline.run(), 'changeflow.dynamodb')
+    assert totals['records_received'] == 5 and totals['stream_records'] == 4
+    assert totals['no_op_modifies'] == 1 and totals['ttl_deletes'] == 1 and totals['changes'] == 2
+    assert totals['dead_lettered'] == 2
