@@ -26,6 +26,7 @@ setuptools.setup(
             'moto[server]>=5.2,<6',
             'pymysql>=1.1,<2',
             'psycopg2-binary>=2.9,<3',
+            'hypothesis>=6.100,<7',  # tests/test_fuzz.py
         ],
     },
     entry_points={'console_scripts': ['changeflow=changeflow.cli:main']},

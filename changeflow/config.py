@@ -1,15 +1,26 @@
-"""The YAML job configuration, validated into typed records."""
+"""The YAML job configuration, validated into typed records.
+
+Every problem is a :class:`ConfigError` naming the key, found before the job
+starts: types, ranges (positive batch sizes and windows, finite numbers),
+column types as changeflow names them or as MySQL writes them (read by
+:func:`changeflow.sql.types.parse_type`: DECIMAL precision 1 to 65, scale at
+most 38 as MariaDB allows), table and column names that are strings,
+targets that cannot escape their directory, database URLs that SQLAlchemy
+can parse, and non-empty paths.
+"""
 
 import fnmatch
 import glob
+import math
 import os
 from typing import NamedTuple, Optional, Tuple
 
 import sqlalchemy
+import sqlalchemy.exc
 import yaml
 from sqlalchemy.engine import make_url
 
-from changeflow.model import OpKind
+from changeflow.model import MARKER_KINDS, OpKind
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
 from changeflow.schema.readers import read_information_schema, read_schema_file
@@ -74,7 +85,7 @@ class ConfigError(ValueError):
 
 
 ARCHIVE_FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit')
-NOTIFY_OPS = tuple(kind.value for kind in OpKind)  # a rule's `when.op`
+NOTIFY_OPS = tuple(kind.value for kind in OpKind if kind not in MARKER_KINDS)  # `when.op`
 
 
 def _check_keys(where: str, mapping, allowed, required=()):
@@ -91,8 +102,51 @@ def _check_keys(where: str, mapping, allowed, required=()):
 
 def _typed(where: str, value, kind, name):
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f'{where}: expected {name}, got {_shown(value)}')
+    return value
+
+
+def _shown(value) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 200 else (
+        f'a {type(value).__name__}')
+    return text if len(text) <= 200 else text[:197] + '...'
+
+
+def _positive(where: str, value, name='a positive integer'):
+    _typed(where, value, int, name)
+    if value < 1:
         raise ConfigError(f'{where}: expected {name}, got {value!r}')
     return value
+
+
+def _path(where: str, value, name: str) -> str:
+    _typed(where, value, str, name)
+    if not value.strip() or '\0' in value:
+        raise ConfigError(f'{where}: expected {name}, got {value!r}')
+    return value
+
+
+def _column_type(where: str, kind) -> str:
+    """A declared column type as the TableSpec keeps it: changeflow's names
+    ('decimal(10)' -> 'decimal(10,0)') or a MySQL column type."""
+    if not isinstance(kind, str):
+        raise ConfigError(f'{where}: unknown type {_shown(kind)}; '
+                          f'use one of {", ".join(COLUMN_TYPES)} or a MySQL column type')
+    try:
+        return canonical_type(kind)
+    except ValueError as error:
+        raise ConfigError(f'{where}: {error}; use one of {", ".join(COLUMN_TYPES)} '
+                          f'or a MySQL column type') from None
+
+
+def _database_url(where: str, url: str) -> str:
+    _path(where, url, 'an SQLAlchemy URL')
+    try:
+        sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as error:
+        raise ConfigError(f'{where}: {url!r} is not an SQLAlchemy URL'
+                          f' (dialect+driver://user@host/database): {error}') from None
+    return url
 
 
 def _resolve(path: str, base_dir: str) -> str:
@@ -109,37 +163,55 @@ def _resolve_url(url: str, base_dir: str) -> str:
     return url
 
 
-def _table(name: str, raw) -> TableSpec:
+def _table(name, raw) -> TableSpec:
     where = f'tables.{name}'
+    if not isinstance(name, str):
+        raise ConfigError(f'{where}: a table name must be a string database.table, got {name!r}')
     _check_keys(where, raw, ('key', 'target', 'columns', 'redact'), required=('key',))
-    if '.' not in name:
+    database, _, table = name.partition('.')
+    if not database.strip() or not table.strip():
         raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
     key = raw['key']
     if isinstance(key, str):
         key = [key]
-    if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
-        raise ConfigError(f'{where}.key: expected a column name or a list of them, got {key!r}')
-    target = _typed(f'{where}.target', raw.get('target', name.split('.', 1)[1]), str, 'a string')
+    if not isinstance(key, list) or not key or not all(isinstance(k, str) and k for k in key):
+        raise ConfigError(f'{where}.key: expected a column name or a list of them,'
+                          f' got {_shown(key)}')
+    if len({k.lower() for k in key}) != len(key):
+        raise ConfigError(f'{where}.key: a column is named twice: {key!r}')
+    target = _typed(f'{where}.target', raw.get('target', table), str, 'a string')
+    if not target or target in ('.', '..') or any(c in target for c in '/\\\0'):
+        raise ConfigError(f'{where}.target: {target!r} must be a table name, not empty nor a path'
+                          f' (no /, \\, . or ..)')
     columns = raw.get('columns') or {}
     _typed(f'{where}.columns', columns, dict, 'a mapping of column: type')
     defaults = {}
     for column, kind in list(columns.items()):
+        if not isinstance(column, str) or not column:
+            raise ConfigError(f'{where}.columns: a column name must be a string, got {column!r}')
         if isinstance(kind, dict):  # {type: string, default: new}
             _check_keys(f'{where}.columns.{column}', kind, ('type', 'default'), required=('type',))
-            if kind.get('default') is not None:
-                defaults[column] = str(kind['default'])
-            kind = columns[column] = kind['type']
-        try:
-            columns[column] = canonical_type(kind)
-        except ValueError as error:
-            raise ConfigError(f'{where}.columns.{column}: {error}; use one of '
-                              f'{", ".join(COLUMN_TYPES)} or a MySQL column type') from None
+            default = kind.get('default')
+            if default is not None:
+                if isinstance(default, (dict, list)):
+                    raise ConfigError(f'{where}.columns.{column}.default: expected a scalar,'
+                                      f' got {_shown(default)}')
+                defaults[column] = str(default)
+            kind = kind['type']
+        columns[column] = _column_type(f'{where}.columns.{column}', kind)
+    if len({c.lower() for c in columns}) != len(columns):
+        raise ConfigError(f'{where}.columns: a column is named twice (names are case-insensitive)')
     if columns and not set(key) <= set(columns):
         raise ConfigError(f'{where}.columns: must include the key column(s) {", ".join(key)}')
     redact = raw.get('redact') or []
     _typed(f'{where}.redact', redact, list, 'a list of column names')
-    return TableSpec(name, tuple(key), target,
-                     tuple(columns.items()),
+    if not all(isinstance(column, str) and column for column in redact):
+        raise ConfigError(f'{where}.redact: expected a list of column names, got {_shown(redact)}')
+    declared = {c.lower() for c in columns} | {k.lower() for k in key}
+    unknown = [column for column in redact if columns and column.lower() not in declared]
+    if unknown:
+        raise ConfigError(f'{where}.redact: {", ".join(unknown)} not among the declared columns')
+    return TableSpec(name, tuple(key), target, tuple(columns.items()),
                      tuple(redact), tuple(defaults.items()))
 
 
@@ -304,7 +376,7 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
         _typed('tables', raw, dict, 'a mapping of database.table: spec')
         entries = []
         for name, spec in raw.items():
-            _typed('tables', name, str, 'table names as strings (database.table)')
+            _typed(f'tables.{name}', name, str, 'a table name as a string (database.table)')
             entries.append((name, {} if spec is None else spec))
     if not entries:
         raise ConfigError('tables: name at least one table to replicate')
@@ -368,6 +440,7 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     _check_keys(where, raw, ('to', 'when'), required=('to',))
     to = _typed(f'{where}.to', raw['to'], str, 'a string')
     if to.startswith('file:'):
+        _path(f'{where}.to', to[len('file:'):], "'file:PATH' with a path")
         to = 'file:' + _resolve(to[len('file:'):], base_dir)
     elif to != 'stdout':
         raise ConfigError(f"{where}.to: {to!r} is not supported; use 'file:PATH' or 'stdout'")
@@ -375,8 +448,9 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     _check_keys(f'{where}.when', when, ('table', 'op'))
     ops = when.get('op') or []
     ops = [ops] if isinstance(ops, str) else ops
+    _typed(f'{where}.when.op', ops, list, 'an op or a list of ops')
     for op in ops:
-        if op not in NOTIFY_OPS:
+        if not isinstance(op, str) or op not in NOTIFY_OPS:
             raise ConfigError(f'{where}.when.op: unknown op {op!r}; use one of {", ".join(NOTIFY_OPS)}')
     table = when.get('table')
     if table is not None:
@@ -391,12 +465,12 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
                 required=('source', 'tables', 'sinks', 'dead_letter'))
     source = raw['source']
     _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
-    if source['type'] != 'archive':
-        raise ConfigError(f"source.type: {source['type']!r} is not supported; use 'archive'")
-    if source['format'] not in ARCHIVE_FORMATS:
-        raise ConfigError(f"source.format: {source['format']!r} is not one of "
+    if not isinstance(source['type'], str) or source['type'] != 'archive':
+        raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use 'archive'")
+    if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
+        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
                           f"{', '.join(ARCHIVE_FORMATS)}")
-    _typed('source.path', source['path'], str, 'a path or glob')
+    _path('source.path', source['path'], 'a path or glob')
     path = _resolve(source['path'], base_dir)
     if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
         raise ConfigError(f'source.path: {path} does not exist')
@@ -406,26 +480,30 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     window = raw.get('window') or {}
     _check_keys('window', window, ('seconds',))
     seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
-    if seconds <= 0:
-        raise ConfigError(f'window.seconds: must be positive, got {seconds!r}')
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f'window.seconds: must be positive and finite, got {seconds!r}')
     sinks = raw['sinks']
     _check_keys('sinks', sinks, ('database', 'parquet', 'notify'))
     database = sinks.get('database')
     if database is not None:
         _check_keys('sinks.database', database, ('url', 'batch_size'), required=('url',))
-        _typed('sinks.database.url', database['url'], str, 'an SQLAlchemy URL')
-        _typed('sinks.database.batch_size', database.get('batch_size', 500), int, 'an integer')
+        _database_url('sinks.database.url', database['url'])
+        _positive('sinks.database.batch_size', database.get('batch_size', 500))
     parquet = sinks.get('parquet')
     if parquet is not None:
         _check_keys('sinks.parquet', parquet, ('path',), required=('path',))
-        _typed('sinks.parquet.path', parquet['path'], str, 'a directory or s3:// prefix')
+        _path('sinks.parquet.path', parquet['path'], 'a directory or s3:// prefix')
     notify = sinks.get('notify') or []
     _typed('sinks.notify', notify, list, 'a list of rules')
     dead = raw['dead_letter']
     _check_keys('dead_letter', dead, ('path',), required=('path',))
-    _typed('dead_letter.path', dead['path'], str, 'a directory or s3:// prefix')
+    _path('dead_letter.path', dead['path'], 'a directory or s3:// prefix')
     audit = raw.get('audit') or {}
     _check_keys('audit', audit, ('query_log_limit', 'autocommit'))
+    limit = _typed('audit.query_log_limit', audit.get('query_log_limit', 1024), int, 'an integer')
+    if limit < 0:
+        raise ConfigError(f'audit.query_log_limit: must be 0 (unlimited) or more, got {limit!r}')
+    _check_shared_targets(tables)
     return JobConfig(
         source=SourceConfig('archive', source['format'], path),
         tables=tables,
@@ -435,12 +513,21 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         parquet_path=_resolve(parquet['path'], base_dir) if parquet else None,
         notify=tuple(_notify_rule(i, r, base_dir) for i, r in enumerate(notify)),
         dead_letter_path=_resolve(dead['path'], base_dir),
-        query_log_limit=_typed('audit.query_log_limit', audit.get('query_log_limit', 1024), int,
-                               'an integer'),
+        query_log_limit=limit,
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
         source_db_url=source_db_url,
         schema=schema,
     )
+
+
+def _check_shared_targets(specs: Tuple[TableSpec, ...]) -> None:
+    """Tables replicated into one target must declare the same columns."""
+    by_target = {}
+    for spec in specs:
+        other = by_target.setdefault(spec.target.lower(), spec)
+        if other.columns != spec.columns:
+            raise ConfigError(f'tables.{spec.source}.target: {spec.target!r} is also the target'
+                              f' of {other.source}, which declares other columns')
 
 
 def load_config(path: str) -> JobConfig:
@@ -450,4 +537,6 @@ def load_config(path: str) -> JobConfig:
             raw = yaml.safe_load(f)
         except yaml.YAMLError as error:
             raise ConfigError(f'{path}: not valid YAML: {error}') from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f'{path}: not UTF-8 text: {error}') from None
     return parse_config(raw, os.path.dirname(os.path.abspath(path)))

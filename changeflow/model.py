@@ -14,7 +14,8 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 __all__ = [
     'SourceRecord', 'LogEvent', 'AuditEvent', 'OpKind', 'RowOp', 'Change',
-    'DeadLetter', 'FULL_ROW_KINDS', 'audit_version', 'DEAD_LETTER_TAG', 'dead_letter',
+    'DeadLetter', 'FULL_ROW_KINDS', 'MARKER_KINDS', 'diverge_op', 'divergence',
+    'audit_version', 'DEAD_LETTER_TAG', 'dead_letter',
 ]
 
 
@@ -73,10 +74,16 @@ class OpKind(str, enum.Enum):
     UPDATE = 'update'                # assignments on the existing row, if any
     DELETE = 'delete'
     TRUNCATE = 'truncate'            # every row of the table (key is ())
+    DIVERGE = 'diverge'              # marker: the row (or the table, key ()) may no
+                                     # longer equal the source; it changes no value
 
 
 # Kinds after which the row's state does not depend on what came before.
 FULL_ROW_KINDS = frozenset({OpKind.INSERT, OpKind.REPLACE, OpKind.DELETE})
+
+# Kinds that record what is known about the replica instead of a source write:
+# the database sink keeps them, the change-log sinks (Parquet, notifications) skip them.
+MARKER_KINDS = frozenset({OpKind.DIVERGE})
 
 
 class RowOp(NamedTuple):
@@ -88,13 +95,31 @@ class RowOp(NamedTuple):
     :mod:`changeflow.sql.expressions`), for UPDATE and the ON DUPLICATE KEY UPDATE
     part of UPSERT, evaluated left to right against the current row as MySQL
     does. Both are tuples of pairs so the record hashes and pickles
-    deterministically.
+    deterministically. A DIVERGE op's ``values`` are ``(('reason', r),
+    ('detail', d))`` (see :func:`diverge_op`). ``condition``: for UPDATE and
+    DELETE, an expression (the WHERE beyond the key pin: ``version = 3``,
+    ``deleted_at IS NULL``); the op applies only where it is true on the
+    row's current state (MySQL WHERE truth: non-NULL and non-zero); None:
+    always.
     """
     kind: OpKind
     version: str
     values: Tuple[Tuple[str, Any], ...] = ()
     assignments: Tuple[Tuple[str, Any], ...] = ()
     position: str = ''
+    condition: Optional[tuple] = None
+
+
+def diverge_op(version: str, reason: str, detail: str, position: str = '') -> RowOp:
+    """A DIVERGE marker: from ``version`` on, the row (or table) is not known to
+    equal the source, because of ``reason`` (a dead letter's reason)."""
+    return RowOp(OpKind.DIVERGE, version, (('reason', reason), ('detail', detail)), (), position)
+
+
+def divergence(op: RowOp) -> Tuple[str, str]:
+    """(reason, detail) of a DIVERGE op."""
+    values = dict(op.values)
+    return str(values.get('reason', '')), str(values.get('detail', ''))
 
 
 class Change(NamedTuple):
@@ -106,7 +131,8 @@ class Change(NamedTuple):
     recorded for the row, in order.
     """
     table: str             # source table, 'database.table'
-    key: Tuple[Any, ...]   # primary-key values in the configured key order; () for TRUNCATE
+    key: Tuple[Any, ...]   # primary-key values in the configured key order; () for a
+                           # whole-table op (TRUNCATE, a whole-table DIVERGE)
     ops: Tuple[RowOp, ...]
     event_time_us: int     # time of the newest op at the source
 
@@ -146,8 +172,15 @@ DEAD_LETTER_TAG = 'dead_letter'
 
 
 def dead_letter(step: str, reason: str, detail: str, original, position: str) -> DeadLetter:
-    """A DeadLetter stamped now; ``original`` may be str (encoded as UTF-8) or bytes."""
+    """A DeadLetter stamped now; ``original`` may be str (encoded as UTF-8) or bytes.
+
+    Passwords in the detail and in a str original (statement text) are masked
+    (:func:`changeflow.sql.secrets.mask_secrets`); bytes (records, Changes as
+    JSON) are kept as they are, to be replayed.
+    """
     import time
+    from changeflow.sql.secrets import mask_secrets
     if isinstance(original, str):
-        original = original.encode('utf-8', 'surrogateescape')
-    return DeadLetter(step, reason, detail, bytes(original), position, time.time_ns() // 1000)
+        original = mask_secrets(original).encode('utf-8', 'surrogateescape')
+    return DeadLetter(step, reason, mask_secrets(detail), bytes(original), position,
+                      time.time_ns() // 1000)

@@ -377,7 +377,6 @@ def _marked(diverged: set, target: str, key: Tuple[Any, ...], key_types: List[st
 def compare(folder: str, config_path: str, *, crash: Optional[str] = None,
             dead_letter_path: Optional[str] = None, replica_url: Optional[str] = None) -> Report:
     """Every row of the fixture's final.json against the replica of ``config_path``."""
-    workdir = os.path.dirname(os.path.abspath(config_path))
     with open(config_path, encoding='utf-8') as f:
         raw = yaml.safe_load(f)
     replica_url = replica_url or raw['sinks']['database']['url']

@@ -27,7 +27,7 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # statements a replica cannot reproduce, and the one cut at the log limit.
 EXPECTED_DEAD_LETTERS = sorted([
     ('sql_changes', 'needs-lookup'),   # INSERT INTO events ... NOW() without its key
-    ('sql_changes', 'needs-lookup'),   # UPDATE events ... WHERE kind LIKE
+    ('write_database', 'needs-lookup'),  # UPDATE events ... WHERE kind LIKE, events diverged
     ('sql_changes', 'needs-lookup'),   # INSERT INTO events ... SELECT
     ('sql_changes', 'needs-lookup'),   # UPDATE events SET kind = ? (prepared)
     ('parse_audit', 'truncated-statement'),
@@ -153,7 +153,10 @@ def test_rerunning_the_same_input_changes_nothing(tmp_path):
     second = snapshot_outputs(tmp_path, config)
     assert second[1] == first[1]
     assert second[2] == first[2]
-    assert sorted(second[0]) == sorted(first[0])
+    # The sink's dead letters are not all repeated: what a later TRUNCATE made
+    # stale is skipped (the WHERE ... LIKE on events, refused the first time).
+    assert sorted(n for n in second[0] if 'dead-letter' not in n) == sorted(
+        n for n in first[0] if 'dead-letter' not in n)
     for name, content in first[0].items():
         if 'dead-letter' in name:  # dead letters carry their rejection time
             continue

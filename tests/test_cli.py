@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from changeflow.cli import main
+from changeflow.cli import STATUS_DIVERGED, STATUS_ERROR, main
 from changeflow.config import ConfigError, parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +30,11 @@ def test_run_prints_outputs_and_counters(tmp_path, capsys):
     assert 'dead letters  ' + str(tmp_path / 'examples' / 'out' / 'dead-letter') in out
     counters = dict(line.split() for line in out.splitlines()
                     if line.startswith('  changeflow.'))
-    assert counters['changeflow.sql_changes.dead_lettered'] == '4'
+    assert counters['changeflow.sql_changes.dead_lettered'] == '3'
     assert counters['changeflow.parse_audit.dead_lettered'] == '1'
-    assert counters['changeflow.write_database.changes_dead_lettered'] == '0'
+    # UPDATE events ... WHERE kind LIKE: events is marked diverged (an INSERT
+    # without its key), so the WHERE cannot be evaluated on the replica's rows
+    assert counters['changeflow.write_database.changes_dead_lettered'] == '1'
 
 
 def test_run_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
@@ -134,3 +136,60 @@ def test_config_errors_name_the_key(tmp_path, path, value, message):
     with pytest.raises(ConfigError) as error:
         parse_config(with_change(path, value), str(tmp_path))
     assert message in str(error.value)
+
+
+DIVERGING_LOG = '\n'.join(
+    f"20261122 14:16:{10 + n:02d},vm,app,localhost,7,{20 + n},QUERY,shop,'{sql}',0"
+    for n, sql in enumerate([
+        "INSERT INTO orders (id, note, qty) VALUES "
+        "(1, \\'a\\', 1), (2, \\'b\\', 2), (3, \\'c\\', 3)",
+        'UPDATE orders SET note = NOW() WHERE id = 1',        # refused: row 1 marked
+        "UPDATE orders SET qty = \\'lots\\' WHERE id = 2",     # the sink refuses: row 2 marked
+        "UPDATE notes SET body = \\'x\\' WHERE body = \\'y\\' LIMIT 1",  # the table marked
+        "INSERT INTO orders (id, note) VALUES (4, \\'d\\')",
+    ])) + '\n'
+
+
+def diverging_job(tmp_path, url='sqlite:///out/replica.db'):
+    (tmp_path / 'audit.log').write_text(DIVERGING_LOG)
+    config = tmp_path / 'job.yaml'
+    config.write_text(f"""
+source: {{type: archive, format: server-audit, path: audit.log}}
+tables:
+  shop.orders: {{key: id, columns: {{id: integer, note: text, qty: integer}}}}
+  shop.notes: {{key: id, columns: {{id: integer, body: text}}}}
+sinks:
+  database: {{url: "{url}"}}
+dead_letter: {{path: out/dead-letter}}
+""")
+    return str(config)
+
+
+def test_status_and_the_run_summary_list_diverged_tables_and_rows(tmp_path, capsys):
+    config = diverging_job(tmp_path)
+    code, out, _ = run_cli(['status', config], capsys)
+    assert (code, out.splitlines()[-1]) == (0, '  nothing diverged')  # no replica yet
+    code, out, _ = run_cli(['run', config], capsys)
+    assert code == 0
+    listed = ['  table notes: whole table, needs-lookup at version ',
+              '  table orders: 2 row(s) diverged (bad-value 1, needs-lookup 1)']
+    summary = out[out.index('Diverged (changeflow status):'):].splitlines()[1:]
+    assert [line[:len(want)] for line, want in zip(summary, listed)] == listed
+    code, out, _ = run_cli(['status', config], capsys)
+    assert code == STATUS_DIVERGED == 1
+    assert out.splitlines()[1:] == summary
+    assert out.splitlines()[0] == f'changeflow: replica sqlite:///{tmp_path}/out/replica.db'
+
+
+def test_status_never_prints_a_password_and_reports_errors(tmp_path, capsys):
+    config = diverging_job(tmp_path, 'mysql+pymysql://cf:s3cr3t@127.0.0.1:1/test')
+    code, out, err = run_cli(['status', config], capsys)
+    assert code == STATUS_ERROR == 2
+    assert 'cannot read the replica mysql+pymysql://cf:***@127.0.0.1:1/test' in err
+    assert 's3cr3t' not in out + err
+    without_database = tmp_path / 'no-db.yaml'
+    without_database.write_text(open(config).read().replace(
+        "  database: {url: \"mysql+pymysql://cf:s3cr3t@127.0.0.1:1/test\"}\n",
+        '  parquet: {path: out/backup}\n'))
+    code, _, err = run_cli(['status', str(without_database)], capsys)
+    assert code == STATUS_ERROR and 'no database sink' in err

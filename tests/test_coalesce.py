@@ -82,7 +82,7 @@ def test_bounded_run_coalesces_each_row_over_the_whole_input():
                change(2, RowOp(OpKind.UPDATE, '', (), (inc('qty'),)), 30),
                change(3, RowOp(OpKind.UPDATE, '', (), (inc('qty'),)), 90)]
     with local_pipeline() as p:
-        out = p | beam.Create(changes) | CoalesceChanges(5, whole_input=True)
+        out = (p | beam.Create(changes) | CoalesceChanges(5, whole_input=True))[CoalesceChanges.MAIN]
         assert_that(out | beam.Map(lambda c: (c.key, [o.kind for o in c.ops],
                                               dict(c.ops[-1].values).get('qty'))),
                     equal_to([((1, 1), [OpKind.INSERT], 3)]))
@@ -114,4 +114,4 @@ def test_streaming_windows_fold_per_window_and_keep_order():
 
     # TestStream needs the BundleBasedDirectRunner; the FnApiRunner has no TestStream.
     with TestPipeline(runner='BundleBasedDirectRunner', options=options) as p:
-        assert_that(p | stream | CoalesceChanges(5, whole_input=False), check)
+        assert_that((p | stream | CoalesceChanges(5, whole_input=False))[CoalesceChanges.MAIN], check)

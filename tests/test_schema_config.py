@@ -104,7 +104,7 @@ def test_lower_case_table_names_setting(base):
      {'schema': {'file': 'schema.sql', 'lower_case_table_names': 1}}, 'named more than once'),
     ({f'{DB}.*': {'redact': 'email'}}, {}, 'redact: expected a list'),
     ([3], {}, r'tables\[0\]: expected a database.table name'),
-    ({3: {}}, {}, 'table names as strings'),
+    ({3: {}}, {}, 'a table name as a string'),
     (['orders'], {}, 'name tables as database.table'),
     ([f'{DB}.orders'], {'schema': None}, 'a list of names needs a schema'),
     ({f'{DB}.*': {}}, {'schema': {}}, 'a pattern needs a schema'),

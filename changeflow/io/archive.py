@@ -15,7 +15,17 @@ Three archive formats, each a file or glob on any Beam filesystem (local,
   line (no decode step).
 
 Files are read whole by one worker each (they are not split); a Reshuffle
-spreads the files. Files are read as stored (no decompression by file name:
+spreads the files.
+
+Bounds: finding a firehose object's members is linear in its size: members
+are inflated in 64 KiB steps without keeping their content, and after a
+corrupt stretch the search for the next member reads at most 4 times the
+object's size in failed attempts (a crafted tail of near-members would
+otherwise make it quadratic), then dead-letters the rest as one stretch. The
+outer gzip layer (Firehose compression) inflates to at most
+:data:`MAX_OBJECT_BYTES` (512 MiB, four times Firehose's largest buffer);
+outer members beyond it are dead-lettered ``too-large``. Arrival times must
+fall between 1970 and 9999. Files are read as stored (no decompression by file name:
 the gzip layers of the firehose format are detected from the content).
 """
 
@@ -23,6 +33,8 @@ import base64
 import binascii
 import datetime
 import itertools
+import math
+import zlib
 from typing import Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
@@ -34,13 +46,21 @@ from apache_beam.metrics import Metrics
 
 from changeflow.model import DEAD_LETTER_TAG, LogEvent, SourceRecord, dead_letter
 from changeflow.transforms.decode import GZIP_MAGIC, DecodeError, inflate_gzip_member
+from changeflow.transforms.guard import guarded, internal_error, preview
 
-__all__ = ['ReadArchive', 'FORMATS']
+__all__ = ['ReadArchive', 'FORMATS', 'MAX_OBJECT_BYTES']
 
 FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit')
 
 _STEP = 'read_archive'
 _MEMBER_START = GZIP_MAGIC + b'\x08'  # gzip magic + deflate, what every member starts with
+_CHUNK = 1 << 16
+# Resyncing after a corrupt member reads at most this many times the data's size.
+_RESYNC_FACTOR = 4
+# Most bytes the outer gzip layer of one firehose object may inflate to.
+MAX_OBJECT_BYTES = 512 << 20
+# ApproximateArrivalTimestamp bounds: datetime's range, in epoch milliseconds.
+_MIN_ARRIVAL_MS, _MAX_ARRIVAL_MS = 0, 253402300799999
 
 
 class _ArchiveError(ValueError):
@@ -50,6 +70,8 @@ class _ArchiveError(ValueError):
         self.detail = detail
 
 
+@guarded(_STEP, lambda readable: readable.metadata.path, lambda readable: readable.metadata.path,
+         buffered=False)
 class _ReadFileFn(beam.DoFn):
     """Reads one archive file; counts are summed per file (a counter update
     costs ~0.5 µs, as much as reading a line)."""
@@ -105,7 +127,8 @@ class _ReadServerAuditFn(_ReadFileFn):
             try:
                 message = line.decode('utf-8')
             except UnicodeDecodeError as e:
-                yield self._dead('bad-utf8', f'line {lineno} is not UTF-8: {e}', line, position)
+                yield self._dead('bad-utf8', f'line {lineno} is not UTF-8: {e}',
+                                 line.decode('utf-8', 'surrogateescape'), position)
                 continue
             yield new(LogEvent, (message, '', path, str(lineno), 0, position))
 
@@ -115,37 +138,57 @@ def _arrival_ms(value) -> int:
     if value is None:
         return 0
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (isinstance(value, int) or math.isfinite(value)) or not (
+                _MIN_ARRIVAL_MS <= value * 1000 <= _MAX_ARRIVAL_MS):
+            raise _ArchiveError('bad-record', f'ApproximateArrivalTimestamp {preview(value)} is not'
+                                              f' a time between 1970 and 9999')
         return round(value * 1000)
     if isinstance(value, str):
         try:
             when = datetime.datetime.fromisoformat(value)
         except ValueError:
-            raise _ArchiveError('bad-record', f'ApproximateArrivalTimestamp {value!r}'
+            raise _ArchiveError('bad-record', f'ApproximateArrivalTimestamp {preview(value)}'
                                               f' is not ISO-8601') from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
-        return round(when.timestamp() * 1000)
-    raise _ArchiveError('bad-record', f'ApproximateArrivalTimestamp {value!r:.80} is neither'
+        try:
+            millis = round(when.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):  # year 1 in a zone west of UTC, ...
+            millis = -1
+        if not _MIN_ARRIVAL_MS <= millis <= _MAX_ARRIVAL_MS:
+            raise _ArchiveError('bad-record', f'ApproximateArrivalTimestamp {preview(value)}'
+                                              f' is not a time between 1970 and 9999')
+        return millis
+    raise _ArchiveError('bad-record', f'ApproximateArrivalTimestamp {preview(value)} is neither'
                                       f' a string nor a number')
 
 
 def _kinesis_record(record, path: str) -> SourceRecord:
     if not isinstance(record, dict):
-        raise _ArchiveError('bad-record', f'not a JSON object: {record!r:.80}')
+        raise _ArchiveError('bad-record', f'not a JSON object: {preview(record)}')
     data, sequence, shard = record.get('Data'), record.get('SequenceNumber'), record.get('ShardId', '')
     if not isinstance(data, str):
-        raise _ArchiveError('bad-record', f'Data is {data!r:.80}, expected a base64 string')
+        raise _ArchiveError('bad-record', f'Data is {preview(data)}, expected a base64 string')
     if not isinstance(sequence, str) or not sequence:
-        raise _ArchiveError('bad-record', f'SequenceNumber is {sequence!r:.80},'
+        raise _ArchiveError('bad-record', f'SequenceNumber is {preview(sequence)},'
                                           f' expected a non-empty string')
     if not isinstance(shard, str):
-        raise _ArchiveError('bad-record', f'ShardId is {shard!r:.80}, expected a string')
+        raise _ArchiveError('bad-record', f'ShardId is {preview(shard)}, expected a string')
     try:
         payload = base64.b64decode(data, validate=True)
-    except binascii.Error as e:
+    except (binascii.Error, ValueError) as e:  # ValueError: text that is not ASCII
         raise _ArchiveError('bad-base64', f'Data: {e}') from None
     return SourceRecord(payload, path, shard, sequence,
                         _arrival_ms(record.get('ApproximateArrivalTimestamp')))
+
+
+def _json_form(record, line: bytes) -> bytes:
+    """One record of a get-records line as JSON; the whole line if orjson
+    cannot write it back (nested deeper than it goes)."""
+    try:
+        return orjson.dumps(record)
+    except orjson.JSONEncodeError:
+        return line
 
 
 class _ReadKinesisJsonlFn(_ReadFileFn):
@@ -169,37 +212,93 @@ class _ReadKinesisJsonlFn(_ReadFileFn):
                 try:
                     yield _kinesis_record(record, path)
                 except _ArchiveError as e:
-                    original = line if record is document else orjson.dumps(record)
+                    original = line if record is document else _json_form(record, line)
                     yield self._dead(e.reason, f'{record_position}: {e.detail}', original,
                                      record_position)
+                except Exception as e:  # pylint: disable=broad-except
+                    # A defect: this record alone is dead-lettered.
+                    original = line if record is document else _json_form(record, line)
+                    yield pvalue.TaggedOutput(DEAD_LETTER_TAG, internal_error(
+                        _STEP, e, original, record_position))
+
+
+class _BadMember(ValueError):
+    """No valid, complete gzip member at an offset; ``consumed``: input bytes read to find out."""
+
+    def __init__(self, detail: str, consumed: int):
+        super().__init__(detail)
+        self.detail = detail
+        self.consumed = consumed
+
+
+def _scan_member(data: bytes, offset: int, max_input: int = -1) -> Tuple[bytes, int]:
+    """(first bytes of its content, end offset) of the gzip member at
+    ``data[offset]``, inflated in bounded steps and not kept (memory stays
+    constant, whatever the member inflates to); reads at most ``max_input``
+    bytes of input when that is not -1.
+
+    Raises:
+        _BadMember: no valid, complete member there (or not within max_input).
+    """
+    if data[offset:offset + 2] != GZIP_MAGIC:
+        raise _BadMember(f'no gzip member at offset {offset}: {data[offset:offset + 16]!r}', 2)
+    stop = len(data) if max_input < 0 else min(len(data), offset + max_input)
+    view = memoryview(data)
+    inflater = zlib.decompressobj(wbits=31)
+    head = b''
+    position = offset
+    try:
+        while not inflater.eof and position < stop:
+            chunk = view[position:min(position + _CHUNK, stop)]
+            position += len(chunk)
+            while chunk and not inflater.eof:
+                out = inflater.decompress(chunk, _CHUNK)
+                if len(head) < len(_MEMBER_START):
+                    head += out[:len(_MEMBER_START)]
+                chunk = inflater.unconsumed_tail
+    except zlib.error as e:
+        raise _BadMember(f'gzip member at offset {offset}: {e}', position - offset) from None
+    if not inflater.eof:
+        raise _BadMember(f'gzip member at offset {offset} is truncated', position - offset)
+    return head, position - len(inflater.unused_data)
 
 
 def _gzip_members(data: bytes) -> Iterator[Tuple[int, int, Optional[bytes], str]]:
-    """(start, end, content, '') per gzip member of data, in order, and
-    (start, end, None, error) per corrupt stretch: from a member that does not
-    inflate up to the next offset where a member does (or the end)."""
+    """(start, end, first bytes of content, '') per gzip member of data, in
+    order, and (start, end, None, error) per corrupt stretch: from a member
+    that does not inflate up to the next offset where a member does (or the
+    end). Linear in ``len(data)``: the failed attempts of resyncing read at
+    most _RESYNC_FACTOR times the data's bytes in all, then the rest of the
+    data is one corrupt stretch."""
+    budget = _RESYNC_FACTOR * len(data) + _CHUNK
     offset = 0
     while offset < len(data):
         try:
-            content, end = inflate_gzip_member(data, offset)
-        except DecodeError as e:
-            resume = _next_member(data, offset + 1)
-            yield offset, resume, None, e.detail
+            head, end = _scan_member(data, offset)
+        except _BadMember as e:
+            budget -= e.consumed
+            resume, budget = _next_member(data, offset + 1, budget)
+            detail = e.detail if budget > 0 else (
+                f'{e.detail}; the rest of the data is not searched for members'
+                f' (resync read {_RESYNC_FACTOR}x its size)')
+            yield offset, resume, None, detail
             offset = resume
             continue
-        yield offset, end, content, ''
+        yield offset, end, head, ''
         offset = end
 
 
-def _next_member(data: bytes, start: int) -> int:
+def _next_member(data: bytes, start: int, budget: int) -> Tuple[int, int]:
+    """(offset of the next valid member after start, or len(data); budget left)."""
     candidate = data.find(_MEMBER_START, start)
-    while candidate != -1:
+    while candidate != -1 and budget > 0:
         try:
-            inflate_gzip_member(data, candidate)
-            return candidate
-        except DecodeError:
+            _scan_member(data, candidate, budget)
+            return candidate, budget
+        except _BadMember as e:
+            budget -= e.consumed
             candidate = data.find(_MEMBER_START, candidate + 1)
-    return len(data)
+    return len(data), budget
 
 
 class _ReadFirehoseFn(_ReadFileFn):
@@ -214,18 +313,27 @@ class _ReadFirehoseFn(_ReadFileFn):
         members = itertools.chain([first], members)
         if first[2] is not None and first[2][:3] == _MEMBER_START:
             # Firehose compression on top: the object gzips the concatenated members.
-            inner = []
-            for k, (start, end, content, error) in enumerate(members):
-                if content is None:
+            inner, room = [], MAX_OBJECT_BYTES
+            for k, (start, end, head, error) in enumerate(members):
+                position = f'{path}#outer{k:010d}'
+                if head is None:
                     yield self._dead('bad-gzip', f'outer gzip bytes {start}-{end}: {error}',
-                                     data[start:end], f'{path}#outer{k:010d}')
-                else:
-                    inner.append(content)
+                                     data[start:end], position)
+                    continue
+                try:
+                    content, _ = inflate_gzip_member(data, start, room)
+                except DecodeError as e:
+                    yield self._dead(e.reason, f'outer gzip bytes {start}-{end}: {e.detail}'
+                                               f' (at most {MAX_OBJECT_BYTES:,} bytes per object)',
+                                     data[start:end], position)
+                    continue
+                room -= len(content)
+                inner.append(content)
             data = b''.join(inner)
             members = _gzip_members(data)
-        for index, (start, end, content, error) in enumerate(members):
+        for index, (start, end, head, error) in enumerate(members):
             sequence = f'{index:010d}'
-            if content is None:
+            if head is None:
                 yield self._dead('bad-gzip', f'bytes {start}-{end}: {error}', data[start:end],
                                  f'{path}#{sequence}')
             else:

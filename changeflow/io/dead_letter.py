@@ -36,6 +36,7 @@ from apache_beam.metrics import Metrics
 from changeflow.io.files import WrittenFile, write_file
 from changeflow.io.json_records import dumps_json, iso_utc, loads_json, parse_iso_utc
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter
+from changeflow.transforms.guard import guarded
 
 __all__ = ['WriteDeadLetters', 'read_dead_letters']
 
@@ -60,6 +61,7 @@ def _line(letter: DeadLetter) -> bytes:
     })
 
 
+@guarded(_STEP, lambda element: b'\n'.join(map(_line, element[1])), buffered=False)
 class _WriteDeadLetterFilesFn(beam.DoFn):
     """(key, letters) of one window -> files of sorted letters; letters whose
     file cannot be written go to DEAD_LETTER_TAG unchanged."""

@@ -100,6 +100,7 @@ def change_json(change: Change) -> bytes:
             'position': op.position,
             'values': {c: json_value(v) for c, v in op.values},
             'assignments': [[c, _sql_text(e)] for c, e in op.assignments],
+            **({} if op.condition is None else {'condition': _sql_text(op.condition)}),
         } for op in change.ops],
     })
 

@@ -30,7 +30,8 @@ values that op writes (see :func:`changeflow.sql.rowstate.op_columns`: an
 UPDATE's literal assignments, an insert's or UPSERT's inserted values; computed
 assignments are left out), rendered by
 :func:`changeflow.io.json_records.json_value` (Decimal as text, bytes base64).
-Columns in the TableSpec's ``redact``, values and key parts alike, read
+Columns in the TableSpec's ``redact`` (compared case-insensitively, as
+MySQL compares column names), values and key parts alike, read
 ``"***"``. ``id`` is a hash of (rule target, table, key, version): two rules
 with the same target send one notification.
 
@@ -63,8 +64,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from changeflow.config import NotifyRule, TableSpec
 from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_json
-from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
+from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']
@@ -184,7 +186,7 @@ class StdoutWriter(NotificationWriter):
 
 WRITERS: Dict[str, type] = {'file': JsonLinesFileWriter, 'stdout': StdoutWriter}
 
-_OP_KINDS = frozenset(kind.value for kind in OpKind)
+_OP_KINDS = frozenset(kind.value for kind in OpKind if kind not in MARKER_KINDS)
 
 
 class _Rule(NamedTuple):
@@ -239,11 +241,11 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
     note_id = hashlib.sha256(dumps_json(
         [target, change.table, key, change.version])).hexdigest()[:32]
     if redact and len(key_columns) == len(key):
-        key = [REDACTED if column in redact else value
+        key = [REDACTED if column.lower() in redact else value
                for column, value in zip(key_columns, key)]
     last = change.ops[-1]
     literals, _ = op_columns(last)
-    values = {column: REDACTED if column in redact else json_value(value)
+    values = {column: REDACTED if column.lower() in redact else json_value(value)
               for column, value in literals.items()}
     return note_id, dumps_json({
         'id': note_id, 'table': change.table, 'key': key, 'op': last.kind.value,
@@ -260,6 +262,7 @@ class _Pending(NamedTuple):
     window: Any
 
 
+@guarded(_STEP, changes_original, lambda change: change.ops[-1].position, buffered=False)
 class _NotifyFn(beam.DoFn):
     """Change -> notification lines written (main) and DeadLetters."""
 
@@ -389,7 +392,7 @@ class WriteNotifications(beam.PTransform):
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size!r}')
         self._rules = tuple(_parse_rule(rule) for rule in rules)
-        self._tables = {spec.source: (frozenset(spec.redact), tuple(spec.key))
+        self._tables = {spec.source: (frozenset(c.lower() for c in spec.redact), tuple(spec.key))
                         for spec in tables}
         self._batch_size = batch_size
 

@@ -66,7 +66,7 @@ import functools
 import hashlib
 import io
 import re
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -82,6 +82,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
+from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
 
@@ -100,6 +101,7 @@ METADATA_SCHEMA = pa.schema([
 _RESERVED = frozenset(METADATA_SCHEMA.names) | {'table', 'date', 'values'}
 _UNSAFE_IN_NAME = re.compile(r'[^A-Za-z0-9._-]')
 _UNROUTABLE = ('', '')
+_FAILED = ('', 'failed')  # dead letters of KeyByPartition, passed through WriteFiles
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -141,6 +143,7 @@ class _Layout(NamedTuple):
     key: Tuple[str, ...]
     columns: Tuple[_Column, ...]   # empty: values go to the 'values' JSON column
     schema: pa.Schema
+    redacted: FrozenSet[str] = frozenset()  # lower-cased: never shown in a dead letter's detail
 
 
 def _layout(spec: TableSpec) -> _Layout:
@@ -162,7 +165,8 @@ def _layout(spec: TableSpec) -> _Layout:
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise ValueError(f'{spec.source}: Parquet column names clash: {clashes}')
-    return _Layout(spec.target, tuple(spec.key), tuple(columns), pa.schema(fields))
+    return _Layout(spec.target, tuple(spec.key), tuple(columns), pa.schema(fields),
+                   frozenset(column.lower() for column in spec.redact))
 
 
 class _BadRow(Exception):
@@ -214,8 +218,9 @@ def _row(change: Change, op: RowOp, layout: _Layout, plan) -> Dict[str, Any]:
         try:
             row[column.name] = None if value is None else coerce(value)
         except BadValue as error:
+            shown = '<redacted>' if lowered in layout.redacted else f'{value!r:.100}'
             raise _BadRow('bad-value', f'{change.table}.{column.source}: cannot store '
-                          f'{value!r:.100} as {column.column_type}: {error}') from None
+                          f'{shown} as {column.column_type}: {error}') from None
     return row
 
 
@@ -228,6 +233,7 @@ def _utc_day(time_us: int) -> str:
     return (_EPOCH + datetime.timedelta(microseconds=time_us)).date().isoformat()
 
 
+@guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
     """Change -> one (partition, single-op Change) per op. Never raises: a
     Change that has no partition is keyed _UNROUTABLE and rejected after the
@@ -248,6 +254,7 @@ class _KeyByPartition(beam.DoFn):
             yield partition, Change(change.table, change.key, (op,), change.event_time_us)
 
 
+@guarded(_STEP, lambda element: changes_original(element[1]), buffered=False)
 class _WritePartitionFn(beam.DoFn):
     """(partition, single-op Changes) -> Parquet files and dead letters."""
 
@@ -269,6 +276,9 @@ class _WritePartitionFn(beam.DoFn):
 
     def process(self, element):
         partition, changes = element
+        if partition == _FAILED:
+            yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in changes)
+            return
         if partition == _UNROUTABLE:
             for change in changes:
                 if change.table in self._layouts:
@@ -381,9 +391,12 @@ class WriteParquetBackup(beam.PTransform):
 
     def expand(self, changes):
         targets = {source: layout.target for source, layout in self._layouts.items()}
-        return (changes
-                | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets))
-                | 'GroupByPartition' >> beam.GroupByKey()
+        keyed = changes | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets)).with_outputs(
+            DEAD_LETTER_TAG, main='keyed')
+        failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(
+            lambda letter: (_FAILED, [letter]))
+        return ((keyed['keyed'] | 'GroupByPartition' >> beam.GroupByKey(), failed)
+                | 'WithFailed' >> beam.Flatten()
                 | 'WriteFiles' >> beam.ParDo(
                     _WritePartitionFn(self._path, self._layouts, self._rows_per_file)
                 ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

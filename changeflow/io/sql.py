@@ -18,6 +18,14 @@ in the target database itself, written in the same transaction as the rows:
   stays inside MariaDB's 3072-byte index limit in utf8mb4.
 * ``changeflow_table_versions(table_name, truncated_version)``: per replica
   table, the version of the newest TRUNCATE applied ('' when none).
+* ``changeflow_diverged(table_name, row_key, version, reason, detail)``,
+  primary key ``(table_name, row_key)``: the rows (``row_key`` as above) and
+  whole tables (``row_key = ''``) no longer known to equal the source, with
+  the version and reason of the newest mark: a DIVERGE op (a statement the
+  SQL stage dead-lettered) or a change this sink dead-lettered. Later changes
+  still apply; a mark stays until the row is repaired, or a TRUNCATE newer
+  than the mark empties the table at the source and in the replica alike
+  (older DIVERGE ops are then stale, as any older op is).
 
 The prefix ``changeflow_`` is configurable; ``table_name`` is the replica
 table name (``TableSpec.target``).
@@ -56,11 +64,12 @@ from changeflow.sql.coercion import BadValue, coercer
 from changeflow.config import TableSpec
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
-from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter
+from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import normalises_values, sqlalchemy_type
+from changeflow.transforms.guard import changes_original, describe_error, guarded
 
-__all__ = ['WriteToDatabase']
+__all__ = ['WriteToDatabase', 'Divergence', 'read_divergence']
 
 _STEP = 'write_database'
 
@@ -72,6 +81,7 @@ _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
 _DETAIL_LENGTH = 2000
+_REASON_LENGTH = 64
 _MISSING = object()
 
 
@@ -162,27 +172,37 @@ def _row_key(values: Sequence[Any]) -> str:
 def _shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int], Change]]:
     """(table, shard) keyed copies of a Change: one, by a stable hash of its key
     values, so every change of one row goes to the same shard on every worker
-    and run; a TRUNCATE goes to every shard of its table, so each shard applies
-    it in version order with its own rows' changes (shard 0 reports it)."""
+    and run; a whole-table op (TRUNCATE, DIVERGE) goes to every shard of its
+    table, so each shard applies it in version order with its own rows'
+    changes (shard 0 reports it)."""
     if not change.key:
         for shard in range(num_shards):
             yield (change.table, shard), change
         return
-    text = json.dumps([change.table, [str(v) for v in change.key]], ensure_ascii=False)
+    yield (change.table, _shard_of(change.table, change.key, num_shards)), change
+
+
+def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
+    """The shard of a row, from the canonical text of its key values: the
+    same for the values a Change carries and for those read back from the
+    replica, for the key types _ShardableKey accepts."""
+    text = json.dumps([table, [str(_key_part(v)) for v in key]], ensure_ascii=False)
     digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
-    yield (change.table, int.from_bytes(digest, 'big') % num_shards), change
+    return int.from_bytes(digest, 'big') % num_shards
 
 
 # ---------------------------------------------------------------------------
 # The replica: tables, bookkeeping, and how one batch is written.
 
 class _Rejected(Exception):
-    """A change the sink cannot apply; becomes a dead letter."""
+    """A change the sink cannot apply; becomes a dead letter. ``index``: the
+    position of the op that cannot be applied, among the ops tried."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.index = 0
 
 
 class _Item(NamedTuple):
@@ -190,7 +210,8 @@ class _Item(NamedTuple):
     change: Change
     timestamp: Any
     window: Any
-    reported: bool = True  # False for the copies of a TRUNCATE outside shard 0
+    reported: bool = True  # False for the copies of a whole-table op outside shard 0
+    shard: int = 0
 
 
 class _Outcome:
@@ -227,6 +248,7 @@ class _Target:
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
         self.coercers = {c.name: (_coercer(c.type), repr(c.type)) for c in table.columns}
+        self.redacted = frozenset(column.lower() for column in spec.redact)
 
     def coerce(self, column: str, value):
         if column not in self.coercers:
@@ -238,7 +260,7 @@ class _Target:
         try:
             return coerce(value)
         except BadValue as exc:
-            shown = '<redacted>' if column in self.spec.redact else repr(value)
+            shown = '<redacted>' if column.lower() in self.redacted else repr(value)
             raise _Rejected('bad-value', f'column {column!r} of {self.name!r} ({described}): '
                                          f'{shown}: {exc}') from None
 
@@ -339,7 +361,8 @@ def _chunks(values: Sequence, size: int = _KEYS_PER_SELECT):
         yield values[start:start + size]
 
 
-def _bookkeeping_tables(metadata: sa.MetaData, prefix: str) -> Tuple[sa.Table, sa.Table]:
+def _bookkeeping_tables(metadata: sa.MetaData, prefix: str
+                        ) -> Tuple[sa.Table, sa.Table, sa.Table]:
     # Binary collations: row keys compare exactly and versions bytewise everywhere.
     def text(length):
         return sa.String(length).with_variant(sa.String(length, collation='C'), 'postgresql')
@@ -356,7 +379,15 @@ def _bookkeeping_tables(metadata: sa.MetaData, prefix: str) -> Tuple[sa.Table, s
         sa.Column('table_name', text(_TABLE_NAME_LENGTH), primary_key=True),
         sa.Column('truncated_version', text(_VERSION_LENGTH), nullable=False),
         **options)
-    return rows, tables
+    diverged = sa.Table(
+        f'{prefix}diverged', metadata,
+        sa.Column('table_name', text(_TABLE_NAME_LENGTH), primary_key=True),
+        sa.Column('row_key', text(_ROW_KEY_LENGTH), primary_key=True),  # '': the whole table
+        sa.Column('version', text(_VERSION_LENGTH), nullable=False),
+        sa.Column('reason', sa.String(_REASON_LENGTH), nullable=False),
+        sa.Column('detail', sa.Text(), nullable=False),
+        **options)
+    return rows, tables, diverged
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
@@ -394,9 +425,11 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
 class _Replica:
     """The replica tables of one database and the transactional write of a batch."""
 
-    def __init__(self, specs: Sequence[TableSpec], bookkeeping_prefix: str):
+    def __init__(self, specs: Sequence[TableSpec], bookkeeping_prefix: str,
+                 num_shards: int = 1):
         self._specs = {spec.source: spec for spec in specs}
         self._prefix = bookkeeping_prefix
+        self._num_shards = num_shards
         self.targets: Dict[str, _Target] = {}
         self.prepared = False
 
@@ -406,8 +439,8 @@ class _Replica:
         Raises ValueError when a table without declared columns does not exist.
         """
         metadata = sa.MetaData()
-        self._rows, self._tables = _bookkeeping_tables(metadata, self._prefix)
-        created = [self._rows, self._tables]
+        self._rows, self._tables, self._diverged = _bookkeeping_tables(metadata, self._prefix)
+        created = [self._rows, self._tables, self._diverged]
         targets = {}
         with engine.begin() as conn:
             for spec in self._specs.values():
@@ -453,9 +486,9 @@ class _Replica:
         # table run concurrently, a TRUNCATE waits for them and they for it.
         truncated = {name: self._lock_table(conn, name, exclusive=name in truncating)
                      for name in names}
-        truncates = sorted((i for i in items if not i.change.key), key=lambda i: i.change.version)
-        for item in truncates:  # before the keyed changes: they see the new marker
-            outcome.merge(self._guarded(conn, isolate, [item], self._truncate, truncated))
+        whole = sorted((i for i in items if not i.change.key), key=lambda i: i.change.version)
+        for item in whole:  # before the keyed changes: they see the new marker
+            outcome.merge(self._guarded(conn, isolate, [item], self._table_ops, truncated))
         keyed = _grouped((i for i in items if i.change.key), lambda i: i.change.table)
         for table in sorted(keyed):
             target = self.targets[table]
@@ -465,8 +498,7 @@ class _Replica:
                                             target, truncated[target.name]))
         return outcome
 
-    @staticmethod
-    def _guarded(conn, isolate, items, write, *args) -> _Outcome:
+    def _guarded(self, conn, isolate, items, write, *args) -> _Outcome:
         if not isolate:
             return write(conn, items, *args)
         savepoint = conn.begin_nested()
@@ -474,7 +506,9 @@ class _Replica:
             outcome = write(conn, items, *args)
         except sa_exc.StatementError as exc:
             savepoint.rollback()
-            return _Outcome.all_dead(items, 'database-rejected', _describe(exc))
+            outcome = _Outcome.all_dead(items, 'database-rejected', _describe(exc))
+            self._mark_dead(conn, outcome)
+            return outcome
         savepoint.commit()
         return outcome
 
@@ -487,43 +521,132 @@ class _Replica:
             version = ''
         return version
 
-    def _truncate(self, conn, items: List[_Item], truncated: Dict[str, str]) -> _Outcome:
-        """Delete the rows whose stored version is older than the TRUNCATE
-        (rows written after it survive) and record it as the table's marker."""
+    def _table_ops(self, conn, items: List[_Item], truncated: Dict[str, str]) -> _Outcome:
+        """Whole-table ops newer than the table's last TRUNCATE, in order: a
+        DIVERGE marks the table diverged; a TRUNCATE deletes the rows whose
+        stored version is older than it (rows written after it survive), and
+        their marks and the table's older ones (the rows are gone at the
+        source too), and is recorded as the table's marker."""
         outcome = _Outcome()
         for item in items:
             target = self.targets[item.change.table]
             ops = item.change.ops
-            if any(op.kind != OpKind.TRUNCATE for op in ops):
-                outcome.dead.append((item, 'bad-change',
-                                     'a change without a key must be a TRUNCATE'))
+            if any(op.kind not in _TABLE_KINDS for op in ops):
+                outcome.dead.append((item, 'bad-change', 'a change without a key must be a '
+                                     'TRUNCATE, DIVERGE, UPDATE or DELETE'))
                 continue
-            newer = [op for op in ops if op.version > truncated[target.name]]
-            outcome.counts['ops_skipped_stale'] += len(ops) - len(newer)
-            outcome.applied.append(item)
-            if not newer:
-                continue
-            version = newer[-1].version
-            rows = self._rows
-            of_table = rows.c.table_name == target.name
-            survivors = set(conn.scalars(sa.select(rows.c.row_key)
-                                         .where(of_table, rows.c.version > version)))
-            if survivors:
-                doomed = [tuple(r) for r in conn.execute(sa.select(*target.key_columns))
-                          if _row_key(tuple(r)) not in survivors]
-                plan = _Plan(target)
-                for key in doomed:
-                    plan.add(key, RowState(True, {}, False), ABSENT)
-                plan.execute(conn)
-                deleted = len(doomed)
+            refused = []
+            for index, op in enumerate(ops):
+                if op.version <= truncated[target.name]:
+                    outcome.counts['ops_skipped_stale'] += 1
+                elif op.kind == OpKind.DIVERGE:
+                    self._record_marks(conn, [_diverged_row(target, '', op.version,
+                                                            *divergence(op))], outcome.counts)
+                elif op.kind == OpKind.TRUNCATE:
+                    outcome.counts['rows_deleted'] += self._truncate(conn, target, op.version)
+                    truncated[target.name] = op.version
+                else:
+                    refusal = self._table_write(conn, target, op, item, outcome)
+                    if refusal is not None:
+                        # Not applied here: the table is stale from this op on.
+                        self._record_marks(conn, [_diverged_row(
+                            target, '', op.version, 'needs-lookup', refusal[0])], outcome.counts)
+                        refused.append((index, *refusal))
+            if refused:
+                # Every refusing shard says so (its rows are stale), each naming
+                # itself; a refusal every shard makes alike is reported once.
+                index, why, alike = refused[0]
+                if item.reported or not alike:
+                    outcome.dead.append((_with_ops(item, ops[index:]), 'needs-lookup', why))
+                if index:
+                    outcome.applied.append(_with_ops(item, ops[:index]))
             else:
-                deleted = conn.execute(target.table.delete()).rowcount
-            conn.execute(rows.delete().where(of_table, rows.c.version < version))
-            _upsert(conn, self._tables, [{'table_name': target.name, 'truncated_version': version}],
-                    update=('truncated_version',))
-            truncated[target.name] = version
-            outcome.counts['rows_deleted'] += max(deleted, 0)
+                outcome.applied.append(item)
         return outcome
+
+    def _table_write(self, conn, target: _Target, op, item: _Item, outcome: _Outcome
+                     ) -> Optional[Tuple[str, bool]]:
+        """An UPDATE or DELETE of the rows its condition holds for (all rows
+        when None), applied to this shard's rows of the replica whose stored
+        version is older than it (newer ones had it applied in their own
+        Change). None when done; (why not, whether every shard refuses
+        alike) when it cannot be: the table (or one of this shard's rows) is
+        marked diverged, so the replica's rows are not known to be the
+        source's, or the key type does not shard the same read back."""
+        shard, shards = item.shard, self._num_shards
+        where = f'{op.kind.value.upper()} of rows the WHERE does not name'
+        if not _shardable(target):
+            return (f'{where}: the key type of {target.name!r} does not read back as '
+                    f'written, so its rows cannot be split among the shards'), True
+        diverged = self._diverged
+        marked = conn.scalars(sa.select(diverged.c.row_key).where(
+            diverged.c.table_name == target.name, diverged.c.version < op.version)).all()
+
+        def in_shard(row_key):  # the table's mark, or one of this shard's rows'
+            return not row_key or row_key.startswith('sha256:') or _shard_of(
+                item.change.table, json.loads(row_key), shards) == shard
+        if any(in_shard(row_key) for row_key in marked):
+            return (f'{where}: {target.name!r} is marked diverged, or rows of it (shard '
+                    f'{shard} of {shards}) it may or may not hit at the source'), False
+        rows = {}
+        for row in conn.execute(sa.select(target.table)).mappings():
+            key = tuple(row[c.name] for c in target.key_columns)
+            if _shard_of(item.change.table, key, shards) == shard:
+                rows[_row_key(key)] = (key, dict(row))
+        stored = self._stored_versions(conn, target, list(rows))
+        plan, versions, marks = _Plan(target), [], []
+        for row_key, (key, values) in rows.items():
+            if stored.get(row_key, '') >= op.version:
+                continue
+            base = RowState(True, values, False)
+            try:
+                _, state, _, rejection = self._apply_prefix(conn, target, key, base, [op])
+            except _Rejected as exc:  # pragma: no cover - _apply_prefix reports it
+                rejection = exc
+            if rejection is not None:
+                marks.append(_diverged_row(target, row_key, op.version, rejection.reason,
+                                           rejection.detail))
+                outcome.dead.append((_with_ops(item._replace(change=item.change._replace(
+                    key=key)), [op]), rejection.reason, rejection.detail))
+                continue
+            if state != base:
+                plan.add(key, base, state)
+                versions.append({'table_name': target.name, 'row_key': row_key,
+                                 'version': op.version, 'deleted': not state.exists})
+        plan.execute(conn)
+        _upsert(conn, self._rows, versions, update=('version', 'deleted'))
+        self._record_marks(conn, marks, outcome.counts)
+        outcome.counts['rows_upserted'] += plan.rows_upserted
+        outcome.counts['rows_deleted'] += plan.rows_deleted
+        return None
+
+    def _truncate(self, conn, target: _Target, version: str) -> int:
+        """TRUNCATE at ``version``; returns the number of rows deleted."""
+        rows = self._rows
+        of_table = rows.c.table_name == target.name
+        survivors = set(conn.scalars(sa.select(rows.c.row_key)
+                                     .where(of_table, rows.c.version > version)))
+        if survivors:
+            doomed = [tuple(r) for r in conn.execute(sa.select(*target.key_columns))
+                      if _row_key(tuple(r)) not in survivors]
+            plan = _Plan(target)
+            for key in doomed:
+                plan.add(key, RowState(True, {}, False), ABSENT)
+            plan.execute(conn)
+            deleted = len(doomed)
+        else:
+            deleted = conn.execute(target.table.delete()).rowcount
+        # Older marks go with their rows (a row written after the TRUNCATE
+        # keeps its mark) and the table's own.
+        diverged = self._diverged
+        conn.execute(diverged.delete().where(
+            diverged.c.table_name == target.name, diverged.c.version < version,
+            diverged.c.row_key.not_in(sa.select(rows.c.row_key).where(
+                of_table, rows.c.version > version))))
+        conn.execute(rows.delete().where(of_table, rows.c.version < version))
+        _upsert(conn, self._tables, [{'table_name': target.name, 'truncated_version': version}],
+                update=('truncated_version',))
+        return max(deleted, 0)
 
     def _write_rows(self, conn, items: List[_Item], target: _Target,
                     truncated_version: str) -> _Outcome:
@@ -532,20 +655,23 @@ class _Replica:
         outcome = _Outcome()
         pending = sorted(items, key=lambda i: i.change.first_version)
         while pending:
-            rows, pending = self._distinct_rows(target, pending, outcome)
+            rows, pending = self._distinct_rows(conn, target, pending, outcome)
             if rows:
                 outcome.merge(self._write_round(conn, target, rows, truncated_version))
         return outcome
 
-    @staticmethod
-    def _distinct_rows(target, items, outcome):
-        """((item, key, row_key) of the first change of each row, the later changes)."""
+    def _distinct_rows(self, conn, target, items, outcome):
+        """((item, key, row_key) of the first change of each row, the later
+        changes). A change whose key cannot be coerced is dead-lettered and,
+        its row being unnamed in the replica, marks the table diverged."""
         rows, seen, later = [], set(), []
         for item in items:
             try:
                 key = target.coerce_key(item.change.key)
             except _Rejected as exc:
                 outcome.dead.append((item, exc.reason, exc.detail))
+                self._record_marks(conn, [_diverged_row(
+                    target, '', item.change.first_version, exc.reason, exc.detail)], outcome.counts)
                 continue
             row_key = _row_key(key)
             if row_key in seen:
@@ -560,30 +686,98 @@ class _Replica:
         stored = self._stored_versions(conn, target, [row_key for _, _, row_key in rows])
         current = self._current_rows(conn, target, [key for _, key, _ in rows])
         plan = _Plan(target)
-        versions = []
+        versions, marks = [], []
         for item, key, row_key in rows:
             ops = item.change.ops
             guard = max(stored.get(row_key, ''), truncated_version)
             newer = [op for op in ops if op.version > guard]
             stale = len(ops) - len(newer)
-            if newer:
-                row = current.get(row_key)
-                base = ABSENT if row is None else RowState(True, row, False)
-                try:
-                    base, state = self._apply(conn, target, key, base, newer)
-                except _Rejected as exc:
-                    outcome.dead.append((item, exc.reason, exc.detail))
-                    continue
+            outcome.counts['ops_skipped_stale'] += stale
+            if not newer:
+                outcome.applied.append(item)
+                continue
+            row = current.get(row_key)
+            base = ABSENT if row is None else RowState(True, row, False)
+            base, state, applied, rejection = self._apply_prefix(conn, target, key, base, newer)
+            marks.extend(_diverged_row(target, row_key, op.version, *divergence(op))
+                         for op in applied if op.kind == OpKind.DIVERGE)
+            if applied:
                 plan.add(key, base, state)
                 versions.append({'table_name': target.name, 'row_key': row_key,
-                                 'version': newer[-1].version, 'deleted': not state.exists})
-            outcome.counts['ops_skipped_stale'] += stale
-            outcome.applied.append(item)
+                                 'version': applied[-1].version, 'deleted': not state.exists})
+                outcome.applied.append(item if rejection is None else _with_ops(
+                    item, ops[:stale + len(applied)]))
+            if rejection is not None:
+                # The row keeps the ops before the bad one, and is marked stale.
+                bad = newer[len(applied)]
+                marks.append(_diverged_row(target, row_key, bad.version, rejection.reason,
+                                   rejection.detail))
+                outcome.dead.append((_with_ops(item, newer[len(applied):]), rejection.reason,
+                                     rejection.detail))
         plan.execute(conn)
         _upsert(conn, self._rows, versions, update=('version', 'deleted'))
+        self._record_marks(conn, marks, outcome.counts)
         outcome.counts['rows_upserted'] += plan.rows_upserted
         outcome.counts['rows_deleted'] += plan.rows_deleted
         return outcome
+
+    def _apply_prefix(self, conn, target: _Target, key, base: RowState, ops):
+        """(row as stored before the final write, state, the ops applied, the
+        rejection of the first op that cannot be, or None): as many of ``ops``
+        as apply, in order."""
+        try:
+            base, state = self._apply(conn, target, key, base, ops)
+            return base, state, ops, None
+        except _Rejected as exc:
+            rejection = exc
+        applied = ops[:rejection.index]
+        if applied:
+            base, state = self._apply(conn, target, key, base, applied)
+        else:
+            state = base
+        return base, state, applied, rejection
+
+    def _record_marks(self, conn, marks: List[Dict[str, str]], counts) -> None:
+        """Record ``marks`` (rows or tables diverged) where newer than the
+        stored mark, so a replay changes nothing; count those in ``counts``."""
+        newest: Dict[Tuple[str, str], Dict[str, str]] = {}
+        for mark in marks:
+            seen = newest.get((mark['table_name'], mark['row_key']))
+            if seen is None or mark['version'] > seen['version']:
+                newest[(mark['table_name'], mark['row_key'])] = mark
+        if not newest:
+            return
+        diverged, stored = self._diverged, {}
+        for table_name, group in _grouped(newest, lambda k: k[0]).items():
+            for chunk in _chunks([row_key for _, row_key in group]):
+                stored.update(((table_name, k), v) for k, v in conn.execute(
+                    sa.select(diverged.c.row_key, diverged.c.version).where(
+                        diverged.c.table_name == table_name, diverged.c.row_key.in_(chunk))))
+        fresh = [mark for k, mark in newest.items() if mark['version'] > stored.get(k, '')]
+        _upsert(conn, diverged, fresh, update=('version', 'reason', 'detail'))
+        for mark in fresh:
+            counts['rows_marked_diverged' if mark['row_key'] else 'tables_marked_diverged'] += 1
+
+    def _mark_dead(self, conn, outcome: _Outcome) -> None:
+        """Mark the rows (or tables) of changes the database rejected, in a
+        SAVEPOINT of their own: the rejection already undid their writes."""
+        marks = []
+        for item, reason, detail in outcome.dead:
+            target = self.targets[item.change.table]
+            try:
+                row_key = _row_key(target.coerce_key(item.change.key)) if item.change.key else ''
+            except _Rejected:
+                row_key = ''
+            marks.append(_diverged_row(target, row_key, item.change.first_version, reason,
+                                       detail))
+        savepoint = conn.begin_nested()
+        try:
+            self._record_marks(conn, marks, outcome.counts)
+        except sa_exc.StatementError:
+            savepoint.rollback()
+            logging.warning('%s: cannot mark %d rejected change(s) diverged', _STEP, len(marks))
+            return
+        savepoint.commit()
 
     def _apply(self, conn, target: _Target, key, base: RowState, ops) -> Tuple[RowState, RowState]:
         """(row as stored before the final write, state after ``ops``).
@@ -591,11 +785,14 @@ class _Replica:
         When an op reads a column the state does not know (the row was
         inserted without it: it holds the default), the known state is written
         and read back, inside a SAVEPOINT so a later rejection undoes it.
+        Raises _Rejected with ``index``, the position in ``ops`` of the op
+        that cannot be applied.
         """
         savepoint = None
+        index = 0
         try:
             state = base
-            for op in ops:
+            for index, op in enumerate(ops):
                 previous = state
                 try:
                     state = apply_op(previous, op)
@@ -623,6 +820,7 @@ class _Replica:
             return base, state
         if savepoint is not None:
             savepoint.rollback()
+        rejection.index = index
         raise rejection
 
     def _stored_versions(self, conn, target: _Target, row_keys: List[str]) -> Dict[str, str]:
@@ -644,6 +842,31 @@ class _Replica:
                 values = dict(row)
                 current[_row_key(tuple(values[c.name] for c in columns))] = values
         return current
+
+
+_TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE, OpKind.UPDATE, OpKind.DELETE})
+_ROW_WRITES = frozenset({OpKind.UPDATE, OpKind.DELETE})
+
+# Key types whose values read back from the replica hash to the same shard
+# as the values a Change carries (_shard_of): integers, exact decimals, strings.
+_SHARDABLE_KEY_TYPES = (sa.Integer, sa.Numeric, sa.String)
+
+
+def _shardable(target: _Target) -> bool:
+    return all(isinstance(c.type, _SHARDABLE_KEY_TYPES) and not isinstance(c.type, sa.Float)
+               and not isinstance(c.type, (sa.LargeBinary, sa.Enum))
+               for c in target.key_columns)
+
+
+def _diverged_row(target: _Target, row_key: str, version: str, reason: str, detail: str
+          ) -> Dict[str, str]:
+    """A changeflow_diverged row; ``row_key`` '' for the whole table."""
+    return {'table_name': target.name, 'row_key': row_key, 'version': version,
+            'reason': reason[:_REASON_LENGTH], 'detail': detail[:_DETAIL_LENGTH]}
+
+
+def _with_ops(item: _Item, ops) -> _Item:
+    return item._replace(change=item.change._replace(ops=tuple(ops)))
 
 
 def _describe(exc: BaseException) -> str:
@@ -686,6 +909,49 @@ def _create_engine(url: str) -> sa.Engine:
 
 
 # ---------------------------------------------------------------------------
+# Reading the marks back (``changeflow status``).
+
+class Divergence(NamedTuple):
+    """What a replica's bookkeeping records as diverged.
+
+    ``tables``: (table, version, reason) per whole-table mark; ``rows``:
+    (table, reason, count of rows) per table and reason; by table name.
+    """
+    tables: Tuple[Tuple[str, str, str], ...]
+    rows: Tuple[Tuple[str, str, int], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.rows)
+
+
+def read_divergence(url: str, bookkeeping_prefix: str = 'changeflow_') -> Divergence:
+    """The diverged tables and rows recorded in the replica at ``url`` (none
+    when the sink has not written there yet). Raises SQLAlchemyError when the
+    database cannot be read."""
+    engine = sa.create_engine(url, hide_parameters=True)
+    database = engine.url.database
+    if engine.dialect.name == 'sqlite' and database and database != ':memory:' and (
+            not database.startswith('file:') and not os.path.exists(database)):
+        engine.dispose()
+        return Divergence((), ())  # not written yet; reading would create the file
+    try:
+        diverged = _bookkeeping_tables(sa.MetaData(), bookkeeping_prefix)[2]
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(diverged.name):
+                return Divergence((), ())
+            c = diverged.c
+            tables = conn.execute(sa.select(c.table_name, c.version, c.reason)
+                                  .where(c.row_key == '').order_by(c.table_name)).all()
+            rows = conn.execute(
+                sa.select(c.table_name, c.reason, sa.func.count())
+                .where(c.row_key != '').group_by(c.table_name, c.reason)
+                .order_by(c.table_name, c.reason)).all()
+    finally:
+        engine.dispose()
+    return Divergence(tuple(map(tuple, tables)), tuple((t, r, int(n)) for t, r, n in rows))
+
+
+# ---------------------------------------------------------------------------
 # Beam.
 
 _BUFFER = userstate.BagStateSpec('changes', PickleCoder())
@@ -693,11 +959,15 @@ _DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())  # the timer's t
 _FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
 
 
+@guarded(_STEP, lambda element: changes_original(element[1]),
+         lambda element: element[1].ops[-1].position, buffered=False)
 class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 
-    def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix):
+    def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix,
+                 num_shards=1):
         self._url = url
+        self._num_shards = num_shards
         self._tables = tuple(tables)
         self._known = {spec.source for spec in tables}
         self._batch_size = batch_size
@@ -705,13 +975,14 @@ class _WriteDoFn(beam.DoFn):
         self._bookkeeping_prefix = bookkeeping_prefix
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
-            'changes_dead_lettered', 'batches_committed', 'batch_retries')}
+            'changes_dead_lettered', 'rows_marked_diverged', 'tables_marked_diverged',
+            'batches_committed', 'batch_retries')}
         self._engine = None
         self._replica = None
 
     def setup(self):
         self._engine = _create_engine(self._url)
-        self._replica = _Replica(self._tables, self._bookkeeping_prefix)
+        self._replica = _Replica(self._tables, self._bookkeeping_prefix, self._num_shards)
         try:
             self._replica.prepare(self._engine)
         except sa_exc.SQLAlchemyError as exc:
@@ -723,7 +994,7 @@ class _WriteDoFn(beam.DoFn):
                 buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
                 flush=beam.DoFn.TimerParam(_FLUSH)):
         (_, shard), change = element
-        if change.key or shard == 0:  # a TRUNCATE arrives once per shard
+        if change.key or shard == 0:  # a whole-table op arrives once per shard
             self._counters['changes_received'].inc()
         buffer.add((timestamp.micros, change))
         earliest = due.read()
@@ -754,7 +1025,7 @@ class _WriteDoFn(beam.DoFn):
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
-                         reported=bool(change.key) or shard_key[1] == 0)
+                         reported=bool(change.key) or shard_key[1] == 0, shard=shard_key[1])
             if change.table not in self._known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
@@ -763,14 +1034,24 @@ class _WriteDoFn(beam.DoFn):
             if not change.ops:
                 yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
                 continue
-            if not item.reported:
-                # A TRUNCATE copy: applied here in its place, reported by shard 0;
-                # whichever copy runs first deletes the rows, so count those.
+            if not item.reported or (not change.key and any(
+                    op.kind in _ROW_WRITES for op in change.ops)):
+                # A whole-table op's copy, applied here in its place and reported
+                # by shard 0 (whichever copy runs first deletes the rows or
+                # marks the table, so count those); or one that writes this
+                # shard's rows, which must see every older change applied.
                 if batch:
                     yield from self._emit(self._write(batch))
                     batch = []
-                deleted = self._write([item]).counts.get('rows_deleted', 0)
-                self._counters['rows_deleted'].inc(deleted)
+                outcome = self._write([item])
+                if item.reported:
+                    yield from self._emit(outcome)
+                    continue
+                for name in ('rows_deleted', 'rows_upserted', 'rows_marked_diverged',
+                             'tables_marked_diverged'):
+                    self._counters[name].inc(outcome.counts.get(name, 0))
+                outcome.applied, outcome.counts = [], collections.Counter()
+                yield from self._emit(outcome)  # its own rows' dead letters
                 continue
             batch.append(item)
             if len(batch) >= self._batch_size:
@@ -812,8 +1093,13 @@ class _WriteDoFn(beam.DoFn):
                 return _Outcome.all_dead(items, 'database-error', str(exc))
             except Exception as exc:  # pylint: disable=broad-except
                 # A defect, not data: keep the changes replayable, keep the branch alive.
+                if len(items) > 1:  # each change on its own: only the one that trips it is dead
+                    outcome = _Outcome()
+                    for item in items:
+                        outcome.merge(self._write([item]))
+                    return outcome
                 logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
-                return _Outcome.all_dead(items, 'internal-error', _describe(exc))
+                return _Outcome.all_dead(items, 'internal-error', describe_error(exc))
 
     def _emit(self, outcome: _Outcome):
         for name, count in outcome.counts.items():
@@ -848,7 +1134,16 @@ class WriteToDatabase(beam.PTransform):
     the target's defaults) or an UPDATE of the changed columns; the versions go
     to the bookkeeping tables (see the module docstring) in the same
     transaction. A TRUNCATE deletes the rows whose stored version is older than
-    it and raises the table's marker.
+    it and raises the table's marker. A DIVERGE op changes no row: it records
+    the row (or, without a key, the table) in ``changeflow_diverged``. An
+    UPDATE or DELETE without a key (a WHERE that does not name its rows) is
+    applied by each shard, in its version place (alone in its transaction),
+    to its own rows of the replica whose stored version is older (a row
+    whose Change spans it carries it as its own op, from CoalesceChanges),
+    where its condition holds; a shard where the table or one of its rows is
+    marked diverged, or whose key type does not read back as written
+    (integer, decimal and string keys do), does not apply it: it
+    dead-letters it ('needs-lookup') and marks the table.
 
     Values are coerced to the column types as MySQL stores them
     (:func:`changeflow.sql.coercion.coercer`: '2026-11-01' to a date, '10.50' to a
@@ -859,7 +1154,12 @@ class WriteToDatabase(beam.PTransform):
     naming a column the target lacks ('unknown-column'), an expression that
     cannot be evaluated ('bad-expression'), an op changing a key column
     ('key-changed') and a change of a table not in ``tables``
-    ('unknown-table'). The other changes of the batch commit.
+    ('unknown-table'). The other changes of the batch commit. Such an op
+    does not take the row's earlier ops with it: the ops before it are
+    applied, the row is marked diverged with the bad op's version and
+    reason, and the dead letter holds that op and the ones after it. A change
+    the database rejects, or whose key cannot be coerced, is dead-lettered
+    whole and marks its row (its table, for a bad key) diverged.
 
     Ordering, batching and concurrency: each change is keyed by (table,
     stable hash of its key values modulo ``num_shards``) and buffered in a
@@ -896,6 +1196,7 @@ class WriteToDatabase(beam.PTransform):
 
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
+    rows_marked_diverged, tables_marked_diverged (marks newly recorded),
     batches_committed, batch_retries.
 
     Example::
@@ -956,7 +1257,8 @@ class WriteToDatabase(beam.PTransform):
             | 'AcrossWindows' >> beam.WindowInto(beam_window.GlobalWindows())
             | 'WriteInVersionOrder' >> beam.ParDo(_WriteDoFn(
                 self._url, self._tables, self._batch_size, self._max_retries,
-                self._bookkeeping_prefix)).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
+                self._bookkeeping_prefix, self._num_shards)).with_outputs(
+                    DEAD_LETTER_TAG, main=self.MAIN))
 
 
 def _check_spec(spec: TableSpec) -> None:

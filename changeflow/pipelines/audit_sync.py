@@ -56,13 +56,16 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     dead_letters.append(transactions[DEAD_LETTER_TAG])
     changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(config.tables)
     dead_letters.append(changes[DEAD_LETTER_TAG])
-    coalesced = changes['changes'] | 'Coalesce' >> CoalesceChanges(
+    coalesce = changes['changes'] | 'Coalesce' >> CoalesceChanges(
         config.window_seconds, whole_input=True)
+    dead_letters.append(coalesce[DEAD_LETTER_TAG])
+    coalesced = coalesce[CoalesceChanges.MAIN]
 
     branches = [name for name, on in ((DATABASE, config.database_url),
                                       (PARQUET, config.parquet_path),
                                       (NOTIFY, config.notify)) if on]
     routed = coalesced | 'Route' >> RouteChanges(branches)
+    dead_letters.append(routed[DEAD_LETTER_TAG])
     outputs = {'changes': coalesced}
     if config.database_url:
         written = routed[DATABASE] | 'WriteDatabase' >> WriteToDatabase(

@@ -9,20 +9,42 @@ statement then costs one regex scan plus a dict lookup.
 What is translated: INSERT (single and multi-row; a column list, or the
 declared column order), REPLACE, INSERT IGNORE, INSERT ... ON DUPLICATE KEY
 UPDATE (``VALUES(col)`` included), UPDATE and DELETE whose WHERE pins every key
-column by equality (``AND``, ``IN`` lists), TRUNCATE. Assignments may be
-deterministic expressions of the row (``qty = qty + 1``); they are carried as
-expressions and evaluated against the replica's row by the sink.
+column by equality (``AND``, ``IN`` lists), TRUNCATE. The WHERE's other
+conjuncts (``AND version = 3``, ``AND deleted_at IS NULL``) become the op's
+condition, evaluated on the row by the sink; a LIMIT is honoured when it
+reaches every named row (otherwise which rows it hit is unknown). An UPDATE
+or DELETE whose WHERE does not pin the key (or has none) becomes one
+whole-table op (key ``()``) whose condition is the whole WHERE, which the
+database sink evaluates over the replica's rows; with a LIMIT it is refused.
+Assignments may be deterministic expressions of the row (``qty = qty + 1``);
+they are carried as expressions and evaluated against the replica's row by
+the sink.
 
 What is refused with reason ``needs-lookup`` (the replica cannot reproduce it
 from the statement alone): clock/random/session functions, user variables,
 prepared-statement templates (``?``), INSERT ... SELECT, subqueries,
-multi-table statements, a WHERE that does not pin the key, writes that change
+multi-table statements, a LIMIT on rows the WHERE does not name, writes that change
 a key column, inserts without the key (AUTO_INCREMENT). Reads, DDL and session
 statements are classified and skipped.
+
+A refusal names what the statement writes (SqlChangeError.table, and .keys
+where the WHERE or VALUES pin the rows even though the rest is refused), so
+the SQL stage can mark it diverged.
+
+A statement nested too deeply for sqlglot is ``unparseable-sql``; an UPDATE
+or DELETE whose IN lists name more than :data:`MAX_ROWS_PER_STATEMENT`
+(10,000) key combinations (the cross product of several lists; one list alone
+stays linear) is ``too-many-rows``, and marks its table.
+
+Column names are case-insensitive, as in MySQL: the plan names each column as
+the table spec spells it (its key, and its declared columns when there are
+any), so ``INSERT ... (EMAIL)`` and a spec's ``email`` are one column for every
+sink, redaction included.
 """
 
 import decimal
 import logging
+import math
 import operator
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -42,18 +64,26 @@ from changeflow.sql.types import parse_type
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
 
 MAX_CACHED_SHAPES = 20_000
+# A refusal naming more rows than this marks its table instead (an IN list per
+# key column whose cross product explodes must not become a million marks).
+MAX_MARKED_ROWS = 10_000
+# Most rows one UPDATE or DELETE may name through IN lists on its key columns
+# (their cross product): 1,000 values on each of two columns are a million.
+MAX_ROWS_PER_STATEMENT = 10_000
 
 # sqlglot warns on every statement it parses as a generic Command (PREPARE, ...).
 logging.getLogger('sqlglot').setLevel(logging.ERROR)
 
 
 class RowChange(NamedTuple):
-    """One row touched by one statement (versioned later, per transaction)."""
+    """One row touched by one statement (versioned later, per transaction);
+    ``condition``: see RowOp.condition."""
     table: str
     key: Tuple[Any, ...]
     kind: OpKind
     values: Tuple[Tuple[str, Any], ...]
     assignments: Tuple[Tuple[str, Any], ...]
+    condition: Optional[tuple] = None
 
 
 class Translation(NamedTuple):
@@ -72,6 +102,7 @@ class _Compiler:
         self._database = database
         self._expressions = ExpressionCompiler()
         self._defaults = {}  # column -> literal DEFAULT of the statement's table
+        self._names: Dict[str, str] = {}  # lower-case column name -> the spec's spelling
 
     # Tables and keys --------------------------------------------------------
 
@@ -82,58 +113,92 @@ class _Compiler:
         self._expressions.table_aliases = {node.name, node.alias_or_name}
         spec = self._tables.get(f'{database}.{node.name}')
         self._defaults = table_defaults(spec) if spec else {}
+        if spec is not None:
+            names = (*spec.key, *(column for column, _ in spec.columns))
+            self._names = {name.lower(): name for name in names}
         return spec
 
-    def key_pins(self, where, spec: TableSpec) -> Dict[str, List[tuple]]:
-        """Key column -> candidate template values, from ``a = x AND b IN (...)``."""
+    def _column(self, name: str) -> str:
+        """A column as the spec spells it (MySQL column names are case-insensitive)."""
+        return self._names.get(name.lower(), name)
+
+    def key_pins(self, where, spec: TableSpec) -> Tuple[Dict[str, List[tuple]], list]:
+        """(key column -> candidate template values, from ``a = x AND b IN
+        (...)``; the other conjuncts of the WHERE, for :meth:`condition`)."""
         if where is None:
-            raise needs_lookup('no WHERE clause: every row of the table')
+            raise _Unpinned('needs-lookup', 'no WHERE clause: every row of the table')
         pins: Dict[str, List[tuple]] = {}
-        conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
-        stack = conjuncts
-        while stack:
-            node = stack.pop()
-            while isinstance(node, exp.Paren):
-                node = node.this
-            if isinstance(node, exp.And):
-                stack.extend(node.flatten())
-                continue
-            if isinstance(node, exp.EQ):
-                left, right = node.this, node.expression
-                if not isinstance(left, exp.Column):
-                    left, right = right, left
-                if isinstance(left, exp.Column) and left.name in spec.key:
-                    values = [self._constant(right)]
-                    column = left.name
-                else:
-                    raise needs_lookup(f'WHERE on a non-key condition: {node.sql(dialect="mysql")}')
-            elif isinstance(node, exp.In) and isinstance(node.this, exp.Column) \
-                    and node.this.name in spec.key and not node.args.get('query'):
-                column = node.this.name
-                values = [self._constant(v) for v in node.expressions]
+        rest = []
+        for node in _conjuncts(where.this):
+            pin = self._pin(node, spec)
+            if pin is None or pin[0] in pins:  # `id = 5 AND id = 6` is a condition on row 5
+                rest.append(node)
             else:
-                raise needs_lookup(f'WHERE on a non-key condition: {node.sql(dialect="mysql")}')
-            if column in pins:
-                raise needs_lookup(f'key column {column} constrained twice')
-            pins[column] = values
+                pins[pin[0]] = pin[1]
         missing = [k for k in spec.key if k not in pins]
         if missing:
-            raise needs_lookup(f'WHERE does not pin key column(s) {", ".join(missing)}')
-        return pins
+            raise _Unpinned('needs-lookup', (
+                f'WHERE on a non-key condition: {rest[0].sql(dialect="mysql")}' if rest else
+                f'WHERE does not pin key column(s) {", ".join(missing)}'))
+        return pins, rest
 
-    def _constant(self, node) -> tuple:
+    def _pin(self, node, spec: TableSpec) -> Optional[Tuple[str, List[tuple]]]:
+        """(key column, candidate templates) when ``node`` pins a key column to
+        constants (``k = x``, ``k IN (x, y)``); None for any other predicate."""
+        if isinstance(node, exp.EQ):
+            left, right = node.this, node.expression
+            if not isinstance(left, exp.Column):
+                left, right = right, left
+            if isinstance(left, exp.Column) and self._column(left.name) in spec.key:
+                value = self._compile(right)
+                return None if _reads_columns(value) else (self._column(left.name), [value])
+        elif isinstance(node, exp.In) and isinstance(node.this, exp.Column) \
+                and self._column(node.this.name) in spec.key and not node.args.get('query') \
+                and not node.args.get('unnest'):
+            values = [self._compile(v) for v in node.expressions]
+            if not any(_reads_columns(v) for v in values):
+                return self._column(node.this.name), values
+        return None
+
+    def condition(self, nodes) -> Optional[tuple]:
+        """Template of the non-key conjuncts (evaluated on the row by the sink:
+        the op applies where it is true), or None when there are none."""
+        parts = tuple(self._compile(node) for node in nodes)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else ('fn', 'AND', parts)
+
+    def limit(self, tree) -> Optional[tuple]:
+        """Template of ``... LIMIT n`` (with ORDER BY or not), or None."""
+        limit = tree.args.get('limit')
+        if limit is None:
+            return None
+        node = limit.args.get('expression') or limit.this
         value = self._compile(node)
         if _reads_columns(value):
-            raise needs_lookup(f'WHERE compares to a column: {node.sql(dialect="mysql")}')
+            raise SqlChangeError('unsupported-sql', f'LIMIT {node.sql(dialect="mysql")}')
         return value
 
     def _compile(self, node, row_values=None, target=None) -> tuple:
         """Template of ``node``, DEFAULT / DEFAULT(col) resolved to the table's literal defaults."""
-        return resolve_defaults(self._expressions.compile(node, row_values, target), self._defaults)
+        return _respelled(resolve_defaults(self._expressions.compile(node, row_values, target),
+                                           self._defaults), self._names)
 
     # Statements -------------------------------------------------------------
 
     def compile(self, tree) -> Callable[[Sequence[Any]], Translation]:
+        try:
+            return self._statement(tree)
+        except SqlChangeError as error:
+            if error.table is None and isinstance(tree, (exp.Insert, exp.Update, exp.Delete)):
+                # Refused before its table was known (a multi-table write): every
+                # configured table it names may have been written.
+                tables = self.tracked_tables(tree)
+                if tables:
+                    raise error.on(tables[0] if len(tables) == 1 else tables) from None
+            raise
+
+    def _statement(self, tree) -> Callable[[Sequence[Any]], Translation]:
         if isinstance(tree, exp.Insert):
             return self._insert(tree)
         if isinstance(tree, exp.Update):
@@ -171,6 +236,14 @@ class _Compiler:
         spec = self.table(target)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
+        if columns is not None:
+            columns = [self._column(c) for c in columns]
+        try:
+            return self._insert_plan(tree, spec, columns)
+        except SqlChangeError as error:  # the rows it wrote cannot be named
+            raise error.on(spec.source) from None
+
+    def _insert_plan(self, tree: exp.Insert, spec: TableSpec, columns):
         if columns is None:
             if not spec.columns:
                 raise needs_lookup('INSERT without a column list and no declared columns')
@@ -191,25 +264,20 @@ class _Compiler:
             kind = OpKind.INSERT_IGNORE
         else:
             kind = OpKind.INSERT
-        rows = []
+        rows, row_keys, refusal = [], [], None
         for row in source.expressions:
             items = row.expressions if isinstance(row, exp.Tuple) else [row]
             if len(items) != len(columns):
                 raise SqlChangeError('unsupported-sql', 'VALUES row length differs from column list')
-            values = {}
-            for column, node in zip(columns, items):
-                template = self._compile(node, target=column)
-                if _reads_columns(template):
-                    raise needs_lookup(f'VALUES reads a column: {node.sql(dialect="mysql")}')
-                values[column] = template
-            assignments = []
-            if conflict is not None:
-                for eq in conflict.expressions:
-                    column = eq.this.name
-                    if column in spec.key:
-                        raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
-                    assignments.append((column, self._compile(eq.expression, values, column)))
-            rows.append((values, tuple(assignments)))
+            by_column = dict(zip(columns, items))
+            # The key first: a value refused below still leaves the row named.
+            row_keys.append([self._value(by_column[k], k) for k in spec.key])
+            try:
+                rows.append(self._values_row(spec, by_column, conflict))
+            except SqlChangeError as error:
+                refusal = refusal or error
+        if refusal is not None:
+            return _refused_plan(refusal, spec.source, _row_keys_binder(row_keys), len(row_keys))
         # Every row names every column (a DEFAULT as its literal), so key
         # positions are those of the first row.
         first = list(rows[0][0])
@@ -229,21 +297,43 @@ class _Compiler:
             return Translation(tuple(changes))
         return plan
 
+    def _value(self, node, column: str) -> tuple:
+        """Template of one VALUES item (a DEFAULT as the column's literal default)."""
+        template = self._compile(node, target=column)
+        if _reads_columns(template):
+            raise needs_lookup(f'VALUES reads a column: {node.sql(dialect="mysql")}')
+        return template
+
+    def _values_row(self, spec: TableSpec, by_column, conflict):
+        values = {column: self._value(node, column) for column, node in by_column.items()}
+        assignments = []
+        if conflict is not None:
+            for eq in conflict.expressions:
+                column = self._column(eq.this.name)
+                if column in spec.key:
+                    raise needs_lookup(f'ON DUPLICATE KEY UPDATE changes key column {column}')
+                assignments.append((column, self._compile(eq.expression, values, column)))
+        return values, tuple(assignments)
+
     def _update(self, tree: exp.Update):
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
-        if tree.args.get('from') or tree.args.get('from_'):
-            raise needs_lookup('UPDATE ... FROM reads other rows')
-        assignments = []
-        for eq in tree.expressions:
-            column = eq.this.name
-            if column in spec.key:
-                raise needs_lookup(f'UPDATE changes key column {column}')
-            assignments.append((column, self._compile(eq.expression, target=column)))
-        pins = self.key_pins(tree.args.get('where'), spec)
-        assignments = tuple(assignments)
-        return self._keyed_plan(spec, pins, OpKind.UPDATE, assignments)
+        # The WHERE's key pins are read even when the rest is refused, so the
+        # refusal names the rows it leaves stale; the first refusal in
+        # statement order is the one reported.
+        refusal, assignments = None, []
+        try:
+            if tree.args.get('from') or tree.args.get('from_'):
+                raise needs_lookup('UPDATE ... FROM reads other rows')
+            for eq in tree.expressions:
+                column = self._column(eq.this.name)
+                if column in spec.key:
+                    raise needs_lookup(f'UPDATE changes key column {column}')
+                assignments.append((column, self._compile(eq.expression, target=column)))
+        except SqlChangeError as error:
+            refusal = error
+        return self._keyed_plan(tree, spec, OpKind.UPDATE, tuple(assignments), refusal)
 
     def _delete(self, tree: exp.Delete):
         if tree.args.get('tables') or tree.args.get('using'):
@@ -251,27 +341,163 @@ class _Compiler:
         spec = self.table(tree.this)
         if spec is None:
             return _constant_translation(Translation((), 'untracked-table'))
-        pins = self.key_pins(tree.args.get('where'), spec)
-        return self._keyed_plan(spec, pins, OpKind.DELETE, ())
+        return self._keyed_plan(tree, spec, OpKind.DELETE, (), None)
 
-    @staticmethod
-    def _keyed_plan(spec, pins, kind, assignments):
-
-        key_binders = [[_value_binder(t) for t in pins[k]] for k in spec.key]
+    def _keyed_plan(self, tree, spec: TableSpec, kind: OpKind, assignments,
+                    refusal: Optional[SqlChangeError]):
+        """Plan of an UPDATE or DELETE whose WHERE pins the key; a refusal
+        (``refusal``, or one of the WHERE's conditions or LIMIT) names the
+        rows; a WHERE that does not pin the key refuses for the whole table."""
+        try:
+            pins, rest = self.key_pins(tree.args.get('where'), spec)
+        except _Unpinned:
+            if refusal is None:
+                return self._table_plan(tree, spec, kind, assignments)
+            raise refusal.on(spec.source) from None
+        except SqlChangeError as error:
+            raise (refusal or error).on(spec.source) from None
+        bind_keys = _keys_binder([pins[k] for k in spec.key])
+        rows = math.prod(len(pins[k]) for k in spec.key)
+        # IN lists on several key columns multiply; one long list stays linear.
+        if rows > max(MAX_ROWS_PER_STATEMENT, *(len(pins[k]) for k in spec.key)):
+            refusal = refusal or SqlChangeError(
+                'too-many-rows', f'the WHERE names {rows:,} key combinations; at most '
+                                 f'{MAX_ROWS_PER_STATEMENT:,} per statement are translated')
+        condition = limit = None
+        try:
+            condition = self.condition(rest)
+            limit = self.limit(tree)
+        except SqlChangeError as error:
+            refusal = refusal or error
+        if refusal is not None:
+            return _refused_plan(refusal, spec.source, bind_keys, rows)
         assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
+        bind_condition = None if condition is None else _binder(condition)
+        bind_limit = None if limit is None else _value_binder(limit)
         source_table = spec.source
 
         def plan(params):
-            keys = [()]
-            for candidates in key_binders:
-                keys = [k + (bind(params),) for k in keys for bind in candidates]
+            keys = bind_keys(params)
+            if bind_limit is not None:
+                try:
+                    limit_ = _row_count(bind_limit(params))
+                    if limit_ == 0:
+                        return Translation(())
+                    if len(keys) > limit_:
+                        raise needs_lookup(f'LIMIT {limit_} of {len(keys)} named rows: which '
+                                           f'ones depends on the source\'s row order')
+                except SqlChangeError as error:
+                    raise error.on(source_table, keys) from None
             bound = tuple((c, bind(params)) for c, bind in assignment_binders)
-            if len(keys) == 1:
-                return Translation((RowChange(source_table, keys[0], kind, (), bound),))
-            # `IN (1, 1)` touches the row once
-            return Translation(tuple(RowChange(source_table, key, kind, (), bound)
-                                     for key in dict.fromkeys(keys)))
+            where = None if bind_condition is None else bind_condition(params)
+            return Translation(tuple(RowChange(source_table, key, kind, (), bound, where)
+                                     for key in keys))
         return plan
+
+    def _table_plan(self, tree, spec: TableSpec, kind: OpKind, assignments):
+        """Plan of an UPDATE or DELETE whose WHERE does not name its rows: one
+        whole-table op (key ``()``) whose condition is the whole WHERE (None:
+        every row), which the database sink evaluates over the replica's rows
+        in its version place. A LIMIT cannot be: which rows it hit depends on
+        the source's row order, and each shard of the sink sees only its own."""
+        try:
+            if tree.args.get('limit') is not None:
+                raise needs_lookup('LIMIT on rows the WHERE does not name: which ones depends '
+                                   'on the source\'s row order')
+            where = tree.args.get('where')
+            condition = None if where is None else self._compile(where.this)
+        except SqlChangeError as error:
+            raise error.on(spec.source) from None
+        assignment_binders = tuple((c, _binder(t)) for c, t in assignments)
+        bind_condition = None if condition is None else _binder(condition)
+        source_table = spec.source
+
+        def plan(params):
+            return Translation((RowChange(
+                source_table, (), kind, (), tuple((c, bind(params)) for c, bind in
+                                                  assignment_binders),
+                None if bind_condition is None else bind_condition(params)),))
+        return plan
+
+    def tracked_tables(self, tree) -> Tuple[str, ...]:
+        """Source names of the configured tables a statement names, in order."""
+        names = []
+        for node in tree.find_all(exp.Table):
+            source = f'{node.db or self._database}.{node.name}'
+            if source in self._tables and source not in names:
+                names.append(source)
+        return tuple(names)
+
+
+def _keys_binder(candidates: Sequence[Sequence[tuple]]) -> Callable[[Sequence[Any]], List[tuple]]:
+    """params -> the distinct keys named by candidate templates per key column
+    (in key order): their cross product."""
+    binders = [[_value_binder(t) for t in column] for column in candidates]
+    if all(len(column) == 1 for column in binders):
+        single = [column[0] for column in binders]
+        return lambda params: [tuple(bind(params) for bind in single)]
+
+    def bind_keys(params):
+        keys = [()]
+        for column in binders:
+            keys = [k + (bind(params),) for k in keys for bind in column]
+        return list(dict.fromkeys(keys))  # `IN (1, 1)` touches the row once
+    return bind_keys
+
+
+def _row_keys_binder(rows: Sequence[Sequence[tuple]]) -> Callable[[Sequence[Any]], List[tuple]]:
+    """params -> the distinct keys of VALUES rows, given each row's key templates."""
+    binders = [[_value_binder(t) for t in row] for row in rows]
+    return lambda params: list(dict.fromkeys(
+        tuple(bind(params) for bind in row) for row in binders))
+
+
+def _refused_plan(refusal: SqlChangeError, table: str, bind_keys, count: int):
+    """A plan that refuses every statement of its shape, naming the ``count``
+    rows each one writes (the whole table when its keys cannot be bound, or
+    are more than MAX_MARKED_ROWS)."""
+    if count > MAX_MARKED_ROWS:
+        bind_keys = None
+
+    def plan(params):
+        try:
+            keys = None if bind_keys is None else bind_keys(params)
+        except (ArithmeticError, TypeError, ValueError, IndexError, SqlChangeError):
+            keys = None
+        raise refusal.on(table, keys)
+    return plan
+
+
+class _Unpinned(SqlChangeError):
+    """The WHERE does not pin the key (a whole-table op, if the rest allows)."""
+
+
+def _conjuncts(node):
+    """The operands of a WHERE's top-level ANDs, in statement order."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        for operand in node.flatten():
+            yield from _conjuncts(operand)
+    else:
+        yield node
+
+
+def _row_count(value) -> int:
+    """A LIMIT's value as a row count (MySQL takes only non-negative integers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, decimal.Decimal)) or value < 0 \
+            or value != int(value):
+        raise SqlChangeError('unsupported-sql', f'LIMIT {value!r}')
+    return int(value)
+
+
+def _respelled(template, names: Dict[str, str]):
+    """``template`` with each ``('col', name)`` renamed to ``names[name.lower()]``."""
+    if not isinstance(template, tuple) or not template or template[0] == 'lit':
+        return template
+    if template[0] == 'col' and isinstance(template[1], str):
+        return ('col', names.get(template[1].lower(), template[1]), *template[2:])
+    return tuple(_respelled(part, names) for part in template)
 
 
 def _constant_translation(translation: Translation):
@@ -342,6 +568,8 @@ def _parse(shape: str):
         trees = sqlglot.parse(text, read='mysql')
     except sqlglot.errors.SqlglotError as error:
         raise SqlChangeError('unparseable-sql', str(error).splitlines()[0][:300]) from None
+    except RecursionError:  # sqlglot recurses per nesting level: ~40 parentheses are too many
+        raise SqlChangeError('unparseable-sql', 'nested too deeply to parse') from None
     trees = [t for t in trees if t is not None]
     if len(trees) != 1:
         raise SqlChangeError('unsupported-sql', f'{len(trees)} statements in one log line')
@@ -369,14 +597,15 @@ class StatementTranslator:
         """Row changes of one successful statement run in ``database``.
 
         Raises SqlChangeError with reason 'needs-lookup', 'unparseable-sql' or
-        'unsupported-sql'.
+        'unsupported-sql', naming the configured table(s) the statement writes
+        and, where the statement pins them, the keys of its rows.
         """
         shape, params = mask_literals(sql)
         plan = self._plans.get((shape, database))
         if plan is None:
             plan = self._compile(shape, database)
         if isinstance(plan, SqlChangeError):
-            raise SqlChangeError(plan.reason, plan.detail)
+            raise plan.on(plan.table, plan.keys)
         return plan(params)
 
     def _compile(self, shape: str, database: str):
@@ -384,6 +613,8 @@ class StatementTranslator:
             plan = _Compiler(self._tables, database).compile(_parse(shape))
         except SqlChangeError as error:
             plan = error  # refusals are cached too: a bad shape is not parsed twice
+        except RecursionError:
+            plan = SqlChangeError('unparseable-sql', 'nested too deeply to compile')
         if len(self._plans) >= self._max_shapes:
             self._plans.clear()
         self._plans[(shape, database)] = plan

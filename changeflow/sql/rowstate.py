@@ -5,7 +5,7 @@ what one op writes (:func:`op_columns`), for the sinks that record ops
 
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from changeflow.sql.expressions import evaluate, is_literal, literal_value, substitute
+from changeflow.sql.expressions import evaluate, is_literal, literal_value, substitute, truthy
 from changeflow.model import OpKind, RowOp
 
 __all__ = ['RowState', 'ABSENT', 'apply_op', 'apply_ops', 'op_columns']
@@ -28,8 +28,14 @@ ABSENT = RowState(False, {}, True)
 
 def apply_op(state: RowState, op: RowOp) -> RowState:
     """State after ``op``. Raises expressions.MissingColumn when an assignment
-    reads a column ``state`` does not know (the caller reads it and retries)."""
+    or the op's condition reads a column ``state`` does not know (the caller
+    reads it and retries)."""
     kind = op.kind
+    if kind == OpKind.DIVERGE:
+        return state  # a marker: the sink records it, the row is unchanged
+    if op.condition is not None and not (
+            state.exists and truthy(evaluate(op.condition, state.values))):
+        return state  # the WHERE beyond the key does not hold: the row is not touched
     if kind in (OpKind.DELETE, OpKind.TRUNCATE):
         return ABSENT
     if kind in (OpKind.INSERT, OpKind.REPLACE):

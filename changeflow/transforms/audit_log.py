@@ -14,6 +14,11 @@ The parser is on the hot path (target: >= 250k events/s per core for decode,
 parse and SQL together), so it is one precompiled regex with possessive
 quantifiers, unescapes only objects that contain a backslash, and memoizes the
 last timestamp (a busy server logs many lines per second). Runs on any runner.
+
+Bounds (a line outside them is ``malformed-line``): connection and query ids
+are unsigned 64-bit integers, as the server keeps them; an Aurora timestamp
+has at most 17 digits (epoch microseconds before the year 5138: what a
+version's fixed-width time field holds); a retcode has at most 9 digits.
 """
 
 import datetime
@@ -25,6 +30,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from changeflow.model import DEAD_LETTER_TAG, AuditEvent, DeadLetter, LogEvent, dead_letter
+from changeflow.transforms.guard import guarded
 
 __all__ = ['AuditLineError', 'parse_audit_line', 'ParseAuditLines', 'DEFAULT_QUERY_LOG_LIMIT']
 
@@ -48,6 +54,9 @@ _CONTROL_ESCAPE = re.compile(r'\\[nrtbf]')
 _NOT_QUOTE_ESCAPE = re.compile(r"\\[^']", re.DOTALL)
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_MAX_TIME_DIGITS = 17
+_MAX_ID = 2 ** 64 - 1
+_MAX_RETCODE_DIGITS = 9
 _ONE_US = datetime.timedelta(microseconds=1)
 _new_tuple = tuple.__new__
 _last_timestamp = ('', 0)  # (string, epoch µs) of the previous line; one tuple, so thread-safe
@@ -91,6 +100,9 @@ def _timestamp_us(text: str) -> int:
             raise AuditLineError('malformed-line', f'bad timestamp {text!r}: {e}') from None
         micros = (when - _EPOCH) // _ONE_US
     else:  # Aurora: epoch microseconds
+        if len(text) > _MAX_TIME_DIGITS:
+            raise AuditLineError('malformed-line', f'timestamp {text[:40]!r}... has more than'
+                                                   f' {_MAX_TIME_DIGITS} digits')
         micros = int(text)
     _last_timestamp = (text, micros)
     return micros
@@ -131,11 +143,24 @@ def parse_audit_line(line: str, position: str = '',
                 f'{operation} object reaches server_audit_query_log_limit={query_log_limit}'
                 f' and may have been cut: {quoted[:80]!r}...')
         obj = _unescape(quoted) if '\\' in quoted else quoted
+    if len(connection_id) > 19 or len(query_id) > 19 or len(retcode) > _MAX_RETCODE_DIGITS:
+        _check_bounds(connection_id, query_id, retcode)
     # tuple.__new__ skips NamedTuple's Python-level __new__ (0.3 µs of ~1.5).
     return _new_tuple(AuditEvent, (
         _timestamp_us(timestamp), serverhost, username, host, int(connection_id),
         int(query_id), operation, database, obj, int(retcode) if retcode else None,
         position, line))
+
+
+def _check_bounds(connection_id: str, query_id: str, retcode: str) -> None:
+    """Raises 'malformed-line' for an id beyond 64 bits or an overlong retcode."""
+    for name, digits in (('connection id', connection_id), ('query id', query_id)):
+        if len(digits) > 20 or int(digits) > _MAX_ID:
+            raise AuditLineError('malformed-line', f'{name} {digits[:40]}... is not a'
+                                                   f' 64-bit unsigned integer')
+    if len(retcode) > _MAX_RETCODE_DIGITS:
+        raise AuditLineError('malformed-line', f'retcode {retcode[:40]}... has more than'
+                                               f' {_MAX_RETCODE_DIGITS} digits')
 
 
 def _why_malformed(line: str) -> str:
@@ -148,7 +173,7 @@ def _why_malformed(line: str) -> str:
         if not re.match(r"'(?:[^'\\]|\\.)*'", rest, re.DOTALL):
             return f'unterminated quoted object: {line[:200]!r}'
     if not re.fullmatch(r'\d{8} \d\d:\d\d:\d\d|\d+', head[0]):
-        return f'bad timestamp {head[0]!r}: {line[:200]!r}'
+        return f'bad timestamp {head[0][:40]!r}: {line[:200]!r}'
     if not (head[4].isdigit() and head[5].isdigit()):
         return f'non-numeric connection or query id: {line[:200]!r}'
     return f'not connectionid,queryid,...,object,retcode[,extra[,extra]]: {line[:200]!r}'
@@ -160,6 +185,7 @@ _CONNECTION_OPS = frozenset({'CONNECT', 'DISCONNECT', 'FAILED_CONNECT', 'CHANGEU
 _DeadLetterOutput = pvalue.TaggedOutput[Literal[DEAD_LETTER_TAG], DeadLetter]
 
 
+@guarded('parse_audit', lambda event: event.message, lambda event: event.position)
 class _ParseAuditLineFn(beam.DoFn):
     """LogEvent -> AuditEvent, or a DeadLetter on DEAD_LETTER_TAG.
 

@@ -12,7 +12,13 @@ sink may have applied part of a row's history before (a replay, a restart):
   expressions can be evaluated from the values written;
 * literal-only UPDATEs fold into each other;
 * anything else (``qty = qty + 1`` twice) stays a separate op, each with its
-  own version, and the sink applies exactly the ops newer than what it has.
+  own version, and the sink applies exactly the ops newer than what it has;
+* an op with a condition (``WHERE id = 5 AND version = 3``) folds only into
+  an earlier op whose written values decide the condition; nothing folds
+  into it, and a conditional DELETE does not make earlier ops irrelevant;
+* a DIVERGE marker is never folded away, and nothing folds across it (a
+  whole-row write after it still makes the ops before it irrelevant, not
+  the marker).
 
 Ordering: in a bounded run every row is coalesced over the whole input
 (``whole_input=True``), so one change per row reaches the sinks. In a streaming
@@ -27,8 +33,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from changeflow.sql.expressions import is_literal, lit, substitute
-from changeflow.model import FULL_ROW_KINDS, Change, OpKind, RowOp
+from changeflow.sql.expressions import is_literal, lit, literal_value, substitute, truthy
+from changeflow.model import DEAD_LETTER_TAG, FULL_ROW_KINDS, MARKER_KINDS, Change, OpKind, RowOp
+from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['coalesce_ops', 'coalesce_changes', 'CoalesceChanges']
 
@@ -40,17 +47,47 @@ def _assign(known: dict, assignments) -> Optional[dict]:
     right as MySQL does; None if one reads a column that is not known."""
     known = dict(known)
     for column, expr in assignments:
-        value = substitute(expr, known)
+        try:
+            value = substitute(expr, known)
+        except (ArithmeticError, LookupError, TypeError, ValueError):
+            return None  # not foldable (GREATEST of text and a number): the sink decides
         if not is_literal(value):
             return None
         known[column] = value
     return known
 
 
+def _decided(condition, known: dict) -> Optional[bool]:
+    """Whether ``condition`` holds on a row whose values are ``known`` (column
+    -> literal expr), or None when it reads a column that is not known."""
+    value = substitute(condition, known)
+    return truthy(literal_value(value)) if is_literal(value) else None
+
+
 def _merge(prev: RowOp, op: RowOp) -> Optional[RowOp]:
     """One op equal to ``prev`` then ``op`` that is safe to apply on a row that
     already has ``prev`` applied; None when there is none."""
     newer = dict(version=op.version, position=op.position)
+    if prev.condition is not None:
+        return None  # whether prev applied depends on the row
+    if op.condition is not None:
+        # Foldable only where the condition is decided by what prev wrote.
+        if prev.kind == OpKind.DELETE:
+            return prev._replace(**newer) if op.kind == OpKind.UPDATE else None
+        if prev.kind in _WHOLE_ROW:
+            known = {c: lit(v) for c, v in prev.values}
+        elif prev.kind == OpKind.UPDATE and all(is_literal(e) for _, e in prev.assignments):
+            known = dict(prev.assignments)
+        else:
+            return None
+        holds = _decided(op.condition, known)
+        if holds is None:
+            return None
+        if not holds:
+            return prev._replace(**newer)  # op touches nothing
+        if op.kind == OpKind.DELETE:
+            return RowOp(OpKind.DELETE, op.version, position=op.position)
+        op = op._replace(condition=None)
     if prev.kind == OpKind.DELETE:
         if op.kind == OpKind.UPDATE:
             return prev._replace(**newer)  # the row is gone: the update matches nothing
@@ -82,8 +119,11 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
         by_version.setdefault(op.version, op)
     folded: List[RowOp] = []
     for op in sorted(by_version.values(), key=lambda o: o.version):
-        if op.kind in FULL_ROW_KINDS or op.kind == OpKind.TRUNCATE or not folded:
-            folded = [op]
+        if (op.kind in FULL_ROW_KINDS and op.condition is None) or op.kind == OpKind.TRUNCATE:
+            folded = [o for o in folded if o.kind in MARKER_KINDS] + [op]
+            continue
+        if not folded or op.kind in MARKER_KINDS or folded[-1].kind in MARKER_KINDS:
+            folded.append(op)
             continue
         merged = _merge(folded[-1], op)
         if merged is None:
@@ -96,20 +136,43 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
 def coalesce_changes(changes: Sequence[Change], truncates: Sequence[RowOp] = ()) -> Change:
     """Changes of one (table, key) -> one Change.
 
-    ``truncates``: the TRUNCATE ops of the row's table. One that falls between
-    the row's first and last op is inserted as a DELETE of the row, so nothing
-    folds across it (an INSERT, a TRUNCATE, then an UPDATE leaves no row).
+    ``truncates``: the whole-table ops of the row's table (TRUNCATE, and an
+    UPDATE or DELETE of rows its WHERE does not name). One that falls between
+    the row's first and last op is inserted as the row's own op (a TRUNCATE as
+    a DELETE), so the row's ops apply around it in order and nothing folds
+    across it (an INSERT, a TRUNCATE, then an UPDATE leaves no row). The ops
+    of a whole-table Change are only sorted and deduplicated.
     """
     first = changes[0]
     ops = [op for change in changes for op in change.ops]
-    if truncates and first.key:
+    if not first.key:
+        by_version = {op.version: op for op in reversed(ops)}
+        return Change(first.table, first.key, tuple(sorted(by_version.values(),
+                                                           key=lambda o: o.version)),
+                      max(c.event_time_us for c in changes))
+    if truncates:
         low, high = min(op.version for op in ops), max(op.version for op in ops)
-        ops += [RowOp(OpKind.DELETE, t.version, position=t.position)
-                for t in truncates if low < t.version < high]
+        ops += [_row_copy(t) for t in truncates if low < t.version < high]
     return Change(first.table, first.key, coalesce_ops(ops),
                   max(c.event_time_us for c in changes))
 
 
+def _row_copy(op: RowOp) -> RowOp:
+    """A whole-table op as one row's op."""
+    if op.kind == OpKind.TRUNCATE:
+        return RowOp(OpKind.DELETE, op.version, position=op.position)
+    return op
+
+
+def _is_table_op(change: Change) -> bool:
+    """A whole-table op that changes rows (not a DIVERGE marker)."""
+    return not change.key and change.ops[0].kind in _TABLE_WRITES
+
+
+_TABLE_WRITES = frozenset({OpKind.TRUNCATE, OpKind.UPDATE, OpKind.DELETE})
+
+
+@guarded('coalesce', lambda element: changes_original(element[1]), lambda element: element[0][0])
 class _CoalesceFn(beam.DoFn):
     def __init__(self):
         self._rows = Metrics.counter('changeflow.coalesce', 'rows')
@@ -125,12 +188,15 @@ class _CoalesceFn(beam.DoFn):
 
 
 class CoalesceChanges(beam.PTransform):
-    """PCollection[Change] -> one Change per (table, key) per window.
+    """PCollection[Change] -> main (``MAIN``): one Change per (table, key) per
+    window; DEAD_LETTER_TAG: the changes of a row that could not be coalesced.
 
     Args:
       window_seconds: fixed event-time window for streaming inputs.
       whole_input: coalesce each key over the whole (bounded) input instead.
     """
+
+    MAIN = 'changes'
 
     def __init__(self, window_seconds: float = 5, whole_input: bool = True):
         super().__init__()
@@ -150,7 +216,7 @@ class CoalesceChanges(beam.PTransform):
                 | 'Window' >> beam.WindowInto(window.FixedWindows(self._window_seconds)))
         truncates = (
             windowed
-            | 'Truncates' >> beam.Filter(lambda c: c.ops[0].kind == OpKind.TRUNCATE)
+            | 'Truncates' >> beam.Filter(_is_table_op)
             | 'ByTable' >> beam.Map(lambda c: (c.table, c.ops[0]))
             | 'TruncatesOfTable' >> beam.GroupByKey()
             | 'Listed' >> beam.MapTuple(lambda table, ops: (table, tuple(ops))))
@@ -158,4 +224,5 @@ class CoalesceChanges(beam.PTransform):
             windowed
             | 'ByRow' >> beam.Map(lambda c: ((c.table, c.key), c))
             | 'GroupRow' >> beam.GroupByKey()
-            | 'Fold' >> beam.ParDo(_CoalesceFn(), truncates=beam.pvalue.AsDict(truncates)))
+            | 'Fold' >> beam.ParDo(_CoalesceFn(), truncates=beam.pvalue.AsDict(truncates))
+            .with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

@@ -7,10 +7,18 @@ S3) as gzip of a JSON envelope ``{"messageType", "owner", "logGroup",
 A record may hold several gzip members (one envelope each, as Firehose
 concatenates them), be gzip inside gzip (Firehose compression on top), or be
 plain JSON. Runs on any runner; element-wise.
+
+Bounds: a record inflates to at most :data:`MAX_INFLATED_BYTES` (64 MiB)
+in total, over all its gzip members and layers (a Kinesis record holds at
+most 1 MiB, so a real payload is far below it). A record that inflates
+beyond it (a gzip bomb: a few KB of nested gzip that expand to gigabytes) is
+dead-lettered ``too-large`` after inflating at most that much, never whole.
+Error messages quote values through a bounded ``repr`` (a deeply nested JSON
+value in a wrongly typed field is described, not recursed into).
 """
 
 import zlib
-from typing import Iterable, Iterator, Literal, List, Tuple, Union
+from typing import Iterable, Iterator, Literal, List, Optional, Tuple, Union
 
 import apache_beam as beam
 import orjson
@@ -18,9 +26,10 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter, LogEvent, SourceRecord, dead_letter
+from changeflow.transforms.guard import guarded, preview
 
-__all__ = ['DecodeError', 'envelopes', 'decode_record', 'DecodeCloudWatchRecords', 'inflate_gzip_member',
-           'GZIP_MAGIC']
+__all__ = ['DecodeError', 'envelopes', 'decode_record', 'DecodeCloudWatchRecords',
+           'inflate_gzip_member', 'GZIP_MAGIC', 'MAX_INFLATED_BYTES']
 
 GZIP_MAGIC = b'\x1f\x8b'
 # Gzip layers unwrapped at most (CloudWatch's own, plus Firehose's compression).
@@ -28,12 +37,15 @@ _MAX_GZIP_DEPTH = 3
 _JSON_START = frozenset(b'{ \t\r\n')
 _CHUNK = 1 << 16
 _ID_TYPES = (str, int)  # AWS sends a 56-digit string, moto an int
+# Most bytes one gzip member may inflate to (see the module docstring).
+MAX_INFLATED_BYTES = 64 << 20
 
 
 class DecodeError(ValueError):
     """A record that is not a CloudWatch Logs payload.
 
-    ``reason`` is one of 'bad-gzip', 'bad-json', 'bad-utf8', 'bad-envelope'.
+    ``reason`` is one of 'bad-gzip', 'bad-json', 'bad-utf8', 'bad-envelope',
+    'too-large'.
     """
 
     def __init__(self, reason: str, detail: str):
@@ -42,15 +54,18 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
-def inflate_gzip_member(data: bytes, offset: int = 0) -> Tuple[bytes, int]:
+def inflate_gzip_member(data: bytes, offset: int = 0,
+                        limit: int = MAX_INFLATED_BYTES) -> Tuple[bytes, int]:
     """Decompress the one gzip member starting at ``data[offset]``.
 
     Returns (content, end offset of the member). Fed in chunks so that walking
     a file of many members stays linear (zlib copies whatever follows the
-    member into ``unused_data``).
+    member into ``unused_data``), and never inflates more than ``limit`` + 1
+    bytes.
 
     Raises:
-        DecodeError: 'bad-gzip' when no valid, complete member starts there.
+        DecodeError: 'bad-gzip' when no valid, complete member starts there;
+        'too-large' when its content exceeds ``limit`` bytes.
     """
     if data[offset:offset + 2] != GZIP_MAGIC:
         raise DecodeError('bad-gzip', f'no gzip member at offset {offset}:'
@@ -58,12 +73,18 @@ def inflate_gzip_member(data: bytes, offset: int = 0) -> Tuple[bytes, int]:
     view = memoryview(data)
     inflater = zlib.decompressobj(wbits=31)
     parts = []
+    size = 0
     position = offset
     try:
         while not inflater.eof and position < len(data):
             chunk = view[position:position + _CHUNK]
-            parts.append(inflater.decompress(chunk))
-            position += len(chunk)
+            part = inflater.decompress(chunk, limit - size + 1)
+            size += len(part)
+            if size > limit:
+                raise DecodeError('too-large', f'gzip member at offset {offset} inflates to more'
+                                               f' than {limit:,} bytes')
+            parts.append(part)
+            position += len(chunk) - len(inflater.unconsumed_tail)
     except zlib.error as e:
         raise DecodeError('bad-gzip', f'gzip member at offset {offset}: {e}') from None
     if not inflater.eof:
@@ -71,8 +92,12 @@ def inflate_gzip_member(data: bytes, offset: int = 0) -> Tuple[bytes, int]:
     return b''.join(parts), position - len(inflater.unused_data)
 
 
-def _payloads(data: bytes, depth: int = 0) -> Iterable[bytes]:
-    """The JSON documents in ``data``: each innermost gzip member, or data itself."""
+def _payloads(data: bytes, depth: int = 0,
+              budget: Optional[List[int]] = None) -> Iterable[bytes]:
+    """The JSON documents in ``data``: each innermost gzip member, or data itself.
+    ``budget[0]``: bytes the record may still inflate to, over all its layers."""
+    if budget is None:
+        budget = [MAX_INFLATED_BYTES]
     if data[:2] != GZIP_MAGIC:
         yield data
         return
@@ -80,8 +105,15 @@ def _payloads(data: bytes, depth: int = 0) -> Iterable[bytes]:
         raise DecodeError('bad-gzip', f'more than {_MAX_GZIP_DEPTH} nested gzip layers')
     offset = 0
     while offset < len(data):
-        member, offset = inflate_gzip_member(data, offset)
-        yield from _payloads(member, depth + 1)
+        try:
+            member, offset = inflate_gzip_member(data, offset, budget[0])
+        except DecodeError as error:
+            if error.reason == 'too-large':
+                raise DecodeError('too-large', f'the record inflates to more than'
+                                               f' {MAX_INFLATED_BYTES:,} bytes') from None
+            raise
+        budget[0] -= len(member)
+        yield from _payloads(member, depth + 1, budget)
 
 
 def _load_json(payload: bytes):
@@ -98,7 +130,7 @@ def _load_json(payload: bytes):
 def _field(mapping: dict, name: str, types, where: str):
     value = mapping.get(name)
     if not isinstance(value, types) or isinstance(value, bool):
-        raise DecodeError('bad-envelope', f'{where}: {name!r} is {value!r:.80}, expected '
+        raise DecodeError('bad-envelope', f'{where}: {name!r} is {preview(value)}, expected '
                                           f'{" or ".join(t.__name__ for t in types)}')
     return value
 
@@ -144,16 +176,16 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
             controls += 1
             continue
         if message_type != 'DATA_MESSAGE':
-            raise DecodeError('bad-envelope', f'unknown messageType {message_type!r}')
+            raise DecodeError('bad-envelope', f'unknown messageType {preview(message_type)}')
         log_group = _field(envelope, 'logGroup', (str,), 'envelope')
         log_stream = _field(envelope, 'logStream', (str,), 'envelope')
         for i, event in enumerate(_field(envelope, 'logEvents', (list,), 'envelope')):
             if type(event) is not dict:
-                raise DecodeError('bad-envelope', f'logEvents[{i}] is {event!r:.80}, not an object')
+                raise DecodeError('bad-envelope', f'logEvents[{i}] is {preview(event)}, not an object')
             message, event_id, timestamp = event.get('message'), event.get('id'), event.get('timestamp')
             if type(message) is not str or type(event_id) not in _ID_TYPES or type(timestamp) is not int:
                 raise DecodeError('bad-envelope', f'logEvents[{i}] needs a str message, a str or int'
-                                                  f' id and an int timestamp: {event!r:.200}')
+                                                  f' id and an int timestamp: {preview(event, 200)}')
             events.append(new(LogEvent, (message, log_group, log_stream, str(event_id), timestamp,
                                          base + str(len(events)))))
     return events, controls
@@ -162,6 +194,7 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
 _DeadLetterOutput = pvalue.TaggedOutput[Literal[DEAD_LETTER_TAG], DeadLetter]
 
 
+@guarded('decode', lambda record: record.data, lambda record: record.position)
 class _DecodeRecordFn(beam.DoFn):
     def __init__(self):
         namespace = 'changeflow.decode'

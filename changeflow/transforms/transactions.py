@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from changeflow.model import DEAD_LETTER_TAG, AuditEvent, dead_letter
+from changeflow.transforms.guard import guarded, lines_original
 
 __all__ = ['CommittedTransaction', 'StatementClass', 'classify_statement',
            'TransactionTracker', 'ResolveTransactions']
@@ -203,6 +204,8 @@ class TransactionTracker:
         return tuple(self._pending)
 
 
+@guarded('transactions', lambda element: lines_original(element[1]),
+         lambda element: next(iter(element[1])).position)
 class _ResolveConnection(beam.DoFn):
     """All of one connection's events (a bounded run) -> committed transactions."""
 

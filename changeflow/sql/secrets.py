@@ -1,0 +1,48 @@
+"""Masking passwords out of statement text kept for people (dead letters).
+
+Statements that set or check a password (``CREATE USER ... IDENTIFIED BY
+'...'``, ``IDENTIFIED WITH plugin AS '...'``, ``GRANT ... IDENTIFIED BY``,
+``SET PASSWORD = ...``, ``PASSWORD('...')``, ``authentication_string``,
+``MASTER_PASSWORD``) are never replicated, so nothing is lost by masking: from
+the first such keyword on, every quoted literal becomes ``'*****'`` (the
+server's own ``server_audit`` masks ``IDENTIFIED BY`` the same way). It works
+on a bare statement and on a logged line, whose literals the plugin escapes
+as ``\\'...\\'``; an unterminated literal (a statement cut at the log limit)
+is masked to the end.
+"""
+
+import re
+
+__all__ = ['MASK', 'mask_secrets']
+
+MASK = '*****'
+
+_SECRET = re.compile(
+    r'\b(?:IDENTIFIED|SET\s+PASSWORD|(?:OLD_)?PASSWORD\s*\(|authentication_string|MASTER_PASSWORD)',
+    re.I)
+_QUOTED = re.compile(r"""
+    (?P<tail>',\d*+(?:,[^,\n]*+){0,2}+\Z)      # the end of a logged line: kept
+  | \\'.*?(?:\\'|\Z)                          # a literal as the plugin escapes it
+  | '(?:[^'\\]|\\.|'')*+(?:'|\Z)
+  | "(?:[^"\\]|\\.|"")*+(?:"|\Z)
+""", re.S | re.X)
+
+
+def _masked(match) -> str:
+    text = match.group(0)
+    if match.group('tail') is not None:
+        return text
+    if text.startswith('\\'):
+        return f"\\'{MASK}\\'"
+    return f'{text[0]}{MASK}{text[0]}'
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the literals after a password keyword masked; unchanged
+    (the same object) when it has none. Literals are paired from each keyword
+    on, the last first, so a keyword inside a literal (a quote out of place,
+    a mutated statement) still has the literals after it masked."""
+    starts = [match.start() for match in _SECRET.finditer(text)]
+    for start in reversed(starts):
+        text = text[:start] + _QUOTED.sub(_masked, text[start:])
+    return text
