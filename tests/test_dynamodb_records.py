@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from changeflow.dynamodb.records import (
-    DIVERGE, BadRecord, DynamoMap, DynamoSet, EventName, StreamViewType, attribute_value,
+    BadRecord, DynamoMap, DynamoSet, EventName, StreamViewType, attribute_value,
     decode_record, decode_source_record, dynamodb_version, export_version, item, json_ready,
     table_from_arn, to_change)
-from changeflow.model import Change, DeadLetter, OpKind, SourceRecord
+from changeflow.model import Change, DeadLetter, OpKind, SourceRecord, divergence
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'dynamodb')
 ARN = 'arn:aws:dynamodb:us-east-1:123456789012:table/prod-Card/stream/2026-12-01T10:00:00.000'
@@ -271,9 +271,9 @@ def test_changes_for_the_replica():
 def test_changes_without_a_new_image_diverge(view, event):
     old = ROW if view == 'OLD_IMAGE' else None
     [op] = to_change(decode_record(lambda_record(event, old=old, view=view)), ['id', 'title']).ops
-    assert op.kind == DIVERGE == 'diverge'
-    reason = dict(op.values)
-    assert reason['reason'] == 'no-new-image' and view in reason['detail']
+    assert op.kind is OpKind.DIVERGE
+    reason, detail = divergence(op)
+    assert reason == 'no-new-image' and view in detail
 
 
 def test_a_key_attribute_missing_from_keys():

@@ -367,3 +367,35 @@ def test_the_sqlite_replica_equals_a_scan(table, sqlite_url):
         assert (json.loads(row.m) if row.m else None) == item.get('m')
         assert row.b == item.get('b')
         assert (json.loads(row.tags) if row.tags else None) == item.get('tags')
+
+
+def test_a_keys_only_modify_marks_the_replica_row_diverged(sqlite_url):
+    """A KEYS_ONLY stream cannot update a row: the sink records it as diverged."""
+    import apache_beam as beam
+    import sqlalchemy as sa
+    from changeflow.config import TableSpec
+    from changeflow.dynamodb.records import decode_record
+    from changeflow.io.sql import WriteToDatabase
+    from tests.beam_helpers import local_pipeline
+
+    def record(event, seq, new=None):
+        body = {'SequenceNumber': seq, 'ApproximateCreationDateTime': 1796119200 + int(seq),
+                'Keys': key(1), 'StreamViewType': 'NEW_IMAGE' if new else 'KEYS_ONLY'}
+        if new:
+            body['NewImage'] = new
+        return decode_record({'eventName': event, 'dynamodb': body}, table='cards-src')
+
+    changes = [to_change(record('INSERT', '1', {**key(1), 'qty': {'N': '1'}}), ('id', 'title')),
+               to_change(record('MODIFY', '2'), ('id', 'title'))]
+    spec = TableSpec('cards-src', ('id', 'title'), 'cards', (
+        ('id', 'integer'), ('title', 'string'), ('qty', 'integer')))
+    pipeline = local_pipeline()
+    _ = (pipeline | beam.Create([((c.table, c.key), c) for c in changes]) | beam.GroupByKey()
+         | beam.FlatMapTuple(lambda _, cs: sorted(cs, key=lambda c: c.version))
+         | WriteToDatabase(sqlite_url, [spec]))
+    pipeline.run().wait_until_finish()
+    with sa.create_engine(sqlite_url).connect() as conn:
+        marks = conn.execute(sa.text('SELECT table_name, row_key, reason FROM changeflow_diverged')).all()
+        rows = conn.execute(sa.text('SELECT id, title, qty FROM cards')).all()
+    assert marks == [('cards', '[1,"t1"]', 'no-new-image')]
+    assert rows == [(1, 't1', 1)]

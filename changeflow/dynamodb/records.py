@@ -61,11 +61,12 @@ import re
 from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from changeflow.io.json_records import dumps_json, loads_json
-from changeflow.model import Change, DeadLetter, OpKind, RowOp, SourceRecord, dead_letter
+from changeflow.model import (
+    Change, DeadLetter, OpKind, RowOp, SourceRecord, dead_letter, diverge_op)
 
 __all__ = ['EventName', 'StreamViewType', 'DynamoSet', 'DynamoMap', 'StreamRecord', 'BadRecord',
            'attribute_value', 'item', 'table_from_arn', 'dynamodb_version', 'export_version',
-           'decode_record', 'decode_source_record', 'to_change', 'json_ready', 'DIVERGE',
+           'decode_record', 'decode_source_record', 'to_change', 'json_ready',
            'STEP', 'MAX_DIGITS']
 
 STEP = 'decode_dynamodb'
@@ -78,11 +79,6 @@ _TTL_PRINCIPAL = 'dynamodb.amazonaws.com'
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 _MICROSECOND_TIMES = 10 ** 14       # a time at or above this is in microseconds, below in ms
-
-# The divergence marker op. ``OpKind.DIVERGE`` is the shared contract
-# (HELPERS.md); until it lands on main, its value: OpKind is a str enum, so
-# 'diverge' == OpKind.DIVERGE once it exists.
-DIVERGE = getattr(OpKind, 'DIVERGE', 'diverge')
 
 
 class EventName(str, enum.Enum):
@@ -542,10 +538,9 @@ def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change
                    position=record.position)
     else:
         view = record.view_type.value if record.view_type else 'unknown'
-        op = RowOp(DIVERGE, record.version,
-                   (('reason', 'no-new-image'),
-                    ('detail', f'{record.event.value} in a {view} stream carries no new image')),
-                   position=record.position)
+        op = diverge_op(record.version, 'no-new-image',
+                        f'{record.event.value} in a {view} stream carries no new image',
+                        record.position)
     return Change(record.table, tuple(key), (op,), record.created_us)
 
 
