@@ -25,6 +25,7 @@ from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
 from changeflow.schema.readers import read_information_schema, read_schema_file
 from changeflow.sql.types import canonical_type
+from changeflow.sql.zones import parse_time_zone
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config', 'display_url']
@@ -78,6 +79,7 @@ class JobConfig(NamedTuple):
     autocommit: bool
     source_db_url: Optional[str] = None     # read-only SQLAlchemy URL; show it with display_url
     schema: Optional[SourceSchema] = None   # from schema.file, else read over source_db
+    time_zone: str = '+00:00'               # the source server's time_zone (TIMESTAMP values)
 
 
 class ConfigError(ValueError):
@@ -499,7 +501,11 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     _check_keys('dead_letter', dead, ('path',), required=('path',))
     _path('dead_letter.path', dead['path'], 'a directory or s3:// prefix')
     audit = raw.get('audit') or {}
-    _check_keys('audit', audit, ('query_log_limit', 'autocommit'))
+    _check_keys('audit', audit, ('query_log_limit', 'autocommit', 'time_zone'))
+    time_zone = _typed('audit.time_zone', audit.get('time_zone', '+00:00'), str,
+                       "the server's time_zone ('+00:00', 'UTC', 'Europe/Paris')")
+    if parse_time_zone(time_zone) is None:
+        raise ConfigError(f'audit.time_zone: {time_zone!r} is not a time zone')
     limit = _typed('audit.query_log_limit', audit.get('query_log_limit', 1024), int, 'an integer')
     if limit < 0:
         raise ConfigError(f'audit.query_log_limit: must be 0 (unlimited) or more, got {limit!r}')
@@ -515,6 +521,7 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         dead_letter_path=_resolve(dead['path'], base_dir),
         query_log_limit=limit,
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
+        time_zone=time_zone,
         source_db_url=source_db_url,
         schema=schema,
     )

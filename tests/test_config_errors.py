@@ -28,6 +28,7 @@ CASES = [
     (('sinks', 'database', 'batch_size'), -5, 'sinks.database.batch_size'),
     (('sinks', 'database', 'batch_size'), 1.5, 'sinks.database.batch_size'),
     (('audit', 'query_log_limit'), -1, 'audit.query_log_limit'),
+    (('audit', 'time_zone'), 'Mars/Olympus_Mons', 'audit.time_zone'),
     (('audit', 'query_log_limit'), '1024', 'audit.query_log_limit'),
     ((*ORDERS, 'columns', 'note'), 'decimal(2,5)', 'tables.shop.orders.columns.note'),
     ((*ORDERS, 'columns', 'note'), 'decimal(66,2)', 'tables.shop.orders.columns.note'),

@@ -55,7 +55,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         config.autocommit)
     dead_letters.append(transactions[DEAD_LETTER_TAG])
     changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(
-        config.tables, config.schema)
+        config.tables, config.schema, config.time_zone)
     dead_letters.append(changes[DEAD_LETTER_TAG])
     coalesce = changes['changes'] | 'Coalesce' >> CoalesceChanges(
         config.window_seconds, whole_input=True)

@@ -16,6 +16,11 @@ the tables its cascades and triggers reach (a secondary UNIQUE key may make
 the write hit another row: its table). So is a write naming a key on a
 case-insensitive collation in a spelling that is not its folded form: the
 source may have matched a row the replica spells differently.
+
+TIMESTAMP values are read in the session's ``time_zone`` (``SET time_zone``)
+and stored as the server shows them in its own (``audit.time_zone``), as a
+later ``SELECT`` on the source would: a value written under a zone the log
+does not tell, or computed by an expression, marks its row (``time-zone``).
 """
 
 import re
@@ -31,6 +36,8 @@ from changeflow.config import TableSpec
 from changeflow.model import (
     DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version, dead_letter, diverge_op)
 from changeflow.schema.model import SourceSchema
+from changeflow.sql.coercion import BadValue, coercer
+from changeflow.sql.zones import parse_time_zone
 from changeflow.schema.hazards import Hazard
 from changeflow.sql.plans import RowChange, SqlChangeError, StatementTranslator, key_caster
 from changeflow.transforms.guard import guarded, internal_error, lines_original
@@ -42,14 +49,16 @@ __all__ = ['ExtractRowChanges']
 _TABLE_HAZARDS = frozenset({'secondary-unique-key'})
 HAZARD_REASONS = ('trigger', 'cascade', 'secondary-unique-key', 'clock-default',
                   'expression-default', 'on-update-clock', 'auto-increment', 'generated-column',
-                  'case-insensitive-key')
+                  'case-insensitive-key', 'time-zone')
 
 
 @guarded('sql_changes', lambda t: lines_original(t.statements), lambda t: t.statements[0].position)
 class _ExtractRowChangesFn(beam.DoFn):
-    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None):
+    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None,
+                 time_zone: str = '+00:00'):
         self._tables = tuple(tables)
         self._schema = schema
+        self._time_zone = time_zone
         self._hazard_counters = {reason: Metrics.counter('changeflow.sql_changes',
                                                          f'hazard_{reason.replace("-", "_")}')
                                  for reason in HAZARD_REASONS}
@@ -66,6 +75,10 @@ class _ExtractRowChangesFn(beam.DoFn):
         self._casters = {spec.source: key_caster(spec) for spec in self._tables}
         self._folded_keys = {spec.source: _case_insensitive_positions(spec)
                              for spec in self._tables}
+        self._timestamps = {spec.source: frozenset(
+            c for c, t in spec.columns if t.split('(')[0].strip() == 'timestamp')
+            for spec in self._tables}
+        self._server_zone = parse_time_zone(self._time_zone)
 
     def process(self, transaction: CommittedTransaction):
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
@@ -79,6 +92,8 @@ class _ExtractRowChangesFn(beam.DoFn):
             try:
                 translation = self._translator.translate(statement.object, statement.database,
                                                          session)
+                translation, zone_hazards = self._in_server_zone(
+                    translation, session.time_zone if session is not None else '')
                 keys = [self._key(change) for change in translation.changes]
                 _check_table_writes(translation, {table for table, _ in first_touch})
             except (SqlChangeError, ValueError, ArithmeticError) as error:
@@ -115,7 +130,7 @@ class _ExtractRowChangesFn(beam.DoFn):
                     change.kind, versions[-1], change.values, change.assignments,
                     _position(statement, seq, len(changes)), change.condition),),
                     statement.timestamp_us)
-            hazards = list(translation.hazards) + self._key_hazards(changes, keys)
+            hazards = list(translation.hazards) + self._key_hazards(changes, keys) + zone_hazards
             if hazards:
                 yield from self._hazard_marks(statement, hazards, changes, keys, versions,
                                               first_touch)
@@ -136,6 +151,29 @@ class _ExtractRowChangesFn(beam.DoFn):
             yield Change(table, (), (diverge_op(
                 self._version(first_touch, statement, table, (), seq), 'truncated-statement',
                 detail, statement.position),), statement.timestamp_us)
+
+    def _in_server_zone(self, translation, session_zone: Optional[str]):
+        """``translation`` with its TIMESTAMP literals moved from the session's
+        time zone to the server's, and the hazards of those it cannot move."""
+        if session_zone == '' or not any(self._timestamps.get(c.table) for c in translation.changes):
+            return translation, []
+        zone = parse_time_zone(session_zone) if session_zone is not None else None
+        changes, unknown = [], False
+        for change in translation.changes:
+            columns = self._timestamps.get(change.table, ())
+            values = tuple((c, _moved(v, zone, self._server_zone) if c in columns else v)
+                           for c, v in change.values)
+            assignments = tuple((c, ('lit', _moved(e[1], zone, self._server_zone))
+                                 if c in columns and e[0] == 'lit' else e)
+                                for c, e in change.assignments)
+            unknown = unknown or any(c in columns and (zone is None or e[0] != 'lit')
+                                     for c, e in change.assignments) or (
+                zone is None and any(c in columns for c, _ in change.values))
+            changes.append(change._replace(values=values, assignments=assignments))
+        hazards = [Hazard('time-zone', f'a TIMESTAMP written under time_zone '
+                                       f'{session_zone!r}, which the log does not resolve or '
+                                       f'an expression computes', (), False)] if unknown else []
+        return translation._replace(changes=tuple(changes)), hazards
 
     def _key_hazards(self, changes, keys) -> list:
         """A key on a case-insensitive column written in a spelling that is not
@@ -251,6 +289,18 @@ def _head_tables(sql: str, database: str) -> List[str]:
     return [f'{first}.{second}' if second else f'{database}.{first}']
 
 
+def _moved(value, zone, server_zone):
+    """A TIMESTAMP literal read in ``zone``, as ``server_zone`` shows it;
+    unchanged when it is not a date-time (the sink then rejects it)."""
+    if value is None or zone is None or server_zone is None:
+        return value
+    try:
+        moment = coercer('timestamp')(value)
+    except BadValue:
+        return value
+    return moment.replace(tzinfo=zone).astimezone(server_zone).replace(tzinfo=None)
+
+
 def _folded(text: str) -> str:
     """A string as a case- and accent-insensitive PAD SPACE collation
     compares it (utf8mb4_general_ci and its kin)."""
@@ -306,14 +356,18 @@ class ExtractRowChanges(beam.PTransform):
     order the source applied them.
     """
 
-    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None):
+    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None,
+                 time_zone: str = '+00:00'):
         super().__init__()
         if not tables:
             raise ValueError('ExtractRowChanges needs at least one table spec')
+        if parse_time_zone(time_zone) is None:
+            raise ValueError(f'time_zone {time_zone!r} is not a time zone')
         self._tables = tuple(tables)
         self._schema = schema
+        self._time_zone = time_zone
 
     def expand(self, transactions):
         return transactions | 'Translate' >> beam.ParDo(
-            _ExtractRowChangesFn(self._tables, self._schema)).with_outputs(
+            _ExtractRowChangesFn(self._tables, self._schema, self._time_zone)).with_outputs(
                 DEAD_LETTER_TAG, main='changes')
