@@ -7,6 +7,9 @@ place: one per row it names (``UPDATE t SET a = NOW() WHERE id = 5``), or one
 for the whole table (key ``()``) when it cannot name them (a WHERE that does
 not pin the key, INSERT ... SELECT, an INSERT without its key).
 
+DDL naming a replicated table is dead-lettered (``schema-change``) and the
+table marked: the replica does not follow DDL yet.
+
 A statement that is translated but that the source schema says did more than
 its text (:mod:`changeflow.schema.hazards`: a BEFORE trigger, a clock default,
 an ON UPDATE CURRENT_TIMESTAMP column, a secondary UNIQUE key, cascading
@@ -39,6 +42,7 @@ from changeflow.schema.model import SourceSchema
 from changeflow.sql.coercion import BadValue, coercer
 from changeflow.sql.zones import parse_time_zone
 from changeflow.schema.hazards import Hazard
+from changeflow.schema.history import apply_ddl
 from changeflow.sql.plans import RowChange, SqlChangeError, StatementTranslator, key_caster
 from changeflow.transforms.guard import guarded, internal_error, lines_original
 from changeflow.transforms.transactions import CommittedTransaction
@@ -120,6 +124,8 @@ class _ExtractRowChangesFn(beam.DoFn):
                 continue
             if translation.skipped:
                 self._skipped[translation.skipped.replace('-', '_')].inc()
+                if translation.skipped == 'ddl':
+                    yield from self._schema_change(statement, first_touch)
                 continue
             changes = translation.changes
             versions = []
@@ -151,6 +157,34 @@ class _ExtractRowChangesFn(beam.DoFn):
             yield Change(table, (), (diverge_op(
                 self._version(first_touch, statement, table, (), seq), 'truncated-statement',
                 detail, statement.position),), statement.timestamp_us)
+
+    def _schema_change(self, statement, first_touch):
+        """DDL on a replicated table: the replica does not follow it yet, so
+        it is dead-lettered and every replicated table it names is marked
+        (``schema-change``), never skipped in silence."""
+        _, effects = apply_ddl(self._schema or SourceSchema(()), statement.object,
+                               statement.database)
+        named = []
+        for effect in effects:
+            for ref in (getattr(effect, 'table', None), getattr(effect, 'new_table', None)):
+                if ref and f'{ref[0]}.{ref[1]}' not in named:
+                    named.append(f'{ref[0]}.{ref[1]}')
+        tables = [t for t in named if t in self._casters]
+        if not tables:
+            return
+        marks = [(table, ()) for table in tables]
+        kinds = ', '.join(sorted({effect.kind for effect in effects}))
+        detail = (f'{kinds} of {", ".join(named)} is not followed by the replica: '
+                  f'{statement.object[:120]!r}')
+        self._dead.inc()
+        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'sql_changes', 'schema-change', detail + _marked(marks), statement.line,
+            statement.position))
+        for seq, table in enumerate(tables):
+            self._tables_marked.inc()
+            yield Change(table, (), (diverge_op(
+                self._version(first_touch, statement, table, (), seq), 'schema-change', detail,
+                statement.position),), statement.timestamp_us)
 
     def _in_server_zone(self, translation, session_zone: Optional[str]):
         """``translation`` with its TIMESTAMP literals moved from the session's

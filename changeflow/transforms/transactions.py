@@ -441,7 +441,11 @@ class TransactionTracker:
                 return []
             self._tables_locked = kind == StatementClass.LOCK
             self._in_transaction = False
-            return self._release()  # commits implicitly
+            released = self._release()  # commits implicitly
+            if kind == StatementClass.DDL:  # on its own, for the SQL stage to follow or mark
+                self._pending, self._sessions = [event], [self._session]
+                released += self._release()
+            return released
         if kind == StatementClass.UNLOCK:
             self.counts['session'] += 1
             if not self._tables_locked:
