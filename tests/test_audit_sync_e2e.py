@@ -31,6 +31,7 @@ EXPECTED_DEAD_LETTERS = sorted([
     ('sql_changes', 'needs-lookup'),   # INSERT INTO events ... SELECT
     ('sql_changes', 'needs-lookup'),   # UPDATE events SET kind = ? (prepared)
     ('sql_changes', 'truncated-statement'),  # committed, cut at the log limit: events marked
+    ('sql_changes', 'schema-change'),  # ALTER TABLE customers ADD COLUMN tier: customers marked
 ])
 
 
