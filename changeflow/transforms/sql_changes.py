@@ -144,19 +144,10 @@ class _ExtractRowChangesFn(beam.DoFn):
     def _cut(self, statement, first_touch):
         """A committed write the plugin cut at its query log limit: never
         translated; the tables it may have written are marked."""
-        tables = self._tables_at_head(statement)
-        marks = [(table, ()) for table in tables]
-        detail = (f'the statement reaches server_audit_query_log_limit and may have been cut '
-                  f'(raise the limit): {statement.object[:80]!r}...')
-        self._dead.inc()
-        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-            'sql_changes', 'truncated-statement', detail + _marked(marks), statement.line,
-            statement.position))
-        for seq, table in enumerate(tables):
-            self._tables_marked.inc()
-            yield Change(table, (), (diverge_op(
-                self._version(first_touch, statement, table, (), seq), 'truncated-statement',
-                detail, statement.position),), statement.timestamp_us)
+        yield from self._tables_stale(
+            statement, first_touch, self._tables_at_head(statement), 'truncated-statement',
+            f'the statement reaches server_audit_query_log_limit and may have been cut '
+            f'(raise the limit): {statement.object[:80]!r}...')
 
     def _schema_change(self, statement, first_touch):
         """DDL on a replicated table: the replica does not follow it yet, so
@@ -170,20 +161,24 @@ class _ExtractRowChangesFn(beam.DoFn):
                 if ref and f'{ref[0]}.{ref[1]}' not in named:
                     named.append(f'{ref[0]}.{ref[1]}')
         tables = [t for t in named if t in self._casters]
-        if not tables:
-            return
-        marks = [(table, ()) for table in tables]
-        kinds = ', '.join(sorted({effect.kind for effect in effects}))
-        detail = (f'{kinds} of {", ".join(named)} is not followed by the replica: '
-                  f'{statement.object[:120]!r}')
+        if tables:
+            kinds = ', '.join(sorted({effect.kind for effect in effects}))
+            yield from self._tables_stale(
+                statement, first_touch, tables, 'schema-change',
+                f'{kinds} of {", ".join(named)} is not followed by the replica: '
+                f'{statement.object[:120]!r}')
+
+    def _tables_stale(self, statement, first_touch, tables, reason: str, detail: str):
+        """The dead letter of a statement that leaves ``tables`` stale, and
+        their whole-table marks in its place."""
         self._dead.inc()
         yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-            'sql_changes', 'schema-change', detail + _marked(marks), statement.line,
-            statement.position))
+            'sql_changes', reason, detail + _marked([(table, ()) for table in tables]),
+            statement.line, statement.position))
         for seq, table in enumerate(tables):
             self._tables_marked.inc()
             yield Change(table, (), (diverge_op(
-                self._version(first_touch, statement, table, (), seq), 'schema-change', detail,
+                self._version(first_touch, statement, table, (), seq), reason, detail,
                 statement.position),), statement.timestamp_us)
 
     def _in_server_zone(self, translation, session_zone: Optional[str]):
