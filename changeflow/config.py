@@ -13,6 +13,7 @@ import fnmatch
 import glob
 import math
 import os
+import re
 from typing import NamedTuple, Optional, Tuple
 
 import sqlalchemy
@@ -80,6 +81,8 @@ class JobConfig(NamedTuple):
     source_db_url: Optional[str] = None     # read-only SQLAlchemy URL; show it with display_url
     schema: Optional[SourceSchema] = None   # from schema.file, else read over source_db
     time_zone: str = '+00:00'               # the source server's time_zone (TIMESTAMP values)
+    server_version: int = 101100            # as /*!NNNNN */ comments number it (MariaDB 10.11.0)
+    rollback_on_timeout: bool = False       # innodb_rollback_on_timeout
 
 
 class ConfigError(ValueError):
@@ -501,7 +504,9 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     _check_keys('dead_letter', dead, ('path',), required=('path',))
     _path('dead_letter.path', dead['path'], 'a directory or s3:// prefix')
     audit = raw.get('audit') or {}
-    _check_keys('audit', audit, ('query_log_limit', 'autocommit', 'time_zone'))
+    _check_keys('audit', audit, ('query_log_limit', 'autocommit', 'time_zone', 'server_version',
+                                 'rollback_on_timeout'))
+    server_version = _server_version(audit.get('server_version', '10.11.0'))
     time_zone = _typed('audit.time_zone', audit.get('time_zone', '+00:00'), str,
                        "the server's time_zone ('+00:00', 'UTC', 'Europe/Paris')")
     if parse_time_zone(time_zone) is None:
@@ -522,9 +527,23 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         query_log_limit=limit,
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
         time_zone=time_zone,
+        server_version=server_version,
+        rollback_on_timeout=_typed('audit.rollback_on_timeout',
+                                   audit.get('rollback_on_timeout', False), bool, 'true/false'),
         source_db_url=source_db_url,
         schema=schema,
     )
+
+
+def _server_version(text) -> int:
+    """``audit.server_version`` ('10.11.6', '8.0.36') as the server numbers
+    itself in executable comments (101106, 80036)."""
+    match = re.fullmatch(r'(\d{1,2})\.(\d{1,2})(?:\.(\d{1,2}))?', str(text).strip())
+    if not isinstance(text, str) or match is None:
+        raise ConfigError(f"audit.server_version: expected the source's version as text, "
+                          f"e.g. '10.11.6' (MariaDB) or '8.0.36' (MySQL), got {_shown(text)}")
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    return major * 10000 + minor * 100 + patch
 
 
 def _check_shared_targets(specs: Tuple[TableSpec, ...]) -> None:

@@ -29,6 +29,9 @@ CASES = [
     (('sinks', 'database', 'batch_size'), 1.5, 'sinks.database.batch_size'),
     (('audit', 'query_log_limit'), -1, 'audit.query_log_limit'),
     (('audit', 'time_zone'), 'Mars/Olympus_Mons', 'audit.time_zone'),
+    (('audit', 'server_version'), 10.11, 'audit.server_version'),
+    (('audit', 'server_version'), 'ten', 'audit.server_version'),
+    (('audit', 'rollback_on_timeout'), 'yes', 'audit.rollback_on_timeout'),
     (('audit', 'query_log_limit'), '1024', 'audit.query_log_limit'),
     ((*ORDERS, 'columns', 'note'), 'decimal(2,5)', 'tables.shop.orders.columns.note'),
     ((*ORDERS, 'columns', 'note'), 'decimal(66,2)', 'tables.shop.orders.columns.note'),
@@ -170,3 +173,14 @@ def test_the_command_itself_prints_one_line_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith('changeflow: bad configuration: window.seconds:')
     assert 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('version, number', [('10.11.6', 101106), ('8.0.36', 80036),
+                                             ('10.6', 100600)])
+def test_the_server_version_is_numbered_as_executable_comments_number_it(
+        tmp_path, version, number):
+    raw = changed(('audit',), {'server_version': version, 'rollback_on_timeout': True,
+                               'time_zone': 'Europe/Paris'})
+    config = load_config(str(write(tmp_path, raw)))
+    assert (config.server_version, config.rollback_on_timeout, config.time_zone) == (
+        number, True, 'Europe/Paris')

@@ -52,10 +52,10 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     parsed = log_events | 'ParseAuditLines' >> ParseAuditLines(config.query_log_limit)
     dead_letters.append(parsed[DEAD_LETTER_TAG])
     transactions = parsed[ParseAuditLines.MAIN] | 'Transactions' >> ResolveTransactions(
-        config.autocommit)
+        config.autocommit, config.server_version, config.rollback_on_timeout)
     dead_letters.append(transactions[DEAD_LETTER_TAG])
     changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(
-        config.tables, config.schema, config.time_zone)
+        config.tables, config.schema, config.time_zone, config.server_version)
     dead_letters.append(changes[DEAD_LETTER_TAG])
     coalesce = changes['changes'] | 'Coalesce' >> CoalesceChanges(
         config.window_seconds, whole_input=True)

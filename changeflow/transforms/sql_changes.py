@@ -40,6 +40,7 @@ from changeflow.model import (
     DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version, dead_letter, diverge_op)
 from changeflow.schema.model import SourceSchema
 from changeflow.sql.coercion import BadValue, coercer
+from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.sql.zones import parse_time_zone
 from changeflow.schema.hazards import Hazard
 from changeflow.schema.history import apply_ddl
@@ -59,10 +60,11 @@ HAZARD_REASONS = ('trigger', 'cascade', 'secondary-unique-key', 'clock-default',
 @guarded('sql_changes', lambda t: lines_original(t.statements), lambda t: t.statements[0].position)
 class _ExtractRowChangesFn(beam.DoFn):
     def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None,
-                 time_zone: str = '+00:00'):
+                 time_zone: str = '+00:00', server_version: int = DEFAULT_SERVER_VERSION):
         self._tables = tuple(tables)
         self._schema = schema
         self._time_zone = time_zone
+        self._server_version = server_version
         self._hazard_counters = {reason: Metrics.counter('changeflow.sql_changes',
                                                          f'hazard_{reason.replace("-", "_")}')
                                  for reason in HAZARD_REASONS}
@@ -75,7 +77,8 @@ class _ExtractRowChangesFn(beam.DoFn):
                          for reason in ('read', 'ddl', 'session', 'untracked_table')}
 
     def setup(self):
-        self._translator = StatementTranslator(self._tables, schema=self._schema)
+        self._translator = StatementTranslator(self._tables, schema=self._schema,
+                                               server_version=self._server_version)
         self._casters = {spec.source: key_caster(spec) for spec in self._tables}
         self._folded_keys = {spec.source: _case_insensitive_positions(spec)
                              for spec in self._tables}
@@ -386,7 +389,7 @@ class ExtractRowChanges(beam.PTransform):
     """
 
     def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None,
-                 time_zone: str = '+00:00'):
+                 time_zone: str = '+00:00', server_version: int = DEFAULT_SERVER_VERSION):
         super().__init__()
         if not tables:
             raise ValueError('ExtractRowChanges needs at least one table spec')
@@ -395,8 +398,10 @@ class ExtractRowChanges(beam.PTransform):
         self._tables = tuple(tables)
         self._schema = schema
         self._time_zone = time_zone
+        self._server_version = server_version
 
     def expand(self, transactions):
         return transactions | 'Translate' >> beam.ParDo(
-            _ExtractRowChangesFn(self._tables, self._schema, self._time_zone)).with_outputs(
+            _ExtractRowChangesFn(self._tables, self._schema, self._time_zone,
+                                 self._server_version)).with_outputs(
                 DEAD_LETTER_TAG, main='changes')
