@@ -15,6 +15,7 @@ import time
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINESALITE_CLI = os.environ.get(
@@ -85,3 +86,31 @@ def kinesalite_endpoint():
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def error(code, operation='GetRecords'):
+    return ClientError({'Error': {'Code': code, 'Message': f'test {code}'}}, operation)
+
+
+class Recording:
+    """A client that records calls and lets a hook raise before one goes through."""
+
+    def __init__(self, real, **hooks):
+        self._real = real
+        self.calls = []
+        self.hooks = hooks
+
+    def __getattr__(self, name):
+        fn = getattr(self._real, name)
+
+        def call(**kwargs):
+            self.calls.append((name, kwargs))
+            hook = self.hooks.get(name)
+            if hook:
+                hook(kwargs)
+            return fn(**kwargs)
+        call.__name__ = name
+        return call
+
+    def named(self, name):
+        return [kw for n, kw in self.calls if n == name]

@@ -6,41 +6,13 @@ import uuid
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from changeflow.dynamodb.records import EventName, decode_source_record, to_change
 from changeflow.io.dynamodb_streams import (
     DynamoDBStreamReader, TrimmedData, latest_stream_arn, record_json)
 from changeflow.io.kinesis import Backoff, ReadError, Start
 from changeflow.io.shards import ShardPosition
-
-
-def error(code, operation='GetRecords'):
-    return ClientError({'Error': {'Code': code, 'Message': f'test {code}'}}, operation)
-
-
-class Faulty:
-    """A client that lets hooks raise before a call goes through, and counts calls."""
-
-    def __init__(self, real, **hooks):
-        self._real = real
-        self.hooks = hooks
-        self.calls = []
-
-    def __getattr__(self, name):
-        fn = getattr(self._real, name)
-
-        def call(**kwargs):
-            self.calls.append((name, kwargs))
-            hook = self.hooks.get(name)
-            if hook:
-                hook(kwargs)
-            return fn(**kwargs)
-        call.__name__ = name
-        return call
-
-    def named(self, name):
-        return [kw for n, kw in self.calls if n == name]
+from kinesis_servers import Recording, error
 
 
 def raise_times(code, times):
@@ -167,7 +139,7 @@ def test_resumes_after_the_checkpoint_and_reads_only_new_records(table):
     assert read(DynamoDBStreamReader(streams, reads_per_second=1000), arn, positions)[0] == []
     ddb.put_item(TableName=name, Item={**key(1), 'qty': {'N': '2'}})
     ddb.delete_item(TableName=name, Key=key(1))
-    recording = Faulty(streams)
+    recording = Recording(streams)
     again, _ = read(DynamoDBStreamReader(recording, reads_per_second=1000), arn, positions)
     assert [r.sequence for r in again] == [str(int(first[0].sequence) + n) for n in (1, 2)]
     [iterator] = recording.named('get_shard_iterator')
@@ -209,7 +181,7 @@ def test_describe_stream_is_paged_and_its_rate_limit_backed_off():
             return {'StreamDescription': description}
 
     clock = Clock()
-    client = Faulty(Listing(7), describe_stream=raise_times('LimitExceededException', 2))
+    client = Recording(Listing(7), describe_stream=raise_times('LimitExceededException', 2))
     reader = DynamoDBStreamReader(client, page_size=3, clock=clock, sleep=clock.sleep)
     shards = reader.list_shards('arn:aws:dynamodb:us-east-1:1:table/t/stream/x')
     assert [s['ShardId'] for s in shards] == [s['ShardId'] for s in Listing(7).shards]
@@ -223,12 +195,12 @@ def test_get_records_throttling_is_backed_off(table):
     arn = latest_stream_arn(ddb, name)
     write_workload(ddb, name)
     clock = Clock()
-    client = Faulty(streams, get_records=raise_times('LimitExceededException', 3))
+    client = Recording(streams, get_records=raise_times('LimitExceededException', 3))
     reader = DynamoDBStreamReader(client, clock=clock, sleep=clock.sleep,
                                   backoff=Backoff(base_s=1, cap_s=4))
     records, _ = read(reader, arn, {})
     assert len(records) == 7 and reader.throttled == 3 and clock.now > 0
-    stubborn = Faulty(streams, get_records=raise_times('LimitExceededException', 100))
+    stubborn = Recording(streams, get_records=raise_times('LimitExceededException', 100))
     with pytest.raises(ReadError, match='throttled'):
         read(DynamoDBStreamReader(stubborn, clock=clock, sleep=clock.sleep,
                                   backoff=Backoff(max_attempts=4)), arn, {})
@@ -244,7 +216,7 @@ def test_an_expired_iterator_is_renewed_after_the_last_record(table):
         calls[0] += 1
         if calls[0] == 2:
             raise error('ExpiredIteratorException')
-    client = Faulty(streams, get_records=expire_second)
+    client = Recording(streams, get_records=expire_second)
     reader = DynamoDBStreamReader(client, limit=3, reads_per_second=1000)
     records, _ = read(reader, arn, {})
     assert len(records) == 7 and len({r.sequence for r in records}) == 7 and reader.renewed == 1
@@ -261,7 +233,7 @@ def test_a_checkpoint_past_the_trim_horizon_is_data_loss(table, call):
     write_workload(ddb, name)
     positions = {}
     records, _ = read(DynamoDBStreamReader(streams, reads_per_second=1000), arn, positions)
-    client = Faulty(streams, **{call: raise_times('TrimmedDataAccessException', 1)})
+    client = Recording(streams, **{call: raise_times('TrimmedDataAccessException', 1)})
     with pytest.raises(TrimmedData) as e:
         read(DynamoDBStreamReader(client, reads_per_second=1000), arn, positions)
     assert e.value.shard_id == records[-1].shard and e.value.sequence == records[-1].sequence

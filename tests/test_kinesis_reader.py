@@ -7,42 +7,14 @@ import time
 import uuid
 
 import pytest
-from botocore.exceptions import ClientError
 
 from changeflow.io.kinesis import (
     Backoff, KinesisShardReader, ReadError, ShardsLost, Start, kinesis_client)
 from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.shards import ShardPosition
 from changeflow.model import SourceRecord
-from kinesis_servers import client, create_stream, kinesalite_endpoint, wait_active  # noqa: F401
-
-
-def error(code, operation='GetRecords'):
-    return ClientError({'Error': {'Code': code, 'Message': f'test {code}'}}, operation)
-
-
-class Recording:
-    """A client that records calls and lets a hook raise before one goes through."""
-
-    def __init__(self, real, **hooks):
-        self._real = real
-        self.calls = []
-        self.hooks = hooks
-
-    def __getattr__(self, name):
-        fn = getattr(self._real, name)
-
-        def call(**kwargs):
-            self.calls.append((name, kwargs))
-            hook = self.hooks.get(name)
-            if hook:
-                hook(kwargs)
-            return fn(**kwargs)
-        call.__name__ = name
-        return call
-
-    def named(self, name):
-        return [kw for n, kw in self.calls if n == name]
+from kinesis_servers import (  # noqa: F401
+    Recording, client, create_stream, error, kinesalite_endpoint, wait_active)
 
 
 class FakeClock:

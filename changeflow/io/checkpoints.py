@@ -29,10 +29,10 @@ import time
 from typing import Any, Dict, Mapping, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
+from changeflow.io.sqlite import begin_immediate
 from changeflow.io.shards import ShardPosition, sequence_key
 
 __all__ = ['Checkpoint', 'CheckpointStore', 'CheckpointConflict', 'sqlite_url_beside']
@@ -56,18 +56,6 @@ def sqlite_url_beside(job_path: str) -> str:
     return f'sqlite:///{base}.checkpoints.db'
 
 
-def _immediate_transactions(engine):
-    """SQLite: take the write lock at BEGIN, so a commit's read-check-write is
-    atomic between processes (SQLAlchemy's documented pysqlite recipe)."""
-    @event.listens_for(engine, 'connect')
-    def _connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, 'begin')
-    def _begin(connection):
-        connection.exec_driver_sql('BEGIN IMMEDIATE')
-
-
 class CheckpointStore:
     """Checkpoints of stream readers, keyed by (job name, stream, shard).
 
@@ -82,7 +70,7 @@ class CheckpointStore:
         else:
             self.engine = sa.create_engine(url)
             if self.engine.dialect.name == 'sqlite':
-                _immediate_transactions(self.engine)
+                begin_immediate(self.engine)
         metadata = sa.MetaData()
         self.shards = sa.Table(
             f'{prefix}checkpoints', metadata,

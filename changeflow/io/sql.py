@@ -56,7 +56,6 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
@@ -64,6 +63,7 @@ from changeflow.sql.coercion import BadValue, coercer
 from changeflow.config import TableSpec
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
+from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
@@ -907,16 +907,7 @@ def _create_engine(url: str) -> sa.Engine:
                 os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
             except OSError:
                 pass
-        # pysqlite's own transaction handling skips BEGIN before SELECTs and
-        # SAVEPOINTs; take it over (SQLAlchemy's documented recipe) and take
-        # the write lock at BEGIN so two writers never deadlock on upgrade.
-        @event.listens_for(engine, 'connect')
-        def _no_driver_transactions(dbapi_connection, _):
-            dbapi_connection.isolation_level = None
-
-        @event.listens_for(engine, 'begin')
-        def _begin_immediate(conn):
-            conn.exec_driver_sql('BEGIN IMMEDIATE')
+        begin_immediate(engine)
     return engine
 
 
