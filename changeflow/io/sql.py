@@ -625,12 +625,17 @@ class _Replica:
                 plan.add(key, base, state)
                 versions.append({'table_name': target.name, 'row_key': row_key,
                                  'version': op.version, 'deleted': not state.exists})
+        self._commit_plan(conn, plan, versions, marks, outcome.counts)
+        return None
+
+    def _commit_plan(self, conn, plan: _Plan, versions, marks, counts) -> None:
+        """Executes ``plan`` and records, in the same transaction, the rows'
+        versions and the marks its changes left."""
         plan.execute(conn)
         _upsert(conn, self._rows, versions, update=('version', 'deleted'))
-        self._record_marks(conn, marks, outcome.counts)
-        outcome.counts['rows_upserted'] += plan.rows_upserted
-        outcome.counts['rows_deleted'] += plan.rows_deleted
-        return None
+        self._record_marks(conn, marks, counts)
+        counts['rows_upserted'] += plan.rows_upserted
+        counts['rows_deleted'] += plan.rows_deleted
 
     def _truncate(self, conn, target: _Target, version: str) -> int:
         """TRUNCATE at ``version``; returns the number of rows deleted."""
@@ -726,11 +731,7 @@ class _Replica:
                                    rejection.detail))
                 outcome.dead.append((_with_ops(item, newer[len(applied):]), rejection.reason,
                                      rejection.detail))
-        plan.execute(conn)
-        _upsert(conn, self._rows, versions, update=('version', 'deleted'))
-        self._record_marks(conn, marks, outcome.counts)
-        outcome.counts['rows_upserted'] += plan.rows_upserted
-        outcome.counts['rows_deleted'] += plan.rows_deleted
+        self._commit_plan(conn, plan, versions, marks, outcome.counts)
         return outcome
 
     def _apply_prefix(self, conn, target: _Target, key, base: RowState, ops):
