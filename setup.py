@@ -10,6 +10,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['changeflow', 'changeflow.*']),
     python_requires='>=3.11',  # possessive regex quantifiers in the audit parser,
     install_requires=[
+        'alembic>=1.13,<2',
         'apache-beam>=2.77.0,<2.78',
         'boto3>=1.34,<2',
         'orjson>=3.9,<4',

@@ -9,12 +9,13 @@ targets that cannot escape their directory, database URLs that SQLAlchemy
 can parse, and non-empty paths.
 """
 
+import copy
 import fnmatch
 import glob
 import math
 import os
 import re
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import sqlalchemy
 import sqlalchemy.exc
@@ -29,7 +30,7 @@ from changeflow.sql.types import canonical_type
 from changeflow.sql.zones import parse_time_zone
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
-           'parse_config', 'load_config', 'display_url']
+           'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -83,6 +84,7 @@ class JobConfig(NamedTuple):
     time_zone: str = '+00:00'               # the source server's time_zone (TIMESTAMP values)
     server_version: int = 101100            # as /*!NNNNN */ comments number it (MariaDB 10.11.0)
     rollback_on_timeout: bool = False       # innodb_rollback_on_timeout
+    table_rules: Any = None                 # ``tables:`` as written, for resolve_tables
 
 
 class ConfigError(ValueError):
@@ -364,11 +366,14 @@ def _schema_table(name: str, raw, table: TableSchema, pattern: bool = False) -> 
                      tuple(table.column(c).name for c in redact), defaults, table)
 
 
-def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
+def _tables(raw, schema: Optional[SourceSchema], lenient: bool = False
+            ) -> Tuple[TableSpec, ...]:
     """``tables:`` as a mapping of name: spec, or (with a schema) a list of
     names. With a schema, a spec may be empty and names may be patterns
     (``shop.*``) expanded against it; tables named explicitly override a
-    pattern's."""
+    pattern's. ``lenient``: the schema is one the log reached later (see
+    :func:`resolve_tables`), where a pattern may match nothing and a named
+    table may not exist (yet, or any more)."""
     if isinstance(raw, list):
         if schema is None:
             raise ConfigError('tables: a list of names needs a schema (schema.file or '
@@ -383,7 +388,7 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
         for name, spec in raw.items():
             _typed(f'tables.{name}', name, str, 'a table name as a string (database.table)')
             entries.append((name, {} if spec is None else spec))
-    if not entries:
+    if not entries and not lenient:
         raise ConfigError('tables: name at least one table to replicate')
     names = [name for name, _ in entries]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -407,7 +412,7 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
             fold = (str.lower if schema.lower_case_table_names else str)
             matched = [t for t in schema.tables if fnmatch.fnmatchcase(fold(t.qualified),
                                                                         fold(name))]
-            if not matched:
+            if not matched and not lenient:
                 raise ConfigError(f'{where}: the pattern matches no table of the schema')
             redact = _typed(f'{where}.redact', spec.get('redact') or [], list,
                             'a list of column names')
@@ -423,6 +428,8 @@ def _tables(raw, schema: Optional[SourceSchema]) -> Tuple[TableSpec, ...]:
             continue
         table = schema.table(*name.split('.', 1)) if schema is not None else None
         if table is None:
+            if lenient and not (isinstance(spec, dict) and spec.get('columns')):
+                continue  # not in the schema at this point of the log
             if not isinstance(spec, dict) or 'key' not in spec:
                 missing = ' and is not in the schema' if schema is not None else ''
                 _check_keys(where, spec, ('key', 'target', 'columns', 'redact'))
@@ -482,6 +489,7 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     source_db_url = _source_db(raw.get('source_db'), base_dir)
     schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
     tables = _tables(raw['tables'], schema)
+    table_rules = copy.deepcopy(raw['tables']) if schema is not None else None
     window = raw.get('window') or {}
     _check_keys('window', window, ('seconds',))
     seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
@@ -532,7 +540,25 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
                                    audit.get('rollback_on_timeout', False), bool, 'true/false'),
         source_db_url=source_db_url,
         schema=schema,
+        table_rules=table_rules,
     )
+
+
+def table_spec(table: TableSchema, target: Optional[str] = None, redact=()) -> TableSpec:
+    """The spec of a table from the schema alone: a replicated table the log
+    renamed or altered where ``tables:`` does not name it."""
+    spec = _schema_table(table.qualified, {'redact': [c for c in redact if table.column(c)]},
+                         table, pattern=True)
+    return spec._replace(target=target) if target else spec
+
+
+def resolve_tables(table_rules, schema: SourceSchema) -> Tuple[TableSpec, ...]:
+    """The specs ``tables:`` (``JobConfig.table_rules``) gives against a schema
+    the log reached after DDL: patterns match the tables it then holds, named
+    tables it does not hold are left out. Raises ConfigError when the config
+    no longer fits (a configured key column was dropped, two tables share a
+    target)."""
+    return _tables(table_rules, schema, lenient=True)
 
 
 def _server_version(text) -> int:

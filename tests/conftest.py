@@ -58,6 +58,29 @@ def mariadb_url():
     return _database_url(MARIADB_URL, '127.0.0.1', 3306, 'MariaDB')
 
 
+@pytest.fixture
+def mariadb_schema_shop(mariadb_url):
+    """``mariadb_url`` whose server holds database cf_schema_shop, created by
+    the committed tests/data/schema/make_schema_fixture.py when missing."""
+    import importlib.util
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(mariadb_url)
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(sqlalchemy.text(
+                'SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :d'),
+                {'d': 'cf_schema_shop'}).scalar()
+            if not exists:
+                spec = importlib.util.spec_from_file_location('make_schema_fixture', os.path.join(
+                    DATA, 'schema', 'make_schema_fixture.py'))
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                module.create(conn.connection.dbapi_connection)
+    finally:
+        engine.dispose()
+    return mariadb_url
+
+
 @pytest.fixture(params=['sqlite', 'postgresql', 'mariadb'])
 def database_url(request):
     """Each supported replica database; skipped where the server is down."""

@@ -157,9 +157,9 @@ def test_an_unreachable_source_db_is_a_config_error_without_the_password(base):
     assert 's3cret' not in message
 
 
-def test_schema_read_from_source_db_equals_the_dump(base, mariadb_url):
-    job = config(base, [f'{DB}.*'], schema=None, source_db={'url': mariadb_url})
-    assert job.source_db_url == mariadb_url
+def test_schema_read_from_source_db_equals_the_dump(base, mariadb_schema_shop):
+    job = config(base, [f'{DB}.*'], schema=None, source_db={'url': mariadb_schema_shop})
+    assert job.source_db_url == mariadb_schema_shop
     assert job.schema == config(base, [f'{DB}.*']).schema
     assert [s.source for s in job.tables] == [s.source for s in config(base, [f'{DB}.*']).tables]
 

@@ -205,11 +205,11 @@ def test_the_database_sink_stores_mysql_types_as_mysql_does(text, value, stored)
     """A column declared with MySQL type text is coerced by that text (ENUM by
     index and declared spelling, YEAR's two-digit years, CHAR's trailing
     spaces, DATETIME(0)'s cut fraction), not by its storage type."""
-    from changeflow.io.sql import _sql_type, _Target
+    from changeflow.io.sql import sql_type, _Target
     engine = sa.create_engine('sqlite://')
     metadata = sa.MetaData()
     table = sa.Table('cf_types_sink', metadata, sa.Column('k', sa.Integer, primary_key=True),
-                     sa.Column('v', _sql_type(text)))
+                     sa.Column('v', sql_type(text)))
     metadata.create_all(engine)
     target = _Target(TableSpec('shop.t', ('k',), 'cf_types_sink', (('k', 'integer'), ('v', text))),
                      table)

@@ -69,7 +69,8 @@ from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
-__all__ = ['WriteToDatabase', 'Divergence', 'read_divergence']
+__all__ = ['WriteToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
+           'spec_json', 'read_followed_specs', 'bookkeeping_tables', 'create_engine', 'sql_type']
 
 _STEP = 'write_database'
 
@@ -85,7 +86,7 @@ _REASON_LENGTH = 64
 _MISSING = object()
 
 
-def _sql_type(declared: str) -> sa.types.TypeEngine:
+def sql_type(declared: str) -> sa.types.TypeEngine:
     """The SQLAlchemy type of a TableSpec column type: :func:`changeflow.sql.types.sqlalchemy_type`
     (MySQL/MariaDB get DECIMAL(65,30) for an unqualified decimal, DATETIME(6),
     LONGTEXT and LONGBLOB; SQLite keeps decimals exact). ValueError if unknown."""
@@ -373,7 +374,7 @@ def _chunks(values: Sequence, size: int = _KEYS_PER_SELECT):
         yield values[start:start + size]
 
 
-def _bookkeeping_tables(metadata: sa.MetaData, prefix: str
+def bookkeeping_tables(metadata: sa.MetaData, prefix: str
                         ) -> Tuple[sa.Table, sa.Table, sa.Table]:
     # Binary collations: row keys compare exactly and versions bytewise everywhere.
     def text(length):
@@ -400,6 +401,66 @@ def _bookkeeping_tables(metadata: sa.MetaData, prefix: str
         sa.Column('detail', sa.Text(), nullable=False),
         **options)
     return rows, tables, diverged
+
+
+def schema_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    """``changeflow_schema(source, spec, position)``: the specs of a replica
+    that follows the source's DDL (:mod:`changeflow.io.replica_schema`), one
+    row per source table (``spec`` '' once dropped), and under source '' the
+    position of the last DDL step applied."""
+    return sa.Table(
+        f'{prefix}schema', metadata,
+        sa.Column('source', sa.String(_TABLE_NAME_LENGTH), primary_key=True),
+        sa.Column('spec', sa.Text(), nullable=False),
+        sa.Column('position', sa.String(_VERSION_LENGTH), nullable=False),
+        mysql_charset='utf8mb4', mysql_collate='utf8mb4_bin')
+
+
+def spec_json(spec: TableSpec) -> str:
+    """What the sink needs of a spec, as JSON (the source schema is not kept)."""
+    return json.dumps({'source': spec.source, 'key': spec.key, 'target': spec.target,
+                       'columns': spec.columns, 'redact': spec.redact,
+                       'defaults': spec.defaults}, sort_keys=True)
+
+
+def _spec_of_json(text: str) -> TableSpec:
+    raw = json.loads(text)
+    return TableSpec(raw['source'], tuple(raw['key']), raw['target'],
+                     tuple(map(tuple, raw['columns'])), tuple(raw['redact']),
+                     tuple(map(tuple, raw['defaults'])))
+
+
+def read_followed_specs(conn: sa.Connection, prefix: str
+                        ) -> Optional[Tuple[Tuple[TableSpec, ...], Tuple[str, ...]]]:
+    """(specs, dropped sources) the replica follows, or None when it does not
+    follow DDL (no ``changeflow_schema`` rows)."""
+    table = schema_table(sa.MetaData(), prefix)
+    if not sa.inspect(conn).has_table(table.name):
+        return None
+    rows = [(source, spec) for source, spec in conn.execute(
+        sa.select(table.c.source, table.c.spec)) if source]
+    if not rows:
+        return None
+    return (tuple(_spec_of_json(spec) for _, spec in rows if spec),
+            tuple(source for source, spec in rows if not spec))
+
+
+def _split_target(target: str) -> Tuple[Optional[str], str]:
+    schema, _, name = target.rpartition('.')
+    return schema or None, name
+
+
+def replica_table(spec: TableSpec, metadata: sa.MetaData) -> sa.Table:
+    """The replica table of a spec with declared columns, as the sink creates it."""
+    schema, name = _split_target(spec.target)
+    defaults = dict(spec.defaults)
+    return sa.Table(
+        name, metadata,
+        *(sa.Column(c, sql_type(t), primary_key=c in spec.key,
+                    autoincrement=False,  # the source assigns keys
+                    server_default=defaults.get(c))
+          for c, t in spec.columns),
+        schema=schema, mysql_charset='utf8mb4')
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
@@ -443,6 +504,7 @@ class _Replica:
         self._prefix = bookkeeping_prefix
         self._num_shards = num_shards
         self.targets: Dict[str, _Target] = {}
+        self.dropped: Tuple[str, ...] = ()  # sources the followed DDL dropped
         self.prepared = False
 
     def prepare(self, engine: sa.Engine) -> None:
@@ -451,21 +513,18 @@ class _Replica:
         Raises ValueError when a table without declared columns does not exist.
         """
         metadata = sa.MetaData()
-        self._rows, self._tables, self._diverged = _bookkeeping_tables(metadata, self._prefix)
+        self._rows, self._tables, self._diverged = bookkeeping_tables(metadata, self._prefix)
         created = [self._rows, self._tables, self._diverged]
         targets = {}
         with engine.begin() as conn:
+            followed = read_followed_specs(conn, self._prefix)
+            if followed is not None:  # the replica follows the source's DDL: its specs
+                specs, self.dropped = followed
+                self._specs = {spec.source: spec for spec in specs}
             for spec in self._specs.values():
-                schema, _, name = spec.target.rpartition('.')
-                defaults = dict(spec.defaults)
+                schema, name = _split_target(spec.target)
                 if spec.columns:
-                    table = sa.Table(
-                        name, metadata,
-                        *(sa.Column(c, _sql_type(t), primary_key=c in spec.key,
-                                    autoincrement=False,  # the source assigns keys
-                                    server_default=defaults.get(c))
-                          for c, t in spec.columns),
-                        schema=schema or None, mysql_charset='utf8mb4')
+                    table = replica_table(spec, metadata)
                     created.append(table)
                 else:
                     try:
@@ -897,7 +956,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
 
-def _create_engine(url: str) -> sa.Engine:
+def create_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if engine.dialect.name == 'sqlite':
         database = engine.url.database
@@ -939,7 +998,7 @@ def read_divergence(url: str, bookkeeping_prefix: str = 'changeflow_') -> Diverg
         engine.dispose()
         return Divergence((), ())  # not written yet; reading would create the file
     try:
-        diverged = _bookkeeping_tables(sa.MetaData(), bookkeeping_prefix)[2]
+        diverged = bookkeeping_tables(sa.MetaData(), bookkeeping_prefix)[2]
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(diverged.name):
                 return Divergence((), ())
@@ -969,8 +1028,9 @@ class _WriteDoFn(beam.DoFn):
     """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
 
     def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix,
-                 num_shards=1):
+                 num_shards=1, follows_schema=False):
         self._url = url
+        self._follows_schema = follows_schema
         self._num_shards = num_shards
         self._tables = tuple(tables)
         self._known = {spec.source for spec in tables}
@@ -980,13 +1040,15 @@ class _WriteDoFn(beam.DoFn):
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
             'changes_dead_lettered', 'rows_marked_diverged', 'tables_marked_diverged',
-            'batches_committed', 'batch_retries')}
+            'batches_committed', 'batch_retries', 'changes_of_dropped_tables')}
         self._engine = None
         self._replica = None
 
     def setup(self):
-        self._engine = _create_engine(self._url)
+        self._engine = create_engine(self._url)
         self._replica = _Replica(self._tables, self._bookkeeping_prefix, self._num_shards)
+        if self._follows_schema:
+            return  # the specs are the replica's, once ApplyReplicaSchema has run
         try:
             self._replica.prepare(self._engine)
         except sa_exc.SQLAlchemyError as exc:
@@ -1026,11 +1088,22 @@ class _WriteDoFn(beam.DoFn):
             due.write(earliest)
             flush.set(Timestamp(micros=earliest))
         ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
+        if not self._replica.prepared:
+            try:
+                self._replica.prepare(self._engine)
+            except sa_exc.SQLAlchemyError:
+                pass  # the first batch prepares again, with retries
+        known = set(self._replica.targets) if self._replica.prepared else self._known
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
                          reported=bool(change.key) or shard_key[1] == 0, shard=shard_key[1])
-            if change.table not in self._known:
+            if change.table in self._replica.dropped:
+                # Older than the DROP TABLE that the replica followed: gone with the table.
+                if item.reported:
+                    self._counters['changes_of_dropped_tables'].inc()
+                continue
+            if change.table not in known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
                     f'{change.table!r} is not one of the tables given to WriteToDatabase'))
@@ -1219,12 +1292,16 @@ class WriteToDatabase(beam.PTransform):
         max_retries: retries of a batch after a transient error.
         num_shards: parallel writers per table.
         bookkeeping_prefix: prefix of the bookkeeping tables' names.
+        schema_timeline: a PCollection of one SchemaTimeline: the replica then
+            follows the source's DDL (:mod:`changeflow.io.replica_schema`),
+            and writes with the specs it recorded; changes of tables it
+            dropped are skipped (``changes_of_dropped_tables``).
     """
     MAIN = 'written'
 
     def __init__(self, url: str, tables: Sequence[TableSpec], batch_size: int = 500,
                  max_retries: int = 3, *, num_shards: int = 16,
-                 bookkeeping_prefix: str = 'changeflow_'):
+                 bookkeeping_prefix: str = 'changeflow_', schema_timeline=None):
         super().__init__()
         if not url or not isinstance(url, str):
             raise ValueError(f'url must be a SQLAlchemy URL, got {url!r}')
@@ -1251,17 +1328,28 @@ class WriteToDatabase(beam.PTransform):
         self._max_retries = max_retries
         self._num_shards = num_shards
         self._bookkeeping_prefix = bookkeeping_prefix
+        self._schema_timeline = schema_timeline
 
     def expand(self, changes):
+        after = {}
+        if self._schema_timeline is not None:
+            from changeflow.io.replica_schema import ApplyReplicaSchema
+            applied = self._schema_timeline | 'FollowSchema' >> ApplyReplicaSchema(
+                self._url, self._bookkeeping_prefix)
+            # A side input is ready before its consumer runs: no write precedes the DDL.
+            after = {'schema_applied': beam.pvalue.AsSingleton(applied)}
         return (
             changes
-            | 'KeyByShard' >> beam.FlatMap(_shards_of, self._num_shards).with_output_types(
+            | 'KeyByShard' >> beam.FlatMap(
+                lambda change, num_shards, schema_applied=None: _shards_of(change, num_shards),
+                self._num_shards, **after).with_output_types(
                 typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
             # One buffer per shard across windows, so timers fire in timestamp order.
             | 'AcrossWindows' >> beam.WindowInto(beam_window.GlobalWindows())
             | 'WriteInVersionOrder' >> beam.ParDo(_WriteDoFn(
                 self._url, self._tables, self._batch_size, self._max_retries,
-                self._bookkeeping_prefix, self._num_shards)).with_outputs(
+                self._bookkeeping_prefix, self._num_shards,
+                self._schema_timeline is not None)).with_outputs(
                     DEAD_LETTER_TAG, main=self.MAIN))
 
 
@@ -1274,7 +1362,7 @@ def _check_spec(spec: TableSpec) -> None:
     if spec.columns:
         declared = [name for name, _ in spec.columns]
         for _, type_ in spec.columns:
-            _sql_type(type_)  # raises ValueError for an unknown type
+            sql_type(type_)  # raises ValueError for an unknown type
         missing = [k for k in spec.key if k not in declared]
         if missing:
             raise ValueError(f'key column(s) {missing} of {spec.source!r} are not among '

@@ -29,6 +29,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.audit_log import ParseAuditLines
 from changeflow.transforms.coalesce import CoalesceChanges
 from changeflow.transforms.decode import DecodeCloudWatchRecords
+from changeflow.transforms.follow_schema import BuildSchemaTimeline
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET, RouteChanges
 from changeflow.transforms.sql_changes import ExtractRowChanges
 from changeflow.transforms.transactions import ResolveTransactions
@@ -54,8 +55,12 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     transactions = parsed[ParseAuditLines.MAIN] | 'Transactions' >> ResolveTransactions(
         config.autocommit, config.server_version, config.rollback_on_timeout)
     dead_letters.append(transactions[DEAD_LETTER_TAG])
+    timeline = None
+    if config.schema is not None:  # the schema the log starts with, advanced by its DDL
+        timeline = transactions['transactions'] | 'SchemaTimeline' >> BuildSchemaTimeline(
+            config.schema, config.table_rules, config.tables, config.server_version)
     changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(
-        config.tables, config.schema, config.time_zone, config.server_version)
+        config.tables, config.schema, config.time_zone, config.server_version, timeline)
     dead_letters.append(changes[DEAD_LETTER_TAG])
     coalesce = changes['changes'] | 'Coalesce' >> CoalesceChanges(
         config.window_seconds, whole_input=True)
@@ -70,7 +75,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     outputs = {'changes': coalesced}
     if config.database_url:
         written = routed[DATABASE] | 'WriteDatabase' >> WriteToDatabase(
-            config.database_url, config.tables, batch_size=config.database_batch_size)
+            config.database_url, config.tables, batch_size=config.database_batch_size,
+            schema_timeline=timeline)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[DATABASE] = written[WriteToDatabase.MAIN]
     if config.parquet_path:

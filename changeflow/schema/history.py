@@ -1031,5 +1031,10 @@ class SchemaHistory:
         index = bisect.bisect_right(self._positions, tuple(position))
         return self._entries[index - 1].schema if index else self._initial
 
+    def entries(self) -> Tuple[Tuple[tuple, str, Optional[str], tuple, SourceSchema], ...]:
+        """(position, sql, database, effects, schema after it) of every DDL, in
+        position order."""
+        return tuple(tuple(entry) for entry in self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)

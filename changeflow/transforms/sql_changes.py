@@ -44,6 +44,7 @@ from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.sql.zones import parse_time_zone
 from changeflow.schema.hazards import Hazard
 from changeflow.schema.history import apply_ddl
+from changeflow.schema.timeline import ddl_position
 from changeflow.sql.plans import RowChange, SqlChangeError, StatementTranslator, key_caster
 from changeflow.transforms.guard import guarded, internal_error, lines_original
 from changeflow.transforms.transactions import CommittedTransaction
@@ -71,78 +72,111 @@ class _ExtractRowChangesFn(beam.DoFn):
         self._received = Metrics.counter('changeflow.sql_changes', 'statements_received')
         self._changes = Metrics.counter('changeflow.sql_changes', 'row_changes')
         self._dead = Metrics.counter('changeflow.sql_changes', 'dead_lettered')
+        self._ddl_followed = Metrics.counter('changeflow.sql_changes', 'ddl_followed')
         self._rows_marked = Metrics.counter('changeflow.sql_changes', 'rows_marked_diverged')
         self._tables_marked = Metrics.counter('changeflow.sql_changes', 'tables_marked_diverged')
         self._skipped = {reason: Metrics.counter('changeflow.sql_changes', f'skipped_{reason}')
                          for reason in ('read', 'ddl', 'session', 'untracked_table')}
 
     def setup(self):
-        self._translator = StatementTranslator(self._tables, schema=self._schema,
-                                               server_version=self._server_version)
-        self._casters = {spec.source: key_caster(spec) for spec in self._tables}
-        self._folded_keys = {spec.source: _case_insensitive_positions(spec)
-                             for spec in self._tables}
-        self._timestamps = {spec.source: frozenset(
-            c for c, t in spec.columns if t.split('(')[0].strip() == 'timestamp')
-            for spec in self._tables}
+        self._contexts = {}
+        self._use(_Context(self._tables, self._schema, self._server_version))
+
+    def _use(self, context: '_Context') -> None:
+        self._translator = context.translator
+        self._casters = context.casters
+        self._folded_keys = context.folded_keys
+        self._timestamps = context.timestamps
         self._server_zone = parse_time_zone(self._time_zone)
 
-    def process(self, transaction: CommittedTransaction):
+    def _at(self, timeline, statement):
+        """The epoch of the schema ``statement`` ran against; its context in use."""
+        index, epoch = timeline.epoch_at(ddl_position(statement.timestamp_us, statement.query_id))
+        context = self._contexts.get(index)
+        if context is None:
+            if len(self._contexts) >= _CONTEXTS_KEPT:
+                self._contexts.pop(next(iter(self._contexts)))
+            context = self._contexts[index] = _Context(epoch.specs, epoch.schema,
+                                                       self._server_version)
+        self._use(context)
+        return epoch
+
+    def process(self, transaction: CommittedTransaction, timeline=None):
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
         sessions = transaction.sessions or (None,) * len(transaction.statements)
         for statement, session in zip(transaction.statements, sessions):
             self._received.inc()
-            if statement.truncated:
-                yield from self._cut(statement, first_touch)
+            if timeline is None:
+                yield from self._statement(statement, session, first_touch, None)
                 continue
-            translation = None
-            try:
-                translation = self._translator.translate(statement.object, statement.database,
-                                                         session)
-                translation, zone_hazards = self._in_server_zone(
-                    translation, session.time_zone if session is not None else '')
-                keys = [self._key(change) for change in translation.changes]
-                _check_table_writes(translation, {table for table, _ in first_touch})
-            except (SqlChangeError, ValueError, ArithmeticError) as error:
-                # Nothing of the statement is emitted: it is replayable whole;
-                # what it wrote is marked diverged, in its place.
-                reason = getattr(error, 'reason', 'bad-value')
-                detail = getattr(error, 'detail', str(error))
-                marks = self._marks(error, translation, statement)
-                self._dead.inc()
-                yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                    'sql_changes', reason, detail + _marked(marks), statement.line,
-                    statement.position))
-                for seq, (table, key) in enumerate(marks):
-                    (self._rows_marked if key else self._tables_marked).inc()
-                    yield Change(table, key, (diverge_op(
-                        self._version(first_touch, statement, table, key, seq), reason, detail,
-                        _position(statement, seq, len(marks))),), statement.timestamp_us)
-                continue
-            except Exception as error:  # pylint: disable=broad-except
-                # A defect: this statement alone is dead-lettered, replayable whole.
-                self._dead.inc()
-                yield TaggedOutput(DEAD_LETTER_TAG, internal_error(
-                    'sql_changes', error, statement.line, statement.position))
-                continue
-            if translation.skipped:
-                self._skipped[translation.skipped.replace('-', '_')].inc()
-                if translation.skipped == 'ddl':
+            epoch = self._at(timeline, statement)
+            position = ddl_position(statement.timestamp_us, statement.query_id)
+            for out in self._statement(statement, session, first_touch, timeline):
+                lineage = epoch.lineages.get(out.table) if isinstance(out, Change) else None
+                if lineage is None:
+                    yield out
+                    continue
+                out, lost = timeline.forward(lineage, position, out)
+                yield out
+                if lost:
+                    yield from self._lost_columns(statement, out, lost)
+
+    def _statement(self, statement, session, first_touch, timeline):
+        """The outputs of one statement, named as the schema at its position names them."""
+        if statement.truncated:
+            yield from self._cut(statement, first_touch)
+            return
+        translation = None
+        try:
+            translation = self._translator.translate(statement.object, statement.database,
+                                                     session)
+            translation, zone_hazards = self._in_server_zone(
+                translation, session.time_zone if session is not None else '')
+            keys = [self._key(change) for change in translation.changes]
+            _check_table_writes(translation, {table for table, _ in first_touch})
+        except (SqlChangeError, ValueError, ArithmeticError) as error:
+            # Nothing of the statement is emitted: it is replayable whole;
+            # what it wrote is marked diverged, in its place.
+            reason = getattr(error, 'reason', 'bad-value')
+            detail = getattr(error, 'detail', str(error))
+            marks = self._marks(error, translation, statement)
+            self._dead.inc()
+            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                'sql_changes', reason, detail + _marked(marks), statement.line,
+                statement.position))
+            for seq, (table, key) in enumerate(marks):
+                (self._rows_marked if key else self._tables_marked).inc()
+                yield Change(table, key, (diverge_op(
+                    self._version(first_touch, statement, table, key, seq), reason, detail,
+                    _position(statement, seq, len(marks))),), statement.timestamp_us)
+            return
+        except Exception as error:  # pylint: disable=broad-except
+            # A defect: this statement alone is dead-lettered, replayable whole.
+            self._dead.inc()
+            yield TaggedOutput(DEAD_LETTER_TAG, internal_error(
+                'sql_changes', error, statement.line, statement.position))
+            return
+        if translation.skipped:
+            self._skipped[translation.skipped.replace('-', '_')].inc()
+            if translation.skipped == 'ddl':
+                if timeline is None:
                     yield from self._schema_change(statement, first_touch)
-                continue
-            changes = translation.changes
-            versions = []
-            for seq, (change, key) in enumerate(zip(changes, keys)):
-                self._changes.inc()
-                versions.append(self._version(first_touch, statement, change.table, key, seq))
-                yield Change(change.table, key, (RowOp(
-                    change.kind, versions[-1], change.values, change.assignments,
-                    _position(statement, seq, len(changes)), change.condition),),
-                    statement.timestamp_us)
-            hazards = list(translation.hazards) + self._key_hazards(changes, keys) + zone_hazards
-            if hazards:
-                yield from self._hazard_marks(statement, hazards, changes, keys, versions,
-                                              first_touch)
+                else:
+                    yield from self._followed(statement, first_touch, timeline)
+            return
+        changes = translation.changes
+        versions = []
+        for seq, (change, key) in enumerate(zip(changes, keys)):
+            self._changes.inc()
+            versions.append(self._version(first_touch, statement, change.table, key, seq))
+            yield Change(change.table, key, (RowOp(
+                change.kind, versions[-1], change.values, change.assignments,
+                _position(statement, seq, len(changes)), change.condition),),
+                statement.timestamp_us)
+        hazards = list(translation.hazards) + self._key_hazards(changes, keys) + zone_hazards
+        if hazards:
+            yield from self._hazard_marks(statement, hazards, changes, keys, versions,
+                                          first_touch)
 
     def _cut(self, statement, first_touch):
         """A committed write the plugin cut at its query log limit: never
@@ -152,9 +186,49 @@ class _ExtractRowChangesFn(beam.DoFn):
             f'the statement reaches server_audit_query_log_limit and may have been cut '
             f'(raise the limit): {statement.object[:80]!r}...')
 
+    def _followed(self, statement, first_touch, timeline):
+        """DDL with a schema timeline: the replica follows it (the database
+        sink applies :attr:`SchemaTimeline.steps`); what it leaves stale is
+        dead-lettered and its table marked, a DROP TABLE deletes its rows in
+        its place (a TRUNCATE op), and DDL that names no table and cannot be
+        read is dead-lettered (``unknown-ddl``), never skipped in silence."""
+        outcome = timeline.ddl_outcome(ddl_position(statement.timestamp_us, statement.query_id))
+        self._ddl_followed.inc()
+        for seq, lineage in enumerate(outcome.dropped):
+            table = timeline.final_source(lineage)
+            yield Change(table, (), (RowOp(
+                OpKind.TRUNCATE, self._version(first_touch, statement, table, (), seq),
+                position=statement.position),), statement.timestamp_us)
+        by_reason = {}
+        for lineage, reason, detail in outcome.marks:
+            by_reason.setdefault(reason, []).append((timeline.final_source(lineage), detail))
+        for reason, marks in by_reason.items():
+            tables = list(dict.fromkeys(table for table, _ in marks))
+            yield from self._tables_stale(statement, first_touch, tables, reason, '; '.join(
+                dict.fromkeys(detail for _, detail in marks)))
+        if outcome.unknown is not None:
+            self._dead.inc()
+            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                'sql_changes', 'unknown-ddl', f'DDL changeflow cannot read, naming no replicated '
+                f'table it can tell: {outcome.unknown}', statement.line, statement.position))
+
+    def _lost_columns(self, statement, change: Change, lost: List[str]):
+        """An op whose expression reads a column a later DDL drops: the
+        replica cannot evaluate it there, so its row is marked."""
+        self._dead.inc()
+        detail = (f'{change.table}: the statement reads column(s) {", ".join(lost)}, which a '
+                  f'later ALTER TABLE drops from the replica')
+        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'sql_changes', 'schema-change', detail + _marked([(change.table, change.key)]),
+            statement.line, statement.position))
+        self._rows_marked.inc()
+        yield Change(change.table, change.key, (diverge_op(
+            change.ops[-1].version + '.h', 'schema-change', detail, statement.position),),
+            statement.timestamp_us)
+
     def _schema_change(self, statement, first_touch):
-        """DDL on a replicated table: the replica does not follow it yet, so
-        it is dead-lettered and every replicated table it names is marked
+        """DDL on a replicated table without a schema to follow it with: it is
+        dead-lettered and every replicated table it names is marked
         (``schema-change``), never skipped in silence."""
         _, effects = apply_ddl(self._schema or SourceSchema(()), statement.object,
                                statement.database)
@@ -302,6 +376,23 @@ class _ExtractRowChangesFn(beam.DoFn):
         return caster(change.key) if caster else change.key
 
 
+_CONTEXTS_KEPT = 8  # translators of recent schema epochs kept per worker
+
+
+class _Context:
+    """What translation needs of one set of table specs and schema."""
+
+    def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema],
+                 server_version: int):
+        self.translator = StatementTranslator(tables, schema=schema,
+                                              server_version=server_version)
+        self.casters = {spec.source: key_caster(spec) for spec in tables}
+        self.folded_keys = {spec.source: _case_insensitive_positions(spec) for spec in tables}
+        self.timestamps = {spec.source: frozenset(
+            c for c, t in spec.columns if t.split('(')[0].strip() == 'timestamp')
+            for spec in tables}
+
+
 _NAME = r'(?:`(?:[^`]|``)+`|[\w$]+)'
 _CUT_WRITE = re.compile(
     r'\s*(?:/\*.*?\*/\s*)*(?:(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*'
@@ -386,10 +477,16 @@ class ExtractRowChanges(beam.PTransform):
     Each change is versioned with :func:`changeflow.model.audit_version` from
     the transaction's first write to that row, so one row's changes sort in the
     order the source applied them.
+
+    ``timeline``: a PCollection holding one
+    :class:`changeflow.schema.timeline.SchemaTimeline` (see :class:`FollowSchema`):
+    each statement is then read against the schema at its position and its
+    changes carried to the tables and columns the replica ends with.
     """
 
     def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None,
-                 time_zone: str = '+00:00', server_version: int = DEFAULT_SERVER_VERSION):
+                 time_zone: str = '+00:00', server_version: int = DEFAULT_SERVER_VERSION,
+                 timeline=None):
         super().__init__()
         if not tables:
             raise ValueError('ExtractRowChanges needs at least one table spec')
@@ -399,9 +496,12 @@ class ExtractRowChanges(beam.PTransform):
         self._schema = schema
         self._time_zone = time_zone
         self._server_version = server_version
+        self._timeline = timeline
 
     def expand(self, transactions):
+        side = {} if self._timeline is None else {'timeline': beam.pvalue.AsSingleton(
+            self._timeline)}
         return transactions | 'Translate' >> beam.ParDo(
             _ExtractRowChangesFn(self._tables, self._schema, self._time_zone,
-                                 self._server_version)).with_outputs(
+                                 self._server_version), **side).with_outputs(
                 DEAD_LETTER_TAG, main='changes')
