@@ -279,6 +279,7 @@ class _NotifyFn(beam.DoFn):
         self._dead_lettered = Metrics.counter(namespace, 'dead_lettered')
 
     def setup(self):
+        self._timeline = self._followed = None
         self._writers: Dict[str, NotificationWriter] = {}
         self._unopened: Set[str] = set()
         for rule in self._rules:
@@ -294,10 +295,16 @@ class _NotifyFn(beam.DoFn):
         self._pending: Dict[str, List[_Pending]] = {target: [] for target in self._writers}
 
     def process(self, change: Change, timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam):
+                window=beam.DoFn.WindowParam, timeline=None):
         self._received.inc()
+        tables = self._tables
+        if timeline is not None:  # tables renamed or created by the log's DDL, redact kept
+            if timeline is not self._timeline:
+                self._timeline = timeline
+                self._followed = {**self._tables, **table_info(timeline.all_specs)}
+            tables = self._followed
         try:
-            redact, key_columns = self._tables.get(change.table, (frozenset(), ()))
+            redact, key_columns = tables.get(change.table, (frozenset(), ()))
             notes = {rule.target: _notification(rule.target, change, redact, key_columns)
                      for rule in self._rules if rule.matches(change)}
         except Exception as error:  # a malformed Change: dead-lettered, not retried
@@ -363,6 +370,8 @@ class WriteNotifications(beam.PTransform):
         tables: TableSpecs whose ``redact`` columns (and key order) apply to
             notifications of their table; tables without one are not redacted.
         batch_size: notifications per target buffered before a write.
+        schema_timeline: a PCollection of one SchemaTimeline: the tables the
+            log's DDL renamed or created get their specs (and redaction) from it.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has each JSON
@@ -385,18 +394,26 @@ class WriteNotifications(beam.PTransform):
 
     def __init__(self, rules: Sequence[Union[NotifyRule, Mapping[str, Any]]],
                  tables: Sequence[TableSpec] = (),
-                 batch_size: int = 500):
+                 batch_size: int = 500, schema_timeline=None):
         super().__init__()
         if isinstance(rules, Mapping) or not rules:
             raise ValueError(f'WriteNotifications needs a list of rules, got {rules!r}')
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size!r}')
         self._rules = tuple(_parse_rule(rule) for rule in rules)
-        self._tables = {spec.source: (frozenset(c.lower() for c in spec.redact), tuple(spec.key))
-                        for spec in tables}
+        self._tables = table_info(tables)
         self._batch_size = batch_size
+        self._schema_timeline = schema_timeline
 
     def expand(self, changes):
+        side = {} if self._schema_timeline is None else {
+            'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
         return changes | 'Notify' >> beam.ParDo(
-            _NotifyFn(self._rules, self._tables, self._batch_size)
+            _NotifyFn(self._rules, self._tables, self._batch_size), **side
         ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
+
+
+def table_info(specs: Sequence[TableSpec]) -> Dict[str, Tuple[FrozenSet[str], Tuple[str, ...]]]:
+    """source -> (redacted columns, folded; key columns) of each spec."""
+    return {spec.source: (frozenset(c.lower() for c in spec.redact), tuple(spec.key))
+            for spec in specs}

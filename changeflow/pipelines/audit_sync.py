@@ -85,7 +85,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:
-        written = routed[NOTIFY] | 'Notify' >> WriteNotifications(config.notify, config.tables)
+        written = routed[NOTIFY] | 'Notify' >> WriteNotifications(
+            config.notify, config.tables, schema_timeline=timeline)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 

@@ -7,8 +7,11 @@ place: one per row it names (``UPDATE t SET a = NOW() WHERE id = 5``), or one
 for the whole table (key ``()``) when it cannot name them (a WHERE that does
 not pin the key, INSERT ... SELECT, an INSERT without its key).
 
-DDL naming a replicated table is dead-lettered (``schema-change``) and the
-table marked: the replica does not follow DDL yet.
+With a schema timeline (:mod:`changeflow.schema.timeline`), each statement is
+read against the schema at its position and its changes carried to the
+tables and columns the replica ends with; DDL is followed, and what it leaves
+stale is dead-lettered and marked. Without one, DDL naming a replicated table
+is dead-lettered (``schema-change``) and the table marked.
 
 A statement that is translated but that the source schema says did more than
 its text (:mod:`changeflow.schema.hazards`: a BEFORE trigger, a clock default,
