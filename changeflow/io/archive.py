@@ -39,7 +39,7 @@ from typing import Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import orjson
-from apache_beam import pvalue
+from apache_beam import pvalue, typehints
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
@@ -119,6 +119,26 @@ def _lines(readable: fileio.ReadableFile) -> Iterator[Tuple[int, bytes]]:
 
 class _ReadServerAuditFn(_ReadFileFn):
     _unit = 'lines'
+
+    def __init__(self, lines_per_element: int = 0):
+        super().__init__()
+        self._chunk = lines_per_element
+
+    def process(self, readable: fileio.ReadableFile) -> Iterable:
+        if not self._chunk:
+            yield from super().process(readable)
+            return
+        chunk = []
+        for output in super().process(readable):
+            if isinstance(output, pvalue.TaggedOutput):
+                yield output
+                continue
+            chunk.append(output)
+            if len(chunk) >= self._chunk:
+                yield tuple(chunk)
+                chunk = []
+        if chunk:
+            yield tuple(chunk)
 
     def _read(self, path, readable):
         new = tuple.__new__  # skips LogEvent's Python-level __new__ on this hot path
@@ -353,7 +373,7 @@ class ReadArchive(beam.PTransform):
 
     Returns a DoOutputsTuple: the main output (tag ``ReadArchive.MAIN``:
     SourceRecord for 'kinesis-jsonl' and 'firehose', LogEvent for
-    'server-audit') and DEAD_LETTER_TAG: DeadLetter(step='read_archive') for a
+    'server-audit', or tuples of ``lines_per_element`` LogEvents when given) and DEAD_LETTER_TAG: DeadLetter(step='read_archive') for a
     line that is not JSON, bad base64, a corrupt gzip stretch, a line that is
     not UTF-8. A bad line or member never fails the pipeline nor loses the
     rest of its file. Nothing is ordered or deduplicated: ``sequence`` (member
@@ -368,7 +388,7 @@ class ReadArchive(beam.PTransform):
 
     MAIN = 'records'
 
-    def __init__(self, fmt: str, path: str):
+    def __init__(self, fmt: str, path: str, lines_per_element: int = 0):
         super().__init__()
         if fmt not in _READERS:
             raise ValueError(f'unknown archive format {fmt!r}; expected one of {FORMATS}')
@@ -376,13 +396,18 @@ class ReadArchive(beam.PTransform):
             raise ValueError(f'path must be a non-empty file path or glob, got {path!r}')
         self._fmt = fmt
         self._path = path
+        self._lines_per_element = lines_per_element
 
     def expand(self, pbegin):
-        main_type = LogEvent if self._fmt == 'server-audit' else SourceRecord
+        if self._fmt == 'server-audit':
+            reader = _ReadServerAuditFn(self._lines_per_element)
+            main_type = typehints.Tuple[LogEvent, ...] if self._lines_per_element else LogEvent
+        else:
+            reader, main_type = _READERS[self._fmt](), SourceRecord
         return (pbegin
                 | 'MatchFiles' >> fileio.MatchFiles(self._path)
                 | 'SpreadFiles' >> beam.Reshuffle()
                 | 'ReadMatches' >> fileio.ReadMatches(
                     compression=CompressionTypes.UNCOMPRESSED)
-                | f'Read[{self._fmt}]' >> beam.ParDo(_READERS[self._fmt]())
+                | f'Read[{self._fmt}]' >> beam.ParDo(reader)
                 .with_output_types(main_type).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

@@ -69,8 +69,9 @@ from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
-__all__ = ['WriteToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
-           'spec_json', 'read_followed_specs', 'bookkeeping_tables', 'create_engine', 'sql_type']
+__all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
+           'spec_json', 'read_followed_specs', 'bookkeeping_tables', 'create_engine', 'sql_type',
+           'shards_of', 'DEFAULT_SHARDS']
 
 _STEP = 'write_database'
 
@@ -84,6 +85,7 @@ _MAX_BACKOFF_SECS = 10.0
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
+DEFAULT_SHARDS = 16          # parallel writers per table
 
 
 def sql_type(declared: str) -> sa.types.TypeEngine:
@@ -179,7 +181,7 @@ def _row_key(values: Sequence[Any]) -> str:
     return 'sha256:' + hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()
 
 
-def _shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int], Change]]:
+def shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int], Change]]:
     """(table, shard) keyed copies of a Change: one, by a stable hash of its key
     values, so every change of one row goes to the same shard on every worker
     and run; a whole-table op (TRUNCATE, DIVERGE) goes to every shard of its
@@ -1022,10 +1024,9 @@ _DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())  # the timer's t
 _FLUSH = userstate.TimerSpec('flush', TimeDomain.WATERMARK)
 
 
-@guarded(_STEP, lambda element: changes_original(element[1]),
-         lambda element: element[1].ops[-1].position, buffered=False)
-class _WriteDoFn(beam.DoFn):
-    """Writes batches of (table, shard) keyed Changes; see WriteToDatabase."""
+class _DatabaseWriter:
+    """What both forms of the sink share: the engine and replica, and how a
+    shard's ready changes are written in version order."""
 
     def __init__(self, url, tables, batch_size, max_retries, bookkeeping_prefix,
                  num_shards=1, follows_schema=False):
@@ -1056,37 +1057,9 @@ class _WriteDoFn(beam.DoFn):
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
                             'first batch', _STEP, _describe(exc))
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
-                flush=beam.DoFn.TimerParam(_FLUSH)):
-        (_, shard), change = element
-        if change.key or shard == 0:  # a whole-table op arrives once per shard
-            self._counters['changes_received'].inc()
-        buffer.add((timestamp.micros, change))
-        earliest = due.read()
-        if earliest is None or timestamp.micros < earliest:
-            due.write(timestamp.micros)
-            flush.set(timestamp)
-
-    @userstate.on_timer(_FLUSH)
-    def flush_due(self, fired=beam.DoFn.TimestampParam, shard_key=beam.DoFn.KeyParam,
-                  buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
-                  flush=beam.DoFn.TimerParam(_FLUSH)):
-        """The watermark passed ``fired``: every change of this shard timestamped
-        up to it has arrived (changes are timestamped at the end of their
-        window), and earlier ones were flushed before. Apply them in version
-        order, ``batch_size`` per transaction; keep the rest for a later timer."""
-        ready, later = [], []
-        for micros, change in buffer.read():
-            (ready if micros <= fired.micros else later).append((micros, change))
-        buffer.clear()
-        due.clear()
-        for micros, change in later:
-            buffer.add((micros, change))
-        if later:
-            earliest = min(micros for micros, _ in later)
-            due.write(earliest)
-            flush.set(Timestamp(micros=earliest))
+    def _write_ready(self, ready, shard: int):
+        """Applies one shard's ready (micros, Change) pairs in version order,
+        ``batch_size`` per transaction."""
         ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
         if not self._replica.prepared:
             try:
@@ -1097,7 +1070,7 @@ class _WriteDoFn(beam.DoFn):
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
-                         reported=bool(change.key) or shard_key[1] == 0, shard=shard_key[1])
+                         reported=bool(change.key) or shard == 0, shard=shard)
             if change.table in self._replica.dropped:
                 # Older than the DROP TABLE that the replica followed: gone with the table.
                 if item.reported:
@@ -1190,6 +1163,65 @@ class _WriteDoFn(beam.DoFn):
                                  ops[-1].position if ops else '')
             yield TaggedOutput(DEAD_LETTER_TAG,
                                WindowedValue(letter, item.timestamp, (item.window,)))
+
+
+@guarded(_STEP, lambda element: changes_original(element[1]),
+         lambda element: element[1].ops[-1].position, buffered=False)
+class _WriteDoFn(_DatabaseWriter, beam.DoFn):
+    """Writes (table, shard) keyed Changes as the watermark passes them; see WriteToDatabase."""
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
+                flush=beam.DoFn.TimerParam(_FLUSH)):
+        (_, shard), change = element
+        if change.key or shard == 0:  # a whole-table op arrives once per shard
+            self._counters['changes_received'].inc()
+        buffer.add((timestamp.micros, change))
+        earliest = due.read()
+        if earliest is None or timestamp.micros < earliest:
+            due.write(timestamp.micros)
+            flush.set(timestamp)
+
+    @userstate.on_timer(_FLUSH)
+    def flush_due(self, fired=beam.DoFn.TimestampParam, shard_key=beam.DoFn.KeyParam,
+                  buffer=beam.DoFn.StateParam(_BUFFER), due=beam.DoFn.StateParam(_DUE),
+                  flush=beam.DoFn.TimerParam(_FLUSH)):
+        """The watermark passed ``fired``: every change of this shard timestamped
+        up to it has arrived (changes are timestamped at the end of their
+        window), and earlier ones were flushed before. Apply them in version
+        order, ``batch_size`` per transaction; keep the rest for a later timer."""
+        ready, later = [], []
+        for micros, change in buffer.read():
+            (ready if micros <= fired.micros else later).append((micros, change))
+        buffer.clear()
+        due.clear()
+        for micros, change in later:
+            buffer.add((micros, change))
+        if later:
+            earliest = min(micros for micros, _ in later)
+            due.write(earliest)
+            flush.set(Timestamp(micros=earliest))
+        yield from self._write_ready(ready, shard_key[1])
+
+
+def _batch_original(batch):
+    return changes_original(list(batch[2]))
+
+
+def _batch_position(batch):
+    return f'shard {batch[0]}/{batch[1]}'
+
+
+@guarded(_STEP, _batch_original, _batch_position, buffered=False)
+class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
+    """Writes one shard's coalesced changes (a bounded run: all of them at
+    once, so no state or timers); see WriteBatchesToDatabase."""
+
+    def process(self, batch, timestamp=beam.DoFn.TimestampParam, schema_applied=None):
+        table, shard, changes = batch
+        self._counters['changes_received'].inc(sum(1 for c in changes if c.key or shard == 0))
+        micros = timestamp.micros
+        yield from self._write_ready([(micros, change) for change in changes], shard)
 
 
 @typehints.with_input_types(Change)
@@ -1300,7 +1332,7 @@ class WriteToDatabase(beam.PTransform):
     MAIN = 'written'
 
     def __init__(self, url: str, tables: Sequence[TableSpec], batch_size: int = 500,
-                 max_retries: int = 3, *, num_shards: int = 16,
+                 max_retries: int = 3, *, num_shards: int = DEFAULT_SHARDS,
                  bookkeeping_prefix: str = 'changeflow_', schema_timeline=None):
         super().__init__()
         if not url or not isinstance(url, str):
@@ -1341,7 +1373,7 @@ class WriteToDatabase(beam.PTransform):
         return (
             changes
             | 'KeyByShard' >> beam.FlatMap(
-                lambda change, num_shards, schema_applied=None: _shards_of(change, num_shards),
+                lambda change, num_shards, schema_applied=None: shards_of(change, num_shards),
                 self._num_shards, **after).with_output_types(
                 typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
             # One buffer per shard across windows, so timers fire in timestamp order.
@@ -1351,6 +1383,27 @@ class WriteToDatabase(beam.PTransform):
                 self._bookkeeping_prefix, self._num_shards,
                 self._schema_timeline is not None)).with_outputs(
                     DEAD_LETTER_TAG, main=self.MAIN))
+
+
+class WriteBatchesToDatabase(WriteToDatabase):
+    """WriteToDatabase for a bounded run's coarse data flow: each input element
+    is one shard's coalesced changes, ``(table, shard, changes)`` (from
+    :class:`changeflow.transforms.shard_batches.FoldShards`, sharded as
+    :func:`shards_of` shards), written in version order as WriteToDatabase
+    writes a shard once the watermark has passed all of it; no state or
+    timers. Same arguments, outputs and metrics."""
+
+    def expand(self, batches):
+        after = {}
+        if self._schema_timeline is not None:
+            from changeflow.io.replica_schema import ApplyReplicaSchema
+            applied = self._schema_timeline | 'FollowSchema' >> ApplyReplicaSchema(
+                self._url, self._bookkeeping_prefix)
+            after = {'schema_applied': beam.pvalue.AsSingleton(applied)}
+        return batches | 'WriteShards' >> beam.ParDo(_WriteBatchFn(
+            self._url, self._tables, self._batch_size, self._max_retries,
+            self._bookkeeping_prefix, self._num_shards, self._schema_timeline is not None),
+            **after).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
 
 
 def _check_spec(spec: TableSpec) -> None:

@@ -24,69 +24,70 @@ from changeflow.io.archive import ReadArchive
 from changeflow.io.dead_letter import WriteDeadLetters
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.parquet import WriteParquetBackup
-from changeflow.io.sql import WriteToDatabase
+from changeflow.io.sql import WriteBatchesToDatabase, WriteToDatabase
 from changeflow.model import DEAD_LETTER_TAG
-from changeflow.transforms.audit_log import ParseAuditLines
-from changeflow.transforms.coalesce import CoalesceChanges
-from changeflow.transforms.decode import DecodeCloudWatchRecords
+from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
-from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET, RouteChanges
-from changeflow.transforms.sql_changes import ExtractRowChanges
-from changeflow.transforms.transactions import ResolveTransactions
+from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
+from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches, batch_changes
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
 
 LOCAL_RUNNER = 'FnApiRunner'
+LINES_PER_ELEMENT = 1000  # a raw server_audit.log is parsed in chunks of this many lines
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
-    """Adds the job to ``p``; returns the main PCollections by name (for tests)."""
+    """Adds the job to ``p``; returns the main PCollections by name (for tests).
+
+    Coarse elements all the way (see the README's Throughput): a record (or a
+    chunk of a raw log's lines) is decoded and parsed as one element into a
+    run per connection; each connection's runs are merged, replayed and
+    translated as one element into runs per (table, shard); each shard's runs
+    are merged and coalesced into one batch per shard for every branch.
+    """
     dead_letters = []
-    read = p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path)
+    read = p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
+                                            lines_per_element=LINES_PER_ELEMENT)
     dead_letters.append(read[DEAD_LETTER_TAG])
-    if config.source.format == 'server-audit':
-        log_events = read[ReadArchive.MAIN]
-    else:
-        decoded = read[ReadArchive.MAIN] | 'Decode' >> DecodeCloudWatchRecords()
-        dead_letters.append(decoded[DEAD_LETTER_TAG])
-        log_events = decoded[DecodeCloudWatchRecords.MAIN]
-    parsed = log_events | 'ParseAuditLines' >> ParseAuditLines(config.query_log_limit)
+    parsed = read[ReadArchive.MAIN] | 'ParseRecords' >> ParseToConnectionRuns(
+        config.query_log_limit, config.server_version)
     dead_letters.append(parsed[DEAD_LETTER_TAG])
-    transactions = parsed[ParseAuditLines.MAIN] | 'Transactions' >> ResolveTransactions(
-        config.autocommit, config.server_version, config.rollback_on_timeout)
-    dead_letters.append(transactions[DEAD_LETTER_TAG])
     timeline = None
     if config.schema is not None:  # the schema the log starts with, advanced by its DDL
-        timeline = transactions['transactions'] | 'SchemaTimeline' >> BuildSchemaTimeline(
-            config.schema, config.table_rules, config.tables, config.server_version)
-    changes = transactions['transactions'] | 'RowChanges' >> ExtractRowChanges(
-        config.tables, config.schema, config.time_zone, config.server_version, timeline)
-    dead_letters.append(changes[DEAD_LETTER_TAG])
-    coalesce = changes['changes'] | 'Coalesce' >> CoalesceChanges(
-        config.window_seconds, whole_input=True)
-    dead_letters.append(coalesce[DEAD_LETTER_TAG])
-    coalesced = coalesce[CoalesceChanges.MAIN]
+        timeline = parsed[DDL] | 'SchemaTimeline' >> BuildSchemaTimeline(
+            config.schema, config.table_rules, config.tables)
+    replayed = parsed[RUNS] | 'Replay' >> ReplayConnections(
+        config.tables, config.schema, autocommit=config.autocommit,
+        server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
+        time_zone=config.time_zone, timeline=timeline)
+    dead_letters.append(replayed[DEAD_LETTER_TAG])
+    folded = replayed['changes'] | 'Coalesce' >> FoldShards()
+    dead_letters.append(folded[DEAD_LETTER_TAG])
+    batches = folded[FoldShards.MAIN]
 
     branches = [name for name, on in ((DATABASE, config.database_url),
                                       (PARQUET, config.parquet_path),
                                       (NOTIFY, config.notify)) if on]
-    routed = coalesced | 'Route' >> RouteChanges(branches)
-    dead_letters.append(routed[DEAD_LETTER_TAG])
-    outputs = {'changes': coalesced}
+    routed = batches | 'Route' >> RouteShardBatches(branches)
+    outputs = {'batches': batches}
     if config.database_url:
-        written = routed[DATABASE] | 'WriteDatabase' >> WriteToDatabase(
+        written = routed[DATABASE] | 'WriteDatabase' >> WriteBatchesToDatabase(
             config.database_url, config.tables, batch_size=config.database_batch_size,
             schema_timeline=timeline)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[DATABASE] = written[WriteToDatabase.MAIN]
     if config.parquet_path:
-        written = routed[PARQUET] | 'WriteParquet' >> WriteParquetBackup(
-            config.parquet_path, config.tables)
+        written = (routed[PARQUET]
+                   | 'ParquetChanges' >> beam.FlatMap(batch_changes)
+                   | 'WriteParquet' >> WriteParquetBackup(config.parquet_path, config.tables))
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:
-        written = routed[NOTIFY] | 'Notify' >> WriteNotifications(
-            config.notify, config.tables, schema_timeline=timeline)
+        written = (routed[NOTIFY]
+                   | 'NotifyChanges' >> beam.FlatMap(batch_changes)
+                   | 'Notify' >> WriteNotifications(config.notify, config.tables,
+                                                    schema_timeline=timeline))
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 

@@ -37,7 +37,7 @@ from changeflow.sql.expressions import is_literal, lit, literal_value, substitut
 from changeflow.model import DEAD_LETTER_TAG, FULL_ROW_KINDS, MARKER_KINDS, Change, OpKind, RowOp
 from changeflow.transforms.guard import changes_original, guarded
 
-__all__ = ['coalesce_ops', 'coalesce_changes', 'CoalesceChanges']
+__all__ = ['fold_op', 'coalesce_ops', 'coalesce_changes', 'CoalesceChanges', 'ShardFolder']
 
 _WHOLE_ROW = (OpKind.INSERT, OpKind.REPLACE)
 
@@ -112,6 +112,22 @@ def _merge(prev: RowOp, op: RowOp) -> Optional[RowOp]:
     return None
 
 
+def fold_op(folded: List[RowOp], op: RowOp) -> None:
+    """Appends ``op`` (newer than every op folded so far) to ``folded``, the
+    shortest exact op sequence of a row up to it."""
+    if (op.kind in FULL_ROW_KINDS and op.condition is None) or op.kind == OpKind.TRUNCATE:
+        folded[:] = [o for o in folded if o.kind in MARKER_KINDS] + [op]
+        return
+    if not folded or op.kind in MARKER_KINDS or folded[-1].kind in MARKER_KINDS:
+        folded.append(op)
+        return
+    merged = _merge(folded[-1], op)
+    if merged is None:
+        folded.append(op)
+    else:
+        folded[-1] = merged
+
+
 def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
     """The shortest exact op sequence for one row (see module docstring)."""
     by_version = {}
@@ -119,17 +135,7 @@ def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
         by_version.setdefault(op.version, op)
     folded: List[RowOp] = []
     for op in sorted(by_version.values(), key=lambda o: o.version):
-        if (op.kind in FULL_ROW_KINDS and op.condition is None) or op.kind == OpKind.TRUNCATE:
-            folded = [o for o in folded if o.kind in MARKER_KINDS] + [op]
-            continue
-        if not folded or op.kind in MARKER_KINDS or folded[-1].kind in MARKER_KINDS:
-            folded.append(op)
-            continue
-        merged = _merge(folded[-1], op)
-        if merged is None:
-            folded.append(op)
-        else:
-            folded[-1] = merged
+        fold_op(folded, op)
     return tuple(folded)
 
 
@@ -226,3 +232,57 @@ class CoalesceChanges(beam.PTransform):
             | 'GroupRow' >> beam.GroupByKey()
             | 'Fold' >> beam.ParDo(_CoalesceFn(), truncates=beam.pvalue.AsDict(truncates))
             .with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
+
+
+class ShardFolder:
+    """Coalesces the changes of one (table, shard) fed in version order, row by
+    row as they come: the same result as :func:`coalesce_changes` over each
+    row's changes and the table's whole-table ops, holding one folded op
+    sequence per row instead of every change.
+
+    Whole-table changes reach every shard of their table; one that falls
+    between two ops of a row becomes the row's own op there (a TRUNCATE as a
+    DELETE), exactly as CoalesceChanges inserts it.
+    """
+
+    def __init__(self):
+        self._rows = {}          # key -> [folded ops, last version, table ops seen, event time]
+        self._table_ops: List[RowOp] = []   # whole-table row writes, in version order
+        self._whole = {}         # version -> op of the (table, ()) change, first seen kept
+        self._whole_time = 0
+        self.ops_in = 0
+
+    def add(self, change: Change) -> None:
+        self.ops_in += len(change.ops)
+        if not change.key:
+            for op in change.ops:
+                if op.version not in self._whole:
+                    self._whole[op.version] = op
+                    if op.kind in _TABLE_WRITES:
+                        self._table_ops.append(op)
+            self._whole_time = max(self._whole_time, change.event_time_us)
+            return
+        row = self._rows.get(change.key)
+        if row is None:
+            row = self._rows[change.key] = [[], '', len(self._table_ops), change.event_time_us]
+        folded = row[0]
+        for op in change.ops:
+            if op.version == row[1]:
+                continue  # a replay of the same op
+            if folded:
+                for table_op in self._table_ops[row[2]:]:
+                    if row[1] < table_op.version < op.version:
+                        fold_op(folded, _row_copy(table_op))
+            fold_op(folded, op)
+            row[1], row[2] = op.version, len(self._table_ops)
+        row[3] = max(row[3], change.event_time_us)
+
+    def changes(self, table: str) -> List[Change]:
+        """The coalesced changes, whole-table first, then rows in key order of arrival."""
+        out = []
+        if self._whole:
+            out.append(Change(table, (), tuple(sorted(self._whole.values(),
+                                                      key=lambda o: o.version)),
+                              self._whole_time))
+        out.extend(Change(table, key, tuple(row[0]), row[3]) for key, row in self._rows.items())
+        return out

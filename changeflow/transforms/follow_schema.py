@@ -15,42 +15,29 @@ from apache_beam.metrics import Metrics
 
 from changeflow.config import TableSpec
 from changeflow.schema.model import SourceSchema
-from changeflow.schema.timeline import SchemaTimeline, ddl_position
-from changeflow.sql.literals import DEFAULT_SERVER_VERSION
-from changeflow.transforms.transactions import (
-    CommittedTransaction, StatementClass, classify_statement)
+from changeflow.schema.timeline import SchemaTimeline
 
 __all__ = ['BuildSchemaTimeline']
 
 
-def _ddl_statements(transaction: CommittedTransaction, server_version: int):
-    for statement in transaction.statements:
-        if not statement.truncated and classify_statement(
-                statement.object, server_version)[0] == StatementClass.DDL:
-            yield (ddl_position(statement.timestamp_us, statement.query_id), statement.database,
-                   statement.object)
-
-
 class BuildSchemaTimeline(beam.PTransform):
-    """PCollection[CommittedTransaction] -> PCollection[SchemaTimeline], one
-    element: ``schema`` (the log's start) advanced by every DDL committed."""
+    """PCollection[(position, database, sql)] of the DDL the log committed
+    (ParseToConnectionRuns' ``DDL`` output) -> PCollection[SchemaTimeline], one
+    element: ``schema`` (the log's start) advanced by every DDL statement."""
 
-    def __init__(self, schema: SourceSchema, table_rules, tables: Sequence[TableSpec],
-                 server_version: int = DEFAULT_SERVER_VERSION):
+    def __init__(self, schema: SourceSchema, table_rules, tables: Sequence[TableSpec]):
         super().__init__()
         self._schema = schema
         self._rules = table_rules
         self._tables = tuple(tables)
-        self._server_version = server_version
 
-    def expand(self, transactions):
+    def expand(self, ddl):
         statements = Metrics.counter('changeflow.follow_schema', 'ddl_statements')
 
         def timeline(ddl, schema, rules, tables) -> SchemaTimeline:
             statements.inc(len(ddl))
             return SchemaTimeline(schema, rules, tables, ddl)
 
-        return (transactions
-                | 'DdlStatements' >> beam.FlatMap(_ddl_statements, self._server_version)
+        return (ddl
                 | 'AllDdl' >> beam.combiners.ToList()
                 | 'Timeline' >> beam.Map(timeline, self._schema, self._rules, self._tables))

@@ -1,0 +1,237 @@
+"""The bounded data flow's first half in coarse elements: records to
+per-connection runs, and each connection's replay and translation into runs of
+row changes per (table, shard).
+
+One element per record through decode and parse (a CloudWatch payload holds
+dozens to thousands of lines; a raw log is read in chunks of lines), one
+shuffle of compressed runs per connection, and one element per flush of a
+connection's changes into each (table, shard). The logic is the per-element
+transforms' own (:func:`changeflow.transforms.decode._decode`,
+:func:`changeflow.transforms.audit_log.parse_audit_line`,
+:class:`changeflow.transforms.transactions.TransactionTracker`, the SQL
+stage's DoFn): only the element boundaries move, so the outputs are the same.
+"""
+
+from typing import Dict, List, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from changeflow.config import TableSpec
+from changeflow.io.sql import DEFAULT_SHARDS, shards_of
+from changeflow.model import DEAD_LETTER_TAG, SourceRecord, dead_letter
+from changeflow.schema.model import SourceSchema
+from changeflow.schema.timeline import ddl_position
+from changeflow.sql.literals import DEFAULT_SERVER_VERSION
+from changeflow.transforms.audit_log import _CONNECTION_OPS, AuditLineError, parse_audit_line
+from changeflow.transforms.decode import DecodeError, _decode
+from changeflow.transforms.guard import guarded, lines_original
+from changeflow.transforms.runs import make_run, merge_runs, unpack
+from changeflow.transforms.sql_changes import _ExtractRowChangesFn
+from changeflow.transforms.transactions import (
+    StatementClass, TransactionTracker, _session_order, classify_statement)
+
+__all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'RUNS', 'DDL']
+
+RUNS = 'runs'
+DDL = 'ddl'
+_SESSION_OPS = frozenset({'QUERY', 'CONNECT', 'DISCONNECT'})
+_FLUSH_CHANGES = 4096  # a connection's pending changes before they go out as runs
+
+
+def _records_original(element):
+    if isinstance(element, SourceRecord):
+        return element.data
+    return '\n'.join(event.message for event in element)
+
+
+def _records_position(element):
+    return element.position if isinstance(element, SourceRecord) else element[0].position
+
+
+@guarded('parse_audit', _records_original, _records_position)
+class _ParseRecordFn(beam.DoFn):
+    """A SourceRecord (decoded) or a chunk of LogEvents -> a run of session
+    events per connection, the committed DDL statements, dead letters."""
+
+    def __init__(self, query_log_limit: int, server_version: int):
+        self._limit = query_log_limit
+        self._server_version = server_version
+        self._decode = {name: Metrics.counter('changeflow.decode', name) for name in (
+            'records_received', 'control_messages', 'log_events', 'dead_lettered')}
+        self._parse = {name: Metrics.counter('changeflow.parse_audit', name) for name in (
+            'lines_received', 'events_parsed', 'dead_lettered', 'queries', 'table_events',
+            'connects')}
+
+    def process(self, element):
+        if isinstance(element, SourceRecord):
+            self._decode['records_received'].inc()
+            try:
+                events, controls = _decode(element)
+            except DecodeError as e:
+                self._decode['dead_lettered'].inc()
+                yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                    'decode', e.reason, e.detail, element.data, element.position))
+                return
+            if controls:
+                self._decode['control_messages'].inc(controls)
+            self._decode['log_events'].inc(len(events))
+        else:
+            events = element
+        by_connection: Dict[Tuple[str, int], List] = {}
+        queries = connects = others = dead = 0
+        for event in events:
+            try:
+                parsed = parse_audit_line(event.message, event.position, self._limit,
+                                          keep_truncated=True)
+            except AuditLineError as e:
+                dead += 1
+                yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                    'parse_audit', e.reason, e.detail, event.message, event.position))
+                continue
+            operation = parsed.operation
+            if operation == 'QUERY':
+                queries += 1
+                if (not parsed.retcode and not parsed.truncated and classify_statement(
+                        parsed.object, self._server_version)[0] == StatementClass.DDL):
+                    yield TaggedOutput(DDL, (ddl_position(parsed.timestamp_us, parsed.query_id),
+                                             parsed.database, parsed.object))
+            elif operation in _CONNECTION_OPS:
+                connects += 1
+            else:
+                others += 1
+            if operation in _SESSION_OPS:
+                by_connection.setdefault((parsed.serverhost, parsed.connection_id),
+                                         []).append(parsed)
+        for name, count in (('lines_received', len(events)), ('dead_lettered', dead),
+                            ('events_parsed', queries + connects + others), ('queries', queries),
+                            ('connects', connects), ('table_events', others)):
+            self._parse[name].inc(count)
+        for connection, session_events in by_connection.items():
+            yield connection, make_run(session_events, _session_order)
+
+
+class ParseToConnectionRuns(beam.PTransform):
+    """PCollection[SourceRecord | tuple of LogEvent] -> ``RUNS``: ((serverhost,
+    connection id), run of its session events sorted in statement order);
+    ``DDL``: (position, database, sql) of each committed DDL statement, for
+    :class:`changeflow.transforms.follow_schema.BuildSchemaTimeline`;
+    DEAD_LETTER_TAG: records that cannot be decoded and lines that cannot be
+    parsed, as DecodeCloudWatchRecords and ParseAuditLines make them."""
+
+    def __init__(self, query_log_limit: int, server_version: int = DEFAULT_SERVER_VERSION):
+        super().__init__()
+        self._limit = query_log_limit
+        self._server_version = server_version
+
+    def expand(self, records):
+        return records | 'ParseRecords' >> beam.ParDo(
+            _ParseRecordFn(self._limit, self._server_version)).with_outputs(
+                DEAD_LETTER_TAG, DDL, main=RUNS)
+
+
+def _runs_original(element):
+    (serverhost, connection_id), runs = element
+    return lines_original([event for _, data in runs for event in unpack(data)])
+
+
+def _runs_position(element):
+    (serverhost, connection_id), _ = element
+    return f'connection {serverhost}/{connection_id}'
+
+
+@guarded('transactions', _runs_original, _runs_position, buffered=False)
+class _ReplayConnectionFn(beam.DoFn):
+    """One connection's runs -> its committed transactions, translated, as
+    runs of changes per (table, shard); dead letters of both steps."""
+
+    def __init__(self, autocommit: bool, server_version: int, rollback_on_timeout: bool,
+                 tables: Sequence[TableSpec], schema, time_zone: str, num_shards: int):
+        self._tracker_args = (autocommit, server_version, rollback_on_timeout)
+        self._translate = _ExtractRowChangesFn(tables, schema, time_zone, server_version)
+        self._num_shards = num_shards
+        self._counters = {name: Metrics.counter('changeflow.transactions', name) for name in (
+            'committed', 'rolled_back', 'failed', 'reads', 'ddl', 'session', 'duplicates',
+            'transactions', 'open_at_end', 'unresolved')}
+
+    def setup(self):
+        self._translate.setup()
+
+    def process(self, element, timeline=None):
+        (serverhost, connection_id), runs = element
+        tracker = TransactionTracker(serverhost, connection_id, *self._tracker_args)
+        buckets: Dict[Tuple[str, int], list] = {}
+        pending = 0
+        transactions = 0
+        for event in merge_runs(runs, _session_order):
+            for transaction in tracker.feed(event):
+                transactions += 1
+                for out in self._translate.process(transaction, timeline):
+                    if isinstance(out, TaggedOutput):
+                        yield out
+                        continue
+                    for shard_key, change in shards_of(out, self._num_shards):
+                        buckets.setdefault(shard_key, []).append(change)
+                        pending += 1
+            if pending >= _FLUSH_CHANGES:
+                yield from _flush(buckets)
+                pending = 0
+        yield from _flush(buckets)
+        self._counters['transactions'].inc(transactions)
+        for name, count in tracker.counts.items():
+            self._counters[name].inc(count)
+        for event, reason in tracker.unresolved:
+            self._counters['unresolved'].inc()
+            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                'transactions', reason,
+                f'connection {serverhost}/{connection_id} ended with this write in a prepared XA '
+                f'transaction (query id {event.query_id}): another session may commit it',
+                event.line, event.position))
+        for event in tracker.open_statements():
+            self._counters['open_at_end'].inc()
+            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                'transactions', 'transaction-open-at-end',
+                f'no COMMIT or ROLLBACK for connection {serverhost}/{connection_id} '
+                f'before the input ended (query id {event.query_id})',
+                event.line, event.position))
+
+
+def change_version(change) -> str:
+    return change.ops[0].version
+
+
+def _flush(buckets: Dict[Tuple[str, int], list]):
+    for shard_key, changes in buckets.items():
+        yield shard_key, make_run(changes, change_version)
+    buckets.clear()
+
+
+class ReplayConnections(beam.PTransform):
+    """``RUNS`` of ParseToConnectionRuns -> ((table, shard), run of row changes
+    sorted by version) and DEAD_LETTER_TAG.
+
+    Each connection's events are merged in statement order and replayed
+    (:class:`changeflow.transforms.transactions.TransactionTracker`); each
+    committed transaction is translated as ExtractRowChanges does (with the
+    schema timeline as a side input when given); its changes are bucketed
+    by :func:`changeflow.io.sql.shards_of` (a whole-table change into every
+    shard of its table) and go out every few thousand changes.
+    """
+
+    def __init__(self, tables: Sequence[TableSpec], schema: SourceSchema = None, *,
+                 autocommit: bool = True, server_version: int = DEFAULT_SERVER_VERSION,
+                 rollback_on_timeout: bool = False, time_zone: str = '+00:00',
+                 num_shards: int = DEFAULT_SHARDS, timeline=None):
+        super().__init__()
+        self._fn = _ReplayConnectionFn(autocommit, server_version, rollback_on_timeout,
+                                       tables, schema, time_zone, num_shards)
+        self._timeline = timeline
+
+    def expand(self, runs):
+        side = {} if self._timeline is None else {
+            'timeline': beam.pvalue.AsSingleton(self._timeline)}
+        return (runs
+                | 'GroupConnection' >> beam.GroupByKey()
+                | 'ReplayAndTranslate' >> beam.ParDo(self._fn, **side).with_outputs(
+                    DEAD_LETTER_TAG, main='changes'))
