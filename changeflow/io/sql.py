@@ -1221,7 +1221,13 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
         table, shard, changes = batch
         self._counters['changes_received'].inc(sum(1 for c in changes if c.key or shard == 0))
         micros = timestamp.micros
-        yield from self._write_ready([(micros, change) for change in changes], shard)
+        applied = []
+        for output in self._write_ready([(micros, change) for change in changes], shard):
+            if isinstance(output, TaggedOutput):
+                yield output
+            else:
+                applied.append(output.value)
+        yield table, shard, tuple(applied)
 
 
 @typehints.with_input_types(Change)
@@ -1391,7 +1397,8 @@ class WriteBatchesToDatabase(WriteToDatabase):
     :class:`changeflow.transforms.shard_batches.FoldShards`, sharded as
     :func:`shards_of` shards), written in version order as WriteToDatabase
     writes a shard once the watermark has passed all of it; no state or
-    timers. Same arguments, outputs and metrics."""
+    timers. Same arguments and metrics; the main output has one
+    ``(table, shard, changes applied or found applied)`` per batch."""
 
     def expand(self, batches):
         after = {}
