@@ -342,9 +342,6 @@ class _Target:
                                                f'{self.name!r}; key updates are not replicated')
         return state
 
-    def key_values(self, key: Tuple[Any, ...]) -> Dict[str, Any]:
-        return dict(zip(self.spec.key, key))
-
     def delete_statement(self, conn) -> '_Compiled':
         """DELETE of one row by key: parameters (key values)."""
         return self.statements.get(conn, ('delete',), lambda: self.table.delete().where(
