@@ -15,9 +15,10 @@ row, 10% UPDATE of literals, 10% UPDATE ``qty = qty + n``, 5% DELETE) over
 ``INSERT ... ON DUPLICATE KEY UPDATE qty = qty + VALUES(qty)``, 40% ``UPDATE
 qty = qty + n``, 10% DELETE). Then a second pass: as many statements again,
 newer, over the rows the first pass left; then a replay of the second pass
-(every op already applied). Prints changes/s per pass, in ``_Replica.write``
-and with BEGIN and COMMIT. The disk's fsync at COMMIT is most of the
-difference: ``--folder /dev/shm`` leaves it out.
+(every op already applied). Prints changes/s per pass: the time in
+``_Replica.write``, the CPU time of this process in it (less noisy on a busy
+machine), and the time with BEGIN and COMMIT. The disk's fsync at COMMIT is
+most of the last difference: ``--folder /dev/shm`` leaves it out.
 
 Run from the checkout root with ``PYTHONPATH=.`` so that its changeflow is the
 one imported. ``--profile FILE`` writes a cProfile of the passes (pstats);
@@ -93,20 +94,22 @@ def coalesced_changes(statements, first_query_id):
 
 
 def write_all(engine, replica, changes, batch_size):
-    """(seconds in _Replica.write, seconds with BEGIN and COMMIT) to write
-    ``changes`` in version order, ``batch_size`` per transaction."""
+    """(seconds in _Replica.write, CPU seconds of this process in it, seconds
+    with BEGIN and COMMIT) to write ``changes`` in version order,
+    ``batch_size`` per transaction."""
     changes = sorted(changes, key=lambda c: c.first_version)
     timestamp, window = Timestamp(micros=0), GlobalWindow()
     items = [_Item(c, timestamp, window) for c in changes]
-    writing = 0.0
+    writing = cpu = 0.0
     started = time.perf_counter()
     for start in range(0, len(items), batch_size):
         with engine.begin() as conn:
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             outcome = replica.write(conn, items[start:start + batch_size], False)
             writing += time.perf_counter() - began
+            cpu += time.process_time() - began_cpu
         assert not outcome.dead, outcome.dead[:1]
-    return writing, time.perf_counter() - started
+    return writing, cpu, time.perf_counter() - started
 
 
 def main():
@@ -151,10 +154,11 @@ def main():
           f'{args.keys:,} keys; {len(first):,} coalesced changes in the first pass '
           f'({", ".join(f"{k} {n}" for k, n in kinds.most_common(5))}, ...), '
           f'{len(second):,} in the second; {args.batch} per transaction')
-    print(f'{"":28}{"in _Replica.write":>26}{"with BEGIN/COMMIT":>30}')
-    for (name, changes), (writing, total) in zip(passes, seconds):
-        print(f'  {name:<26}{len(changes) / writing:>10,.0f} changes/s ({writing * 1e6 / len(changes):5.1f} us)'
-              f'{len(changes) / total:>12,.0f} changes/s ({total * 1e6 / len(changes):5.1f} us)')
+    print(f'changes/s (us/change){"":7}{"in _Replica.write":>20}{"its CPU time":>20}'
+          f'{"with BEGIN/COMMIT":>20}')
+    for (name, changes), times in zip(passes, seconds):
+        print(f'  {name:<26}' + ''.join(f'{len(changes) / t:>12,.0f} ({t * 1e6 / len(changes):5.1f})'
+                                        for t in times))
 
 
 if __name__ == '__main__':

@@ -193,3 +193,21 @@ def test_the_compiled_statements_kept_are_bounded(monkeypatch):
         for shape in 'abaca':
             statements.get(conn, (shape,), lambda: built.append(shape) or sa.select(table))
     assert built == ['a', 'b', 'c', 'a']  # 'c' dropped 'a', the oldest; 'a' then dropped 'b'
+
+
+def test_an_op_reading_a_column_left_at_its_default_sees_the_stored_default(engine, table_prefix):
+    """INSERT without qty, then qty = qty + 2 in the same Change: the sink
+    writes the inserted row and reads it back (the default), in a SAVEPOINT."""
+    spec = TableSpec('shop.items', ('id',), table_prefix + 'defaults', (
+        ('id', 'integer'), ('qty', 'integer'), ('note', 'string')), defaults=(('qty', '5'),))
+    sink = _Replica([spec], table_prefix + 'cf_')
+    sink.prepare(engine)
+    change = Change('shop.items', (1,), (
+        RowOp(OpKind.INSERT, version(1), (('id', 1), ('note', 'x'))),
+        RowOp(OpKind.UPDATE, version(2), (), (('qty', ('bin', '+', col('qty'), lit(2))),))), 0)
+    with engine.begin() as conn:
+        outcome = sink.write(conn, [_Item(change, None, None)], False)
+    assert not outcome.dead and outcome.counts['rows_upserted'] == 1
+    with engine.connect() as conn:
+        table = sink.targets['shop.items'].table
+        assert [tuple(r) for r in conn.execute(sa.select(table))] == [(1, 7, 'x')]
