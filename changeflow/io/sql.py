@@ -980,19 +980,19 @@ class _Replica:
     def _write_round(self, conn, target: _Target, rows, truncated_version: str) -> _Outcome:
         outcome = _Outcome()
         stored = self._stored_versions(conn, target, [row_key for _, _, row_key in rows])
-        rounds, stale_ops = [], 0
+        newer_ops, stale_ops = [], 0
         for item, key, row_key in rows:
             ops = item.change.ops
             guard = max(stored.get(row_key, ''), truncated_version)
             newer = [op for op in ops if op.version > guard]
             stale_ops += len(ops) - len(newer)
-            rounds.append((item, key, row_key, newer))
+            newer_ops.append((item, key, row_key, newer))
         outcome.counts['ops_skipped_stale'] += stale_ops
         # Only the rows with ops to apply are read.
-        current = self._current_rows(conn, target, [key for _, key, _, newer in rounds if newer])
+        current = self._current_rows(conn, target, [key for _, key, _, newer in newer_ops if newer])
         plan = _Plan(target)
         versions, marks = [], []
-        for item, key, row_key, newer in rounds:
+        for item, key, row_key, newer in newer_ops:
             if not newer:
                 outcome.applied.append(item)
                 continue
