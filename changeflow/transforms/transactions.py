@@ -343,7 +343,8 @@ class TransactionTracker:
         self.counts = {'rolled_back': 0, 'failed': 0, 'reads': 0, 'ddl': 0,
                        'session': 0, 'duplicates': 0, 'committed': 0}
         self.unresolved: List[Tuple[AuditEvent, str]] = []
-        self._seen = set()
+        self._seen = set()        # the statements of the current (time, query id)
+        self._seen_at = None
         self._reset()
 
     def _reset(self):
@@ -387,11 +388,15 @@ class TransactionTracker:
             return []
         if event.operation != 'QUERY':
             return []
-        identity = (event.query_id, event.object)
-        if identity in self._seen:  # the same line delivered twice (at-least-once sources)
+        # Events come in statement order, so the same line delivered twice (at-least-once
+        # sources) comes twice in a row at one (time, query id): only those are kept.
+        if (event.timestamp_us, event.query_id) != self._seen_at:
+            self._seen_at = (event.timestamp_us, event.query_id)
+            self._seen.clear()
+        if event.object in self._seen:
             self.counts['duplicates'] += 1
             return []
-        self._seen.add(identity)
+        self._seen.add(event.object)
         flags = _NO_FLAGS if not self._session.sql_mode else (
             'NO_BACKSLASH_ESCAPES' in self._session.sql_mode, 'ANSI_QUOTES' in self._session.sql_mode)
         kind, savepoint, sql, items = _classify(event.object, self._server_version, flags)
