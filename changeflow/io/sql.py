@@ -194,11 +194,18 @@ def shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int]
     yield (change.table, _shard_of(change.table, change.key, num_shards)), change
 
 
+_JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')  # text json.dumps writes as it is
+
+
 def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
     """The shard of a row, from the canonical text of its key values: the
     same for the values a Change carries and for those read back from the
     replica, for the key types _ShardableKey accepts."""
-    text = json.dumps([table, [str(_key_part(v)) for v in key]], ensure_ascii=False)
+    parts = [str(value) if type(value) is int else str(_key_part(value)) for value in key]
+    if _JSON_PLAIN.fullmatch(table) and all(_JSON_PLAIN.fullmatch(part) for part in parts):
+        text = f'["{table}", ["' + '", "'.join(parts) + '"]]'  # as json.dumps writes it
+    else:
+        text = json.dumps([table, parts], ensure_ascii=False)
     digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
     return int.from_bytes(digest, 'big') % num_shards
 
