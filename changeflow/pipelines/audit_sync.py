@@ -84,10 +84,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:
-        written = (routed[NOTIFY]
-                   | 'NotifyChanges' >> beam.FlatMap(batch_changes)
-                   | 'Notify' >> WriteNotifications(config.notify, config.tables,
-                                                    schema_timeline=timeline))
+        written = routed[NOTIFY] | 'Notify' >> WriteNotifications(
+            config.notify, config.tables, schema_timeline=timeline, batched=True)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 
