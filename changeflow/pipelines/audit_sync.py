@@ -50,7 +50,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     read = p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
                                             lines_per_element=LINES_PER_ELEMENT)
     dead_letters.append(read[DEAD_LETTER_TAG])
-    parsed = read[ReadArchive.MAIN] | 'ParseRecords' >> ParseToConnectionRuns(
+    records = read[ReadArchive.MAIN] | 'SpreadRecords' >> beam.Reshuffle()  # over workers
+    parsed = records | 'ParseRecords' >> ParseToConnectionRuns(
         config.query_log_limit, config.server_version)
     dead_letters.append(parsed[DEAD_LETTER_TAG])
     timeline = None
