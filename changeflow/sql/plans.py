@@ -60,8 +60,8 @@ from changeflow.sql.compile_expressions import (ExpressionCompiler, mark_default
                                                 resolve_defaults, table_defaults)
 from changeflow.sql.errors import SqlChangeError, needs_lookup
 from changeflow.sql.expressions import leaf_tags, substitute
-from changeflow.sql.literals import (DEFAULT_SERVER_VERSION, mask_literals, numbered_shape,
-                                     session_flags)
+from changeflow.sql.literals import (DEFAULT_SERVER_VERSION, KnownShapes, mask_literals,
+                                     numbered_shape, session_flags)
 from changeflow.sql.types import parse_type
 
 __all__ = ['SqlChangeError', 'RowChange', 'Translation', 'StatementTranslator', 'key_caster']
@@ -628,6 +628,7 @@ class StatementTranslator:
         self._server_version = server_version  # which executable comments run
         self._plans: Dict[Tuple[str, str, Tuple[bool, bool]], Any] = {}
         self._max_shapes = max_shapes
+        self._known_shapes = KnownShapes(max_shapes)  # statement -> (shape, params), fast
         self.shapes_compiled = 0
 
     def translate(self, sql: str, database: str, session=None) -> Translation:
@@ -641,7 +642,14 @@ class StatementTranslator:
         statement pins them, the keys of its rows.
         """
         flags = _NO_FLAGS if session is None else session_flags(session, sql)
-        shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
+        default_mode = flags == _NO_FLAGS
+        known = self._known_shapes.match(sql) if default_mode else None
+        if known is None:
+            shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
+            if default_mode:
+                self._known_shapes.learn(sql, shape, params)
+        else:
+            shape, params = known
         key = (shape, database, flags)
         plan = self._plans.get(key)
         if plan is None:
