@@ -303,3 +303,36 @@ def test_known_shapes_match_only_their_own_statements():
                 "UPDATE t SET d = date '2024-01-01' WHERE id = 1",  # date '..' was never learnt
                 'UPDATE t SET a = 1 ']:  # a comment in the model: not learnt
         assert known.match(sql) is None, sql
+
+
+def test_translations_are_the_same_with_or_without_known_shapes():
+    """Through the translator, sql_mode included: NO_BACKSLASH_ESCAPES and
+    ANSI_QUOTES statements take the general scan."""
+    from changeflow.transforms.transactions import SessionState
+    rng = random.Random(7)
+    spec = TableSpec('shop.notes2', ('id',), 'notes2', (
+        ('id', 'integer'), ('note2', 'text'), ('utf8mb4', 'text'), ('n', 'integer')))
+    fast, general = StatementTranslator([spec]), StatementTranslator([spec])
+    general._known_shapes.match = lambda sql: None
+    matched = []
+    match = fast._known_shapes.match
+    fast._known_shapes.match = lambda sql: matched.append(match(sql)) or matched[-1]
+    statements = [
+        "INSERT INTO notes2 (id, note2) VALUES ({i}, {s}) ON DUPLICATE KEY UPDATE n = n + {i}",
+        'UPDATE notes2 SET note2 = {s}, n = {i} WHERE id = {i}',
+        'UPDATE notes2 SET "note2" = {s} WHERE id IN ({i}, {i})',
+        'DELETE FROM notes2 WHERE id = {s} AND n = {i}']
+    strings = ["'a'", "'it''s'", "'C:\\\\'", "'\\\\'", "'x\\'y'", '"dq"', "'a\\\\'"]
+    modes = [None, '', 'NO_BACKSLASH_ESCAPES', 'ANSI_QUOTES']
+    for _ in range(2_000):
+        sql = rng.choice(statements).format(i=rng.randrange(100), s=rng.choice(strings))
+        session = rng.choice(modes)
+        session = None if session is None else SessionState(sql_mode=session)
+        results = []
+        for translator in (fast, general):
+            try:
+                results.append(translator.translate(sql, 'shop', session))
+            except SqlChangeError as error:
+                results.append((error.reason, error.detail, error.table, error.keys))
+        assert results[0] == results[1], sql
+    assert sum(found is not None for found in matched) > 500
