@@ -550,6 +550,8 @@ class KnownShapes:
 
 def _values(template: _Template, found, sql: str) -> List[Any]:
     """The literal values of a statement its template's regex matched (``found``)."""
+    if not template.strings:
+        return list(map(int, found.groups()))
     params = list(found.groups())
     for i in template.integers:
         params[i] = int(params[i])

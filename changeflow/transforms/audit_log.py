@@ -37,13 +37,16 @@ __all__ = ['AuditLineError', 'parse_audit_line', 'ParseAuditLines', 'DEFAULT_QUE
 # server_audit_query_log_limit's default in MariaDB's plugin.
 DEFAULT_QUERY_LOG_LIMIT = 1024
 
-# Fields 1-8 cannot contain a comma; the object is either quoted (QUERY) or
+# Fields 1-8 cannot contain a comma, so str.split finds them (a regex
+# capturing them costs twice as much); the timestamp is one of
+# _TIMESTAMP, the connection and query ids digits (str.isdecimal: what the
+# regex \d matches). After them, _TAIL: the object, either quoted (QUERY) or
 # bare (TABLE events, empty for connections); then retcode (empty for TABLE
 # events) and at most two trailing fields that RDS variants add.
-_LINE = re.compile(
-    r"(\d{8} \d\d:\d\d:\d\d|\d++),([^,]*+),([^,]*+),([^,]*+),(\d++),(\d++),([^,]*+),([^,]*+),"
-    r"(?:'([^'\\]*+(?:\\.[^'\\]*+)*+)'|([^,']*+)),(\d*+)(?:,[^,\n]*+){0,2}+",
-    re.DOTALL)
+_HEAD_FIELDS = 8
+_TIMESTAMP = re.compile(r'\d{8} \d\d:\d\d:\d\d|\d++')
+_TAIL = re.compile(r"(?:'([^'\\]*+(?:\\.[^'\\]*+)*+)'|([^,']*+)),(\d*+)(?:,[^,\n]*+){0,2}+",
+                   re.DOTALL)
 
 # The plugin's escapes (esc_map in server_audit.c). `\\` and `\'` drop the
 # backslash; any other backslash pair cannot come from the plugin and is kept.
@@ -51,7 +54,6 @@ _CONTROL_ESCAPES = {'\\n': '\n', '\\r': '\r', '\\t': '\t', '\\b': '\b', '\\f': '
 _UNESCAPED = {'\\': '\\', "'": "'", **{pair[1]: char for pair, char in _CONTROL_ESCAPES.items()}}
 _ESCAPE = re.compile(r'\\(.)', re.DOTALL)
 _CONTROL_ESCAPE = re.compile(r'\\[nrtbf]')
-_NOT_QUOTE_ESCAPE = re.compile(r"\\[^']", re.DOTALL)
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MAX_TIME_DIGITS = 17
@@ -59,7 +61,7 @@ _MAX_ID = 2 ** 64 - 1
 _MAX_RETCODE_DIGITS = 9
 _ONE_US = datetime.timedelta(microseconds=1)
 _new_tuple = tuple.__new__
-_last_timestamp = ('', 0)  # (string, epoch µs) of the previous line; one tuple, so thread-safe
+_last_timestamp = (None, 0)  # (text, epoch µs) of the previous valid line; one tuple, so thread-safe
 
 
 class AuditLineError(ValueError):
@@ -75,8 +77,9 @@ class AuditLineError(ValueError):
 
 
 def _unescape(text: str) -> str:
-    if _NOT_QUOTE_ESCAPE.search(text) is None:  # only \' (SQL literals): the common case
-        return text.replace("\\'", "'")
+    unquoted = text.replace("\\'", "'")
+    if '\\' not in unquoted:  # every backslash was one of \' (SQL literals): the common case
+        return unquoted
     if '\0' in text:  # the sentinel below would be ambiguous: take the slow path
         return _ESCAPE.sub(lambda m: _UNESCAPED.get(m[1], m[0]), text)
     # `\\` first (through a sentinel), so `\\n` reads as `\` + `n`, not as a newline.
@@ -132,16 +135,22 @@ def parse_audit_line(line: str, position: str = '',
     Raises:
         AuditLineError: 'malformed-line' or 'truncated-statement'.
     """
-    match = _LINE.fullmatch(line)
-    if match is None:
+    fields = line.split(',', _HEAD_FIELDS)
+    if len(fields) <= _HEAD_FIELDS:
         raise AuditLineError('malformed-line', _why_malformed(line))
     (timestamp, serverhost, username, host, connection_id, query_id, operation,
-     database, quoted, bare, retcode) = match.groups()
+     database, rest) = fields
+    tail = _TAIL.fullmatch(line, len(line) - len(rest))
+    if tail is None or not (connection_id.isdecimal() and query_id.isdecimal()) or (
+            timestamp != _last_timestamp[0] and _TIMESTAMP.fullmatch(timestamp) is None):
+        raise AuditLineError('malformed-line', _why_malformed(line))
+    quoted, bare, retcode = tail.groups()
     truncated = False
     if quoted is None:
         obj = bare
     else:
-        if query_log_limit and _utf8_length_at_least(quoted, query_log_limit - 1):
+        if query_log_limit and 4 * len(quoted) >= query_log_limit - 1 and \
+                _utf8_length_at_least(quoted, query_log_limit - 1):
             if not (keep_truncated and operation == 'QUERY'):
                 raise AuditLineError(
                     'truncated-statement',
