@@ -434,9 +434,10 @@ _LITERAL_REGEX = {int: '(?=[0-9])' + _INTEGER,
 _STRING_CONTEXT = re.compile(
     r'(?:[\w$\x80-\U0010ffff]'
     r'|(?<![\w$\x80-\U0010ffff])(?:(?i:date|time|timestamp)|_[\w$\x80-\U0010ffff]*+)\s++)\Z')
-# A shape's bucket: the statement up to its first quote or digit (every
-# statement of a shape has the same text before its first literal).
-_BEFORE_LITERAL = re.compile(r"[^'0-9]*+")
+# A shape's bucket: the statement up to its first quote, or first digit not
+# inside a word (t1, utf8mb4): every statement of a template has the same text
+# there, since its first literal (a quote or a digit after no word) follows it.
+_BEFORE_LITERAL = re.compile(r"[^'0-9]*+(?:(?<=[\w$\x80-\U0010ffff])[0-9]++[^'0-9]*+)*+")
 _MAX_TEMPLATE_LITERALS = 200
 _MAX_PER_BUCKET = 8
 

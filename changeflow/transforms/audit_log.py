@@ -149,8 +149,7 @@ def parse_audit_line(line: str, position: str = '',
     if quoted is None:
         obj = bare
     else:
-        if query_log_limit and 4 * len(quoted) >= query_log_limit - 1 and \
-                _utf8_length_at_least(quoted, query_log_limit - 1):
+        if query_log_limit and _utf8_length_at_least(quoted, query_log_limit - 1):
             if not (keep_truncated and operation == 'QUERY'):
                 raise AuditLineError(
                     'truncated-statement',
