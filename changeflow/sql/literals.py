@@ -503,8 +503,20 @@ class KnownShapes:
         for template in bucket:
             found = template.regex.fullmatch(sql, start)
             if found is not None:
-                return template.shape, _values(template, found, sql)
-        return None
+                break
+        else:
+            return None
+        if not template.strings:
+            return template.shape, list(map(int, found.groups()))
+        params = list(found.groups())
+        for i in template.integers:
+            params[i] = int(params[i])
+        if '\\' in sql or "''" in sql:
+            for i in template.strings:
+                text = params[i]
+                if '\\' in text or "''" in text:
+                    params[i] = unescape_mysql_string(text)
+        return template.shape, params
 
     def learn(self, sql: str, shape: str, params: List[Any]) -> None:
         """Keeps the template of ``sql`` (which mask_literals read as ``shape``,
@@ -515,20 +527,23 @@ class KnownShapes:
         bucket = self._buckets.get(sql[:start], ())
         if len(bucket) >= _MAX_PER_BUCKET:
             return
-        template = self._template(sql, shape, params, start)
-        if template is None:
-            if len(self._refused) >= self._max_shapes:
-                self._refused.clear()
-            self._refused.add(shape)
-            return
-        if self._kept >= self._max_shapes:
-            self._buckets.clear()
-            self._kept = 0
-        self._buckets.setdefault(sql[:start], []).append(template)
-        self._kept += 1
+        template = self._template(sql, shape, start)
+        if template is not None:
+            if self._kept >= self._max_shapes:
+                self._buckets.clear()
+                self._kept = 0
+            bucket = self._buckets.setdefault(sql[:start], [])
+            bucket.append(template)
+            if self.match(sql) == (shape, params):  # the model reads back as mask_literals read it
+                self._kept += 1
+                return
+            bucket.remove(template)
+        if len(self._refused) >= self._max_shapes:
+            self._refused.clear()
+        self._refused.add(shape)
 
     @staticmethod
-    def _template(sql: str, shape: str, params: List[Any], start: int) -> Optional[_Template]:
+    def _template(sql: str, shape: str, start: int) -> Optional[_Template]:
         parts = _plain_parts(sql)
         if parts is None:
             return None
@@ -539,26 +554,6 @@ class KnownShapes:
         pattern = [re.escape(texts[0][start:])]
         for kind, after in zip(kinds, texts[1:]):
             pattern += [_LITERAL_REGEX[kind], re.escape(after)]
-        template = _Template(re.compile(''.join(pattern), re.S), shape,
-                             tuple(i for i, kind in enumerate(kinds) if kind is int),
-                             tuple(i for i, kind in enumerate(kinds) if kind is str))
-        # The model itself must read back as mask_literals read it.
-        found = template.regex.fullmatch(sql, start)
-        if found is None or template.shape != shape or _values(template, found, sql) != params:
-            return None
-        return template
-
-
-def _values(template: _Template, found, sql: str) -> List[Any]:
-    """The literal values of a statement its template's regex matched (``found``)."""
-    if not template.strings:
-        return list(map(int, found.groups()))
-    params = list(found.groups())
-    for i in template.integers:
-        params[i] = int(params[i])
-    if '\\' in sql or "''" in sql:
-        for i in template.strings:
-            text = params[i]
-            if '\\' in text or "''" in text:
-                params[i] = unescape_mysql_string(text)
-    return params
+        return _Template(re.compile(''.join(pattern), re.S), shape,
+                         tuple(i for i, kind in enumerate(kinds) if kind is int),
+                         tuple(i for i, kind in enumerate(kinds) if kind is str))
