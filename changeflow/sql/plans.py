@@ -220,7 +220,11 @@ class _Compiler:
         hazards = self._hazards
         if not hazards:
             return plan
-        return lambda params: plan(params)._replace(hazards=hazards)
+
+        def plan_with_hazards(params):
+            changes, skipped, _ = plan(params)
+            return _new_tuple(Translation, (changes, skipped, hazards))
+        return plan_with_hazards
 
     def _note_hazards(self, spec: TableSpec, kind: OpKind, written=(), updated=None) -> None:
         """What the schema says a ``kind`` write of ``written`` columns to
