@@ -57,10 +57,11 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from changeflow.sql.coercion import BadValue, coercer
-from changeflow.config import TableSpec
+from changeflow.config import TableSpec, display_url
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.io.sqlite import begin_immediate
@@ -82,6 +83,8 @@ _VERSION_LENGTH = 80         # audit versions are 67 characters
 _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
+_UNREACHABLE_BATCHES = 3     # consecutive batches that cannot reach the database: circuit opens
+_CIRCUIT_OPEN_SECS = 60.0    # batches dead-lettered untried, then one probes the database
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
@@ -1282,9 +1285,13 @@ class _DatabaseWriter:
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
             'changes_dead_lettered', 'rows_marked_diverged', 'tables_marked_diverged',
-            'batches_committed', 'batch_retries', 'changes_of_dropped_tables')}
+            'batches_committed', 'batch_retries', 'changes_of_dropped_tables',
+            'batches_unreachable', 'circuit_opened', 'batches_not_tried')}
         self._engine = None
         self._replica = None
+        self._unreachable = 0        # consecutive batches that could not reach the database
+        self._open_until = None      # time.monotonic() until which batches are not tried
+        self._last_unreachable = ''  # the error that opened the circuit
 
     def setup(self):
         self._engine = create_engine(self._url)
@@ -1296,7 +1303,7 @@ class _DatabaseWriter:
         except sa_exc.SQLAlchemyError as exc:
             # The database may come back: prepare again before the first write.
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
-                            'first batch', _STEP, _describe(exc))
+                            'first batch', _STEP, self._hide_password(_describe(exc)))
 
     def _write_ready(self, ready, shard: int):
         """Applies one shard's ready (micros, Change) pairs in version order,
@@ -1356,7 +1363,17 @@ class _DatabaseWriter:
             self._engine.dispose()
 
     def _write(self, items: List[_Item]) -> _Outcome:
-        """One transaction for ``items``, retried on transient errors; never raises."""
+        """One transaction for ``items``, retried on transient errors; never raises.
+
+        A circuit breaker spares a database that is plainly down: after
+        ``_UNREACHABLE_BATCHES`` consecutive batches that could not reach it
+        (transient errors, retries exhausted, before their transaction began),
+        batches are dead-lettered untried ('sink-unavailable') for
+        ``_CIRCUIT_OPEN_SECS``; then one batch probes it, without retries."""
+        probing = self._open_until is not None
+        if probing and time.monotonic() < self._open_until:
+            self._counters['batches_not_tried'].inc()
+            return _Outcome.all_dead(items, 'sink-unavailable', self._unavailable_detail())
         attempt, isolate = 0, False
         while True:
             connected = False
@@ -1365,13 +1382,14 @@ class _DatabaseWriter:
                     self._replica.prepare(self._engine)
                 with self._engine.begin() as conn:
                     connected = True
+                    self._reached()
                     outcome = self._replica.write(conn, items, isolate)
                 outcome.counts['batches_committed'] += 1
                 return outcome
             except sa_exc.SQLAlchemyError as exc:
                 # Preparing may also fail on a race with another worker's CREATE TABLE.
                 retry = _is_transient(exc) or not self._replica.prepared
-                if retry and attempt < self._max_retries:
+                if retry and attempt < (0 if probing else self._max_retries):
                     attempt += 1
                     self._counters['batch_retries'].inc()
                     time.sleep(min(_BACKOFF_SECS * 2 ** (attempt - 1), _MAX_BACKOFF_SECS))
@@ -1379,6 +1397,8 @@ class _DatabaseWriter:
                 if connected and not isolate and isinstance(exc, sa_exc.StatementError):
                     isolate = True  # find the changes the database rejects
                     continue
+                if not connected and _is_transient(exc):
+                    self._not_reached(exc)
                 return _Outcome.all_dead(items, 'database-error', _describe(exc))
             except ValueError as exc:  # a replica table vanished, or is not as configured
                 return _Outcome.all_dead(items, 'database-error', str(exc))
@@ -1392,6 +1412,35 @@ class _DatabaseWriter:
                 logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
                 return _Outcome.all_dead(items, 'internal-error', describe_error(exc))
 
+    def _not_reached(self, exc: BaseException) -> None:
+        """A batch could not reach the database: opens the circuit at the
+        ``_UNREACHABLE_BATCHES``-th in a row (again after a failed probe)."""
+        self._counters['batches_unreachable'].inc()
+        self._unreachable += 1
+        if self._unreachable < _UNREACHABLE_BATCHES:
+            return
+        if self._open_until is None:
+            self._counters['circuit_opened'].inc()
+            logging.warning('%s: %d batches in a row could not reach %s; dead-lettering the '
+                            'next ones untried (sink-unavailable) for %g s', _STEP,
+                            self._unreachable, display_url(self._url), _CIRCUIT_OPEN_SECS)
+        self._last_unreachable = self._hide_password(_describe(exc))
+        self._open_until = time.monotonic() + _CIRCUIT_OPEN_SECS
+
+    def _reached(self) -> None:
+        if self._open_until is not None:
+            logging.warning('%s: %s is reachable again', _STEP, display_url(self._url))
+        self._unreachable, self._open_until = 0, None
+
+    def _unavailable_detail(self) -> str:
+        return (f'not tried: {self._unreachable} batches in a row could not reach '
+                f'{display_url(self._url)} (last: {self._last_unreachable})')
+
+    def _hide_password(self, text: str) -> str:
+        """``text`` without the URL's password, should an error quote it."""
+        password = make_url(self._url).password
+        return text.replace(str(password), '***') if password else text
+
     def _emit(self, outcome: _Outcome):
         for name, count in outcome.counts.items():
             self._counters[name].inc(count)
@@ -1400,7 +1449,8 @@ class _DatabaseWriter:
         self._counters['changes_dead_lettered'].inc(len(outcome.dead))
         for item, reason, detail in outcome.dead:
             ops = item.change.ops
-            letter = dead_letter(_STEP, reason, detail, change_json(item.change),
+            letter = dead_letter(_STEP, reason, self._hide_password(detail),
+                                 change_json(item.change),
                                  ops[-1].position if ops else '')
             yield TaggedOutput(DEAD_LETTER_TAG,
                                WindowedValue(letter, item.timestamp, (item.window,)))
@@ -1537,8 +1587,13 @@ class WriteToDatabase(beam.PTransform):
     batch is dead-lettered ('database-error'). When the database rejects a
     statement (constraint, data error), the batch is redone with a SAVEPOINT
     per change, so only the rejected changes are dead-lettered
-    ('database-rejected'). The step never raises for data or database
-    errors, so it never fails or re-runs other branches.
+    ('database-rejected'). A database that is plainly down is not retried
+    batch after batch: once three batches in a row could not reach it (their
+    retries spent), the following ones are dead-lettered at once
+    ('sink-unavailable') for a minute, then one batch, without retries,
+    probes whether it is back (the count is per worker). The step never
+    raises for data or database errors, so it never fails or re-runs other
+    branches.
 
     Caveats:
 
@@ -1553,7 +1608,8 @@ class WriteToDatabase(beam.PTransform):
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
     rows_marked_diverged, tables_marked_diverged (marks newly recorded),
-    batches_committed, batch_retries.
+    batches_committed, batch_retries, batches_unreachable (batches that could
+    not reach the database), circuit_opened, batches_not_tried (while open).
 
     Example::
 
