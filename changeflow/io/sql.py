@@ -1314,7 +1314,10 @@ class _DatabaseWriter:
                 self._replica.prepare(self._engine)
             except sa_exc.SQLAlchemyError:
                 pass  # the first batch prepares again, with retries
-        known = set(self._replica.targets) if self._replica.prepared else self._known
+        # A replica that follows DDL knows its tables once reachable; until then every
+        # change goes to the write, which dead-letters it for the outage.
+        known = (set(self._replica.targets) if self._replica.prepared
+                 else None if self._follows_schema else self._known)
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
@@ -1324,7 +1327,7 @@ class _DatabaseWriter:
                 if item.reported:
                     self._counters['changes_of_dropped_tables'].inc()
                 continue
-            if change.table not in known:
+            if known is not None and change.table not in known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
                     f'{change.table!r} is not one of the tables given to WriteToDatabase'))
