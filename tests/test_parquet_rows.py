@@ -266,12 +266,16 @@ def test_a_partition_of_every_kind_of_row(tmp_path):
             ('status', 'gone'),), (), 'a#8'),), DAY1),                          # not a member
         Change('shop.orders', (1, 9), (RowOp(OpKind.DELETE, audit_version(DAY1, 9, 9, 0),
                                              position='a#9'),), DAY1),
+        Change('shop.orders', (1, 10), (RowOp(OpKind.INSERT, audit_version(DAY1, 10, 10, 0), (
+            ('shipped', '2026-02-30'), ('rate', 'x')), (), 'a#10'),), DAY1),  # two bad values
     ]
     assert_same_backup(tmp_path, rows, 3)
     files, letters = written_backup(str(tmp_path), rows, 3)
     assert sorted((reason, position) for reason, position, *_ in letters) == [
-        ('bad-value', 'a#5'), ('bad-value', 'a#8'), ('unknown-column', 'a#6')]
-    assert ['<redacted>' in detail for _, _, detail, _ in letters] == [True, False, False]
+        ('bad-value', 'a#10'), ('bad-value', 'a#5'), ('bad-value', 'a#8'),
+        ('unknown-column', 'a#6')]
+    assert ['<redacted>' in detail for _, _, detail, _ in letters] == [False, True, False, False]
+    assert letters[0][2].startswith('shop.orders.rate:')  # the first bad value in column order
     written = [row for data in files.values() for row in pq.read_table(io.BytesIO(data)).to_pylist()]
     assert sorted(row['position'] for row in written) == ['a#1', 'a#2', 'a#3', 'a#4', 'a#7', 'a#9']
     archived = [row for row in written if row['source_table'] == 'shop.orders_archive']
