@@ -65,6 +65,7 @@ import datetime
 import functools
 import hashlib
 import io
+import pickle
 import re
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -218,13 +219,15 @@ class _PartitionRows:
     any error of a malformed op) before storing any of them, so a rejected op
     leaves no trace; :meth:`table` builds the Arrow columns at once. Lists of
     set columns and computed assignments repeat from row to row: each
-    distinct one is built once and taken by index.
+    distinct one is built once and taken by index. Rows hold plain values
+    only (no Change), so a large partition leaves the garbage collector
+    little to scan.
     """
 
-    def __init__(self, layout: _Layout, capacity: int):
+    def __init__(self, layout: _Layout):
         self.schema = layout.schema
         self.count = 0
-        self.origins: List[Tuple[Change, RowOp]] = []
+        self.origins: List[Tuple[int, int]] = []  # per row: (its Change's, its op's index)
         self._tables: List[str] = []
         self._kinds: List[str] = []
         self._versions: List[str] = []
@@ -236,13 +239,13 @@ class _PartitionRows:
         self._computed: Dict[Tuple[Tuple[str, str], ...], int] = {}
         self._computed_rows: List[int] = []
         self._declared = bool(layout.columns)
-        if self._declared:  # preallocated: an op pays only for the columns it sets
-            self._typed = [[None] * capacity for _ in layout.columns]
+        if self._declared:  # grown in steps, so an op pays only for the columns it sets
+            self._typed: List[List[Any]] = [[] for _ in layout.columns]
         else:
             self._values: List[str] = []
 
-    def add(self, change: Change, op: RowOp, key_text: Optional[str], layout: _Layout,
-            plan: _Plan) -> str:
+    def add(self, change: Change, op: RowOp, origin: Tuple[int, int], key_text: Optional[str],
+            layout: _Layout, plan: _Plan) -> str:
         """Stores the row of ``op``; returns the Change's key as JSON (``key_text``,
         or rendered when None) for its next op."""
         literals, computed = op_columns(op) if op.assignments else (dict(op.values), {})
@@ -267,7 +270,7 @@ class _PartitionRows:
                                  for column, value in literals.items()}).decode('utf-8')
         row = self.count
         self.count += 1
-        self.origins.append((change, op))
+        self.origins.append(origin)
         self._tables.append(change.table)
         self._kinds.append(kind)
         self._versions.append(op.version)
@@ -277,6 +280,9 @@ class _PartitionRows:
         self._set_column_rows.append(set_columns_index)
         self._computed_rows.append(computed_index)
         if layout.columns:
+            if row == len(self._typed[0]):
+                for values in self._typed:
+                    values.extend([None] * max(row, 64))
             for slot, value in typed:
                 self._typed[slot][row] = value
         else:
@@ -361,8 +367,8 @@ def _utc_day(time_us: int) -> str:
 
 @guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
-    """Change -> (partition, Change): all ops of a Change share its table and
-    time, so its rows share a partition. Never raises: a Change that has no
+    """Change -> (partition, pickled Change): all ops of a Change share its
+    table and time, so its rows share a partition. Never raises: a Change that has no
     partition is keyed _UNROUTABLE and rejected after the grouping, where
     every dead letter of this sink comes from."""
 
@@ -378,7 +384,9 @@ class _KeyByPartition(beam.DoFn):
         except (ArithmeticError, ValueError, TypeError):
             partition = _UNROUTABLE
         if change.ops:
-            yield partition, change
+            # Pickled here: Beam's coder encodes a NamedTuple field by field and
+            # pickles its class with every one, at twice the cost or more.
+            yield partition, pickle.dumps(change, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _single(change: Change, op: RowOp) -> Change:
@@ -386,9 +394,10 @@ def _single(change: Change, op: RowOp) -> Change:
     return Change(change.table, change.key, (op,), change.event_time_us)
 
 
-@guarded(_STEP, lambda element: changes_original(element[1]), buffered=False)
+@guarded(_STEP, lambda element: changes_original([pickle.loads(data) for data in element[1]]),
+         buffered=False)
 class _WritePartitionFn(beam.DoFn):
-    """(partition, Changes) -> Parquet files and dead letters."""
+    """(partition, pickled Changes) -> Parquet files and dead letters."""
 
     def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
         self._path = path
@@ -407,9 +416,9 @@ class _WritePartitionFn(beam.DoFn):
         if partition == _FAILED:
             yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in changes)
             return
-        changes = list(changes)
+        encoded = list(changes)
         if partition == _UNROUTABLE:
-            for change in changes:
+            for change in map(pickle.loads, encoded):
                 for op in change.ops:
                     if change.table in self._layouts:
                         yield self._reject(_single(change, op), 'bad-change',
@@ -418,23 +427,25 @@ class _WritePartitionFn(beam.DoFn):
                         yield self._reject(_single(change, op), 'unknown-table',
                                            f'no TableSpec for {change.table!r}')
             return
-        rows = _PartitionRows(self._layouts[changes[0].table],
-                              sum(len(change.ops) for change in changes))
-        for change in changes:
+        rows = None
+        for index, data in enumerate(encoded):
+            change = pickle.loads(data)
             layout, plan = self._layouts[change.table], self._plans[change.table]
+            if rows is None:
+                rows = _PartitionRows(layout)
             key_text = None
-            for op in change.ops:
+            for number, op in enumerate(change.ops):
                 try:
-                    key_text = rows.add(change, op, key_text, layout, plan)
+                    key_text = rows.add(change, op, (index, number), key_text, layout, plan)
                 except _BadRow as error:
                     yield self._reject(_single(change, op), error.reason, error.detail)
                 except Exception as error:  # a malformed op: dead-lettered, the others written
                     yield self._reject(_single(change, op), 'bad-change',
                                        f'{type(error).__name__}: {error}')
         if rows.count:
-            yield from self._write_files(partition, rows)
+            yield from self._write_files(partition, rows, encoded)
 
-    def _write_files(self, partition, rows: _PartitionRows):
+    def _write_files(self, partition, rows: _PartitionRows, encoded: List[bytes]):
         """Sorts the rows by identity and writes them, ``rows_per_file`` a file.
         The columns are built once for the partition; if that fails, each
         file's own, so only the files holding what cannot be written fail."""
@@ -455,7 +466,9 @@ class _WritePartitionFn(beam.DoFn):
                 write_file(path, buffer.getvalue())
             except Exception as error:  # every row of the file goes to DEAD_LETTER_TAG
                 for row in chunk.to_pylist():
-                    yield self._reject(_single(*rows.origins[row]), 'write-failed',
+                    index, number = rows.origins[row]
+                    change = pickle.loads(encoded[index])
+                    yield self._reject(_single(change, change.ops[number]), 'write-failed',
                                        f'{path}: {error}')
                 continue
             self._written.inc(len(chunk))
