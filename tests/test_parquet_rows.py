@@ -240,8 +240,10 @@ def test_columns_hold_what_rows_define(tmp_path_factory, generated, rows_per_fil
     assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file)
 
 
-def test_a_partition_of_every_kind_of_row(tmp_path):
-    """One fixed partition with every case the random one may miss."""
+def test_a_partition_of_every_kind_of_row(tmp_path, monkeypatch):
+    """One fixed partition with every case the random one may miss; a file's
+    identities hashed in several parts."""
+    monkeypatch.setattr(parquet, '_HASHED_ROWS', 2)
     up = RowOp(OpKind.UPSERT, audit_version(DAY1, 2, 2, 0),
                (('tenant_id', 1), ('order_id', 2), ('total', '7'), ('NOTE', None)),
                (('total', ('bin', '+', col('total'), lit(1))), ('status', lit('paid'))), 'a#2')

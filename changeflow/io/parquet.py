@@ -354,6 +354,7 @@ class _PartitionRows:
 
 
 _IDENTITY = ('version', 'source_table', 'key', 'position')  # the order of a partition's rows
+_HASHED_ROWS = 65_536  # identities joined into one text at a time, far below Arrow's 2 GiB
 
 
 def _as_text(value) -> str:
@@ -368,9 +369,9 @@ def _utc_day(time_us: int) -> str:
 @guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
     """Change -> (partition, pickled Change): all ops of a Change share its
-    table and time, so its rows share a partition. Never raises: a Change that has no
-    partition is keyed _UNROUTABLE and rejected after the grouping, where
-    every dead letter of this sink comes from."""
+    table and time, so its rows share a partition. Never raises: a Change
+    that has no partition is keyed _UNROUTABLE and rejected after the
+    grouping, where every dead letter of this sink comes from."""
 
     def __init__(self, targets: Dict[str, str]):
         self._targets = targets
@@ -477,17 +478,22 @@ class _WritePartitionFn(beam.DoFn):
 
     def _file_path(self, partition, identities: pa.Table) -> str:
         """The file of these rows: named by its first and last version and a
-        hash of its rows' identities, one per line, tab-separated."""
-        lines = pc.binary_join_element_wise(
-            *(identities.column(name).combine_chunks() for name in _IDENTITY), '\t')
-        text = pc.binary_join(pa.ListArray.from_arrays(
-            pa.array([0, len(lines)], pa.int32()), lines), '\n')[0]
-        digest = hashlib.sha256(text.as_buffer()).hexdigest()[:16]
+        hash of its rows' identities, one per line, tab-separated (joined by
+        Arrow, ``_HASHED_ROWS`` at a time)."""
+        digest = hashlib.sha256()
+        for start in range(0, identities.num_rows, _HASHED_ROWS):
+            part = identities.slice(start, _HASHED_ROWS)
+            lines = pc.binary_join_element_wise(
+                *(part.column(name).combine_chunks() for name in _IDENTITY), '\t')
+            text = pc.binary_join(pa.ListArray.from_arrays(
+                pa.array([0, len(lines)], pa.int32()), lines), '\n')[0]
+            digest.update(b'\n' if start else b'')
+            digest.update(text.as_buffer())
         versions = identities.column('version')
         first, last = (_UNSAFE_IN_NAME.sub('_', versions[i].as_py())[:100] for i in (0, -1))
         target, day = partition
         return FileSystems.join(self._path, f'table={target}', f'date={day}',
-                                f'part-{first}-{last}-{digest}.parquet')
+                                f'part-{first}-{last}-{digest.hexdigest()[:16]}.parquet')
 
     def _reject(self, change: Change, reason: str, detail: str):
         self._dead_lettered.inc()
