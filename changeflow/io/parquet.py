@@ -379,15 +379,19 @@ class _KeyByPartition(beam.DoFn):
 
     def process(self, change: Change):
         self._received.inc(len(change.ops))
-        target = self._targets.get(change.table)
-        try:
-            partition = (target, _utc_day(change.event_time_us)) if target else _UNROUTABLE
-        except (ArithmeticError, ValueError, TypeError):
-            partition = _UNROUTABLE
+        partition = _partition(change, self._targets)
         if change.ops:
             # Pickled here: Beam's coder encodes a NamedTuple field by field and
             # pickles its class with every one, at twice the cost or more.
             yield partition, pickle.dumps(change, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _partition(change: Change, targets: Dict[str, str]) -> Tuple[str, str]:
+    target = targets.get(change.table)
+    try:
+        return (target, _utc_day(change.event_time_us)) if target else _UNROUTABLE
+    except (ArithmeticError, ValueError, TypeError):
+        return _UNROUTABLE
 
 
 def _single(change: Change, op: RowOp) -> Change:
@@ -417,11 +421,14 @@ class _WritePartitionFn(beam.DoFn):
         if partition == _FAILED:
             yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in changes)
             return
-        encoded = list(changes)
+        yield from self._write_partition(partition, [pickle.loads(data) for data in changes],
+                                         self._layouts, self._plans)
+
+    def _write_partition(self, partition, changes: List[Change], layouts, plans):
         if partition == _UNROUTABLE:
-            for change in map(pickle.loads, encoded):
+            for change in changes:
                 for op in change.ops:
-                    if change.table in self._layouts:
+                    if change.table in layouts:
                         yield self._reject(_single(change, op), 'bad-change',
                                            f'event time {change.event_time_us!r} has no date')
                     else:
@@ -429,9 +436,8 @@ class _WritePartitionFn(beam.DoFn):
                                            f'no TableSpec for {change.table!r}')
             return
         rows = None
-        for index, data in enumerate(encoded):
-            change = pickle.loads(data)
-            layout, plan = self._layouts[change.table], self._plans[change.table]
+        for index, change in enumerate(changes):
+            layout, plan = layouts[change.table], plans[change.table]
             if rows is None:
                 rows = _PartitionRows(layout)
             key_text = None
@@ -444,9 +450,9 @@ class _WritePartitionFn(beam.DoFn):
                     yield self._reject(_single(change, op), 'bad-change',
                                        f'{type(error).__name__}: {error}')
         if rows.count:
-            yield from self._write_files(partition, rows, encoded)
+            yield from self._write_files(partition, rows, changes)
 
-    def _write_files(self, partition, rows: _PartitionRows, encoded: List[bytes]):
+    def _write_files(self, partition, rows: _PartitionRows, changes: List[Change]):
         """Sorts the rows by identity and writes them, ``rows_per_file`` a file.
         The columns are built once for the partition; if that fails, each
         file's own, so only the files holding what cannot be written fail."""
@@ -468,7 +474,7 @@ class _WritePartitionFn(beam.DoFn):
             except Exception as error:  # every row of the file goes to DEAD_LETTER_TAG
                 for row in chunk.to_pylist():
                     index, number = rows.origins[row]
-                    change = pickle.loads(encoded[index])
+                    change = changes[index]
                     yield self._reject(_single(change, change.ops[number]), 'write-failed',
                                        f'{path}: {error}')
                 continue
@@ -499,6 +505,41 @@ class _WritePartitionFn(beam.DoFn):
         self._dead_lettered.inc()
         return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
             _STEP, reason, detail, change_json(change), change.ops[0].position))
+
+
+@guarded(_STEP, lambda batch: changes_original(list(batch[2])),
+         lambda batch: f'shard {batch[0]}/{batch[1]}', buffered=False)
+class _WriteBatchFn(_WritePartitionFn):
+    """(table, shard, changes) -> Parquet files per (target, day) of the
+    batch, and dead letters: a bounded run's shard batches need no grouping
+    (each shard writes its own files, named by their rows as ever)."""
+
+    def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
+        super().__init__(path, layouts, rows_per_file)
+        self._received = Metrics.counter(f'changeflow.{_STEP}', 'received')
+
+    def setup(self):
+        super().setup()
+        self._timeline = None
+
+    def process(self, batch, timeline=None):
+        layouts, plans = self._layouts, self._plans
+        if timeline is not None:  # tables the log's DDL renamed, created or altered
+            if timeline is not self._timeline:
+                self._timeline = timeline
+                self._followed = {**self._layouts, **{
+                    spec.source: _layout(spec) for spec in timeline.all_specs if spec.columns}}
+                self._followed_plans = {source: _plan(layout)
+                                        for source, layout in self._followed.items()}
+            layouts, plans = self._followed, self._followed_plans
+        targets = {source: layout.target for source, layout in layouts.items()}
+        by_partition: Dict[Tuple[str, str], List[Change]] = {}
+        for change in batch[2]:
+            self._received.inc(len(change.ops))
+            if change.ops:
+                by_partition.setdefault(_partition(change, targets), []).append(change)
+        for partition, changes in sorted(by_partition.items()):
+            yield from self._write_partition(partition, changes, layouts, plans)
 
 
 @beam.typehints.with_input_types(Change)
@@ -533,8 +574,13 @@ class WriteParquetBackup(beam.PTransform):
 
     MAIN = 'written'
 
-    def __init__(self, path: str, tables: Sequence[TableSpec], rows_per_file: int = 250_000):
+    def __init__(self, path: str, tables: Sequence[TableSpec], rows_per_file: int = 250_000,
+                 *, batched: bool = False, schema_timeline=None):
         super().__init__()
+        self._batched = batched
+        self._schema_timeline = schema_timeline
+        if schema_timeline is not None and not batched:
+            raise ValueError('schema_timeline needs batched input')
         if not path:
             raise ValueError(f'WriteParquetBackup needs a path, got {path!r}')
         if rows_per_file < 1:
@@ -557,6 +603,12 @@ class WriteParquetBackup(beam.PTransform):
         self._rows_per_file = rows_per_file
 
     def expand(self, changes):
+        if self._batched:
+            side = {} if self._schema_timeline is None else {
+                'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
+            return changes | 'WriteBatches' >> beam.ParDo(
+                _WriteBatchFn(self._path, self._layouts, self._rows_per_file), **side
+            ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
         targets = {source: layout.target for source, layout in self._layouts.items()}
         keyed = changes | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets)).with_outputs(
             DEAD_LETTER_TAG, main='keyed')
