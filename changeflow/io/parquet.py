@@ -84,6 +84,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
+from changeflow.transforms.runs import batch_changes
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -507,7 +508,7 @@ class _WritePartitionFn(beam.DoFn):
             _STEP, reason, detail, change_json(change), change.ops[0].position))
 
 
-@guarded(_STEP, lambda batch: changes_original(list(batch[2])),
+@guarded(_STEP, lambda batch: changes_original(batch_changes(batch)),
          lambda batch: f'shard {batch[0]}/{batch[1]}', buffered=False)
 class _WriteBatchFn(_WritePartitionFn):
     """(table, shard, changes) -> Parquet files per (target, day) of the
@@ -534,7 +535,7 @@ class _WriteBatchFn(_WritePartitionFn):
             layouts, plans = self._followed, self._followed_plans
         targets = {source: layout.target for source, layout in layouts.items()}
         by_partition: Dict[Tuple[str, str], List[Change]] = {}
-        for change in batch[2]:
+        for change in batch_changes(batch):
             self._received.inc(len(change.ops))
             if change.ops:
                 by_partition.setdefault(_partition(change, targets), []).append(change)

@@ -68,6 +68,7 @@ from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
+from changeflow.transforms.runs import batch_changes
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
@@ -1499,7 +1500,7 @@ class _WriteDoFn(_DatabaseWriter, beam.DoFn):
 
 
 def _batch_original(batch):
-    return changes_original(list(batch[2]))
+    return changes_original(batch_changes(batch))
 
 
 def _batch_position(batch):
@@ -1512,7 +1513,8 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
     once, so no state or timers); see WriteBatchesToDatabase."""
 
     def process(self, batch, timestamp=beam.DoFn.TimestampParam, schema_applied=None):
-        table, shard, changes = batch
+        table, shard, _ = batch
+        changes = batch_changes(batch)
         self._counters['changes_received'].inc(sum(1 for c in changes if c.key or shard == 0))
         micros = timestamp.micros
         applied = []
