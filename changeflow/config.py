@@ -587,11 +587,11 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     if _is_stream_source(source):
         source_config = _stream_source(source)
     else:
-        _check_keys('source', source, ('type', 'format', 'path'),
-                    required=('type', 'format', 'path'))
-        if not isinstance(source['type'], str) or source['type'] != 'archive':
+        if isinstance(source, dict) and source.get('type', 'archive') != 'archive':
             raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use "
                               f"'archive' or {' or '.join(map(repr, STREAM_FORMATS))}")
+        _check_keys('source', source, ('type', 'format', 'path'),
+                    required=('type', 'format', 'path'))
         if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
             raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
                               f"{', '.join(ARCHIVE_FORMATS)}")
