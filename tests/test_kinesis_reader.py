@@ -543,5 +543,5 @@ class _NeverEnding:
 def test_a_closed_shard_that_never_ends_fails_loudly():
     clock = FakeClock()
     reader = KinesisShardReader(_NeverEnding(), clock=clock, sleep=clock.sleep)
-    with pytest.raises(ReadError, match='closed, but 51 GetRecords calls'):
+    with pytest.raises(ReadError, match='closed, but 1001 GetRecords calls'):
         read_all(reader, 's', {})

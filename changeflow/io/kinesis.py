@@ -188,7 +188,9 @@ class KinesisShardReader:
 
     max_limit = MAX_LIMIT
     max_renewals = 3           # consecutive expired iterators of one shard before ReadError
-    max_closed_empty_reads = 50  # empty pages in a row of a closed shard before ReadError
+    # Empty pages in a row of a closed shard before ReadError: sparse stretches of a shard
+    # may take several calls to cross; this many (minutes of calls) means it never ends.
+    max_closed_empty_reads = 1000
 
     def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 5.0,
                  page_size: Optional[int] = None, backoff: Backoff = Backoff(),
@@ -302,8 +304,7 @@ class KinesisShardReader:
         if lost:
             raise ShardsLost(stream, lost)
         source = stream_name(stream)
-        # GetRecords names a stream given by ARN too (AWS accepts it; moto 5.2 needs it).
-        records_args = {'StreamARN': stream} if stream.startswith('arn:') else {}
+        records_args = self._records_args(stream)
         cursors: Dict[str, _Cursor] = {}
         caught_up = set()
         while True:
@@ -364,6 +365,11 @@ class KinesisShardReader:
     @staticmethod
     def _caught_up(records, millis_behind) -> bool:
         return not records and not millis_behind
+
+    @staticmethod
+    def _records_args(stream: str) -> dict:
+        """GetRecords names a stream given by ARN too (AWS accepts it; moto 5.2 needs it)."""
+        return {'StreamARN': stream} if stream.startswith('arn:') else {}
 
     @staticmethod
     def _source_record(record: Mapping, source: str, shard_id: str) -> SourceRecord:
