@@ -15,6 +15,7 @@ import glob
 import math
 import os
 import re
+import urllib.parse
 from typing import Any, NamedTuple, Optional, Tuple
 
 import sqlalchemy
@@ -22,6 +23,7 @@ import sqlalchemy.exc
 import yaml
 from sqlalchemy.engine import make_url
 
+from changeflow.io.kinesis import Start, stream_name
 from changeflow.model import MARKER_KINDS, OpKind
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
@@ -31,7 +33,8 @@ from changeflow.sql.types import canonical_type
 from changeflow.sql.zones import parse_time_zone
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
-           'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec']
+           'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec',
+           'KinesisSourceConfig', 'STREAM_FORMATS']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -86,6 +89,8 @@ class JobConfig(NamedTuple):
     server_version: int = 101100            # as /*!NNNNN */ comments number it (MariaDB 10.11.0)
     rollback_on_timeout: bool = False       # innodb_rollback_on_timeout
     table_rules: Any = None                 # ``tables:`` as written, for resolve_tables
+    job: Optional[str] = None               # the job's name: its checkpoints' key
+    checkpoints_url: Optional[str] = None   # the checkpoint store of a stream source
 
 
 class ConfigError(ValueError):
@@ -473,22 +478,132 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     return NotifyRule(to, table, tuple(ops))
 
 
-def parse_config(raw, base_dir: str = '.') -> JobConfig:
-    """Validates a loaded YAML document; raises ConfigError naming the key."""
+# --- stream sources (Kinesis) and their checkpoints ----------------------------
+
+# source.type of a stream source -> the record formats it reads (the first is the default)
+STREAM_FORMATS = {'kinesis': ('cloudwatch-audit',)}
+_STREAM_NAME = re.compile(r'[A-Za-z0-9_.-]{1,128}')
+_STREAM_ARN = re.compile(
+    r'arn:aws[a-z-]*:kinesis:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:stream/[A-Za-z0-9_.-]{1,128}')
+_REGION = re.compile(r'[a-z]{2}(?:-[a-z]+)+-\d+')
+_JOB_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,127}')   # a checkpoint key, a file name
+
+
+class KinesisSourceConfig(NamedTuple):
+    """``source: {type: kinesis, ...}``: a Kinesis data stream, read by catch-up cycles."""
+    type: str                       # 'kinesis'
+    format: str                     # 'cloudwatch-audit': CloudWatch Logs subscription records
+    stream: str                     # the stream's name or ARN, as the Kinesis calls take it
+    region: Optional[str]           # None: boto3's default chain (the ARN's region when given)
+    endpoint_url: Optional[str]     # None: AWS's endpoint
+    start: Start                    # where a shard without a checkpoint starts
+
+    @property
+    def name(self) -> str:
+        """The stream's name: what records' positions and checkpoints are keyed by."""
+        return stream_name(self.stream)
+
+
+def _is_stream_source(source) -> bool:
+    return isinstance(source, dict) and isinstance(source.get('type'), str) and (
+        source['type'] in STREAM_FORMATS)
+
+
+def _stream_source(source) -> KinesisSourceConfig:
+    _check_keys('source', source, ('type', 'stream', 'stream_arn', 'format', 'region',
+                                   'endpoint_url', 'start'), required=('type',))
+    if ('stream' in source) == ('stream_arn' in source):
+        raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
+                          'one of the two')
+    region = source.get('region')
+    if region is not None and not _REGION.fullmatch(
+            _typed('source.region', region, str, 'an AWS region')):
+        raise ConfigError(f'source.region: expected an AWS region such as eu-west-1, '
+                          f'got {region!r}')
+    if 'stream' in source:
+        stream = _typed('source.stream', source['stream'], str, 'a stream name')
+        if not _STREAM_NAME.fullmatch(stream):
+            raise ConfigError(f'source.stream: {stream!r} is not a Kinesis stream name '
+                              f'(1 to 128 of A-Z a-z 0-9 _ . -)')
+    else:
+        stream = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
+        match = _STREAM_ARN.fullmatch(stream)
+        if not match:
+            raise ConfigError(f'source.stream_arn: {stream!r} is not a Kinesis stream ARN '
+                              f'(arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)')
+        if region is not None and region != match[1]:
+            raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
+        region = match[1]
+    formats = STREAM_FORMATS[source['type']]
+    fmt = source.get('format', formats[0])
+    if not isinstance(fmt, str) or fmt not in formats:
+        raise ConfigError(f"source.format: {_shown(fmt)} is not one of {', '.join(formats)}")
+    endpoint_url = source.get('endpoint_url')
+    if endpoint_url is not None:
+        _typed('source.endpoint_url', endpoint_url, str, 'an http(s) URL')
+        parts = urllib.parse.urlsplit(endpoint_url)
+        if parts.scheme not in ('http', 'https') or not parts.netloc:
+            raise ConfigError(f'source.endpoint_url: expected an http(s)://host[:port] URL, '
+                              f'got {endpoint_url!r}')
+    try:
+        start = Start.parse(source.get('start'))
+    except (ValueError, OverflowError, OSError) as error:  # OverflowError: a year out of range
+        raise ConfigError(f'source.start: {error}') from None
+    return KinesisSourceConfig(source['type'], fmt, stream, region, endpoint_url, start)
+
+
+def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str]):
+    """(``job``, the checkpoint store's URL): the job name defaults to the
+    config file's name; the store (a stream source's alone) to a SQLite file
+    beside the config, ``<job>.checkpoints.db``."""
+    job = raw.get('job')
+    if job is not None:
+        if not _JOB_NAME.fullmatch(_typed('job', job, str, 'a job name')):
+            raise ConfigError(f'job: {job!r} is not a job name (1 to 128 of A-Z a-z 0-9 _ . -, '
+                              f'starting with a letter or digit)')
+    elif config_path is not None:
+        stem = os.path.splitext(os.path.basename(config_path))[0]
+        job = stem if _JOB_NAME.fullmatch(stem) else None
+    checkpoints = raw.get('checkpoints')
+    if not isinstance(source, KinesisSourceConfig):
+        if checkpoints is not None:
+            raise ConfigError("checkpoints: only a stream source (source.type 'kinesis') "
+                              "keeps checkpoints")
+        return job, None
+    if job is None:
+        raise ConfigError("job: a stream source needs a job name to key its checkpoints "
+                          "(1 to 128 of A-Z a-z 0-9 _ . -; the config file's name when it is one)")
+    checkpoints = {} if checkpoints is None else checkpoints
+    _check_keys('checkpoints', checkpoints, ('url',))
+    if 'url' in checkpoints:
+        return job, _resolve_url(_database_url('checkpoints.url', checkpoints['url']), base_dir)
+    return job, 'sqlite:///' + os.path.join(os.path.abspath(base_dir), f'{job}.checkpoints.db')
+
+
+def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) -> JobConfig:
+    """Validates a loaded YAML document; raises ConfigError naming the key.
+    ``config_path``: the file it came from (the default job name and checkpoint store)."""
     _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
-                                'schema', 'source_db'),
+                                'schema', 'source_db', 'job', 'checkpoints'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
     source = raw['source']
-    _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
-    if not isinstance(source['type'], str) or source['type'] != 'archive':
-        raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use 'archive'")
-    if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
-        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
-                          f"{', '.join(ARCHIVE_FORMATS)}")
-    _path('source.path', source['path'], 'a path or glob')
-    path = _resolve(source['path'], base_dir)
-    if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
-        raise ConfigError(f'source.path: {path} does not exist')
+    if _is_stream_source(source):
+        source_config = _stream_source(source)
+    else:
+        if isinstance(source, dict) and source.get('type', 'archive') != 'archive':
+            raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use "
+                              f"'archive' or {' or '.join(map(repr, STREAM_FORMATS))}")
+        _check_keys('source', source, ('type', 'format', 'path'),
+                    required=('type', 'format', 'path'))
+        if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
+            raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
+                              f"{', '.join(ARCHIVE_FORMATS)}")
+        _path('source.path', source['path'], 'a path or glob')
+        path = _resolve(source['path'], base_dir)
+        if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
+            raise ConfigError(f'source.path: {path} does not exist')
+        source_config = SourceConfig('archive', source['format'], path)
+    job, checkpoints_url = _job_and_checkpoints(raw, source_config, base_dir, config_path)
     source_db_url = _source_db(raw.get('source_db'), base_dir)
     schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
     tables = _tables(raw['tables'], schema)
@@ -527,7 +642,7 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         raise ConfigError(f'audit.query_log_limit: must be 0 (unlimited) or more, got {limit!r}')
     _check_shared_targets(tables)
     return JobConfig(
-        source=SourceConfig('archive', source['format'], path),
+        source=source_config,
         tables=tables,
         window_seconds=float(seconds),
         database_url=_resolve_url(database['url'], base_dir) if database else None,
@@ -544,6 +659,8 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         source_db_url=source_db_url,
         schema=schema,
         table_rules=table_rules,
+        job=job,
+        checkpoints_url=checkpoints_url,
     )
 
 
@@ -594,4 +711,4 @@ def load_config(path: str) -> JobConfig:
             raise ConfigError(f'{path}: not valid YAML: {error}') from None
         except UnicodeDecodeError as error:
             raise ConfigError(f'{path}: not UTF-8 text: {error}') from None
-    return parse_config(raw, os.path.dirname(os.path.abspath(path)))
+    return parse_config(raw, os.path.dirname(os.path.abspath(path)), config_path=path)

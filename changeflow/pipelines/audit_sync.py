@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from changeflow.config import JobConfig, load_config
 from changeflow.io.archive import ReadArchive
 from changeflow.io.dead_letter import WriteDeadLetters
+from changeflow.io.kinesis_source import ReadKinesisToTip
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.parquet import WriteParquetBackup
 from changeflow.io.sql import WriteBatchesToDatabase, WriteToDatabase
@@ -47,8 +48,10 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     are merged and coalesced into one batch per shard for every branch.
     """
     dead_letters = []
-    read = p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
-                                            lines_per_element=LINES_PER_ELEMENT)
+    read = (p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
+            if config.source.type == 'kinesis' else
+            p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
+                                             lines_per_element=LINES_PER_ELEMENT))
     dead_letters.append(read[DEAD_LETTER_TAG])
     records = read[ReadArchive.MAIN] | 'SpreadRecords' >> beam.Reshuffle()  # over workers
     parsed = records | 'ParseRecords' >> ParseToConnectionRuns(
