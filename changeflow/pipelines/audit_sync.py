@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from changeflow.config import JobConfig, load_config
 from changeflow.io.archive import ReadArchive
 from changeflow.io.dead_letter import WriteDeadLetters
-from changeflow.io.kinesis_source import ReadKinesisToTip
+from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.parquet import WriteParquetBackup
 from changeflow.io.sql import WriteBatchesToDatabase, WriteToDatabase
@@ -93,8 +93,12 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 
     all_dead = tuple(dead_letters) | 'CollectDeadLetters' >> beam.Flatten()
-    all_dead | 'WriteDeadLetters' >> WriteDeadLetters(config.dead_letter_path)
+    dead_written = all_dead | 'WriteDeadLetters' >> WriteDeadLetters(config.dead_letter_path)
     outputs['dead_letters'] = all_dead
+    if config.source.type == 'kinesis':  # the cycle's end, once every output is written
+        outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
+            config.checkpoints_url, config.job, config.source.stream,
+            [outputs[name] for name in branches] + [dead_written[WriteDeadLetters.MAIN]])
     return outputs
 
 
