@@ -76,14 +76,15 @@ def _outputs(config) -> str:
 
 
 def _run(args, beam_args) -> int:
-    from changeflow.config import ConfigError, load_config
-    from changeflow.pipelines import audit_sync
+    from changeflow.config import DYNAMODB_ARCHIVE, ConfigError, load_config
+    from changeflow.pipelines import audit_sync, dynamodb_sync
     try:
         config = load_config(args.config)
     except (ConfigError, OSError) as error:
         print(f'changeflow: bad configuration: {error}', file=sys.stderr)
         return 2
-    result = audit_sync.run(['--config', args.config, *beam_args])
+    job = dynamodb_sync if config.source.type == DYNAMODB_ARCHIVE else audit_sync
+    result = job.run(['--config', args.config, *beam_args])
     print(f'changeflow: job {result.state}. Outputs:')
     print(_outputs(config))
     print('Counters:')
