@@ -566,6 +566,7 @@ DYNAMODB_ARCHIVE = 'dynamodb-archive'
 DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
 _DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
 _DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter')
+_TARGET_LENGTH = 128    # the database sink's longest table name
 
 
 class ExportSeed(NamedTuple):
@@ -605,6 +606,9 @@ def _dynamodb_tables(raw) -> Tuple[TableSpec, ...]:
     specs = []
     for name, spec in raw.items():
         spec = _table(name, {} if spec is None else spec, dynamodb=True)
+        if len(spec.target) > _TARGET_LENGTH:
+            raise ConfigError(f'tables.{name}.target: {spec.target!r} is longer than '
+                              f'{_TARGET_LENGTH} characters; set a shorter target')
         if len(spec.key) > 2:
             raise ConfigError(f'tables.{name}.key: a DynamoDB key is its hash attribute and at '
                               f'most a range attribute, not {list(spec.key)}')

@@ -545,6 +545,7 @@ def test_config_of_a_dynamodb_job(tmp_path):
     ({'source__format': 'kinesis-jsonl'}, 'source.format'),
     ({'tables': {'ab': {'key': 'id'}}}, 'not a DynamoDB table name'),
     ({'tables': {'prod-Card': {'key': ['a', 'b', 'c']}}}, 'at most a range attribute'),
+    ({'tables': {'t' * 200: {'key': 'id'}}}, 'set a shorter target'),
     ({'tables': {'prod-Card': {'key': 'id', 'columns': {'id': 'int unsigned'}}}},
      'tables.prod-Card.columns'),
     ({'seed': {'export': 'missing'}}, 'seed.export'),
