@@ -478,6 +478,26 @@ def test_items_that_do_not_fit_their_columns_are_dead_lettered_and_marked(tmp_pa
     assert rows == [(1, 1, None), (5, 3, None)]    # row 1 keeps its last fitting state
 
 
+def test_records_given_twice_in_one_run_apply_once(tmp_path, sqlite_url):
+    """Overlapping archives: a record's version is its identity, in one run as across runs."""
+    lines = [stream_record('INSERT', 1, 1, new={**key(1), 'qty': {'N': '1'}}),
+             stream_record('MODIFY', 1, 2, new={**key(1), 'qty': {'N': '2'}},
+                           old={**key(1), 'qty': {'N': '1'}}),
+             stream_record('REMOVE', 2, 3, old=key(2))]
+    (tmp_path / 'a.jsonl').write_text('\n'.join(lines))
+    (tmp_path / 'b.jsonl').write_text('\n'.join(lines[1:] + lines[:1]))
+    counters = run_job(write_job(tmp_path, 'prod-Card', tmp_path / '*.jsonl', sqlite_url,
+                                 'cards'))
+    assert counters['changeflow.dynamodb.changes'] == 6
+    assert counters['changeflow.write_database.rows_upserted'] == 1
+    assert list(read_dead_letters(str(tmp_path / 'out' / 'dead-letter'))) == []
+    with sa.create_engine(sqlite_url).connect() as conn:
+        assert conn.execute(sa.text('SELECT id, qty FROM cards')).all() == [(1, 2)]
+    rows = parquet_rows(tmp_path / 'out' / 'backup')
+    assert sorted((json.loads(r['key'])[0], r['op']) for r in rows) == [(1, 'replace'),
+                                                                       (2, 'delete')]
+
+
 def test_keys_other_than_the_configured_key_mark_the_table(tmp_path, sqlite_url):
     """A table keyed (id, title) configured as keyed by id alone would merge items."""
     lines = [stream_record('INSERT', 1, 1, new=key(1))]

@@ -177,10 +177,11 @@ class _ShardRunsFn(beam.DoFn):
             self._counters['rows_marked' if row else 'tables_marked'].inc()
             change = Change(record.table, row, (diverge_op(
                 record.version, e.reason, e.detail, record.position),), record.created_us)
-        if change is None:
-            self._counters['no_op_modifies'].inc()
-            return
-        self._counters['changes'].inc()
+        else:
+            if change is None:
+                self._counters['no_op_modifies'].inc()
+                return
+            self._counters['changes'].inc()
         for shard_key, copy in shards_of(change, self._num_shards):
             buckets.setdefault(shard_key, []).append(copy)
 
