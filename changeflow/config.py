@@ -26,6 +26,7 @@ from changeflow.model import MARKER_KINDS, OpKind
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
 from changeflow.schema.readers import read_information_schema, read_schema_file
+from changeflow.sql.secrets import mask_url_passwords
 from changeflow.sql.types import canonical_type
 from changeflow.sql.zones import parse_time_zone
 
@@ -152,8 +153,10 @@ def _database_url(where: str, url: str) -> str:
     try:
         sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as error:
-        raise ConfigError(f'{where}: {url!r} is not an SQLAlchemy URL'
-                          f' (dialect+driver://user@host/database): {error}') from None
+        # Not the URL itself: it may hold a password.
+        raise ConfigError(f'{where}: not an SQLAlchemy URL'
+                          f' (dialect+driver://user@host/database): '
+                          f'{mask_url_passwords(str(error))}') from None
     return url
 
 

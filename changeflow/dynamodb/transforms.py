@@ -37,7 +37,7 @@ from changeflow.model import (
     DEAD_LETTER_TAG, Change, DeadLetter, SourceRecord, dead_letter, diverge_op)
 from changeflow.transforms.connections import change_version
 from changeflow.transforms.guard import describe_error, guarded
-from changeflow.transforms.runs import make_run
+from changeflow.transforms.runs import batch_changes, make_batch, make_run
 
 __all__ = ['DecodeDynamoDBRecords', 'DynamoDBChanges', 'StreamRecordsToShardRuns',
            'ExportToShardRuns', 'DropInitialState']
@@ -402,18 +402,21 @@ class ExportToShardRuns(beam.PTransform):
 
 
 def _without_initial_state(batch):
-    table, shard, changes = batch
+    table, shard, _ = batch
+    changes = batch_changes(batch)
     kept = []
     for change in changes:
         ops = tuple(op for op in change.ops if not is_export_version(op.version))
         if ops:
             kept.append(change if len(ops) == len(change.ops) else change._replace(ops=ops))
-    if kept:
-        yield table, shard, tuple(kept)
+    if len(kept) == len(changes) and all(a is b for a, b in zip(kept, changes)):
+        yield batch
+    elif kept:
+        yield make_batch(table, shard, kept)
 
 
 class DropInitialState(beam.PTransform):
-    """Shard batches (table, shard, changes) without the ops of a seeded
+    """Shard batches (:func:`changeflow.transforms.runs.make_batch`) without the ops of a seeded
     export: for notifications, which are about what changed, not about the
     items a table held when it was exported."""
 

@@ -67,6 +67,7 @@ from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_js
 from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.guard import changes_original, guarded
+from changeflow.transforms.runs import batch_changes
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']
@@ -263,7 +264,7 @@ class _Pending(NamedTuple):
 
 
 def _notify_original(element):
-    return changes_original(element if isinstance(element, Change) else list(element[2]))
+    return changes_original(element if isinstance(element, Change) else batch_changes(element))
 
 
 def _notify_position(element):
@@ -313,7 +314,7 @@ class _NotifyFn(beam.DoFn):
                 self._timeline = timeline
                 self._followed = {**self._tables, **table_info(timeline.all_specs)}
             tables = self._followed
-        for change in (element[2] if self._batched else (element,)):
+        for change in (batch_changes(element) if self._batched else (element,)):
             yield from self._notify(change, timestamp, window, tables)
 
     def _notify(self, change: Change, timestamp, window, tables):

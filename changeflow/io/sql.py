@@ -57,16 +57,18 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from changeflow.sql.coercion import BadValue, coercer
-from changeflow.config import TableSpec
+from changeflow.config import TableSpec, display_url
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
+from changeflow.transforms.runs import batch_changes
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
@@ -82,6 +84,8 @@ _VERSION_LENGTH = 80         # audit versions are 67 characters
 _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
+_UNREACHABLE_BATCHES = 3     # consecutive batches that cannot reach the database: circuit opens
+_CIRCUIT_OPEN_SECS = 60.0    # batches dead-lettered untried, then one probes the database
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
@@ -162,6 +166,8 @@ def _json_document(coerce: Callable[[Any], str], value):
 
 
 def _key_part(value):
+    if type(value) is int or type(value) is str:  # most keys: as they are, checked first
+        return value
     if isinstance(value, decimal.Decimal):
         return format(value.normalize(), 'f')
     if isinstance(value, (datetime.date, datetime.datetime)):
@@ -173,9 +179,16 @@ def _key_part(value):
     return str(value)
 
 
+# json.dumps with these options, without making an encoder per call.
+_KEY_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode
+
+
 def _row_key(values: Sequence[Any]) -> str:
     """Canonical text of a row's (coerced) key values, as the bookkeeping stores it."""
-    text = json.dumps([_key_part(v) for v in values], ensure_ascii=False, separators=(',', ':'))
+    if len(values) == 1 and type(values[0]) is int:  # the JSON of the most common key
+        text = f'[{values[0]}]'
+    else:
+        text = _KEY_JSON([_key_part(v) for v in values])
     if len(text) <= _ROW_KEY_LENGTH:
         return text
     return 'sha256:' + hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()
@@ -255,7 +268,8 @@ class _Outcome:
 
 
 class _Target:
-    """One replica table: its SQLAlchemy Table and a coercer per column."""
+    """One replica table: its SQLAlchemy Table, a coercer per column, and its
+    statements, compiled once per dialect."""
 
     def __init__(self, spec: TableSpec, table: sa.Table):
         missing = [k for k in spec.key if k not in table.c]
@@ -266,11 +280,14 @@ class _Target:
         self.name = spec.target
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
+        self.column_names = [c.name for c in table.columns]
         declared = dict(spec.columns)
         self.coercers = {c.name: (_declared_coercer(declared[c.name]) if _mysql_type(
             declared.get(c.name)) else _coercer(c.type), declared.get(c.name) or repr(c.type))
             for c in table.columns}
+        self._key_coercers = [(k, self.coercers[k][0]) for k in spec.key]
         self.redacted = frozenset(column.lower() for column in spec.redact)
+        self.statements = _Statements()
 
     def coerce(self, column: str, value):
         if column not in self.coercers:
@@ -278,39 +295,101 @@ class _Target:
                             f'{column!r} is not a column of {self.name!r}')
         if value is None:
             return None
-        coerce, described = self.coercers[column]
+        coerce, _ = self.coercers[column]
         try:
             return coerce(value)
         except BadValue as exc:
-            shown = '<redacted>' if column.lower() in self.redacted else repr(value)
-            raise _Rejected('bad-value', f'column {column!r} of {self.name!r} ({described}): '
-                                         f'{shown}: {exc}') from None
+            raise self._bad_value(column, value, exc) from None
+
+    def _bad_value(self, column: str, value, exc: BadValue) -> _Rejected:
+        shown = '<redacted>' if column.lower() in self.redacted else repr(value)
+        return _Rejected('bad-value', f'column {column!r} of {self.name!r} '
+                                      f'({self.coercers[column][1]}): {shown}: {exc}')
 
     def coerce_key(self, key: Tuple[Any, ...]) -> Tuple[Any, ...]:
-        if len(key) != len(self.spec.key):
+        if len(key) != len(self._key_coercers):
             raise _Rejected('bad-change', f'key {len(key)} values long; {self.name!r} '
                                           f'has key columns {list(self.spec.key)}')
-        values = tuple(self.coerce(c, v) for c, v in zip(self.spec.key, key))
-        if any(v is None for v in values):
+        values, null = [], False
+        for (column, coerce), value in zip(self._key_coercers, key):
+            if value is None:
+                null = True
+            else:
+                try:
+                    value = coerce(value)
+                except BadValue as exc:
+                    raise self._bad_value(column, value, exc) from None
+            values.append(value)
+        if null:
             raise _Rejected('bad-value', f'NULL in the key of {self.name!r}')
-        return values
+        return tuple(values)
 
     def coerce_state(self, state: RowState, key: Tuple[Any, ...],
                      previous: RowState) -> RowState:
         """``state`` with the values an op set coerced (those it kept from
         ``previous``, already coerced or read from the table, stay as they
-        are); a key column may not change."""
-        kept = previous.values
-        values = {c: v if kept.get(c, _MISSING) is v else self.coerce(c, v)
-                  for c, v in state.values.items()}
+        are); a key column may not change. An op that changed the row made
+        its values afresh (rowstate.apply_op), so they are coerced in place."""
+        values, kept = state.values, previous.values
+        if values is not kept:
+            coercers = self.coercers
+            for column, value in values.items():
+                if kept.get(column, _MISSING) is value:
+                    continue
+                entry = coercers.get(column)
+                if entry is None or value is None:
+                    coerced = self.coerce(column, value)
+                else:
+                    try:
+                        coerced = entry[0](value)
+                    except BadValue as exc:
+                        raise self._bad_value(column, value, exc) from None
+                if coerced is not value:
+                    values[column] = coerced  # an existing key: iterating stays valid
         for column, expected in zip(self.spec.key, key):
             if column in values and values[column] != expected:
                 raise _Rejected('key-changed', f'the op sets key column {column!r} of '
                                                f'{self.name!r}; key updates are not replicated')
-        return RowState(state.exists, values, state.replaced)
+        return state
 
     def key_values(self, key: Tuple[Any, ...]) -> Dict[str, Any]:
         return dict(zip(self.spec.key, key))
+
+    def delete_statement(self, conn) -> '_Compiled':
+        """DELETE of one row by key: parameters (key values)."""
+        return self.statements.get(conn, ('delete',), lambda: self.table.delete().where(
+            _by_key(self.key_columns, _binds([c.type for c in self.key_columns]))))
+
+    def insert_statement(self, conn, columns: Tuple[str, ...]) -> '_Compiled':
+        """INSERT of ``columns``: parameters (their values)."""
+        table = self.table
+        return self.statements.get(conn, ('insert', columns), lambda: table.insert().values(
+            dict(zip([table.c[c] for c in columns], _binds([table.c[c].type for c in columns])))))
+
+    def update_statement(self, conn, columns: Tuple[str, ...]) -> '_Compiled':
+        """UPDATE of ``columns`` of one row by key: parameters (their values, key values)."""
+        table, keys = self.table, self.key_columns
+
+        def build():
+            binds = _binds([table.c[c].type for c in columns] + [c.type for c in keys])
+            return table.update().where(_by_key(keys, binds[len(columns):])).values(
+                dict(zip([table.c[c] for c in columns], binds)))
+        return self.statements.get(conn, ('update', columns), build)
+
+    def select_statement(self, conn, count: int) -> '_Compiled':
+        """SELECT of whole rows by key: parameters (the key values of ``count``
+        rows, one after the other)."""
+        table, keys = self.table, self.key_columns
+
+        def build():
+            binds = _binds([c.type for _ in range(count) for c in keys])
+            if len(keys) == 1:
+                return sa.select(table).where(keys[0].in_(binds))
+            rows = [binds[i:i + len(keys)] for i in range(0, len(binds), len(keys))]
+            if conn.dialect.tuple_in_values:  # SQLite: no (a, b) IN ((..), ..)
+                return sa.select(table).where(sa.or_(*(_by_key(keys, row) for row in rows)))
+            return sa.select(table).where(sa.tuple_(*keys).in_([sa.tuple_(*row) for row in rows]))
+        return self.statements.get(conn, ('select', count), build)
 
 
 class _Plan:
@@ -334,10 +413,13 @@ class _Plan:
             # Exactly ``values``, other columns at their defaults: DELETE + INSERT.
             if base.exists:
                 self.deletes.append(key)
-            self.inserts.append({**state.values, **self.target.key_values(key)})
+            row = dict(state.values)
+            row.update(zip(self.target.spec.key, key))
+            self.inserts.append(row)
         else:
+            stored = base.values
             changed = {c: v for c, v in state.values.items()
-                       if c not in base.values or base.values[c] != v}
+                       if c not in stored or stored[c] != v}
             if changed:
                 self.updates.append((key, changed))
 
@@ -346,29 +428,153 @@ class _Plan:
         return len(self.inserts) + len(self.updates)
 
     def execute(self, conn: sa.Connection) -> None:
-        table, key_columns = self.target.table, self.target.key_columns
-        by_key = _by_key(key_columns)
+        target = self.target
         if self.deletes:
-            conn.execute(table.delete().where(by_key), [_key_params(k) for k in self.deletes])
-        for rows in _grouped(self.inserts, lambda row: tuple(sorted(row))).values():
-            conn.execute(table.insert(), rows)
-        groups = _grouped(self.updates, lambda update: tuple(sorted(update[1])))
-        for columns, updates in groups.items():
-            statement = table.update().where(by_key).values(
-                {table.c[c]: sa.bindparam(f'changeflow_v{j}') for j, c in enumerate(columns)})
-            conn.execute(statement, [
-                {**_key_params(key), **{f'changeflow_v{j}': changed[c]
-                                        for j, c in enumerate(columns)}}
-                for key, changed in updates])
+            target.delete_statement(conn).execute(conn, self.deletes)
+        for columns, rows in _by_columns(self.inserts, lambda row: row).items():
+            target.insert_statement(conn, columns).execute(
+                conn, [tuple([row[c] for c in columns]) for row in rows])
+        for columns, updates in _by_columns(self.updates, lambda update: update[1]).items():
+            target.update_statement(conn, columns).execute(
+                conn, [(*[changed[c] for c in columns], *key) for key, changed in updates])
 
 
-def _by_key(columns) -> sa.ColumnElement:
-    """WHERE clause matching one row by key, for executemany with _key_params."""
-    return sa.and_(*(c == sa.bindparam(f'changeflow_k{i}') for i, c in enumerate(columns)))
+def _by_columns(values, columns_of) -> Dict[Tuple[str, ...], list]:
+    """``values`` grouped by the sorted names of the columns they set, in
+    order of first appearance."""
+    groups: Dict[Tuple[str, ...], list] = {}
+    names: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # as set -> sorted
+    for value in values:
+        columns = tuple(columns_of(value))
+        group = names.get(columns)
+        if group is None:
+            group = names[columns] = tuple(sorted(columns))
+        groups.setdefault(group, []).append(value)
+    return groups
 
 
-def _key_params(values: Sequence[Any]) -> Dict[str, Any]:
-    return {f'changeflow_k{i}': v for i, v in enumerate(values)}
+class _Compiled:
+    """A statement compiled once for a dialect, executed with plain tuples of
+    values in the order of its bind parameters p0, p1, ...: each value goes
+    through the bind processor SQLAlchemy would apply and the driver gets the
+    text SQLAlchemy would send, without building a construct and a parameter
+    dictionary per row (executing a construct costs several times the
+    driver's executemany). An INSERT on a dialect that batches INSERTs into
+    multi-row statements itself (insertmanyvalues: psycopg2) goes through
+    SQLAlchemy, with the same parameters."""
+
+    def __init__(self, statement, dialect):
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self._names = [f'p{i}' for i in range(len(compiled.binds))]
+        if set(self._names) != set(compiled.binds):
+            raise AssertionError(f'parameters other than p0, p1, ...: {sorted(compiled.binds)}')
+        processors = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in self._names]
+        self._processors = [(i, p) for i, p in enumerate(processors) if p is not None]
+        self._order = None  # positional parameters in another order than p0, p1, ...
+        if dialect.positional:
+            order = [int(name[1:]) for name in compiled.positiontup]
+            if order != list(range(len(self._names))):
+                self._order = order
+        self._statement = statement if (isinstance(statement, sa.Insert) and getattr(
+            dialect, 'use_insertmanyvalues_wo_returning', False)) else None
+        self._dialect = dialect
+        self._columns = (list(statement.selected_columns)
+                         if isinstance(statement, sa.Select) else [])
+        self._results: Dict[tuple, list] = {}  # result processors by column type codes
+
+    def _parameters(self, rows):
+        """The driver's parameters of ``rows``: tuples for a positional
+        paramstyle, dictionaries for a named one."""
+        positional, order, processors = self._dialect.positional, self._order, self._processors
+        names = self._names
+        try:
+            out = []
+            for row in rows:
+                if processors:
+                    row = list(row)
+                    for i, process in processors:
+                        row[i] = process(row[i])
+                if not positional:
+                    out.append(dict(zip(names, row)))
+                elif order is not None:
+                    out.append(tuple([row[i] for i in order]))
+                else:
+                    out.append(tuple(row))
+            return out
+        except Exception as exc:  # a value the type rejects: as SQLAlchemy reports it
+            raise sa_exc.DBAPIError.instance(
+                self.sql, None, exc, self._dialect.loaded_dbapi.Error,
+                hide_parameters=True, dialect=self._dialect) from exc
+
+    def execute(self, conn: sa.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Executes the statement once per row of ``rows`` (executemany)."""
+        if not rows:
+            return
+        if self._statement is not None:
+            conn.execute(self._statement, [dict(zip(self._names, row)) for row in rows])
+            return
+        parameters = self._parameters(rows)
+        conn.exec_driver_sql(self.sql, parameters if len(parameters) > 1 else parameters[0])
+
+    def fetch(self, conn: sa.Connection, values: Sequence[Any]) -> List[Sequence[Any]]:
+        """The rows a SELECT returns for ``values``, through the result
+        processors of its columns' types."""
+        result = conn.exec_driver_sql(self.sql, self._parameters([values])[0])
+        codes = tuple(column[1] for column in result.cursor.description)
+        processors = self._results.get(codes)
+        if processors is None:
+            processors = self._results[codes] = [
+                (i, p) for i, p in enumerate(
+                    c.type.dialect_impl(self._dialect).result_processor(self._dialect, code)
+                    for c, code in zip(self._columns, codes)) if p is not None]
+        rows = result.all()
+        if not processors:
+            return rows
+        processed = []
+        for row in rows:
+            row = list(row)
+            for i, process in processors:
+                row[i] = process(row[i])
+            processed.append(row)
+        return processed
+
+
+class _Statements:
+    """Compiled statements by dialect and shape, each built on first use."""
+
+    def __init__(self):
+        self._compiled: Dict[Tuple[Any, ...], _Compiled] = {}
+
+    def get(self, conn: sa.Connection, shape: Tuple[Any, ...], build) -> _Compiled:
+        key = (conn.dialect, *shape)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = _Compiled(build(), conn.dialect)
+        return compiled
+
+
+def _binds(types) -> List[sa.BindParameter]:
+    return [sa.bindparam(f'p{i}', type_=type_) for i, type_ in enumerate(types)]
+
+
+def _select_size(count: int) -> int:
+    """The number of keys a chunk of ``count`` is padded to (repeating the
+    last), so that few IN lists of different lengths are compiled."""
+    size = 1
+    while size < count:
+        size *= 2
+    return min(size, _KEYS_PER_SELECT)
+
+
+def _padded(values: Sequence, size: int) -> list:
+    return list(values) + [values[-1]] * (size - len(values))
+
+
+def _by_key(columns, binds) -> sa.ColumnElement:
+    """WHERE clause matching one row by key, the values bound to ``binds``."""
+    return sa.and_(*(c == b for c, b in zip(columns, binds)))
 
 
 def _grouped(values, key_of) -> Dict[Any, list]:
@@ -472,36 +678,46 @@ def replica_table(spec: TableSpec, metadata: sa.MetaData) -> sa.Table:
         schema=schema, mysql_charset='utf8mb4')
 
 
-def _upsert(conn: sa.Connection, table: sa.Table, rows: List[Dict[str, Any]],
-            update: Sequence[str]) -> None:
-    """Insert ``rows`` (executemany); on a primary-key conflict overwrite the
-    ``update`` columns, or keep the stored row when ``update`` is empty."""
+def _upsert(conn: sa.Connection, statements: _Statements, table: sa.Table,
+            columns: Tuple[str, ...], rows: List[Tuple[Any, ...]], update: Sequence[str]) -> None:
+    """Insert ``rows``, tuples of the values of ``columns`` (executemany); on a
+    primary-key conflict overwrite the ``update`` columns, or keep the stored
+    row when ``update`` is empty."""
     if not rows:
         return
     key = [c.name for c in table.primary_key]
     dialect = conn.dialect.name
-    if dialect in ('sqlite', 'postgresql'):
-        insert = (sqlite.insert if dialect == 'sqlite' else postgresql.insert)(table)
-        statement = (insert.on_conflict_do_update(
-            index_elements=key, set_={c: insert.excluded[c] for c in update})
-            if update else insert.on_conflict_do_nothing(index_elements=key))
-    elif dialect in ('mysql', 'mariadb'):
-        insert = mysql.insert(table)
-        statement = insert.on_duplicate_key_update(
+
+    def values(names):
+        return dict(zip([table.c[c] for c in names], _binds([table.c[c].type for c in names])))
+
+    def build():
+        if dialect in ('sqlite', 'postgresql'):
+            insert = (sqlite.insert if dialect == 'sqlite' else postgresql.insert)(table).values(
+                values(columns))
+            return (insert.on_conflict_do_update(
+                index_elements=key, set_={c: insert.excluded[c] for c in update})
+                if update else insert.on_conflict_do_nothing(index_elements=key))
+        insert = mysql.insert(table).values(values(columns))
+        return insert.on_duplicate_key_update(
             {c: insert.inserted[c] for c in (update or key[:1])})
+    if dialect in ('sqlite', 'postgresql', 'mysql', 'mariadb'):
+        statements.get(conn, ('upsert', table, columns, tuple(update)), build).execute(conn, rows)
+        return
+    # Generic: in this transaction, remove the stored rows (or the new
+    # ones, to keep the stored), then insert.
+    at = [columns.index(k) for k in key]
+    if update:
+        statements.get(conn, ('delete', table), lambda: table.delete().where(_by_key(
+            [table.c[k] for k in key], _binds([table.c[k].type for k in key])))).execute(
+            conn, [tuple([row[i] for i in at]) for row in rows])
     else:
-        # Generic: in this transaction, remove the stored rows (or the new
-        # ones, to keep the stored), then insert.
-        if update:
-            conn.execute(table.delete().where(_by_key([table.c[k] for k in key])),
-                         [_key_params([row[k] for k in key]) for row in rows])
-        else:
-            stored = {tuple(r) for r in conn.execute(sa.select(*table.primary_key.columns))}
-            rows = [row for row in rows if tuple(row[k] for k in key) not in stored]
-            if not rows:
-                return
-        statement = table.insert()
-    conn.execute(statement, rows)
+        stored = {tuple(r) for r in conn.execute(sa.select(*table.primary_key.columns))}
+        rows = [row for row in rows if tuple([row[i] for i in at]) not in stored]
+        if not rows:
+            return
+    statements.get(conn, ('insert', table, columns), lambda: table.insert().values(
+        values(columns))).execute(conn, rows)
 
 
 class _Replica:
@@ -515,6 +731,7 @@ class _Replica:
         self.targets: Dict[str, _Target] = {}
         self.dropped: Tuple[str, ...] = ()  # sources the followed DDL dropped
         self.prepared = False
+        self._statements = _Statements()  # of the bookkeeping tables
 
     def prepare(self, engine: sa.Engine) -> None:
         """Create declared and bookkeeping tables, reflect the others.
@@ -547,8 +764,8 @@ class _Replica:
                 targets[spec.source] = _Target(spec, table)
             metadata.create_all(conn, tables=created, checkfirst=True)
         with engine.begin() as conn:
-            _upsert(conn, self._tables, [{'table_name': t.name, 'truncated_version': ''}
-                                         for t in targets.values()], update=())
+            _upsert(conn, self._statements, self._tables, _MARKER_COLUMNS,
+                    [(t.name, '') for t in targets.values()], update=())
         self.targets = targets
         self.prepared = True
 
@@ -597,7 +814,7 @@ class _Replica:
         version = conn.scalar(sa.select(marker).where(self._tables.c.table_name == name)
                               .with_for_update(read=not exclusive))
         if version is None:  # the marker row was removed since setup
-            _upsert(conn, self._tables, [{'table_name': name, 'truncated_version': ''}], ())
+            _upsert(conn, self._statements, self._tables, _MARKER_COLUMNS, [(name, '')], ())
             version = ''
         return version
 
@@ -691,8 +908,7 @@ class _Replica:
                 continue
             if state != base:
                 plan.add(key, base, state)
-                versions.append({'table_name': target.name, 'row_key': row_key,
-                                 'version': op.version, 'deleted': not state.exists})
+                versions.append((target.name, row_key, op.version, not state.exists))
         self._commit_plan(conn, plan, versions, marks, outcome.counts)
         return None
 
@@ -700,7 +916,8 @@ class _Replica:
         """Executes ``plan`` and records, in the same transaction, the rows'
         versions and the marks its changes left."""
         plan.execute(conn)
-        _upsert(conn, self._rows, versions, update=('version', 'deleted'))
+        _upsert(conn, self._statements, self._rows, _VERSION_COLUMNS, versions,
+                update=('version', 'deleted'))
         self._record_marks(conn, marks, counts)
         counts['rows_upserted'] += plan.rows_upserted
         counts['rows_deleted'] += plan.rows_deleted
@@ -729,7 +946,7 @@ class _Replica:
             diverged.c.row_key.not_in(sa.select(rows.c.row_key).where(
                 of_table, rows.c.version > version))))
         conn.execute(rows.delete().where(of_table, rows.c.version < version))
-        _upsert(conn, self._tables, [{'table_name': target.name, 'truncated_version': version}],
+        _upsert(conn, self._statements, self._tables, _MARKER_COLUMNS, [(target.name, version)],
                 update=('truncated_version',))
         return max(deleted, 0)
 
@@ -769,34 +986,42 @@ class _Replica:
     def _write_round(self, conn, target: _Target, rows, truncated_version: str) -> _Outcome:
         outcome = _Outcome()
         stored = self._stored_versions(conn, target, [row_key for _, _, row_key in rows])
-        current = self._current_rows(conn, target, [key for _, key, _ in rows])
-        plan = _Plan(target)
-        versions, marks = [], []
+        rounds, stale_ops = [], 0
         for item, key, row_key in rows:
             ops = item.change.ops
             guard = max(stored.get(row_key, ''), truncated_version)
             newer = [op for op in ops if op.version > guard]
-            stale = len(ops) - len(newer)
-            outcome.counts['ops_skipped_stale'] += stale
+            stale_ops += len(ops) - len(newer)
+            rounds.append((item, key, row_key, newer))
+        outcome.counts['ops_skipped_stale'] += stale_ops
+        # Only the rows with ops to apply are read.
+        current = self._current_rows(conn, target, [key for _, key, _, newer in rounds if newer])
+        plan = _Plan(target)
+        versions, marks = [], []
+        for item, key, row_key, newer in rounds:
             if not newer:
                 outcome.applied.append(item)
                 continue
             row = current.get(row_key)
             base = ABSENT if row is None else RowState(True, row, False)
             base, state, applied, rejection = self._apply_prefix(conn, target, key, base, newer)
-            marks.extend(_diverged_row(target, row_key, op.version, *divergence(op))
-                         for op in applied if op.kind == OpKind.DIVERGE)
+            for op in applied:
+                if op.kind == OpKind.DIVERGE:
+                    marks.append(_diverged_row(target, row_key, op.version, *divergence(op)))
             if applied:
                 plan.add(key, base, state)
-                versions.append({'table_name': target.name, 'row_key': row_key,
-                                 'version': applied[-1].version, 'deleted': not state.exists})
-                outcome.applied.append(item if rejection is None else _with_ops(
-                    item, ops[:stale + len(applied)]))
+                versions.append((target.name, row_key, applied[-1].version, not state.exists))
+                if rejection is None:
+                    outcome.applied.append(item)
+                else:
+                    ops = item.change.ops
+                    outcome.applied.append(_with_ops(
+                        item, ops[:len(ops) - len(newer) + len(applied)]))
             if rejection is not None:
                 # The row keeps the ops before the bad one, and is marked stale.
                 bad = newer[len(applied)]
                 marks.append(_diverged_row(target, row_key, bad.version, rejection.reason,
-                                   rejection.detail))
+                                           rejection.detail))
                 outcome.dead.append((_with_ops(item, newer[len(applied):]), rejection.reason,
                                      rejection.detail))
         self._commit_plan(conn, plan, versions, marks, outcome.counts)
@@ -835,7 +1060,9 @@ class _Replica:
                     sa.select(diverged.c.row_key, diverged.c.version).where(
                         diverged.c.table_name == table_name, diverged.c.row_key.in_(chunk))))
         fresh = [mark for k, mark in newest.items() if mark['version'] > stored.get(k, '')]
-        _upsert(conn, diverged, fresh, update=('version', 'reason', 'detail'))
+        _upsert(conn, self._statements, diverged, _MARK_COLUMNS,
+                [tuple([mark[c] for c in _MARK_COLUMNS]) for mark in fresh],
+                update=('version', 'reason', 'detail'))
         for mark in fresh:
             counts['rows_marked_diverged' if mark['row_key'] else 'tables_marked_diverged'] += 1
 
@@ -907,23 +1134,34 @@ class _Replica:
     def _stored_versions(self, conn, target: _Target, row_keys: List[str]) -> Dict[str, str]:
         rows, stored = self._rows, {}
         for chunk in _chunks(row_keys):
-            stored.update(conn.execute(
-                sa.select(rows.c.row_key, rows.c.version)
-                .where(rows.c.table_name == target.name, rows.c.row_key.in_(chunk))).all())
+            size = _select_size(len(chunk))
+
+            def build():
+                binds = _binds([rows.c.table_name.type] + [rows.c.row_key.type] * size)
+                return sa.select(rows.c.row_key, rows.c.version).where(
+                    rows.c.table_name == binds[0], rows.c.row_key.in_(binds[1:]))
+            select = self._statements.get(conn, ('versions', size), build)
+            stored.update(select.fetch(conn, (target.name, *_padded(chunk, size))))
         return stored
 
     def _current_rows(self, conn, target: _Target, keys: List[Tuple[Any, ...]]
                       ) -> Dict[str, Dict[str, Any]]:
-        columns = target.key_columns
+        """The stored rows of ``keys``, by row key (of their values as read)."""
+        names = target.column_names
+        at = [names.index(c.name) for c in target.key_columns]
         current = {}
         for chunk in _chunks(keys):
-            where = (columns[0].in_([k[0] for k in chunk]) if len(columns) == 1
-                     else sa.tuple_(*columns).in_(chunk))
-            for row in conn.execute(sa.select(target.table).where(where)).mappings():
-                values = dict(row)
-                current[_row_key(tuple(values[c.name] for c in columns))] = values
+            size = _select_size(len(chunk))
+            select = target.select_statement(conn, size)
+            for row in select.fetch(conn, [v for key in _padded(chunk, size) for v in key]):
+                current[_row_key([row[i] for i in at])] = dict(zip(names, row))
         return current
 
+
+# Columns of the bookkeeping rows the sink writes, in the order it passes their values.
+_VERSION_COLUMNS = ('table_name', 'row_key', 'version', 'deleted')
+_MARKER_COLUMNS = ('table_name', 'truncated_version')
+_MARK_COLUMNS = ('table_name', 'row_key', 'version', 'reason', 'detail')
 
 _TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE, OpKind.UPDATE, OpKind.DELETE})
 _ROW_WRITES = frozenset({OpKind.UPDATE, OpKind.DELETE})
@@ -1048,9 +1286,13 @@ class _DatabaseWriter:
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
             'changes_dead_lettered', 'rows_marked_diverged', 'tables_marked_diverged',
-            'batches_committed', 'batch_retries', 'changes_of_dropped_tables')}
+            'batches_committed', 'batch_retries', 'changes_of_dropped_tables',
+            'batches_unreachable', 'circuit_opened', 'batches_not_tried')}
         self._engine = None
         self._replica = None
+        self._unreachable = 0        # consecutive batches that could not reach the database
+        self._open_until = None      # time.monotonic() until which batches are not tried
+        self._last_unreachable = ''  # the error that opened the circuit
 
     def setup(self):
         self._engine = create_engine(self._url)
@@ -1062,7 +1304,7 @@ class _DatabaseWriter:
         except sa_exc.SQLAlchemyError as exc:
             # The database may come back: prepare again before the first write.
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
-                            'first batch', _STEP, _describe(exc))
+                            'first batch', _STEP, self._hide_password(_describe(exc)))
 
     def _write_ready(self, ready, shard: int):
         """Applies one shard's ready (micros, Change) pairs in version order,
@@ -1073,7 +1315,10 @@ class _DatabaseWriter:
                 self._replica.prepare(self._engine)
             except sa_exc.SQLAlchemyError:
                 pass  # the first batch prepares again, with retries
-        known = set(self._replica.targets) if self._replica.prepared else self._known
+        # A replica that follows DDL knows its tables once reachable; until then every
+        # change goes to the write, which dead-letters it for the outage.
+        known = (set(self._replica.targets) if self._replica.prepared
+                 else None if self._follows_schema else self._known)
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
@@ -1083,7 +1328,7 @@ class _DatabaseWriter:
                 if item.reported:
                     self._counters['changes_of_dropped_tables'].inc()
                 continue
-            if change.table not in known:
+            if known is not None and change.table not in known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
                     f'{change.table!r} is not one of the tables given to WriteToDatabase'))
@@ -1122,7 +1367,17 @@ class _DatabaseWriter:
             self._engine.dispose()
 
     def _write(self, items: List[_Item]) -> _Outcome:
-        """One transaction for ``items``, retried on transient errors; never raises."""
+        """One transaction for ``items``, retried on transient errors; never raises.
+
+        A circuit breaker spares a database that is plainly down: after
+        ``_UNREACHABLE_BATCHES`` consecutive batches that could not reach it
+        (transient errors, retries exhausted, before their transaction began),
+        batches are dead-lettered untried ('sink-unavailable') for
+        ``_CIRCUIT_OPEN_SECS``; then one batch probes it, without retries."""
+        probing = self._open_until is not None
+        if probing and time.monotonic() < self._open_until:
+            self._counters['batches_not_tried'].inc()
+            return _Outcome.all_dead(items, 'sink-unavailable', self._unavailable_detail())
         attempt, isolate = 0, False
         while True:
             connected = False
@@ -1131,13 +1386,14 @@ class _DatabaseWriter:
                     self._replica.prepare(self._engine)
                 with self._engine.begin() as conn:
                     connected = True
+                    self._reached()
                     outcome = self._replica.write(conn, items, isolate)
                 outcome.counts['batches_committed'] += 1
                 return outcome
             except sa_exc.SQLAlchemyError as exc:
                 # Preparing may also fail on a race with another worker's CREATE TABLE.
                 retry = _is_transient(exc) or not self._replica.prepared
-                if retry and attempt < self._max_retries:
+                if retry and attempt < (0 if probing else self._max_retries):
                     attempt += 1
                     self._counters['batch_retries'].inc()
                     time.sleep(min(_BACKOFF_SECS * 2 ** (attempt - 1), _MAX_BACKOFF_SECS))
@@ -1145,6 +1401,8 @@ class _DatabaseWriter:
                 if connected and not isolate and isinstance(exc, sa_exc.StatementError):
                     isolate = True  # find the changes the database rejects
                     continue
+                if not connected and _is_transient(exc):
+                    self._not_reached(exc)
                 return _Outcome.all_dead(items, 'database-error', _describe(exc))
             except ValueError as exc:  # a replica table vanished, or is not as configured
                 return _Outcome.all_dead(items, 'database-error', str(exc))
@@ -1158,6 +1416,35 @@ class _DatabaseWriter:
                 logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
                 return _Outcome.all_dead(items, 'internal-error', describe_error(exc))
 
+    def _not_reached(self, exc: BaseException) -> None:
+        """A batch could not reach the database: opens the circuit at the
+        ``_UNREACHABLE_BATCHES``-th in a row (again after a failed probe)."""
+        self._counters['batches_unreachable'].inc()
+        self._unreachable += 1
+        if self._unreachable < _UNREACHABLE_BATCHES:
+            return
+        if self._open_until is None:
+            self._counters['circuit_opened'].inc()
+            logging.warning('%s: %d batches in a row could not reach %s; dead-lettering the '
+                            'next ones untried (sink-unavailable) for %g s', _STEP,
+                            self._unreachable, display_url(self._url), _CIRCUIT_OPEN_SECS)
+        self._last_unreachable = self._hide_password(_describe(exc))
+        self._open_until = time.monotonic() + _CIRCUIT_OPEN_SECS
+
+    def _reached(self) -> None:
+        if self._open_until is not None:
+            logging.warning('%s: %s is reachable again', _STEP, display_url(self._url))
+        self._unreachable, self._open_until = 0, None
+
+    def _unavailable_detail(self) -> str:
+        return (f'not tried: {self._unreachable} batches in a row could not reach '
+                f'{display_url(self._url)} (last: {self._last_unreachable})')
+
+    def _hide_password(self, text: str) -> str:
+        """``text`` without the URL's password, should an error quote it."""
+        password = make_url(self._url).password
+        return text.replace(str(password), '***') if password else text
+
     def _emit(self, outcome: _Outcome):
         for name, count in outcome.counts.items():
             self._counters[name].inc(count)
@@ -1166,7 +1453,8 @@ class _DatabaseWriter:
         self._counters['changes_dead_lettered'].inc(len(outcome.dead))
         for item, reason, detail in outcome.dead:
             ops = item.change.ops
-            letter = dead_letter(_STEP, reason, detail, change_json(item.change),
+            letter = dead_letter(_STEP, reason, self._hide_password(detail),
+                                 change_json(item.change),
                                  ops[-1].position if ops else '')
             yield TaggedOutput(DEAD_LETTER_TAG,
                                WindowedValue(letter, item.timestamp, (item.window,)))
@@ -1212,7 +1500,7 @@ class _WriteDoFn(_DatabaseWriter, beam.DoFn):
 
 
 def _batch_original(batch):
-    return changes_original(list(batch[2]))
+    return changes_original(batch_changes(batch))
 
 
 def _batch_position(batch):
@@ -1225,7 +1513,8 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
     once, so no state or timers); see WriteBatchesToDatabase."""
 
     def process(self, batch, timestamp=beam.DoFn.TimestampParam, schema_applied=None):
-        table, shard, changes = batch
+        table, shard, _ = batch
+        changes = batch_changes(batch)
         self._counters['changes_received'].inc(sum(1 for c in changes if c.key or shard == 0))
         micros = timestamp.micros
         applied = []
@@ -1303,8 +1592,13 @@ class WriteToDatabase(beam.PTransform):
     batch is dead-lettered ('database-error'). When the database rejects a
     statement (constraint, data error), the batch is redone with a SAVEPOINT
     per change, so only the rejected changes are dead-lettered
-    ('database-rejected'). The step never raises for data or database
-    errors, so it never fails or re-runs other branches.
+    ('database-rejected'). A database that is plainly down is not retried
+    batch after batch: once three batches in a row could not reach it (their
+    retries spent), the following ones are dead-lettered at once
+    ('sink-unavailable') for a minute, then one batch, without retries,
+    probes whether it is back (the count is per worker). The step never
+    raises for data or database errors, so it never fails or re-runs other
+    branches.
 
     Caveats:
 
@@ -1319,7 +1613,8 @@ class WriteToDatabase(beam.PTransform):
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
     rows_marked_diverged, tables_marked_diverged (marks newly recorded),
-    batches_committed, batch_retries.
+    batches_committed, batch_retries, batches_unreachable (batches that could
+    not reach the database), circuit_opened, batches_not_tried (while open).
 
     Example::
 

@@ -29,7 +29,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
-from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches, batch_changes
+from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
 
@@ -79,9 +79,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[DATABASE] = written[WriteToDatabase.MAIN]
     if config.parquet_path:
-        written = (routed[PARQUET]
-                   | 'ParquetChanges' >> beam.FlatMap(batch_changes)
-                   | 'WriteParquet' >> WriteParquetBackup(config.parquet_path, config.tables))
+        written = routed[PARQUET] | 'WriteParquet' >> WriteParquetBackup(
+            config.parquet_path, config.tables, batched=True, schema_timeline=timeline)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:

@@ -23,7 +23,7 @@ from changeflow.io.parquet import WriteParquetBackup
 from changeflow.io.sql import WriteBatchesToDatabase, WriteToDatabase
 from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
-from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches, batch_changes
+from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
 __all__ = ['write_branches']
 
@@ -37,8 +37,7 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         dead_letters: the PCollections of DeadLetters of the job's earlier
             steps; each sink's are added, and all are written to
             ``config.dead_letter_path``.
-        timeline: the schema timeline (audit jobs with a schema), for the
-            database sink and the notifications.
+        timeline: the schema timeline (audit jobs with a schema), for every sink.
         before_sink: a branch name (DATABASE, PARQUET, NOTIFY) -> a transform
             applied to that branch's shard batches before its sink, e.g. to
             keep a table's initial state out of notifications.
@@ -69,9 +68,8 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[DATABASE] = written[WriteToDatabase.MAIN]
     if config.parquet_path:
-        written = (routed[PARQUET]
-                   | 'ParquetChanges' >> beam.FlatMap(batch_changes)
-                   | 'WriteParquet' >> WriteParquetBackup(config.parquet_path, config.tables))
+        written = routed[PARQUET] | 'WriteParquet' >> WriteParquetBackup(
+            config.parquet_path, config.tables, batched=True, schema_timeline=timeline)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:
