@@ -264,13 +264,15 @@ def _load(path):
 
 
 def _run(args, beam_args) -> int:
-    from changeflow.pipelines import audit_sync
+    from changeflow.config import DYNAMODB_ARCHIVE
+    from changeflow.pipelines import audit_sync, dynamodb_sync
     config, status = _load(args.config)
     if config is None:
         return status
+    job = dynamodb_sync if config.source.type == DYNAMODB_ARCHIVE else audit_sync
     started = time.monotonic()
     try:
-        result = audit_sync.run(['--config', args.config, *beam_args])
+        result = job.run(['--config', args.config, *beam_args])
     except Exception as error:  # pylint: disable=broad-except
         hidden = _terminal().hidden
         if args.verbose:

@@ -34,7 +34,8 @@ from changeflow.sql.zones import parse_time_zone
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec',
-           'KinesisSourceConfig', 'STREAM_FORMATS']
+           'KinesisSourceConfig', 'STREAM_FORMATS',
+           'DynamoDBArchiveSource', 'ExportSeed', 'DYNAMODB_ARCHIVE', 'DYNAMODB_FORMATS']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -178,14 +179,23 @@ def _resolve_url(url: str, base_dir: str) -> str:
     return url
 
 
-def _table(name, raw) -> TableSpec:
+def _table(name, raw, dynamodb: bool = False) -> TableSpec:
+    """One table's spec. ``dynamodb``: ``name`` is a DynamoDB table's, whose
+    replica table defaults to the name with ``.`` as ``_`` (a dot would name
+    a database schema)."""
     where = f'tables.{name}'
     if not isinstance(name, str):
         raise ConfigError(f'{where}: a table name must be a string database.table, got {name!r}')
     _check_keys(where, raw, ('key', 'target', 'columns', 'redact'), required=('key',))
-    database, _, table = name.partition('.')
-    if not database.strip() or not table.strip():
-        raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
+    if dynamodb:
+        if not _DYNAMODB_TABLE.fullmatch(name):
+            raise ConfigError(f'{where}: not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 '
+                              f'_ . -)')
+        table = name.replace('.', '_')
+    else:
+        database, _, table = name.partition('.')
+        if not database.strip() or not table.strip():
+            raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
     key = raw['key']
     if isinstance(key, str):
         key = [key]
@@ -580,9 +590,37 @@ def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str])
     return job, 'sqlite:///' + os.path.join(os.path.abspath(base_dir), f'{job}.checkpoints.db')
 
 
+def _sinks(raw, base_dir: str) -> dict:
+    """The JobConfig fields of ``sinks:`` and ``dead_letter:``, shared by every source."""
+    sinks = raw['sinks']
+    _check_keys('sinks', sinks, ('database', 'parquet', 'notify'))
+    database = sinks.get('database')
+    if database is not None:
+        _check_keys('sinks.database', database, ('url', 'batch_size'), required=('url',))
+        _database_url('sinks.database.url', database['url'])
+        _positive('sinks.database.batch_size', database.get('batch_size', 500))
+    parquet = sinks.get('parquet')
+    if parquet is not None:
+        _check_keys('sinks.parquet', parquet, ('path',), required=('path',))
+        _path('sinks.parquet.path', parquet['path'], 'a directory or s3:// prefix')
+    notify = sinks.get('notify') or []
+    _typed('sinks.notify', notify, list, 'a list of rules')
+    dead = raw['dead_letter']
+    _check_keys('dead_letter', dead, ('path',), required=('path',))
+    _path('dead_letter.path', dead['path'], 'a directory or s3:// prefix')
+    return dict(
+        database_url=_resolve_url(database['url'], base_dir) if database else None,
+        database_batch_size=database.get('batch_size', 500) if database else 500,
+        parquet_path=_resolve(parquet['path'], base_dir) if parquet else None,
+        notify=tuple(_notify_rule(i, r, base_dir) for i, r in enumerate(notify)),
+        dead_letter_path=_resolve(dead['path'], base_dir))
+
+
 def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) -> JobConfig:
     """Validates a loaded YAML document; raises ConfigError naming the key.
     ``config_path``: the file it came from (the default job name and checkpoint store)."""
+    if _is_dynamodb_job(raw):
+        return _dynamodb_config(raw, base_dir)
     _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
                                 'schema', 'source_db', 'job', 'checkpoints'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
@@ -613,22 +651,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
     if not (math.isfinite(seconds) and seconds > 0):
         raise ConfigError(f'window.seconds: must be positive and finite, got {seconds!r}')
-    sinks = raw['sinks']
-    _check_keys('sinks', sinks, ('database', 'parquet', 'notify'))
-    database = sinks.get('database')
-    if database is not None:
-        _check_keys('sinks.database', database, ('url', 'batch_size'), required=('url',))
-        _database_url('sinks.database.url', database['url'])
-        _positive('sinks.database.batch_size', database.get('batch_size', 500))
-    parquet = sinks.get('parquet')
-    if parquet is not None:
-        _check_keys('sinks.parquet', parquet, ('path',), required=('path',))
-        _path('sinks.parquet.path', parquet['path'], 'a directory or s3:// prefix')
-    notify = sinks.get('notify') or []
-    _typed('sinks.notify', notify, list, 'a list of rules')
-    dead = raw['dead_letter']
-    _check_keys('dead_letter', dead, ('path',), required=('path',))
-    _path('dead_letter.path', dead['path'], 'a directory or s3:// prefix')
+    sinks = _sinks(raw, base_dir)
     audit = raw.get('audit') or {}
     _check_keys('audit', audit, ('query_log_limit', 'autocommit', 'time_zone', 'server_version',
                                  'rollback_on_timeout'))
@@ -645,11 +668,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         source=source_config,
         tables=tables,
         window_seconds=float(seconds),
-        database_url=_resolve_url(database['url'], base_dir) if database else None,
-        database_batch_size=database.get('batch_size', 500) if database else 500,
-        parquet_path=_resolve(parquet['path'], base_dir) if parquet else None,
-        notify=tuple(_notify_rule(i, r, base_dir) for i, r in enumerate(notify)),
-        dead_letter_path=_resolve(dead['path'], base_dir),
+        **sinks,
         query_log_limit=limit,
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
         time_zone=time_zone,
@@ -662,6 +681,120 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         job=job,
         checkpoints_url=checkpoints_url,
     )
+
+
+# --- DynamoDB sources -----------------------------------------------------------
+
+DYNAMODB_ARCHIVE = 'dynamodb-archive'
+DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
+_DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
+_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter')
+_TARGET_LENGTH = 128    # the database sink's longest table name
+
+
+class ExportSeed(NamedTuple):
+    """A DynamoDB export to S3 as one table's initial state."""
+    table: str                          # the DynamoDB table it seeds
+    export: str                         # the export's folder (or its manifest-summary.json)
+    endpoint_url: Optional[str] = None  # for an s3:// export: None is AWS's endpoint
+
+
+class DynamoDBArchiveSource(NamedTuple):
+    """``source: {type: dynamodb-archive, ...}``: archived DynamoDB stream records."""
+    type: str                           # 'dynamodb-archive'
+    format: str                         # one of DYNAMODB_FORMATS
+    path: str                           # a file or glob, local or s3://
+    seeds: Tuple[ExportSeed, ...] = ()  # ``seed:``, per table
+
+
+def _is_dynamodb_job(raw) -> bool:
+    return (isinstance(raw, dict) and isinstance(raw.get('source'), dict)
+            and raw['source'].get('type') == DYNAMODB_ARCHIVE)
+
+
+def _archive_path(where: str, value, base_dir: str) -> str:
+    """A source file or glob, resolved; a local one that is not a glob must exist."""
+    _path(where, value, 'a path or glob')
+    path = _resolve(value, base_dir)
+    if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
+        raise ConfigError(f'{where}: {path} does not exist')
+    return path
+
+
+def _dynamodb_tables(raw) -> Tuple[TableSpec, ...]:
+    from changeflow.dynamodb.columns import ItemColumns
+    _typed('tables', raw, dict, 'a mapping of DynamoDB table name: spec')
+    if not raw:
+        raise ConfigError('tables: name at least one table to replicate')
+    specs = []
+    for name, spec in raw.items():
+        spec = _table(name, {} if spec is None else spec, dynamodb=True)
+        if len(spec.target) > _TARGET_LENGTH:
+            raise ConfigError(f'tables.{name}.target: {spec.target!r} is longer than '
+                              f'{_TARGET_LENGTH} characters; set a shorter target')
+        if len(spec.key) > 2:
+            raise ConfigError(f'tables.{name}.key: a DynamoDB key is its hash attribute and at '
+                              f'most a range attribute, not {list(spec.key)}')
+        try:
+            ItemColumns(spec.columns)
+        except ValueError as error:
+            raise ConfigError(f'tables.{name}.columns: {error}') from None
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _seeds(raw, tables: Tuple[TableSpec, ...], base_dir: str) -> Tuple[ExportSeed, ...]:
+    """``seed:``, one mapping or a list of them: ``export`` (required),
+    ``table`` (required when ``tables:`` names several), ``endpoint_url``."""
+    if raw is None:
+        return ()
+    entries = raw if isinstance(raw, list) else [raw]
+    names = [spec.source for spec in tables]
+    seeds = []
+    for i, entry in enumerate(entries):
+        where = 'seed' if not isinstance(raw, list) else f'seed[{i}]'
+        _check_keys(where, entry, ('export', 'table', 'endpoint_url'), required=('export',))
+        table = entry.get('table')
+        if table is None:
+            if len(names) != 1:
+                raise ConfigError(f'{where}.table: name the table the export seeds '
+                                  f'(tables: names {len(names)})')
+            table = names[0]
+        elif table not in names:
+            raise ConfigError(f'{where}.table: {_shown(table)} is not among tables: '
+                              f'{", ".join(names)}')
+        if any(seed.table == table for seed in seeds):
+            raise ConfigError(f'{where}.table: {table} is seeded twice')
+        export = _archive_path(f'{where}.export', entry['export'], base_dir)
+        endpoint_url = entry.get('endpoint_url')
+        if endpoint_url is not None:
+            _typed(f'{where}.endpoint_url', endpoint_url, str, 'an http(s) URL')
+            if not re.fullmatch(r'https?://[^/\s]+/?', endpoint_url):
+                raise ConfigError(f'{where}.endpoint_url: expected http(s)://host[:port], '
+                                  f'got {endpoint_url!r}')
+        seeds.append(ExportSeed(table, export, endpoint_url))
+    return tuple(seeds)
+
+
+def _dynamodb_config(raw, base_dir: str) -> JobConfig:
+    """A DynamoDB job: ``source`` (archived stream records), ``seed``,
+    ``tables`` keyed by DynamoDB table name, the shared ``sinks`` and
+    ``dead_letter``."""
+    _check_keys('config', raw, _DYNAMODB_KEYS, required=('source', 'tables', 'sinks',
+                                                          'dead_letter'))
+    source = raw['source']
+    _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
+    if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
+        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
+                          f"{', '.join(DYNAMODB_FORMATS)}")
+    path = _archive_path('source.path', source['path'], base_dir)
+    tables = _dynamodb_tables(raw['tables'])
+    seeds = _seeds(raw.get('seed'), tables, base_dir)
+    sinks = _sinks(raw, base_dir)
+    _check_shared_targets(tables)
+    return JobConfig(source=DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds),
+                     tables=tables, window_seconds=5.0, query_log_limit=0, autocommit=True,
+                     **sinks)
 
 
 def table_spec(table: TableSchema, target: Optional[str] = None, redact=()) -> TableSpec:

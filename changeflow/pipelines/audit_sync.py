@@ -21,16 +21,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from changeflow.config import JobConfig, load_config
 from changeflow.io.archive import ReadArchive
-from changeflow.io.dead_letter import WriteDeadLetters
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
-from changeflow.io.notify import WriteNotifications
-from changeflow.io.parquet import WriteParquetBackup
-from changeflow.io.sql import WriteBatchesToDatabase, WriteToDatabase
 from changeflow.model import DEAD_LETTER_TAG
+from changeflow.pipelines.branches import write_branches
 from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
-from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
 
@@ -66,39 +62,12 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
         time_zone=config.time_zone, timeline=timeline)
     dead_letters.append(replayed[DEAD_LETTER_TAG])
-    folded = replayed['changes'] | 'Coalesce' >> FoldShards()
-    dead_letters.append(folded[DEAD_LETTER_TAG])
-    batches = folded[FoldShards.MAIN]
-
-    branches = [name for name, on in ((DATABASE, config.database_url),
-                                      (PARQUET, config.parquet_path),
-                                      (NOTIFY, config.notify)) if on]
-    routed = batches | 'Route' >> RouteShardBatches(branches)
-    outputs = {'batches': batches}
-    if config.database_url:
-        written = routed[DATABASE] | 'WriteDatabase' >> WriteBatchesToDatabase(
-            config.database_url, config.tables, batch_size=config.database_batch_size,
-            schema_timeline=timeline)
-        dead_letters.append(written[DEAD_LETTER_TAG])
-        outputs[DATABASE] = written[WriteToDatabase.MAIN]
-    if config.parquet_path:
-        written = routed[PARQUET] | 'WriteParquet' >> WriteParquetBackup(
-            config.parquet_path, config.tables, batched=True, schema_timeline=timeline)
-        dead_letters.append(written[DEAD_LETTER_TAG])
-        outputs[PARQUET] = written[WriteParquetBackup.MAIN]
-    if config.notify:
-        written = routed[NOTIFY] | 'Notify' >> WriteNotifications(
-            config.notify, config.tables, schema_timeline=timeline, batched=True)
-        dead_letters.append(written[DEAD_LETTER_TAG])
-        outputs[NOTIFY] = written[WriteNotifications.MAIN]
-
-    all_dead = tuple(dead_letters) | 'CollectDeadLetters' >> beam.Flatten()
-    dead_written = all_dead | 'WriteDeadLetters' >> WriteDeadLetters(config.dead_letter_path)
-    outputs['dead_letters'] = all_dead
+    outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
+        sinks_done = [outputs[name] for name in (DATABASE, PARQUET, NOTIFY) if name in outputs]
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            [outputs[name] for name in branches] + [dead_written[WriteDeadLetters.MAIN]])
+            sinks_done + [outputs['dead_letters_written']])
     return outputs
 
 
