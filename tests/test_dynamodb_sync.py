@@ -520,7 +520,7 @@ def test_changeflow_run_dispatches_to_the_dynamodb_job(tmp_path, sqlite_url, cap
     archive.write_text(stream_record('INSERT', 1, 1, new={**key(1), 'qty': {'N': '4'}}))
     config = write_job(tmp_path, 'prod-Card', archive, sqlite_url, 'cards')
     with pytest.raises(SystemExit) as exit_:
-        cli.main(['run', '--verbose', config])
+        cli.main(['run', config, '--verbose'])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert 'changeflow.dynamodb.changes' in out and 'nothing diverged' in out

@@ -293,12 +293,14 @@ def test_a_value_arrow_refuses_fails_only_its_file(tmp_path, monkeypatch):
         return lambda value: object() if value == 'unwritable' else coerce(value)
     original = parquet._coercer
     monkeypatch.setattr(parquet, '_coercer', coercer)
-    rows = [Change('shop.orders', (1, n), (RowOp(
-        OpKind.INSERT, audit_version(DAY1, n, n, 0),
-        (('note', 'unwritable' if n == 3 else 'fine'),), (), f'a#{n}'),), DAY1)
-        for n in range(1, 6)]
-    files, letters = written_backup(str(tmp_path), rows, 2)
+
+    def insert(n, note):
+        return RowOp(OpKind.INSERT, audit_version(DAY1, n, n, 0), (('note', note),), (), f'a#{n}')
+    first = Change('shop.orders', (1, 1), (insert(1, 'fine'), insert(3, 'unwritable')), DAY1)
+    rows = [first] + [Change('shop.orders', (1, n), (insert(n, 'fine'),), DAY1) for n in (2, 4, 5)]
+    files, letters = written_backup(str(tmp_path), rows, 2)  # files: ops 1-2, 3-4, 5
     assert [(reason, position) for reason, position, *_ in letters] == [
         ('write-failed', 'a#3'), ('write-failed', 'a#4')]
-    assert sorted(row['order_id'] for data in files.values()
-                  for row in pq.read_table(io.BytesIO(data)).to_pylist()) == [1, 2, 5]
+    assert letters[0][3] == change_json(first._replace(ops=first.ops[1:]))
+    assert sorted(row['position'] for data in files.values()
+                  for row in pq.read_table(io.BytesIO(data)).to_pylist()) == ['a#1', 'a#2', 'a#5']

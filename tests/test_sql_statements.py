@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from changeflow.config import TableSpec
+from changeflow.io import sql
 from changeflow.io.sql import (_Item, _Plan, _Replica, _Target, _describe, create_engine,
                                replica_table)
 from changeflow.model import Change, OpKind, RowOp, audit_version
@@ -181,3 +182,14 @@ def test_stale_changes_are_counted_and_returned_applied_in_their_place(engine, t
     assert [tuple(r) for r in rows] == [('[1]', version(1)), ('[2]', version(2)),
                                         ('[3]', version(3))]
 
+
+
+def test_the_compiled_statements_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr(sql, '_MAX_STATEMENTS', 2)
+    table = sa.Table('t', sa.MetaData(), sa.Column('id', sa.Integer, primary_key=True))
+    statements, built = sql._Statements(), []
+    engine = sa.create_engine('sqlite://')
+    with engine.connect() as conn:
+        for shape in 'abaca':
+            statements.get(conn, (shape,), lambda: built.append(shape) or sa.select(table))
+    assert built == ['a', 'b', 'c', 'a']  # 'c' dropped 'a', the oldest; 'a' then dropped 'b'

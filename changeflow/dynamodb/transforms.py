@@ -263,6 +263,7 @@ class StreamRecordsToShardRuns(beam.PTransform):
 
 
 _SEED_STEP = 'seed_dynamodb'
+_MARKS = 'marks'    # the runs of whole-table marks of seeds that cannot be read
 
 
 class _SeedFiles:
@@ -318,8 +319,6 @@ class _ListExportFilesFn(beam.DoFn):
         for data_file in summary.files:
             yield seed, summary, data_file
 
-
-_MARKS = 'marks'
 
 
 @guarded(_SEED_STEP, lambda element: element[2].location,

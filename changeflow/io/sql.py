@@ -82,6 +82,7 @@ _TABLE_NAME_LENGTH = 128     # 512 bytes in utf8mb4
 _ROW_KEY_LENGTH = 512        # 2048 bytes in utf8mb4: the primary key stays < 3072
 _VERSION_LENGTH = 80         # audit versions are 67 characters
 _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
+_MAX_STATEMENTS = 500        # compiled statements kept per table (and for the bookkeeping)
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
 _UNREACHABLE_BATCHES = 3     # consecutive batches that cannot reach the database: circuit opens
@@ -542,7 +543,9 @@ class _Compiled:
 
 
 class _Statements:
-    """Compiled statements by dialect and shape, each built on first use."""
+    """Compiled statements by dialect and shape, each built on first use; the
+    oldest is dropped past _MAX_STATEMENTS (the sets of columns an UPDATE
+    changes are as many as the data makes)."""
 
     def __init__(self):
         self._compiled: Dict[Tuple[Any, ...], _Compiled] = {}
@@ -551,6 +554,8 @@ class _Statements:
         key = (conn.dialect, *shape)
         compiled = self._compiled.get(key)
         if compiled is None:
+            if len(self._compiled) >= _MAX_STATEMENTS:
+                del self._compiled[next(iter(self._compiled))]
             compiled = self._compiled[key] = _Compiled(build(), conn.dialect)
         return compiled
 
