@@ -815,9 +815,12 @@ class _Replica:
         return outcome
 
     def _lock_table(self, conn, name: str, exclusive: bool) -> str:
-        marker = self._tables.c.truncated_version
-        version = conn.scalar(sa.select(marker).where(self._tables.c.table_name == name)
-                              .with_for_update(read=not exclusive))
+        tables = self._tables
+        select = self._statements.get(conn, ('lock', exclusive), lambda: sa.select(
+            tables.c.truncated_version).where(tables.c.table_name == _binds(
+                [tables.c.table_name.type])[0]).with_for_update(read=not exclusive))
+        rows = select.fetch(conn, (name,))
+        version = rows[0][0] if rows else None
         if version is None:  # the marker row was removed since setup
             _upsert(conn, self._statements, self._tables, _MARKER_COLUMNS, [(name, '')], ())
             version = ''
