@@ -13,17 +13,16 @@ Runs on the FnApiRunner locally (the default when no --runner is given) and
 unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
 """
 
-import argparse
 import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from changeflow.config import JobConfig, load_config
+from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
-from changeflow.pipelines.branches import write_branches
+from changeflow.pipelines.branches import run_job, write_branches
 from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
@@ -81,17 +80,7 @@ def pipeline_options(beam_args) -> PipelineOptions:
 
 def run(argv=None):
     """Builds and runs the job; returns the finished PipelineResult."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--config', required=True,
-                        help='YAML job configuration, read here on the launcher.')
-    known, beam_args = parser.parse_known_args(argv)
-    config = load_config(known.config)
-    options = pipeline_options(beam_args)
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, config)
-    result = p.run()
-    result.wait_until_finish()
-    return result
+    return run_job(build_pipeline, __doc__.splitlines()[0], argv)
 
 
 if __name__ == '__main__':

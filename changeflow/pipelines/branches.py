@@ -25,7 +25,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
-__all__ = ['write_branches']
+__all__ = ['write_branches', 'run_job']
 
 
 def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None,
@@ -84,3 +84,23 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
     outputs['dead_letters'] = all_dead
     outputs['dead_letters_written'] = written[WriteDeadLetters.MAIN]
     return outputs
+
+
+def run_job(build_pipeline, description: str, argv=None):
+    """A job's ``run(argv)``: ``--config`` read here on the launcher, the rest
+    Beam's flags (:func:`changeflow.pipelines.audit_sync.pipeline_options`);
+    returns the finished PipelineResult."""
+    import argparse
+
+    from changeflow.config import load_config
+    from changeflow.pipelines.audit_sync import pipeline_options
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--config', required=True,
+                        help='YAML job configuration, read here on the launcher.')
+    known, beam_args = parser.parse_known_args(argv)
+    config = load_config(known.config)
+    p = beam.Pipeline(options=pipeline_options(beam_args))
+    build_pipeline(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    return result

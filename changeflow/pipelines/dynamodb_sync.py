@@ -16,18 +16,16 @@ Runs on the FnApiRunner locally (the default when no --runner is given) and
 unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
 """
 
-import argparse
 import logging
 
 import apache_beam as beam
 
-from changeflow.config import DYNAMODB_ARCHIVE, JobConfig, load_config
+from changeflow.config import DYNAMODB_ARCHIVE, JobConfig
 from changeflow.dynamodb.transforms import (
     DropInitialState, ExportToShardRuns, StreamRecordsToShardRuns)
 from changeflow.io.archive import ReadArchive
 from changeflow.model import DEAD_LETTER_TAG
-from changeflow.pipelines.audit_sync import pipeline_options
-from changeflow.pipelines.branches import write_branches
+from changeflow.pipelines.branches import run_job, write_branches
 from changeflow.transforms.route import NOTIFY
 
 __all__ = ['build_pipeline', 'run']
@@ -70,16 +68,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
 
 def run(argv=None):
     """Builds and runs the job; returns the finished PipelineResult."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--config', required=True,
-                        help='YAML job configuration, read here on the launcher.')
-    known, beam_args = parser.parse_known_args(argv)
-    config = load_config(known.config)
-    p = beam.Pipeline(options=pipeline_options(beam_args))
-    build_pipeline(p, config)
-    result = p.run()
-    result.wait_until_finish()
-    return result
+    return run_job(build_pipeline, __doc__.splitlines()[0], argv)
 
 
 if __name__ == '__main__':
