@@ -28,6 +28,11 @@ setuptools.setup(
             'pymysql>=1.1,<2',
             'psycopg2-binary>=2.9,<3',
             'hypothesis>=6.100,<7',  # tests/test_fuzz.py
+            # tests/test_portable_runner.py: its workers pip-install the staged
+            # --setup_file sdist offline, which needs bdist_wheel; setuptools
+            # < 70.1 (a fresh Python 3.11 venv has 65.5) takes it from wheel;
+            # wheel 0.48, checked here, still provides it (deprecated: capped).
+            'wheel>=0.40,<0.49',
         ],
     },
     entry_points={'console_scripts': ['changeflow=changeflow.cli:main']},

@@ -9,7 +9,9 @@ Beam: decode (gunzip + JSON), audit-line parse, transaction classification and
 SQL -> row change with the shape cache; and, for comparison, a naive
 ``sqlglot.parse_one`` per statement. Two mixes: every event a DML QUERY line
 (the worst case), and the lines as server_audit writes them with TABLE events
-on (each DML QUERY after its WRITE table event). Prints events/s and peak RSS.
+on (each DML QUERY after its WRITE table event). Prints events/s, what each
+step costs per event (the best of three passes over the DML-only mix, each
+step alone) and peak RSS.
 """
 
 import argparse
@@ -25,6 +27,7 @@ from changeflow.config import TableSpec
 from changeflow.model import SourceRecord
 from changeflow.transforms.audit_log import parse_audit_line
 from changeflow.transforms.decode import decode_record
+from changeflow.sql.literals import mask_literals
 from changeflow.sql.plans import StatementTranslator
 from changeflow.transforms.transactions import classify_statement
 
@@ -114,6 +117,28 @@ def parse_stage(records, translator):
     return events, changes
 
 
+def _step_costs(records, translator):
+    """(step, µs per event) of each step alone, over the same events; and what the
+    general literal scan costs, which known shapes stand in for."""
+    def best(step, items):
+        def run():
+            started = time.perf_counter()
+            for item in items:
+                step(item)
+            return time.perf_counter() - started
+        return min(run() for _ in range(3)) * 1e6 / len(items)
+    events = [event for record in records for event in decode_record(record)]
+    audits = [parse_audit_line(event.message, event.position) for event in events]
+    return [
+        ('decode (gunzip + JSON)', best(decode_record, records) * len(records) / len(events)),
+        ('parse_audit_line', best(lambda e: parse_audit_line(e.message, e.position), events)),
+        ('classify_statement', best(lambda a: classify_statement(a.object), audits)),
+        ('translate (known shapes)', best(lambda a: translator.translate(a.object, a.database),
+                                          audits)),
+        ('(general scan: mask_literals)', best(lambda a: mask_literals(a.object), audits)),
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--events', type=int, default=200_000)
@@ -152,6 +177,9 @@ def main():
     print(f'  naive sqlglot.parse_one    {naive:>12,.0f} statements/s '
           f'(parse only, {args.naive_sample:,} statements)')
     print(f'  speed-up                   {events / elapsed / naive:>12,.1f} x')
+    print('per event, each step alone (DML only)')
+    for step, micros in _step_costs(records, translator):
+        print(f'  {step:<31}{micros:>6.2f} us')
     print(f'peak RSS                     {peak_mb:>12,.0f} MiB')
 
 

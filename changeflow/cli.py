@@ -1,41 +1,225 @@
 """The ``changeflow`` command.
 
-    changeflow run CONFIG.yaml [Beam pipeline flags]
+    changeflow run CONFIG.yaml [--verbose] [--fail-on-dead-letters] [Beam pipeline flags]
     changeflow status CONFIG.yaml
     changeflow inspect FILE|- [--config CONFIG.yaml]
+
+``run`` ends with a summary (what was read, what each sink wrote, the dead
+letters by step and reason and where they are, the replica's diverged rows;
+``--verbose`` adds every counter) and exits with
+
+* :data:`RUN_DONE` (0): the job completed; dead letters are reported, not failures;
+* :data:`RUN_FAILED` (1): the job failed (or ended in another state than DONE);
+* :data:`STATUS_ERROR` (2): a bad configuration;
+* :data:`RUN_SINK_UNAVAILABLE` (3): the job completed, but the replica
+  database could not be reached: its changes are in the dead letters;
+* :data:`RUN_DEAD_LETTERS` (4): with ``--fail-on-dead-letters``, the job
+  completed and wrote dead letters.
 
 ``status`` lists what the replica records as diverged (rows and tables no
 longer known to equal the source) and exits with :data:`STATUS_CLEAN` (0)
 when nothing is, :data:`STATUS_DIVERGED` (1) when something is, and
 :data:`STATUS_ERROR` (2) for a bad configuration, a job without a database
 sink, or a replica that cannot be read.
+
+Nothing printed holds a password: database URLs are shown with
+``config.display_url``, and log records and errors pass through
+:func:`changeflow.sql.secrets.mask_url_passwords` and lose the configured
+URLs' passwords.
 """
 
 import argparse
 import logging
+import os
+import re
 import sys
+import time
+import traceback
 
-__all__ = ['main', 'STATUS_CLEAN', 'STATUS_DIVERGED', 'STATUS_ERROR']
+__all__ = ['main', 'STATUS_CLEAN', 'STATUS_DIVERGED', 'STATUS_ERROR', 'RUN_DONE', 'RUN_FAILED',
+           'RUN_SINK_UNAVAILABLE', 'RUN_DEAD_LETTERS']
 
 STATUS_CLEAN, STATUS_DIVERGED, STATUS_ERROR = 0, 1, 2
+RUN_DONE, RUN_FAILED, RUN_SINK_UNAVAILABLE, RUN_DEAD_LETTERS = 0, 1, 3, 4
+
+# Beam's notices of optional dependencies it imports when present (the GCP
+# clients): noise for a job that does not use them.
+_OPTIONAL_DEPENDENCY_NOTICES = re.compile(r'apitools not found')
 
 
-def _summary(result) -> str:
-    """The job's counters, one per line, grouped by component."""
-    from changeflow.metrics import counter_totals
-    totals = counter_totals(result)
+class _Terminal(logging.StreamHandler):
+    """Log records to stderr as it is at each record (tests swap it),
+    without optional-dependency notices and without passwords."""
+
+    def __init__(self):
+        super().__init__()
+        self.passwords = set()  # of the job's URLs, masked wherever they appear
+        self.setFormatter(logging.Formatter('%(levelname)s %(name)s: %(message)s'))
+        self.addFilter(_optional_dependency_notice)
+        self.addFilter(self._hide_passwords)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+    def _hide_passwords(self, record: logging.LogRecord) -> bool:
+        try:
+            record.msg, record.args = self.hidden(record.getMessage()), None
+        except Exception:  # pylint: disable=broad-except
+            pass  # arguments that do not fit the message: logging reports it on emit
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.hidden(record.exc_text)
+        return True
+
+    def hidden(self, text: str) -> str:
+        from changeflow.sql.secrets import mask_url_passwords
+        text = mask_url_passwords(text)
+        for password in self.passwords:
+            text = text.replace(password, '***')
+        return text
+
+
+def _optional_dependency_notice(record: logging.LogRecord) -> bool:
+    """False for Beam's warnings that an optional dependency is missing."""
+    from_beam = f'{os.sep}apache_beam{os.sep}' in record.pathname
+    return not (from_beam and record.levelno <= logging.WARNING
+                and _OPTIONAL_DEPENDENCY_NOTICES.search(str(record.msg)))
+
+
+def _terminal() -> _Terminal:
+    """The root logger's _Terminal handler, installed once per process."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, _Terminal):
+            return handler
+    handler = _Terminal()
+    root.addHandler(handler)
+    return handler
+
+
+def _passwords(config):
+    from sqlalchemy.engine import make_url
+    for url in (config.database_url, config.source_db_url):
+        if url and make_url(url).password:
+            yield str(make_url(url).password)
+
+
+# ---------------------------------------------------------------------------
+# The run's summary.
+
+def _n(count: int, one: str, many: str = '') -> str:
+    return f'{count:,} {one if count == 1 else (many or one + "s")}'
+
+
+class _Counts:
+    """A finished job's counters by 'namespace.name' (all 0 when the runner has none)."""
+
+    def __init__(self, totals):
+        self.totals = totals
+
+    def __call__(self, component: str, name: str) -> int:
+        return self.totals.get(f'changeflow.{component}.{name}', 0)
+
+    def by_reason(self):
+        """{step: [(reason, count)]} of the dead letters written."""
+        from changeflow.io.dead_letter import BY_REASON_NAMESPACE
+        steps = {}
+        for key, count in sorted(self.totals.items()):
+            if key.startswith(BY_REASON_NAMESPACE + '.') and count:
+                step, _, reason = key[len(BY_REASON_NAMESPACE) + 1:].partition('/')
+                steps.setdefault(step, []).append((reason, count))
+        return steps
+
+
+def _read_line(config, count: _Counts) -> str:
+    """records -> events -> statements -> row changes -> rows changed."""
+    files = count('read_archive', 'files')
+    if config.source.format == 'server-audit':
+        read = _n(count('read_archive', 'lines'), 'line')
+    else:
+        read = _n(count('read_archive', 'records'), 'record')
+    return (f'{_n(files, "file")}: {read} -> {_n(count("parse_audit", "events_parsed"), "event")}'
+            f' -> {_n(count("sql_changes", "statements_received"), "statement")}'
+            f' -> {_n(count("sql_changes", "row_changes"), "row change")}'
+            f' -> {_n(count("coalesce", "rows"), "row")} changed')
+
+
+def _sink_unavailable(count: _Counts) -> bool:
+    """Whether some replica batch could not reach its database."""
+    return count('write_database', 'batches_unreachable') > 0
+
+
+def _replica_line(config, count: _Counts) -> str:
+    from changeflow.config import display_url
+    db = lambda name: count('write_database', name)  # noqa: E731
+    line = (f'{display_url(config.database_url)}: {_n(db("changes_received"), "change")} -> '
+            f'{_n(db("rows_upserted"), "row")} upserted, {db("rows_deleted"):,} deleted, '
+            f'{_n(db("ops_skipped_stale"), "op")} already applied; '
+            f'{db("changes_dead_lettered"):,} dead-lettered')
+    if _sink_unavailable(count):
+        line += (f'\n                UNAVAILABLE: {_n(db("batches_unreachable"), "batch", "batches")}'
+                 f' could not reach the database')
+        if db('batches_not_tried'):
+            line += (f', {db("batches_not_tried"):,} more not tried'
+                     f' (dead letters: sink-unavailable)')
+    return line
+
+
+def _dead_letter_lines(config, count: _Counts) -> str:
+    written = count('write_dead_letters', 'written')
+    lines = [f'{written:,} in {_n(count("write_dead_letters", "files_written"), "file")} '
+             f'under {config.dead_letter_path}']
+    for step, reasons in count.by_reason().items():
+        listed = ', '.join(f'{reason} {n:,}' for reason, n in reasons)
+        lines.append(f'                {step}: {listed}')
+    lost = count('write_dead_letters', 'dead_lettered')
+    if lost:
+        lines.append(f'                {lost:,} could not be written (see the log above)')
+    return '\n'.join(lines)
+
+
+def _summary(config, count: _Counts) -> str:
+    """What a person reads at a glance: input, each sink, dead letters."""
+    lines = [f'  read          {_read_line(config, count)}']
+    if config.database_url:
+        lines.append(f'  replica       {_replica_line(config, count)}')
+    if config.parquet_path:
+        lines.append(f'  parquet       {config.parquet_path}: '
+                     f'{_n(count("write_parquet", "written"), "row")} in '
+                     f'{_n(count("write_parquet", "files_written"), "file")}')
+    if config.notify:
+        written = count('write_notify', 'written')
+        again = count('write_notify', 'skipped_existing')
+        lines.append(f'  notify        {_n(written, "notification")} to '
+                     f'{", ".join(rule.to for rule in config.notify)}'
+                     + (f' ({again:,} already sent)' if again else ''))
+    lines.append(f'  dead letters  {_dead_letter_lines(config, count)}')
+    return '\n'.join(lines)
+
+
+def _counter_list(totals) -> str:
+    """Every counter, one per line, grouped by component."""
     width = max(map(len, totals), default=0)
     return '\n'.join(f'  {name:<{width}}  {value:>10,}' for name, value in sorted(totals.items()))
 
 
-def _shown_url(url: str) -> str:
-    """A database URL as printed: never with its password."""
-    import sqlalchemy as sa
+def _totals(result):
+    """The job's counters, or None when the runner reports none."""
+    from changeflow.metrics import counter_totals
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return '<unparseable URL>'
+        return counter_totals(result)
+    except (NotImplementedError, AttributeError):
+        return None
 
+
+# ---------------------------------------------------------------------------
+# Divergence (``status`` and the end of ``run``).
 
 def _divergence(divergence) -> str:
     """Diverged tables (whole-table marks) and per table its diverged rows."""
@@ -60,54 +244,81 @@ def _read_divergence(config):
     try:
         return read_divergence(config.database_url), None
     except (sa.exc.SQLAlchemyError, ImportError) as error:
-        return None, f'{type(error).__name__}: {getattr(error, "orig", None) or error}'
+        why = f'{type(error).__name__}: {getattr(error, "orig", None) or error}'
+        return None, _terminal().hidden(' '.join(why.split()))  # on one line
 
 
-def _outputs(config) -> str:
-    lines = []
-    if config.database_url:
-        lines.append(f'  replica       {_shown_url(config.database_url)}')
-    if config.parquet_path:
-        lines.append(f'  parquet       {config.parquet_path}')
-    for rule in config.notify:
-        lines.append(f'  notify        {rule.to}')
-    lines.append(f'  dead letters  {config.dead_letter_path}')
-    return '\n'.join(lines)
+# ---------------------------------------------------------------------------
+# Commands.
+
+def _load(path):
+    """(JobConfig, None), or (None, exit status) after saying what is wrong."""
+    from changeflow.config import ConfigError, load_config
+    try:
+        config = load_config(path)
+    except (ConfigError, OSError) as error:
+        print(f'changeflow: bad configuration: {_terminal().hidden(str(error))}', file=sys.stderr)
+        return None, STATUS_ERROR
+    _terminal().passwords.update(_passwords(config))
+    return config, None
 
 
 def _run(args, beam_args) -> int:
-    from changeflow.config import ConfigError, load_config
-    from changeflow.pipelines import audit_sync
+    from changeflow.config import DYNAMODB_ARCHIVE
+    from changeflow.pipelines import audit_sync, dynamodb_sync
+    config, status = _load(args.config)
+    if config is None:
+        return status
+    job = dynamodb_sync if config.source.type == DYNAMODB_ARCHIVE else audit_sync
+    started = time.monotonic()
     try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as error:
-        print(f'changeflow: bad configuration: {error}', file=sys.stderr)
-        return 2
-    result = audit_sync.run(['--config', args.config, *beam_args])
-    print(f'changeflow: job {result.state}. Outputs:')
-    print(_outputs(config))
-    print('Counters:')
-    print(_summary(result))
+        result = job.run(['--config', args.config, *beam_args])
+    except Exception as error:  # pylint: disable=broad-except
+        hidden = _terminal().hidden
+        if args.verbose:
+            print(hidden(traceback.format_exc()), file=sys.stderr, end='')
+        first = (str(error).strip().splitlines() or [''])[0]
+        print(f'changeflow: job FAILED after {time.monotonic() - started:.1f} s: '
+              f'{type(error).__name__}: {hidden(first)}', file=sys.stderr)
+        return RUN_FAILED
+    state = str(result.state)
+    print(f'changeflow: job {state} in {time.monotonic() - started:.1f} s')
+    totals = _totals(result)
+    if totals is None:
+        print('  (this runner reports no counters)')
+        count = _Counts({})
+    else:
+        count = _Counts(totals)
+        print(_summary(config, count))
+        if args.verbose:
+            print('Counters:')
+            print(_counter_list(totals))
     if config.database_url:
         divergence, error = _read_divergence(config)
         print('Diverged (changeflow status):')
         print(_divergence(divergence) if error is None else f'  cannot read the replica: {error}')
-    return 0
+    if state != 'DONE':
+        return RUN_FAILED
+    if _sink_unavailable(count):
+        print('changeflow: the replica database could not be reached: its changes are in the '
+              'dead letters (exit status 3)', file=sys.stderr)
+        return RUN_SINK_UNAVAILABLE
+    if args.fail_on_dead_letters and (count('write_dead_letters', 'received')):
+        return RUN_DEAD_LETTERS
+    return RUN_DONE
 
 
 def _status(args) -> int:
-    from changeflow.config import ConfigError, load_config
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as error:
-        print(f'changeflow: bad configuration: {error}', file=sys.stderr)
-        return STATUS_ERROR
+    from changeflow.config import display_url
+    config, status = _load(args.config)
+    if config is None:
+        return status
     if not config.database_url:
         print('changeflow: the job has no database sink (sinks.database): no replica to check',
               file=sys.stderr)
         return STATUS_ERROR
     divergence, error = _read_divergence(config)
-    url = _shown_url(config.database_url)
+    url = display_url(config.database_url)
     if error is not None:
         print(f'changeflow: cannot read the replica {url}: {error}', file=sys.stderr)
         return STATUS_ERROR
@@ -121,8 +332,10 @@ def _inspect(args) -> int:
     data = sys.stdin.buffer.read() if args.file == '-' else open(args.file, 'rb').read()
     tables = ()
     if args.config:
-        from changeflow.config import load_config
-        tables = load_config(args.config).tables
+        config, status = _load(args.config)
+        if config is None:
+            return status
+        tables = config.tables
     ok = inspect_input(data, sys.stdout, tables=tables, query_log_limit=args.query_log_limit)
     return 0 if ok else 1
 
@@ -133,8 +346,16 @@ def main(argv=None):
         description='Database change streams to replicas, Parquet backups and notifications.')
     commands = parser.add_subparsers(dest='command', required=True)
     run = commands.add_parser(
-        'run', help='run a job; flags after CONFIG go to Beam (e.g. --runner=DataflowRunner)')
+        'run', help='run a job; flags after CONFIG go to Beam (e.g. --runner=DataflowRunner)',
+        description='Runs a job and prints a summary. Exit status: 0 the job completed '
+                    '(dead letters are reported, not failures), 1 it failed, 2 bad '
+                    'configuration, 3 it completed but the replica database could not be '
+                    'reached, 4 it completed with dead letters and --fail-on-dead-letters.')
     run.add_argument('config', help='YAML job configuration')
+    run.add_argument('--verbose', action='store_true',
+                     help='print every counter, and the traceback when the job fails')
+    run.add_argument('--fail-on-dead-letters', action='store_true',
+                     help=f'exit with status {RUN_DEAD_LETTERS} when the job wrote dead letters')
     status = commands.add_parser(
         'status', help='list the replica\'s diverged tables and rows; exit status 0 when '
                        'nothing is diverged, 1 when something is, 2 on errors')
@@ -149,7 +370,7 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     if args.command != 'run' and rest:
         parser.error(f'unrecognized arguments: {" ".join(rest)}')
-    logging.basicConfig(level=logging.WARNING)
+    _terminal()  # before Beam is imported: its import-time notices are filtered too
     commands = {'run': lambda: _run(args, rest), 'status': lambda: _status(args),
                 'inspect': lambda: _inspect(args)}
     sys.exit(commands[args.command]())

@@ -15,6 +15,7 @@ import glob
 import math
 import os
 import re
+import urllib.parse
 from typing import Any, NamedTuple, Optional, Tuple
 
 import sqlalchemy
@@ -22,15 +23,19 @@ import sqlalchemy.exc
 import yaml
 from sqlalchemy.engine import make_url
 
+from changeflow.io.kinesis import Start, stream_name
 from changeflow.model import MARKER_KINDS, OpKind
 from changeflow.schema.ddl import DdlError
 from changeflow.schema.model import SourceSchema, TableSchema
 from changeflow.schema.readers import read_information_schema, read_schema_file
+from changeflow.sql.secrets import mask_url_passwords
 from changeflow.sql.types import canonical_type
 from changeflow.sql.zones import parse_time_zone
 
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
-           'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec']
+           'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec',
+           'KinesisSourceConfig', 'STREAM_FORMATS',
+           'DynamoDBArchiveSource', 'ExportSeed', 'DYNAMODB_ARCHIVE', 'DYNAMODB_FORMATS']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -85,6 +90,8 @@ class JobConfig(NamedTuple):
     server_version: int = 101100            # as /*!NNNNN */ comments number it (MariaDB 10.11.0)
     rollback_on_timeout: bool = False       # innodb_rollback_on_timeout
     table_rules: Any = None                 # ``tables:`` as written, for resolve_tables
+    job: Optional[str] = None               # the job's name: its checkpoints' key
+    checkpoints_url: Optional[str] = None   # the checkpoint store of a stream source
 
 
 class ConfigError(ValueError):
@@ -151,8 +158,10 @@ def _database_url(where: str, url: str) -> str:
     try:
         sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as error:
-        raise ConfigError(f'{where}: {url!r} is not an SQLAlchemy URL'
-                          f' (dialect+driver://user@host/database): {error}') from None
+        # Not the URL itself: it may hold a password.
+        raise ConfigError(f'{where}: not an SQLAlchemy URL'
+                          f' (dialect+driver://user@host/database): '
+                          f'{mask_url_passwords(str(error))}') from None
     return url
 
 
@@ -170,14 +179,23 @@ def _resolve_url(url: str, base_dir: str) -> str:
     return url
 
 
-def _table(name, raw) -> TableSpec:
+def _table(name, raw, dynamodb: bool = False) -> TableSpec:
+    """One table's spec. ``dynamodb``: ``name`` is a DynamoDB table's, whose
+    replica table defaults to the name with ``.`` as ``_`` (a dot would name
+    a database schema)."""
     where = f'tables.{name}'
     if not isinstance(name, str):
         raise ConfigError(f'{where}: a table name must be a string database.table, got {name!r}')
     _check_keys(where, raw, ('key', 'target', 'columns', 'redact'), required=('key',))
-    database, _, table = name.partition('.')
-    if not database.strip() or not table.strip():
-        raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
+    if dynamodb:
+        if not _DYNAMODB_TABLE.fullmatch(name):
+            raise ConfigError(f'{where}: not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 '
+                              f'_ . -)')
+        table = name.replace('.', '_')
+    else:
+        database, _, table = name.partition('.')
+        if not database.strip() or not table.strip():
+            raise ConfigError(f'{where}: name tables as database.table, as the audit log does')
     key = raw['key']
     if isinstance(key, str):
         key = [key]
@@ -470,31 +488,110 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     return NotifyRule(to, table, tuple(ops))
 
 
-def parse_config(raw, base_dir: str = '.') -> JobConfig:
-    """Validates a loaded YAML document; raises ConfigError naming the key."""
-    _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
-                                'schema', 'source_db'),
-                required=('source', 'tables', 'sinks', 'dead_letter'))
-    source = raw['source']
-    _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
-    if not isinstance(source['type'], str) or source['type'] != 'archive':
-        raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use 'archive'")
-    if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
-        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
-                          f"{', '.join(ARCHIVE_FORMATS)}")
-    _path('source.path', source['path'], 'a path or glob')
-    path = _resolve(source['path'], base_dir)
-    if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
-        raise ConfigError(f'source.path: {path} does not exist')
-    source_db_url = _source_db(raw.get('source_db'), base_dir)
-    schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
-    tables = _tables(raw['tables'], schema)
-    table_rules = copy.deepcopy(raw['tables']) if schema is not None else None
-    window = raw.get('window') or {}
-    _check_keys('window', window, ('seconds',))
-    seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f'window.seconds: must be positive and finite, got {seconds!r}')
+# --- stream sources (Kinesis) and their checkpoints ----------------------------
+
+# source.type of a stream source -> the record formats it reads (the first is the default)
+STREAM_FORMATS = {'kinesis': ('cloudwatch-audit',)}
+_STREAM_NAME = re.compile(r'[A-Za-z0-9_.-]{1,128}')
+_STREAM_ARN = re.compile(
+    r'arn:aws[a-z-]*:kinesis:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:stream/[A-Za-z0-9_.-]{1,128}')
+_REGION = re.compile(r'[a-z]{2}(?:-[a-z]+)+-\d+')
+_JOB_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,127}')   # a checkpoint key, a file name
+
+
+class KinesisSourceConfig(NamedTuple):
+    """``source: {type: kinesis, ...}``: a Kinesis data stream, read by catch-up cycles."""
+    type: str                       # 'kinesis'
+    format: str                     # 'cloudwatch-audit': CloudWatch Logs subscription records
+    stream: str                     # the stream's name or ARN, as the Kinesis calls take it
+    region: Optional[str]           # None: boto3's default chain (the ARN's region when given)
+    endpoint_url: Optional[str]     # None: AWS's endpoint
+    start: Start                    # where a shard without a checkpoint starts
+
+    @property
+    def name(self) -> str:
+        """The stream's name: what records' positions and checkpoints are keyed by."""
+        return stream_name(self.stream)
+
+
+def _is_stream_source(source) -> bool:
+    return isinstance(source, dict) and isinstance(source.get('type'), str) and (
+        source['type'] in STREAM_FORMATS)
+
+
+def _stream_source(source) -> KinesisSourceConfig:
+    _check_keys('source', source, ('type', 'stream', 'stream_arn', 'format', 'region',
+                                   'endpoint_url', 'start'), required=('type',))
+    if ('stream' in source) == ('stream_arn' in source):
+        raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
+                          'one of the two')
+    region = source.get('region')
+    if region is not None and not _REGION.fullmatch(
+            _typed('source.region', region, str, 'an AWS region')):
+        raise ConfigError(f'source.region: expected an AWS region such as eu-west-1, '
+                          f'got {region!r}')
+    if 'stream' in source:
+        stream = _typed('source.stream', source['stream'], str, 'a stream name')
+        if not _STREAM_NAME.fullmatch(stream):
+            raise ConfigError(f'source.stream: {stream!r} is not a Kinesis stream name '
+                              f'(1 to 128 of A-Z a-z 0-9 _ . -)')
+    else:
+        stream = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
+        match = _STREAM_ARN.fullmatch(stream)
+        if not match:
+            raise ConfigError(f'source.stream_arn: {stream!r} is not a Kinesis stream ARN '
+                              f'(arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)')
+        if region is not None and region != match[1]:
+            raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
+        region = match[1]
+    formats = STREAM_FORMATS[source['type']]
+    fmt = source.get('format', formats[0])
+    if not isinstance(fmt, str) or fmt not in formats:
+        raise ConfigError(f"source.format: {_shown(fmt)} is not one of {', '.join(formats)}")
+    endpoint_url = source.get('endpoint_url')
+    if endpoint_url is not None:
+        _typed('source.endpoint_url', endpoint_url, str, 'an http(s) URL')
+        parts = urllib.parse.urlsplit(endpoint_url)
+        if parts.scheme not in ('http', 'https') or not parts.netloc:
+            raise ConfigError(f'source.endpoint_url: expected an http(s)://host[:port] URL, '
+                              f'got {endpoint_url!r}')
+    try:
+        start = Start.parse(source.get('start'))
+    except (ValueError, OverflowError, OSError) as error:  # OverflowError: a year out of range
+        raise ConfigError(f'source.start: {error}') from None
+    return KinesisSourceConfig(source['type'], fmt, stream, region, endpoint_url, start)
+
+
+def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str]):
+    """(``job``, the checkpoint store's URL): the job name defaults to the
+    config file's name; the store (a stream source's alone) to a SQLite file
+    beside the config, ``<job>.checkpoints.db``."""
+    job = raw.get('job')
+    if job is not None:
+        if not _JOB_NAME.fullmatch(_typed('job', job, str, 'a job name')):
+            raise ConfigError(f'job: {job!r} is not a job name (1 to 128 of A-Z a-z 0-9 _ . -, '
+                              f'starting with a letter or digit)')
+    elif config_path is not None:
+        stem = os.path.splitext(os.path.basename(config_path))[0]
+        job = stem if _JOB_NAME.fullmatch(stem) else None
+    checkpoints = raw.get('checkpoints')
+    if not isinstance(source, KinesisSourceConfig):
+        if checkpoints is not None:
+            raise ConfigError("checkpoints: only a stream source (source.type 'kinesis') "
+                              "keeps checkpoints")
+        return job, None
+    if job is None:
+        raise ConfigError("job: a stream source needs a job name to key its checkpoints "
+                          "(1 to 128 of A-Z a-z 0-9 _ . -; the config file's name when it is one)")
+    checkpoints = {} if checkpoints is None else checkpoints
+    _check_keys('checkpoints', checkpoints, ('url',))
+    if 'url' in checkpoints:
+        return job, _resolve_url(_database_url('checkpoints.url', checkpoints['url']), base_dir)
+    return job, 'sqlite:///' + os.path.join(os.path.abspath(base_dir), f'{job}.checkpoints.db')
+
+
+def _sinks(raw, base_dir: str) -> dict:
+    """The JobConfig fields of ``sinks:`` and ``dead_letter:``, shared by every source."""
     sinks = raw['sinks']
     _check_keys('sinks', sinks, ('database', 'parquet', 'notify'))
     database = sinks.get('database')
@@ -511,6 +608,50 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
     dead = raw['dead_letter']
     _check_keys('dead_letter', dead, ('path',), required=('path',))
     _path('dead_letter.path', dead['path'], 'a directory or s3:// prefix')
+    return dict(
+        database_url=_resolve_url(database['url'], base_dir) if database else None,
+        database_batch_size=database.get('batch_size', 500) if database else 500,
+        parquet_path=_resolve(parquet['path'], base_dir) if parquet else None,
+        notify=tuple(_notify_rule(i, r, base_dir) for i, r in enumerate(notify)),
+        dead_letter_path=_resolve(dead['path'], base_dir))
+
+
+def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) -> JobConfig:
+    """Validates a loaded YAML document; raises ConfigError naming the key.
+    ``config_path``: the file it came from (the default job name and checkpoint store)."""
+    if _is_dynamodb_job(raw):
+        return _dynamodb_config(raw, base_dir)
+    _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
+                                'schema', 'source_db', 'job', 'checkpoints'),
+                required=('source', 'tables', 'sinks', 'dead_letter'))
+    source = raw['source']
+    if _is_stream_source(source):
+        source_config = _stream_source(source)
+    else:
+        if isinstance(source, dict) and source.get('type', 'archive') != 'archive':
+            raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use "
+                              f"'archive' or {' or '.join(map(repr, STREAM_FORMATS))}")
+        _check_keys('source', source, ('type', 'format', 'path'),
+                    required=('type', 'format', 'path'))
+        if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
+            raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
+                              f"{', '.join(ARCHIVE_FORMATS)}")
+        _path('source.path', source['path'], 'a path or glob')
+        path = _resolve(source['path'], base_dir)
+        if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
+            raise ConfigError(f'source.path: {path} does not exist')
+        source_config = SourceConfig('archive', source['format'], path)
+    job, checkpoints_url = _job_and_checkpoints(raw, source_config, base_dir, config_path)
+    source_db_url = _source_db(raw.get('source_db'), base_dir)
+    schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
+    tables = _tables(raw['tables'], schema)
+    table_rules = copy.deepcopy(raw['tables']) if schema is not None else None
+    window = raw.get('window') or {}
+    _check_keys('window', window, ('seconds',))
+    seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f'window.seconds: must be positive and finite, got {seconds!r}')
+    sinks = _sinks(raw, base_dir)
     audit = raw.get('audit') or {}
     _check_keys('audit', audit, ('query_log_limit', 'autocommit', 'time_zone', 'server_version',
                                  'rollback_on_timeout'))
@@ -524,14 +665,10 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         raise ConfigError(f'audit.query_log_limit: must be 0 (unlimited) or more, got {limit!r}')
     _check_shared_targets(tables)
     return JobConfig(
-        source=SourceConfig('archive', source['format'], path),
+        source=source_config,
         tables=tables,
         window_seconds=float(seconds),
-        database_url=_resolve_url(database['url'], base_dir) if database else None,
-        database_batch_size=database.get('batch_size', 500) if database else 500,
-        parquet_path=_resolve(parquet['path'], base_dir) if parquet else None,
-        notify=tuple(_notify_rule(i, r, base_dir) for i, r in enumerate(notify)),
-        dead_letter_path=_resolve(dead['path'], base_dir),
+        **sinks,
         query_log_limit=limit,
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
         time_zone=time_zone,
@@ -541,7 +678,123 @@ def parse_config(raw, base_dir: str = '.') -> JobConfig:
         source_db_url=source_db_url,
         schema=schema,
         table_rules=table_rules,
+        job=job,
+        checkpoints_url=checkpoints_url,
     )
+
+
+# --- DynamoDB sources -----------------------------------------------------------
+
+DYNAMODB_ARCHIVE = 'dynamodb-archive'
+DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
+_DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
+_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter')
+_TARGET_LENGTH = 128    # the database sink's longest table name
+
+
+class ExportSeed(NamedTuple):
+    """A DynamoDB export to S3 as one table's initial state."""
+    table: str                          # the DynamoDB table it seeds
+    export: str                         # the export's folder (or its manifest-summary.json)
+    endpoint_url: Optional[str] = None  # for an s3:// export: None is AWS's endpoint
+
+
+class DynamoDBArchiveSource(NamedTuple):
+    """``source: {type: dynamodb-archive, ...}``: archived DynamoDB stream records."""
+    type: str                           # 'dynamodb-archive'
+    format: str                         # one of DYNAMODB_FORMATS
+    path: str                           # a file or glob, local or s3://
+    seeds: Tuple[ExportSeed, ...] = ()  # ``seed:``, per table
+
+
+def _is_dynamodb_job(raw) -> bool:
+    return (isinstance(raw, dict) and isinstance(raw.get('source'), dict)
+            and raw['source'].get('type') == DYNAMODB_ARCHIVE)
+
+
+def _archive_path(where: str, value, base_dir: str) -> str:
+    """A source file or glob, resolved; a local one that is not a glob must exist."""
+    _path(where, value, 'a path or glob')
+    path = _resolve(value, base_dir)
+    if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
+        raise ConfigError(f'{where}: {path} does not exist')
+    return path
+
+
+def _dynamodb_tables(raw) -> Tuple[TableSpec, ...]:
+    from changeflow.dynamodb.columns import ItemColumns
+    _typed('tables', raw, dict, 'a mapping of DynamoDB table name: spec')
+    if not raw:
+        raise ConfigError('tables: name at least one table to replicate')
+    specs = []
+    for name, spec in raw.items():
+        spec = _table(name, {} if spec is None else spec, dynamodb=True)
+        if len(spec.target) > _TARGET_LENGTH:
+            raise ConfigError(f'tables.{name}.target: {spec.target!r} is longer than '
+                              f'{_TARGET_LENGTH} characters; set a shorter target')
+        if len(spec.key) > 2:
+            raise ConfigError(f'tables.{name}.key: a DynamoDB key is its hash attribute and at '
+                              f'most a range attribute, not {list(spec.key)}')
+        try:
+            ItemColumns(spec.columns)
+        except ValueError as error:
+            raise ConfigError(f'tables.{name}.columns: {error}') from None
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _seeds(raw, tables: Tuple[TableSpec, ...], base_dir: str) -> Tuple[ExportSeed, ...]:
+    """``seed:``, one mapping or a list of them: ``export`` (required),
+    ``table`` (required when ``tables:`` names several), ``endpoint_url``."""
+    if raw is None:
+        return ()
+    entries = raw if isinstance(raw, list) else [raw]
+    names = [spec.source for spec in tables]
+    seeds = []
+    for i, entry in enumerate(entries):
+        where = 'seed' if not isinstance(raw, list) else f'seed[{i}]'
+        _check_keys(where, entry, ('export', 'table', 'endpoint_url'), required=('export',))
+        table = entry.get('table')
+        if table is None:
+            if len(names) != 1:
+                raise ConfigError(f'{where}.table: name the table the export seeds '
+                                  f'(tables: names {len(names)})')
+            table = names[0]
+        elif table not in names:
+            raise ConfigError(f'{where}.table: {_shown(table)} is not among tables: '
+                              f'{", ".join(names)}')
+        if any(seed.table == table for seed in seeds):
+            raise ConfigError(f'{where}.table: {table} is seeded twice')
+        export = _archive_path(f'{where}.export', entry['export'], base_dir)
+        endpoint_url = entry.get('endpoint_url')
+        if endpoint_url is not None:
+            _typed(f'{where}.endpoint_url', endpoint_url, str, 'an http(s) URL')
+            if not re.fullmatch(r'https?://[^/\s]+/?', endpoint_url):
+                raise ConfigError(f'{where}.endpoint_url: expected http(s)://host[:port], '
+                                  f'got {endpoint_url!r}')
+        seeds.append(ExportSeed(table, export, endpoint_url))
+    return tuple(seeds)
+
+
+def _dynamodb_config(raw, base_dir: str) -> JobConfig:
+    """A DynamoDB job: ``source`` (archived stream records), ``seed``,
+    ``tables`` keyed by DynamoDB table name, the shared ``sinks`` and
+    ``dead_letter``."""
+    _check_keys('config', raw, _DYNAMODB_KEYS, required=('source', 'tables', 'sinks',
+                                                          'dead_letter'))
+    source = raw['source']
+    _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
+    if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
+        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
+                          f"{', '.join(DYNAMODB_FORMATS)}")
+    path = _archive_path('source.path', source['path'], base_dir)
+    tables = _dynamodb_tables(raw['tables'])
+    seeds = _seeds(raw.get('seed'), tables, base_dir)
+    sinks = _sinks(raw, base_dir)
+    _check_shared_targets(tables)
+    return JobConfig(source=DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds),
+                     tables=tables, window_seconds=5.0, query_log_limit=0, autocommit=True,
+                     **sinks)
 
 
 def table_spec(table: TableSchema, target: Optional[str] = None, redact=()) -> TableSpec:
@@ -591,4 +844,4 @@ def load_config(path: str) -> JobConfig:
             raise ConfigError(f'{path}: not valid YAML: {error}') from None
         except UnicodeDecodeError as error:
             raise ConfigError(f'{path}: not UTF-8 text: {error}') from None
-    return parse_config(raw, os.path.dirname(os.path.abspath(path)))
+    return parse_config(raw, os.path.dirname(os.path.abspath(path)), config_path=path)

@@ -178,12 +178,13 @@ def dead_letter(step: str, reason: str, detail: str, original, position: str) ->
     """A DeadLetter stamped now; ``original`` may be str (encoded as UTF-8) or bytes.
 
     Passwords in the detail and in a str original (statement text) are masked
-    (:func:`changeflow.sql.secrets.mask_secrets`); bytes (records, Changes as
-    JSON) are kept as they are, to be replayed.
+    (:func:`changeflow.sql.secrets.mask_secrets`), and so are those of URLs
+    in the detail (an error may quote a database URL); bytes (records,
+    Changes as JSON) are kept as they are, to be replayed.
     """
     import time
-    from changeflow.sql.secrets import mask_secrets
+    from changeflow.sql.secrets import mask_secrets, mask_url_passwords
     if isinstance(original, str):
         original = mask_secrets(original).encode('utf-8', 'surrogateescape')
-    return DeadLetter(step, reason, mask_secrets(detail), bytes(original), position,
-                      time.time_ns() // 1000)
+    return DeadLetter(step, reason, mask_url_passwords(mask_secrets(detail)), bytes(original),
+                      position, time.time_ns() // 1000)

@@ -73,6 +73,15 @@ def _normalized(data, workdir: str):
     return data
 
 
+def _original(data: bytes) -> dict:
+    """A dead letter's original as text where it is UTF-8 (positions inside it
+    then normalise with the rest), else base64."""
+    try:
+        return {'text': data.decode('utf-8')}
+    except UnicodeDecodeError:
+        return {'b64': base64.b64encode(data).decode()}
+
+
 def snapshot(config_path: str) -> dict:
     from changeflow.config import load_config
     from changeflow.io.dead_letter import read_dead_letters
@@ -104,8 +113,8 @@ def snapshot(config_path: str) -> dict:
             out['notifications'][os.path.basename(path)] = sorted(lines)
     if os.path.isdir(config.dead_letter_path):
         out['dead_letters'] = sorted(json.dumps(
-            [letter.step, letter.reason, letter.detail,
-             base64.b64encode(letter.original).decode(), letter.position], ensure_ascii=False)
+            [letter.step, letter.reason, letter.detail, _original(letter.original),
+             letter.position], ensure_ascii=False)
             for letter in read_dead_letters(config.dead_letter_path))
     return out
 

@@ -3,6 +3,9 @@
 import calendar
 import os
 import random
+import re
+import subprocess
+import sys
 
 import apache_beam as beam
 import pytest
@@ -14,6 +17,7 @@ from changeflow.model import DEAD_LETTER_TAG, AuditEvent, LogEvent
 from changeflow.transforms.audit_log import (
     AuditLineError,
     ParseAuditLines,
+    _why_malformed,
     parse_audit_line,
 )
 
@@ -293,3 +297,66 @@ def test_parse_audit_lines_output_tags():
 def test_parse_audit_lines_rejects_bad_limit(limit):
     with pytest.raises(ValueError, match='query_log_limit'):
         ParseAuditLines(query_log_limit=limit)
+
+
+# The line as one regex (the whole grammar of the module docstring): parse_audit_line
+# splits the head fields off with str.split instead, and must accept exactly these.
+REFERENCE_LINE = re.compile(
+    r"(\d{8} \d\d:\d\d:\d\d|\d++),([^,]*+),([^,]*+),([^,]*+),(\d++),(\d++),([^,]*+),([^,]*+),"
+    r"(?:'([^'\\]*+(?:\\.[^'\\]*+)*+)'|([^,']*+)),(\d*+)(?:,[^,\n]*+){0,2}+",
+    re.DOTALL)
+FIELD_CHOICES = [
+    ['20261124 21:40:48', '1795000000000000', '', '2026112421:40:48', '20261124 21:40:4', '٣',
+     '20261124 21:40:48x', '1 2', '20261124 21:40:48\n'],
+    ['vm', '', 'a b', "x'y", '\n', 'é', 'a,b'], ['app', ''], ['127.0.0.1', '', "'"],
+    ['24', '0', '', '٣', '12a', '99999999999999999999999', '-1', ' 1', '²'],
+    ['300', '', '٣٣', '1,2'], ['QUERY', 'WRITE', 'CONNECT', ''], ['shop', '', 'a,b', "'"],
+]
+OBJECT_PIECES = ['a', "\\'", '\\\\', '\\n', "'", ',', '\n', '\\', 'é', ' ']
+TAIL_CHOICES = [['0', '', '1213', '٣', 'x', '1234567890', "'0'"],
+                ['', ',TCP/IP', ',a,b', ',a,b,c', ',\n', ",'x'", ',']]
+
+
+def random_line(rng):
+    """Mostly valid fields (the first choice), so that both outcomes are common."""
+    def pick(choices):
+        return choices[0] if rng.random() < 0.8 else rng.choice(choices)
+    fields = [pick(choices) for choices in FIELD_CHOICES]
+    pieces = ''.join(rng.choice(OBJECT_PIECES) for _ in range(rng.randrange(0, 12)))
+    obj = pick([f"'{pieces}'", pieces, '', 'shop.t', f"'{pieces}"])
+    retcode, extra = (pick(choices) for choices in TAIL_CHOICES)
+    return ','.join(fields + [obj, retcode]) + extra
+
+
+def test_lines_are_accepted_exactly_as_the_one_regex_grammar_accepts_them():
+    rng = random.Random(6)
+    accepted = 0
+    for _ in range(20_000):
+        text = random_line(rng)
+        reference = REFERENCE_LINE.fullmatch(text)
+        try:
+            event = parse_audit_line(text, 'p', 0)
+        except AuditLineError as error:
+            rejected_by_grammar = error.detail == _why_malformed(text)
+            assert rejected_by_grammar == (reference is None), text
+            continue
+        assert reference is not None, text
+        accepted += 1
+        (_, serverhost, username, host, connection_id, query_id, operation, database, quoted,
+         bare, retcode) = reference.groups()
+        assert event[1:8] == (serverhost, username, host, int(connection_id), int(query_id),
+                              operation, database)
+        assert event.object == (bare if quoted is None else parse_audit_line(
+            f"20261124 21:40:48,vm,app,h,1,1,QUERY,shop,'{quoted}',0", '', 0).object)
+        assert event.retcode == (int(retcode) if retcode else None)
+    assert accepted > 2_000
+
+
+def test_an_empty_timestamp_is_malformed_on_the_first_line_too():
+    """The last timestamp is remembered (a line repeating it skips its check):
+    nothing must look remembered before the first line."""
+    done = subprocess.run(
+        [sys.executable, '-c', 'from changeflow.transforms.audit_log import parse_audit_line\n'
+                               "parse_audit_line(\",vm,app,h,1,1,QUERY,shop,'SELECT 1',0\")"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert 'AuditLineError: malformed-line' in done.stderr

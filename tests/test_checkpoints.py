@@ -146,3 +146,32 @@ def test_default_sqlite_file_beside_the_job(tmp_path):
     store.commit('shop', 's', {'a': ShardPosition('1')}, [1])
     assert CheckpointStore(url).load('shop', 's') == Checkpoint({'a': ShardPosition('1')}, [1])
     assert (tmp_path / 'shop.checkpoints.db').exists()
+
+
+def test_the_first_read_time_is_kept_from_the_first_call(store):
+    assert store.start_time_ms('job', 's', 1_000) == 1_000
+    assert store.start_time_ms('job', 's', 2_000) == 1_000
+    assert store.start_time_ms('job', 'other', 3_000) == 3_000
+    assert store.start_time_ms('other', 's', 4_000) == 4_000
+    store.commit('job', 's', {'a': ShardPosition('1')}, None)   # positions do not touch it
+    assert store.start_time_ms('job', 's', 5_000) == 1_000
+
+
+def test_concurrent_first_reads_agree_on_one_time(store, database_url):
+    other = CheckpointStore(database_url, prefix=store.shards.name[:-len('checkpoints')])
+    barrier = threading.Barrier(2)
+    times, errors = [], []
+
+    def run(s, now_ms):
+        try:
+            barrier.wait()
+            times.append(s.start_time_ms('job', 'race', now_ms))
+        except Exception as e:   # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=args) for args in ((store, 1), (other, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    other.engine.dispose()
+    assert errors == [] and len(set(times)) == 1 and times[0] in (1, 2)

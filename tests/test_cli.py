@@ -1,11 +1,17 @@
 import base64
 import json
 import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 
+import apache_beam as beam
 import pytest
 
-from changeflow.cli import STATUS_DIVERGED, STATUS_ERROR, main
+from changeflow.cli import (RUN_DEAD_LETTERS, RUN_DONE, RUN_FAILED, RUN_SINK_UNAVAILABLE,
+                            STATUS_DIVERGED, STATUS_ERROR, main)
 from changeflow.config import ConfigError, parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,22 +26,167 @@ def run_cli(argv, capsys):
     return exit_.value.code, captured.out, captured.err
 
 
-def test_run_prints_outputs_and_counters(tmp_path, capsys):
+def example_job(tmp_path, url=None):
+    """A copy of the example job under ``tmp_path``; ``url``: its replica instead of SQLite."""
     shutil.copytree(os.path.join(ROOT, 'examples'), tmp_path / 'examples',
                     ignore=shutil.ignore_patterns('out'))
-    shutil.copytree(AUDIT, tmp_path / 'tests' / 'data' / 'audit')
-    code, out, _ = run_cli(['run', str(tmp_path / 'examples' / 'shop.yaml')], capsys)
+    if not (tmp_path / 'tests').exists():
+        shutil.copytree(AUDIT, tmp_path / 'tests' / 'data' / 'audit')
+    config = tmp_path / 'examples' / 'shop.yaml'
+    if url:
+        config.write_text(config.read_text().replace('sqlite:///out/replica.db', url))
+    return str(config)
+
+
+def test_run_prints_a_summary_at_a_glance(tmp_path, capsys):
+    config = example_job(tmp_path)
+    code, out, _ = run_cli(['run', config], capsys)
+    assert code == RUN_DONE == 0
+    lines = out.splitlines()
+    assert re.fullmatch(r'changeflow: job DONE in \d+\.\d s', lines[0])
+    out_dir = tmp_path / 'examples' / 'out'
+    assert lines[1:8] == [
+        '  read          1 file: 15 records -> 101 events -> 26 statements -> 28 row changes'
+        ' -> 13 rows changed',
+        f'  replica       sqlite:///{out_dir}/replica.db: 15 changes -> 9 rows upserted,'
+        f' 0 deleted, 2 ops already applied; 1 dead-lettered',
+        f'  parquet       {out_dir}/backup: 18 rows in 11 files',
+        f'  notify        7 notifications to file:{out_dir}/notifications.jsonl,'
+        f' file:{out_dir}/customer-changes.jsonl',
+        f'  dead letters  6 in 1 file under {out_dir}/dead-letter',
+        # Three refusals, the ALTER TABLE of customers, the statement cut at the log limit.
+        '                sql_changes: needs-lookup 3, schema-change 1, truncated-statement 1',
+        # UPDATE events ... WHERE kind LIKE: events is marked diverged (an INSERT
+        # without its key), so the WHERE cannot be evaluated on the replica's rows
+        '                write_database: needs-lookup 1']
+    assert lines[8] == 'Diverged (changeflow status):'
+    assert 'Counters:' not in out and 'changeflow.' not in out
+
+
+def test_verbose_adds_every_counter_and_a_rerun_sends_nothing_twice(tmp_path, capsys):
+    config = example_job(tmp_path)
+    run_cli(['run', config], capsys)
+    code, out, _ = run_cli(['run', config, '--verbose'], capsys)
     assert code == 0
-    assert 'job DONE' in out
-    assert 'dead letters  ' + str(tmp_path / 'examples' / 'out' / 'dead-letter') in out
+    assert f'  notify        0 notifications to file:{tmp_path}' in out
+    assert out.splitlines()[4].endswith(' (7 already sent)')
     counters = dict(line.split() for line in out.splitlines()
                     if line.startswith('  changeflow.'))
-    # Three refusals, the statement cut at the log limit, and the ALTER TABLE of customers.
     assert counters['changeflow.sql_changes.dead_lettered'] == '5'
     assert counters['changeflow.parse_audit.dead_lettered'] == '0'
-    # UPDATE events ... WHERE kind LIKE: events is marked diverged (an INSERT
-    # without its key), so the WHERE cannot be evaluated on the replica's rows
-    assert counters['changeflow.write_database.changes_dead_lettered'] == '1'
+    assert counters['changeflow.dead_letters.sql_changes/needs-lookup'] == '3'
+    assert out.index('Counters:') < out.index('Diverged (changeflow status):')
+
+
+def test_dead_letters_exit_0_unless_asked_to_fail_on_them(tmp_path, capsys):
+    config = example_job(tmp_path)
+    assert run_cli(['run', config, '--fail-on-dead-letters'], capsys)[0] == RUN_DEAD_LETTERS == 4
+    clean = tmp_path / 'clean.yaml'
+    clean.write_text(open(config).read().replace('kinesis.jsonl', 'no-such-*.jsonl'))
+    code, out, _ = run_cli(['run', str(clean), '--fail-on-dead-letters'], capsys)
+    assert code == 0
+    assert f'  dead letters  0 in 0 files under {tmp_path}/out/dead-letter' in out.splitlines()
+
+
+def test_a_failed_job_exits_1_with_its_traceback_under_verbose(tmp_path, capsys):
+    config = diverging_job(tmp_path)
+    text = open(config).read().replace(  # a replica table to reflect, which does not exist
+        '  shop.notes: {key: id, columns: {id: integer, body: text}}',
+        '  shop.notes: {key: id, target: no_such_table}')
+    with open(config, 'w') as f:
+        f.write(text)
+    code, out, err = run_cli(['run', config], capsys)
+    assert code == RUN_FAILED == 1
+    assert re.search(r"changeflow: job FAILED after \d+\.\d s: \w+: .*'no_such_table'", err)
+    assert out == ''
+    code, _, verbose = run_cli(['run', config, '--verbose'], capsys)
+    assert code == 1
+    # Beam logs the error where it happened (in a DoFn); --verbose adds the job's traceback.
+    assert verbose.count('Traceback (most recent call') > err.count('Traceback (most recent call')
+
+
+def test_an_error_quoting_the_url_shows_no_password(tmp_path, capsys, monkeypatch):
+    from changeflow.pipelines import audit_sync
+    url = 'mysql+pymysql://cf:s3cr3t@127.0.0.1:1/test'
+
+    def failing(argv):
+        raise RuntimeError(f'cannot reach {url}\nlogin cf with s3cr3t')
+    monkeypatch.setattr(audit_sync, 'run', failing)
+    code, out, err = run_cli(['run', diverging_job(tmp_path, url), '--verbose'], capsys)
+    assert code == RUN_FAILED
+    assert 'cannot reach mysql+pymysql://cf:***@127.0.0.1:1/test' in err
+    assert 'login cf with ***' in err and 's3cr3t' not in out + err
+
+
+def test_a_config_with_an_unparseable_url_names_the_key_not_the_password(tmp_path, capsys):
+    code, _, err = run_cli(['run', diverging_job(tmp_path, 'mysql+pymysql://cf:s3cr3t@db:port/x')],
+                           capsys)
+    assert code == STATUS_ERROR
+    assert 'sinks.database.url: not an SQLAlchemy URL' in err and 's3cr3t' not in err
+
+
+def test_log_records_lose_passwords_and_beams_optional_dependency_notices(capsys):
+    import logging
+    from changeflow import cli
+    terminal = cli._terminal()
+    terminal.passwords.add('hunter2')
+    try:
+        logging.getLogger('changeflow.test').warning(
+            'cannot reach %s as cf/%s', 'postgresql://cf:hunter2@db/x', 'hunter2')
+        beam_file = os.path.join(os.path.dirname(beam.__file__), 'io', 'gcp', '__init__.py')
+        for level, text in ((logging.WARNING, 'apitools not found, and bigquery ...'),
+                            (logging.ERROR, 'apitools not found: a real error')):
+            terminal.handle(logging.LogRecord('root', level, beam_file, 1, text, None, None))
+    finally:
+        terminal.passwords.discard('hunter2')
+    err = capsys.readouterr().err
+    assert 'cannot reach postgresql://cf:***@db/x as cf/***' in err and 'hunter2' not in err
+    assert 'bigquery' not in err and 'apitools not found: a real error' in err
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_replica_is_given_up_while_the_other_sinks_complete(tmp_path, capsys):
+    """The replica on a closed port, its URL with a password: the job gives the
+    database up after three batches (not every batch with retries), writes
+    Parquet and notifications as with a working replica, says the replica was
+    unavailable and exits 3; no password, and no library noise, anywhere."""
+    url = f'postgresql+psycopg2://cf:s3cr3t@127.0.0.1:{_closed_port()}/test'
+    config = example_job(tmp_path, url)
+    job = subprocess.run([sys.executable, '-m', 'changeflow', 'run', config, '--verbose'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, 'PYTHONPATH': ROOT})
+    assert job.returncode == RUN_SINK_UNAVAILABLE == 3, job.stderr
+    out = job.stdout
+    assert ('                UNAVAILABLE: 3 batches could not reach the database, '
+            '40 more not tried (dead letters: sink-unavailable)') in out.splitlines()
+    counters = dict(line.split() for line in out.splitlines() if line.startswith('  changeflow.'))
+    assert counters['changeflow.write_database.batch_retries'] == '9'  # 3 batches, 3 retries each
+    assert counters['changeflow.dead_letters.write_database/sink-unavailable'] == '41'
+    assert 'apitools' not in job.stderr
+    out_dir = tmp_path / 'examples' / 'out'
+    written = {path: path.read_bytes() for path in out_dir.rglob('*') if path.is_file()}
+    assert not [str(path) for path, data in written.items() if b's3cr3t' in data]
+    assert 's3cr3t' not in out + job.stderr and 'cf:***@127.0.0.1' in out
+
+    shutil.move(out_dir, tmp_path / 'outage')
+    with open(config) as f:  # the same job, in the same place, with a working replica
+        text = f.read().replace(url, 'sqlite:///out/replica.db')
+    with open(config, 'w') as f:
+        f.write(text)
+    assert run_cli(['run', config], capsys)[0] == 0
+    expected = out_dir
+    for name in ('backup', 'notifications.jsonl', 'customer-changes.jsonl'):
+        ours = sorted(p for p in (tmp_path / 'outage' / name).rglob('*') if p.is_file()) or [
+            tmp_path / 'outage' / name]
+        theirs = sorted(p for p in (expected / name).rglob('*') if p.is_file()) or [expected / name]
+        assert [p.relative_to(tmp_path / 'outage') for p in ours] == [
+            p.relative_to(expected) for p in theirs]
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs)), name
 
 
 def test_run_rejects_a_bad_config_naming_the_key(tmp_path, capsys):

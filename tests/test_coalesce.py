@@ -115,3 +115,57 @@ def test_streaming_windows_fold_per_window_and_keep_order():
     # TestStream needs the BundleBasedDirectRunner; the FnApiRunner has no TestStream.
     with TestPipeline(runner='BundleBasedDirectRunner', options=options) as p:
         assert_that((p | stream | CoalesceChanges(5, whole_input=False))[CoalesceChanges.MAIN], check)
+
+
+def _random_history(seed):
+    """Changes of a few rows and whole-table ops, as translation emits them
+    (one op each), shuffled, with some delivered twice."""
+    import random
+    rng = random.Random(seed)
+    changes = []
+    for qid in range(1, 60):
+        roll = rng.random()
+        if roll < 0.06:
+            kind = rng.choice([OpKind.TRUNCATE, OpKind.DELETE, OpKind.UPDATE, OpKind.DIVERGE])
+            op = (RowOp(kind, v(qid), (), (inc('qty'),)) if kind == OpKind.UPDATE
+                  else RowOp(kind, v(qid), (('reason', 'r'), ('detail', 'd')))
+                  if kind == OpKind.DIVERGE else RowOp(kind, v(qid)))
+            changes.append(Change('t.x', (), (op,), qid))
+            continue
+        key = (rng.randrange(4),)
+        kind = rng.choice([OpKind.INSERT, OpKind.UPDATE, OpKind.UPSERT, OpKind.DELETE,
+                           OpKind.REPLACE, OpKind.INSERT_IGNORE, OpKind.DIVERGE])
+        values = (('id', key[0]), ('qty', rng.randrange(9)), ('note', rng.choice('ab')))
+        assignments = rng.choice([(inc('qty'),), (('note', lit('c')),)])
+        condition = rng.choice([None, None, ('fn', '=', (col('note'), lit('a')))])
+        op = {OpKind.INSERT: RowOp(kind, v(qid), values),
+              OpKind.REPLACE: RowOp(kind, v(qid), values),
+              OpKind.INSERT_IGNORE: RowOp(kind, v(qid), values),
+              OpKind.UPSERT: RowOp(kind, v(qid), values, assignments),
+              OpKind.UPDATE: RowOp(kind, v(qid), (), assignments, condition=condition),
+              OpKind.DELETE: RowOp(kind, v(qid), condition=condition),
+              OpKind.DIVERGE: RowOp(kind, v(qid), (('reason', 'r'), ('detail', 'd')))}[kind]
+        changes.append(Change('t.x', key, (op,), qid))
+    changes += rng.sample(changes, 8)  # at-least-once delivery
+    rng.shuffle(changes)
+    return changes
+
+
+def test_shard_folder_equals_coalescing_each_row_with_the_tables_ops():
+    """The bounded data flow's row-by-row folding (versions in order) gives
+    exactly what CoalesceChanges gives over each row's whole history."""
+    from changeflow.transforms.coalesce import ShardFolder
+    for seed in range(200):
+        changes = _random_history(seed)
+        table_ops = [c.ops[0] for c in changes
+                     if not c.key and c.ops[0].kind in (OpKind.TRUNCATE, OpKind.UPDATE,
+                                                         OpKind.DELETE)]
+        by_key = {}
+        for change in changes:
+            by_key.setdefault(change.key, []).append(change)
+        expected = {key: coalesce_changes(rows, () if not key else table_ops)
+                    for key, rows in by_key.items()}
+        folder = ShardFolder()
+        for change in sorted(changes, key=lambda c: c.ops[0].version):
+            folder.add(change)
+        assert {c.key: c for c in folder.changes('t.x')} == expected, seed

@@ -2,12 +2,14 @@
 key, never as a traceback: table-driven, each case through the CLI."""
 
 import copy
+import datetime
 
 import pytest
 import yaml
 
 from changeflow.cli import main
-from changeflow.config import ConfigError, load_config
+from changeflow.config import ConfigError, KinesisSourceConfig, load_config
+from changeflow.io.kinesis import Start
 
 BASE = {
     'source': {'type': 'archive', 'format': 'server-audit', 'path': 'audit.log'},
@@ -184,3 +186,105 @@ def test_the_server_version_is_numbered_as_executable_comments_number_it(
     config = load_config(str(write(tmp_path, raw)))
     assert (config.server_version, config.rollback_on_timeout, config.time_zone) == (
         number, True, 'Europe/Paris')
+
+
+# --- a Kinesis source and its checkpoints -------------------------------------
+
+ARN = 'arn:aws:kinesis:eu-west-1:123456789012:stream/shop-audit'
+KINESIS = {**BASE, 'source': {'type': 'kinesis', 'stream': 'shop-audit', 'region': 'eu-west-1',
+                              'endpoint_url': 'http://127.0.0.1:4567', 'start': 'trim_horizon'}}
+
+KINESIS_CASES = [
+    (('source', 'stream'), 'shop audit', 'source.stream'),
+    (('source', 'stream'), '', 'source.stream'),
+    (('source', 'stream'), 'x' * 129, 'source.stream'),
+    (('source', 'stream'), 5, 'source.stream'),
+    (('source', 'region'), 'Ireland', 'source.region'),
+    (('source', 'region'), 5, 'source.region'),
+    (('source', 'format'), 'kinesis-jsonl', 'source.format'),
+    (('source', 'format'), None, 'source.format'),
+    (('source', 'endpoint_url'), '127.0.0.1:4567', 'source.endpoint_url'),
+    (('source', 'endpoint_url'), 'ftp://127.0.0.1', 'source.endpoint_url'),
+    (('source', 'endpoint_url'), 4567, 'source.endpoint_url'),
+    (('source', 'start'), 'earliest', 'source.start'),
+    (('source', 'start'), {'at_timestamp': '2026-12-01T10:00:00'}, 'source.start'),  # no zone
+    (('source', 'start'), {'at_timestamp': datetime.datetime(2026, 12, 1, 10)}, 'source.start'),
+    (('source', 'start'), {'at_timestamp': 'yesterday'}, 'source.start'),
+    (('source', 'start'), {'at_timestamp': 1796119200}, 'source.start'),
+    (('source', 'start'), {'at': '2026-12-01T10:00:00Z'}, 'source.start'),
+    (('source', 'path'), 'audit.log', 'source'),
+    (('source', 'stream_arn'), ARN, 'source'),                  # and stream: one of the two
+    (('source',), {'type': 'kinesis'}, 'source'),
+    (('source',), {'type': 'kinesis', 'stream_arn': 'arn:aws:kinesis:eu-west-1:12:stream/a'},
+     'source.stream_arn'),
+    (('source',), {'type': 'kinesis', 'stream_arn': 'shop-audit'}, 'source.stream_arn'),
+    (('source',), {'type': 'kinesis', 'stream_arn': ARN, 'region': 'us-east-1'}, 'source.region'),
+    (('source',), {'type': 'kafka', 'stream': 'shop-audit'}, 'source.type'),
+    (('job',), 'shop job', 'job'),
+    (('job',), '', 'job'),
+    (('job',), '-shop', 'job'),
+    (('job',), 'j' * 129, 'job'),
+    (('job',), 5, 'job'),
+    (('checkpoints',), {'url': 'not a url'}, 'checkpoints.url'),
+    (('checkpoints',), {'url': 5}, 'checkpoints.url'),
+    (('checkpoints',), {'path': 'c.db'}, 'checkpoints'),
+    (('checkpoints',), 'sqlite:///c.db', 'checkpoints'),
+]
+
+
+def changed_kinesis(path, value):
+    raw = copy.deepcopy(KINESIS)
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize('path, value, key', KINESIS_CASES, ids=lambda v: repr(v)[:40])
+def test_kinesis_config_error_names_the_key_through_the_cli(tmp_path, capsys, path, value, key):
+    config = write(tmp_path, changed_kinesis(path, value))
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(config))
+    assert str(raised.value).startswith(f'{key}:'), str(raised.value)
+    code, err = run_cli(config, capsys)
+    assert code == 2 and err.startswith(f'changeflow: bad configuration: {key}:'), err
+
+
+def test_an_archive_source_keeps_no_checkpoints(tmp_path):
+    with pytest.raises(ConfigError, match="^checkpoints: only a stream source"):
+        load_config(str(write(tmp_path, changed(('checkpoints',), {'url': 'sqlite:///c.db'}))))
+
+
+def test_a_kinesis_source_defaults_to_the_config_file_for_job_and_checkpoints(tmp_path):
+    config = load_config(str(write(tmp_path, KINESIS)))
+    assert config.source == KinesisSourceConfig(
+        'kinesis', 'cloudwatch-audit', 'shop-audit', 'eu-west-1', 'http://127.0.0.1:4567',
+        Start('trim_horizon'))
+    assert config.job == 'job'
+    assert config.checkpoints_url == f'sqlite:///{tmp_path}/job.checkpoints.db'
+
+
+def test_a_kinesis_source_by_arn_with_its_own_job_and_store(tmp_path):
+    raw = {**KINESIS, 'source': {'type': 'kinesis', 'stream_arn': ARN, 'format': 'cloudwatch-audit',
+                                 'start': {'at_timestamp': '2026-12-01T10:00:00Z'}},
+           'job': 'shop-sync', 'checkpoints': {'url': 'sqlite:///state/c.db'}}
+    config = load_config(str(write(tmp_path, raw)))
+    assert (config.source.stream, config.source.name, config.source.region) == (
+        ARN, 'shop-audit', 'eu-west-1')
+    assert config.source.start == Start('at_timestamp', 1796119200000)
+    assert (config.job, config.checkpoints_url) == ('shop-sync', f'sqlite:///{tmp_path}/state/c.db')
+    raw['job'] = 'other'
+    del raw['checkpoints']
+    assert load_config(str(write(tmp_path, raw))).checkpoints_url == (
+        f'sqlite:///{tmp_path}/other.checkpoints.db')
+
+
+def test_a_kinesis_source_needs_a_job_name_the_file_name_cannot_give(tmp_path):
+    path = tmp_path / 'shop job.yaml'
+    path.write_text(yaml.safe_dump(KINESIS))
+    with pytest.raises(ConfigError, match='^job: a stream source needs a job name'):
+        load_config(str(path))
+    raw = {**KINESIS, 'job': 'shop'}
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(str(path)).job == 'shop'

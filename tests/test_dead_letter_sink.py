@@ -12,10 +12,10 @@ import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from changeflow.io.dead_letter import WriteDeadLetters, read_dead_letters
+from changeflow.io.dead_letter import BY_REASON_NAMESPACE, WriteDeadLetters, read_dead_letters
 from changeflow.io.json_records import iso_utc, json_value, parse_iso_utc
 from changeflow.metrics import counter_totals
-from changeflow.model import DEAD_LETTER_TAG, DeadLetter
+from changeflow.model import DEAD_LETTER_TAG, DeadLetter, dead_letter
 from tests.beam_helpers import local_pipeline
 
 NAME = re.compile(r'^dead-letter-[0-9a-f]{20}\.jsonl$')
@@ -84,6 +84,28 @@ def test_files_are_cut_and_unwritable_paths_return_the_letters(tmp_path):
     blocker.write_text('')
     counters = run(str(blocker), letters(), written=equal_to([]), failed=equal_to(letters()))
     assert counters == {'received': 3, 'dead_lettered': 3}
+
+
+def test_letters_written_are_counted_by_step_and_reason(tmp_path):
+    """Summed over files (two of at most two lines); letters not written are not counted."""
+    more = letters() + [letters()[0]._replace(position='audit.log#9')]
+    for path, wanted in ((tmp_path / 'ok', {'parse_audit/bad-line': 2, 'decode/bad-gzip': 1,
+                                           'sql/needs-lookup': 1}),
+                         (tmp_path / 'a-file', {})):
+        if path.name == 'a-file':
+            path.write_text('')
+        p = local_pipeline()
+        _ = p | beam.Create(more) | WriteDeadLetters(str(path), records_per_file=2)
+        outcome = p.run()
+        outcome.wait_until_finish()
+        assert counter_totals(outcome, BY_REASON_NAMESPACE) == wanted
+
+
+def test_a_url_password_in_a_detail_is_masked():
+    letter = dead_letter('write_database', 'database-error',
+                         "cannot reach mysql+pymysql://cf:s3cr3t@db:3306/shop: refused", b'x', 'p')
+    assert letter.detail == 'cannot reach mysql+pymysql://cf:***@db:3306/shop: refused'
+    assert letter.original == b'x'
 
 
 def test_s3_round_trip(aws_env):

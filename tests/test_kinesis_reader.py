@@ -59,6 +59,12 @@ def put(kinesis, stream, keys, rounds, tag='r'):
             {'Data': f'{tag}:{k}:{n}'.encode(), 'PartitionKey': k} for k in keys])
 
 
+def next_second(margin):
+    """Sleep into the next whole second: moto 5.2 reads an AT_TIMESTAMP
+    ``Timestamp`` in whole seconds, cutting off its fraction."""
+    time.sleep(1 - time.time() % 1 + margin)
+
+
 def read_all(reader, stream, positions, start=Start()):
     batches = list(reader.read_to_tip(stream, positions, start))
     for b in batches:
@@ -149,7 +155,7 @@ def test_latest_skips_what_came_before(moto, stream):
 
 def test_at_timestamp_starts_at_the_first_record_at_or_after_it(moto, stream):
     put(moto, stream, KEYS, 2, tag='before')
-    time.sleep(0.05)
+    next_second(margin=0.05)
     cut_ms = int(time.time() * 1000)
     time.sleep(0.05)
     put(moto, stream, KEYS, 2, tag='after')
@@ -481,3 +487,61 @@ def test_a_reshard_history_is_read_parents_first(kinesalite_endpoint):
     finished = {b.shard_id for b in batches if b.position.finished}
     assert finished == {root, low, low_high, high}
     assert set(next(b for b in batches if b.shard_id == merged).position.parents) == {low_high, high}
+
+
+class _ClosingLate:
+    """A closed parent that answers an empty page with an iterator and no lag
+    before its end, as kinesalite does when the shard closed over a second
+    after its last record, and an open child holding one record."""
+
+    def __init__(self):
+        self.parent_pages = [{'Records': [], 'NextShardIterator': 'parent', 'MillisBehindLatest': 0},
+                             {'Records': [], 'MillisBehindLatest': 1200}]
+
+    def list_shards(self, **kwargs):
+        return {'Shards': [
+            {'ShardId': 'shardId-0', 'SequenceNumberRange': {
+                'StartingSequenceNumber': '1', 'EndingSequenceNumber': '9'}},
+            {'ShardId': 'shardId-1', 'ParentShardId': 'shardId-0',
+             'SequenceNumberRange': {'StartingSequenceNumber': '10'}}]}
+
+    def get_shard_iterator(self, ShardId, **kwargs):
+        return {'ShardIterator': 'parent' if ShardId == 'shardId-0' else 'child'}
+
+    def get_records(self, ShardIterator, **kwargs):
+        if ShardIterator == 'parent':
+            return self.parent_pages.pop(0)
+        if ShardIterator == 'child':
+            return {'Records': [{'SequenceNumber': '11', 'Data': b'child'}],
+                    'NextShardIterator': 'child-tip', 'MillisBehindLatest': 0}
+        return {'Records': [], 'NextShardIterator': 'child-tip', 'MillisBehindLatest': 0}
+
+
+def test_a_closed_shard_is_read_past_empty_pages_to_its_end():
+    clock = FakeClock()
+    reader = KinesisShardReader(_ClosingLate(), clock=clock, sleep=clock.sleep)
+    positions = {'shardId-0': ShardPosition('5')}
+    records, batches = read_all(reader, 's', positions)
+    assert [r.data for r in records] == [b'child']
+    assert positions['shardId-0'].finished and batches[0].shard_id == 'shardId-0'
+
+
+class _NeverEnding:
+    """A closed shard whose pages stay empty and never end (moto's, FACTS.md)."""
+
+    def list_shards(self, **kwargs):
+        return {'Shards': [{'ShardId': 'shardId-0', 'SequenceNumberRange': {
+            'StartingSequenceNumber': '1', 'EndingSequenceNumber': '9'}}]}
+
+    def get_shard_iterator(self, **kwargs):
+        return {'ShardIterator': 'it'}
+
+    def get_records(self, **kwargs):
+        return {'Records': [], 'NextShardIterator': 'it', 'MillisBehindLatest': 0}
+
+
+def test_a_closed_shard_that_never_ends_fails_loudly():
+    clock = FakeClock()
+    reader = KinesisShardReader(_NeverEnding(), clock=clock, sleep=clock.sleep)
+    with pytest.raises(ReadError, match='closed, but 1001 GetRecords calls'):
+        read_all(reader, 's', {})

@@ -1,6 +1,7 @@
 """Literal masking: statement shapes and literal values, as MySQL/MariaDB read them."""
 
 import os
+import random
 import subprocess
 import sys
 
@@ -9,8 +10,10 @@ import pytest
 from changeflow.config import TableSpec
 from changeflow.model import OpKind
 from changeflow.sql.errors import SqlChangeError
-from changeflow.sql.literals import MARKER, HexLiteral, mask_literals, unwrap_executable_comments
+from changeflow.sql.literals import (MARKER, HexLiteral, KnownShapes, mask_literals,
+                                     unwrap_executable_comments)
 from changeflow.sql.plans import StatementTranslator
+from changeflow.transforms.transactions import SessionState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES = TableSpec('shop.notes2', ('id',), 'notes2', (
@@ -227,3 +230,121 @@ def test_writes_inside_executable_comments_translate():
     assert change.key == (3,) and change.kind == OpKind.INSERT
     assert translator.translate("/*!99999 INSERT INTO notes2 (id) VALUES (4) */ SELECT 1",
                                 'shop').skipped == 'read'
+
+
+# Known shapes: a statement matched by the regex of a shape seen before masks as
+# the general scan does. Statements are frames (text with literal slots, the text
+# before a slot drawn from the contexts that change how a literal reads) filled
+# with literals of every kind, so a frame learnt from plain literals is matched
+# against the same text with literals that read differently.
+
+_BEFORE = ['UPDATE t SET a = ', '(', ', ', ' = ', '+', '-', '--', '/', '\n', '.', 't.', 'x', 'X',
+           'b', 'B', 'N', 'n', 'abc', 'é', '$', '0', '1e', '@', '?', 'date ', 'DATE', 'Time  ',
+           'timestamp\t', 'time', 'updated ', '_utf8mb4 ', '_binary', '_foo ', '`d`', '`a\'b` ',
+           'LIKE ', 'IN (', '"x" ', '#c\n', '-- c\n', '/* c */', "'s' ", 'WHERE id IN (',
+           '/*!40101 SET a = ', '/*M! ']
+_AFTER = ['', ' ', ',', ')', '.', 'e3', 'abc', "'", ' /', "  'z'", ' WHERE id = ', '$', '٣',
+          ' -- x', ' #', '/2', '-1', ' AND b = ', ' */', '*/']
+_LITERALS = ['0', '5', '42', '1234567890123456789012345', '٣', "'x'", "''", "'it''s'",
+             "'a\\'b'", "'C:\\\\'", "'2024-01-01'", "'41'", "'101'", "'10:00'", "'/*'", "'*/'",
+             "'#'", "'--'", "'x' 'y'", "'é'", '1.5', '.5', '1e3', '5.', '0x41', "x'41'", "b'1'",
+             '0b1', "N'x'", "_utf8'x'", "DATE '2024-01-01'", '"dq"', 'NULL', "'open", '12abc',
+             "'/*!40101 x */'", "'*/ /*!'"]
+
+
+def _frames(rng, count):
+    return [[rng.choice(_BEFORE) for _ in range(rng.randint(1, 3))] + [rng.choice(_AFTER)]
+            for _ in range(count)]
+
+
+def _fill(rng, frame, plain):
+    literals = (['7', '123', "'plain'", "'with \\' escape'", "'doubled '' quote'"] if plain
+                else _LITERALS)
+    return ''.join(before + rng.choice(literals) for before in frame[:-1]) + frame[-1]
+
+
+def _masked(sql):
+    try:
+        shape, params = mask_literals(sql)
+    except (SqlChangeError, ValueError) as error:  # ValueError: x'..' of odd length
+        return repr(error)
+    return shape, [(type(value), value) for value in params]
+
+
+def test_known_shapes_mask_statements_as_the_general_scan_does():
+    rng = random.Random(20261201)
+    known = KnownShapes(max_shapes=100_000)
+    frames = _frames(rng, 400)
+    matched = 0
+    for round_ in range(40):
+        for frame in frames:
+            sql = _fill(rng, frame, plain=round_ % 4 == 0)
+            expected = _masked(sql)
+            found = known.match(sql)
+            if found is not None:
+                matched += 1
+                assert (found[0], [(type(v), v) for v in found[1]]) == expected, sql
+            elif not isinstance(expected, str):
+                known.learn(sql, *mask_literals(sql))
+    assert matched > 1_000  # the known shapes were used, not only learnt
+
+
+def test_known_shapes_match_only_their_own_statements():
+    known = KnownShapes(max_shapes=10)
+    for sql in ["UPDATE t SET a = 'x', b = 1 WHERE id = 2", "INSERT INTO t VALUES ('a\\'b', 3)",
+                "UPDATE t SET d = date 'a\\'b' WHERE id = 1", "UPDATE t SET a = 1 /* c */"]:
+        known.learn(sql, *mask_literals(sql))
+    assert known.match("UPDATE t SET a = 'it''s', b = 10 WHERE id = 20") == (
+        'UPDATE t SET a = \0, b = \0 WHERE id = \0', ["it's", 10, 20])
+    assert known.match("INSERT INTO t VALUES ('\\n', 4)") == ('INSERT INTO t VALUES (\0, \0)',
+                                                              ['\n', 4])
+    for sql in ["UPDATE t SET a = 'x' 'y', b = 1 WHERE id = 2",  # adjacent strings: one literal
+                "UPDATE t SET a = 'x', b = 1.5 WHERE id = 2",  # a decimal
+                "UPDATE t SET a = 'x', b = 1 WHERE id = 2 /* c */",
+                "UPDATE t SET d = date '2024-01-01' WHERE id = 1",  # date '..' was never learnt
+                'UPDATE t SET a = 2 /* c */']:  # a comment in the model: not learnt
+        assert known.match(sql) is None, sql
+
+
+def test_shapes_of_tables_and_columns_named_with_digits_are_all_kept():
+    """Statements are grouped by their text before the first literal; a digit
+    inside a name (t1, col2) does not end that text, or all of them would share
+    one group, and most go back to the general scan."""
+    known = KnownShapes(max_shapes=1_000)
+    statements = [f"UPDATE t{i} SET col{i} = 'x' WHERE id = 1" for i in range(30)]
+    for sql in statements:
+        known.learn(sql, *mask_literals(sql))
+    assert all(known.match(sql.replace("'x'", "'y'")) == (mask_literals(sql)[0], ['y', 1])
+               for sql in statements)
+
+
+def test_translations_are_the_same_with_or_without_known_shapes():
+    """Through the translator, sql_mode included: NO_BACKSLASH_ESCAPES and
+    ANSI_QUOTES statements take the general scan."""
+    rng = random.Random(7)
+    spec = TableSpec('shop.notes2', ('id',), 'notes2', (
+        ('id', 'integer'), ('note2', 'text'), ('utf8mb4', 'text'), ('n', 'integer')))
+    fast, general = StatementTranslator([spec]), StatementTranslator([spec])
+    general._known_shapes.match = lambda sql: None
+    matched = []
+    match = fast._known_shapes.match
+    fast._known_shapes.match = lambda sql: matched.append(match(sql)) or matched[-1]
+    statements = [
+        "INSERT INTO notes2 (id, note2) VALUES ({i}, {s}) ON DUPLICATE KEY UPDATE n = n + {i}",
+        'UPDATE notes2 SET note2 = {s}, n = {i} WHERE id = {i}',
+        'UPDATE notes2 SET "note2" = {s} WHERE id IN ({i}, {i})',
+        'DELETE FROM notes2 WHERE id = {s} AND n = {i}']
+    strings = ["'a'", "'it''s'", "'C:\\\\'", "'\\\\'", "'x\\'y'", '"dq"', "'a\\\\'"]
+    modes = [None, '', 'NO_BACKSLASH_ESCAPES', 'ANSI_QUOTES']
+    for _ in range(2_000):
+        sql = rng.choice(statements).format(i=rng.randrange(100), s=rng.choice(strings))
+        session = rng.choice(modes)
+        session = None if session is None else SessionState(sql_mode=session)
+        results = []
+        for translator in (fast, general):
+            try:
+                results.append(translator.translate(sql, 'shop', session))
+            except SqlChangeError as error:
+                results.append((error.reason, error.detail, error.table, error.keys))
+        assert results[0] == results[1], sql
+    assert sum(found is not None for found in matched) > 500

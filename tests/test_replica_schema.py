@@ -79,3 +79,65 @@ def test_a_step_already_on_the_replica_is_not_applied_twice(sqlite_url, table_pr
         assert apply_steps(engine, make_timeline(prefix, DDL[:1]), 'cf_') == 0
     finally:
         engine.dispose()
+
+
+def test_an_unreachable_replica_does_not_stop_a_job_that_follows_ddl(tmp_path):
+    """The DDL step cannot reach the replica: the database branch dead-letters
+    its changes as the outage's, the job completes and the other sinks write."""
+    import collections
+    import os
+    import socket
+
+    import yaml
+
+    import real_traffic
+    from changeflow.io.dead_letter import read_dead_letters
+    from changeflow.pipelines import audit_sync
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    config = real_traffic.write_job(os.path.join(real_traffic.APP, 'ddl'), str(tmp_path),
+                                    'job-schema.yaml')
+    with open(config, encoding='utf-8') as f:
+        raw = yaml.safe_load(f)
+    raw['sinks'] = {'database': {'url': f'postgresql+psycopg2://cf@127.0.0.1:{port}/test'},
+                    'notify': [{'to': f'file:{tmp_path}/notes.jsonl'}]}
+    with open(config, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(raw, f)
+    audit_sync.run(['--config', config])
+    reasons = collections.Counter(letter.reason for letter in read_dead_letters(
+        str(tmp_path / 'dead-letter')) if letter.step == 'write_database')
+    assert set(reasons) <= {'sink-unavailable', 'database-error'} and reasons
+    assert (tmp_path / 'notes.jsonl').read_text().count('\n') > 100
+
+
+def test_parquet_and_notifications_follow_ddl_too(tmp_path):
+    """After RENAME TABLE, ADD/DROP/RENAME COLUMN and DROP + CREATE, the change
+    logs take the tables' new specs from the timeline: nothing is refused as
+    an unknown table or column, and the renamed table's rows are backed up
+    under its new name."""
+    import os
+
+    import pyarrow.dataset as ds
+    import yaml
+
+    import real_traffic
+    from changeflow.io.dead_letter import read_dead_letters
+    from changeflow.pipelines import audit_sync
+
+    config = real_traffic.write_job(os.path.join(real_traffic.APP, 'ddl'), str(tmp_path),
+                                    'job-schema.yaml')
+    with open(config, encoding='utf-8') as f:
+        raw = yaml.safe_load(f)
+    raw['sinks'].update({'parquet': {'path': str(tmp_path / 'backup')},
+                         'notify': [{'to': f'file:{tmp_path}/notes.jsonl'}]})
+    with open(config, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(raw, f)
+    audit_sync.run(['--config', config])
+    assert list(read_dead_letters(str(tmp_path / 'dead-letter'))) == []
+    animals = ds.dataset(str(tmp_path / 'backup' / 'table=animals'), format='parquet').to_table()
+    assert 'species' in animals.column_names and animals.num_rows >= 39
+    people = ds.dataset(str(tmp_path / 'backup' / 'table=people'), format='parquet').to_table()
+    assert 'full_name' in people.column_names and 'age' not in people.column_names
+    assert '"table":"cf_app_ddl.animals"' in (tmp_path / 'notes.jsonl').read_text()

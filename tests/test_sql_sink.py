@@ -14,6 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import TableSpec
 from changeflow.sql.expressions import col, lit
+from changeflow.io import sql
 from changeflow.io.sql import WriteToDatabase
 from changeflow.metrics import counter_totals
 from changeflow.model import Change, OpKind, RowOp, audit_version
@@ -425,6 +426,85 @@ def test_an_unreachable_database_dead_letters_the_changes_and_the_pipeline_finis
               ('database-error', 'audit.log#2', 'OperationalError')])
     assert counters['batch_retries'] >= 1
     assert counters['changes_dead_lettered'] == 2
+
+
+def _orders_inserts(count):
+    spec = TableSpec(ORDERS_SOURCE, ('id',), 'orders', (('id', 'integer'), ('note', 'text')))
+    return spec, [change((n,), op(OpKind.INSERT, n, id=n)) for n in range(1, count + 1)]
+
+
+def test_a_database_that_stays_unreachable_opens_the_circuit():
+    """Three batches in a row cannot reach the database (each retried): the
+    rest are dead-lettered untried, saying why, without the URL's password."""
+    spec, changes = _orders_inserts(8)
+    url = f'postgresql+psycopg2://cf:s3cr3t@127.0.0.1:{_closed_port()}/test'
+    tried = [('database-error', f'audit.log#{n}', 'Connection refused') for n in (1, 2, 3)]
+    untried = [('sink-unavailable', f'audit.log#{n}',
+                'not tried: 3 batches in a row could not reach postgresql+psycopg2://cf:***@')
+               for n in range(4, 9)]
+    counters = run_sink(url, changes, [spec], dead=tried + untried, max_retries=2,
+                        batch_size=1, num_shards=1)
+    assert {name: counters[name] for name in (
+        'batches_unreachable', 'batch_retries', 'circuit_opened', 'batches_not_tried',
+        'changes_dead_lettered')} == {
+        'batches_unreachable': 3, 'batch_retries': 6, 'circuit_opened': 1,
+        'batches_not_tried': 5, 'changes_dead_lettered': 8}
+
+
+def test_once_open_time_is_over_each_batch_probes_the_database_without_retries(monkeypatch):
+    monkeypatch.setattr(sql, '_CIRCUIT_OPEN_SECS', 0.0)
+    spec, changes = _orders_inserts(6)
+    url = f'postgresql+psycopg2://cf@127.0.0.1:{_closed_port()}/test'
+    counters = run_sink(url, changes, [spec], max_retries=2, batch_size=1, num_shards=1, dead=[
+        ('database-error', f'audit.log#{n}', 'Connection refused') for n in range(1, 7)])
+    assert (counters['batches_unreachable'], counters['batch_retries'],
+            counters['circuit_opened'], counters.get('batches_not_tried', 0)) == (6, 6, 1, 0)
+
+
+class _Clock:
+    """time for the sink: monotonic() as set, sleep() returns at once."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, _):
+        pass
+
+
+def test_the_circuit_closes_when_a_probe_reaches_the_database(tmp_path, monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(sql, 'time', clock)
+    folder = tmp_path / 'replica'
+    folder.write_text('')  # a file where the database's folder goes: sqlite cannot open it
+    spec, changes = _orders_inserts(11)
+    writer = sql._DatabaseWriter(f'sqlite:///{folder}/replica.db', [spec], batch_size=1,
+                                 max_retries=1, bookkeeping_prefix='cf_')
+    writer.setup()
+
+    def write(n):
+        outcome = writer._write([sql._Item(changes[n - 1], None, None)])
+        return [reason for _, reason, _ in outcome.dead] or ['applied'] * len(outcome.applied)
+
+    assert [write(n) for n in (1, 2, 3)] == [['database-error']] * 3
+    assert write(4) == ['sink-unavailable']
+    folder.unlink()
+    folder.mkdir()  # the database is back, but the circuit is open
+    clock.now = sql._CIRCUIT_OPEN_SECS - 1
+    assert write(5) == ['sink-unavailable']
+    clock.now = sql._CIRCUIT_OPEN_SECS
+    assert [write(6), write(7)] == [['applied'], ['applied']]
+    writer._engine.dispose()
+    folder.rename(tmp_path / 'kept')
+    folder.write_text('')  # gone again: it takes three batches in a row anew to open
+    assert [write(n) for n in (8, 9, 10, 11)] == [['database-error']] * 3 + [['sink-unavailable']]
+    writer.teardown()
+    engine = sa.create_engine(f'sqlite:///{tmp_path}/kept/replica.db')
+    with engine.connect() as conn:
+        assert conn.execute(sa.text('SELECT id FROM orders ORDER BY id')).all() == [(6,), (7,)]
+    engine.dispose()
 
 
 def test_a_missing_reflected_table_fails_setup_naming_table_and_url(sqlite_url):

@@ -79,6 +79,11 @@ def test_duplicate_delivery_is_dropped():
     assert len(tracker.feed(event)) == 1
     assert tracker.feed(event) == []
     assert tracker.counts['duplicates'] == 1
+    # After a server restart query ids start again: the same id and text at
+    # another time is another statement, not a redelivery.
+    later = event._replace(timestamp_us=event.timestamp_us + 3_600_000_000)
+    assert len(tracker.feed(later)) == 1
+    assert tracker.counts['duplicates'] == 1
 
 
 def test_classify_statement():

@@ -35,7 +35,7 @@ from changeflow.io.json_records import loads_json, parse_iso_utc
 from changeflow.model import DeadLetter, dead_letter
 
 __all__ = ['ExportFile', 'ExportSummary', 'ExportError', 'read_summary', 'export_records',
-           'STEP']
+           'data_file_items', 'STEP']
 
 STEP = 'read_dynamodb_export'
 
@@ -149,23 +149,38 @@ def export_records(location: str, key_names: Sequence[str], s3=None,
     """
     store = _Store(s3, endpoint_url)
     summary = _read_summary(store, _summary_location(location))
-    version = export_version(summary.export_time_us)
     for data_file in summary.files:
-        data = store.read(data_file.location)
-        if data_file.md5 is not None and base64.b64encode(
-                hashlib.md5(data).digest()).decode('ascii') != data_file.md5:
-            raise ExportError(f'{data_file.location}: MD5 differs from the manifest\'s '
-                              f'{data_file.md5}: the file is damaged or incomplete')
-        lines = [line for line in gzip.decompress(data).split(b'\n') if line.strip()]
-        if len(lines) != data_file.item_count:
-            raise ExportError(f'{data_file.location}: {len(lines)} items, the manifest says '
-                              f'{data_file.item_count}')
-        for number, line in enumerate(lines, 1):
-            position = f'{data_file.location}#{number}'
-            try:
-                yield _item_record(line, summary, key_names, version, position)
-            except BadRecord as e:
-                yield dead_letter(STEP, e.reason, e.detail, line, position)
+        for _, record in _file_items(store, summary, data_file, key_names):
+            yield record
+
+
+def data_file_items(summary: ExportSummary, data_file: ExportFile, key_names: Sequence[str],
+                    s3=None, endpoint_url: Optional[str] = None
+                    ) -> Iterator[Tuple[bytes, Union[StreamRecord, DeadLetter]]]:
+    """(line, INSERT StreamRecord or DeadLetter) per item of one data file of
+    ``summary`` (:func:`read_summary`), so that files can be read in
+    parallel. Raises :class:`ExportError` before yielding anything when the
+    file does not match its manifest."""
+    yield from _file_items(_Store(s3, endpoint_url), summary, data_file, key_names)
+
+
+def _file_items(store: _Store, summary: ExportSummary, data_file: ExportFile, key_names):
+    version = export_version(summary.export_time_us)
+    data = store.read(data_file.location)
+    if data_file.md5 is not None and base64.b64encode(
+            hashlib.md5(data).digest()).decode('ascii') != data_file.md5:
+        raise ExportError(f'{data_file.location}: MD5 differs from the manifest\'s '
+                          f'{data_file.md5}: the file is damaged or incomplete')
+    lines = [line for line in gzip.decompress(data).split(b'\n') if line.strip()]
+    if len(lines) != data_file.item_count:
+        raise ExportError(f'{data_file.location}: {len(lines)} items, the manifest says '
+                          f'{data_file.item_count}')
+    for number, line in enumerate(lines, 1):
+        position = f'{data_file.location}#{number}'
+        try:
+            yield line, _item_record(line, summary, key_names, version, position)
+        except BadRecord as e:
+            yield line, dead_letter(STEP, e.reason, e.detail, line, position)
 
 
 def _item_record(line: bytes, summary: ExportSummary, key_names, version: str,

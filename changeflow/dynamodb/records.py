@@ -66,6 +66,7 @@ from changeflow.model import (
 
 __all__ = ['EventName', 'StreamViewType', 'DynamoSet', 'DynamoMap', 'StreamRecord', 'BadRecord',
            'attribute_value', 'item', 'table_from_arn', 'dynamodb_version', 'export_version',
+           'is_export_version',
            'decode_record', 'decode_source_record', 'to_change', 'json_ready',
            'STEP', 'MAX_DIGITS']
 
@@ -344,6 +345,16 @@ def export_version(export_time_us: int) -> str:
     return f'{export_time_us // 1_000_000 * 1_000_000:017d}.{0:0{_SEQUENCE_DIGITS}d}'
 
 
+def is_export_version(version: str) -> bool:
+    """Whether a version is an export's (:func:`export_version`): the item
+    was in the table's initial state, no stream record changed it (no
+    stream record has sequence number 0)."""
+    return version.endswith(_EXPORT_SEQUENCE)
+
+
+_EXPORT_SEQUENCE = '.' + '0' * _SEQUENCE_DIGITS
+
+
 def _field(mapping: Mapping, name: str, types, where: str):
     value = mapping.get(name)
     if not isinstance(value, types):
@@ -450,13 +461,16 @@ def _records_of(document) -> List[Mapping]:
     return [document]
 
 
-def decode_source_record(source: SourceRecord, table: Optional[str] = None
-                         ) -> Iterator[Union[StreamRecord, DeadLetter]]:
+def decode_source_record(source: SourceRecord, table: Optional[str] = None,
+                         kinesis: bool = True) -> Iterator[Union[StreamRecord, DeadLetter]]:
     """The stream records in one SourceRecord's JSON, each decoded or dead-lettered.
 
     ``source.data`` holds one stream record (a line of a ``dynamodb-jsonl``
     archive, a record of the streams reader, a Kinesis destination record)
-    or a Lambda event ``{"Records": [...]}``. A record that fails becomes a
+    or a Lambda event ``{"Records": [...]}``. ``kinesis``: ``source.sequence``
+    is a Kinesis sequence number, which a Kinesis destination record needs
+    as its own; False for files, whose ``sequence`` is a line number (a
+    Kinesis destination record there is a 'bad-record'). A record that fails becomes a
     DeadLetter (step ``decode_dynamodb``) without taking the others with it;
     its ``original`` is the whole input when it holds one record, else that
     record's JSON.
@@ -472,7 +486,7 @@ def decode_source_record(source: SourceRecord, table: Optional[str] = None
     for index, record in enumerate(records):
         position = source.position if single else f'{source.position}@{index}'
         try:
-            yield decode_record(record, table, position, source.sequence)
+            yield decode_record(record, table, position, source.sequence if kinesis else None)
         except BadRecord as e:
             original = source.data if single else dumps_json(record)
             yield dead_letter(STEP, e.reason, e.detail, original, position)
@@ -505,10 +519,17 @@ def json_ready(value, nested: bool = False) -> Any:
     return value
 
 
-def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change]:
+def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> Optional[Change]:
     """The record as one Change for the replica, or None for a no-op MODIFY.
 
-    ``key_names``: the table's key attributes in key order (hash, then range).
+    ``key_names``: the table's key attributes in key order (hash, then range);
+    a record whose Keys name other attributes as well belongs to a table
+    keyed otherwise ('key-mismatch': its changes would merge distinct items).
+    ``columns``: the table's declared columns, a
+    :class:`changeflow.dynamodb.columns.ItemColumns`: the new image must fit
+    them (else :class:`~changeflow.dynamodb.columns.ItemMismatch`, carrying
+    the row's ``key``), and the values are theirs; None: every attribute as
+    :func:`json_ready` gives it.
     Number keys become ints when integral, else their exact text: Beam's
     deterministic coder cannot encode a Decimal in a GroupByKey key (the
     job would fail), and Decimal('1') and Decimal('1.0') are one DynamoDB
@@ -519,10 +540,14 @@ def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change
     DIVERGE op: the row is no longer known to equal the table.
 
     Raises:
-        BadRecord: 'missing-key' when a key attribute is not in the record's Keys.
+        BadRecord: 'missing-key' when a key attribute is not in the record's
+        Keys, 'key-mismatch' when the Keys hold others.
     """
     if record.no_op:
         return None
+    if len(record.keys) > len(key_names):
+        raise BadRecord('key-mismatch', f'Keys {list(record.keys.names())} name attributes '
+                                        f'beyond the configured key {list(key_names)}')
     key = []
     for name in key_names:
         value = record.keys.get(name, _MISSING)
@@ -533,9 +558,15 @@ def to_change(record: StreamRecord, key_names: Sequence[str]) -> Optional[Change
     if record.event is EventName.REMOVE:
         op = RowOp(OpKind.DELETE, record.version, position=record.position)
     elif record.new_image is not None:
-        op = RowOp(OpKind.REPLACE, record.version,
-                   tuple((name, json_ready(v)) for name, v in record.new_image),
-                   position=record.position)
+        if columns is None:
+            values = tuple((name, json_ready(v)) for name, v in record.new_image)
+        else:
+            try:
+                values = columns.values(record.new_image)
+            except BadRecord as e:
+                e.key = tuple(key)
+                raise
+        op = RowOp(OpKind.REPLACE, record.version, values, position=record.position)
     else:
         view = record.view_type.value if record.view_type else 'unknown'
         op = diverge_op(record.version, 'no-new-image',

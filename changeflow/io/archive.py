@@ -1,7 +1,7 @@
-"""Read archived audit logs, for backfills and local runs.
+"""Read archived audit logs and DynamoDB stream records, for backfills and local runs.
 
-Three archive formats, each a file or glob on any Beam filesystem (local,
-``s3://`` with Beam's ``S3Options``, ...):
+Archive formats, each a file or glob on any Beam filesystem (local,
+``s3://`` with Beam's ``S3Options``, ...). Audit logs:
 
 * ``kinesis-jsonl``: one Kinesis record per line as ``aws kinesis get-records``
   prints it (``Data`` base64, ``SequenceNumber``, ``PartitionKey``,
@@ -13,6 +13,18 @@ Three archive formats, each a file or glob on any Beam filesystem (local,
   member's *compressed* bytes, exactly what Kinesis would have carried.
 * ``server-audit``: a server_audit.log as the plugin writes it -> LogEvent per
   line (no decode step).
+
+DynamoDB stream records (decoded by :mod:`changeflow.dynamodb.records`):
+
+* ``dynamodb-jsonl``: one stream record per line in the Lambda shape (what
+  :mod:`changeflow.io.dynamodb_streams` emits), or one Lambda event
+  ``{"Records": [...]}`` per line -> SourceRecord per line, ``sequence`` its
+  line number.
+* ``lambda-event``: one Lambda event per file, formatted in any way ->
+  SourceRecord per file.
+* ``kinesis-destination``: DynamoDB's Kinesis streaming destination, as
+  ``kinesis-jsonl`` lines (``Data``: the record's JSON) -> SourceRecord per
+  Kinesis record, ``sequence`` its Kinesis sequence number.
 
 Files are read whole by one worker each (they are not split); a Reshuffle
 spreads the files.
@@ -50,7 +62,8 @@ from changeflow.transforms.guard import guarded, internal_error, preview
 
 __all__ = ['ReadArchive', 'FORMATS', 'MAX_OBJECT_BYTES']
 
-FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit')
+FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit',
+           'dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
 
 _STEP = 'read_archive'
 _MEMBER_START = GZIP_MAGIC + b'\x08'  # gzip magic + deflate, what every member starts with
@@ -360,19 +373,36 @@ class _ReadFirehoseFn(_ReadFileFn):
                 yield SourceRecord(data[start:end], path, '', sequence, 0)
 
 
+class _ReadJsonLinesFn(_ReadFileFn):
+    """Each non-blank line as it is: the decoder dead-letters what is not JSON."""
+
+    def _read(self, path, readable):
+        for lineno, line in _lines(readable):
+            if line.strip():
+                yield SourceRecord(line, path, '', str(lineno), 0)
+
+
+class _ReadWholeFileFn(_ReadFileFn):
+    def _read(self, path, readable):
+        with readable.open(mime_type='application/octet-stream',
+                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            yield SourceRecord(f.read(), path, '', '1', 0)
+
+
 _READERS = {'kinesis-jsonl': _ReadKinesisJsonlFn, 'firehose': _ReadFirehoseFn,
-            'server-audit': _ReadServerAuditFn}
+            'server-audit': _ReadServerAuditFn, 'dynamodb-jsonl': _ReadJsonLinesFn,
+            'lambda-event': _ReadWholeFileFn, 'kinesis-destination': _ReadKinesisJsonlFn}
 
 
 class ReadArchive(beam.PTransform):
-    """Read archived audit logs: ``p | ReadArchive(fmt, path)``.
+    """Read archived audit logs or stream records: ``p | ReadArchive(fmt, path)``.
 
     Args:
         fmt: one of FORMATS (see the module docstring).
         path: a file or glob; a glob may match nothing, a plain path must exist.
 
     Returns a DoOutputsTuple: the main output (tag ``ReadArchive.MAIN``:
-    SourceRecord for 'kinesis-jsonl' and 'firehose', LogEvent for
+    SourceRecord for every format but 'server-audit', LogEvent for
     'server-audit', or tuples of ``lines_per_element`` LogEvents when given) and DEAD_LETTER_TAG: DeadLetter(step='read_archive') for a
     line that is not JSON, bad base64, a corrupt gzip stretch, a line that is
     not UTF-8. A bad line or member never fails the pipeline nor loses the

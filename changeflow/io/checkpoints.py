@@ -13,6 +13,10 @@ Two tables (prefix ``changeflow_`` configurable):
 * ``changeflow_checkpoint_state(job, stream, state, updated_us)``: one opaque
   JSON value per (job, stream) that the caller persists with the positions
   (the per-connection state of a catch-up cycle: its open transactions).
+* ``changeflow_stream_start(job, stream, start_ms)``: when the job first read
+  the stream (:meth:`CheckpointStore.start_time_ms`), so a reader starting at
+  the newest records starts at the same point in every cycle, also on shards
+  that received nothing before their first checkpoint.
 
 :meth:`CheckpointStore.commit` writes the positions and the state in one
 transaction, so they always describe the same cycle. Commit only after every
@@ -87,6 +91,11 @@ class CheckpointStore:
             sa.Column('stream', sa.String(400), primary_key=True),
             sa.Column('state', _LONG_TEXT, nullable=False),
             sa.Column('updated_us', sa.BigInteger, nullable=False))
+        self.starts = sa.Table(
+            f'{prefix}stream_start', metadata,
+            sa.Column('job', sa.String(128), primary_key=True),
+            sa.Column('stream', sa.String(400), primary_key=True),
+            sa.Column('start_ms', sa.BigInteger, nullable=False))
         self._metadata = metadata
         self._created = False
 
@@ -110,6 +119,29 @@ class CheckpointStore:
                 self.states.c.job == job, self.states.c.stream == stream)).scalar()
         return Checkpoint({r.shard: _position(r) for r in rows},
                           None if state is None else json.loads(state))
+
+    def start_time_ms(self, job: str, stream: str, now_ms: int) -> int:
+        """The time (epoch ms) the job first read the stream: ``now_ms`` at the
+        first call, stored at once, and the stored time ever after.
+
+        Stored before the cycle's sinks commit: it names where the job starts,
+        not how far it got, so a cycle that crashes starts again at the same time.
+        """
+        self._create()
+        try:
+            return self._start_time_ms(job, stream, now_ms)
+        except sa_exc.IntegrityError:  # a concurrent first call stored its time first
+            return self._start_time_ms(job, stream, now_ms)
+
+    def _start_time_ms(self, job, stream, now_ms):
+        with self.engine.begin() as connection:
+            stored = connection.execute(sa.select(self.starts.c.start_ms).where(
+                self.starts.c.job == job, self.starts.c.stream == stream)).scalar()
+            if stored is not None:
+                return stored
+            connection.execute(self.starts.insert().values(job=job, stream=stream,
+                                                           start_ms=now_ms))
+        return now_ms
 
     def commit(self, job: str, stream: str, positions: Mapping[str, ShardPosition],
                state: Any = None) -> None:

@@ -24,6 +24,7 @@ single key: dead letters are expected to be rare).
 """
 
 import base64
+import collections
 import hashlib
 import logging
 from typing import Iterator, List
@@ -38,10 +39,11 @@ from changeflow.io.json_records import dumps_json, iso_utc, loads_json, parse_is
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter
 from changeflow.transforms.guard import guarded
 
-__all__ = ['WriteDeadLetters', 'read_dead_letters']
+__all__ = ['WriteDeadLetters', 'read_dead_letters', 'BY_REASON_NAMESPACE']
 
 _LOG = logging.getLogger(__name__)
 _STEP = 'write_dead_letters'
+BY_REASON_NAMESPACE = 'changeflow.dead_letters'  # counters 'step/reason' of the letters written
 
 
 def _identity(letter: DeadLetter) -> bytes:
@@ -94,6 +96,9 @@ class _WriteDeadLetterFilesFn(beam.DoFn):
                 continue
             self._written.inc(len(chunk))
             self._files_written.inc()
+            for (step, reason), count in collections.Counter(
+                    (letter.step, letter.reason) for letter in chunk).items():
+                Metrics.counter(BY_REASON_NAMESPACE, f'{step}/{reason}').inc(count)
             yield WrittenFile(path, len(chunk))
 
 
@@ -115,7 +120,9 @@ class WriteDeadLetters(beam.PTransform):
     Idempotence: a re-run over the same letters in the same windows rewrites
     the same files (see the module docstring); the letters' ``time`` in them is
     that of the re-run. Metrics (namespace ``changeflow.write_dead_letters``):
-    received, written, dead_lettered, files_written.
+    received, written, dead_lettered, files_written; and per step and reason
+    of the letters written, ``changeflow.dead_letters`` ``'step/reason'``
+    (e.g. ``'write_database/sink-unavailable'``).
 
     Example::
 

@@ -226,6 +226,10 @@ class DynamoDBStreamReader(KinesisShardReader):
     def _caught_up(records, millis_behind) -> bool:
         return not records
 
+    @staticmethod
+    def _records_args(stream: str) -> dict:
+        return {}   # DynamoDB Streams' GetRecords takes the iterator alone
+
     def _source_record(self, record: Mapping, source: str, shard_id: str) -> SourceRecord:
         created = record['dynamodb'].get('ApproximateCreationDateTime')
         arrival_ms = ((created - _EPOCH) // datetime.timedelta(milliseconds=1)

@@ -14,8 +14,10 @@ What it guarantees:
   read to their end, so each partition key's records come in order across
   splits and merges. Shards are re-listed whenever one finishes, so children
   created while reading are found.
-* Nothing is skipped: an expired iterator (``ExpiredIteratorException``, after
-  5 minutes) is renewed ``AFTER_SEQUENCE_NUMBER`` the last record read; a
+* Nothing is skipped: a closed shard is read until the service says it
+  ended, whatever empty pages come before; an expired iterator
+  (``ExpiredIteratorException``, after 5 minutes) is renewed
+  ``AFTER_SEQUENCE_NUMBER`` the last record read; a
   shard a checkpoint had read part way that the listing no longer holds raises
   :class:`ShardsLost` (its records expired unread) instead of being skipped.
 * Throttling (``ProvisionedThroughputExceededException``,
@@ -156,7 +158,8 @@ def stream_name(stream: str) -> str:
 
 class _Cursor:
     """One shard being read in a cycle."""
-    __slots__ = ('shard_id', 'iterator', 'position', 'next_call', 'throttles', 'renewals')
+    __slots__ = ('shard_id', 'iterator', 'position', 'next_call', 'throttles', 'renewals',
+                 'closed_empty_reads')
 
     def __init__(self, shard_id, iterator, position):
         self.shard_id = shard_id
@@ -165,6 +168,7 @@ class _Cursor:
         self.next_call = 0.0
         self.throttles = 0
         self.renewals = 0
+        self.closed_empty_reads = 0
 
 
 class KinesisShardReader:
@@ -184,6 +188,9 @@ class KinesisShardReader:
 
     max_limit = MAX_LIMIT
     max_renewals = 3           # consecutive expired iterators of one shard before ReadError
+    # Empty pages in a row of a closed shard before ReadError: sparse stretches of a shard
+    # may take several calls to cross; this many (minutes of calls) means it never ends.
+    max_closed_empty_reads = 1000
 
     def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 5.0,
                  page_size: Optional[int] = None, backoff: Backoff = Backoff(),
@@ -280,9 +287,10 @@ class KinesisShardReader:
 
         Yields a ShardBatch per ``GetRecords`` call that returned records or
         finished a shard (an empty batch then carries the finished position).
-        A shard stops when caught up (no records and ``MillisBehindLatest``
-        0) or when closed and drained (``NextShardIterator`` null; kinesalite
-        then still reports a ``MillisBehindLatest`` above 0). Shards
+        An open shard stops when caught up (no records and
+        ``MillisBehindLatest`` 0), a closed one only when drained
+        (``NextShardIterator`` null; kinesalite then still reports a
+        ``MillisBehindLatest`` above 0), so its children follow. Shards
         without a checkpoint start at ``start``, except children of a shard
         this reader (or the checkpoint) has read records from: they start at
         TRIM_HORIZON, so nothing after the parent's last record is skipped.
@@ -296,6 +304,7 @@ class KinesisShardReader:
         if lost:
             raise ShardsLost(stream, lost)
         source = stream_name(stream)
+        records_args = self._records_args(stream)
         cursors: Dict[str, _Cursor] = {}
         caught_up = set()
         while True:
@@ -311,7 +320,8 @@ class KinesisShardReader:
                 self._sleep(wait)
             cursor.next_call = self._clock() + self._interval
             try:
-                response = self._client.get_records(ShardIterator=cursor.iterator, Limit=self._limit)
+                response = self._client.get_records(
+                    ShardIterator=cursor.iterator, Limit=self._limit, **records_args)
             except ClientError as e:
                 self._recover(stream, cursor, e, start)
                 continue
@@ -332,11 +342,22 @@ class KinesisShardReader:
             if drained:
                 del cursors[cursor.shard_id]
                 graph = self.shard_graph(stream)     # children made while reading
-            elif self._caught_up(records, behind):
+            elif not self._caught_up(records, behind):
+                cursor.closed_empty_reads = 0
+                cursor.iterator = response['NextShardIterator']
+            elif cursor.shard_id in graph and graph.shards[cursor.shard_id].closed:
+                # A closed shard ends at a null NextShardIterator alone: an empty page with an
+                # iterator may come first (kinesalite: after the last record, when the close
+                # came over a second later), and the children wait for the end.
+                cursor.closed_empty_reads += 1
+                if cursor.closed_empty_reads > self.max_closed_empty_reads:
+                    raise ReadError(f'{stream}/{cursor.shard_id}: closed, but '
+                                    f'{cursor.closed_empty_reads} GetRecords calls in a row '
+                                    f'returned nothing and did not reach its end')
+                cursor.iterator = response['NextShardIterator']
+            else:
                 del cursors[cursor.shard_id]
                 caught_up.add(cursor.shard_id)
-            else:
-                cursor.iterator = response['NextShardIterator']
 
     # What differs in another service's reader (DynamoDB Streams) is in these
     # methods and the service calls above; the lineage loop stays the same.
@@ -344,6 +365,11 @@ class KinesisShardReader:
     @staticmethod
     def _caught_up(records, millis_behind) -> bool:
         return not records and not millis_behind
+
+    @staticmethod
+    def _records_args(stream: str) -> dict:
+        """GetRecords names a stream given by ARN too (AWS accepts it; moto 5.2 needs it)."""
+        return {'StreamARN': stream} if stream.startswith('arn:') else {}
 
     @staticmethod
     def _source_record(record: Mapping, source: str, shard_id: str) -> SourceRecord:

@@ -67,6 +67,7 @@ from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_js
 from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.guard import changes_original, guarded
+from changeflow.transforms.runs import batch_changes
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']
@@ -262,13 +263,24 @@ class _Pending(NamedTuple):
     window: Any
 
 
-@guarded(_STEP, changes_original, lambda change: change.ops[-1].position, buffered=False)
+def _notify_original(element):
+    return changes_original(element if isinstance(element, Change) else batch_changes(element))
+
+
+def _notify_position(element):
+    if isinstance(element, Change):
+        return element.ops[-1].position
+    return f'shard {element[0]}/{element[1]}'
+
+
+@guarded(_STEP, _notify_original, _notify_position, buffered=False)
 class _NotifyFn(beam.DoFn):
-    """Change -> notification lines written (main) and DeadLetters."""
+    """Change (or a shard batch) -> notification lines written (main) and DeadLetters."""
 
     def __init__(self, rules: Tuple[_Rule, ...], tables: Dict[str, Tuple[FrozenSet[str],
                                                                        Tuple[str, ...]]],
-                 batch_size: int):
+                 batch_size: int, batched: bool = False):
+        self._batched = batched
         self._rules = rules
         self._tables = tables
         self._batch_size = batch_size
@@ -294,15 +306,19 @@ class _NotifyFn(beam.DoFn):
     def start_bundle(self):
         self._pending: Dict[str, List[_Pending]] = {target: [] for target in self._writers}
 
-    def process(self, change: Change, timestamp=beam.DoFn.TimestampParam,
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam, timeline=None):
-        self._received.inc()
         tables = self._tables
         if timeline is not None:  # tables renamed or created by the log's DDL, redact kept
             if timeline is not self._timeline:
                 self._timeline = timeline
                 self._followed = {**self._tables, **table_info(timeline.all_specs)}
             tables = self._followed
+        for change in (batch_changes(element) if self._batched else (element,)):
+            yield from self._notify(change, timestamp, window, tables)
+
+    def _notify(self, change: Change, timestamp, window, tables):
+        self._received.inc()
         try:
             redact, key_columns = tables.get(change.table, (frozenset(), ()))
             notes = {rule.target: _notification(rule.target, change, redact, key_columns)
@@ -341,14 +357,20 @@ class _NotifyFn(beam.DoFn):
                     _STEP, 'write-failed', f'{target}: {type(error).__name__}: {error}',
                     pending.line, pending.position), pending.timestamp, [pending.window]))
             return
+        lines = []
         for pending in batch:
             if pending.note_id in written:
                 written.discard(pending.note_id)
                 self._written.inc()
-                yield WindowedValue(pending.line.decode('utf-8'), pending.timestamp,
-                                    [pending.window])
+                if self._batched:
+                    lines.append(pending.line.decode('utf-8'))
+                else:
+                    yield WindowedValue(pending.line.decode('utf-8'), pending.timestamp,
+                                        [pending.window])
             else:
                 self._skipped_existing.inc()
+        if lines:
+            yield WindowedValue(tuple(lines), batch[-1].timestamp, [batch[-1].window])
 
     def teardown(self):
         for target, writer in self._writers.items():
@@ -356,7 +378,6 @@ class _NotifyFn(beam.DoFn):
                 writer.close()
 
 
-@beam.typehints.with_input_types(Change)
 class WriteNotifications(beam.PTransform):
     """Sends a notification per Change and matching rule target.
 
@@ -372,6 +393,9 @@ class WriteNotifications(beam.PTransform):
         batch_size: notifications per target buffered before a write.
         schema_timeline: a PCollection of one SchemaTimeline: the tables the
             log's DDL renamed or created get their specs (and redaction) from it.
+        batched: each input element is a shard batch ``(table, shard,
+            changes)`` (the bounded data flow's); the main output then has one
+            tuple of lines per write instead of one line per element.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has each JSON
@@ -394,7 +418,7 @@ class WriteNotifications(beam.PTransform):
 
     def __init__(self, rules: Sequence[Union[NotifyRule, Mapping[str, Any]]],
                  tables: Sequence[TableSpec] = (),
-                 batch_size: int = 500, schema_timeline=None):
+                 batch_size: int = 500, schema_timeline=None, batched: bool = False):
         super().__init__()
         if isinstance(rules, Mapping) or not rules:
             raise ValueError(f'WriteNotifications needs a list of rules, got {rules!r}')
@@ -404,12 +428,13 @@ class WriteNotifications(beam.PTransform):
         self._tables = table_info(tables)
         self._batch_size = batch_size
         self._schema_timeline = schema_timeline
+        self._batched = batched
 
     def expand(self, changes):
         side = {} if self._schema_timeline is None else {
             'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
         return changes | 'Notify' >> beam.ParDo(
-            _NotifyFn(self._rules, self._tables, self._batch_size), **side
+            _NotifyFn(self._rules, self._tables, self._batch_size, self._batched), **side
         ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
 
 

@@ -58,18 +58,23 @@ declare), ``unknown-table`` (a Change of a table not in ``tables``),
 
 Runner support: any runner. Files are written through Beam's ``FileSystems``:
 ``s3://`` uses ``S3Options`` (``--s3_endpoint_url`` ...) or boto3's default
-chain. A GroupByKey's values are held in memory to sort them.
+chain. A GroupByKey's values are held in memory to sort them: each Change
+crosses it whole and pickled, and a partition's rows are built column by
+column (one Python list per column, Arrow arrays at once), so a row costs a
+few plain values rather than a dict.
 """
 
 import datetime
 import functools
 import hashlib
 import io
+import pickle
 import re
-from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -82,6 +87,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
+from changeflow.transforms.runs import batch_changes
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -169,6 +175,25 @@ def _layout(spec: TableSpec) -> _Layout:
                    frozenset(column.lower() for column in spec.redact))
 
 
+class _Plan(NamedTuple):
+    """How one layout's declared columns take an op's values: the values of
+    ``layout.columns[i]`` go to slot ``i``."""
+    slots: Dict[str, int]                 # lower-cased source name -> slot (MySQL
+                                          # column names are case-insensitive)
+    key_slots: Tuple[Optional[int], ...]  # the slot of each key column, None if undeclared
+    coercers: Tuple[Callable[[Any], Any], ...]
+    redacted: Tuple[bool, ...]
+
+
+def _plan(layout: _Layout) -> _Plan:
+    slots = {column.source.lower(): slot for slot, column in enumerate(layout.columns)}
+    return _Plan(
+        slots, tuple(slots.get(name.lower()) for name in layout.key),
+        tuple(_coercer(layout.schema.field(column.name).type, column.column_type)
+              for column in layout.columns),
+        tuple(column.source.lower() in layout.redacted for column in layout.columns))
+
+
 class _BadRow(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -176,52 +201,164 @@ class _BadRow(Exception):
         self.detail = detail
 
 
-def _row(change: Change, op: RowOp, layout: _Layout, plan) -> Dict[str, Any]:
-    """The backup row of one op (Python values ready for Arrow); raises _BadRow.
-
-    ``plan``: lowercased source column name -> (_Column, coercer), as MySQL
-    column names are case-insensitive.
-    """
-    literals, computed = op_columns(op)
-    texts = [change.table, op.version, op.position, *literals, *computed]
-    texts.extend(to_sql(expr) for expr in computed.values())
+def _check_utf8(texts: List[str], table: str) -> None:
+    """Raises _BadRow if a text is not UTF-8 (a lone surrogate); one encode of
+    them all, then text by text to name the first that fails."""
+    try:
+        '\0'.join(texts).encode('utf-8')
+        return
+    except (UnicodeEncodeError, TypeError):
+        pass
     try:
         for text in texts:
             text.encode('utf-8')
     except UnicodeEncodeError as error:
-        raise _BadRow('bad-value', f'{change.table}: text that is not UTF-8: {error}') from None
-    row = {
-        'source_table': change.table,
-        'op': op.kind.value,
-        'version': op.version,
-        'event_time': change.event_time_us,
-        'key': dumps_json(json_value(list(change.key))).decode('utf-8'),
-        'position': op.position,
-        'set_columns': list(dict.fromkeys(
-            [column for column, _ in (*op.values, *op.assignments)])),
-        'computed': [(column, to_sql(expr)) for column, expr in computed.items()],
-    }
-    if not layout.columns:
-        row['values'] = dumps_json({
-            column: None if value is None else _as_text(value)
-            for column, value in literals.items()}).decode('utf-8')
-        return row
-    given: Dict[str, Any] = {}
-    if len(change.key) == len(layout.key):
-        given.update((name.lower(), value) for name, value in zip(layout.key, change.key))
-    for name, value in literals.items():
-        if name.lower() not in plan:
-            raise _BadRow('unknown-column', f'{change.table} declares no column {name!r}')
-        given[name.lower()] = value
-    for lowered, (column, coerce) in plan.items():
-        value = given.get(lowered)
-        try:
-            row[column.name] = None if value is None else coerce(value)
-        except BadValue as error:
-            shown = '<redacted>' if lowered in layout.redacted else f'{value!r:.100}'
-            raise _BadRow('bad-value', f'{change.table}.{column.source}: cannot store '
-                          f'{shown} as {column.column_type}: {error}') from None
-    return row
+        raise _BadRow('bad-value', f'{table}: text that is not UTF-8: {error}') from None
+
+
+class _PartitionRows:
+    """The backup rows of one partition, kept column by column in arrival order.
+
+    :meth:`add` turns one op into its row's values, or raises (_BadRow, or
+    any error of a malformed op) before storing any of them, so a rejected op
+    leaves no trace; :meth:`table` builds the Arrow columns at once. Lists of
+    set columns and computed assignments repeat from row to row: each
+    distinct one is built once and taken by index. Rows hold plain values
+    only (no Change), so a large partition leaves the garbage collector
+    little to scan.
+    """
+
+    def __init__(self, layout: _Layout):
+        self.schema = layout.schema
+        self.count = 0
+        self.origins: List[Tuple[int, int]] = []  # per row: (its Change's, its op's index)
+        self._tables: List[str] = []
+        self._kinds: List[str] = []
+        self._versions: List[str] = []
+        self._times: List[int] = []
+        self._keys: List[str] = []
+        self._positions: List[str] = []
+        self._set_columns: Dict[Tuple[str, ...], int] = {}
+        self._set_column_rows: List[int] = []
+        self._computed: Dict[Tuple[Tuple[str, str], ...], int] = {}
+        self._computed_rows: List[int] = []
+        self._declared = bool(layout.columns)
+        if self._declared:  # grown in steps, so an op pays only for the columns it sets
+            self._typed: List[List[Any]] = [[] for _ in layout.columns]
+        else:
+            self._values: List[str] = []
+
+    def add(self, change: Change, op: RowOp, origin: Tuple[int, int], key_text: Optional[str],
+            layout: _Layout, plan: _Plan) -> str:
+        """Stores the row of ``op``; returns the Change's key as JSON (``key_text``,
+        or rendered when None) for its next op."""
+        literals, computed = op_columns(op) if op.assignments else (dict(op.values), {})
+        sql_texts = [to_sql(expr) for expr in computed.values()]
+        _check_utf8([change.table, op.version, op.position, *literals, *computed, *sql_texts],
+                    change.table)
+        kind = op.kind.value
+        if key_text is None:
+            key_text = dumps_json(json_value(list(change.key))).decode('utf-8')
+        if op.assignments:
+            set_columns = tuple(dict.fromkeys(
+                [column for column, _ in (*op.values, *op.assignments)]))
+        else:
+            set_columns = tuple(literals)
+        set_columns_index = self._set_columns.setdefault(set_columns, len(self._set_columns))
+        pairs = tuple(zip(computed, sql_texts))
+        computed_index = self._computed.setdefault(pairs, len(self._computed))
+        if layout.columns:
+            typed = self._coerced(change, literals, layout, plan)
+        else:
+            values = dumps_json({column: None if value is None else _as_text(value)
+                                 for column, value in literals.items()}).decode('utf-8')
+        row = self.count
+        self.count += 1
+        self.origins.append(origin)
+        self._tables.append(change.table)
+        self._kinds.append(kind)
+        self._versions.append(op.version)
+        self._times.append(change.event_time_us)
+        self._keys.append(key_text)
+        self._positions.append(op.position)
+        self._set_column_rows.append(set_columns_index)
+        self._computed_rows.append(computed_index)
+        if layout.columns:
+            if row == len(self._typed[0]):
+                for values in self._typed:
+                    values.extend([None] * max(row, 64))
+            for slot, value in typed:
+                self._typed[slot][row] = value
+        else:
+            self._values.append(values)
+        return key_text
+
+    @staticmethod
+    def _coerced(change: Change, literals: Dict[str, Any], layout: _Layout,
+                 plan: _Plan) -> List[Tuple[int, Any]]:
+        """(slot, coerced value) of every value the op gives, key columns from
+        the Change's key; raises _BadRow for the first value, in column order,
+        that cannot be stored."""
+        given: Dict[int, Any] = {}
+        if len(change.key) == len(layout.key):
+            for slot, value in zip(plan.key_slots, change.key):
+                if slot is not None:
+                    given[slot] = value
+        for name, value in literals.items():
+            slot = plan.slots.get(name)
+            if slot is None:
+                slot = plan.slots.get(name.lower())
+                if slot is None:
+                    raise _BadRow('unknown-column',
+                                  f'{change.table} declares no column {name!r}')
+            given[slot] = value
+        typed = []
+        for slot in sorted(given):
+            value = given[slot]
+            if value is None:
+                continue
+            try:
+                typed.append((slot, plan.coercers[slot](value)))
+            except BadValue as error:
+                column = layout.columns[slot]
+                shown = '<redacted>' if plan.redacted[slot] else f'{value!r:.100}'
+                raise _BadRow('bad-value', f'{change.table}.{column.source}: cannot store '
+                              f'{shown} as {column.column_type}: {error}') from None
+        return typed
+
+    def identities(self) -> pa.Table:
+        """The columns that order the rows and name the files."""
+        return pa.table([pa.array(values, pa.string()) for values in (
+            self._versions, self._tables, self._keys, self._positions)], names=_IDENTITY)
+
+    def table(self, rows: Optional[List[int]] = None) -> pa.Table:
+        """The rows (all, or those at ``rows``, in that order) as an Arrow table."""
+        def pick(values):
+            return values[:self.count] if rows is None else [values[row] for row in rows]
+
+        def distinct(interned, indices, field):
+            return pa.array([list(value) for value in interned], type=field.type).take(
+                pa.array(pick(indices), pa.int32()))
+
+        columns = {
+            'source_table': self._tables, 'op': self._kinds, 'version': self._versions,
+            'event_time': self._times, 'key': self._keys, 'position': self._positions}
+        arrays = []
+        for field in METADATA_SCHEMA:
+            if field.name == 'set_columns':
+                arrays.append(distinct(self._set_columns, self._set_column_rows, field))
+            elif field.name == 'computed':
+                arrays.append(distinct(self._computed, self._computed_rows, field))
+            else:
+                arrays.append(pa.array(pick(columns[field.name]), type=field.type))
+        declared = self._typed if self._declared else [self._values]
+        for values, field in zip(declared, list(self.schema)[len(METADATA_SCHEMA):]):
+            arrays.append(pa.array(pick(values), type=field.type))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+_IDENTITY = ('version', 'source_table', 'key', 'position')  # the order of a partition's rows
+_HASHED_ROWS = 65_536  # identities joined into one text at a time, far below Arrow's 2 GiB
 
 
 def _as_text(value) -> str:
@@ -235,8 +372,9 @@ def _utc_day(time_us: int) -> str:
 
 @guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
-    """Change -> one (partition, single-op Change) per op. Never raises: a
-    Change that has no partition is keyed _UNROUTABLE and rejected after the
+    """Change -> (partition, pickled Change): all ops of a Change share its
+    table and time, so its rows share a partition. Never raises: a Change
+    that has no partition is keyed _UNROUTABLE and rejected after the
     grouping, where every dead letter of this sink comes from."""
 
     def __init__(self, targets: Dict[str, str]):
@@ -245,18 +383,30 @@ class _KeyByPartition(beam.DoFn):
 
     def process(self, change: Change):
         self._received.inc(len(change.ops))
-        target = self._targets.get(change.table)
-        try:
-            partition = (target, _utc_day(change.event_time_us)) if target else _UNROUTABLE
-        except (ArithmeticError, ValueError, TypeError):
-            partition = _UNROUTABLE
-        for op in change.ops:
-            yield partition, Change(change.table, change.key, (op,), change.event_time_us)
+        partition = _partition(change, self._targets)
+        if change.ops:
+            # Pickled here: Beam's coder encodes a NamedTuple field by field and
+            # pickles its class with every one, at twice the cost or more.
+            yield partition, pickle.dumps(change, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-@guarded(_STEP, lambda element: changes_original(element[1]), buffered=False)
+def _partition(change: Change, targets: Dict[str, str]) -> Tuple[str, str]:
+    target = targets.get(change.table)
+    try:
+        return (target, _utc_day(change.event_time_us)) if target else _UNROUTABLE
+    except (ArithmeticError, ValueError, TypeError):
+        return _UNROUTABLE
+
+
+def _single(change: Change, op: RowOp) -> Change:
+    """The Change of one op: the original of that op's dead letter."""
+    return Change(change.table, change.key, (op,), change.event_time_us)
+
+
+@guarded(_STEP, lambda element: changes_original([pickle.loads(data) for data in element[1]]),
+         buffered=False)
 class _WritePartitionFn(beam.DoFn):
-    """(partition, single-op Changes) -> Parquet files and dead letters."""
+    """(partition, pickled Changes) -> Parquet files and dead letters."""
 
     def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
         self._path = path
@@ -268,70 +418,132 @@ class _WritePartitionFn(beam.DoFn):
         self._files_written = Metrics.counter(namespace, 'files_written')
 
     def setup(self):
-        self._plans = {
-            source: {column.source.lower(): (column, _coercer(
-                layout.schema.field(column.name).type, column.column_type))
-                for column in layout.columns}
-            for source, layout in self._layouts.items()}
+        self._plans = {source: _plan(layout) for source, layout in self._layouts.items()}
 
     def process(self, element):
         partition, changes = element
         if partition == _FAILED:
             yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in changes)
             return
+        yield from self._write_partition(partition, [pickle.loads(data) for data in changes],
+                                         self._layouts, self._plans)
+
+    def _write_partition(self, partition, changes: List[Change], layouts, plans):
         if partition == _UNROUTABLE:
             for change in changes:
-                if change.table in self._layouts:
-                    yield self._reject(change, 'bad-change',
-                                       f'event time {change.event_time_us!r} has no date')
-                else:
-                    yield self._reject(change, 'unknown-table',
-                                       f'no TableSpec for {change.table!r}')
+                for op in change.ops:
+                    if change.table in layouts:
+                        yield self._reject(_single(change, op), 'bad-change',
+                                           f'event time {change.event_time_us!r} has no date')
+                    else:
+                        yield self._reject(_single(change, op), 'unknown-table',
+                                           f'no TableSpec for {change.table!r}')
             return
-        rows: List[Tuple[Tuple[str, ...], Dict[str, Any], Change]] = []
-        for change in changes:
-            layout = self._layouts[change.table]
-            try:
-                row = _row(change, change.ops[0], layout, self._plans[change.table])
-            except _BadRow as error:
-                yield self._reject(change, error.reason, error.detail)
-                continue
-            except Exception as error:  # a malformed op: dead-lettered, the others written
-                yield self._reject(change, 'bad-change', f'{type(error).__name__}: {error}')
-                continue
-            rows.append(((row['version'], row['source_table'], row['key'], row['position']),
-                         row, change))
-        rows.sort(key=lambda entry: entry[0])
-        target, day = partition
-        schema = self._layouts[rows[0][2].table].schema if rows else None
-        for start in range(0, len(rows), self._rows_per_file):
-            yield from self._write(target, day, schema, rows[start:start + self._rows_per_file])
+        rows = None
+        for index, change in enumerate(changes):
+            layout, plan = layouts[change.table], plans[change.table]
+            if rows is None:
+                rows = _PartitionRows(layout)
+            key_text = None
+            for number, op in enumerate(change.ops):
+                try:
+                    key_text = rows.add(change, op, (index, number), key_text, layout, plan)
+                except _BadRow as error:
+                    yield self._reject(_single(change, op), error.reason, error.detail)
+                except Exception as error:  # a malformed op: dead-lettered, the others written
+                    yield self._reject(_single(change, op), 'bad-change',
+                                       f'{type(error).__name__}: {error}')
+        if rows.count:
+            yield from self._write_files(partition, rows, changes)
 
-    def _write(self, target, day, schema, chunk):
-        identities = '\n'.join('\t'.join(identity) for identity, _, _ in chunk)
-        digest = hashlib.sha256(identities.encode('utf-8')).hexdigest()[:16]
-        first, last = (_UNSAFE_IN_NAME.sub('_', chunk[i][0][0])[:100] for i in (0, -1))
-        path = FileSystems.join(self._path, f'table={target}', f'date={day}',
-                                f'part-{first}-{last}-{digest}.parquet')
+    def _write_files(self, partition, rows: _PartitionRows, changes: List[Change]):
+        """Sorts the rows by identity and writes them, ``rows_per_file`` a file.
+        The columns are built once for the partition; if that fails, each
+        file's own, so only the files holding what cannot be written fail."""
+        identities = rows.identities()
+        order = pc.sort_indices(identities, sort_keys=[(name, 'ascending') for name in _IDENTITY])
         try:
-            table = pa.Table.from_arrays(
-                [pa.array([row[field.name] for _, row, _ in chunk], type=field.type)
-                 for field in schema], schema=schema)
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer, compression='snappy')
-            write_file(path, buffer.getvalue())
-        except Exception as error:  # every row of the file goes to DEAD_LETTER_TAG
-            for _, _, change in chunk:
-                yield self._reject(change, 'write-failed', f'{path}: {error}')
-            return
-        self._written.inc(len(chunk))
-        self._files_written.inc()
-        yield WrittenFile(path, len(chunk))
+            table = rows.table().take(order)
+        except Exception:  # pylint: disable=broad-except
+            table = None
+        for start in range(0, rows.count, self._rows_per_file):
+            chunk = order[start:start + self._rows_per_file]
+            path = self._file_path(partition, identities.take(chunk))
+            try:
+                chunk_table = (rows.table(chunk.to_pylist()) if table is None
+                               else table.slice(start, len(chunk)))
+                buffer = io.BytesIO()
+                pq.write_table(chunk_table, buffer, compression='snappy')
+                write_file(path, buffer.getvalue())
+            except Exception as error:  # every row of the file goes to DEAD_LETTER_TAG
+                for row in chunk.to_pylist():
+                    index, number = rows.origins[row]
+                    change = changes[index]
+                    yield self._reject(_single(change, change.ops[number]), 'write-failed',
+                                       f'{path}: {error}')
+                continue
+            self._written.inc(len(chunk))
+            self._files_written.inc()
+            yield WrittenFile(path, len(chunk))
+
+    def _file_path(self, partition, identities: pa.Table) -> str:
+        """The file of these rows: named by its first and last version and a
+        hash of its rows' identities, one per line, tab-separated (joined by
+        Arrow, ``_HASHED_ROWS`` at a time)."""
+        digest = hashlib.sha256()
+        for start in range(0, identities.num_rows, _HASHED_ROWS):
+            part = identities.slice(start, _HASHED_ROWS)
+            lines = pc.binary_join_element_wise(
+                *(part.column(name).combine_chunks() for name in _IDENTITY), '\t')
+            text = pc.binary_join(pa.ListArray.from_arrays(
+                pa.array([0, len(lines)], pa.int32()), lines), '\n')[0]
+            digest.update(b'\n' if start else b'')
+            digest.update(text.as_buffer())
+        versions = identities.column('version')
+        first, last = (_UNSAFE_IN_NAME.sub('_', versions[i].as_py())[:100] for i in (0, -1))
+        target, day = partition
+        return FileSystems.join(self._path, f'table={target}', f'date={day}',
+                                f'part-{first}-{last}-{digest.hexdigest()[:16]}.parquet')
 
     def _reject(self, change: Change, reason: str, detail: str):
         self._dead_lettered.inc()
         return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
             _STEP, reason, detail, change_json(change), change.ops[0].position))
+
+
+@guarded(_STEP, lambda batch: changes_original(batch_changes(batch)),
+         lambda batch: f'shard {batch[0]}/{batch[1]}', buffered=False)
+class _WriteBatchFn(_WritePartitionFn):
+    """(table, shard, changes) -> Parquet files per (target, day) of the
+    batch, and dead letters: a bounded run's shard batches need no grouping
+    (each shard writes its own files, named by their rows as ever)."""
+
+    def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
+        super().__init__(path, layouts, rows_per_file)
+        self._received = Metrics.counter(f'changeflow.{_STEP}', 'received')
+
+    def setup(self):
+        super().setup()
+        self._timeline = None
+
+    def process(self, batch, timeline=None):
+        layouts, plans = self._layouts, self._plans
+        if timeline is not None:  # tables the log's DDL renamed, created or altered
+            if timeline is not self._timeline:
+                self._timeline = timeline
+                self._followed = {**self._layouts, **{
+                    spec.source: _layout(spec) for spec in timeline.all_specs if spec.columns}}
+                self._followed_plans = {source: _plan(layout)
+                                        for source, layout in self._followed.items()}
+            layouts, plans = self._followed, self._followed_plans
+        targets = {source: layout.target for source, layout in layouts.items()}
+        by_partition: Dict[Tuple[str, str], List[Change]] = {}
+        for change in batch_changes(batch):
+            self._received.inc(len(change.ops))
+            if change.ops:
+                by_partition.setdefault(_partition(change, targets), []).append(change)
+        for partition, changes in sorted(by_partition.items()):
+            yield from self._write_partition(partition, changes, layouts, plans)
 
 
 @beam.typehints.with_input_types(Change)
@@ -366,8 +578,13 @@ class WriteParquetBackup(beam.PTransform):
 
     MAIN = 'written'
 
-    def __init__(self, path: str, tables: Sequence[TableSpec], rows_per_file: int = 250_000):
+    def __init__(self, path: str, tables: Sequence[TableSpec], rows_per_file: int = 250_000,
+                 *, batched: bool = False, schema_timeline=None):
         super().__init__()
+        self._batched = batched
+        self._schema_timeline = schema_timeline
+        if schema_timeline is not None and not batched:
+            raise ValueError('schema_timeline needs batched input')
         if not path:
             raise ValueError(f'WriteParquetBackup needs a path, got {path!r}')
         if rows_per_file < 1:
@@ -390,6 +607,12 @@ class WriteParquetBackup(beam.PTransform):
         self._rows_per_file = rows_per_file
 
     def expand(self, changes):
+        if self._batched:
+            side = {} if self._schema_timeline is None else {
+                'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
+            return changes | 'WriteBatches' >> beam.ParDo(
+                _WriteBatchFn(self._path, self._layouts, self._rows_per_file), **side
+            ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
         targets = {source: layout.target for source, layout in self._layouts.items()}
         keyed = changes | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets)).with_outputs(
             DEAD_LETTER_TAG, main='keyed')

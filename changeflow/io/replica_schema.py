@@ -29,6 +29,7 @@ from apache_beam.metrics import Metrics
 from changeflow.io.sql import (
     bookkeeping_tables, create_engine, replica_table, schema_table, spec_json, sql_type)
 from changeflow.schema.timeline import ReplicaStep, SchemaTimeline
+from changeflow.sql.secrets import mask_url_passwords
 
 __all__ = ['ApplyReplicaSchema', 'apply_steps']
 
@@ -160,7 +161,16 @@ class _ApplyStepsFn(beam.DoFn):
         self._engine = create_engine(self._url)
 
     def process(self, timeline: SchemaTimeline):
-        applied = apply_steps(self._engine, timeline, self._prefix, self._counters)
+        try:
+            applied = apply_steps(self._engine, timeline, self._prefix, self._counters)
+        except sa.exc.SQLAlchemyError as exc:
+            # The replica is unreachable: its branch dead-letters its batches (the
+            # sink's circuit breaker), the other branches go on.
+            logging.error('%s: cannot bring the replica to the log\'s schema: %s', _STEP,
+                          mask_url_passwords(f'{type(exc).__name__}: {exc}')[:500])
+            self._counters['steps_failed'].inc()
+            yield -1
+            return
         self._counters['schema_steps_applied'].inc(applied)
         yield applied
 

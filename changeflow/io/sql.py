@@ -57,16 +57,18 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from changeflow.sql.coercion import BadValue, coercer
-from changeflow.config import TableSpec
+from changeflow.config import TableSpec, display_url
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
 from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
+from changeflow.transforms.runs import batch_changes
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
@@ -83,6 +85,8 @@ _KEYS_PER_SELECT = 500       # bound on the IN list of one SELECT
 _MAX_STATEMENTS = 500        # compiled statements kept per table (and for the bookkeeping)
 _BACKOFF_SECS = 0.2          # first retry delay; doubles per attempt
 _MAX_BACKOFF_SECS = 10.0
+_UNREACHABLE_BATCHES = 3     # consecutive batches that cannot reach the database: circuit opens
+_CIRCUIT_OPEN_SECS = 60.0    # batches dead-lettered untried, then one probes the database
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
@@ -204,11 +208,18 @@ def shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int]
     yield (change.table, _shard_of(change.table, change.key, num_shards)), change
 
 
+_JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')  # text json.dumps writes as it is
+
+
 def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
     """The shard of a row, from the canonical text of its key values: the
     same for the values a Change carries and for those read back from the
     replica, for the key types _ShardableKey accepts."""
-    text = json.dumps([table, [str(_key_part(v)) for v in key]], ensure_ascii=False)
+    parts = [str(value) if type(value) is int else str(_key_part(value)) for value in key]
+    if _JSON_PLAIN.fullmatch(table) and all(_JSON_PLAIN.fullmatch(part) for part in parts):
+        text = f'["{table}", ["' + '", "'.join(parts) + '"]]'  # as json.dumps writes it
+    else:
+        text = json.dumps([table, parts], ensure_ascii=False)
     digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
     return int.from_bytes(digest, 'big') % num_shards
 
@@ -1280,9 +1291,13 @@ class _DatabaseWriter:
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes_received', 'rows_upserted', 'rows_deleted', 'ops_skipped_stale',
             'changes_dead_lettered', 'rows_marked_diverged', 'tables_marked_diverged',
-            'batches_committed', 'batch_retries', 'changes_of_dropped_tables')}
+            'batches_committed', 'batch_retries', 'changes_of_dropped_tables',
+            'batches_unreachable', 'circuit_opened', 'batches_not_tried')}
         self._engine = None
         self._replica = None
+        self._unreachable = 0        # consecutive batches that could not reach the database
+        self._open_until = None      # time.monotonic() until which batches are not tried
+        self._last_unreachable = ''  # the error that opened the circuit
 
     def setup(self):
         self._engine = create_engine(self._url)
@@ -1294,7 +1309,7 @@ class _DatabaseWriter:
         except sa_exc.SQLAlchemyError as exc:
             # The database may come back: prepare again before the first write.
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
-                            'first batch', _STEP, _describe(exc))
+                            'first batch', _STEP, self._hide_password(_describe(exc)))
 
     def _write_ready(self, ready, shard: int):
         """Applies one shard's ready (micros, Change) pairs in version order,
@@ -1305,7 +1320,10 @@ class _DatabaseWriter:
                 self._replica.prepare(self._engine)
             except sa_exc.SQLAlchemyError:
                 pass  # the first batch prepares again, with retries
-        known = set(self._replica.targets) if self._replica.prepared else self._known
+        # A replica that follows DDL knows its tables once reachable; until then every
+        # change goes to the write, which dead-letters it for the outage.
+        known = (set(self._replica.targets) if self._replica.prepared
+                 else None if self._follows_schema else self._known)
         batch: List[_Item] = []
         for micros, change in ready:
             item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
@@ -1315,7 +1333,7 @@ class _DatabaseWriter:
                 if item.reported:
                     self._counters['changes_of_dropped_tables'].inc()
                 continue
-            if change.table not in known:
+            if known is not None and change.table not in known:
                 yield from self._emit(_Outcome.all_dead(
                     [item], 'unknown-table',
                     f'{change.table!r} is not one of the tables given to WriteToDatabase'))
@@ -1354,7 +1372,17 @@ class _DatabaseWriter:
             self._engine.dispose()
 
     def _write(self, items: List[_Item]) -> _Outcome:
-        """One transaction for ``items``, retried on transient errors; never raises."""
+        """One transaction for ``items``, retried on transient errors; never raises.
+
+        A circuit breaker spares a database that is plainly down: after
+        ``_UNREACHABLE_BATCHES`` consecutive batches that could not reach it
+        (transient errors, retries exhausted, before their transaction began),
+        batches are dead-lettered untried ('sink-unavailable') for
+        ``_CIRCUIT_OPEN_SECS``; then one batch probes it, without retries."""
+        probing = self._open_until is not None
+        if probing and time.monotonic() < self._open_until:
+            self._counters['batches_not_tried'].inc()
+            return _Outcome.all_dead(items, 'sink-unavailable', self._unavailable_detail())
         attempt, isolate = 0, False
         while True:
             connected = False
@@ -1363,13 +1391,14 @@ class _DatabaseWriter:
                     self._replica.prepare(self._engine)
                 with self._engine.begin() as conn:
                     connected = True
+                    self._reached()
                     outcome = self._replica.write(conn, items, isolate)
                 outcome.counts['batches_committed'] += 1
                 return outcome
             except sa_exc.SQLAlchemyError as exc:
                 # Preparing may also fail on a race with another worker's CREATE TABLE.
                 retry = _is_transient(exc) or not self._replica.prepared
-                if retry and attempt < self._max_retries:
+                if retry and attempt < (0 if probing else self._max_retries):
                     attempt += 1
                     self._counters['batch_retries'].inc()
                     time.sleep(min(_BACKOFF_SECS * 2 ** (attempt - 1), _MAX_BACKOFF_SECS))
@@ -1377,6 +1406,8 @@ class _DatabaseWriter:
                 if connected and not isolate and isinstance(exc, sa_exc.StatementError):
                     isolate = True  # find the changes the database rejects
                     continue
+                if not connected and _is_transient(exc):
+                    self._not_reached(exc)
                 return _Outcome.all_dead(items, 'database-error', _describe(exc))
             except ValueError as exc:  # a replica table vanished, or is not as configured
                 return _Outcome.all_dead(items, 'database-error', str(exc))
@@ -1390,6 +1421,35 @@ class _DatabaseWriter:
                 logging.exception('%s: unexpected error writing %d changes', _STEP, len(items))
                 return _Outcome.all_dead(items, 'internal-error', describe_error(exc))
 
+    def _not_reached(self, exc: BaseException) -> None:
+        """A batch could not reach the database: opens the circuit at the
+        ``_UNREACHABLE_BATCHES``-th in a row (again after a failed probe)."""
+        self._counters['batches_unreachable'].inc()
+        self._unreachable += 1
+        if self._unreachable < _UNREACHABLE_BATCHES:
+            return
+        if self._open_until is None:
+            self._counters['circuit_opened'].inc()
+            logging.warning('%s: %d batches in a row could not reach %s; dead-lettering the '
+                            'next ones untried (sink-unavailable) for %g s', _STEP,
+                            self._unreachable, display_url(self._url), _CIRCUIT_OPEN_SECS)
+        self._last_unreachable = self._hide_password(_describe(exc))
+        self._open_until = time.monotonic() + _CIRCUIT_OPEN_SECS
+
+    def _reached(self) -> None:
+        if self._open_until is not None:
+            logging.warning('%s: %s is reachable again', _STEP, display_url(self._url))
+        self._unreachable, self._open_until = 0, None
+
+    def _unavailable_detail(self) -> str:
+        return (f'not tried: {self._unreachable} batches in a row could not reach '
+                f'{display_url(self._url)} (last: {self._last_unreachable})')
+
+    def _hide_password(self, text: str) -> str:
+        """``text`` without the URL's password, should an error quote it."""
+        password = make_url(self._url).password
+        return text.replace(str(password), '***') if password else text
+
     def _emit(self, outcome: _Outcome):
         for name, count in outcome.counts.items():
             self._counters[name].inc(count)
@@ -1398,7 +1458,8 @@ class _DatabaseWriter:
         self._counters['changes_dead_lettered'].inc(len(outcome.dead))
         for item, reason, detail in outcome.dead:
             ops = item.change.ops
-            letter = dead_letter(_STEP, reason, detail, change_json(item.change),
+            letter = dead_letter(_STEP, reason, self._hide_password(detail),
+                                 change_json(item.change),
                                  ops[-1].position if ops else '')
             yield TaggedOutput(DEAD_LETTER_TAG,
                                WindowedValue(letter, item.timestamp, (item.window,)))
@@ -1444,7 +1505,7 @@ class _WriteDoFn(_DatabaseWriter, beam.DoFn):
 
 
 def _batch_original(batch):
-    return changes_original(list(batch[2]))
+    return changes_original(batch_changes(batch))
 
 
 def _batch_position(batch):
@@ -1457,7 +1518,8 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
     once, so no state or timers); see WriteBatchesToDatabase."""
 
     def process(self, batch, timestamp=beam.DoFn.TimestampParam, schema_applied=None):
-        table, shard, changes = batch
+        table, shard, _ = batch
+        changes = batch_changes(batch)
         self._counters['changes_received'].inc(sum(1 for c in changes if c.key or shard == 0))
         micros = timestamp.micros
         applied = []
@@ -1535,8 +1597,13 @@ class WriteToDatabase(beam.PTransform):
     batch is dead-lettered ('database-error'). When the database rejects a
     statement (constraint, data error), the batch is redone with a SAVEPOINT
     per change, so only the rejected changes are dead-lettered
-    ('database-rejected'). The step never raises for data or database
-    errors, so it never fails or re-runs other branches.
+    ('database-rejected'). A database that is plainly down is not retried
+    batch after batch: once three batches in a row could not reach it (their
+    retries spent), the following ones are dead-lettered at once
+    ('sink-unavailable') for a minute, then one batch, without retries,
+    probes whether it is back (the count is per worker). The step never
+    raises for data or database errors, so it never fails or re-runs other
+    branches.
 
     Caveats:
 
@@ -1551,7 +1618,8 @@ class WriteToDatabase(beam.PTransform):
     Metrics (namespace 'changeflow.write_database'): changes_received,
     rows_upserted, rows_deleted, ops_skipped_stale, changes_dead_lettered,
     rows_marked_diverged, tables_marked_diverged (marks newly recorded),
-    batches_committed, batch_retries.
+    batches_committed, batch_retries, batches_unreachable (batches that could
+    not reach the database), circuit_opened, batches_not_tried (while open).
 
     Example::
 

@@ -13,23 +13,19 @@ Runs on the FnApiRunner locally (the default when no --runner is given) and
 unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
 """
 
-import argparse
 import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from changeflow.config import JobConfig, load_config
+from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
-from changeflow.io.dead_letter import WriteDeadLetters
-from changeflow.io.notify import WriteNotifications
-from changeflow.io.parquet import WriteParquetBackup
-from changeflow.io.sql import WriteBatchesToDatabase, WriteToDatabase
+from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
+from changeflow.pipelines.branches import run_job, write_branches
 from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
-from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches, batch_changes
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
 
@@ -47,10 +43,13 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     are merged and coalesced into one batch per shard for every branch.
     """
     dead_letters = []
-    read = p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
-                                            lines_per_element=LINES_PER_ELEMENT)
+    read = (p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
+            if config.source.type == 'kinesis' else
+            p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
+                                             lines_per_element=LINES_PER_ELEMENT))
     dead_letters.append(read[DEAD_LETTER_TAG])
-    parsed = read[ReadArchive.MAIN] | 'ParseRecords' >> ParseToConnectionRuns(
+    records = read[ReadArchive.MAIN] | 'SpreadRecords' >> beam.Reshuffle()  # over workers
+    parsed = records | 'ParseRecords' >> ParseToConnectionRuns(
         config.query_log_limit, config.server_version)
     dead_letters.append(parsed[DEAD_LETTER_TAG])
     timeline = None
@@ -62,38 +61,12 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
         time_zone=config.time_zone, timeline=timeline)
     dead_letters.append(replayed[DEAD_LETTER_TAG])
-    folded = replayed['changes'] | 'Coalesce' >> FoldShards()
-    dead_letters.append(folded[DEAD_LETTER_TAG])
-    batches = folded[FoldShards.MAIN]
-
-    branches = [name for name, on in ((DATABASE, config.database_url),
-                                      (PARQUET, config.parquet_path),
-                                      (NOTIFY, config.notify)) if on]
-    routed = batches | 'Route' >> RouteShardBatches(branches)
-    outputs = {'batches': batches}
-    if config.database_url:
-        written = routed[DATABASE] | 'WriteDatabase' >> WriteBatchesToDatabase(
-            config.database_url, config.tables, batch_size=config.database_batch_size,
-            schema_timeline=timeline)
-        dead_letters.append(written[DEAD_LETTER_TAG])
-        outputs[DATABASE] = written[WriteToDatabase.MAIN]
-    if config.parquet_path:
-        written = (routed[PARQUET]
-                   | 'ParquetChanges' >> beam.FlatMap(batch_changes)
-                   | 'WriteParquet' >> WriteParquetBackup(config.parquet_path, config.tables))
-        dead_letters.append(written[DEAD_LETTER_TAG])
-        outputs[PARQUET] = written[WriteParquetBackup.MAIN]
-    if config.notify:
-        written = (routed[NOTIFY]
-                   | 'NotifyChanges' >> beam.FlatMap(batch_changes)
-                   | 'Notify' >> WriteNotifications(config.notify, config.tables,
-                                                    schema_timeline=timeline))
-        dead_letters.append(written[DEAD_LETTER_TAG])
-        outputs[NOTIFY] = written[WriteNotifications.MAIN]
-
-    all_dead = tuple(dead_letters) | 'CollectDeadLetters' >> beam.Flatten()
-    all_dead | 'WriteDeadLetters' >> WriteDeadLetters(config.dead_letter_path)
-    outputs['dead_letters'] = all_dead
+    outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline)
+    if config.source.type == 'kinesis':  # the cycle's end, once every output is written
+        sinks_done = [outputs[name] for name in (DATABASE, PARQUET, NOTIFY) if name in outputs]
+        outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
+            config.checkpoints_url, config.job, config.source.stream,
+            sinks_done + [outputs['dead_letters_written']])
     return outputs
 
 
@@ -107,17 +80,7 @@ def pipeline_options(beam_args) -> PipelineOptions:
 
 def run(argv=None):
     """Builds and runs the job; returns the finished PipelineResult."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--config', required=True,
-                        help='YAML job configuration, read here on the launcher.')
-    known, beam_args = parser.parse_known_args(argv)
-    config = load_config(known.config)
-    options = pipeline_options(beam_args)
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, config)
-    result = p.run()
-    result.wait_until_finish()
-    return result
+    return run_job(build_pipeline, __doc__.splitlines()[0], argv)
 
 
 if __name__ == '__main__':

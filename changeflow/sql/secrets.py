@@ -1,4 +1,4 @@
-"""Masking passwords out of statement text kept for people (dead letters).
+"""Masking passwords out of text kept for people (dead letters, logs).
 
 Statements that set or check a password (``CREATE USER ... IDENTIFIED BY
 '...'``, ``IDENTIFIED WITH plugin AS '...'``, ``GRANT ... IDENTIFIED BY``,
@@ -13,7 +13,7 @@ is masked to the end.
 
 import re
 
-__all__ = ['MASK', 'mask_secrets']
+__all__ = ['MASK', 'mask_secrets', 'mask_url_passwords']
 
 MASK = '*****'
 
@@ -26,6 +26,10 @@ _QUOTED = re.compile(r"""
   | '(?:[^'\\]|\\.|'')*+(?:'|\Z)
   | "(?:[^"\\]|\\.|"")*+(?:"|\Z)
 """, re.S | re.X)
+
+
+# scheme://user:PASSWORD@ (SQLAlchemy also takes an unencoded '/' or ':' in it)
+_URL_PASSWORD = re.compile(r'(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@')
 
 
 def _masked(match) -> str:
@@ -46,3 +50,9 @@ def mask_secrets(text: str) -> str:
     for start in reversed(starts):
         text = text[:start] + _QUOTED.sub(_masked, text[start:])
     return text
+
+
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host``
+    in it shown as ``***``, as SQLAlchemy's ``hide_password`` renders it."""
+    return _URL_PASSWORD.sub(r'\g<head>***@', text)

@@ -11,9 +11,10 @@ epoch microseconds. RDS variants append an 11th/12th field
 (``connection_type``, ...), which is ignored.
 
 The parser is on the hot path (target: >= 250k events/s per core for decode,
-parse and SQL together), so it is one precompiled regex with possessive
-quantifiers, unescapes only objects that contain a backslash, and memoizes the
-last timestamp (a busy server logs many lines per second). Runs on any runner.
+parse and SQL together), so it splits the head fields with str.split and
+reads the rest with one precompiled regex with possessive quantifiers,
+unescapes only objects that contain a backslash, and memoizes the last
+timestamp (a busy server logs many lines per second). Runs on any runner.
 
 Bounds (a line outside them is ``malformed-line``): connection and query ids
 are unsigned 64-bit integers, as the server keeps them; an Aurora timestamp
@@ -37,13 +38,16 @@ __all__ = ['AuditLineError', 'parse_audit_line', 'ParseAuditLines', 'DEFAULT_QUE
 # server_audit_query_log_limit's default in MariaDB's plugin.
 DEFAULT_QUERY_LOG_LIMIT = 1024
 
-# Fields 1-8 cannot contain a comma; the object is either quoted (QUERY) or
+# Fields 1-8 cannot contain a comma, so str.split finds them (a regex
+# capturing them costs twice as much); the timestamp is one of
+# _TIMESTAMP, the connection and query ids digits (str.isdecimal: what the
+# regex \d matches). After them, _TAIL: the object, either quoted (QUERY) or
 # bare (TABLE events, empty for connections); then retcode (empty for TABLE
 # events) and at most two trailing fields that RDS variants add.
-_LINE = re.compile(
-    r"(\d{8} \d\d:\d\d:\d\d|\d++),([^,]*+),([^,]*+),([^,]*+),(\d++),(\d++),([^,]*+),([^,]*+),"
-    r"(?:'([^'\\]*+(?:\\.[^'\\]*+)*+)'|([^,']*+)),(\d*+)(?:,[^,\n]*+){0,2}+",
-    re.DOTALL)
+_HEAD_FIELDS = 8
+_TIMESTAMP = re.compile(r'\d{8} \d\d:\d\d:\d\d|\d++')
+_TAIL = re.compile(r"(?:'([^'\\]*+(?:\\.[^'\\]*+)*+)'|([^,']*+)),(\d*+)(?:,[^,\n]*+){0,2}+",
+                   re.DOTALL)
 
 # The plugin's escapes (esc_map in server_audit.c). `\\` and `\'` drop the
 # backslash; any other backslash pair cannot come from the plugin and is kept.
@@ -51,7 +55,6 @@ _CONTROL_ESCAPES = {'\\n': '\n', '\\r': '\r', '\\t': '\t', '\\b': '\b', '\\f': '
 _UNESCAPED = {'\\': '\\', "'": "'", **{pair[1]: char for pair, char in _CONTROL_ESCAPES.items()}}
 _ESCAPE = re.compile(r'\\(.)', re.DOTALL)
 _CONTROL_ESCAPE = re.compile(r'\\[nrtbf]')
-_NOT_QUOTE_ESCAPE = re.compile(r"\\[^']", re.DOTALL)
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MAX_TIME_DIGITS = 17
@@ -59,7 +62,7 @@ _MAX_ID = 2 ** 64 - 1
 _MAX_RETCODE_DIGITS = 9
 _ONE_US = datetime.timedelta(microseconds=1)
 _new_tuple = tuple.__new__
-_last_timestamp = ('', 0)  # (string, epoch µs) of the previous line; one tuple, so thread-safe
+_last_timestamp = (None, 0)  # (text, epoch µs) of the previous valid line; one tuple, so thread-safe
 
 
 class AuditLineError(ValueError):
@@ -75,8 +78,9 @@ class AuditLineError(ValueError):
 
 
 def _unescape(text: str) -> str:
-    if _NOT_QUOTE_ESCAPE.search(text) is None:  # only \' (SQL literals): the common case
-        return text.replace("\\'", "'")
+    unquoted = text.replace("\\'", "'")
+    if '\\' not in unquoted:  # every backslash was one of \' (SQL literals): the common case
+        return unquoted
     if '\0' in text:  # the sentinel below would be ambiguous: take the slow path
         return _ESCAPE.sub(lambda m: _UNESCAPED.get(m[1], m[0]), text)
     # `\\` first (through a sentinel), so `\\n` reads as `\` + `n`, not as a newline.
@@ -87,10 +91,8 @@ def _unescape(text: str) -> str:
 
 
 def _timestamp_us(text: str) -> int:
+    """Epoch µs of a timestamp of the line grammar, remembered as the last one."""
     global _last_timestamp
-    last = _last_timestamp
-    if last[0] == text:
-        return last[1]
     if len(text) == 17 and text[8] == ' ':
         try:
             when = datetime.datetime(
@@ -132,11 +134,17 @@ def parse_audit_line(line: str, position: str = '',
     Raises:
         AuditLineError: 'malformed-line' or 'truncated-statement'.
     """
-    match = _LINE.fullmatch(line)
-    if match is None:
+    fields = line.split(',', _HEAD_FIELDS)
+    if len(fields) <= _HEAD_FIELDS:
         raise AuditLineError('malformed-line', _why_malformed(line))
     (timestamp, serverhost, username, host, connection_id, query_id, operation,
-     database, quoted, bare, retcode) = match.groups()
+     database, rest) = fields
+    tail = _TAIL.fullmatch(line, len(line) - len(rest))
+    last = _last_timestamp  # a line with the last valid line's timestamp needs no check of it
+    if tail is None or not (connection_id.isdecimal() and query_id.isdecimal()) or (
+            timestamp != last[0] and _TIMESTAMP.fullmatch(timestamp) is None):
+        raise AuditLineError('malformed-line', _why_malformed(line))
+    quoted, bare, retcode = tail.groups()
     truncated = False
     if quoted is None:
         obj = bare
@@ -153,9 +161,9 @@ def parse_audit_line(line: str, position: str = '',
         _check_bounds(connection_id, query_id, retcode)
     # tuple.__new__ skips NamedTuple's Python-level __new__ (0.3 µs of ~1.5).
     return _new_tuple(AuditEvent, (
-        _timestamp_us(timestamp), serverhost, username, host, int(connection_id),
-        int(query_id), operation, database, obj, int(retcode) if retcode else None,
-        position, line, truncated))
+        last[1] if timestamp == last[0] else _timestamp_us(timestamp), serverhost, username,
+        host, int(connection_id), int(query_id), operation, database, obj,
+        int(retcode) if retcode else None, position, line, truncated))
 
 
 def _check_bounds(connection_id: str, query_id: str, retcode: str) -> None:

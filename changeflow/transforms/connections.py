@@ -30,7 +30,7 @@ from changeflow.transforms.guard import guarded, lines_original
 from changeflow.transforms.runs import make_run, merge_runs, unpack
 from changeflow.transforms.sql_changes import _ExtractRowChangesFn
 from changeflow.transforms.transactions import (
-    StatementClass, TransactionTracker, _session_order, classify_statement)
+    StatementClass, TransactionTracker, _session_order, classify_statement, input_end_letters)
 
 __all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'RUNS', 'DDL']
 
@@ -181,20 +181,8 @@ class _ReplayConnectionFn(beam.DoFn):
         self._counters['transactions'].inc(transactions)
         for name, count in tracker.counts.items():
             self._counters[name].inc(count)
-        for event, reason in tracker.unresolved:
-            self._counters['unresolved'].inc()
-            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                'transactions', reason,
-                f'connection {serverhost}/{connection_id} ended with this write in a prepared XA '
-                f'transaction (query id {event.query_id}): another session may commit it',
-                event.line, event.position))
-        for event in tracker.open_statements():
-            self._counters['open_at_end'].inc()
-            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                'transactions', 'transaction-open-at-end',
-                f'no COMMIT or ROLLBACK for connection {serverhost}/{connection_id} '
-                f'before the input ended (query id {event.query_id})',
-                event.line, event.position))
+        yield from input_end_letters(tracker, self._counters['unresolved'],
+                                     self._counters['open_at_end'])
 
 
 def change_version(change) -> str:

@@ -15,7 +15,7 @@ import pickle
 import zlib
 from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple
 
-__all__ = ['pack', 'unpack', 'Run', 'make_run', 'merge_runs']
+__all__ = ['pack', 'unpack', 'Run', 'make_run', 'merge_runs', 'make_batch', 'batch_changes']
 
 Run = Tuple[Any, bytes]  # (smallest key, packed sorted records)
 
@@ -49,3 +49,14 @@ def merge_runs(runs: Iterable[Run], key: Callable[[Any], Any]) -> Iterator:
                 order += 1
             next_run += 1
         yield heapq.heappop(heap)[2]
+
+
+def make_batch(table: str, shard: int, changes: Sequence) -> tuple:
+    """A shard batch, ``(table, shard, packed changes)``: packed, because Beam's
+    default coder walks into a tuple and pickles each NamedTuple on its own."""
+    return table, shard, pack(changes)
+
+
+def batch_changes(batch: tuple) -> List:
+    """The changes of a shard batch."""
+    return unpack(batch[2])

@@ -3,8 +3,8 @@ shard)'s runs of changes merged in version order and coalesced row by row
 (:class:`changeflow.transforms.coalesce.ShardFolder`), then one batch per
 shard to each branch.
 
-A batch is ``(table, shard, changes)``: the shard's coalesced changes, its
-whole-table change first. The database branch gets every batch whole (each
+A batch is ``(table, shard, packed changes)`` (:func:`changeflow.transforms.runs.make_batch`):
+the shard's coalesced changes, its whole-table change first. The database branch gets every batch whole (each
 shard applies a whole-table op to its own rows); the change-log branches
 (Parquet, notifications) get the changes without DIVERGE markers and a
 whole-table change only from shard 0, as RouteChanges gives them.
@@ -21,9 +21,9 @@ from changeflow.transforms.coalesce import ShardFolder
 from changeflow.transforms.connections import change_version
 from changeflow.transforms.guard import changes_original, guarded
 from changeflow.transforms.route import BRANCHES, DATABASE
-from changeflow.transforms.runs import merge_runs, unpack
+from changeflow.transforms.runs import batch_changes, make_batch, merge_runs, unpack
 
-__all__ = ['FoldShards', 'RouteShardBatches', 'batch_changes']
+__all__ = ['FoldShards', 'RouteShardBatches']
 
 
 def _shard_original(element):
@@ -45,7 +45,7 @@ class _FoldShardFn(beam.DoFn):
         changes = folder.changes(table)
         self._rows.inc(sum(1 for change in changes if change.key))
         self._folded.inc(folder.ops_in - sum(len(change.ops) for change in changes))
-        yield table, shard, tuple(changes)
+        yield make_batch(table, shard, changes)
 
 
 class FoldShards(beam.PTransform):
@@ -67,9 +67,11 @@ class _RouteBatchFn(beam.DoFn):
         self._routed = {b: Metrics.counter('changeflow.route', f'to_{b}') for b in branches}
 
     def process(self, batch):
-        table, shard, changes = batch
-        logged = None
+        table, shard, _ = batch
+        changes = logged = logged_batch = None
         for branch in self._branches:
+            if changes is None:
+                changes = batch_changes(batch)
             if branch == DATABASE:
                 self._routed[branch].inc(sum(1 for c in changes if c.key or shard == 0))
                 yield TaggedOutput(branch, batch)
@@ -85,7 +87,8 @@ class _RouteBatchFn(beam.DoFn):
                                       else change._replace(ops=ops))
             self._routed[branch].inc(len(logged))
             if logged:
-                yield TaggedOutput(branch, (table, shard, tuple(logged)))
+                yield TaggedOutput(branch, logged_batch or (
+                    logged_batch := make_batch(table, shard, logged)))
 
 
 class RouteShardBatches(beam.PTransform):
@@ -106,7 +109,3 @@ class RouteShardBatches(beam.PTransform):
         return {branch: routed[branch] | f'Isolate_{branch}' >> beam.Reshuffle()
                 for branch in self._branches}
 
-
-def batch_changes(batch):
-    """The changes of a batch, for a sink that takes one Change per element."""
-    return batch[2]

@@ -335,15 +335,16 @@ class TransactionTracker:
 
     def __init__(self, serverhost: str, connection_id: int, autocommit: bool = True,
                  server_version: int = DEFAULT_SERVER_VERSION, rollback_on_timeout: bool = False):
-        self._serverhost = serverhost
-        self._connection_id = connection_id
+        self.serverhost = serverhost
+        self.connection_id = connection_id
         self._default_autocommit = autocommit
         self._server_version = server_version
         self._rollback_on_timeout = rollback_on_timeout  # innodb_rollback_on_timeout
         self.counts = {'rolled_back': 0, 'failed': 0, 'reads': 0, 'ddl': 0,
                        'session': 0, 'duplicates': 0, 'committed': 0}
         self.unresolved: List[Tuple[AuditEvent, str]] = []
-        self._seen = set()
+        self._seen = set()        # the statements of the current (time, query id)
+        self._seen_at = None
         self._reset()
 
     def _reset(self):
@@ -364,7 +365,7 @@ class TransactionTracker:
         if not pending:
             return []
         self.counts['committed'] += len(pending)
-        return [CommittedTransaction(self._serverhost, self._connection_id, tuple(pending),
+        return [CommittedTransaction(self.serverhost, self.connection_id, tuple(pending),
                                      tuple(sessions))]
 
     def _discard(self):
@@ -387,11 +388,15 @@ class TransactionTracker:
             return []
         if event.operation != 'QUERY':
             return []
-        identity = (event.query_id, event.object)
-        if identity in self._seen:  # the same line delivered twice (at-least-once sources)
+        # Events come in statement order, so the same line delivered twice (at-least-once
+        # sources) comes twice in a row at one (time, query id): only those are kept.
+        if (event.timestamp_us, event.query_id) != self._seen_at:
+            self._seen_at = (event.timestamp_us, event.query_id)
+            self._seen.clear()
+        if event.object in self._seen:
             self.counts['duplicates'] += 1
             return []
-        self._seen.add(identity)
+        self._seen.add(event.object)
         flags = _NO_FLAGS if not self._session.sql_mode else (
             'NO_BACKSLASH_ESCAPES' in self._session.sql_mode, 'ANSI_QUOTES' in self._session.sql_mode)
         kind, savepoint, sql, items = _classify(event.object, self._server_version, flags)
@@ -573,20 +578,26 @@ class _ResolveConnection(beam.DoFn):
                 yield transaction
         for name, count in tracker.counts.items():
             self._counters[name].inc(count)
-        for event, reason in tracker.unresolved:
-            self._unresolved.inc()
-            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                'transactions', reason,
-                f'connection {serverhost}/{connection_id} ended with this write in a prepared XA '
-                f'transaction (query id {event.query_id}): another session may commit it',
-                event.line, event.position))
-        for event in tracker.open_statements():
-            self._open.inc()
-            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                'transactions', 'transaction-open-at-end',
-                f'no COMMIT or ROLLBACK for connection {serverhost}/{connection_id} '
-                f'before the input ended (query id {event.query_id})',
-                event.line, event.position))
+        yield from input_end_letters(tracker, self._unresolved, self._open)
+
+
+def input_end_letters(tracker: TransactionTracker, unresolved, still_open):
+    """The dead letters of a connection whose bounded input ended: writes in
+    an XA transaction still prepared, and writes of a transaction still open
+    (counted on the ``unresolved`` and ``still_open`` counters)."""
+    where = f'connection {tracker.serverhost}/{tracker.connection_id}'
+    for event, reason in tracker.unresolved:
+        unresolved.inc()
+        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'transactions', reason,
+            f'{where} ended with this write in a prepared XA transaction (query id '
+            f'{event.query_id}): another session may commit it', event.line, event.position))
+    for event in tracker.open_statements():
+        still_open.inc()
+        yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'transactions', 'transaction-open-at-end',
+            f'no COMMIT or ROLLBACK for {where} before the input ended (query id '
+            f'{event.query_id})', event.line, event.position))
 
 
 class ResolveTransactions(beam.PTransform):

@@ -1,0 +1,94 @@
+"""How the whole job scales: memory with input size, the fixed cost of a job,
+and two workers against one. Each run is its own process, so its peak RSS is
+its own.
+
+    python bench/scaling.py [--small 200000] [--large 800000] [--workers-events 200000]
+
+Prints, from runs made back to back on the same machine:
+
+* peak RSS of the job at ``--small`` and ``--large`` events of the upsert
+  workload (bench/workload.py, one connection) and their ratio (issue 6: within
+  1.2x, and under 400 MB);
+* the fixed cost of a job: a 100-event job against a bare one-element Beam
+  pipeline, both on the FnApiRunner in a fresh process (target: within 1.5 s);
+* throughput of ``--workers-events`` events from 50 connections on one worker
+  and on two (``--direct_num_workers=2 --direct_running_mode=multi_processing``;
+  target: 1.6x).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+_CHILD = r'''
+import json, os, resource, sys, time
+sys.path.insert(0, {bench!r})
+started = time.perf_counter()
+mode, folder, events, connections, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+if mode == 'bare':
+    import apache_beam as beam
+    imported = time.perf_counter()
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        p | beam.Create([1]) | beam.Map(lambda x: x)
+else:
+    from pipeline_throughput import UPSERT_TABLE, write_config
+    from workload import write_firehose_archive
+    from changeflow.pipelines import audit_sync
+    archive = os.path.join(folder, 'audit.gz')
+    write_firehose_archive(archive, events, connections=connections)
+    config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items')
+    imported = time.perf_counter()
+    audit_sync.run(['--config', config, *extra])
+done = time.perf_counter()
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({{'seconds': done - imported, 'total': done - started,
+                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  'children_rss_mb': children / 1024}}))
+'''
+
+
+def run(mode, events=0, connections=1, extra=()):
+    with tempfile.TemporaryDirectory() as folder:
+        out = subprocess.run(
+            [sys.executable, '-c', _CHILD.format(bench=HERE), mode, folder, str(events),
+             str(connections), *extra],
+            check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--small', type=int, default=200_000)
+    parser.add_argument('--large', type=int, default=800_000)
+    parser.add_argument('--workers-events', type=int, default=200_000)
+    parser.add_argument('--skip', default='', help='comma list of memory,fixed,workers')
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(',')))
+    if 'memory' not in skip:
+        small, large = run('job', args.small), run('job', args.large)
+        print(f'peak RSS {args.small:>9,} events   {small["rss_mb"]:>8,.0f} MiB '
+              f'({args.small / small["seconds"]:,.0f} events/s)')
+        print(f'peak RSS {args.large:>9,} events   {large["rss_mb"]:>8,.0f} MiB '
+              f'({args.large / large["seconds"]:,.0f} events/s)')
+        print(f'memory ratio large/small       {large["rss_mb"] / small["rss_mb"]:>8.2f} x')
+    if 'fixed' not in skip:
+        bare, tiny = run('bare'), run('job', 100)
+        print(f'bare Beam pipeline             {bare["seconds"]:>8.2f} s')
+        print(f'100-event job                  {tiny["seconds"]:>8.2f} s '
+              f'(fixed cost over bare: {tiny["seconds"] - bare["seconds"]:.2f} s)')
+    if 'workers' not in skip:
+        one = run('job', args.workers_events, 50)
+        two = run('job', args.workers_events, 50,
+                  ('--direct_num_workers=2', '--direct_running_mode=multi_processing'))
+        print(f'1 worker, 50 connections       {args.workers_events / one["seconds"]:>8,.0f} events/s')
+        print(f'2 workers, 50 connections      {args.workers_events / two["seconds"]:>8,.0f} events/s')
+        print(f'speed-up                       {one["seconds"] / two["seconds"]:>8.2f} x')
+
+
+if __name__ == '__main__':
+    main()
