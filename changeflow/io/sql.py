@@ -1675,14 +1675,19 @@ class WriteToDatabase(beam.PTransform):
         self._bookkeeping_prefix = bookkeeping_prefix
         self._schema_timeline = schema_timeline
 
+    def _after_schema(self) -> dict:
+        """The side input that holds the writes back until the replica has the
+        log's schema (a side input is ready before its consumer runs); {}
+        when the replica does not follow DDL."""
+        if self._schema_timeline is None:
+            return {}
+        from changeflow.io.replica_schema import ApplyReplicaSchema
+        applied = self._schema_timeline | 'FollowSchema' >> ApplyReplicaSchema(
+            self._url, self._bookkeeping_prefix)
+        return {'schema_applied': beam.pvalue.AsSingleton(applied)}
+
     def expand(self, changes):
-        after = {}
-        if self._schema_timeline is not None:
-            from changeflow.io.replica_schema import ApplyReplicaSchema
-            applied = self._schema_timeline | 'FollowSchema' >> ApplyReplicaSchema(
-                self._url, self._bookkeeping_prefix)
-            # A side input is ready before its consumer runs: no write precedes the DDL.
-            after = {'schema_applied': beam.pvalue.AsSingleton(applied)}
+        after = self._after_schema()
         return (
             changes
             | 'KeyByShard' >> beam.FlatMap(
@@ -1708,16 +1713,10 @@ class WriteBatchesToDatabase(WriteToDatabase):
     ``(table, shard, changes applied or found applied)`` per batch."""
 
     def expand(self, batches):
-        after = {}
-        if self._schema_timeline is not None:
-            from changeflow.io.replica_schema import ApplyReplicaSchema
-            applied = self._schema_timeline | 'FollowSchema' >> ApplyReplicaSchema(
-                self._url, self._bookkeeping_prefix)
-            after = {'schema_applied': beam.pvalue.AsSingleton(applied)}
         return batches | 'WriteShards' >> beam.ParDo(_WriteBatchFn(
             self._url, self._tables, self._batch_size, self._max_retries,
             self._bookkeeping_prefix, self._num_shards, self._schema_timeline is not None),
-            **after).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
+            **self._after_schema()).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
 
 
 def _check_spec(spec: TableSpec) -> None:
