@@ -114,6 +114,18 @@ def test_rerun_leaves_the_file_unchanged(tmp_path):
     assert sorted(text[3:]) == sorted(first.splitlines()[1:])
 
 
+def test_a_moved_file_keeps_its_ids_and_nothing_is_sent_again(tmp_path):
+    """Ids hash the row and version, not the target: a notification file moved
+    to another path (another `to:`) is not filled again on a re-run."""
+    first, moved = tmp_path / 'a' / 'notes.jsonl', tmp_path / 'b' / 'moved.jsonl'
+    run([{'to': f'file:{first}'}], changes())
+    moved.parent.mkdir()
+    moved.write_bytes(first.read_bytes())
+    counters = run([{'to': f'file:{moved}'}], changes(), written=equal_to([]))
+    assert counters == {'received': 5, 'skipped_existing': 5}
+    assert moved.read_bytes() == first.read_bytes()
+
+
 def test_stdout_prints_every_time(capsys):
     rules = [{'to': 'stdout', 'when': {'op': 'delete'}}]
     run(rules, changes())

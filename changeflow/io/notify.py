@@ -32,8 +32,9 @@ assignments are left out), rendered by
 :func:`changeflow.io.json_records.json_value` (Decimal as text, bytes base64).
 Columns in the TableSpec's ``redact`` (compared case-insensitively, as
 MySQL compares column names), values and key parts alike, read
-``"***"``. ``id`` is a hash of (rule target, table, key, version): two rules
-with the same target send one notification.
+``"***"``. ``id`` is a hash of (table, key, version), not of where the
+notification goes: two rules with the same target send one notification, and
+a file moved to another path keeps its ids (nothing is sent again).
 
 Delivery: ``file:`` appends a line per notification whose ``id`` is not yet in
 the file. The ids in the file are read when the DoFn is set up, and again
@@ -239,8 +240,8 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
                   key_columns: Tuple[str, ...]) -> Tuple[str, bytes]:
     """(id, JSON line) of ``change`` for ``target``."""
     key = json_value(list(change.key))
-    note_id = hashlib.sha256(dumps_json(
-        [target, change.table, key, change.version])).hexdigest()[:32]
+    # The row and version alone: a file moved elsewhere (a new target path) keeps its ids.
+    note_id = hashlib.sha256(dumps_json([change.table, key, change.version])).hexdigest()[:32]
     if redact and len(key_columns) == len(key):
         key = [REDACTED if column.lower() in redact else value
                for column, value in zip(key_columns, key)]
