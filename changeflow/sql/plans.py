@@ -559,11 +559,16 @@ def _binder(template: tuple) -> Callable[[Sequence[Any]], tuple]:
         inner = _binder(template[1])
         build = lambda params: ('neg', inner(params))  # noqa: E731
     elif tag == 'bin':
-        op, left, right = template[1], _binder(template[2]), _binder(template[3])
-        build = lambda params: ('bin', op, left(params), right(params))  # noqa: E731
+        op, left, right = template[1:]
+        if right[0] == 'param' and not _has_params(left):  # qty + 1, qty + VALUES(qty)
+            left_value, index = _binder(left)(()), right[1]
+            build = lambda params: ('bin', op, left_value, ('lit', params[index]))  # noqa: E731
+        else:
+            bind_left, bind_right = _binder(left), _binder(right)
+            build = lambda params: ('bin', op, bind_left(params), bind_right(params))  # noqa: E731
     else:
         name, args = template[1], [_binder(arg) for arg in template[2]]
-        build = lambda params: ('fn', name, tuple(a(params) for a in args))  # noqa: E731
+        build = lambda params: ('fn', name, tuple([a(params) for a in args]))  # noqa: E731
     if _reads_columns(template):
         return build
     return lambda params: substitute(build(params), {})
