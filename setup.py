@@ -18,6 +18,7 @@ setuptools.setup(
         'PyYAML>=6,<7',
         'sqlalchemy>=2.0,<2.2',
         'sqlglot>=30,<31',
+        'tenacity>=8.2,<10',
     ],
     extras_require={
         'mysql': ['pymysql>=1.1,<2'],
