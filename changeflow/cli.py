@@ -186,6 +186,7 @@ def _dead_letter_lines(config, count: _Counts) -> str:
 
 def _summary(config, count: _Counts) -> str:
     """What a person reads at a glance: input, each sink, dead letters."""
+    from changeflow.io.messaging import display_target
     lines = [f'  read          {_read_line(config, count)}']
     if config.database_url:
         lines.append(f'  replica       {_replica_line(config, count)}')
@@ -197,7 +198,7 @@ def _summary(config, count: _Counts) -> str:
         written = count('write_notify', 'written')
         again = count('write_notify', 'skipped_existing')
         lines.append(f'  notify        {_n(written, "notification")} to '
-                     f'{", ".join(rule.to for rule in config.notify)}'
+                     f'{", ".join(display_target(rule.to) for rule in config.notify)}'
                      + (f' ({again:,} already sent)' if again else ''))
     lines.append(f'  dead letters  {_dead_letter_lines(config, count)}')
     return '\n'.join(lines)

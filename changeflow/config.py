@@ -68,9 +68,11 @@ class SourceConfig(NamedTuple):
 
 
 class NotifyRule(NamedTuple):
-    to: str                       # 'file:PATH' or 'stdout'
+    to: str                       # 'file:PATH', 'stdout', 'sns:ARN', 'sqs:URL', 'https://...'
     table: Optional[str] = None   # match one source table, or any
     ops: Tuple[str, ...] = ()     # match these op kinds, or any
+    columns: Tuple[Any, ...] = () # notify_columns.ColumnPredicate: all must hold
+    options: Tuple[Tuple[str, Any], ...] = ()  # the target's options (template, region, ...)
 
 
 class JobConfig(NamedTuple):
@@ -92,6 +94,7 @@ class JobConfig(NamedTuple):
     table_rules: Any = None                 # ``tables:`` as written, for resolve_tables
     job: Optional[str] = None               # the job's name: its checkpoints' key
     checkpoints_url: Optional[str] = None   # the checkpoint store of a stream source
+    state_url: Optional[str] = None         # the state store (ledgers of side effects)
 
 
 class ConfigError(ValueError):
@@ -466,16 +469,33 @@ def _tables(raw, schema: Optional[SourceSchema], lenient: bool = False
 
 
 def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
+    from changeflow.io.notify import WRITERS  # pylint: disable=import-outside-toplevel
+    from changeflow.io.notify_columns import parse_columns  # (they import this module)
     where = f'sinks.notify[{i}]'
-    _check_keys(where, raw, ('to', 'when'), required=('to',))
-    to = _typed(f'{where}.to', raw['to'], str, 'a string')
-    if to.startswith('file:'):
-        _path(f'{where}.to', to[len('file:'):], "'file:PATH' with a path")
-        to = 'file:' + _resolve(to[len('file:'):], base_dir)
-    elif to != 'stdout':
-        raise ConfigError(f"{where}.to: {to!r} is not supported; use 'file:PATH' or 'stdout'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: expected a mapping, got {type(raw).__name__}')
+    to = _typed(f'{where}.to', raw.get('to'), str, 'a string')
+    scheme, _, address = to.partition(':')
+    writer = WRITERS.get(scheme)
+    if writer is None:
+        raise ConfigError(f"{where}.to: {_target_shown(to)!r} is not supported; use 'file:PATH', "
+                          f"'stdout', 'sns:TOPIC_ARN', 'sqs:QUEUE_URL' or an https:// webhook")
+    _check_keys(where, raw, ('to', 'when', *sorted(writer.OPTIONS)), required=('to',))
+    if scheme == 'file':
+        _path(f'{where}.to', address, "'file:PATH' with a path")
+        to = 'file:' + _resolve(address, base_dir)
+    options = tuple((key, raw[key]) for key in sorted(writer.OPTIONS) if key in raw)
+    try:
+        writer(to.partition(':')[2], **dict(options))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f'{where}: {writer.shown(str(error))}') from None
     when = raw.get('when') or {}
-    _check_keys(f'{where}.when', when, ('table', 'op'))
+    _check_keys(f'{where}.when', when, ('table', 'op', 'columns'))
+    try:
+        columns = parse_columns(when['columns'], f'{where}.when.columns') if (
+            'columns' in when) else ()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     ops = when.get('op') or []
     ops = [ops] if isinstance(ops, str) else ops
     _typed(f'{where}.when.op', ops, list, 'an op or a list of ops')
@@ -485,7 +505,25 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     table = when.get('table')
     if table is not None:
         _typed(f'{where}.when.table', table, str, 'a string')
-    return NotifyRule(to, table, tuple(ops))
+    return NotifyRule(to, table, tuple(ops), columns, options)
+
+
+def _target_shown(target: str) -> str:
+    """A notification target as messages show it (a webhook's token masked)."""
+    from changeflow.io.messaging import display_target  # pylint: disable=import-outside-toplevel
+    return display_target(target)
+
+
+def _state_url(raw, base_dir: str, job: Optional[str]) -> str:
+    """``state: {url}``: the store of the ledgers of side effects (notifications
+    sent, handlers run); by default a SQLite file beside the config,
+    ``<job>.state.db`` (``changeflow.state.db`` for a job without a name)."""
+    state = raw.get('state')
+    state = {} if state is None else state
+    _check_keys('state', state, ('url',))
+    if 'url' in state:
+        return _resolve_url(_database_url('state.url', state['url']), base_dir)
+    return 'sqlite:///' + os.path.join(os.path.abspath(base_dir), f'{job or "changeflow"}.state.db')
 
 
 # --- stream sources (Kinesis) and their checkpoints ----------------------------
@@ -622,7 +660,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     if _is_dynamodb_job(raw):
         return _dynamodb_config(raw, base_dir)
     _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
-                                'schema', 'source_db', 'job', 'checkpoints'),
+                                'schema', 'source_db', 'job', 'checkpoints', 'state'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
     source = raw['source']
     if _is_stream_source(source):
@@ -680,6 +718,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         table_rules=table_rules,
         job=job,
         checkpoints_url=checkpoints_url,
+        state_url=_state_url(raw, base_dir, job),
     )
 
 
@@ -688,7 +727,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
 DYNAMODB_ARCHIVE = 'dynamodb-archive'
 DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
 _DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
-_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter')
+_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'state')
 _TARGET_LENGTH = 128    # the database sink's longest table name
 
 
@@ -794,7 +833,7 @@ def _dynamodb_config(raw, base_dir: str) -> JobConfig:
     _check_shared_targets(tables)
     return JobConfig(source=DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds),
                      tables=tables, window_seconds=5.0, query_log_limit=0, autocommit=True,
-                     **sinks)
+                     state_url=_state_url(raw, base_dir, None), **sinks)
 
 
 def table_spec(table: TableSchema, target: Optional[str] = None, redact=()) -> TableSpec:

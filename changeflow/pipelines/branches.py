@@ -75,7 +75,8 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:
         written = routed[NOTIFY] | 'Notify' >> WriteNotifications(
-            config.notify, config.tables, schema_timeline=timeline, batched=True)
+            config.notify, config.tables, schema_timeline=timeline, batched=True,
+            state_url=config.state_url)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 
