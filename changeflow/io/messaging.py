@@ -102,10 +102,21 @@ class _Fields(dict):
 
 
 class _Key(list):
-    """Key parts as text; the whole key formats as a JSON array."""
+    """Key parts as text; a part not there reads as ''; the whole key formats
+    as a JSON array."""
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except IndexError:
+            return ''
+
+    def __init__(self, parts=()):
+        super().__init__(_text(part) for part in parts)
+        self._json = dumps_json(list(parts)).decode('utf-8')
 
     def __format__(self, spec):
-        return format(dumps_json(list(self)).decode('utf-8'), spec)
+        return format(self._json, spec)
 
 
 _FIELDS = ('id', 'table', 'op', 'version', 'event_time', 'key', 'new', 'old', 'changes')
@@ -135,7 +146,7 @@ def template_fields(change: Change, note: Mapping[str, Any], redact=frozenset(),
     return {
         'id': note['id'], 'table': note['table'], 'op': note['op'],
         'version': note['version'], 'event_time': note['event_time'],
-        'key': _Key(_text(part) for part in note['key']),
+        'key': _Key(note['key']),
         'new': new_fields, 'old': shown(old),
         'changes': ', '.join(f'{column}={value}' for column, value in new_fields.items()),
     }
@@ -169,7 +180,7 @@ def _check_template(template) -> str:
         raise ValueError(f'a template is non-empty text, got {template!r}')
     _FORMATTER.check(template)
     sample = {name: '' for name in _FIELDS}
-    sample.update(key=_Key(['1']), new=_Fields(), old=_Fields())
+    sample.update(key=_Key(), new=_Fields(), old=_Fields())
     try:
         render_template(template, sample)
     except (ValueError, LookupError, TypeError) as error:
@@ -560,9 +571,14 @@ class WebhookWriter(_MessageWriter):
     def _send(self, messages):
         ok, rejected, again = set(), {}, {}
         for message in messages:
-            response = self._http.request(
-                'POST', self.url, body=dumps_json({'text': message.body}),
-                headers={'Content-Type': 'application/json'}, redirect=False)
+            try:
+                response = self._http.request(
+                    'POST', self.url, body=dumps_json({'text': message.body}),
+                    headers={'Content-Type': 'application/json'}, redirect=False)
+            except Exception as error:  # per message: the ones posted before stay posted
+                why = self._hide(f'{type(error).__name__}: {error}')
+                (again if _transient(error) else rejected)[message.note_id] = why
+                continue
             status = response.status
             if 200 <= status < 300:
                 ok.add(message.note_id)
