@@ -10,11 +10,13 @@ import uuid
 import apache_beam as beam
 import boto3
 import pytest
+import yaml
 from apache_beam.testing.util import assert_that, equal_to
 
-from changeflow.config import TableSpec
+from changeflow.config import TableSpec, parse_config
 from changeflow.io.json_records import dumps_json
-from changeflow.io.messaging import display_target, render_template, template_fields
+from changeflow.io.messaging import (
+    SqsWriter, _entry_results, display_target, render_template, template_fields)
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.notify_columns import columns_match, parse_columns
 from changeflow.metrics import counter_totals
@@ -285,3 +287,69 @@ def test_targets_are_shown_without_their_secrets():
         'https://u:***@example.com/***?***')
     assert display_target('sns:arn:aws:sns:eu-west-1:123456789012:orders') == (
         'sns:arn:aws:sns:eu-west-1:123456789012:orders')
+
+
+class _ScriptedQueue(SqsWriter):
+    """An SQS writer whose calls answer as scripted: the entry-level outcomes
+    of SendMessageBatch that moto never produces (it accepts every entry)."""
+
+    def __init__(self, *args, answers, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answers, self.calls = list(answers), []
+
+    def _connect(self):
+        pass
+
+    def _send(self, messages):
+        self.calls.append([m.note_id for m in messages])
+        return _entry_results(self.answers.pop(0))
+
+
+def test_batch_entries_fail_one_by_one(sqlite_url):
+    def failed(note_id, sender):
+        return {'Id': note_id, 'Code': 'X', 'Message': 'no', 'SenderFault': sender}
+
+    writer = _ScriptedQueue(
+        'https://sqs.eu-west-1.amazonaws.com/123456789012/orders', state_url=sqlite_url,
+        retry=FAST, answers=[
+            {'Successful': [{'Id': 'a'}], 'Failed': [failed('b', False), failed('c', True)]},
+            {'Successful': [{'Id': 'b'}]}])
+    writer.open()
+    line = {'table': 'shop.orders', 'op': 'insert', 'group': 'g'}
+    batch = [(i, dumps_json({**line, 'id': i})) for i in 'abc'] + [
+        ('d', dumps_json({**line, 'id': 'd', 'message': 'x' * (256 * 1024 + 1)}))]
+    assert writer.write(batch) == {'a', 'b'}
+    assert writer.calls == [['a', 'b', 'c'], ['b']]   # only the service's own failure again
+    assert writer.failures() == {'c': ('rejected', 'X: no'),
+                                 'd': ('too-large', '262,145 bytes; a message takes at most '
+                                                    '262,144')}
+    assert writer._ledger.done(writer.scope, 'abcd') == {'a', 'b'}
+    writer.answers = [{'Successful': [{'Id': 'c'}]}]
+    assert writer.write(batch[:3]) == {'c'}           # a and b are not sent again
+    assert writer.calls[-1] == ['c']
+    writer.close()
+
+
+def test_yaml_rules_and_the_state_store(tmp_path, aws_env):
+    (tmp_path / 'audit.log').write_text('')
+    raw = yaml.safe_load(f"""
+        source: {{type: archive, format: server-audit, path: audit.log}}
+        tables: {{shop.orders: {{key: [tenant_id, order_id], redact: [card]}}}}
+        sinks:
+          notify:
+            - to: "sns:arn:aws:sns:eu-west-1:123456789012:orders"
+              when: {{table: shop.orders, op: update, columns: {{status: {{to: shipped}}}}}}
+              template: "Order {{key[1]}} shipped"
+              endpoint_url: {aws_env}
+              retry: {{attempts: 2}}
+        dead_letter: {{path: dead}}
+    """)
+    config = parse_config(raw, str(tmp_path))
+    (rule,) = config.notify
+    assert rule.columns == parse_columns({'status': {'to': 'shipped'}})
+    assert dict(rule.options) == {'template': 'Order {key[1]} shipped', 'endpoint_url': aws_env,
+                                  'retry': {'attempts': 2}}
+    assert config.state_url == f'sqlite:///{tmp_path}/changeflow.state.db'
+    raw['state'] = {'url': 'sqlite:///state/ledger.db'}
+    assert parse_config(raw, str(tmp_path)).state_url == f'sqlite:///{tmp_path}/state/ledger.db'
+    WriteNotifications(config.notify, config.tables, state_url=config.state_url)
