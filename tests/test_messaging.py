@@ -353,3 +353,56 @@ def test_yaml_rules_and_the_state_store(tmp_path, aws_env):
     raw['state'] = {'url': 'sqlite:///state/ledger.db'}
     assert parse_config(raw, str(tmp_path)).state_url == f'sqlite:///{tmp_path}/state/ledger.db'
     WriteNotifications(config.notify, config.tables, state_url=config.state_url)
+
+
+def test_the_dynamodb_job_run_twice_publishes_each_notification_once(
+        aws_env, moto_endpoint, tmp_path):
+    """The job end to end: a table's stream records through the DynamoDB job
+    to an SNS topic with an SQS subscription, twice over the same input."""
+    from tests.test_dynamodb_sync import clients, stream_lines
+    from changeflow.pipelines import dynamodb_sync
+
+    ddb, streams = clients(moto_endpoint)
+    name = f'prod-Card.{uuid.uuid4().hex[:6]}'
+    ddb.create_table(
+        TableName=name, BillingMode='PAY_PER_REQUEST',
+        KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'}],
+        AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'}],
+        StreamSpecification={'StreamEnabled': True, 'StreamViewType': 'NEW_AND_OLD_IMAGES'})
+    for i in range(1, 6):
+        ddb.put_item(TableName=name, Item={'id': {'N': str(i)}, 'status': {'S': 'new'},
+                                           'card': {'S': f'4111-{i}'}})
+    ddb.update_item(TableName=name, Key={'id': {'N': '2'}}, UpdateExpression='SET #s = :s',
+                    ExpressionAttributeNames={'#s': 'status'},
+                    ExpressionAttributeValues={':s': {'S': 'shipped'}})
+    ddb.delete_item(TableName=name, Key={'id': {'N': '5'}})
+    source = tmp_path / 'stream.jsonl'
+    source.write_bytes(b'\n'.join(stream_lines(ddb, streams, name)) + b'\n')
+
+    sns, sqs = boto3.client('sns'), boto3.client('sqs')
+    topic = sns.create_topic(Name=f'cards-{uuid.uuid4().hex[:8]}')['TopicArn']
+    queue = sqs.create_queue(QueueName=f'cards-{uuid.uuid4().hex[:8]}')['QueueUrl']
+    shipped = sqs.create_queue(QueueName=f'shipped-{uuid.uuid4().hex[:8]}')['QueueUrl']
+    sns.subscribe(TopicArn=topic, Protocol='sqs', Attributes={'RawMessageDelivery': 'true'},
+                  Endpoint=sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=['QueueArn'])[
+                      'Attributes']['QueueArn'])
+    config = tmp_path / 'cards.yaml'
+    config.write_text(yaml.safe_dump({
+        'source': {'type': 'dynamodb-archive', 'format': 'dynamodb-jsonl', 'path': str(source)},
+        'tables': {name: {'key': ['id'], 'redact': ['card']}},
+        'sinks': {'notify': [
+            {'to': f'sns:{topic}', 'template': '{op} card {key[0]} ({new[card]})'},
+            {'to': f'sqs:{shipped}', 'when': {'columns': {'status': {'to': 'shipped'}}}}]},
+        'dead_letter': {'path': 'out/dead'}}), encoding='utf-8')
+
+    first = counter_totals(dynamodb_sync.run(['--config', str(config)]))
+    again = counter_totals(dynamodb_sync.run(['--config', str(config)]))
+    assert first['changeflow.write_notify.written'] == 6
+    assert again['changeflow.write_notify.skipped_existing'] == 6
+    assert 'changeflow.write_notify.written' not in again
+    assert sorted(m['Body'] for m in receive_all(sqs, queue)) == [
+        'delete card 5 ()', 'replace card 1 (***)', 'replace card 2 (***)',
+        'replace card 3 (***)', 'replace card 4 (***)']
+    (note,) = [json.loads(m['Body']) for m in receive_all(sqs, shipped)]
+    assert (note['key'], note['values']['status']) == ([2], 'shipped')
+    assert (tmp_path / 'changeflow.state.db').exists()
