@@ -406,3 +406,19 @@ def test_the_dynamodb_job_run_twice_publishes_each_notification_once(
     (note,) = [json.loads(m['Body']) for m in receive_all(sqs, shipped)]
     assert (note['key'], note['values']['status']) == ([2], 'shipped')
     assert (tmp_path / 'changeflow.state.db').exists()
+
+
+def test_fifo_calls_hold_one_message_per_row(sqlite_url):
+    """An entry sent again must not overtake the next version of its row."""
+    writer = _ScriptedQueue(
+        'https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo', state_url=sqlite_url,
+        retry=FAST, answers=[
+            {'Failed': [{'Id': 'v1', 'Code': 'InternalError', 'SenderFault': False}],
+             'Successful': [{'Id': 'w1'}]},
+            {'Successful': [{'Id': 'v1'}]}, {'Successful': [{'Id': 'v2'}]}])
+    writer.open()
+    batch = [(i, dumps_json({'id': i, 'table': 't', 'op': 'update', 'group': i[0]}))
+             for i in ('v1', 'w1', 'v2')]
+    assert writer.write(batch) == {'v1', 'w1', 'v2'}
+    assert writer.calls == [['v1', 'w1'], ['v1'], ['v2']]
+    writer.close()

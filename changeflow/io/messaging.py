@@ -63,6 +63,7 @@ from changeflow.io.notify import REDACTED, WRITERS, NotificationWriter
 from changeflow.io.notify_columns import before_and_after
 from changeflow.model import Change
 from changeflow.sql.secrets import mask_url_passwords
+from changeflow.state.ledger import Ledger
 
 __all__ = ['SnsWriter', 'SqsWriter', 'WebhookWriter', 'DEFAULT_TEMPLATE', 'template_fields',
            'render_template', 'display_target']
@@ -257,7 +258,10 @@ class _MessageWriter(NotificationWriter):
 
     OPTIONS = frozenset({'template', 'retry'})
     STATEFUL = True
+    SCHEME = ''
+    SECRET = False               # the address holds a secret (a webhook's token)
     _default_template: Optional[str] = None
+    _fifo = False                # one message per FIFO group and call (see _chunks)
 
     def __init__(self, address: str, state_url=None, template: Optional[str] = None,
                  retry=None):
@@ -290,13 +294,10 @@ class _MessageWriter(NotificationWriter):
             return self.target
         return f'{self.SCHEME}:sha256:{hashlib.sha256(self.target.encode()).hexdigest()[:40]}'
 
-    SECRET = False
-
     def _check_address(self) -> None:
         raise NotImplementedError
 
     def open(self) -> None:
-        from changeflow.state.ledger import Ledger
         if self._state_url is None:
             raise ValueError(f'{self.display}: a message target needs a state store '
                              f'(state_url) for its ledger')
@@ -357,18 +358,24 @@ class _MessageWriter(NotificationWriter):
         return len(message.body.encode('utf-8', 'surrogatepass'))
 
     def _chunks(self, messages: List[_Message]):
-        chunk, size = [], 0
+        """Calls of at most 10 messages and 256 KiB. To a FIFO target, at most
+        one message per group: a call is retried until it is done before the
+        next is sent, so an entry sent again never overtakes a later version
+        of its row."""
+        chunk, size, groups = [], 0, set()
         for message in messages:
             length = self._size(message)
             if length > MAX_BYTES:
                 self._failures[message.note_id] = (
                     'too-large', f'{length:,} bytes; a message takes at most {MAX_BYTES:,}')
                 continue
-            if chunk and (len(chunk) == BATCH_ENTRIES or size + length > MAX_BYTES):
+            if chunk and (len(chunk) == BATCH_ENTRIES or size + length > MAX_BYTES or (
+                    self._fifo and message.group in groups)):
                 yield chunk
-                chunk, size = [], 0
+                chunk, size, groups = [], 0, set()
             chunk.append(message)
             size += length
+            groups.add(message.group)
         if chunk:
             yield chunk
 
@@ -430,6 +437,28 @@ def _aws_options(scheme: str, region, endpoint_url):
                          f"http(s)://host[:port]")
 
 
+class _AwsWriter(_MessageWriter):
+    """A boto3 client per writer, with the rule's region and endpoint_url."""
+
+    OPTIONS = _MessageWriter.OPTIONS | {'region', 'endpoint_url'}
+    _client = None
+
+    def __init__(self, address: str, region: Optional[str] = None,
+                 endpoint_url: Optional[str] = None, **options):
+        _aws_options(self.SCHEME, region, endpoint_url)
+        self._region, self._endpoint_url = region, endpoint_url
+        super().__init__(address, **options)
+
+    def _connect(self):
+        self._client = _aws_client(self.SCHEME, self._region, self._endpoint_url)
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        super().close()
+
+
 def _attributes(message: _Message) -> Dict[str, Dict[str, str]]:
     return {'table': {'DataType': 'String', 'StringValue': message.table},
             'op': {'DataType': 'String', 'StringValue': message.op},
@@ -446,17 +475,10 @@ def _entry_results(response) -> Tuple[Set[str], Dict[str, str], Dict[str, str]]:
     return ok, rejected, again
 
 
-class SnsWriter(_MessageWriter):
+class SnsWriter(_AwsWriter):
     """``sns:TOPIC_ARN``: PublishBatch, 10 entries per call."""
 
     SCHEME = 'sns'
-    OPTIONS = _MessageWriter.OPTIONS | {'region', 'endpoint_url'}
-
-    def __init__(self, address: str, region: Optional[str] = None,
-                 endpoint_url: Optional[str] = None, **options):
-        _aws_options(self.SCHEME, region, endpoint_url)
-        self._region, self._endpoint_url = region, endpoint_url
-        super().__init__(address, **options)
 
     def _check_address(self):
         match = _SNS_ARN.fullmatch(self.address)
@@ -466,9 +488,6 @@ class SnsWriter(_MessageWriter):
                              f"got {self.address!r}")
         self._fifo = self.address.endswith('.fifo')
         self._region = self._region or match[1]
-
-    def _connect(self):
-        self._client = _aws_client('sns', self._region, self._endpoint_url)
 
     def _send(self, messages):
         entries = []
@@ -482,17 +501,10 @@ class SnsWriter(_MessageWriter):
             TopicArn=self.address, PublishBatchRequestEntries=entries))
 
 
-class SqsWriter(_MessageWriter):
+class SqsWriter(_AwsWriter):
     """``sqs:QUEUE_URL``: SendMessageBatch, 10 entries per call."""
 
     SCHEME = 'sqs'
-    OPTIONS = _MessageWriter.OPTIONS | {'region', 'endpoint_url'}
-
-    def __init__(self, address: str, region: Optional[str] = None,
-                 endpoint_url: Optional[str] = None, **options):
-        _aws_options(self.SCHEME, region, endpoint_url)
-        self._region, self._endpoint_url = region, endpoint_url
-        super().__init__(address, **options)
 
     def _check_address(self):
         parts = urllib.parse.urlsplit(self.address)
@@ -503,9 +515,6 @@ class SqsWriter(_MessageWriter):
         self._fifo = parts.path.rstrip('/').endswith('.fifo')
         match = _QUEUE_REGION.fullmatch(parts.hostname or '')
         self._region = self._region or (match[1] if match else None)
-
-    def _connect(self):
-        self._client = _aws_client('sqs', self._region, self._endpoint_url)
 
     def _send(self, messages):
         entries = []
@@ -526,6 +535,7 @@ class WebhookWriter(_MessageWriter):
     SECRET = True
     OPTIONS = _MessageWriter.OPTIONS | {'timeout_seconds'}
     _default_template = DEFAULT_TEMPLATE
+    _http = None
 
     def __init__(self, address: str, timeout_seconds: float = 15.0, **options):
         if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, (int, float)) or (
@@ -535,12 +545,8 @@ class WebhookWriter(_MessageWriter):
         self._timeout = float(timeout_seconds)
         super().__init__(address, **options)
 
-    @property
-    def url(self) -> str:
-        return self.target
-
     def _check_address(self):
-        parts = urllib.parse.urlsplit(self.url)
+        parts = urllib.parse.urlsplit(self.target)
         if not parts.hostname:
             raise ValueError(f'a webhook target needs a URL, as in '
                              f"'https://hooks.slack.com/services/...', got {self.display!r}")
@@ -551,16 +557,16 @@ class WebhookWriter(_MessageWriter):
             retries=False)
 
     def close(self):
-        if getattr(self, '_http', None) is not None:
+        if self._http is not None:
             self._http.clear()
             self._http = None
         super().close()
 
     def _hide(self, text: str) -> str:
-        parts = urllib.parse.urlsplit(self.url)
+        parts = urllib.parse.urlsplit(self.target)
         secret = parts.path + ('?' + parts.query if parts.query else '')
         shown = urllib.parse.urlsplit(self.display)
-        text = text.replace(self.url, self.display)
+        text = text.replace(self.target, self.display)
         if len(secret) > 1:
             text = text.replace(secret, shown.path + ('?***' if parts.query else ''))
         return mask_url_passwords(text)
@@ -573,7 +579,7 @@ class WebhookWriter(_MessageWriter):
         for message in messages:
             try:
                 response = self._http.request(
-                    'POST', self.url, body=dumps_json({'text': message.body}),
+                    'POST', self.target, body=dumps_json({'text': message.body}),
                     headers={'Content-Type': 'application/json'}, redirect=False)
             except Exception as error:  # per message: the ones posted before stay posted
                 why = self._hide(f'{type(error).__name__}: {error}')
