@@ -47,7 +47,9 @@ lock on the file; so re-running the same input, or several workers of one
 machine, leave one line per id. The file must be on a local filesystem shared
 by the workers that write it (a local or single-machine run).
 ``stdout`` prints every notification and is not idempotent: a re-run prints
-again.
+again. SNS, SQS and webhooks send at most once per (target, id) by a ledger
+in the job's state store, with retries and dead letters per notification:
+see :mod:`changeflow.io.messaging`.
 
 Runner support: any runner; writes are buffered per bundle (at most
 ``batch_size`` per target) and flushed before the bundle ends, each batch in
@@ -450,13 +452,16 @@ class WriteNotifications(beam.PTransform):
         batched: each input element is a shard batch ``(table, shard,
             changes)`` (the bounded data flow's); the main output then has one
             tuple of lines per write instead of one line per element.
+        state_url: the state store (SQLAlchemy URL) of the ledgers of the
+            targets that need one (SNS, SQS, webhooks); required with them.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has each JSON
         line written (str, without newline); lines skipped because their id
         was already in a file are counted, not output. ``DEAD_LETTER_TAG`` has
         a DeadLetter (step ``write_notify``) per notification not delivered
-        (``write-failed``, ``original`` the JSON line) and per Change that
+        (``write-failed``, or the reason the target gave, ``original`` the
+        JSON line) and per Change that
         could not be rendered (``bad-change``). Metrics (namespace
         ``changeflow.write_notify``): received (Changes), written,
         skipped_existing, dead_lettered.
