@@ -392,8 +392,8 @@ class _MessageWriter(NotificationWriter):
                 self._failures[note_id] = ('rejected', why)
             for note_id in ok | set(rejected):
                 pending.pop(note_id, None)
-            if again:
-                raise _Transient('; '.join(sorted(set(again.values()))))
+            if pending:  # failed on the service's side (or not answered): sent again
+                raise _Transient('; '.join(sorted(set(again.values()))) or 'no answer')
 
         retry = self._retry
         try:
