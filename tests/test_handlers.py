@@ -310,3 +310,58 @@ def test_config_handlers_models_and_state(tmp_path):
 def test_config_errors(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         _write(tmp_path, _JOB.replace(*change).replace(', STRATEGY', ', strategy: series'))
+
+
+def _recorder(path):
+    """A handler appending (kind, key, version, old, new) lines to ``path``."""
+    def handle(events):
+        import json
+        with open(path, 'a', encoding='utf-8') as f:
+            for e in events:
+                f.write(json.dumps([e.kind, list(e.key), e.version, getattr(e, 'old', None),
+                                    getattr(e, 'new', None)], default=str) + '\n')
+    return handle
+
+
+def test_audit_job_runs_python_handlers_once_per_change(tmp_path):
+    """The bundled audit example with a handler from the Python registry, run twice."""
+    import json
+    import os
+
+    import apache_beam as beam
+    import yaml
+
+    from changeflow.metrics import counter_totals
+    from changeflow.pipelines import audit_sync
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'examples')
+    with open(os.path.join(example, 'shop.yaml'), encoding='utf-8') as f:
+        raw = yaml.safe_load(f)
+    raw['sinks'] = {}
+    raw['dead_letter'] = {'path': str(tmp_path / 'dead')}
+    raw['state'] = {'url': f'sqlite:///{tmp_path / "state.db"}'}
+    config = parse_config(raw, example)
+    log = tmp_path / 'orders.jsonl'
+    handlers = Handlers()
+    handlers.on('shop.orders', name='orders')(_recorder(str(log)))
+
+    def run():
+        p = beam.Pipeline(options=audit_sync.pipeline_options([]))
+        audit_sync.build_pipeline(p, config, handlers=handlers)
+        result = p.run()
+        result.wait_until_finish()
+        return counter_totals(result)
+
+    first = run()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {kind for kind, *_ in events} == {'insert', 'modify', 'remove'}
+    assert all(old is None for _, _, _, old, _ in events)      # the log has no old image
+    by_key = {}
+    for _, key, version, _, _ in events:
+        by_key.setdefault(tuple(key), []).append(version)
+    assert all(versions == sorted(versions) for versions in by_key.values())
+    assert first['changeflow.handlers.delivered'] == len(events)
+    again = run()
+    assert len(log.read_text().splitlines()) == len(events)      # nothing twice
+    assert again['changeflow.handlers.already_done'] == len(events)
+    assert again.get('changeflow.handlers.delivered', 0) == 0

@@ -39,7 +39,7 @@ or ``attribute-type``, the attribute named) and reaches no handler.
 import concurrent.futures
 import logging
 import traceback
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import tenacity
@@ -63,13 +63,14 @@ MODEL_STEP = 'handler_model'
 _TRACEBACK_LENGTH = 4000
 
 
-class HandlerOutcome(tuple):
-    """(handler, table, shard, delivered, already_done, failed): one per
-    handler and shard batch, the branch's main output."""
-    __slots__ = ()
-
-    def __new__(cls, handler, table, shard, delivered, already_done, failed):
-        return tuple.__new__(cls, (handler, table, shard, delivered, already_done, failed))
+class HandlerOutcome(NamedTuple):
+    """One handler's result on one shard batch: the branch's main output."""
+    handler: str
+    table: str
+    shard: int
+    delivered: int          # events passed to calls that succeeded
+    already_done: int       # events the ledger says it handled before
+    failed: int             # events dead-lettered with the call that failed
 
 
 def _version(item) -> str:
