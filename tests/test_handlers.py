@@ -365,3 +365,17 @@ def test_audit_job_runs_python_handlers_once_per_change(tmp_path):
     assert len(log.read_text().splitlines()) == len(events)      # nothing twice
     assert again['changeflow.handlers.already_done'] == len(events)
     assert again.get('changeflow.handlers.delivered', 0) == 0
+
+
+def test_a_model_that_cannot_be_imported_dead_letters_its_tables_events(state_url):
+    seen = []
+    outcomes, letters = run_fn([Handler('all', TABLE, seen.extend)], [event(1, 1)], state_url,
+                               {TABLE: 'no_such_module_here:Card'})
+    assert seen == [] and [(l.step, l.reason) for l in letters] == [
+        (MODEL_STEP, 'model-unavailable')]
+
+
+def test_a_python_handler_must_name_a_configured_table():
+    from changeflow.handlers.transforms import RunHandlers
+    with pytest.raises(ValueError, match='not among'):
+        RunHandlers([Handler('x', 'other', print)], 'sqlite://', tables=[TABLE])

@@ -130,11 +130,16 @@ class _HandleShardFn(beam.DoFn):
             except Exception as error:  # its events are dead-lettered, the others run
                 _LOG.error('handler %r cannot be loaded: %s', handler.name, describe_error(error))
                 self._unavailable[handler.name] = error
-        self._model_classes = {}
+        self._model_classes, self._models_unavailable = {}, {}
         for table, model in self._models.items():
             search = next((h.search_path for h in self._by_table.get(table, ())), None)
-            self._model_classes[table] = (import_ref(model, search) if isinstance(model, str)
-                                          else model)
+            try:
+                self._model_classes[table] = (import_ref(model, search)
+                                              if isinstance(model, str) else model)
+            except Exception as error:  # the table's events are dead-lettered, not guessed
+                _LOG.error('model %r of %s cannot be loaded: %s', model, table,
+                           describe_error(error))
+                self._models_unavailable[table] = describe_error(error)
         widest = max((len(hs) for t, hs in self._by_table.items()
                       if hs[0].strategy == MAP), default=0)
         self._pool = (concurrent.futures.ThreadPoolExecutor(widest, 'changeflow-handler')
@@ -146,12 +151,19 @@ class _HandleShardFn(beam.DoFn):
         if not handlers:
             return
         typed = []
+        unavailable = self._models_unavailable.get(table)
         for item in merge_runs(runs, _version):
             events = [item] if isinstance(item, ChangeEvent) else list(audit_events(item))
             if not isinstance(item, ChangeEvent) and not item.key:
                 self._counters['whole_table_ops'].inc()
             for event in events:
                 self._counters['events'].inc()
+                if unavailable is not None:
+                    self._counters['model_mismatch'].inc()
+                    yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                        MODEL_STEP, 'model-unavailable', f'{table}: {unavailable}',
+                        event.original, event.position))
+                    continue
                 try:
                     typed.append(self._typed(event))
                 except ModelMismatch as error:
@@ -196,7 +208,7 @@ class _HandleShardFn(beam.DoFn):
         try:
             done = self._ledger.done(handler.name, [event.change_id for event, _ in mine])
         except Exception as error:  # without the ledger nothing can be called at most once
-            self._fail(handler, run, mine, error, None, 'state-unavailable')
+            self._fail(handler, run, mine, error, hook, 'state-unavailable')
             return run
         pending = [(event, raw) for event, raw in mine if event.change_id not in done]
         run.already_done = len(mine) - len(pending)
@@ -274,19 +286,22 @@ class RunHandlers(beam.PTransform):
         state_url: the ledger's SQLAlchemy URL (shared by every worker).
         models: table -> its model (a dataclass or ``'pkg.module:Name'``,
             imported in setup); tables without one get plain dicts.
+        tables: the job's tables, which handlers must name (ValueError).
     """
 
     MAIN = 'handled'
 
     def __init__(self, handlers: Sequence[Handler], state_url: str,
-                 models: Optional[Mapping[str, Any]] = None):
+                 models: Optional[Mapping[str, Any]] = None,
+                 tables: Optional[Sequence[str]] = None):
         super().__init__()
         handlers = tuple(handlers)
         if not handlers:
             raise ValueError('RunHandlers needs at least one handler')
         if not isinstance(state_url, str) or not state_url:
             raise ValueError(f'state_url must be an SQLAlchemy URL, not {state_url!r}')
-        check_handlers(handlers, sorted({h.table for h in handlers}))
+        check_handlers(handlers, sorted({h.table for h in handlers} if tables is None
+                                        else tables))
         self._tables = frozenset(h.table for h in handlers)
         self._fn = _HandleShardFn(handlers, models or {}, state_url)
 

@@ -94,7 +94,7 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         models = {**getattr(handlers, 'models', {}),
                   **{spec.source: spec.model for spec in config.tables if spec.model}}
         handled = (runs if events is None else events) | 'Handlers' >> RunHandlers(
-            all_handlers, config.state_url, models)
+            all_handlers, config.state_url, models, [spec.source for spec in config.tables])
         dead_letters.append(handled[DEAD_LETTER_TAG])
         outputs[HANDLERS] = handled[RunHandlers.MAIN]
 
