@@ -2,14 +2,30 @@
 the handler as the typed event it was, in order per key."""
 
 import json
+import uuid
 
 import apache_beam as beam
+import pytest
 import yaml
 
 from changeflow.config import load_config
 from changeflow.handlers import Handlers
 from changeflow.pipelines import audit_sync, dynamodb_sync
-from test_dynamodb_sync import KEY, mark_ttl, stream_lines, table, write_workload  # noqa: F401
+from test_dynamodb_sync import KEY, clients, mark_ttl, stream_lines, write_workload
+
+
+@pytest.fixture
+def card_table(moto_endpoint):
+    ddb, streams = clients(moto_endpoint)
+    name = f'prod-Card.{uuid.uuid4().hex[:6]}'
+    ddb.create_table(
+        TableName=name, BillingMode='PAY_PER_REQUEST',
+        KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'},
+                   {'AttributeName': 'title', 'KeyType': 'RANGE'}],
+        AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'},
+                              {'AttributeName': 'title', 'AttributeType': 'S'}],
+        StreamSpecification={'StreamEnabled': True, 'StreamViewType': 'NEW_AND_OLD_IMAGES'})
+    return name, ddb, streams
 
 
 def _recorder(path):
@@ -22,8 +38,8 @@ def _recorder(path):
     return handle
 
 
-def test_handlers_get_every_stream_event_in_order_per_key(table, tmp_path):
-    name, ddb, streams = table
+def test_handlers_get_every_stream_event_in_order_per_key(card_table, tmp_path):
+    name, ddb, streams = card_table
     write_workload(ddb, name)
     lines = mark_ttl(stream_lines(ddb, streams, name), 5)
     (tmp_path / 'stream.jsonl').write_bytes(b'\n'.join(lines) + b'\n')
