@@ -200,6 +200,11 @@ def _summary(config, count: _Counts) -> str:
         lines.append(f'  notify        {_n(written, "notification")} to '
                      f'{", ".join(display_target(rule.to) for rule in config.notify)}'
                      + (f' ({again:,} already sent)' if again else ''))
+    if config.handlers or count('handlers', 'events'):
+        handled = lambda name: count('handlers', name)  # noqa: E731
+        lines.append(f'  handlers      {_n(handled("delivered"), "event")} delivered, '
+                     f'{handled("already_done"):,} already done (ledger), '
+                     f'{handled("failed"):,} failed, {handled("blocked"):,} held back')
     lines.append(f'  dead letters  {_dead_letter_lines(config, count)}')
     return '\n'.join(lines)
 

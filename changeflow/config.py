@@ -56,6 +56,7 @@ class TableSpec(NamedTuple):
     redact: Tuple[str, ...] = ()  # columns never shown in notifications or logs
     defaults: Tuple[Tuple[str, str], ...] = ()  # column -> DEFAULT of a table the sink creates
     schema: Optional[TableSchema] = None  # the source table's schema, when the config has one
+    model: Any = None             # its model for handlers: 'pkg.module:Name' or a dataclass
 
     def column_type(self, name: str) -> Optional[str]:
         return dict(self.columns).get(name)
@@ -94,6 +95,7 @@ class JobConfig(NamedTuple):
     table_rules: Any = None                 # ``tables:`` as written, for resolve_tables
     job: Optional[str] = None               # the job's name: its checkpoints' key
     checkpoints_url: Optional[str] = None   # the checkpoint store of a stream source
+    handlers: Tuple[Any, ...] = ()          # changeflow.handlers.Handler definitions
     state_url: Optional[str] = None         # the state store (ledgers of side effects)
 
 
@@ -657,10 +659,11 @@ def _sinks(raw, base_dir: str) -> dict:
 def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) -> JobConfig:
     """Validates a loaded YAML document; raises ConfigError naming the key.
     ``config_path``: the file it came from (the default job name and checkpoint store)."""
+    raw, models = _models(raw, base_dir)
     if _is_dynamodb_job(raw):
-        return _dynamodb_config(raw, base_dir)
+        return _with_handlers(_dynamodb_config(raw, base_dir), raw, models, base_dir)
     _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
-                                'schema', 'source_db', 'job', 'checkpoints', 'state'),
+                                'schema', 'source_db', 'job', 'checkpoints', 'handlers', 'state'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
     source = raw['source']
     if _is_stream_source(source):
@@ -702,7 +705,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     if limit < 0:
         raise ConfigError(f'audit.query_log_limit: must be 0 (unlimited) or more, got {limit!r}')
     _check_shared_targets(tables)
-    return JobConfig(
+    return _with_handlers(JobConfig(
         source=source_config,
         tables=tables,
         window_seconds=float(seconds),
@@ -719,7 +722,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         job=job,
         checkpoints_url=checkpoints_url,
         state_url=_state_url(raw, base_dir, job),
-    )
+    ), raw, models, base_dir)
 
 
 # --- DynamoDB sources -----------------------------------------------------------
@@ -727,7 +730,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
 DYNAMODB_ARCHIVE = 'dynamodb-archive'
 DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
 _DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
-_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'state')
+_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'handlers', 'state')
 _TARGET_LENGTH = 128    # the database sink's longest table name
 
 
@@ -884,3 +887,87 @@ def load_config(path: str) -> JobConfig:
         except UnicodeDecodeError as error:
             raise ConfigError(f'{path}: not UTF-8 text: {error}') from None
     return parse_config(raw, os.path.dirname(os.path.abspath(path)), config_path=path)
+
+
+# --- table models, handlers and the state store -----------------------------------
+
+def _import(where: str, ref, base_dir: str):
+    from changeflow.handlers.models import import_ref
+    _typed(where, ref, str, '"pkg.module:name"')
+    try:
+        return import_ref(ref, base_dir)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f'{where}: cannot import {ref!r}: {type(error).__name__}: '
+                          f'{error}') from None
+
+
+def _models(raw, base_dir: str):
+    """``raw`` without the tables' ``model:`` keys, whose models fill in
+    ``key`` and ``columns`` where those are not written; and table -> model
+    reference. The config's directory is searched for the models' modules."""
+    tables = raw.get('tables') if isinstance(raw, dict) else None
+    if not isinstance(tables, dict) or not any(
+            isinstance(spec, dict) and 'model' in spec for spec in tables.values()):
+        return raw, {}
+    from changeflow.handlers.models import model_columns, model_key
+    raw = dict(raw, tables=dict(tables))
+    models = {}
+    for name, spec in tables.items():
+        if not isinstance(spec, dict) or 'model' not in spec:
+            continue
+        where = f'tables.{name}.model'
+        model = _import(where, spec['model'], base_dir)
+        spec = {k: v for k, v in spec.items() if k != 'model'}
+        try:
+            spec.setdefault('key', list(model_key(model)))
+            if 'columns' not in spec and not isinstance(raw.get('schema'), dict):
+                spec['columns'] = dict(model_columns(model))
+        except ValueError as error:
+            raise ConfigError(f'{where}: {error}') from None
+        raw['tables'][name] = spec
+        models[name] = tables[name]['model']
+    return raw, models
+
+
+def _handler(i: int, raw, base_dir: str):
+    from changeflow.handlers.events import EVENT_KINDS
+    from changeflow.handlers.registry import Handler, RetryPolicy
+    where = f'handlers[{i}]'
+    _check_keys(where, raw, ('name', 'table', 'events', 'function', 'strategy', 'catch_error',
+                             'options', 'batch_size', 'retry'),
+                required=('name', 'table', 'function'))
+    events = raw.get('events', 'all')
+    events = list(EVENT_KINDS) if events == 'all' else [events] if isinstance(events, str) \
+        else events
+    _typed(f'{where}.events', events, list, f'"all" or a list of {", ".join(EVENT_KINDS)}')
+    _import(f'{where}.function', raw['function'], base_dir)
+    if raw.get('catch_error') is not None:
+        _import(f'{where}.catch_error', raw['catch_error'], base_dir)
+    options = raw.get('options')
+    if options is not None:
+        _typed(f'{where}.options', options, dict, 'a mapping of keyword arguments')
+    retry = raw.get('retry') or {}
+    _check_keys(f'{where}.retry', retry, ('attempts', 'initial_seconds', 'max_seconds'))
+    try:
+        policy = RetryPolicy(**retry)
+        return Handler(raw['name'], raw['table'], raw['function'], events,
+                       raw.get('strategy', 'series'), raw.get('catch_error'), options,
+                       raw.get('batch_size', 100), policy, search_path=base_dir)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f'{where}: {error}') from None
+
+
+def _with_handlers(config: JobConfig, raw, models, base_dir: str) -> JobConfig:
+    """``config`` with its tables' models and ``handlers:`` (their ledger is
+    in the state store, ``config.state_url``)."""
+    from changeflow.handlers.registry import check_handlers
+    handlers = raw.get('handlers') or []
+    _typed('handlers', handlers, list, 'a list of handlers')
+    handlers = tuple(_handler(i, h, base_dir) for i, h in enumerate(handlers))
+    try:
+        check_handlers(handlers, [spec.source for spec in config.tables])
+    except ValueError as error:
+        raise ConfigError(f'handlers: {error}') from None
+    tables = tuple(spec._replace(model=models[spec.source]) if spec.source in models else spec
+                   for spec in config.tables)
+    return config._replace(tables=tables, handlers=handlers)

@@ -22,7 +22,7 @@ import apache_beam as beam
 
 from changeflow.config import DYNAMODB_ARCHIVE, JobConfig
 from changeflow.dynamodb.transforms import (
-    DropInitialState, ExportToShardRuns, StreamRecordsToShardRuns)
+    EVENTS, DropInitialState, ExportToShardRuns, StreamRecordsToShardRuns)
 from changeflow.io.archive import ReadArchive
 from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches
@@ -33,13 +33,15 @@ __all__ = ['build_pipeline', 'run']
 RECORDS_PER_ELEMENT = 1000  # stream records decoded as one element
 
 
-def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
+def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     """Adds the job to ``p``; returns the main PCollections by name (for tests).
 
     Stream records go in chunks of RECORDS_PER_ELEMENT through decoding into
     runs of Changes per (table, shard); a seed's export one data file per
     element. Both meet in each shard's coalescing, which applies them in
-    version order.
+    version order. ``handlers``: a :class:`changeflow.handlers.Handlers`
+    registry run besides the config's; they get the stream's events, not
+    the seed's items.
     """
     if config.source.type != DYNAMODB_ARCHIVE:
         raise ValueError(f'not a DynamoDB job: source.type is {config.source.type!r}')
@@ -50,8 +52,10 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
               | 'Chunk' >> beam.BatchElements(min_batch_size=RECORDS_PER_ELEMENT,
                                               max_batch_size=RECORDS_PER_ELEMENT)
               | 'SpreadRecords' >> beam.Reshuffle())  # over workers
+    event_tables = {h.table for h in (*config.handlers, *(handlers or ()))}
     stream = chunks | 'StreamChanges' >> StreamRecordsToShardRuns(
-        config.tables, kinesis=config.source.format == 'kinesis-destination')
+        config.tables, kinesis=config.source.format == 'kinesis-destination',
+        event_tables=event_tables)
     dead_letters.append(stream[DEAD_LETTER_TAG])
     runs = [stream[StreamRecordsToShardRuns.MAIN]]
     before_sink = {}
@@ -63,7 +67,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         if config.notify:
             before_sink[NOTIFY] = DropInitialState()
     all_runs = tuple(runs) | 'AllRuns' >> beam.Flatten()
-    return write_branches(all_runs, config, dead_letters, before_sink=before_sink)
+    return write_branches(all_runs, config, dead_letters, before_sink=before_sink,
+                          events=stream[EVENTS], handlers=handlers)
 
 
 def run(argv=None):
