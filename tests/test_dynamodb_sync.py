@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from changeflow import cli
 from changeflow.config import ConfigError, load_config
-from changeflow.dynamodb.records import decode_record, item, json_ready
+from changeflow.dynamodb.records import decode_record, is_ttl_position, item, json_ready
 from changeflow.io.dead_letter import read_dead_letters
 from changeflow.io.dynamodb_streams import record_json
 from changeflow.metrics import counter_totals
@@ -257,6 +257,8 @@ def test_replica_equals_a_scan_and_parquet_the_changes_and_a_rerun_changes_nothi
                    for c in COLUMNS}
             assert got == want
             assert sorted(r['set_columns']) == sorted(image.names())
+    # TTL's delete (card 5) is told from the users' (cards 3 and 4) by its position.
+    assert {json.loads(r['key'])[0] for r in rows if is_ttl_position(r['position'])} == {5}
 
     # Notifications: one per coalesced change, redacted.
     notified = [json.loads(line) for line in
