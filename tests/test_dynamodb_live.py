@@ -12,7 +12,6 @@ import uuid
 
 import boto3
 import pytest
-import sqlalchemy as sa
 import yaml
 from botocore.exceptions import ClientError
 
@@ -23,10 +22,15 @@ from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.dead_letter import read_dead_letters
 from changeflow.io.kinesis import Start
 from test_dynamodb_sync import (
-    COLUMNS, KEY, bookkeeping, expected_row, key, kinesis_destination_lines, replica, run_job,
-    scan, stream_lines, table, tree, write_export, write_workload)  # noqa: F401 (table: a fixture)
+    COLUMNS, KEY, bookkeeping, create_table, expected_row, key, kinesis_destination_lines,
+    replica, run_job, scan, stream_lines, tree, write_export, write_workload)
 
 REGION = 'us-east-1'
+
+
+@pytest.fixture
+def table(moto_endpoint):
+    return create_table(moto_endpoint)
 
 
 def live_job(tmp_path, name, database_url, target, endpoint, seed=None, **source):
