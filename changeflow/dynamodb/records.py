@@ -179,6 +179,8 @@ def _number(text) -> decimal.Decimal:
     if type(text) is not str or not _NUMBER.match(text):
         raise _BadValue(f'N must be a decimal number as text, not {_short(text)}')
     number = decimal.Decimal(text)          # exact: construction does not round
+    if len(text) <= MAX_DIGITS and 'e' not in text and 'E' not in text:
+        return number   # at most 38 digits, magnitude within 1E-38 .. 1E+38: in range
     digits = number.as_tuple().digits
     if len(digits) > MAX_DIGITS:
         significant = len(digits)
