@@ -138,7 +138,11 @@ class _Counts:
 
 
 def _read_line(config, count: _Counts) -> str:
-    """records -> events -> statements -> row changes -> rows changed."""
+    """records -> events -> statements -> row changes -> rows changed; for a
+    DynamoDB job records -> stream records -> changes -> rows changed."""
+    from changeflow.config import is_dynamodb_job
+    if is_dynamodb_job(config):
+        return _dynamodb_read_line(config, count)
     files = count('read_archive', 'files')
     if config.source.format == 'server-audit':
         read = _n(count('read_archive', 'lines'), 'line')
@@ -148,6 +152,32 @@ def _read_line(config, count: _Counts) -> str:
             f' -> {_n(count("sql_changes", "statements_received"), "statement")}'
             f' -> {_n(count("sql_changes", "row_changes"), "row change")}'
             f' -> {_n(count("coalesce", "rows"), "row")} changed')
+
+
+def _dynamodb_read_line(config, count: _Counts) -> str:
+    """Where the records came from, then what they became. A Lambda event
+    holds many stream records; no-op MODIFYs and other tables' records
+    change nothing; a seed's export items are changes too."""
+    source = config.source
+    if source.type == 'dynamodb-archive':
+        where = f'{_n(count("read_archive", "files"), "file")}: '
+        read = count('read_archive', 'records')
+    else:
+        component = 'read_dynamodb_streams' if source.type == 'dynamodb' else 'read_kinesis'
+        where = f'{source.name}: {_n(count(component, "shards_read"), "shard")}: '
+        read = count(component, 'records')
+    dynamodb = lambda name: count('dynamodb', name)  # noqa: E731
+    line = (f'{where}{_n(read, "record")} -> {_n(dynamodb("stream_records"), "stream record")}'
+            f' -> {_n(dynamodb("changes"), "change")}')
+    if dynamodb('export_items'):
+        line += f' (with {_n(dynamodb("export_items"), "export item")})'
+    notes = [_n(dynamodb(name), one, many) for name, one, many in (
+        ('ttl_deletes', 'TTL delete', ''),
+        ('no_op_modifies', 'no-op MODIFY dropped', 'no-op MODIFYs dropped'),
+        ('unconfigured_table', 'record of another table dropped',
+         'records of other tables dropped')) if dynamodb(name)]
+    line += f' -> {_n(count("coalesce", "rows"), "row")} changed'
+    return line + (f' ({", ".join(notes)})' if notes else '')
 
 
 def _sink_unavailable(count: _Counts) -> bool:
@@ -270,12 +300,12 @@ def _load(path):
 
 
 def _run(args, beam_args) -> int:
-    from changeflow.config import DYNAMODB_ARCHIVE
+    from changeflow.config import is_dynamodb_job
     from changeflow.pipelines import audit_sync, dynamodb_sync
     config, status = _load(args.config)
     if config is None:
         return status
-    job = dynamodb_sync if config.source.type == DYNAMODB_ARCHIVE else audit_sync
+    job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
     try:
         result = job.run(['--config', args.config, *beam_args])

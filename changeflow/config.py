@@ -35,7 +35,8 @@ from changeflow.sql.zones import parse_time_zone
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec',
            'KinesisSourceConfig', 'STREAM_FORMATS',
-           'DynamoDBArchiveSource', 'ExportSeed', 'DYNAMODB_ARCHIVE', 'DYNAMODB_FORMATS']
+           'DynamoDBArchiveSource', 'DynamoDBStreamSource', 'ExportSeed', 'DYNAMODB_ARCHIVE',
+           'DYNAMODB_STREAM', 'DYNAMODB_KINESIS', 'DYNAMODB_FORMATS', 'is_dynamodb_job']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -531,7 +532,7 @@ def _state_url(raw, base_dir: str, job: Optional[str]) -> str:
 # --- stream sources (Kinesis) and their checkpoints ----------------------------
 
 # source.type of a stream source -> the record formats it reads (the first is the default)
-STREAM_FORMATS = {'kinesis': ('cloudwatch-audit',)}
+STREAM_FORMATS = {'kinesis': ('cloudwatch-audit', 'dynamodb-kinesis')}
 _STREAM_NAME = re.compile(r'[A-Za-z0-9_.-]{1,128}')
 _STREAM_ARN = re.compile(
     r'arn:aws[a-z-]*:kinesis:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:stream/[A-Za-z0-9_.-]{1,128}')
@@ -542,11 +543,13 @@ _JOB_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,127}')   # a checkpoint key
 class KinesisSourceConfig(NamedTuple):
     """``source: {type: kinesis, ...}``: a Kinesis data stream, read by catch-up cycles."""
     type: str                       # 'kinesis'
-    format: str                     # 'cloudwatch-audit': CloudWatch Logs subscription records
+    format: str                     # 'cloudwatch-audit': CloudWatch Logs subscription records;
+                                    # 'dynamodb-kinesis': DynamoDB's Kinesis streaming destination
     stream: str                     # the stream's name or ARN, as the Kinesis calls take it
     region: Optional[str]           # None: boto3's default chain (the ARN's region when given)
     endpoint_url: Optional[str]     # None: AWS's endpoint
     start: Start                    # where a shard without a checkpoint starts
+    seeds: Tuple['ExportSeed', ...] = ()   # 'dynamodb-kinesis': ``seed:``, per table
 
     @property
     def name(self) -> str:
@@ -565,11 +568,7 @@ def _stream_source(source) -> KinesisSourceConfig:
     if ('stream' in source) == ('stream_arn' in source):
         raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
                           'one of the two')
-    region = source.get('region')
-    if region is not None and not _REGION.fullmatch(
-            _typed('source.region', region, str, 'an AWS region')):
-        raise ConfigError(f'source.region: expected an AWS region such as eu-west-1, '
-                          f'got {region!r}')
+    region = _region(source)
     if 'stream' in source:
         stream = _typed('source.stream', source['stream'], str, 'a stream name')
         if not _STREAM_NAME.fullmatch(stream):
@@ -588,6 +587,20 @@ def _stream_source(source) -> KinesisSourceConfig:
     fmt = source.get('format', formats[0])
     if not isinstance(fmt, str) or fmt not in formats:
         raise ConfigError(f"source.format: {_shown(fmt)} is not one of {', '.join(formats)}")
+    return KinesisSourceConfig(source['type'], fmt, stream, region, _endpoint_url(source),
+                               _start(source))
+
+
+def _region(source) -> Optional[str]:
+    region = source.get('region')
+    if region is not None and not _REGION.fullmatch(
+            _typed('source.region', region, str, 'an AWS region')):
+        raise ConfigError(f'source.region: expected an AWS region such as eu-west-1, '
+                          f'got {region!r}')
+    return region
+
+
+def _endpoint_url(source) -> Optional[str]:
     endpoint_url = source.get('endpoint_url')
     if endpoint_url is not None:
         _typed('source.endpoint_url', endpoint_url, str, 'an http(s) URL')
@@ -595,11 +608,14 @@ def _stream_source(source) -> KinesisSourceConfig:
         if parts.scheme not in ('http', 'https') or not parts.netloc:
             raise ConfigError(f'source.endpoint_url: expected an http(s)://host[:port] URL, '
                               f'got {endpoint_url!r}')
+    return endpoint_url
+
+
+def _start(source) -> Start:
     try:
-        start = Start.parse(source.get('start'))
+        return Start.parse(source.get('start'))
     except (ValueError, OverflowError, OSError) as error:  # OverflowError: a year out of range
         raise ConfigError(f'source.start: {error}') from None
-    return KinesisSourceConfig(source['type'], fmt, stream, region, endpoint_url, start)
 
 
 def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str]):
@@ -615,10 +631,10 @@ def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str])
         stem = os.path.splitext(os.path.basename(config_path))[0]
         job = stem if _JOB_NAME.fullmatch(stem) else None
     checkpoints = raw.get('checkpoints')
-    if not isinstance(source, KinesisSourceConfig):
+    if not isinstance(source, (KinesisSourceConfig, DynamoDBStreamSource)):
         if checkpoints is not None:
-            raise ConfigError("checkpoints: only a stream source (source.type 'kinesis') "
-                              "keeps checkpoints")
+            raise ConfigError("checkpoints: only a stream source (source.type 'kinesis' or "
+                              "'dynamodb') keeps checkpoints")
         return job, None
     if job is None:
         raise ConfigError("job: a stream source needs a job name to key its checkpoints "
@@ -661,7 +677,8 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     ``config_path``: the file it came from (the default job name and checkpoint store)."""
     raw, models = _models(raw, base_dir)
     if _is_dynamodb_job(raw):
-        return _with_handlers(_dynamodb_config(raw, base_dir), raw, models, base_dir)
+        return _with_handlers(_dynamodb_config(raw, base_dir, config_path), raw, models,
+                              base_dir)
     _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
                                 'schema', 'source_db', 'job', 'checkpoints', 'handlers', 'state'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
@@ -728,9 +745,15 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
 # --- DynamoDB sources -----------------------------------------------------------
 
 DYNAMODB_ARCHIVE = 'dynamodb-archive'
+DYNAMODB_STREAM = 'dynamodb'
+DYNAMODB_KINESIS = 'dynamodb-kinesis'   # the Kinesis source's format for DynamoDB's destination
 DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
 _DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
-_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'handlers', 'state')
+_DYNAMODB_STREAM_ARN = re.compile(
+    r'arn:aws[a-z-]*:dynamodb:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:table/([A-Za-z0-9_.-]{3,255})'
+    r'/stream/[^/\s]+')
+_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'job', 'checkpoints',
+                  'handlers', 'state')
 _TARGET_LENGTH = 128    # the database sink's longest table name
 
 
@@ -749,9 +772,66 @@ class DynamoDBArchiveSource(NamedTuple):
     seeds: Tuple[ExportSeed, ...] = ()  # ``seed:``, per table
 
 
+class DynamoDBStreamSource(NamedTuple):
+    """``source: {type: dynamodb, ...}``: a table's DynamoDB stream, read by catch-up cycles."""
+    type: str                           # 'dynamodb'
+    stream: str                         # the table's name (its LatestStreamArn is read) or a stream ARN
+    table: str                          # the table: what checkpoints are keyed by
+    region: Optional[str]               # None: boto3's default chain (the ARN's region when given)
+    endpoint_url: Optional[str]         # None: AWS's endpoint
+    start: Start                        # trim_horizon or latest, for shards without a checkpoint
+    seeds: Tuple[ExportSeed, ...] = ()  # ``seed:``, per table
+
+    @property
+    def name(self) -> str:
+        return self.table
+
+    @property
+    def format(self) -> str:
+        """The reader emits each record as a ``dynamodb-jsonl`` archive line."""
+        return 'dynamodb-jsonl'
+
+
 def _is_dynamodb_job(raw) -> bool:
-    return (isinstance(raw, dict) and isinstance(raw.get('source'), dict)
-            and raw['source'].get('type') == DYNAMODB_ARCHIVE)
+    source = raw.get('source') if isinstance(raw, dict) else None
+    return isinstance(source, dict) and (
+        source.get('type') in (DYNAMODB_ARCHIVE, DYNAMODB_STREAM)
+        or (source.get('type') == 'kinesis' and source.get('format') == DYNAMODB_KINESIS))
+
+
+def is_dynamodb_job(config: 'JobConfig') -> bool:
+    """Whether the job's tables are DynamoDB's (:mod:`changeflow.pipelines.dynamodb_sync`)."""
+    return config.source.type in (DYNAMODB_ARCHIVE, DYNAMODB_STREAM) or (
+        config.source.format == DYNAMODB_KINESIS)
+
+
+def _dynamodb_stream_source(source) -> DynamoDBStreamSource:
+    _check_keys('source', source, ('type', 'table', 'stream_arn', 'region', 'endpoint_url',
+                                   'start'), required=('type',))
+    if ('table' in source) == ('stream_arn' in source):
+        raise ConfigError('source: name the stream by table (its latest stream is read) or by '
+                          'stream_arn, one of the two')
+    region = _region(source)
+    if 'table' in source:
+        stream = table = _typed('source.table', source['table'], str, 'a table name')
+        if not _DYNAMODB_TABLE.fullmatch(table):
+            raise ConfigError(f'source.table: {table!r} is not a DynamoDB table name '
+                              f'(3 to 255 of A-Z a-z 0-9 _ . -)')
+    else:
+        stream = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
+        match = _DYNAMODB_STREAM_ARN.fullmatch(stream)
+        if not match:
+            raise ConfigError(f'source.stream_arn: {stream!r} is not a DynamoDB stream ARN '
+                              f'(arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)')
+        if region is not None and region != match[1]:
+            raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
+        region, table = match[1], match[2]
+    start = _start(source)
+    if start.kind == 'at_timestamp':
+        raise ConfigError('source.start: a DynamoDB stream starts at trim_horizon or latest '
+                          '(DynamoDB Streams has no AT_TIMESTAMP iterator)')
+    return DynamoDBStreamSource(DYNAMODB_STREAM, stream, table, region, _endpoint_url(source),
+                                start)
 
 
 def _archive_path(where: str, value, base_dir: str) -> str:
@@ -818,25 +898,37 @@ def _seeds(raw, tables: Tuple[TableSpec, ...], base_dir: str) -> Tuple[ExportSee
     return tuple(seeds)
 
 
-def _dynamodb_config(raw, base_dir: str) -> JobConfig:
-    """A DynamoDB job: ``source`` (archived stream records), ``seed``,
-    ``tables`` keyed by DynamoDB table name, the shared ``sinks`` and
-    ``dead_letter``."""
+def _dynamodb_config(raw, base_dir: str, config_path: Optional[str] = None) -> JobConfig:
+    """A DynamoDB job: ``source`` (a table's stream, DynamoDB's Kinesis
+    destination, or archived stream records), ``seed``, ``tables`` keyed by
+    DynamoDB table name, the shared ``sinks`` and ``dead_letter``; ``job``
+    and ``checkpoints`` for a stream source."""
     _check_keys('config', raw, _DYNAMODB_KEYS, required=('source', 'tables', 'sinks',
                                                           'dead_letter'))
     source = raw['source']
-    _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
-    if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
-        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
-                          f"{', '.join(DYNAMODB_FORMATS)}")
-    path = _archive_path('source.path', source['path'], base_dir)
     tables = _dynamodb_tables(raw['tables'])
     seeds = _seeds(raw.get('seed'), tables, base_dir)
+    if source['type'] == DYNAMODB_STREAM:
+        source_config = _dynamodb_stream_source(source)._replace(seeds=seeds)
+        if source_config.table not in {spec.source for spec in tables}:
+            raise ConfigError(f'source.table: {source_config.table} is not among tables: '
+                              f'{", ".join(spec.source for spec in tables)}')
+    elif source['type'] == 'kinesis':
+        source_config = _stream_source(source)._replace(seeds=seeds)
+    else:
+        _check_keys('source', source, ('type', 'format', 'path'),
+                    required=('type', 'format', 'path'))
+        if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
+            raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
+                              f"{', '.join(DYNAMODB_FORMATS)}")
+        path = _archive_path('source.path', source['path'], base_dir)
+        source_config = DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds)
+    job, checkpoints_url = _job_and_checkpoints(raw, source_config, base_dir, config_path)
     sinks = _sinks(raw, base_dir)
     _check_shared_targets(tables)
-    return JobConfig(source=DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds),
-                     tables=tables, window_seconds=5.0, query_log_limit=0, autocommit=True,
-                     state_url=_state_url(raw, base_dir, None), **sinks)
+    return JobConfig(source=source_config, tables=tables, window_seconds=5.0, query_log_limit=0,
+                     autocommit=True, job=job, checkpoints_url=checkpoints_url,
+                     state_url=_state_url(raw, base_dir, job), **sinks)
 
 
 def table_spec(table: TableSchema, target: Optional[str] = None, redact=()) -> TableSpec:

@@ -22,10 +22,9 @@ from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
-from changeflow.pipelines.branches import HANDLERS, run_job, write_branches
+from changeflow.pipelines.branches import run_job, write_branches, written_outputs
 from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
-from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
 
@@ -66,11 +65,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline,
                              handlers=handlers)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
-        sinks_done = [outputs[name] for name in (DATABASE, PARQUET, NOTIFY, HANDLERS)
-                      if name in outputs]
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            sinks_done + [outputs['dead_letters_written']])
+            written_outputs(outputs))
     return outputs
 
 

@@ -26,7 +26,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
-__all__ = ['write_branches', 'run_job', 'HANDLERS']
+__all__ = ['write_branches', 'written_outputs', 'run_job', 'HANDLERS']
 
 HANDLERS = 'handlers'  # the handlers branch's output name
 
@@ -104,6 +104,14 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
     outputs['dead_letters'] = all_dead
     outputs['dead_letters_written'] = written[WriteDeadLetters.MAIN]
     return outputs
+
+
+def written_outputs(outputs: Mapping) -> List:
+    """What ``write_branches`` wrote, as the PCollections a cycle's checkpoint
+    commit waits for: every sink's and handler branch's output, and the dead
+    letters once written."""
+    return [outputs[name] for name in (DATABASE, PARQUET, NOTIFY, HANDLERS)
+            if name in outputs] + [outputs['dead_letters_written']]
 
 
 def run_job(build_pipeline, description: str, argv=None):
