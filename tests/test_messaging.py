@@ -405,7 +405,7 @@ def test_the_dynamodb_job_run_twice_publishes_each_notification_once(
         'replace card 3 (***)', 'replace card 4 (***)']
     (note,) = [json.loads(m['Body']) for m in receive_all(sqs, shipped)]
     assert (note['key'], note['values']['status']) == ([2], 'shipped')
-    assert (tmp_path / 'changeflow.state.db').exists()
+    assert (tmp_path / 'cards.state.db').exists()  # the job's name: the config's
 
 
 def test_fifo_calls_hold_one_message_per_row(sqlite_url):
