@@ -310,6 +310,8 @@ class ExactDecimal(sa.types.TypeDecorator):
         if value is None:
             return None
         number = _exact(value, self.scale)
+        if self.scale is not None and number.adjusted() + self.scale < 15:
+            return float(number)  # at most 15 digits (quantized: exponent -scale)
         double = float(number)
         if math.isfinite(double) and decimal.Decimal(repr(double)) == number:
             return double
@@ -319,6 +321,10 @@ class ExactDecimal(sa.types.TypeDecorator):
         return None if value is None else _exact(value, self.scale)
 
 
+_EXACT_CONTEXT = decimal.Context(prec=100)
+_QUANTA = {}  # scale -> 10 ** -scale
+
+
 def _exact(value, scale: Optional[int]) -> decimal.Decimal:
     if isinstance(value, bytes):
         value = value.decode('ascii')
@@ -326,7 +332,10 @@ def _exact(value, scale: Optional[int]) -> decimal.Decimal:
         repr(value) if isinstance(value, float) else value)
     if scale is None:
         return number
-    return number.quantize(decimal.Decimal(1).scaleb(-scale), context=decimal.Context(prec=100))
+    quantum = _QUANTA.get(scale)
+    if quantum is None:
+        quantum = _QUANTA[scale] = decimal.Decimal(1).scaleb(-scale)
+    return number.quantize(quantum, context=_EXACT_CONTEXT)
 
 
 class ExactUnsignedBigInt(sa.types.TypeDecorator):
