@@ -310,8 +310,11 @@ class ExactDecimal(sa.types.TypeDecorator):
         if value is None:
             return None
         number = _exact(value, self.scale)
-        if self.scale is not None and number.adjusted() + self.scale < 15:
-            return float(number)  # at most 15 digits (quantized: exponent -scale)
+        scale = self.scale
+        if scale is not None and scale <= _MYSQL_MAX_SCALE and number.adjusted() + scale < 15:
+            # At most 15 digits (quantized: exponent -scale) and 1e-30 or more
+            # (a double's normal range): the double holds it, as checked below.
+            return float(number)
         double = float(number)
         if math.isfinite(double) and decimal.Decimal(repr(double)) == number:
             return double
@@ -322,6 +325,7 @@ class ExactDecimal(sa.types.TypeDecorator):
 
 
 _EXACT_CONTEXT = decimal.Context(prec=100)
+_MYSQL_MAX_SCALE = 30
 _QUANTA = {}  # scale -> 10 ** -scale
 
 
