@@ -18,6 +18,7 @@ from changeflow.io import sql
 from changeflow.io.sql import WriteToDatabase
 from changeflow.metrics import counter_totals
 from changeflow.model import Change, OpKind, RowOp, audit_version
+from changeflow.transforms.runs import make_batch
 from tests.beam_helpers import local_pipeline
 
 D = decimal.Decimal
@@ -528,3 +529,22 @@ def test_arguments_are_checked(kwargs, message):
     arguments = {'url': 'sqlite://', 'tables': [TableSpec('a.b', ('id',), 'b')], **kwargs}
     with pytest.raises(ValueError, match=message):
         WriteToDatabase(**arguments)
+
+
+def test_a_shard_batch_commits_in_one_transaction(tmp_path):
+    """A bounded run's shard batch is one COMMIT, whatever batch_size says (a
+    COMMIT per batch_size changes is an fsync each on a real disk)."""
+    spec, changes = _orders_inserts(5)
+    url = f'sqlite:///{tmp_path}/replica.db'
+    pipeline = local_pipeline()
+    written, _ = (pipeline | beam.Create([make_batch(ORDERS_SOURCE, 0, changes)])
+                  | sql.WriteBatchesToDatabase(url, [spec], batch_size=2, num_shards=1))
+    assert_that(written | beam.MapTuple(lambda table, shard, applied: len(applied)),
+                equal_to([5]))
+    counters = counter_totals(pipeline.run(), 'changeflow.write_database')
+    assert counters['batches_committed'] == 1
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text('SELECT id FROM orders ORDER BY id')).all() == [
+            (n,) for n in range(1, 6)]
+    engine.dispose()

@@ -7,7 +7,7 @@ from changeflow.sql.errors import SqlChangeError
 from changeflow.sql.plans import StatementTranslator
 from changeflow.transforms.transactions import (CommittedTransaction, ResolveTransactions,
                                                 SessionState, StatementClass,
-                                                TransactionTracker, _session_order,
+                                                TransactionTracker, session_order,
                                                 classify_statement)
 from tests.audit_fixture import SHOP_TABLES, audit_events
 from tests.beam_helpers import local_pipeline
@@ -16,7 +16,7 @@ from tests.beam_helpers import local_pipeline
 def committed_sql(events):
     trackers = {}
     committed = []
-    for event in sorted(events, key=lambda e: (e.serverhost, e.connection_id, _session_order(e))):
+    for event in sorted(events, key=lambda e: (e.serverhost, e.connection_id, session_order(e))):
         tracker = trackers.setdefault(
             event.connection_id, TransactionTracker(event.serverhost, event.connection_id))
         for transaction in tracker.feed(event):

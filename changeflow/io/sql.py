@@ -1311,9 +1311,10 @@ class _DatabaseWriter:
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
                             'first batch', _STEP, self._hide_password(_describe(exc)))
 
-    def _write_ready(self, ready, shard: int):
+    def _write_ready(self, ready, shard: int, batch_size: Optional[int] = None):
         """Applies one shard's ready (micros, Change) pairs in version order,
-        ``batch_size`` per transaction."""
+        ``batch_size`` per transaction (default: the sink's)."""
+        batch_size = batch_size or self._batch_size
         ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
         if not self._replica.prepared:
             try:
@@ -1361,7 +1362,7 @@ class _DatabaseWriter:
                 yield from self._emit(outcome)  # its own rows' dead letters
                 continue
             batch.append(item)
-            if len(batch) >= self._batch_size:
+            if len(batch) >= batch_size:
                 yield from self._emit(self._write(batch))
                 batch = []
         if batch:
@@ -1523,7 +1524,11 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
         self._counters['changes_received'].inc(sum(1 for c in changes if c.key or shard == 0))
         micros = timestamp.micros
         applied = []
-        for output in self._write_ready([(micros, change) for change in changes], shard):
+        # One transaction for the whole batch: a COMMIT (an fsync) per 500 changes
+        # capped a real disk near 7.6k changes/s. Crash safety is the same: each
+        # transaction is atomic and the version guard skips what a replay finds applied.
+        for output in self._write_ready([(micros, change) for change in changes], shard,
+                                        len(changes)):
             if isinstance(output, TaggedOutput):
                 yield output
             else:
@@ -1703,13 +1708,15 @@ class WriteToDatabase(beam.PTransform):
                     DEAD_LETTER_TAG, main=self.MAIN))
 
 
+@typehints.with_input_types(typehints.Tuple[str, int, bytes])
 class WriteBatchesToDatabase(WriteToDatabase):
     """WriteToDatabase for a bounded run's coarse data flow: each input element
     is one shard's coalesced changes, ``(table, shard, changes)`` (from
     :class:`changeflow.transforms.shard_batches.FoldShards`, sharded as
     :func:`shards_of` shards), written in version order as WriteToDatabase
     writes a shard once the watermark has passed all of it; no state or
-    timers. Same arguments and metrics; the main output has one
+    timers. Each batch is one transaction (``batch_size`` does not split it).
+    Same arguments and metrics; the main output has one
     ``(table, shard, changes applied or found applied)`` per batch."""
 
     def expand(self, batches):

@@ -310,6 +310,11 @@ class ExactDecimal(sa.types.TypeDecorator):
         if value is None:
             return None
         number = _exact(value, self.scale)
+        scale = self.scale
+        if scale is not None and scale <= _MYSQL_MAX_SCALE and number.adjusted() + scale < 15:
+            # At most 15 digits (quantized: exponent -scale) and 1e-30 or more
+            # (a double's normal range): the double holds it, as checked below.
+            return float(number)
         double = float(number)
         if math.isfinite(double) and decimal.Decimal(repr(double)) == number:
             return double
@@ -319,6 +324,11 @@ class ExactDecimal(sa.types.TypeDecorator):
         return None if value is None else _exact(value, self.scale)
 
 
+_EXACT_CONTEXT = decimal.Context(prec=100)
+_MYSQL_MAX_SCALE = 30
+_QUANTA = {}  # scale -> 10 ** -scale
+
+
 def _exact(value, scale: Optional[int]) -> decimal.Decimal:
     if isinstance(value, bytes):
         value = value.decode('ascii')
@@ -326,7 +336,10 @@ def _exact(value, scale: Optional[int]) -> decimal.Decimal:
         repr(value) if isinstance(value, float) else value)
     if scale is None:
         return number
-    return number.quantize(decimal.Decimal(1).scaleb(-scale), context=decimal.Context(prec=100))
+    quantum = _QUANTA.get(scale)
+    if quantum is None:
+        quantum = _QUANTA[scale] = decimal.Decimal(1).scaleb(-scale)
+    return number.quantize(quantum, context=_EXACT_CONTEXT)
 
 
 class ExactUnsignedBigInt(sa.types.TypeDecorator):

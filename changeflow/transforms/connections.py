@@ -6,12 +6,13 @@ One element per record through decode and parse (a CloudWatch payload holds
 dozens to thousands of lines; a raw log is read in chunks of lines), one
 shuffle of compressed runs per connection, and one element per flush of a
 connection's changes into each (table, shard). The logic is the per-element
-transforms' own (:func:`changeflow.transforms.decode._decode`,
-:func:`changeflow.transforms.audit_log.parse_audit_line`,
+transforms' own (:class:`changeflow.transforms.decode.RecordDecoder`,
+:class:`changeflow.transforms.audit_log.AuditLineParser`,
 :class:`changeflow.transforms.transactions.TransactionTracker`, the SQL
 stage's DoFn): only the element boundaries move, so the outputs are the same.
 """
 
+import gc
 from typing import Dict, List, Sequence, Tuple
 
 import apache_beam as beam
@@ -20,17 +21,17 @@ from apache_beam.pvalue import TaggedOutput
 
 from changeflow.config import TableSpec
 from changeflow.io.sql import DEFAULT_SHARDS, shards_of
-from changeflow.model import DEAD_LETTER_TAG, SourceRecord, dead_letter
+from changeflow.model import DEAD_LETTER_TAG, SourceRecord
 from changeflow.schema.model import SourceSchema
 from changeflow.schema.timeline import ddl_position
 from changeflow.sql.literals import DEFAULT_SERVER_VERSION
-from changeflow.transforms.audit_log import _CONNECTION_OPS, AuditLineError, parse_audit_line
-from changeflow.transforms.decode import DecodeError, _decode
+from changeflow.transforms.audit_log import AuditLineParser
+from changeflow.transforms.decode import RecordDecoder
 from changeflow.transforms.guard import guarded, lines_original
 from changeflow.transforms.runs import make_run, merge_runs, unpack
-from changeflow.transforms.sql_changes import _ExtractRowChangesFn
+from changeflow.transforms.sql_changes import ExtractRowChangesFn
 from changeflow.transforms.transactions import (
-    StatementClass, TransactionTracker, _session_order, classify_statement, input_end_letters)
+    StatementClass, TransactionTracker, classify_statement, input_end_letters, session_order)
 
 __all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'RUNS', 'DDL']
 
@@ -50,66 +51,56 @@ def _records_position(element):
     return element.position if isinstance(element, SourceRecord) else element[0].position
 
 
+def _freeze_startup_heap() -> None:
+    """Moves what the worker holds when its first DoFn starts (modules, the
+    pipeline: ~220k objects) out of the garbage collector's reach, once per
+    process: each full collection traversed them all again, and a job's runs
+    (thousands of objects unpacked at a time) made one every few seconds: a
+    fifth of a 50k-event job's CPU. Only what is cyclic garbage at that
+    moment is kept for good."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+
+
 @guarded('parse_audit', _records_original, _records_position)
 class _ParseRecordFn(beam.DoFn):
     """A SourceRecord (decoded) or a chunk of LogEvents -> a run of session
     events per connection, the committed DDL statements, dead letters."""
 
     def __init__(self, query_log_limit: int, server_version: int):
-        self._limit = query_log_limit
         self._server_version = server_version
-        self._decode = {name: Metrics.counter('changeflow.decode', name) for name in (
-            'records_received', 'control_messages', 'log_events', 'dead_lettered')}
-        self._parse = {name: Metrics.counter('changeflow.parse_audit', name) for name in (
-            'lines_received', 'events_parsed', 'dead_lettered', 'queries', 'table_events',
-            'connects')}
+        self._decoder = RecordDecoder()
+        self._parser = AuditLineParser(query_log_limit)
+
+    def setup(self):
+        _freeze_startup_heap()
 
     def process(self, element):
         if isinstance(element, SourceRecord):
-            self._decode['records_received'].inc()
-            try:
-                events, controls = _decode(element)
-            except DecodeError as e:
-                self._decode['dead_lettered'].inc()
-                yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                    'decode', e.reason, e.detail, element.data, element.position))
+            events, dead = self._decoder.decode(element)
+            if dead is not None:
+                yield TaggedOutput(DEAD_LETTER_TAG, dead)
                 return
-            if controls:
-                self._decode['control_messages'].inc(controls)
-            self._decode['log_events'].inc(len(events))
         else:
             events = element
+        self._parser.reset()
+        parsed, dead = self._parser.parse(events)
+        for letter in dead:
+            yield TaggedOutput(DEAD_LETTER_TAG, letter)
         by_connection: Dict[Tuple[str, int], List] = {}
-        queries = connects = others = dead = 0
-        for event in events:
-            try:
-                parsed = parse_audit_line(event.message, event.position, self._limit,
-                                          keep_truncated=True)
-            except AuditLineError as e:
-                dead += 1
-                yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                    'parse_audit', e.reason, e.detail, event.message, event.position))
-                continue
-            operation = parsed.operation
+        for event in parsed:
+            operation = event.operation
             if operation == 'QUERY':
-                queries += 1
-                if (not parsed.retcode and not parsed.truncated and classify_statement(
-                        parsed.object, self._server_version)[0] == StatementClass.DDL):
-                    yield TaggedOutput(DDL, (ddl_position(parsed.timestamp_us, parsed.query_id),
-                                             parsed.database, parsed.object))
-            elif operation in _CONNECTION_OPS:
-                connects += 1
-            else:
-                others += 1
-            if operation in _SESSION_OPS:
-                by_connection.setdefault((parsed.serverhost, parsed.connection_id),
-                                         []).append(parsed)
-        for name, count in (('lines_received', len(events)), ('dead_lettered', dead),
-                            ('events_parsed', queries + connects + others), ('queries', queries),
-                            ('connects', connects), ('table_events', others)):
-            self._parse[name].inc(count)
+                if (not event.retcode and not event.truncated and classify_statement(
+                        event.object, self._server_version)[0] == StatementClass.DDL):
+                    yield TaggedOutput(DDL, (ddl_position(event.timestamp_us, event.query_id),
+                                             event.database, event.object))
+            elif operation not in _SESSION_OPS:
+                continue
+            by_connection.setdefault((event.serverhost, event.connection_id), []).append(event)
+        self._parser.report()
         for connection, session_events in by_connection.items():
-            yield connection, make_run(session_events, _session_order)
+            yield connection, make_run(session_events, session_order)
 
 
 class ParseToConnectionRuns(beam.PTransform):
@@ -149,7 +140,7 @@ class _ReplayConnectionFn(beam.DoFn):
     def __init__(self, autocommit: bool, server_version: int, rollback_on_timeout: bool,
                  tables: Sequence[TableSpec], schema, time_zone: str, num_shards: int):
         self._tracker_args = (autocommit, server_version, rollback_on_timeout)
-        self._translate = _ExtractRowChangesFn(tables, schema, time_zone, server_version)
+        self._translate = ExtractRowChangesFn(tables, schema, time_zone, server_version)
         self._num_shards = num_shards
         self._counters = {name: Metrics.counter('changeflow.transactions', name) for name in (
             'committed', 'rolled_back', 'failed', 'reads', 'ddl', 'session', 'duplicates',
@@ -164,7 +155,7 @@ class _ReplayConnectionFn(beam.DoFn):
         buckets: Dict[Tuple[str, int], list] = {}
         pending = 0
         transactions = 0
-        for event in merge_runs(runs, _session_order):
+        for event in merge_runs(runs, session_order):
             for transaction in tracker.feed(event):
                 transactions += 1
                 for out in self._translate.process(transaction, timeline):

@@ -28,7 +28,7 @@ from apache_beam.metrics import Metrics
 from changeflow.model import DEAD_LETTER_TAG, DeadLetter, LogEvent, SourceRecord, dead_letter
 from changeflow.transforms.guard import guarded, preview
 
-__all__ = ['DecodeError', 'envelopes', 'decode_record', 'DecodeCloudWatchRecords',
+__all__ = ['DecodeError', 'envelopes', 'decode_record', 'RecordDecoder', 'DecodeCloudWatchRecords',
            'inflate_gzip_member', 'GZIP_MAGIC', 'MAX_INFLATED_BYTES']
 
 GZIP_MAGIC = b'\x1f\x8b'
@@ -191,11 +191,11 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
     return events, controls
 
 
-_DeadLetterOutput = pvalue.TaggedOutput[Literal[DEAD_LETTER_TAG], DeadLetter]
+class RecordDecoder:
+    """Decodes records as the decode step does, counting them: what every form
+    of the stage shares (DecodeCloudWatchRecords, one element per event; the
+    coarse data flow, one per record). Make it in a DoFn's ``__init__``."""
 
-
-@guarded('decode', lambda record: record.data, lambda record: record.position)
-class _DecodeRecordFn(beam.DoFn):
     def __init__(self):
         namespace = 'changeflow.decode'
         self._records_received = Metrics.counter(namespace, 'records_received')
@@ -203,18 +203,33 @@ class _DecodeRecordFn(beam.DoFn):
         self._log_events = Metrics.counter(namespace, 'log_events')
         self._dead_lettered = Metrics.counter(namespace, 'dead_lettered')
 
-    def process(self, record: SourceRecord) -> Iterable[Union[LogEvent, _DeadLetterOutput]]:
+    def decode(self, record: SourceRecord) -> Tuple[List[LogEvent], Optional[DeadLetter]]:
+        """(the record's log events, None), or ([], its DeadLetter) when it
+        cannot be decoded (its events are all or nothing)."""
         self._records_received.inc()
         try:
             events, controls = _decode(record)
         except DecodeError as e:
             self._dead_lettered.inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                'decode', e.reason, e.detail, record.data, record.position))
-            return
+            return [], dead_letter('decode', e.reason, e.detail, record.data, record.position)
         if controls:
             self._control_messages.inc(controls)
         self._log_events.inc(len(events))
+        return events, None
+
+
+_DeadLetterOutput = pvalue.TaggedOutput[Literal[DEAD_LETTER_TAG], DeadLetter]
+
+
+@guarded('decode', lambda record: record.data, lambda record: record.position)
+class _DecodeRecordFn(beam.DoFn):
+    def __init__(self):
+        self._decoder = RecordDecoder()
+
+    def process(self, record: SourceRecord) -> Iterable[Union[LogEvent, _DeadLetterOutput]]:
+        events, dead = self._decoder.decode(record)
+        if dead is not None:
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
         yield from events
 
 

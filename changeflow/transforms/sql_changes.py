@@ -52,7 +52,7 @@ from changeflow.sql.plans import RowChange, SqlChangeError, StatementTranslator,
 from changeflow.transforms.guard import guarded, internal_error, lines_original
 from changeflow.transforms.transactions import CommittedTransaction
 
-__all__ = ['ExtractRowChanges']
+__all__ = ['ExtractRowChanges', 'ExtractRowChangesFn']
 
 # Hazard reasons whose write may have hit a row the statement does not name.
 _TABLE_HAZARDS = frozenset({'secondary-unique-key'})
@@ -62,7 +62,11 @@ HAZARD_REASONS = ('trigger', 'cascade', 'secondary-unique-key', 'clock-default',
 
 
 @guarded('sql_changes', lambda t: lines_original(t.statements), lambda t: t.statements[0].position)
-class _ExtractRowChangesFn(beam.DoFn):
+class ExtractRowChangesFn(beam.DoFn):
+    """CommittedTransaction -> row Changes, DEAD_LETTER_TAG: DeadLetter: the DoFn
+    of ExtractRowChanges, also called by the coarse data flow's replay
+    (:mod:`changeflow.transforms.connections`) once per transaction."""
+
     def __init__(self, tables: Sequence[TableSpec], schema: Optional[SourceSchema] = None,
                  time_zone: str = '+00:00', server_version: int = DEFAULT_SERVER_VERSION):
         self._tables = tuple(tables)
@@ -505,6 +509,6 @@ class ExtractRowChanges(beam.PTransform):
         side = {} if self._timeline is None else {'timeline': beam.pvalue.AsSingleton(
             self._timeline)}
         return transactions | 'Translate' >> beam.ParDo(
-            _ExtractRowChangesFn(self._tables, self._schema, self._time_zone,
+            ExtractRowChangesFn(self._tables, self._schema, self._time_zone,
                                  self._server_version), **side).with_outputs(
                 DEAD_LETTER_TAG, main='changes')

@@ -48,7 +48,7 @@ from changeflow.sql.literals import (DEFAULT_SERVER_VERSION, MARKER, mask_litera
 from changeflow.transforms.guard import guarded, lines_original
 
 __all__ = ['CommittedTransaction', 'SessionState', 'StatementClass', 'classify_statement',
-           'TransactionTracker', 'ResolveTransactions']
+           'TransactionTracker', 'ResolveTransactions', 'session_order']
 
 DEADLOCK = 1213
 LOCK_WAIT_TIMEOUT = 1205
@@ -315,7 +315,7 @@ def classify_statement(sql: str, server_version: int = DEFAULT_SERVER_VERSION
     return (StatementClass.WRITE if kind == StatementClass.TRUNCATE else kind), name
 
 
-def _session_order(event: AuditEvent):
+def session_order(event: AuditEvent):
     """Statement order within a connection: CONNECT/DISCONNECT carry query id 0,
     so they sort first/last within their second."""
     if event.operation == 'CONNECT':
@@ -572,7 +572,7 @@ class _ResolveConnection(beam.DoFn):
         (serverhost, connection_id), events = element
         tracker = TransactionTracker(serverhost, connection_id, self._autocommit,
                                      self._server_version, self._rollback_on_timeout)
-        for event in sorted(events, key=_session_order):
+        for event in sorted(events, key=session_order):
             for transaction in tracker.feed(event):
                 self._transactions.inc()
                 yield transaction

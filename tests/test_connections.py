@@ -1,0 +1,25 @@
+"""The coarse data flow's parse step: the garbage collector's start-up heap."""
+
+import gc
+
+import apache_beam as beam
+
+from changeflow.model import LogEvent
+from changeflow.transforms.connections import RUNS, ParseToConnectionRuns
+from tests.beam_helpers import local_pipeline
+
+
+def test_the_first_parse_freezes_the_workers_heap_once(monkeypatch):
+    """Full collections would traverse the worker's modules and pipeline every
+    time (a fifth of a job's CPU): the first parse step freezes them, once."""
+    frozen = []
+    monkeypatch.setattr(gc, 'get_freeze_count', lambda: len(frozen))
+    monkeypatch.setattr(gc, 'freeze', lambda: frozen.append(True))
+    line = "20261124 10:00:01,db-1,app,10.0.0.7,7,{},QUERY,shop,'SELECT 1',0"
+    chunks = [(LogEvent(line.format(n), 'g', 's', str(n), 0, f'log:{n}'),) for n in (1, 2)]
+    pipeline = local_pipeline()
+    parsed = (pipeline | beam.Create(chunks) | 'A' >> ParseToConnectionRuns(1024))
+    _ = (pipeline | 'More' >> beam.Create(chunks) | 'B' >> ParseToConnectionRuns(1024))
+    _ = parsed[RUNS]
+    pipeline.run().wait_until_finish()
+    assert frozen == [True]
