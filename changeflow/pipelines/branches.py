@@ -39,8 +39,9 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
             ``config.dead_letter_path``.
         timeline: the schema timeline (audit jobs with a schema), for every sink.
         before_sink: a branch name (DATABASE, PARQUET, NOTIFY) -> a transform
-            applied to that branch's shard batches before its sink, e.g. to
-            keep a table's initial state out of notifications.
+            applied to that branch's batches before its sink (the database's
+            coalesced batches, the change-log branches' log batches of source
+            ops), e.g. to keep a table's initial state out of notifications.
 
     Returns the main PCollections by name: 'batches' (one per shard), each
     configured branch's sink output, 'dead_letters' and 'dead_letters_written'
@@ -58,7 +59,8 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
     unknown = sorted(set(before_sink) - set(branches))
     if unknown:
         raise ValueError(f'before_sink names branches the job does not write: {unknown}')
-    routed = batches | 'Route' >> RouteShardBatches(branches)
+    routed = ({FoldShards.MAIN: batches, FoldShards.LOG: folded[FoldShards.LOG]}
+              | 'Route' >> RouteShardBatches(branches))
     for branch, step in before_sink.items():
         routed[branch] = routed[branch] | f'BeforeSink_{branch}' >> step
     outputs = {'batches': batches}
