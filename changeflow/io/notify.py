@@ -19,7 +19,10 @@ because from the change stream alone one cannot tell whether such a statement
 inserted, updated or did nothing (that needs the replica's prior state); list
 those kinds to be told about them.
 
-Each matching (rule target, Change) gives one JSON object::
+Each matching (rule target, Change) gives one JSON object; in a job
+(``batched=True``) each Change is one *source op* (one statement's effect on
+one row, :mod:`changeflow.transforms.shard_batches`), so each op is announced
+once however runs over overlapping input coalesce::
 
     {"id": "...", "table": "shop.orders", "key": [1, 7], "op": "update",
      "version": "...", "event_time": "2026-11-22T14:16:18.000000Z",
@@ -394,9 +397,9 @@ class WriteNotifications(beam.PTransform):
         batch_size: notifications per target buffered before a write.
         schema_timeline: a PCollection of one SchemaTimeline: the tables the
             log's DDL renamed or created get their specs (and redaction) from it.
-        batched: each input element is a shard batch ``(table, shard,
-            changes)`` (the bounded data flow's); the main output then has one
-            tuple of lines per write instead of one line per element.
+        batched: each input element is a log batch ``(table, shard, packed
+            source ops)`` (the bounded data flow's); the main output then has
+            one tuple of lines per write instead of one line per element.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has each JSON

@@ -4,15 +4,26 @@ Layout (Hive-style partitions, local directory or ``s3://``)::
 
     {path}/table={target}/date=YYYY-MM-DD/part-{first_version}-{last_version}-{hash}.parquet
 
-``date`` is the UTC day of the Change's ``event_time_us``. Rows are grouped per
-(target, date) and window with a GroupByKey, sorted by (version, source table,
-key, position) and cut into files of at most ``rows_per_file`` rows; a file's
-name is derived from the rows it holds (its first and last version, and a hash
-of its rows' identities), so re-running the same input rewrites the same files
-with the same bytes instead of adding copies. A bounded run writes one file per
-partition (per ``rows_per_file``); a windowed streaming run one per window,
-pane and partition. Accumulating triggers would repeat rows in later panes'
-files: use the default (discarding) trigger.
+``date`` is the UTC day of the Change's ``event_time_us``. In a job
+(``batched=True``) the input is each shard's *source ops*, one Change per op
+with the op's own time (:mod:`changeflow.transforms.shard_batches`), so a
+row, its partition and its identity (source table, key, version) are the
+same whatever else a run read. Rows are grouped per (target, date) (and
+window, for a Change input), one writer per partition.
+
+Written once per source op: before writing a partition, the writer lists its
+files and reads the ``version``, ``source_table`` and ``key`` columns of those
+whose version range (in the name) meets the new rows' range, and writes only
+the rows no file holds, sorted by (version, source table, key, position) and
+cut into files of at most ``rows_per_file`` rows, each named by its first and
+last version and a hash of its rows' identities. The files are the ledger: a
+file appears whole or not at all (:func:`changeflow.io.files.write_file`),
+so a run after a crash, a backfill over a synced period or the same input
+again adds exactly the ops the backup lacks. Cost: a listing per partition
+written, a read of three columns of each overlapping file, and one
+partition's rows held by one worker. Two jobs writing one path at once are
+not supported. Accumulating triggers would repeat rows in later panes:
+use the default (discarding) trigger.
 
 Columns of every file:
 
@@ -58,8 +69,8 @@ declare), ``unknown-table`` (a Change of a table not in ``tables``),
 
 Runner support: any runner. Files are written through Beam's ``FileSystems``:
 ``s3://`` uses ``S3Options`` (``--s3_endpoint_url`` ...) or boto3's default
-chain. A GroupByKey's values are held in memory to sort them: each Change
-crosses it whole and pickled, and a partition's rows are built column by
+chain. A GroupByKey's values are held in memory to sort them: Changes
+cross it packed (pickled and compressed, a log batch at a time), and a partition's rows are built column by
 column (one Python list per column, Arrow arrays at once), so a row costs a
 few plain values rather than a dict.
 """
@@ -436,10 +447,14 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
         layouts, _ = self._current(timeline)
         targets = {source: layout.target for source, layout in layouts.items()}
         by_partition: Dict[Tuple[str, str], List[Change]] = {}
-        for change in batch_changes(batch):
-            self._received.inc(len(change.ops))
+        changes = batch_changes(batch)
+        for change in changes:
             if change.ops:
                 by_partition.setdefault(_partition(change, targets), []).append(change)
+        self._received.inc(sum(len(change.ops) for change in changes))
+        if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
+            yield next(iter(by_partition)), batch[2]  # one partition: packed as it came
+            return
         for partition, changes in sorted(by_partition.items()):
             yield partition, pack(changes)
 
@@ -633,16 +648,22 @@ class WriteParquetBackup(beam.PTransform):
             target must declare the same columns.
         rows_per_file: most rows per file (a partition of one window holding
             more is cut, deterministically, into several files).
+        batched: each input element is a log batch ``(table, shard, packed
+            source ops)`` (:class:`changeflow.transforms.shard_batches.FoldShards`'s
+            ``LOG`` output), as a job gives them.
+        schema_timeline: a PCollection of one SchemaTimeline (batched input
+            only): tables the log's DDL renamed, created or altered.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has one
         :class:`~changeflow.io.files.WrittenFile` (path, rows) per file
         written; ``DEAD_LETTER_TAG`` has a DeadLetter per op row not written.
 
-    Idempotence: the same input in the same windows yields the same file names
-    and bytes, which replace themselves. Metrics (namespace
-    ``changeflow.write_parquet``, counting op rows): received, written,
-    dead_lettered; and files_written.
+    Idempotence: a row already in a file of its partition (same source
+    table, key and version) is not written again (see the module
+    docstring). Metrics (namespace ``changeflow.write_parquet``, counting op
+    rows): received, written, skipped_existing (already held),
+    dead_lettered; and files_written, files_read (files checked for held rows).
 
     Example::
 
