@@ -8,10 +8,12 @@ KEY UPDATE``, 40% updates, 10% deletes by key over ``--keys`` rows of one typed
 table: integer, integer, decimal(10,2), string) translated into row changes
 and coalesced per key, as the sinks receive them in a bounded run. Then:
 
-* Parquet (changeflow/io/parquet.py), rows/s, one row per op: the sink's own
-  two steps called directly (key each op by partition, then group and write
-  the partition's files), and the WriteParquetBackup transform on the
-  FnApiRunner.
+* Parquet (changeflow/io/parquet.py), rows/s, one row per source op (what the
+  job's Parquet branch gets: each shard's source ops in log batches): the
+  sink's own two steps called directly as the job runs them (key each log
+  batch by partition, then write each partition's files), in CPU seconds;
+  the same again into the written backup (every row found held, nothing
+  written); and the WriteParquetBackup transform on the FnApiRunner.
 * Database (changeflow/io/sql.py), changes/s into a fresh SQLite file with
   the version guard: the sink's batch write called directly (changes in
   version order, 500 per transaction, as its flush does), the same changes
@@ -40,6 +42,7 @@ from changeflow.io import parquet, sql
 from changeflow.model import Change, RowOp, audit_version
 from changeflow.sql.plans import StatementTranslator
 from changeflow.transforms.coalesce import coalesce_changes
+from changeflow.transforms.runs import make_batch
 
 ITEMS = TableSpec('shop.items', ('id',), 'items', (
     ('id', 'integer'), ('qty', 'integer'), ('price', 'decimal(10,2)'), ('note', 'string')))
@@ -47,8 +50,8 @@ START_US = 1795514400 * 1_000_000  # 2026-11-24 10:00 UTC, the workload's first 
 SOURCE_CHUNKS = 16
 
 
-def coalesced_changes(events, keys):
-    """The workload's statements as the sinks get them: one Change per row."""
+def source_ops(events, keys):
+    """The workload's statements as row changes, one Change per source op."""
     with tempfile.TemporaryDirectory() as folder:
         statements = write_firehose_archive(os.path.join(folder, 'audit.gz'), events, keys=keys)
     translator = StatementTranslator([ITEMS])
@@ -59,25 +62,44 @@ def coalesced_changes(events, keys):
             op = RowOp(row.kind, audit_version(time_us, query_id, query_id, seq), row.values,
                        row.assignments, f'audit.gz#{query_id}', row.condition)
             by_row[row.table, row.key].append(Change(row.table, row.key, (op,), time_us))
+    return [change for changes in by_row.values() for change in changes]
+
+
+def coalesced_changes(events, keys):
+    """The workload's statements as the database sink gets them: one Change per row."""
+    by_row = collections.defaultdict(list)
+    for change in source_ops(events, keys):
+        by_row[change.table, change.key].append(change)
     return [coalesce_changes(changes) for changes in by_row.values()]
 
 
-def parquet_direct(changes, folder):
-    """(seconds keying, seconds writing, rows written) of the sink's DoFns called directly."""
+def log_batches(ops):
+    """The source ops as the job's Parquet branch gets them: per shard, in version order."""
+    shards = collections.defaultdict(list)
+    for change in ops:
+        for (_, shard), copy in sql.shards_of(change, 16):
+            shards[shard].append(copy)
+    return [make_batch(ITEMS.source, shard, sorted(changes, key=lambda c: c.ops[0].version))
+            for shard, changes in sorted(shards.items())]
+
+
+def parquet_direct(batches, folder):
+    """(CPU seconds keying, CPU seconds writing, rows written) of the sink's DoFns called directly."""
     layouts = {ITEMS.source: parquet._layout(ITEMS)}
-    keyer = parquet._KeyByPartition({ITEMS.source: ITEMS.target})
+    keyer = parquet._KeyBatchByPartition(layouts)
     writer = parquet._WritePartitionFn(folder, layouts, 250_000)
+    keyer.setup()
     writer.setup()
-    started = time.perf_counter()
+    started = time.process_time()
     partitions = collections.defaultdict(list)
-    for change in changes:
-        for partition, single in keyer.process(change):
-            partitions[partition].append(single)
-    keyed = time.perf_counter()
+    for batch in batches:
+        for partition, packed in keyer.process(batch):
+            partitions[partition].append(packed)
+    keyed = time.process_time()
     written = sum(output.records for partition in partitions.items()
                   for output in writer.process(partition)
                   if isinstance(output, parquet.WrittenFile))
-    return keyed - started, time.perf_counter() - keyed, written
+    return keyed - started, time.process_time() - keyed, written
 
 
 def database_direct(changes, url, batch_size=500):
@@ -123,23 +145,28 @@ def spread(rates):
     return f'{middle:>10,.0f} /s median  (min {low:,.0f}, max {high:,.0f})'
 
 
-def bench_parquet(changes, repeat):
-    rows = sum(len(change.ops) for change in changes)
-    direct, writing, runner, bare = [], [], [], []
+def bench_parquet(ops, repeat):
+    rows = len(ops)
+    batches = log_batches(ops)
+    direct, writing, held, runner, bare = [], [], [], [], []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as folder:
-            keying, write, written = parquet_direct(changes, folder)
-        assert written == rows, (written, rows)
-        direct.append(rows / (keying + write))
-        writing.append(rows / write)
+            keying, write, written = parquet_direct(batches, folder)
+            assert written == rows, (written, rows)
+            direct.append(rows / (keying + write))
+            writing.append(rows / write)
+            keying, write, written = parquet_direct(batches, folder)
+            assert written == 0, written
+            held.append(rows / (keying + write))
     for _ in range(repeat):
-        bare.append(pipeline_seconds(changes))
+        bare.append(pipeline_seconds(ops))
         with tempfile.TemporaryDirectory() as folder:
             runner.append(rows / pipeline_seconds(
-                changes, parquet.WriteParquetBackup(folder, [ITEMS])))
-    print(f'Parquet backup, {rows:,} rows ({len(changes):,} coalesced changes)')
+                ops, parquet.WriteParquetBackup(folder, [ITEMS])))
+    print(f'Parquet backup, {rows:,} rows (source ops, {len(batches)} log batches), CPU time')
     print(f'  key + write, no Beam      {spread(direct)}')
     print(f'  write step alone          {spread(writing)}')
+    print(f'  again, all rows held      {spread(held)}')
     print(f'  FnApiRunner, wall time    {spread(runner)}')
     print(f'  (same pipeline without the sink: {statistics.median(bare):.2f} s median)')
 
@@ -171,12 +198,11 @@ def main():
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--sink', choices=('parquet', 'database', 'both'), default='both')
     args = parser.parse_args()
-    changes = coalesced_changes(args.events, args.keys)
     print(f'workload: {args.events:,} events over {args.keys:,} keys (bench/workload.py)')
     if args.sink in ('parquet', 'both'):
-        bench_parquet(changes, args.repeat)
+        bench_parquet(source_ops(args.events, args.keys), args.repeat)
     if args.sink in ('database', 'both'):
-        bench_database(changes, args.repeat)
+        bench_database(coalesced_changes(args.events, args.keys), args.repeat)
 
 
 if __name__ == '__main__':

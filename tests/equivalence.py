@@ -6,7 +6,10 @@ may change as long as they stay content-derived.
 Recorded snapshots (tests/data/equivalence/*.json.gz) pin the outputs of the
 jobs below as the pipeline made them before its data flow was reshaped for
 throughput (issue 6); tests/test_equivalence.py runs the same jobs and
-compares. Record again only for an intended change of outputs:
+compares. The Parquet rows and notifications were recorded again when the
+change log became one row and one notification per source op instead of per
+coalesced change (replica and dead letters unchanged). Record again only for
+an intended change of outputs:
 
     python tests/equivalence.py record
 """

@@ -272,7 +272,7 @@ def test_a_partition_of_every_kind_of_row(tmp_path, monkeypatch):
             ('shipped', '2026-02-30'), ('rate', 'x')), (), 'a#10'),), DAY1),  # two bad values
     ]
     assert_same_backup(tmp_path, rows, 3)
-    files, letters = written_backup(str(tmp_path), rows, 3)
+    files, letters = written_backup(str(tmp_path / 'again'), rows, 3)
     assert sorted((reason, position) for reason, position, *_ in letters) == [
         ('bad-value', 'a#10'), ('bad-value', 'a#5'), ('bad-value', 'a#8'),
         ('unknown-column', 'a#6')]

@@ -552,7 +552,8 @@ def test_poison_mixed_into_good_records_is_dead_lettered_and_the_rest_replicates
     sink_letters = [d for d in letters if d.step in ('write_database', 'write_parquet')]
     assert all(json.loads(d.original)['key'] == [1, 9] for d in sink_letters)
     notes = [json.loads(n) for n in (tmp_path / 'notes.jsonl').read_text().splitlines()]
-    assert sorted(n['key'] for n in notes) == [[1, 1], [1, 2], [1, 9]]
+    assert sorted((n['key'], n['op']) for n in notes) == [  # one per source op
+        ([1, 1], 'insert'), ([1, 2], 'insert'), ([1, 2], 'update'), ([1, 9], 'insert')]
 
 
 # --- secrets and case-insensitive column names --------------------------------
@@ -619,9 +620,11 @@ def test_column_names_are_case_insensitive_in_every_sink_redaction_included(tmp_
     assert replica_rows(tmp_path, 'customers') == [(1, 'm', 'second@x.org', None)]
     notes = (tmp_path / 'notes.jsonl').read_text()
     assert '@x.org' not in notes
-    assert json.loads(notes.splitlines()[0])['values'] == {'id': 1, 'name': 'm', 'email': '***'}
+    assert [json.loads(note)['values'] for note in notes.splitlines()] == [  # one per statement
+        {'id': 1, 'name': 'n', 'email': '***'}, {'name': 'm', 'email': '***'}]
     backup = pq.read_table(next((tmp_path / 'backup').rglob('*.parquet'))).to_pylist()
-    assert [(row['id'], row['name'], row['email']) for row in backup] == [(1, 'm', 'second@x.org')]
+    assert [(row['id'], row['name'], row['email']) for row in backup] == [
+        (1, 'n', 'first@x.org'), (1, 'm', 'second@x.org')]
 
 
 def test_no_bad_value_detail_shows_a_redacted_value(tmp_path):

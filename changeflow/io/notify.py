@@ -23,7 +23,10 @@ those kinds to be told about them. ``columns`` (column predicates such as
 ``{status: {to: shipped}}``) must all hold too: see
 :mod:`changeflow.io.notify_columns`.
 
-Each matching (rule target, Change) gives one JSON object::
+Each matching (rule target, Change) gives one JSON object; in a job
+(``batched=True``) each Change is one *source op* (one statement's effect on
+one row, :mod:`changeflow.transforms.shard_batches`), so each op is announced
+once however runs over overlapping input coalesce::
 
     {"id": "...", "table": "shop.orders", "key": [1, 7], "op": "update",
      "version": "...", "event_time": "2026-11-22T14:16:18.000000Z",
@@ -449,9 +452,9 @@ class WriteNotifications(beam.PTransform):
         batch_size: notifications per target buffered before a write.
         schema_timeline: a PCollection of one SchemaTimeline: the tables the
             log's DDL renamed or created get their specs (and redaction) from it.
-        batched: each input element is a shard batch ``(table, shard,
-            changes)`` (the bounded data flow's); the main output then has one
-            tuple of lines per write instead of one line per element.
+        batched: each input element is a log batch ``(table, shard, packed
+            source ops)`` (the bounded data flow's); the main output then has
+            one tuple of lines per write instead of one line per element.
         state_url: the state store (SQLAlchemy URL) of the ledgers of the
             targets that need one (SNS, SQS, webhooks); required with them.
 

@@ -4,15 +4,26 @@ Layout (Hive-style partitions, local directory or ``s3://``)::
 
     {path}/table={target}/date=YYYY-MM-DD/part-{first_version}-{last_version}-{hash}.parquet
 
-``date`` is the UTC day of the Change's ``event_time_us``. Rows are grouped per
-(target, date) and window with a GroupByKey, sorted by (version, source table,
-key, position) and cut into files of at most ``rows_per_file`` rows; a file's
-name is derived from the rows it holds (its first and last version, and a hash
-of its rows' identities), so re-running the same input rewrites the same files
-with the same bytes instead of adding copies. A bounded run writes one file per
-partition (per ``rows_per_file``); a windowed streaming run one per window,
-pane and partition. Accumulating triggers would repeat rows in later panes'
-files: use the default (discarding) trigger.
+``date`` is the UTC day of the Change's ``event_time_us``. In a job
+(``batched=True``) the input is each shard's *source ops*, one Change per op
+with the op's own time (:mod:`changeflow.transforms.shard_batches`), so a
+row, its partition and its identity (source table, key, version) are the
+same whatever else a run read. Rows are grouped per (target, date) (and
+window, for a Change input), one writer per partition.
+
+Written once per source op: before writing a partition, the writer lists its
+files and reads the ``version``, ``source_table`` and ``key`` columns of those
+whose version range (in the name) meets the new rows' range, and writes only
+the rows no file holds, sorted by (version, source table, key, position) and
+cut into files of at most ``rows_per_file`` rows, each named by its first and
+last version and a hash of its rows' identities. The files are the ledger: a
+file appears whole or not at all (:func:`changeflow.io.files.write_file`),
+so a run after a crash, a backfill over a synced period or the same input
+again adds exactly the ops the backup lacks. Cost: a listing per partition
+written, a read of three columns of each overlapping file, and one
+partition's rows held by one worker. Two jobs writing one path at once are
+not supported. Accumulating triggers would repeat rows in later panes:
+use the default (discarding) trigger.
 
 Columns of every file:
 
@@ -58,8 +69,8 @@ declare), ``unknown-table`` (a Change of a table not in ``tables``),
 
 Runner support: any runner. Files are written through Beam's ``FileSystems``:
 ``s3://`` uses ``S3Options`` (``--s3_endpoint_url`` ...) or boto3's default
-chain. A GroupByKey's values are held in memory to sort them: each Change
-crosses it whole and pickled, and a partition's rows are built column by
+chain. A GroupByKey's values are held in memory to sort them: Changes
+cross it packed (pickled and compressed, a log batch at a time), and a partition's rows are built column by
 column (one Python list per column, Arrow arrays at once), so a row costs a
 few plain values rather than a dict.
 """
@@ -68,7 +79,6 @@ import datetime
 import functools
 import hashlib
 import io
-import pickle
 import re
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -76,6 +86,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -87,7 +98,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
-from changeflow.transforms.runs import batch_changes
+from changeflow.transforms.runs import batch_changes, pack, unpack
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -372,7 +383,7 @@ def _utc_day(time_us: int) -> str:
 
 @guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
-    """Change -> (partition, pickled Change): all ops of a Change share its
+    """Change -> (partition, packed [Change]): all ops of a Change share its
     table and time, so its rows share a partition. Never raises: a Change
     that has no partition is keyed _UNROUTABLE and rejected after the
     grouping, where every dead letter of this sink comes from."""
@@ -383,11 +394,10 @@ class _KeyByPartition(beam.DoFn):
 
     def process(self, change: Change):
         self._received.inc(len(change.ops))
-        partition = _partition(change, self._targets)
         if change.ops:
-            # Pickled here: Beam's coder encodes a NamedTuple field by field and
+            # Packed here: Beam's coder encodes a NamedTuple field by field and
             # pickles its class with every one, at twice the cost or more.
-            yield partition, pickle.dumps(change, protocol=pickle.HIGHEST_PROTOCOL)
+            yield _partition(change, self._targets), pack([change])
 
 
 def _partition(change: Change, targets: Dict[str, str]) -> Tuple[str, str]:
@@ -403,10 +413,63 @@ def _single(change: Change, op: RowOp) -> Change:
     return Change(change.table, change.key, (op,), change.event_time_us)
 
 
-@guarded(_STEP, lambda element: changes_original([pickle.loads(data) for data in element[1]]),
-         buffered=False)
-class _WritePartitionFn(beam.DoFn):
-    """(partition, pickled Changes) -> Parquet files and dead letters."""
+class _FollowedLayouts:
+    """The layouts of the configured tables, and of the tables the log's DDL
+    renamed, created or altered when a schema timeline is given."""
+
+    def _current(self, timeline):
+        if timeline is None:
+            return self._layouts, self._plans
+        if timeline is not self._timeline:
+            self._timeline = timeline
+            self._followed = {**self._layouts, **{
+                spec.source: _layout(spec) for spec in timeline.all_specs if spec.columns}}
+            self._followed_plans = {source: _plan(layout)
+                                    for source, layout in self._followed.items()}
+        return self._followed, self._followed_plans
+
+    def setup(self):
+        self._plans = {source: _plan(layout) for source, layout in self._layouts.items()}
+        self._timeline = None
+
+
+@guarded(_STEP, lambda batch: changes_original(batch_changes(batch)),
+         lambda batch: f'shard {batch[0]}/{batch[1]}')
+class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
+    """A log batch (table, shard, packed source ops) -> (partition, packed
+    Changes) per (target, day) it touches."""
+
+    def __init__(self, layouts: Dict[str, _Layout]):
+        self._layouts = layouts
+        self._received = Metrics.counter(f'changeflow.{_STEP}', 'received')
+
+    def process(self, batch, timeline=None):
+        layouts, _ = self._current(timeline)
+        targets = {source: layout.target for source, layout in layouts.items()}
+        by_partition: Dict[Tuple[str, str], List[Change]] = {}
+        changes = batch_changes(batch)
+        for change in changes:
+            if change.ops:
+                by_partition.setdefault(_partition(change, targets), []).append(change)
+        self._received.inc(sum(len(change.ops) for change in changes))
+        if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
+            yield next(iter(by_partition)), batch[2]  # one partition: packed as it came
+            return
+        for partition, changes in sorted(by_partition.items()):
+            yield partition, pack(changes)
+
+
+def _grouped_original(element):
+    partition, values = element
+    if partition == _FAILED:
+        return b''
+    return changes_original([change for data in values for change in unpack(data)])
+
+
+@guarded(_STEP, _grouped_original, lambda element: '/'.join(element[0]), buffered=False)
+class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
+    """(partition, packed Changes) -> Parquet files of the rows the backup
+    does not hold yet, and dead letters."""
 
     def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
         self._path = path
@@ -414,19 +477,19 @@ class _WritePartitionFn(beam.DoFn):
         self._rows_per_file = rows_per_file
         namespace = f'changeflow.{_STEP}'
         self._written = Metrics.counter(namespace, 'written')
+        self._skipped_existing = Metrics.counter(namespace, 'skipped_existing')
         self._dead_lettered = Metrics.counter(namespace, 'dead_lettered')
         self._files_written = Metrics.counter(namespace, 'files_written')
+        self._files_read = Metrics.counter(namespace, 'files_read')
 
-    def setup(self):
-        self._plans = {source: _plan(layout) for source, layout in self._layouts.items()}
-
-    def process(self, element):
-        partition, changes = element
+    def process(self, element, timeline=None):
+        partition, values = element
         if partition == _FAILED:
-            yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in changes)
+            yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in values)
             return
-        yield from self._write_partition(partition, [pickle.loads(data) for data in changes],
-                                         self._layouts, self._plans)
+        layouts, plans = self._current(timeline)
+        changes = [change for data in values for change in unpack(data)]
+        yield from self._write_partition(partition, changes, layouts, plans)
 
     def _write_partition(self, partition, changes: List[Change], layouts, plans):
         if partition == _UNROUTABLE:
@@ -457,16 +520,29 @@ class _WritePartitionFn(beam.DoFn):
             yield from self._write_files(partition, rows, changes)
 
     def _write_files(self, partition, rows: _PartitionRows, changes: List[Change]):
-        """Sorts the rows by identity and writes them, ``rows_per_file`` a file.
-        The columns are built once for the partition; if that fails, each
-        file's own, so only the files holding what cannot be written fail."""
+        """Sorts the rows the partition does not hold yet by identity and
+        writes them, ``rows_per_file`` a file. The columns are built once for
+        the partition; if that fails, each file's own, so only the files
+        holding what cannot be written fail."""
         identities = rows.identities()
-        order = pc.sort_indices(identities, sort_keys=[(name, 'ascending') for name in _IDENTITY])
+        fresh = self._fresh(partition, identities)
+        if fresh is not None:
+            self._skipped_existing.inc(rows.count - len(fresh))
+            if not len(fresh):
+                return
+            identities_fresh = identities.take(fresh)
+        else:
+            identities_fresh = identities
+        order = pc.sort_indices(identities_fresh,
+                                sort_keys=[(name, 'ascending') for name in _IDENTITY])
+        if fresh is not None:
+            order = fresh.take(order)
+        count = len(order)
         try:
             table = rows.table().take(order)
         except Exception:  # pylint: disable=broad-except
             table = None
-        for start in range(0, rows.count, self._rows_per_file):
+        for start in range(0, count, self._rows_per_file):
             chunk = order[start:start + self._rows_per_file]
             path = self._file_path(partition, identities.take(chunk))
             try:
@@ -486,10 +562,37 @@ class _WritePartitionFn(beam.DoFn):
             self._files_written.inc()
             yield WrittenFile(path, len(chunk))
 
+    def _fresh(self, partition, identities: pa.Table) -> Optional[pa.Array]:
+        """The indices of the rows whose (version, source table, key) no file
+        of the partition holds, or None when no file may hold any: only files
+        whose version range (in their name) meets these rows' are read, and
+        only their identity columns."""
+        versions = identities.column('version')
+        low, high = pc.min(versions).as_py(), pc.max(versions).as_py()
+        held = []
+        for path in self._partition_files(partition):
+            match = _FILE_NAME.match(path.rsplit('/', 1)[-1])
+            if match and (match.group(1) > high or match.group(2) < low):
+                continue
+            self._files_read.inc()
+            held.append(_read_identities(path))
+        if not held:
+            return None
+        written = pa.concat_arrays([_identity_text(table) for table in held])
+        mine = _identity_text(identities)
+        return pc.indices_nonzero(pc.invert(pc.is_in(mine, value_set=written)))
+
+    def _partition_files(self, partition) -> List[str]:
+        target, day = partition
+        pattern = FileSystems.join(self._path, f'table={target}', f'date={day}', 'part-*.parquet')
+        return sorted(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
+
     def _file_path(self, partition, identities: pa.Table) -> str:
         """The file of these rows: named by its first and last version and a
         hash of its rows' identities, one per line, tab-separated (joined by
-        Arrow, ``_HASHED_ROWS`` at a time)."""
+        Arrow, ``_HASHED_ROWS`` at a time). A version that cannot stand in a
+        name as it is becomes ``_``: such a file is read by every later
+        write of its partition (its range is unknown)."""
         digest = hashlib.sha256()
         for start in range(0, identities.num_rows, _HASHED_ROWS):
             part = identities.slice(start, _HASHED_ROWS)
@@ -500,7 +603,7 @@ class _WritePartitionFn(beam.DoFn):
             digest.update(b'\n' if start else b'')
             digest.update(text.as_buffer())
         versions = identities.column('version')
-        first, last = (_UNSAFE_IN_NAME.sub('_', versions[i].as_py())[:100] for i in (0, -1))
+        first, last = (_name_part(versions[i].as_py()) for i in (0, -1))
         target, day = partition
         return FileSystems.join(self._path, f'table={target}', f'date={day}',
                                 f'part-{first}-{last}-{digest.hexdigest()[:16]}.parquet')
@@ -511,39 +614,25 @@ class _WritePartitionFn(beam.DoFn):
             _STEP, reason, detail, change_json(change), change.ops[0].position))
 
 
-@guarded(_STEP, lambda batch: changes_original(batch_changes(batch)),
-         lambda batch: f'shard {batch[0]}/{batch[1]}', buffered=False)
-class _WriteBatchFn(_WritePartitionFn):
-    """(table, shard, changes) -> Parquet files per (target, day) of the
-    batch, and dead letters: a bounded run's shard batches need no grouping
-    (each shard writes its own files, named by their rows as ever)."""
+_NAME_VERSION = re.compile(r'[0-9A-Za-z.]{1,100}')
+_FILE_NAME = re.compile(r'part-([0-9A-Za-z.]{1,100})-([0-9A-Za-z.]{1,100})-[0-9a-f]{16}\.parquet')
+_HELD = ('version', 'source_table', 'key')  # a source op's identity in the backup
 
-    def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
-        super().__init__(path, layouts, rows_per_file)
-        self._received = Metrics.counter(f'changeflow.{_STEP}', 'received')
 
-    def setup(self):
-        super().setup()
-        self._timeline = None
+def _name_part(version: str) -> str:
+    return version if _NAME_VERSION.fullmatch(version) else '_'
 
-    def process(self, batch, timeline=None):
-        layouts, plans = self._layouts, self._plans
-        if timeline is not None:  # tables the log's DDL renamed, created or altered
-            if timeline is not self._timeline:
-                self._timeline = timeline
-                self._followed = {**self._layouts, **{
-                    spec.source: _layout(spec) for spec in timeline.all_specs if spec.columns}}
-                self._followed_plans = {source: _plan(layout)
-                                        for source, layout in self._followed.items()}
-            layouts, plans = self._followed, self._followed_plans
-        targets = {source: layout.target for source, layout in layouts.items()}
-        by_partition: Dict[Tuple[str, str], List[Change]] = {}
-        for change in batch_changes(batch):
-            self._received.inc(len(change.ops))
-            if change.ops:
-                by_partition.setdefault(_partition(change, targets), []).append(change)
-        for partition, changes in sorted(by_partition.items()):
-            yield from self._write_partition(partition, changes, layouts, plans)
+
+def _read_identities(path: str) -> pa.Table:
+    if FileSystems.get_scheme(path) is None:
+        return pq.read_table(path, columns=list(_HELD), partitioning=None)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return pq.read_table(pa.BufferReader(f.read()), columns=list(_HELD))
+
+
+def _identity_text(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(
+        *(table.column(name).combine_chunks() for name in _HELD), '\t')
 
 
 @beam.typehints.with_input_types(Change)
@@ -559,16 +648,22 @@ class WriteParquetBackup(beam.PTransform):
             target must declare the same columns.
         rows_per_file: most rows per file (a partition of one window holding
             more is cut, deterministically, into several files).
+        batched: each input element is a log batch ``(table, shard, packed
+            source ops)`` (:class:`changeflow.transforms.shard_batches.FoldShards`'s
+            ``LOG`` output), as a job gives them.
+        schema_timeline: a PCollection of one SchemaTimeline (batched input
+            only): tables the log's DDL renamed, created or altered.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has one
         :class:`~changeflow.io.files.WrittenFile` (path, rows) per file
         written; ``DEAD_LETTER_TAG`` has a DeadLetter per op row not written.
 
-    Idempotence: the same input in the same windows yields the same file names
-    and bytes, which replace themselves. Metrics (namespace
-    ``changeflow.write_parquet``, counting op rows): received, written,
-    dead_lettered; and files_written.
+    Idempotence: a row already in a file of its partition (same source
+    table, key and version) is not written again (see the module
+    docstring). Metrics (namespace ``changeflow.write_parquet``, counting op
+    rows): received, written, skipped_existing (already held),
+    dead_lettered; and files_written, files_read (files checked for held rows).
 
     Example::
 
@@ -607,19 +702,18 @@ class WriteParquetBackup(beam.PTransform):
         self._rows_per_file = rows_per_file
 
     def expand(self, changes):
+        side = {} if self._schema_timeline is None else {
+            'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
         if self._batched:
-            side = {} if self._schema_timeline is None else {
-                'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
-            return changes | 'WriteBatches' >> beam.ParDo(
-                _WriteBatchFn(self._path, self._layouts, self._rows_per_file), **side
-            ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
-        targets = {source: layout.target for source, layout in self._layouts.items()}
-        keyed = changes | 'KeyByPartition' >> beam.ParDo(_KeyByPartition(targets)).with_outputs(
-            DEAD_LETTER_TAG, main='keyed')
+            keyer = beam.ParDo(_KeyBatchByPartition(self._layouts), **side)
+        else:
+            keyer = beam.ParDo(_KeyByPartition(
+                {source: layout.target for source, layout in self._layouts.items()}))
+        keyed = changes | 'KeyByPartition' >> keyer.with_outputs(DEAD_LETTER_TAG, main='keyed')
         failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(
             lambda letter: (_FAILED, [letter]))
         return ((keyed['keyed'] | 'GroupByPartition' >> beam.GroupByKey(), failed)
                 | 'WithFailed' >> beam.Flatten()
                 | 'WriteFiles' >> beam.ParDo(
-                    _WritePartitionFn(self._path, self._layouts, self._rows_per_file)
+                    _WritePartitionFn(self._path, self._layouts, self._rows_per_file), **side
                 ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))

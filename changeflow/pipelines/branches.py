@@ -43,8 +43,9 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
             ``config.dead_letter_path``.
         timeline: the schema timeline (audit jobs with a schema), for every sink.
         before_sink: a branch name (DATABASE, PARQUET, NOTIFY) -> a transform
-            applied to that branch's shard batches before its sink, e.g. to
-            keep a table's initial state out of notifications.
+            applied to that branch's batches before its sink (the database's
+            coalesced batches, the change-log branches' log batches of source
+            ops), e.g. to keep a table's initial state out of notifications.
         events: the handlers' input, ((table, shard), run of ChangeEvents)
             (:mod:`changeflow.handlers.events`); None: ``runs`` themselves
             (audit-log Changes, turned into events by the handlers branch).
@@ -68,7 +69,8 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
     unknown = sorted(set(before_sink) - set(branches))
     if unknown:
         raise ValueError(f'before_sink names branches the job does not write: {unknown}')
-    routed = batches | 'Route' >> RouteShardBatches(branches)
+    routed = ({FoldShards.MAIN: batches, FoldShards.LOG: folded[FoldShards.LOG]}
+              | 'Route' >> RouteShardBatches(branches))
     for branch, step in before_sink.items():
         routed[branch] = routed[branch] | f'BeforeSink_{branch}' >> step
     outputs = {'batches': batches}

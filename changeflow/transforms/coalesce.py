@@ -252,16 +252,20 @@ class ShardFolder:
         self._whole_time = 0
         self.ops_in = 0
 
-    def add(self, change: Change) -> None:
+    def add(self, change: Change) -> Tuple[RowOp, ...]:
+        """Folds ``change`` in; returns its ops that are new here (not a
+        replay of a version of its row already added), in order."""
         self.ops_in += len(change.ops)
+        new = []
         if not change.key:
             for op in change.ops:
                 if op.version not in self._whole:
                     self._whole[op.version] = op
+                    new.append(op)
                     if op.kind in _TABLE_WRITES:
                         self._table_ops.append(op)
             self._whole_time = max(self._whole_time, change.event_time_us)
-            return
+            return tuple(new)
         row = self._rows.get(change.key)
         if row is None:
             row = self._rows[change.key] = [[], '', len(self._table_ops), change.event_time_us]
@@ -274,8 +278,10 @@ class ShardFolder:
                     if row[1] < table_op.version < op.version:
                         fold_op(folded, _row_copy(table_op))
             fold_op(folded, op)
+            new.append(op)
             row[1], row[2] = op.version, len(self._table_ops)
         row[3] = max(row[3], change.event_time_us)
+        return tuple(new)
 
     def changes(self, table: str) -> List[Change]:
         """The coalesced changes, whole-table first, then rows in key order of arrival."""
