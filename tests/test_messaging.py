@@ -405,13 +405,14 @@ def test_the_dynamodb_job_run_twice_publishes_each_notification_once(
         'replace card 3 (***)', 'replace card 4 (***)']
     (note,) = [json.loads(m['Body']) for m in receive_all(sqs, shipped)]
     assert (note['key'], note['values']['status']) == ([2], 'shipped')
-    assert (tmp_path / 'changeflow.state.db').exists()
+    assert (tmp_path / 'cards.state.db').exists()     # the ledger: <job>.state.db beside the config
 
 
-def test_fifo_calls_hold_one_message_per_row(sqlite_url):
+def test_fifo_calls_hold_one_message_per_row(tmp_path):
     """An entry sent again must not overtake the next version of its row."""
-    writer = _ScriptedQueue(
-        'https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo', state_url=sqlite_url,
+    writer = _ScriptedQueue(   # the state store's folder is made
+        'https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo',
+        state_url=f'sqlite:///{tmp_path}/state/ledger.db',
         retry=FAST, answers=[
             {'Failed': [{'Id': 'v1', 'Code': 'InternalError', 'SenderFault': False}],
              'Successful': [{'Id': 'w1'}]},

@@ -61,6 +61,7 @@ from apache_beam.metrics import Metrics
 from changeflow.io.json_records import dumps_json, json_value, loads_json
 from changeflow.io.notify import REDACTED, WRITERS, NotificationWriter
 from changeflow.io.notify_columns import before_and_after
+from changeflow.io.sql import create_engine
 from changeflow.model import Change
 from changeflow.sql.secrets import mask_url_passwords
 from changeflow.state.ledger import Ledger
@@ -302,7 +303,7 @@ class _MessageWriter(NotificationWriter):
             raise ValueError(f'{self.display}: a message target needs a state store '
                              f'(state_url) for its ledger')
         self.close()
-        self._ledger = Ledger(self._state_url)
+        self._ledger = Ledger(create_engine(self._state_url))  # a new SQLite file's folder made
         self._connect()
 
     def _connect(self) -> None:
