@@ -423,3 +423,23 @@ def test_fifo_calls_hold_one_message_per_row(tmp_path):
     assert writer.write(batch) == {'v1', 'w1', 'v2'}
     assert writer.calls == [['v1', 'w1'], ['v1'], ['v2']]
     writer.close()
+
+
+def test_a_failing_ledger_write_stops_sending(sqlite_url):
+    writer = _ScriptedQueue('https://sqs.eu-west-1.amazonaws.com/123456789012/orders',
+                            state_url=sqlite_url, retry=FAST,
+                            answers=[{'Successful': [{'Id': f'n{i}'} for i in range(10)]}])
+    writer.open()
+
+    def refuse(scope, ids):
+        raise OSError('disk full')
+
+    writer._ledger.record = refuse
+    batch = [(f'n{i}', dumps_json({'id': f'n{i}', 'table': 't', 'op': 'insert', 'group': 'g'}))
+             for i in range(12)]
+    assert writer.write(batch) == set()
+    assert writer.calls == [[f'n{i}' for i in range(10)]]   # the last two are held back
+    reasons = {note_id: reason for note_id, (reason, _) in writer.failures().items()}
+    assert reasons == {**{f'n{i}': 'unrecorded' for i in range(10)},
+                       'n10': 'not-sent', 'n11': 'not-sent'}
+    writer.close()
