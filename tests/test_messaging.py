@@ -405,13 +405,14 @@ def test_the_dynamodb_job_run_twice_publishes_each_notification_once(
         'replace card 3 (***)', 'replace card 4 (***)']
     (note,) = [json.loads(m['Body']) for m in receive_all(sqs, shipped)]
     assert (note['key'], note['values']['status']) == ([2], 'shipped')
-    assert (tmp_path / 'cards.state.db').exists()  # the job's name: the config's
+    assert (tmp_path / 'cards.state.db').exists()     # the ledger: <job>.state.db beside the config
 
 
-def test_fifo_calls_hold_one_message_per_row(sqlite_url):
+def test_fifo_calls_hold_one_message_per_row(tmp_path):
     """An entry sent again must not overtake the next version of its row."""
-    writer = _ScriptedQueue(
-        'https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo', state_url=sqlite_url,
+    writer = _ScriptedQueue(   # the state store's folder is made
+        'https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo',
+        state_url=f'sqlite:///{tmp_path}/state/ledger.db',
         retry=FAST, answers=[
             {'Failed': [{'Id': 'v1', 'Code': 'InternalError', 'SenderFault': False}],
              'Successful': [{'Id': 'w1'}]},
@@ -421,4 +422,24 @@ def test_fifo_calls_hold_one_message_per_row(sqlite_url):
              for i in ('v1', 'w1', 'v2')]
     assert writer.write(batch) == {'v1', 'w1', 'v2'}
     assert writer.calls == [['v1', 'w1'], ['v1'], ['v2']]
+    writer.close()
+
+
+def test_a_failing_ledger_write_stops_sending(sqlite_url):
+    writer = _ScriptedQueue('https://sqs.eu-west-1.amazonaws.com/123456789012/orders',
+                            state_url=sqlite_url, retry=FAST,
+                            answers=[{'Successful': [{'Id': f'n{i}'} for i in range(10)]}])
+    writer.open()
+
+    def refuse(scope, ids):
+        raise OSError('disk full')
+
+    writer._ledger.record = refuse
+    batch = [(f'n{i}', dumps_json({'id': f'n{i}', 'table': 't', 'op': 'insert', 'group': 'g'}))
+             for i in range(12)]
+    assert writer.write(batch) == set()
+    assert writer.calls == [[f'n{i}' for i in range(10)]]   # the last two are held back
+    reasons = {note_id: reason for note_id, (reason, _) in writer.failures().items()}
+    assert reasons == {**{f'n{i}': 'unrecorded' for i in range(10)},
+                       'n10': 'not-sent', 'n11': 'not-sent'}
     writer.close()

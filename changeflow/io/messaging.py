@@ -32,7 +32,9 @@ retried with capped exponential backoff and full jitter (``retry``:
 permanent ones (4xx, an entry rejected as the sender's fault, a message
 over 256 KiB, a template that does not render) and exhausted retries make a
 dead letter per notification, reason ``rejected``, ``retries-exhausted``,
-``too-large`` or ``bad-template``, the target in the detail with a webhook's
+``too-large`` or ``bad-template`` (``unrecorded``: sent, but the ledger write
+failed, so a replay sends it again; ``not-sent``: held back meanwhile), the
+target in the detail with a webhook's
 path and query masked (they carry its token), the notification as
 ``original``. Each target has its own writer: one failing never delays
 another one or the other sinks beyond its own retries.
@@ -61,6 +63,7 @@ from apache_beam.metrics import Metrics
 from changeflow.io.json_records import dumps_json, json_value, loads_json
 from changeflow.io.notify import REDACTED, WRITERS, NotificationWriter
 from changeflow.io.notify_columns import before_and_after
+from changeflow.io.sql import create_engine
 from changeflow.model import Change
 from changeflow.sql.secrets import mask_url_passwords
 from changeflow.state.ledger import Ledger
@@ -302,7 +305,7 @@ class _MessageWriter(NotificationWriter):
             raise ValueError(f'{self.display}: a message target needs a state store '
                              f'(state_url) for its ledger')
         self.close()
-        self._ledger = Ledger(self._state_url)
+        self._ledger = Ledger(create_engine(self._state_url))  # a new SQLite file's folder made
         self._connect()
 
     def _connect(self) -> None:
@@ -347,11 +350,21 @@ class _MessageWriter(NotificationWriter):
             messages.append(_Message(note_id, body if body is not None else (
                 dumps_json(note).decode('utf-8')), note['table'], note['op'], group))
         delivered: Set[str] = set()
-        for chunk in self._chunks(messages):
+        chunks = self._chunks(messages)
+        for chunk in chunks:
             accepted = self._deliver(chunk)
-            if accepted:
+            if not accepted:
+                continue
+            try:
                 self._ledger.record(self.scope, accepted)
-                delivered |= accepted
+            except Exception as error:  # sent but not recorded: a replay sends them again
+                why = f'the ledger write failed: {type(error).__name__}: {error}'
+                self._failures.update(dict.fromkeys(accepted, ('unrecorded', 'sent, but ' + why)))
+                for rest in chunks:  # nothing more is sent while the ledger fails
+                    self._failures.update(dict.fromkeys(
+                        (m.note_id for m in rest), ('not-sent', why)))
+                break
+            delivered |= accepted
         return delivered
 
     def _size(self, message: _Message) -> int:
