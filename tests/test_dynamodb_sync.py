@@ -196,17 +196,17 @@ def bookkeeping(url, target):
         engine.dispose()
 
 
-def final_ops(lines):
-    """Per item, the last record that changed it (a no-op MODIFY changes nothing):
-    what one coalesced op per row must be."""
+def source_ops(lines):
+    """(item, version) -> (op, new image) of every record that changed its item
+    (a no-op MODIFY changes nothing): what the change-log sinks hold, one row
+    or notification per source op."""
     ops = {}
-    records = sorted((decode_record(json.loads(line)) for line in lines), key=lambda r: r.version)
-    for record in records:
+    for record in (decode_record(json.loads(line)) for line in lines):
         if record.no_op:
             continue
         row = (int(record.keys.get('id')), record.keys.get('title'))
-        ops[row] = ('delete' if record.event.value == 'REMOVE' else 'replace', record.version,
-                    record.new_image)
+        ops[row, record.version] = (
+            'delete' if record.event.value == 'REMOVE' else 'replace', record.new_image)
     return ops
 
 
@@ -247,14 +247,13 @@ def test_replica_equals_a_scan_and_parquet_the_changes_and_a_rerun_changes_nothi
     assert sorted(expected) == [(1, 'card 1'), (2, 'card 2'), (6, 'card 6')]
     assert replica(database_url, target) == expected
 
-    # Parquet: one row per touched item, its final op, the values as the item holds them.
-    ops = final_ops(lines)
+    # Parquet: one row per source op, the values as the record's new image holds them.
+    ops = source_ops(lines)
     rows = parquet_rows(tmp_path / 'out' / 'backup')
     assert sorted((json.loads(r['key'])[0], r['op'], r['version']) for r in rows) == sorted(
-        (row[0], op, version) for row, (op, version, _) in ops.items())
+        (row[0], op, version) for (row, version), (op, _) in ops.items())
     for r in rows:
-        row = tuple(json.loads(r['key']))
-        op, _, image = ops[row]
+        op, image = ops[tuple(json.loads(r['key'])), r['version']]
         assert r['source_table'] == name
         if op == 'replace':
             want = expected_row(image)
@@ -265,17 +264,18 @@ def test_replica_equals_a_scan_and_parquet_the_changes_and_a_rerun_changes_nothi
     # TTL's delete (card 5) is told from the users' (cards 3 and 4) by its position.
     assert {json.loads(r['key'])[0] for r in rows if is_ttl_position(r['position'])} == {5}
 
-    # Notifications: one per coalesced change, redacted.
+    # Notifications: one per source op, redacted.
     notified = [json.loads(line) for line in
                 (tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()]
-    assert sorted((n['key'][0], n['op']) for n in notified) == sorted(
-        (row[0], op) for row, (op, _, _) in ops.items())
+    assert sorted((n['key'][0], n['op'], n['version']) for n in notified) == sorted(
+        (row[0], op, version) for (row, version), (op, _) in ops.items())
     assert all(n['values'].get('note') in (None, '***') for n in notified)
 
     state = (replica(database_url, target), bookkeeping(database_url, target),
              tree(tmp_path / 'out' / 'backup'), (tmp_path / 'out' / 'notifications.jsonl').read_bytes())
     counters = run_job(config)
-    assert counters['changeflow.write_database.ops_skipped_stale'] == len(ops)
+    # the replica gets one coalesced op per touched item, each stale on the rerun
+    assert counters['changeflow.write_database.ops_skipped_stale'] == len({row for row, _ in ops})
     assert (replica(database_url, target), bookkeeping(database_url, target),
             tree(tmp_path / 'out' / 'backup'),
             (tmp_path / 'out' / 'notifications.jsonl').read_bytes()) == state
@@ -413,10 +413,11 @@ def test_seeding_from_an_export_then_the_stream_converges_to_the_table(
                 (tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()]
     assert sorted((n['key'][0], n['op']) for n in notified) == [
         (2, 'replace'), (3, 'delete'), (4, 'delete'), (5, 'replace')]
-    # The backup holds the seed (item 1, never changed since) as well.
+    # The backup holds each source op: the seed's items (1 to 4) and the stream's.
     rows = parquet_rows(tmp_path / 'out' / 'backup')
     assert sorted((json.loads(r['key'])[0], r['op']) for r in rows) == [
-        (1, 'replace'), (2, 'replace'), (3, 'delete'), (4, 'delete'), (5, 'replace')]
+        (1, 'replace'), (2, 'replace'), (2, 'replace'), (3, 'delete'), (3, 'replace'),
+        (4, 'delete'), (4, 'replace'), (5, 'replace')]
     run_job(config)
     assert replica(sqlite_url, 'cards') == expected
     assert len((tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()) == 4
@@ -493,6 +494,7 @@ def test_records_given_twice_in_one_run_apply_once(tmp_path, sqlite_url):
              stream_record('REMOVE', 2, 3, old=key(2))]
     (tmp_path / 'a.jsonl').write_text('\n'.join(lines))
     (tmp_path / 'b.jsonl').write_text('\n'.join(lines[1:] + lines[:1]))
+    versions = [decode_record(json.loads(line)).version for line in lines]
     counters = run_job(write_job(tmp_path, 'prod-Card', tmp_path / '*.jsonl', sqlite_url,
                                  'cards'))
     assert counters['changeflow.dynamodb.changes'] == 6
@@ -501,8 +503,8 @@ def test_records_given_twice_in_one_run_apply_once(tmp_path, sqlite_url):
     with sa.create_engine(sqlite_url).connect() as conn:
         assert conn.execute(sa.text('SELECT id, qty FROM cards')).all() == [(1, 2)]
     rows = parquet_rows(tmp_path / 'out' / 'backup')
-    assert sorted((json.loads(r['key'])[0], r['op']) for r in rows) == [(1, 'replace'),
-                                                                       (2, 'delete')]
+    assert sorted((json.loads(r['key'])[0], r['op'], r['version']) for r in rows) == [
+        (1, 'replace', versions[0]), (1, 'replace', versions[1]), (2, 'delete', versions[2])]
 
 
 def test_reordered_records_and_a_later_replay_of_older_ones_never_regress_a_row(

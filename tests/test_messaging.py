@@ -397,12 +397,14 @@ def test_the_dynamodb_job_run_twice_publishes_each_notification_once(
 
     first = counter_totals(dynamodb_sync.run(['--config', str(config)]))
     again = counter_totals(dynamodb_sync.run(['--config', str(config)]))
-    assert first['changeflow.write_notify.written'] == 6
-    assert again['changeflow.write_notify.skipped_existing'] == 6
+    # One notification per source op: 7 to the topic, the shipping update to the queue too.
+    assert first['changeflow.write_notify.written'] == 8
+    assert again['changeflow.write_notify.skipped_existing'] == 8
     assert 'changeflow.write_notify.written' not in again
     assert sorted(m['Body'] for m in receive_all(sqs, queue)) == [
         'delete card 5 ()', 'replace card 1 (***)', 'replace card 2 (***)',
-        'replace card 3 (***)', 'replace card 4 (***)']
+        'replace card 2 (***)', 'replace card 3 (***)', 'replace card 4 (***)',
+        'replace card 5 (***)']
     (note,) = [json.loads(m['Body']) for m in receive_all(sqs, shipped)]
     assert (note['key'], note['values']['status']) == ([2], 'shipped')
     assert (tmp_path / 'cards.state.db').exists()     # the ledger: <job>.state.db beside the config
