@@ -1,0 +1,28 @@
+"""The unbounded mode end to end on the local runner: audit lines through a
+CloudWatch Logs subscription filter into Kinesis (moto's server), read by the
+splittable DoFn until a test-only record count, replayed per connection in
+state, windowed, written; the replica equals the archive run's."""
+
+import os
+
+from changeflow.pipelines import audit_sync
+from test_audit_sync_e2e import AUDIT, dead_letter_reasons, replica_tables, write_config
+from test_kinesis_source import CloudWatchToKinesis, archive_batches, counters, kinesis_config
+
+
+def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
+                                              expected_tables):
+    source = CloudWatchToKinesis(moto_endpoint, shards=1)
+    batches = archive_batches()
+    for lines in batches:
+        source.put(lines)
+    archive = write_config(tmp_path, 'kinesis-jsonl', os.path.join(AUDIT, 'kinesis.jsonl'))
+    audit_sync.run(['--config', archive])
+    config = kinesis_config(tmp_path / 'stream', source.stream, moto_endpoint)
+
+    result = audit_sync.run(['--config', config, '--streaming',
+                             f'--stream_max_records={len(batches)}'])
+    totals = counters(result)
+    assert totals[('changeflow.read_stream', 'records')] == len(batches)
+    assert replica_tables(config) == replica_tables(archive) == expected_tables
+    assert dead_letter_reasons(config) == dead_letter_reasons(archive)
