@@ -112,6 +112,7 @@ def test_the_watermark_is_the_least_shard_mark_and_never_goes_back():
     again.arrived('s0', 1_000)
     again.advance(['s0', 's1a'])
     assert again.current_watermark() == Timestamp(12)
+    assert again.get_estimator_state() == (12_000, (('s0', 12_000), ('s1a', 20_000)))
 
 
 # -- the DoFn, round by round --------------------------------------------------
