@@ -3,16 +3,21 @@ splits, resumption, shard ends and children), its watermark estimator, and
 its DoFn driven round by round as the runner drives it (checkpoint, resume
 from the residual) over a shard that splits while it is read."""
 
+import collections
+import uuid
+
 import pytest
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
-from changeflow.io.kinesis import Page, Start
+from changeflow.io.kinesis import KinesisShardReader, Page, Start
 from changeflow.io.shards import Shard, ShardGraph, ShardPosition
 from changeflow.io.stream_sdf import (
     STOP, ArrivalWatermarkEstimator, Claim, ShardRange, StreamRestriction,
     StreamRestrictionTracker, _ReadShardsFn, initial_restriction)
 from changeflow.model import SourceRecord
+from kinesis_servers import client, create_stream, kinesalite_endpoint  # noqa: F401 (a fixture)
+from test_kinesis_reader import KEYS, _check_order, _merge, _split, put
 
 
 def restriction(*shards):
@@ -154,7 +159,7 @@ class FakeStream:
                     closed and at_end and not page, not closed and at_end and not page, 0)
 
 
-def run_rounds(fn, restriction_, rounds=50):
+def run_rounds(fn, restriction_, rounds=50, stream='stream'):
     """Drives ``fn`` as a runner does: a tracker per round on the last
     residual, until nothing is deferred or after ``rounds``. Returns the
     records, the watermark (seconds) after each round, and the residual
@@ -165,7 +170,7 @@ def run_rounds(fn, restriction_, rounds=50):
         tracker = ThreadsafeRestrictionTracker(StreamRestrictionTracker(restriction_))
         estimator = ArrivalWatermarkEstimator(state)
         records += [value.value for value in fn._read_round(
-            'stream', RestrictionTrackerView(tracker), estimator)]
+            stream, RestrictionTrackerView(tracker), estimator)]
         state = estimator.get_estimator_state()
         watermarks.append(estimator.current_watermark().micros // 1_000_000)
         deferred = tracker.deferred_status()
@@ -201,3 +206,47 @@ def test_max_records_ends_the_read():
     records, _, residual = run_rounds(fn, restriction(('s',)))
     assert residual is None
     assert [r.sequence for r in records] == ['1', '2', '3', '4', '5']
+
+
+# -- against kinesalite, which reshards as AWS does ------------------------------
+
+def test_split_and_merge_while_unbounded_lose_and_repeat_nothing(kinesalite_endpoint):
+    """The DoFn with the real reader, round by round from checkpointed
+    residuals, while its shard splits and the children merge again."""
+    kinesis = client(kinesalite_endpoint)
+    stream = f'sdf-{uuid.uuid4().hex[:8]}'
+    create_stream(kinesis, stream, shards=1)
+    reader = KinesisShardReader(kinesis, limit=10, reads_per_second=100)
+    fn = _ReadShardsFn(lambda: reader, Start(), poll_seconds=0, lag_ms=0, max_records=None)
+    rest = initial_restriction(reader.shard_graph(stream))
+    read, rounds = [], collections.Counter()
+
+    def write(n):
+        for _ in range(n):
+            put(kinesis, stream, KEYS, 1, tag=f'w{rounds["w"]}')
+            rounds['w'] += 1
+
+    def catch_up(rest):
+        for _ in range(8):      # enough rounds to drain closed shards and read children
+            records, _, rest = run_rounds(fn, rest, rounds=5, stream=stream)
+            read.extend(records)
+        return rest
+
+    write(3)
+    rest = catch_up(rest)
+    (parent,) = [s.shard_id for s in rest.shards]
+    _split(kinesis, stream, parent)
+    write(3)
+    rest = catch_up(rest)
+    children = sorted(s.shard_id for s in rest.shards)
+    assert len(children) == 2 and parent not in children
+    _merge(kinesis, stream, *children)
+    write(3)
+    rest = catch_up(rest)
+
+    listing = {s['ShardId']: s for s in kinesis.list_shards(StreamName=stream)['Shards']}
+    (merged,) = [sid for sid, s in listing.items() if s.get('AdjacentParentShardId')]
+    assert [s.shard_id for s in rest.shards] == [merged]     # still unbounded, on the child
+    expected = [f'w{w}:{k}:0' for w in range(rounds['w']) for k in KEYS]
+    assert sorted(r.data.decode() for r in read) == sorted(expected), 'a record was lost'
+    _check_order(read, listing)
