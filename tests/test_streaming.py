@@ -1,13 +1,23 @@
 """The unbounded mode end to end on the local runner: audit lines through a
 CloudWatch Logs subscription filter into Kinesis (moto's server), read by the
 splittable DoFn until a test-only record count, replayed per connection in
-state, windowed, written; the replica equals the archive run's."""
+state, windowed, written; the outputs equal the archive run's."""
 
+import json
 import os
 
 from changeflow.pipelines import audit_sync
+from equivalence import snapshot
 from test_audit_sync_e2e import AUDIT, dead_letter_reasons, replica_tables, write_config
 from test_kinesis_source import CloudWatchToKinesis, archive_batches, counters, kinesis_config
+
+
+def parquet_rows(config):
+    """The Parquet rows without their source position (a file's line there,
+    a shard's sequence number here)."""
+    rows = [json.loads(row) for row in snapshot(config)['parquet']]
+    return sorted(json.dumps({k: v for k, v in row.items() if k != 'position'}, sort_keys=True)
+                  for row in rows)
 
 
 def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
@@ -24,5 +34,8 @@ def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
                              f'--stream_max_records={len(batches)}'])
     totals = counters(result)
     assert totals[('changeflow.read_stream', 'records')] == len(batches)
+    assert ('changeflow.read_kinesis', 'records') not in totals    # not the catch-up reader
     assert replica_tables(config) == replica_tables(archive) == expected_tables
     assert dead_letter_reasons(config) == dead_letter_reasons(archive)
+    assert parquet_rows(config) == parquet_rows(archive)
+    assert snapshot(config)['notifications'] == snapshot(archive)['notifications']
