@@ -251,3 +251,18 @@ def test_split_and_merge_while_unbounded_lose_and_repeat_nothing(kinesalite_endp
     expected = [f'w{w}:{k}:0' for w in range(rounds['w']) for k in KEYS]
     assert sorted(r.data.decode() for r in read) == sorted(expected), 'a record was lost'
     _check_order(read, listing)
+
+
+def test_shards_split_away_during_a_round_are_left_to_their_new_restriction():
+    stream = FakeStream({'a': ((), [1, 2], False), 'b': ((), [1, 2], False)})
+    fn = _ReadShardsFn(lambda: stream, Start(), poll_seconds=0, lag_ms=0, max_records=None)
+    fn.setup()
+    tracker = ThreadsafeRestrictionTracker(StreamRestrictionTracker(restriction(('a',), ('b',))))
+    round_ = fn._read_round('stream', RestrictionTrackerView(tracker), ArrivalWatermarkEstimator())
+    first = next(round_).value
+    kept, given = tracker.try_split(0.5)          # the runner rebalances mid-round
+    records = [first] + [value.value for value in round_]
+    assert [(r.shard, r.sequence) for r in records] == [('a', '1'), ('a', '2')]
+    assert given == restriction(('b',))
+    residual, _ = tracker.deferred_status()        # a goes on; b is the other restriction's
+    assert residual == restriction(('a', '2'))._replace(claimed=2)

@@ -368,10 +368,11 @@ class _ReadShardsFn(beam.DoFn):
             if page is None:       # throttled or renewed: next time
                 continue
             self._counters['pages'].inc()
+            refused = False
             for record in page.records:
                 if not tracker.try_claim(Claim(shard.shard_id, record.sequence)):
-                    self._cursors.drop(stream, shard.shard_id)
-                    return
+                    refused = True
+                    break
                 watermark.arrived(shard.shard_id, record.arrival_ms - self._lag_ms)
                 self._counters['records'].inc()
                 yield TimestampedValue(record, record.arrival_ms / 1000)
@@ -379,10 +380,17 @@ class _ReadShardsFn(beam.DoFn):
                     tracker.try_claim(STOP)
                     return
             got_records = got_records or bool(page.records)
-            if page.drained:
+            if page.drained and not refused:
                 children = self._children(stream, shard.shard_id)
-                if not tracker.try_claim(Claim(shard.shard_id, None, children)):
+                refused = not tracker.try_claim(Claim(shard.shard_id, None, children))
+            if refused:
+                # Checkpointed by the runner (nothing left here), or the shard
+                # went to another restriction in a split: that one reads it.
+                self._cursors.drop(stream, shard.shard_id)
+                if not tracker.current_restriction().shards:
                     return
+                continue
+            if page.drained:
                 self._cursors.drop(stream, shard.shard_id)
                 watermark.ended(shard.shard_id, [c for c, _ in children])
                 self._counters['shards_ended'].inc()
