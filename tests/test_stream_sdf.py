@@ -210,10 +210,10 @@ def test_max_records_ends_the_read():
 
 # -- against kinesalite, which reshards as AWS does ------------------------------
 
-def test_split_and_merge_while_unbounded_lose_and_repeat_nothing(kinesalite_endpoint):
+def test_split_and_merge_while_unbounded_lose_and_repeat_nothing(request):
     """The DoFn with the real reader, round by round from checkpointed
     residuals, while its shard splits and the children merge again."""
-    kinesis = client(kinesalite_endpoint)
+    kinesis = client(request.getfixturevalue('kinesalite_endpoint'))
     stream = f'sdf-{uuid.uuid4().hex[:8]}'
     create_stream(kinesis, stream, shards=1)
     reader = KinesisShardReader(kinesis, limit=2, reads_per_second=100)
