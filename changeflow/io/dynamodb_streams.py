@@ -209,10 +209,7 @@ class DynamoDBStreamReader(KinesisShardReader):
                     start: Start = Start()) -> Iterator[ShardBatch]:
         """Every shard from its checkpoint to the tip, parents first (see the
         Kinesis reader). ``stream`` is the stream ARN."""
-        from changeflow.dynamodb.records import table_from_arn
-        self._stream_arn = stream
-        label = stream.rsplit('/stream/', 1)[-1]
-        self._source = f'{table_from_arn(stream)}/stream/{label}'
+        self.begin(stream)
         # AWS floors record times to the second: keep the whole second.
         self._not_before_ms = (start.timestamp_ms // 1000 * 1000
                                if start.kind == 'at_timestamp' else None)
@@ -221,6 +218,14 @@ class DynamoDBStreamReader(KinesisShardReader):
                 batch = batch._replace(records=tuple(
                     r for r in batch.records if r.arrival_ms >= self._not_before_ms))
             yield batch
+
+    def begin(self, stream: str) -> str:
+        """Records of ``stream`` (an ARN) are named ``TABLE/stream/LABEL``."""
+        from changeflow.dynamodb.records import table_from_arn
+        self._stream_arn = stream
+        label = stream.rsplit('/stream/', 1)[-1]
+        self._source = f'{table_from_arn(stream)}/stream/{label}'
+        return self._source
 
     @staticmethod
     def _caught_up(records, millis_behind) -> bool:

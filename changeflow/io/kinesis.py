@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError
 from changeflow.io.shards import ShardGraph, ShardPosition, split_positions
 from changeflow.model import SourceRecord
 
-__all__ = ['Start', 'ShardBatch', 'Backoff', 'KinesisShardReader', 'kinesis_client',
+__all__ = ['Start', 'ShardBatch', 'Page', 'Backoff', 'KinesisShardReader', 'kinesis_client',
            'ReadError', 'ShardsLost', 'MAX_LIMIT', 'THROTTLING', 'stream_name']
 
 _LOG = logging.getLogger(__name__)
@@ -116,6 +116,14 @@ class ShardBatch(NamedTuple):
     records: Tuple[SourceRecord, ...]
     position: ShardPosition
     millis_behind: Optional[int]           # MillisBehindLatest: the shard's lag
+
+
+class Page(NamedTuple):
+    """What one ``GetRecords`` call of :meth:`KinesisShardReader.read_page` gave."""
+    records: Tuple[SourceRecord, ...]
+    drained: bool                          # the shard is closed and read to its end
+    caught_up: bool                        # nothing more to read now (an open shard's tip)
+    millis_behind: Optional[int]
 
 
 class Backoff(NamedTuple):
@@ -358,6 +366,47 @@ class KinesisShardReader:
             else:
                 del cursors[cursor.shard_id]
                 caught_up.add(cursor.shard_id)
+
+    # -- one shard at a time (the unbounded mode's splittable DoFn) ----------
+
+    def begin(self, stream: str) -> str:
+        """Prepares reading ``stream`` page by page; returns the records' source name."""
+        return stream_name(stream)
+
+    def open_cursor(self, stream: str, shard_id: str, position: ShardPosition,
+                    start: Start = Start()) -> _Cursor:
+        """A cursor reading ``shard_id`` after ``position`` (at ``start`` when nothing was read)."""
+        cursor = _Cursor(shard_id, self.shard_iterator(stream, shard_id, position, start), position)
+        cursor.next_call = self._clock()
+        return cursor
+
+    def read_page(self, stream: str, source: str, cursor: _Cursor,
+                  start: Start = Start()) -> Optional[Page]:
+        """One ``GetRecords`` call on ``cursor`` within the shard's read rate;
+        None when it was throttled (backed off) or its iterator renewed: call
+        again. The cursor moves past the page's records."""
+        wait = cursor.next_call - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        cursor.next_call = self._clock() + self._interval
+        try:
+            response = self._client.get_records(
+                ShardIterator=cursor.iterator, Limit=self._limit, **self._records_args(stream))
+        except ClientError as e:
+            self._recover(stream, cursor, e, start)
+            return None
+        cursor.throttles = cursor.renewals = 0
+        records = response.get('Records', ())
+        behind = response.get('MillisBehindLatest')
+        self.lag[cursor.shard_id] = behind
+        drained = response.get('NextShardIterator') is None
+        cursor.position = ShardPosition(
+            records[-1]['SequenceNumber'] if records else cursor.position.sequence,
+            drained, cursor.position.parents)
+        if not drained:
+            cursor.iterator = response['NextShardIterator']
+        return Page(tuple(self._source_record(r, source, cursor.shard_id) for r in records),
+                    drained, not drained and self._caught_up(records, behind), behind)
 
     # What differs in another service's reader (DynamoDB Streams) is in these
     # methods and the service calls above; the lineage loop stays the same.

@@ -1,6 +1,7 @@
 """Audit-log changes to a replica database, Parquet backups and notifications.
 
     python -m changeflow.pipelines.audit_sync --config job.yaml [Beam flags]
+    python -m changeflow.pipelines.audit_sync --config job.yaml --streaming [Beam flags]
 
 Reads archived audit logs (Kinesis get-records JSON lines, Firehose objects or
 raw server_audit.log files; see the README for the YAML), replays each
@@ -9,6 +10,9 @@ coalesces them per row and writes them through independent branches. Every
 record that cannot be processed lands in the dead-letter output with its
 reason and original bytes.
 
+With Beam's ``--streaming`` on a Kinesis source the job is the unbounded
+one (:mod:`changeflow.pipelines.streaming`), for Flink and Dataflow.
+
 Runs on the FnApiRunner locally (the default when no --runner is given) and
 unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
 """
@@ -16,7 +20,7 @@ unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
 import logging
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
@@ -43,6 +47,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     ``handlers``: a :class:`changeflow.handlers.Handlers` registry run
     besides the config's, on every translated change (uncoalesced).
     """
+    if p.options.view_as(StandardOptions).streaming:  # --streaming: the unbounded job
+        from changeflow.pipelines.streaming import build_streaming_pipeline
+        return build_streaming_pipeline(p, config)
     dead_letters = []
     read = (p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
             if config.source.type == 'kinesis' else

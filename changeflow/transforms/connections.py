@@ -152,6 +152,15 @@ class _ReplayConnectionFn(beam.DoFn):
     def process(self, element, timeline=None):
         (serverhost, connection_id), runs = element
         tracker = TransactionTracker(serverhost, connection_id, *self._tracker_args)
+        yield from self.replay(tracker, runs, timeline)
+        yield from input_end_letters(tracker, self._counters['unresolved'],
+                                     self._counters['open_at_end'])
+
+    def replay(self, tracker: TransactionTracker, runs, timeline=None):
+        """Feeds ``runs`` to ``tracker`` (a connection's, possibly holding an
+        open transaction) and yields the committed changes' runs per (table,
+        shard) and dead letters; the tracker's counts go to the counters and
+        restart at 0."""
         buckets: Dict[Tuple[str, int], list] = {}
         pending = 0
         transactions = 0
@@ -172,8 +181,7 @@ class _ReplayConnectionFn(beam.DoFn):
         self._counters['transactions'].inc(transactions)
         for name, count in tracker.counts.items():
             self._counters[name].inc(count)
-        yield from input_end_letters(tracker, self._counters['unresolved'],
-                                     self._counters['open_at_end'])
+            tracker.counts[name] = 0
 
 
 def change_version(change) -> str:

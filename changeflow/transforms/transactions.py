@@ -581,10 +581,9 @@ class _ResolveConnection(beam.DoFn):
         yield from input_end_letters(tracker, self._unresolved, self._open)
 
 
-def input_end_letters(tracker: TransactionTracker, unresolved, still_open):
-    """The dead letters of a connection whose bounded input ended: writes in
-    an XA transaction still prepared, and writes of a transaction still open
-    (counted on the ``unresolved`` and ``still_open`` counters)."""
+def unresolved_letters(tracker: TransactionTracker, unresolved):
+    """The dead letters of writes whose fate the log does not tell (an XA
+    transaction prepared at disconnect), counted on ``unresolved``."""
     where = f'connection {tracker.serverhost}/{tracker.connection_id}'
     for event, reason in tracker.unresolved:
         unresolved.inc()
@@ -592,6 +591,14 @@ def input_end_letters(tracker: TransactionTracker, unresolved, still_open):
             'transactions', reason,
             f'{where} ended with this write in a prepared XA transaction (query id '
             f'{event.query_id}): another session may commit it', event.line, event.position))
+
+
+def input_end_letters(tracker: TransactionTracker, unresolved, still_open):
+    """The dead letters of a connection whose bounded input ended: writes in
+    an XA transaction still prepared, and writes of a transaction still open
+    (counted on the ``unresolved`` and ``still_open`` counters)."""
+    where = f'connection {tracker.serverhost}/{tracker.connection_id}'
+    yield from unresolved_letters(tracker, unresolved)
     for event in tracker.open_statements():
         still_open.inc()
         yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
