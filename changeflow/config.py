@@ -507,6 +507,8 @@ class KinesisSourceConfig(NamedTuple):
     region: Optional[str]           # None: boto3's default chain (the ARN's region when given)
     endpoint_url: Optional[str]     # None: AWS's endpoint
     start: Start                    # where a shard without a checkpoint starts
+    lateness_seconds: float = 0.0   # the reorder buffer: how much later an earlier statement
+                                    # may arrive (distribution: Random); 0: no buffer
 
     @property
     def name(self) -> str:
@@ -521,7 +523,8 @@ def _is_stream_source(source) -> bool:
 
 def _stream_source(source) -> KinesisSourceConfig:
     _check_keys('source', source, ('type', 'stream', 'stream_arn', 'format', 'region',
-                                   'endpoint_url', 'start'), required=('type',))
+                                   'endpoint_url', 'start', 'lateness_seconds'),
+                required=('type',))
     if ('stream' in source) == ('stream_arn' in source):
         raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
                           'one of the two')
@@ -559,7 +562,13 @@ def _stream_source(source) -> KinesisSourceConfig:
         start = Start.parse(source.get('start'))
     except (ValueError, OverflowError, OSError) as error:  # OverflowError: a year out of range
         raise ConfigError(f'source.start: {error}') from None
-    return KinesisSourceConfig(source['type'], fmt, stream, region, endpoint_url, start)
+    lateness = _typed('source.lateness_seconds', source.get('lateness_seconds', 0),
+                      (int, float), 'a number of seconds')
+    if not (math.isfinite(lateness) and lateness >= 0):
+        raise ConfigError(f'source.lateness_seconds: must be 0 or more seconds, '
+                          f'got {lateness!r}')
+    return KinesisSourceConfig(source['type'], fmt, stream, region, endpoint_url, start,
+                               float(lateness))
 
 
 def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str]):

@@ -38,7 +38,8 @@ _NAMESPACE = 'changeflow.read_kinesis'
 
 class _ReadToTipFn(beam.DoFn):
     """A stream (name or ARN) -> its records from the checkpoints to the tip,
-    then (tag END) one ``(shard id, ShardPosition)`` per shard read."""
+    then (tag END) one ``(shard id, ShardPosition)`` per shard read and (tag
+    CYCLE) the cycle: the state loaded with the positions, when the read began."""
 
     def __init__(self, store_url: str, job: str, start: Start, region: Optional[str],
                  endpoint_url: Optional[str], limit: int, reads_per_second: float):
@@ -58,6 +59,7 @@ class _ReadToTipFn(beam.DoFn):
 
     def process(self, stream: str):
         name = stream_name(stream)
+        read_started_ms = time.time_ns() // 1_000_000
         checkpoint = self._store.load(self._job, name)
         start = self._start
         if start.kind == 'latest':  # the same point in every cycle (Start's docstring)
@@ -68,14 +70,23 @@ class _ReadToTipFn(beam.DoFn):
         ends = {}
         for batch in reader.read_to_tip(stream, checkpoint.positions, start):
             ends[batch.shard_id] = batch.position
+            self._lag(batch.shard_id, batch.millis_behind)
             self._counters['records'].inc(len(batch.records))
             yield from batch.records
         self._counters['shards_read'].inc(len(ends))
         self._counters['shards_finished'].inc(sum(p.finished for p in ends.values()))
         self._counters['throttled'].inc(reader.throttled)
         self._counters['iterators_renewed'].inc(reader.renewed)
+        for shard_id, lag in reader.lag.items():
+            self._lag(shard_id, lag)
         for shard_id, position in sorted(ends.items()):
             yield pvalue.TaggedOutput(ReadKinesisToTip.END, (shard_id, position))
+        yield pvalue.TaggedOutput(ReadKinesisToTip.CYCLE, {
+            'state': checkpoint.state, 'read_started_ms': read_started_ms})
+
+    def _lag(self, shard_id: str, millis_behind: Optional[int]):
+        if millis_behind is not None:
+            Metrics.gauge(_NAMESPACE, f'millis_behind/{shard_id}').set(millis_behind)
 
     def teardown(self):
         self._store.engine.dispose()
@@ -98,18 +109,24 @@ class ReadKinesisToTip(beam.PTransform):
 
     Returns a DoOutputsTuple: ``MAIN`` (``'records'``, as ReadArchive's) the
     SourceRecords; ``END`` one ``(shard id, ShardPosition)`` per shard read in
-    the cycle, for :class:`CommitCheckpoints`; ``DEAD_LETTER_TAG``, declared
+    the cycle, for :class:`CommitCheckpoints`; ``CYCLE`` one dict: ``state``,
+    the state committed with the positions read from (None before the first
+    commit), and ``read_started_ms``, when the read began (epoch ms, the
+    worker's clock: every record that arrived before it is read by this
+    cycle or an earlier one); ``DEAD_LETTER_TAG``, declared
     so the reader stands in for ReadArchive, stays empty: records are taken
     as Kinesis holds them and the decode step judges their bytes.
 
     A half-read shard that expired from the stream fails the job
     (:class:`~changeflow.io.kinesis.ShardsLost`): its records are lost.
     Metrics (namespace ``changeflow.read_kinesis``): records, shards_read,
-    shards_finished, throttled, iterators_renewed.
+    shards_finished, throttled, iterators_renewed; a gauge per shard,
+    ``millis_behind/<shard id>`` (its last MillisBehindLatest).
     """
 
     MAIN = 'records'
     END = 'end_positions'
+    CYCLE = 'cycle'
 
     def __init__(self, stream: str, store_url: str, job: str, start: Start = Start(),
                  region: Optional[str] = None, endpoint_url: Optional[str] = None,
@@ -133,30 +150,37 @@ class ReadKinesisToTip(beam.PTransform):
         return (pbegin
                 | 'Stream' >> beam.Create([self._stream])
                 | 'ReadToTip' >> beam.ParDo(self._fn).with_output_types(SourceRecord)
-                .with_outputs(self.END, DEAD_LETTER_TAG, main=self.MAIN))
+                .with_outputs(self.END, self.CYCLE, DEAD_LETTER_TAG, main=self.MAIN))
+
+
+_KEEP = object()  # no new state: the stored one is committed again
 
 
 class _CommitFn(beam.DoFn):
-    """All end positions of the cycle (one list) -> committed; the sinks'
-    completion counts arrive as side inputs, so this runs after them."""
+    """All end positions of the cycle (one list) -> committed, with the new
+    state when there is one; the sinks' completion counts arrive as side
+    inputs, so this runs after them."""
 
     def __init__(self, store_url: str, job: str, stream: str):
         self._store_url = store_url
         self._job = job
         self._stream = stream
         self._committed = Metrics.counter(_NAMESPACE, 'shards_committed')
+        self._commits = Metrics.counter(_NAMESPACE, 'checkpoints_committed')
 
     def setup(self):
         self._store = CheckpointStore(self._store_url)
 
-    def process(self, ends, *sinks_written):
+    def process(self, ends, *sinks_written, state=_KEEP):
         positions = dict(ends)
-        if not positions:  # nothing read: the checkpoints stay as they are
+        stored = self._store.load(self._job, self._stream).state
+        if state is _KEEP:
+            state = stored
+        if not positions and state == stored:  # nothing new: the checkpoints stay as they are
             return
-        # The state (open transactions) is not this transform's: commit it as it is.
-        state = self._store.load(self._job, self._stream).state
         self._store.commit(self._job, self._stream, positions, state)
         self._committed.inc(len(positions))
+        self._commits.inc()
         yield positions
 
     def teardown(self):
@@ -174,19 +198,24 @@ class CommitCheckpoints(beam.PTransform):
             after writing). The commit takes each, counted, as a side input: a
             runner starts a step only when its side inputs are complete, so the
             commit follows the last write of every sink.
+        state: a PCollection of one JSON value, the state to commit with the
+            positions (what the next cycle's CYCLE output returns), computed
+            from the cycle's data; None keeps the stored state.
 
     Returns a PCollection of one dict shard id -> ShardPosition (what was
-    committed), or none when the cycle read nothing. A commit that would move
-    a shard back (another run of the job committed further) fails the job
-    with :class:`~changeflow.io.checkpoints.CheckpointConflict`. Metric
-    ``changeflow.read_kinesis/shards_committed``.
+    committed), or none when the cycle read nothing and left the state as it
+    was: then nothing is committed. A commit that would move a shard back
+    (another run of the job committed further) fails the job with
+    :class:`~changeflow.io.checkpoints.CheckpointConflict`. Metrics
+    ``changeflow.read_kinesis/shards_committed``, ``checkpoints_committed``.
     """
 
     def __init__(self, store_url: str, job: str, stream: str,
-                 sinks_done: Sequence[beam.PCollection] = ()):
+                 sinks_done: Sequence[beam.PCollection] = (), state=None):
         super().__init__()
         self._fn = _CommitFn(store_url, job, stream_name(stream))
         self._sinks_done = tuple(sinks_done)
+        self._state = state
 
     def expand(self, end_positions):
         done = [beam.pvalue.AsSingleton(
@@ -194,6 +223,7 @@ class CommitCheckpoints(beam.PTransform):
             | f'Sink{i}AllWindows' >> beam.WindowInto(window.GlobalWindows())
             | f'Sink{i}Done' >> beam.combiners.Count.Globally())
             for i, written in enumerate(self._sinks_done)]
+        side = {} if self._state is None else {'state': beam.pvalue.AsSingleton(self._state)}
         return (end_positions
                 | 'AllEnds' >> beam.combiners.ToList()
-                | 'Commit' >> beam.ParDo(self._fn, *done))
+                | 'Commit' >> beam.ParDo(self._fn, *done, **side))

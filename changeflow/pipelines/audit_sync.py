@@ -23,7 +23,8 @@ from changeflow.io.archive import ReadArchive
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches
-from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
+from changeflow.transforms.connections import (
+    CARRY, DDL, RUNS, ParseToConnectionRuns, ReplayConnections, carried_connections, carry_state)
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 
@@ -56,17 +57,25 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     if config.schema is not None:  # the schema the log starts with, advanced by its DDL
         timeline = parsed[DDL] | 'SchemaTimeline' >> BuildSchemaTimeline(
             config.schema, config.table_rules, config.tables)
+    stream = {}
+    if config.source.type == 'kinesis':  # each connection continues from the last cycle
+        cycle = read[ReadKinesisToTip.CYCLE]
+        stream = dict(carried=cycle | 'CarriedConnections' >> beam.FlatMap(
+            lambda c: carried_connections(c['state'])), cycle=cycle,
+            lateness_seconds=config.source.lateness_seconds)
     replayed = parsed[RUNS] | 'Replay' >> ReplayConnections(
         config.tables, config.schema, autocommit=config.autocommit,
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
-        time_zone=config.time_zone, timeline=timeline)
+        time_zone=config.time_zone, timeline=timeline, **stream)
     dead_letters.append(replayed[DEAD_LETTER_TAG])
     outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
         sinks_done = [outputs[name] for name in (DATABASE, PARQUET, NOTIFY) if name in outputs]
+        state = replayed[CARRY] | 'AllCarried' >> beam.combiners.ToList() | (
+            'CarryState' >> beam.Map(carry_state))
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            sinks_done + [outputs['dead_letters_written']])
+            sinks_done + [outputs['dead_letters_written']], state=state)
     return outputs
 
 
