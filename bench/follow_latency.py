@@ -154,7 +154,8 @@ def main():
               f'p50 {percentile(latencies, 50):.2f} s, p90 {percentile(latencies, 90):.2f} s, '
               f'p99 {percentile(latencies, 99):.2f} s, max {max(latencies):.2f} s')
     print(f'follow process: {usage.ru_utime + usage.ru_stime:.1f} CPU seconds '
-          f'({(usage.ru_utime + usage.ru_stime) / written:.2f} per second written)')
+          f'({(usage.ru_utime + usage.ru_stime) / written:.2f} per second written), '
+          f'peak RSS {usage.ru_maxrss / 1024:.0f} MB')
     for line in output:
         if line.startswith(('changeflow: following', 'changeflow: followed', '  read',
                             '  replica', '  dead')):
