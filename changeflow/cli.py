@@ -332,7 +332,7 @@ def _follow(args, beam_args, config) -> int:
     started = time.monotonic()
     follower = follow.Follower(config, audit_sync.pipeline_options(beam_args),
                                audit_sync.build_pipeline, poll_seconds=args.poll_seconds,
-                               status_seconds=args.status_seconds)
+                               status_seconds=args.status_seconds, stop_now_status=RUN_FAILED)
     print(f'changeflow: following {config.source.name} (job {config.job}); '
           f'SIGINT or SIGTERM stops after the current cycle', file=sys.stderr, flush=True)
     ended = follower.run()
@@ -345,12 +345,9 @@ def _follow(args, beam_args, config) -> int:
         first = (str(error).strip().splitlines() or [''])[0]
         print(f'changeflow: a cycle FAILED after {took}: {type(error).__name__}: '
               f'{hidden(first)}', file=sys.stderr)
-    elif ended.ended == follow.INTERRUPTED:
-        print(f'changeflow: stopped during a cycle after {took}: its input is read again '
-              f'at the next start', file=sys.stderr)
     else:
         print(f'changeflow: followed {config.source.name}: {took}, {ended.ended}')
-    state = 'DONE' if ended.ended in (follow.STOPPED, follow.SINK_UNAVAILABLE) else 'FAILED'
+    state = 'FAILED' if ended.ended == follow.FAILED else 'DONE'
     return _finish(args, config, state, ended.totals)
 
 

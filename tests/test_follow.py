@@ -54,8 +54,10 @@ class Writer(threading.Thread):
     """Three connections' transactions (BEGIN, writes, COMMIT or ROLLBACK) and
     autocommit writes, interleaved, a few statements per put_log_events call
     and a pause between calls, so transactions straddle cycles and kills.
-    The statements are drawn from a seeded generator; ``stop`` ends every
-    open transaction with a COMMIT and ends the thread."""
+    As a server would allow: a connection writes only rows committed and not
+    locked by another's open transaction, or rows it inserted itself. The
+    statements come from a seeded generator; ``stop`` commits every open
+    transaction and ends the thread."""
 
     connections = (80, 81, 82)
 
@@ -65,8 +67,8 @@ class Writer(threading.Thread):
         self.rng = random.Random(seed)
         self.query_id = 5000
         self.next_row = 1
-        self.rows = []
-        self.open = {c: False for c in self.connections}
+        self.committed = []                              # rows every connection sees
+        self.open = {c: None for c in self.connections}  # connection -> {row: 'insert'|'write'}
         self.stopping = threading.Event()
         self.puts = 0
         self.error = None
@@ -83,28 +85,46 @@ class Writer(threading.Thread):
         return lines + [self.line(connection, 'QUERY', f"'{quoted}',0")]
 
     def write(self, connection):
-        if not self.rows or self.rng.random() < 0.4:
+        mine = self.open[connection]
+        locked = {row for c, rows in self.open.items() if c != connection and rows for row in rows}
+        free = [row for row in self.committed if row not in locked]
+        if mine:
+            free += [row for row, how in mine.items() if how == 'insert']
+        body = f"'q{self.query_id + 1}'"
+        if not free or self.rng.random() < 0.4:
             row, self.next_row = self.next_row, self.next_row + 1
-            self.rows.append(row)
-            return self.statement(connection, f"INSERT INTO notes (id, body) VALUES "
-                                              f"({row}, 'q{self.query_id + 1}')")
-        row = self.rng.choice(self.rows)
+            if mine is None:
+                self.committed.append(row)
+            else:
+                mine[row] = 'insert'
+            return self.statement(connection, f'INSERT INTO notes (id, body) VALUES ({row}, {body})')
+        row = self.rng.choice(free)
         if self.rng.random() < 0.1:
+            if mine is None:
+                self.committed.remove(row)
+            else:
+                mine[row] = 'delete'
             return self.statement(connection, f'DELETE FROM notes WHERE id = {row}')
-        return self.statement(connection, f"UPDATE notes SET body = 'q{self.query_id + 1}' "
-                                          f"WHERE id = {row}")
+        if mine is not None:
+            mine.setdefault(row, 'write')
+        return self.statement(connection, f'UPDATE notes SET body = {body} WHERE id = {row}')
+
+    def end(self, connection, sql):
+        rows, self.open[connection] = self.open[connection], None
+        if sql == 'COMMIT':
+            self.committed += [row for row, how in rows.items() if how == 'insert']
+            self.committed = [row for row in self.committed if rows.get(row) != 'delete']
+        return self.statement(connection, sql, write=False)
 
     def step(self, connection):
         draw = self.rng.random()
-        if not self.open[connection]:
+        if self.open[connection] is None:
             if draw < 0.5:
-                self.open[connection] = True
+                self.open[connection] = {}
                 return self.statement(connection, 'BEGIN', write=False)
             return self.write(connection)
         if draw < 0.15:
-            self.open[connection] = False
-            end = 'ROLLBACK' if self.rng.random() < 0.2 else 'COMMIT'
-            return self.statement(connection, end, write=False)
+            return self.end(connection, 'ROLLBACK' if self.rng.random() < 0.2 else 'COMMIT')
         return self.write(connection)
 
     def run(self):
@@ -116,8 +136,8 @@ class Writer(threading.Thread):
                 self.source.put(lines)
                 self.puts += 1
                 time.sleep(self.rng.uniform(0.02, 0.12))
-            ends = [self.statement(c, 'COMMIT', write=False)
-                    for c in self.connections if self.open[c]]
+            ends = [self.end(c, 'COMMIT') for c in self.connections
+                    if self.open[c] is not None]
             self.source.put([line for end in ends for line in end] or
                             self.statement(80, 'SELECT 1', write=False))
         except Exception as error:  # pylint: disable=broad-except

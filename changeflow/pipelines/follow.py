@@ -15,9 +15,13 @@ Dataflow.
 
 A cycle that read records is followed at once; one that read nothing, after
 the poll interval (counted from its start). SIGINT or SIGTERM stops after the
-cycle running (its checkpoints committed); a second one stops at once: the
-cycle's input is read again by the next run, into the idempotent sinks.
+cycle running (its checkpoints committed); a second one ends the process at
+once, as a crash would (``os._exit``: an exception raised from a signal
+handler may be caught inside the runner): the cycle's input is read again by
+the next run, into the idempotent sinks.
 """
+
+import os
 
 import signal
 import sys
@@ -30,11 +34,10 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from changeflow.metrics import counter_totals
 
-__all__ = ['Follower', 'FollowResult', 'STOPPED', 'INTERRUPTED', 'FAILED', 'SINK_UNAVAILABLE']
+__all__ = ['Follower', 'FollowResult', 'STOPPED', 'FAILED', 'SINK_UNAVAILABLE']
 
 # How a follow run ended.
 STOPPED = 'stopped'                  # by a signal, after a complete cycle
-INTERRUPTED = 'interrupted'          # by a second signal, during a cycle
 FAILED = 'failed'                    # a cycle failed
 SINK_UNAVAILABLE = 'sink-unavailable'  # a cycle could not reach the replica database
 
@@ -47,10 +50,6 @@ class FollowResult(NamedTuple):
     cycles: int
     totals: Dict[str, int]
     error: Optional[BaseException] = None
-
-
-class _StopNow(Exception):
-    """A second stop signal: the running cycle is abandoned."""
 
 
 class _TranslateOnce(FnApiRunner):
@@ -78,11 +77,12 @@ class Follower:
         status_seconds: the least time between two status lines.
         out: where status lines go.
         max_cycles: stop after this many (tests and benchmarks); None: never.
+        stop_now_status: the exit status of a process a second signal ends.
     """
 
     def __init__(self, config, options, build_pipeline: Callable, poll_seconds: float = 1.0,
                  status_seconds: float = 5.0, out: TextIO = sys.stderr,
-                 max_cycles: Optional[int] = None):
+                 max_cycles: Optional[int] = None, stop_now_status: int = 1):
         if not poll_seconds >= 0 or not status_seconds >= 0:
             raise ValueError(f'poll_seconds and status_seconds must be 0 or more, got '
                              f'{poll_seconds!r}, {status_seconds!r}')
@@ -93,6 +93,7 @@ class Follower:
         self._status_every = status_seconds
         self._out = out
         self._max_cycles = max_cycles
+        self._stop_now_status = stop_now_status
         self._runner = (_TranslateOnce() if options.view_as(StandardOptions).runner
                         == 'FnApiRunner' else None)
         self._signals = 0
@@ -110,7 +111,9 @@ class Follower:
             print(f'changeflow: {signal.Signals(signum).name}: stopping after this cycle '
                   f'(again to stop now)', file=self._out, flush=True)
         elif self._running:
-            raise _StopNow()
+            print(f'changeflow: {signal.Signals(signum).name} again: stopped at once, during a '
+                  f'cycle: its input is read again at the next start', file=self._out, flush=True)
+            os._exit(self._stop_now_status)
 
     def _wait(self, seconds: float):
         """Sleeps, waking early when a stop signal comes."""
@@ -151,8 +154,6 @@ class Follower:
                 self._running = True
                 try:
                     totals = self._cycle()
-                except _StopNow:
-                    return FollowResult(INTERRUPTED, cycles, self.totals)
                 except Exception as error:  # pylint: disable=broad-except
                     return FollowResult(FAILED, cycles, self.totals, error)
                 finally:
