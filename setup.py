@@ -19,6 +19,9 @@ setuptools.setup(
         'sqlalchemy>=2.0,<2.2',
         'sqlglot>=30,<31',
         'tenacity>=8.2,<10',
+        # webhooks (io/messaging.py); botocore already requires urllib3 >=1.25.4,<3,
+        # and the calls used there are the same in 1.26 and 2.x
+        'urllib3>=1.26,<3',
     ],
     extras_require={
         'mysql': ['pymysql>=1.1,<2'],

@@ -139,7 +139,11 @@ class _Counts:
 
 
 def _read_line(config, count: _Counts) -> str:
-    """records -> events -> statements -> row changes -> rows changed."""
+    """records -> events -> statements -> row changes -> rows changed; for a
+    DynamoDB job records -> stream records -> changes -> rows changed."""
+    from changeflow.config import is_dynamodb_job
+    if is_dynamodb_job(config):
+        return _dynamodb_read_line(config, count)
     if config.source.type == 'kinesis':
         source = config.source.name
         read = _n(count('read_kinesis', 'records'), 'record')
@@ -153,6 +157,32 @@ def _read_line(config, count: _Counts) -> str:
             f' -> {_n(count("sql_changes", "statements_received"), "statement")}'
             f' -> {_n(count("sql_changes", "row_changes"), "row change")}'
             f' -> {_n(count("coalesce", "rows"), "row")} changed')
+
+
+def _dynamodb_read_line(config, count: _Counts) -> str:
+    """Where the records came from, then what they became. A Lambda event
+    holds many stream records; no-op MODIFYs and other tables' records
+    change nothing; a seed's export items are changes too."""
+    source = config.source
+    if source.type == 'dynamodb-archive':
+        where = f'{_n(count("read_archive", "files"), "file")}: '
+        read = count('read_archive', 'records')
+    else:
+        component = 'read_dynamodb_streams' if source.type == 'dynamodb' else 'read_kinesis'
+        where = f'{source.name}: {_n(count(component, "shards_read"), "shard")}: '
+        read = count(component, 'records')
+    dynamodb = lambda name: count('dynamodb', name)  # noqa: E731
+    line = (f'{where}{_n(read, "record")} -> {_n(dynamodb("stream_records"), "stream record")}'
+            f' -> {_n(dynamodb("changes"), "change")}')
+    if dynamodb('export_items'):
+        line += f' (with {_n(dynamodb("export_items"), "export item")})'
+    notes = [_n(dynamodb(name), one, many) for name, one, many in (
+        ('ttl_deletes', 'TTL delete', ''),
+        ('no_op_modifies', 'no-op MODIFY dropped', 'no-op MODIFYs dropped'),
+        ('unconfigured_table', 'record of another table dropped',
+         'records of other tables dropped')) if dynamodb(name)]
+    line += f' -> {_n(count("coalesce", "rows"), "row")} changed'
+    return line + (f' ({", ".join(notes)})' if notes else '')
 
 
 def _sink_unavailable(count: _Counts) -> bool:
@@ -191,6 +221,7 @@ def _dead_letter_lines(config, count: _Counts) -> str:
 
 def _summary(config, count: _Counts) -> str:
     """What a person reads at a glance: input, each sink, dead letters."""
+    from changeflow.io.messaging import display_target
     lines = [f'  read          {_read_line(config, count)}']
     if config.database_url:
         lines.append(f'  replica       {_replica_line(config, count)}')
@@ -202,8 +233,13 @@ def _summary(config, count: _Counts) -> str:
         written = count('write_notify', 'written')
         again = count('write_notify', 'skipped_existing')
         lines.append(f'  notify        {_n(written, "notification")} to '
-                     f'{", ".join(rule.to for rule in config.notify)}'
+                     f'{", ".join(display_target(rule.to) for rule in config.notify)}'
                      + (f' ({again:,} already sent)' if again else ''))
+    if config.handlers or count('handlers', 'events'):
+        handled = lambda name: count('handlers', name)  # noqa: E731
+        lines.append(f'  handlers      {_n(handled("delivered"), "event")} delivered, '
+                     f'{handled("already_done"):,} already done (ledger), '
+                     f'{handled("failed"):,} failed, {handled("blocked"):,} held back')
     lines.append(f'  dead letters  {_dead_letter_lines(config, count)}')
     return '\n'.join(lines)
 
@@ -269,14 +305,14 @@ def _load(path):
 
 
 def _run(args, beam_args) -> int:
-    from changeflow.config import DYNAMODB_ARCHIVE
+    from changeflow.config import is_dynamodb_job
     from changeflow.pipelines import audit_sync, dynamodb_sync
     config, status = _load(args.config)
     if config is None:
         return status
     if args.follow:
         return _follow(args, beam_args, config)
-    job = dynamodb_sync if config.source.type == DYNAMODB_ARCHIVE else audit_sync
+    job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
     try:
         result = job.run(['--config', args.config, *beam_args])
@@ -322,11 +358,15 @@ def _finish(args, config, state: str, totals) -> int:
 
 def _follow(args, beam_args, config) -> int:
     """``run --follow``: catch-up cycles until a signal, then the summary of all."""
-    from changeflow.config import KinesisSourceConfig
+    from changeflow.config import KinesisSourceConfig, is_dynamodb_job
     if not isinstance(config.source, KinesisSourceConfig):
         print(f'changeflow: --follow needs a stream source (source.type: kinesis); '
               f'{args.config} reads an archive, which one run reads whole: '
               f'run it without --follow', file=sys.stderr)
+        return STATUS_ERROR
+    if is_dynamodb_job(config):
+        print('changeflow: --follow follows audit logs (format: cloudwatch-audit) for now; '
+              'run a DynamoDB stream job\'s catch-up cycles without --follow', file=sys.stderr)
         return STATUS_ERROR
     from changeflow.pipelines import audit_sync, follow
     started = time.monotonic()

@@ -35,7 +35,8 @@ from changeflow.sql.zones import parse_time_zone
 __all__ = ['TableSpec', 'SourceConfig', 'NotifyRule', 'JobConfig', 'ConfigError',
            'parse_config', 'load_config', 'display_url', 'resolve_tables', 'table_spec',
            'KinesisSourceConfig', 'STREAM_FORMATS',
-           'DynamoDBArchiveSource', 'ExportSeed', 'DYNAMODB_ARCHIVE', 'DYNAMODB_FORMATS']
+           'DynamoDBArchiveSource', 'DynamoDBStreamSource', 'ExportSeed', 'DYNAMODB_ARCHIVE',
+           'DYNAMODB_STREAM', 'DYNAMODB_KINESIS', 'DYNAMODB_FORMATS', 'is_dynamodb_job']
 
 # Column types a table spec may declare; sinks map them to SQL and Arrow types.
 COLUMN_TYPES = ('integer', 'bigint', 'decimal', 'float', 'string', 'text',
@@ -56,6 +57,7 @@ class TableSpec(NamedTuple):
     redact: Tuple[str, ...] = ()  # columns never shown in notifications or logs
     defaults: Tuple[Tuple[str, str], ...] = ()  # column -> DEFAULT of a table the sink creates
     schema: Optional[TableSchema] = None  # the source table's schema, when the config has one
+    model: Any = None             # its model for handlers: 'pkg.module:Name' or a dataclass
 
     def column_type(self, name: str) -> Optional[str]:
         return dict(self.columns).get(name)
@@ -68,9 +70,11 @@ class SourceConfig(NamedTuple):
 
 
 class NotifyRule(NamedTuple):
-    to: str                       # 'file:PATH' or 'stdout'
+    to: str                       # 'file:PATH', 'stdout', 'sns:ARN', 'sqs:URL', 'https://...'
     table: Optional[str] = None   # match one source table, or any
     ops: Tuple[str, ...] = ()     # match these op kinds, or any
+    columns: Tuple[Any, ...] = () # notify_columns.ColumnPredicate: all must hold
+    options: Tuple[Tuple[str, Any], ...] = ()  # the target's options (template, region, ...)
 
 
 class JobConfig(NamedTuple):
@@ -92,6 +96,8 @@ class JobConfig(NamedTuple):
     table_rules: Any = None                 # ``tables:`` as written, for resolve_tables
     job: Optional[str] = None               # the job's name: its checkpoints' key
     checkpoints_url: Optional[str] = None   # the checkpoint store of a stream source
+    handlers: Tuple[Any, ...] = ()          # changeflow.handlers.Handler definitions
+    state_url: Optional[str] = None         # the state store (ledgers of side effects)
 
 
 class ConfigError(ValueError):
@@ -466,16 +472,33 @@ def _tables(raw, schema: Optional[SourceSchema], lenient: bool = False
 
 
 def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
+    from changeflow.io.notify import WRITERS  # pylint: disable=import-outside-toplevel
+    from changeflow.io.notify_columns import parse_columns  # (they import this module)
     where = f'sinks.notify[{i}]'
-    _check_keys(where, raw, ('to', 'when'), required=('to',))
-    to = _typed(f'{where}.to', raw['to'], str, 'a string')
-    if to.startswith('file:'):
-        _path(f'{where}.to', to[len('file:'):], "'file:PATH' with a path")
-        to = 'file:' + _resolve(to[len('file:'):], base_dir)
-    elif to != 'stdout':
-        raise ConfigError(f"{where}.to: {to!r} is not supported; use 'file:PATH' or 'stdout'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: expected a mapping, got {type(raw).__name__}')
+    to = _typed(f'{where}.to', raw.get('to'), str, 'a string')
+    scheme, _, address = to.partition(':')
+    writer = WRITERS.get(scheme)
+    if writer is None:
+        raise ConfigError(f"{where}.to: {_target_shown(to)!r} is not supported; use 'file:PATH', "
+                          f"'stdout', 'sns:TOPIC_ARN', 'sqs:QUEUE_URL' or an https:// webhook")
+    _check_keys(where, raw, ('to', 'when', *sorted(writer.OPTIONS)), required=('to',))
+    if scheme == 'file':
+        _path(f'{where}.to', address, "'file:PATH' with a path")
+        to = 'file:' + _resolve(address, base_dir)
+    options = tuple((key, raw[key]) for key in sorted(writer.OPTIONS) if key in raw)
+    try:
+        writer(to.partition(':')[2], **dict(options))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f'{where}: {writer.shown(str(error))}') from None
     when = raw.get('when') or {}
-    _check_keys(f'{where}.when', when, ('table', 'op'))
+    _check_keys(f'{where}.when', when, ('table', 'op', 'columns'))
+    try:
+        columns = parse_columns(when['columns'], f'{where}.when.columns') if (
+            'columns' in when) else ()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     ops = when.get('op') or []
     ops = [ops] if isinstance(ops, str) else ops
     _typed(f'{where}.when.op', ops, list, 'an op or a list of ops')
@@ -485,13 +508,31 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
     table = when.get('table')
     if table is not None:
         _typed(f'{where}.when.table', table, str, 'a string')
-    return NotifyRule(to, table, tuple(ops))
+    return NotifyRule(to, table, tuple(ops), columns, options)
+
+
+def _target_shown(target: str) -> str:
+    """A notification target as messages show it (a webhook's token masked)."""
+    from changeflow.io.messaging import display_target  # pylint: disable=import-outside-toplevel
+    return display_target(target)
+
+
+def _state_url(raw, base_dir: str, job: Optional[str]) -> str:
+    """``state: {url}``: the store of the ledgers of side effects (notifications
+    sent, handlers run); by default a SQLite file beside the config,
+    ``<job>.state.db`` (``changeflow.state.db`` for a job without a name)."""
+    state = raw.get('state')
+    state = {} if state is None else state
+    _check_keys('state', state, ('url',))
+    if 'url' in state:
+        return _resolve_url(_database_url('state.url', state['url']), base_dir)
+    return 'sqlite:///' + os.path.join(os.path.abspath(base_dir), f'{job or "changeflow"}.state.db')
 
 
 # --- stream sources (Kinesis) and their checkpoints ----------------------------
 
 # source.type of a stream source -> the record formats it reads (the first is the default)
-STREAM_FORMATS = {'kinesis': ('cloudwatch-audit',)}
+STREAM_FORMATS = {'kinesis': ('cloudwatch-audit', 'dynamodb-kinesis')}
 _STREAM_NAME = re.compile(r'[A-Za-z0-9_.-]{1,128}')
 _STREAM_ARN = re.compile(
     r'arn:aws[a-z-]*:kinesis:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:stream/[A-Za-z0-9_.-]{1,128}')
@@ -502,11 +543,13 @@ _JOB_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,127}')   # a checkpoint key
 class KinesisSourceConfig(NamedTuple):
     """``source: {type: kinesis, ...}``: a Kinesis data stream, read by catch-up cycles."""
     type: str                       # 'kinesis'
-    format: str                     # 'cloudwatch-audit': CloudWatch Logs subscription records
+    format: str                     # 'cloudwatch-audit': CloudWatch Logs subscription records;
+                                    # 'dynamodb-kinesis': DynamoDB's Kinesis streaming destination
     stream: str                     # the stream's name or ARN, as the Kinesis calls take it
     region: Optional[str]           # None: boto3's default chain (the ARN's region when given)
     endpoint_url: Optional[str]     # None: AWS's endpoint
     start: Start                    # where a shard without a checkpoint starts
+    seeds: Tuple['ExportSeed', ...] = ()   # 'dynamodb-kinesis': ``seed:``, per table
     lateness_seconds: float = 0.0   # the reorder buffer: how much later an earlier statement
                                     # may arrive (distribution: Random); 0: no buffer
 
@@ -528,11 +571,7 @@ def _stream_source(source) -> KinesisSourceConfig:
     if ('stream' in source) == ('stream_arn' in source):
         raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
                           'one of the two')
-    region = source.get('region')
-    if region is not None and not _REGION.fullmatch(
-            _typed('source.region', region, str, 'an AWS region')):
-        raise ConfigError(f'source.region: expected an AWS region such as eu-west-1, '
-                          f'got {region!r}')
+    region = _region(source)
     if 'stream' in source:
         stream = _typed('source.stream', source['stream'], str, 'a stream name')
         if not _STREAM_NAME.fullmatch(stream):
@@ -551,6 +590,25 @@ def _stream_source(source) -> KinesisSourceConfig:
     fmt = source.get('format', formats[0])
     if not isinstance(fmt, str) or fmt not in formats:
         raise ConfigError(f"source.format: {_shown(fmt)} is not one of {', '.join(formats)}")
+    lateness = _typed('source.lateness_seconds', source.get('lateness_seconds', 0),
+                      (int, float), 'a number of seconds')
+    if not (math.isfinite(lateness) and lateness >= 0):
+        raise ConfigError(f'source.lateness_seconds: must be 0 or more seconds, '
+                          f'got {lateness!r}')
+    return KinesisSourceConfig(source['type'], fmt, stream, region, _endpoint_url(source),
+                               _start(source), lateness_seconds=float(lateness))
+
+
+def _region(source) -> Optional[str]:
+    region = source.get('region')
+    if region is not None and not _REGION.fullmatch(
+            _typed('source.region', region, str, 'an AWS region')):
+        raise ConfigError(f'source.region: expected an AWS region such as eu-west-1, '
+                          f'got {region!r}')
+    return region
+
+
+def _endpoint_url(source) -> Optional[str]:
     endpoint_url = source.get('endpoint_url')
     if endpoint_url is not None:
         _typed('source.endpoint_url', endpoint_url, str, 'an http(s) URL')
@@ -558,17 +616,14 @@ def _stream_source(source) -> KinesisSourceConfig:
         if parts.scheme not in ('http', 'https') or not parts.netloc:
             raise ConfigError(f'source.endpoint_url: expected an http(s)://host[:port] URL, '
                               f'got {endpoint_url!r}')
+    return endpoint_url
+
+
+def _start(source) -> Start:
     try:
-        start = Start.parse(source.get('start'))
+        return Start.parse(source.get('start'))
     except (ValueError, OverflowError, OSError) as error:  # OverflowError: a year out of range
         raise ConfigError(f'source.start: {error}') from None
-    lateness = _typed('source.lateness_seconds', source.get('lateness_seconds', 0),
-                      (int, float), 'a number of seconds')
-    if not (math.isfinite(lateness) and lateness >= 0):
-        raise ConfigError(f'source.lateness_seconds: must be 0 or more seconds, '
-                          f'got {lateness!r}')
-    return KinesisSourceConfig(source['type'], fmt, stream, region, endpoint_url, start,
-                               float(lateness))
 
 
 def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str]):
@@ -584,10 +639,10 @@ def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str])
         stem = os.path.splitext(os.path.basename(config_path))[0]
         job = stem if _JOB_NAME.fullmatch(stem) else None
     checkpoints = raw.get('checkpoints')
-    if not isinstance(source, KinesisSourceConfig):
+    if not isinstance(source, (KinesisSourceConfig, DynamoDBStreamSource)):
         if checkpoints is not None:
-            raise ConfigError("checkpoints: only a stream source (source.type 'kinesis') "
-                              "keeps checkpoints")
+            raise ConfigError("checkpoints: only a stream source (source.type 'kinesis' or "
+                              "'dynamodb') keeps checkpoints")
         return job, None
     if job is None:
         raise ConfigError("job: a stream source needs a job name to key its checkpoints "
@@ -628,10 +683,12 @@ def _sinks(raw, base_dir: str) -> dict:
 def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) -> JobConfig:
     """Validates a loaded YAML document; raises ConfigError naming the key.
     ``config_path``: the file it came from (the default job name and checkpoint store)."""
+    raw, models = _models(raw, base_dir)
     if _is_dynamodb_job(raw):
-        return _dynamodb_config(raw, base_dir)
+        return _with_handlers(_dynamodb_config(raw, base_dir, config_path), raw, models,
+                              base_dir)
     _check_keys('config', raw, ('source', 'tables', 'window', 'sinks', 'dead_letter', 'audit',
-                                'schema', 'source_db', 'job', 'checkpoints'),
+                                'schema', 'source_db', 'job', 'checkpoints', 'handlers', 'state'),
                 required=('source', 'tables', 'sinks', 'dead_letter'))
     source = raw['source']
     if _is_stream_source(source):
@@ -673,7 +730,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     if limit < 0:
         raise ConfigError(f'audit.query_log_limit: must be 0 (unlimited) or more, got {limit!r}')
     _check_shared_targets(tables)
-    return JobConfig(
+    return _with_handlers(JobConfig(
         source=source_config,
         tables=tables,
         window_seconds=float(seconds),
@@ -689,15 +746,22 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         table_rules=table_rules,
         job=job,
         checkpoints_url=checkpoints_url,
-    )
+        state_url=_state_url(raw, base_dir, job),
+    ), raw, models, base_dir)
 
 
 # --- DynamoDB sources -----------------------------------------------------------
 
 DYNAMODB_ARCHIVE = 'dynamodb-archive'
+DYNAMODB_STREAM = 'dynamodb'
+DYNAMODB_KINESIS = 'dynamodb-kinesis'   # the Kinesis source's format for DynamoDB's destination
 DYNAMODB_FORMATS = ('dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
 _DYNAMODB_TABLE = re.compile(r'[A-Za-z0-9_.-]{3,255}')
-_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter')
+_DYNAMODB_STREAM_ARN = re.compile(
+    r'arn:aws[a-z-]*:dynamodb:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:table/([A-Za-z0-9_.-]{3,255})'
+    r'/stream/[^/\s]+')
+_DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'job', 'checkpoints',
+                  'handlers', 'state')
 _TARGET_LENGTH = 128    # the database sink's longest table name
 
 
@@ -716,9 +780,66 @@ class DynamoDBArchiveSource(NamedTuple):
     seeds: Tuple[ExportSeed, ...] = ()  # ``seed:``, per table
 
 
+class DynamoDBStreamSource(NamedTuple):
+    """``source: {type: dynamodb, ...}``: a table's DynamoDB stream, read by catch-up cycles."""
+    type: str                           # 'dynamodb'
+    stream: str                         # the table's name (its LatestStreamArn is read) or a stream ARN
+    table: str                          # the table: what checkpoints are keyed by
+    region: Optional[str]               # None: boto3's default chain (the ARN's region when given)
+    endpoint_url: Optional[str]         # None: AWS's endpoint
+    start: Start                        # trim_horizon or latest, for shards without a checkpoint
+    seeds: Tuple[ExportSeed, ...] = ()  # ``seed:``, per table
+
+    @property
+    def name(self) -> str:
+        return self.table
+
+    @property
+    def format(self) -> str:
+        """The reader emits each record as a ``dynamodb-jsonl`` archive line."""
+        return 'dynamodb-jsonl'
+
+
 def _is_dynamodb_job(raw) -> bool:
-    return (isinstance(raw, dict) and isinstance(raw.get('source'), dict)
-            and raw['source'].get('type') == DYNAMODB_ARCHIVE)
+    source = raw.get('source') if isinstance(raw, dict) else None
+    return isinstance(source, dict) and (
+        source.get('type') in (DYNAMODB_ARCHIVE, DYNAMODB_STREAM)
+        or (source.get('type') == 'kinesis' and source.get('format') == DYNAMODB_KINESIS))
+
+
+def is_dynamodb_job(config: 'JobConfig') -> bool:
+    """Whether the job's tables are DynamoDB's (:mod:`changeflow.pipelines.dynamodb_sync`)."""
+    return config.source.type in (DYNAMODB_ARCHIVE, DYNAMODB_STREAM) or (
+        config.source.format == DYNAMODB_KINESIS)
+
+
+def _dynamodb_stream_source(source) -> DynamoDBStreamSource:
+    _check_keys('source', source, ('type', 'table', 'stream_arn', 'region', 'endpoint_url',
+                                   'start'), required=('type',))
+    if ('table' in source) == ('stream_arn' in source):
+        raise ConfigError('source: name the stream by table (its latest stream is read) or by '
+                          'stream_arn, one of the two')
+    region = _region(source)
+    if 'table' in source:
+        stream = table = _typed('source.table', source['table'], str, 'a table name')
+        if not _DYNAMODB_TABLE.fullmatch(table):
+            raise ConfigError(f'source.table: {table!r} is not a DynamoDB table name '
+                              f'(3 to 255 of A-Z a-z 0-9 _ . -)')
+    else:
+        stream = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
+        match = _DYNAMODB_STREAM_ARN.fullmatch(stream)
+        if not match:
+            raise ConfigError(f'source.stream_arn: {stream!r} is not a DynamoDB stream ARN '
+                              f'(arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)')
+        if region is not None and region != match[1]:
+            raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
+        region, table = match[1], match[2]
+    start = _start(source)
+    if start.kind == 'at_timestamp':
+        raise ConfigError('source.start: a DynamoDB stream starts at trim_horizon or latest '
+                          '(DynamoDB Streams has no AT_TIMESTAMP iterator)')
+    return DynamoDBStreamSource(DYNAMODB_STREAM, stream, table, region, _endpoint_url(source),
+                                start)
 
 
 def _archive_path(where: str, value, base_dir: str) -> str:
@@ -785,25 +906,37 @@ def _seeds(raw, tables: Tuple[TableSpec, ...], base_dir: str) -> Tuple[ExportSee
     return tuple(seeds)
 
 
-def _dynamodb_config(raw, base_dir: str) -> JobConfig:
-    """A DynamoDB job: ``source`` (archived stream records), ``seed``,
-    ``tables`` keyed by DynamoDB table name, the shared ``sinks`` and
-    ``dead_letter``."""
+def _dynamodb_config(raw, base_dir: str, config_path: Optional[str] = None) -> JobConfig:
+    """A DynamoDB job: ``source`` (a table's stream, DynamoDB's Kinesis
+    destination, or archived stream records), ``seed``, ``tables`` keyed by
+    DynamoDB table name, the shared ``sinks`` and ``dead_letter``; ``job``
+    and ``checkpoints`` for a stream source."""
     _check_keys('config', raw, _DYNAMODB_KEYS, required=('source', 'tables', 'sinks',
                                                           'dead_letter'))
     source = raw['source']
-    _check_keys('source', source, ('type', 'format', 'path'), required=('type', 'format', 'path'))
-    if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
-        raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
-                          f"{', '.join(DYNAMODB_FORMATS)}")
-    path = _archive_path('source.path', source['path'], base_dir)
     tables = _dynamodb_tables(raw['tables'])
     seeds = _seeds(raw.get('seed'), tables, base_dir)
+    if source['type'] == DYNAMODB_STREAM:
+        source_config = _dynamodb_stream_source(source)._replace(seeds=seeds)
+        if source_config.table not in {spec.source for spec in tables}:
+            raise ConfigError(f'source.table: {source_config.table} is not among tables: '
+                              f'{", ".join(spec.source for spec in tables)}')
+    elif source['type'] == 'kinesis':
+        source_config = _stream_source(source)._replace(seeds=seeds)
+    else:
+        _check_keys('source', source, ('type', 'format', 'path'),
+                    required=('type', 'format', 'path'))
+        if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
+            raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
+                              f"{', '.join(DYNAMODB_FORMATS)}")
+        path = _archive_path('source.path', source['path'], base_dir)
+        source_config = DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds)
+    job, checkpoints_url = _job_and_checkpoints(raw, source_config, base_dir, config_path)
     sinks = _sinks(raw, base_dir)
     _check_shared_targets(tables)
-    return JobConfig(source=DynamoDBArchiveSource(DYNAMODB_ARCHIVE, source['format'], path, seeds),
-                     tables=tables, window_seconds=5.0, query_log_limit=0, autocommit=True,
-                     **sinks)
+    return JobConfig(source=source_config, tables=tables, window_seconds=5.0, query_log_limit=0,
+                     autocommit=True, job=job, checkpoints_url=checkpoints_url,
+                     state_url=_state_url(raw, base_dir, job), **sinks)
 
 
 def table_spec(table: TableSchema, target: Optional[str] = None, redact=()) -> TableSpec:
@@ -854,3 +987,87 @@ def load_config(path: str) -> JobConfig:
         except UnicodeDecodeError as error:
             raise ConfigError(f'{path}: not UTF-8 text: {error}') from None
     return parse_config(raw, os.path.dirname(os.path.abspath(path)), config_path=path)
+
+
+# --- table models, handlers and the state store -----------------------------------
+
+def _import(where: str, ref, base_dir: str):
+    from changeflow.handlers.models import import_ref
+    _typed(where, ref, str, '"pkg.module:name"')
+    try:
+        return import_ref(ref, base_dir)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f'{where}: cannot import {ref!r}: {type(error).__name__}: '
+                          f'{error}') from None
+
+
+def _models(raw, base_dir: str):
+    """``raw`` without the tables' ``model:`` keys, whose models fill in
+    ``key`` and ``columns`` where those are not written; and table -> model
+    reference. The config's directory is searched for the models' modules."""
+    tables = raw.get('tables') if isinstance(raw, dict) else None
+    if not isinstance(tables, dict) or not any(
+            isinstance(spec, dict) and 'model' in spec for spec in tables.values()):
+        return raw, {}
+    from changeflow.handlers.models import model_columns, model_key
+    raw = dict(raw, tables=dict(tables))
+    models = {}
+    for name, spec in tables.items():
+        if not isinstance(spec, dict) or 'model' not in spec:
+            continue
+        where = f'tables.{name}.model'
+        model = _import(where, spec['model'], base_dir)
+        spec = {k: v for k, v in spec.items() if k != 'model'}
+        try:
+            spec.setdefault('key', list(model_key(model)))
+            if 'columns' not in spec and not isinstance(raw.get('schema'), dict):
+                spec['columns'] = dict(model_columns(model))
+        except ValueError as error:
+            raise ConfigError(f'{where}: {error}') from None
+        raw['tables'][name] = spec
+        models[name] = tables[name]['model']
+    return raw, models
+
+
+def _handler(i: int, raw, base_dir: str):
+    from changeflow.handlers.events import EVENT_KINDS
+    from changeflow.handlers.registry import Handler, RetryPolicy
+    where = f'handlers[{i}]'
+    _check_keys(where, raw, ('name', 'table', 'events', 'function', 'strategy', 'catch_error',
+                             'options', 'batch_size', 'retry'),
+                required=('name', 'table', 'function'))
+    events = raw.get('events', 'all')
+    events = list(EVENT_KINDS) if events == 'all' else [events] if isinstance(events, str) \
+        else events
+    _typed(f'{where}.events', events, list, f'"all" or a list of {", ".join(EVENT_KINDS)}')
+    _import(f'{where}.function', raw['function'], base_dir)
+    if raw.get('catch_error') is not None:
+        _import(f'{where}.catch_error', raw['catch_error'], base_dir)
+    options = raw.get('options')
+    if options is not None:
+        _typed(f'{where}.options', options, dict, 'a mapping of keyword arguments')
+    retry = raw.get('retry') or {}
+    _check_keys(f'{where}.retry', retry, ('attempts', 'initial_seconds', 'max_seconds'))
+    try:
+        policy = RetryPolicy(**retry)
+        return Handler(raw['name'], raw['table'], raw['function'], events,
+                       raw.get('strategy', 'series'), raw.get('catch_error'), options,
+                       raw.get('batch_size', 100), policy, search_path=base_dir)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f'{where}: {error}') from None
+
+
+def _with_handlers(config: JobConfig, raw, models, base_dir: str) -> JobConfig:
+    """``config`` with its tables' models and ``handlers:`` (their ledger is
+    in the state store, ``config.state_url``)."""
+    from changeflow.handlers.registry import check_handlers
+    handlers = raw.get('handlers') or []
+    _typed('handlers', handlers, list, 'a list of handlers')
+    handlers = tuple(_handler(i, h, base_dir) for i, h in enumerate(handlers))
+    try:
+        check_handlers(handlers, [spec.source for spec in config.tables])
+    except ValueError as error:
+        raise ConfigError(f'handlers: {error}') from None
+    tables = tuple(spec._replace(model=models[spec.source]) if spec.source in models else spec
+                   for spec in config.tables)
+    return config._replace(tables=tables, handlers=handlers)

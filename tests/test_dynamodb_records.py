@@ -13,7 +13,7 @@ import pytest
 from changeflow.dynamodb.records import (
     BadRecord, DynamoMap, DynamoSet, EventName, StreamViewType, attribute_value,
     decode_record, decode_source_record, dynamodb_version, export_version, item, json_ready,
-    table_from_arn, to_change)
+    is_ttl_position, table_from_arn, to_change)
 from changeflow.model import Change, DeadLetter, OpKind, SourceRecord, divergence
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'dynamodb')
@@ -165,6 +165,12 @@ def test_ttl_deletes_are_told_from_user_deletes():
     assert not decode_record(lambda_record('REMOVE', old=ROW)).ttl_delete
     assert not decode_record(lambda_record(
         'REMOVE', old=ROW, identity={'type': 'Service', 'principalId': 'other.amazonaws.com'})).ttl_delete
+    # Downstream, the DELETE's position (Parquet's position column) says which.
+    [by_ttl] = to_change(decode_record(lambda_record('REMOVE', old=ROW, identity=service)),
+                         ['id', 'title']).ops
+    [by_user] = to_change(decode_record(lambda_record('REMOVE', old=ROW)), ['id', 'title']).ops
+    assert by_ttl.kind is by_user.kind is OpKind.DELETE
+    assert is_ttl_position(by_ttl.position) and not is_ttl_position(by_user.position)
 
 
 def test_boto3_records_name_their_table_through_the_reader():

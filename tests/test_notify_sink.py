@@ -167,7 +167,10 @@ def test_malformed_change_is_dead_lettered():
 
 
 @pytest.mark.parametrize('rules, message', [
-    ([{'to': 'sns:arn:aws:sns:x'}], "scheme 'sns'"),
+    ([{'to': 'sms:+15550100'}], "scheme 'sms'"),
+    ([{'to': 'sns:arn:aws:sns:x'}], 'topic ARN'),
+    ([{'to': 'stdout', 'template': '{op}'}], "'template'.*takes to, when"),
+    ([{'to': 'stdout', 'when': {'columns': {'status': 'shipped'}}}], "'changed'"),
     ([{'to': 'stdout', 'when': {'op': 'merge'}}], "op 'merge'"),
     ([{'to': 'stdout', 'when': {'op': ['insert', 'upsert', 'create']}}], "op 'create'"),
     ([{'to': 'stdout', 'when': {'tables': 'a.b'}}], 'tables'),

@@ -67,8 +67,8 @@ from changeflow.model import (
 __all__ = ['EventName', 'StreamViewType', 'DynamoSet', 'DynamoMap', 'StreamRecord', 'BadRecord',
            'attribute_value', 'item', 'table_from_arn', 'dynamodb_version', 'export_version',
            'is_export_version',
-           'decode_record', 'decode_source_record', 'to_change', 'json_ready',
-           'STEP', 'MAX_DIGITS']
+           'decode_record', 'decode_source_record', 'to_change', 'json_ready', 'is_ttl_position',
+           'STEP', 'MAX_DIGITS', 'TTL_MARK']
 
 STEP = 'decode_dynamodb'
 MAX_DIGITS = 38                     # DynamoDB's number precision
@@ -77,6 +77,7 @@ _SEQUENCE_DIGITS = 56               # DynamoDB: at most 40; Kinesis (destination
 _NUMBER = re.compile(r'[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z')
 _ARN = re.compile(r'arn:aws[a-z-]*:dynamodb:[^:]*:[^:]*:table/([A-Za-z0-9_.-]{1,255})/stream/[^/]+\Z')
 _TTL_PRINCIPAL = 'dynamodb.amazonaws.com'
+TTL_MARK = '|ttl'                   # ends the position of a TTL delete's op (to_change)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 _MICROSECOND_TIMES = 10 ** 14       # a time at or above this is in microseconds, below in ms
@@ -178,6 +179,8 @@ def _number(text) -> decimal.Decimal:
     if type(text) is not str or not _NUMBER.match(text):
         raise _BadValue(f'N must be a decimal number as text, not {_short(text)}')
     number = decimal.Decimal(text)          # exact: construction does not round
+    if len(text) <= MAX_DIGITS and 'e' not in text and 'E' not in text:
+        return number   # at most 38 digits, magnitude within 1E-38 .. 1E+38: in range
     digits = number.as_tuple().digits
     if len(digits) > MAX_DIGITS:
         significant = len(digits)
@@ -556,7 +559,8 @@ def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> O
                                            f'{list(record.keys.names())}')
         key.append(_key_value(value))
     if record.event is EventName.REMOVE:
-        op = RowOp(OpKind.DELETE, record.version, position=record.position)
+        op = RowOp(OpKind.DELETE, record.version, position=record.position + (
+            TTL_MARK if record.ttl_delete else ''))
     elif record.new_image is not None:
         if columns is None:
             values = tuple((name, json_ready(v)) for name, v in record.new_image)
@@ -573,6 +577,11 @@ def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> O
                         f'{record.event.value} in a {view} stream carries no new image',
                         record.position)
     return Change(record.table, tuple(key), (op,), record.created_us)
+
+
+def is_ttl_position(position: str) -> bool:
+    """Whether an op's position (a Parquet row's ``position``) is a TTL delete's."""
+    return position.endswith(TTL_MARK)
 
 
 def _key_value(value):

@@ -19,7 +19,8 @@ diverged (a DIVERGE op), and one whose Keys do not match the configured key
 marks the whole table: the replica says what it no longer knows.
 """
 
-from typing import Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Dict, FrozenSet, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union)
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -28,6 +29,7 @@ from apache_beam.metrics import Metrics
 from changeflow.config import ExportSeed, TableSpec
 from changeflow.dynamodb.columns import ItemColumns, ItemMismatch
 from changeflow.dynamodb.exports import STEP as EXPORT_STEP, data_file_items, read_summary
+from changeflow.handlers.events import event_version, stream_event
 from changeflow.dynamodb.records import (
     STEP, BadRecord, StreamRecord, decode_source_record, export_version, is_export_version,
     to_change)
@@ -40,7 +42,9 @@ from changeflow.transforms.guard import describe_error, guarded
 from changeflow.transforms.runs import batch_changes, make_batch, make_run
 
 __all__ = ['DecodeDynamoDBRecords', 'DynamoDBChanges', 'StreamRecordsToShardRuns',
-           'ExportToShardRuns', 'DropInitialState']
+           'ExportToShardRuns', 'DropInitialState', 'EVENTS']
+
+EVENTS = 'events'   # StreamRecordsToShardRuns' runs of handler events
 
 _DeadLetterOutput = pvalue.TaggedOutput[Literal[DEAD_LETTER_TAG], DeadLetter]
 _NAMESPACE = 'changeflow.dynamodb'
@@ -150,9 +154,11 @@ class _ShardRunsFn(beam.DoFn):
     """Stream records -> Changes of the configured tables, bucketed per
     (table, shard) into runs; what does not fit is dead-lettered and marked."""
 
-    def __init__(self, tables: Sequence[TableSpec], num_shards: int):
+    def __init__(self, tables: Sequence[TableSpec], num_shards: int,
+                 event_tables: FrozenSet[str] = frozenset()):
         self._tables = tables
         self._num_shards = num_shards
+        self._event_tables = event_tables
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes', 'no_op_modifies', 'unconfigured_table', 'dead_lettered',
             'rows_marked', 'tables_marked')}
@@ -161,8 +167,10 @@ class _ShardRunsFn(beam.DoFn):
         self._specs = {spec.source: (spec.key, ItemColumns(spec.columns) if spec.columns
                                      else None) for spec in self._tables}
 
-    def _add(self, record: StreamRecord, original: bytes, buckets: Dict, step: str = STEP):
-        """Buckets the record's Change; yields the dead letter of one that does not fit."""
+    def _add(self, record: StreamRecord, original: bytes, buckets: Dict, step: str = STEP,
+             events: Optional[Dict] = None):
+        """Buckets the record's Change (and, for a table with handlers, its
+        event in ``events``); yields the dead letter of one that does not fit."""
         entry = self._specs.get(record.table)
         if entry is None:
             self._counters['unconfigured_table'].inc()
@@ -184,6 +192,9 @@ class _ShardRunsFn(beam.DoFn):
             self._counters['changes'].inc()
         for shard_key, copy in shards_of(change, self._num_shards):
             buckets.setdefault(shard_key, []).append(copy)
+            if events is not None and change.key and record.table in self._event_tables:
+                events.setdefault(shard_key, []).append(
+                    stream_event(record, change.key, original))
 
 
 def _runs(buckets: Dict[Tuple[str, int], List[Change]]):
@@ -201,8 +212,8 @@ def _chunk_position(chunk) -> str:
 
 @guarded(STEP, _chunk_original, _chunk_position)
 class _StreamShardRunsFn(_ShardRunsFn):
-    def __init__(self, tables, num_shards, kinesis: bool):
-        super().__init__(tables, num_shards)
+    def __init__(self, tables, num_shards, kinesis: bool, event_tables=frozenset()):
+        super().__init__(tables, num_shards, event_tables)
         self._kinesis = kinesis
         self._received = Metrics.counter(_NAMESPACE, 'records_received')
         self._decoded = Metrics.counter(_NAMESPACE, 'stream_records')
@@ -210,6 +221,7 @@ class _StreamShardRunsFn(_ShardRunsFn):
 
     def process(self, chunk: Sequence[SourceRecord]):
         buckets: Dict = {}
+        events: Dict = {}
         decoded = ttl = 0
         for source in chunk:
             for out in decode_source_record(source, kinesis=self._kinesis):
@@ -219,11 +231,13 @@ class _StreamShardRunsFn(_ShardRunsFn):
                     continue
                 decoded += 1
                 ttl += out.ttl_delete
-                yield from self._add(out, source.data, buckets)
+                yield from self._add(out, source.data, buckets, events=events)
         self._received.inc(len(chunk))
         self._decoded.inc(decoded)
         self._ttl.inc(ttl)
         yield from _runs(buckets)
+        for shard_key, shard_events in events.items():
+            yield pvalue.TaggedOutput(EVENTS, (shard_key, make_run(shard_events, event_version)))
 
 
 class StreamRecordsToShardRuns(beam.PTransform):
@@ -246,20 +260,26 @@ class StreamRecordsToShardRuns(beam.PTransform):
         tables: the replicated tables, by DynamoDB table name.
         kinesis: the SourceRecords' ``sequence`` is a Kinesis sequence number
             (the Kinesis destination's archives), not a line number.
+        event_tables: tables with handlers: their records also go to the
+            ``EVENTS`` output as runs of
+            :class:`~changeflow.handlers.events.ChangeEvent` per (table,
+            shard), with their images and event names (no-op MODIFYs and
+            records whose Keys do not fit are not events).
     """
 
     MAIN = 'runs'
 
     def __init__(self, tables: Sequence[TableSpec], kinesis: bool = False,
-                 num_shards: int = DEFAULT_SHARDS):
+                 num_shards: int = DEFAULT_SHARDS, event_tables=()):
         super().__init__()
         if not tables:
             raise ValueError('tables is empty')
-        self._fn = _StreamShardRunsFn(tuple(tables), num_shards, kinesis)
+        self._fn = _StreamShardRunsFn(tuple(tables), num_shards, kinesis,
+                                      frozenset(event_tables))
 
     def expand(self, chunks):
         return chunks | 'ToShardRuns' >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTER_TAG, main=self.MAIN)
+            DEAD_LETTER_TAG, EVENTS, main=self.MAIN)
 
 
 _SEED_STEP = 'seed_dynamodb'

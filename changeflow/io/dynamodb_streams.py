@@ -49,7 +49,7 @@ from changeflow.io.kinesis import KinesisShardReader, ReadError, ShardBatch, Sta
 from changeflow.io.shards import ShardPosition
 from changeflow.model import SourceRecord
 
-__all__ = ['DynamoDBStreamReader', 'TrimmedData', 'streams_client', 'dynamodb_client',
+__all__ = ['DynamoDBStreamReader', 'DynamoDBStreamReaders', 'TrimmedData', 'streams_client', 'dynamodb_client',
            'latest_stream_arn', 'record_json', 'MAX_LIMIT']
 
 MAX_LIMIT = 1_000                      # GetRecords' largest Limit in DynamoDB Streams
@@ -242,3 +242,32 @@ class DynamoDBStreamReader(KinesisShardReader):
         if _code(error) == 'TrimmedDataAccessException':
             raise TrimmedData(stream, cursor.shard_id, cursor.position.sequence) from error
         super()._recover(stream, cursor, error, start)
+
+
+class DynamoDBStreamReaders:
+    """The DynamoDB Streams side of :class:`~changeflow.io.kinesis_source.ReadStreamToTip`
+    (see :class:`~changeflow.io.kinesis_source.KinesisReaders`): the stream
+    is a table's name, resolved to its ``LatestStreamArn`` each cycle, or a
+    stream ARN, read as given. Metrics namespace ``changeflow.read_dynamodb_streams``.
+    """
+
+    namespace = 'changeflow.read_dynamodb_streams'
+
+    def __init__(self, region: Optional[str] = None, endpoint_url: Optional[str] = None,
+                 limit: int = MAX_LIMIT, reads_per_second: float = 4.0):
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._limit = limit
+        self._reads_per_second = reads_per_second
+        self._streams = self._dynamodb = None
+
+    def setup(self) -> None:
+        self._streams = streams_client(self._region, self._endpoint_url)
+        self._dynamodb = dynamodb_client(self._region, self._endpoint_url)
+
+    def stream(self, stream: str) -> str:
+        return stream if stream.startswith('arn:') else latest_stream_arn(self._dynamodb, stream)
+
+    def reader(self) -> DynamoDBStreamReader:
+        return DynamoDBStreamReader(self._streams, limit=self._limit,
+                                    reads_per_second=self._reads_per_second)

@@ -1,5 +1,10 @@
-"""The catch-up mode of a Kinesis source: a bounded read to the tip, and the
-checkpoint commit that ends the cycle.
+"""The catch-up mode of a sharded stream source (Kinesis, DynamoDB Streams):
+a bounded read to the tip, and the checkpoint commit that ends the cycle.
+
+:class:`ReadStreamToTip` takes the service's readers (:class:`KinesisReaders`,
+:class:`~changeflow.io.dynamodb_streams.DynamoDBStreamReaders`);
+:class:`ReadKinesisToTip` is it for Kinesis. What follows says Kinesis; a
+DynamoDB stream's records are its Lambda-shaped JSON instead of gzip bytes.
 
 A cycle reads every shard of the stream from its checkpoint (or the job's
 ``start``) to the current tip, parents before children
@@ -31,44 +36,71 @@ from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.kinesis import MAX_LIMIT, KinesisShardReader, Start, kinesis_client, stream_name
 from changeflow.model import DEAD_LETTER_TAG, SourceRecord
 
-__all__ = ['ReadKinesisToTip', 'CommitCheckpoints']
+__all__ = ['ReadStreamToTip', 'ReadKinesisToTip', 'KinesisReaders', 'CommitCheckpoints']
 
 _NAMESPACE = 'changeflow.read_kinesis'
 
 
-class _ReadToTipFn(beam.DoFn):
-    """A stream (name or ARN) -> its records from the checkpoints to the tip,
-    then (tag END) one ``(shard id, ShardPosition)`` per shard read and (tag
-    CYCLE) the cycle: the state loaded with the positions, when the read began."""
+class KinesisReaders:
+    """What :class:`ReadStreamToTip` needs of a service, for Kinesis: made on
+    the launcher, pickled to the workers, which call :meth:`setup` once and
+    :meth:`reader` per cycle (a reader's counters are one cycle's).
 
-    def __init__(self, store_url: str, job: str, start: Start, region: Optional[str],
-                 endpoint_url: Optional[str], limit: int, reads_per_second: float):
-        self._store_url = store_url
-        self._job = job
-        self._start = start
+    Another service (:class:`~changeflow.io.dynamodb_streams.DynamoDBStreamReaders`)
+    gives the same four members.
+    """
+
+    namespace = _NAMESPACE
+
+    def __init__(self, region: Optional[str] = None, endpoint_url: Optional[str] = None,
+                 limit: int = MAX_LIMIT, reads_per_second: float = 5.0):
         self._region = region
         self._endpoint_url = endpoint_url
         self._limit = limit
         self._reads_per_second = reads_per_second
-        self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
+        self._client = None
+
+    def setup(self) -> None:
+        self._client = kinesis_client(self._region, self._endpoint_url)
+
+    def stream(self, stream: str) -> str:
+        """The stream as the reader's calls take it (a name or ARN as given)."""
+        return stream
+
+    def reader(self) -> KinesisShardReader:
+        return KinesisShardReader(self._client, limit=self._limit,
+                                  reads_per_second=self._reads_per_second)
+
+
+class _ReadToTipFn(beam.DoFn):
+    """A stream -> its records from the checkpoints to the tip, then (tag END)
+    one ``(shard id, ShardPosition)`` per shard read and (tag CYCLE) the cycle:
+    the state loaded with the positions, when the read began."""
+
+    def __init__(self, store_url: str, job: str, key: str, start: Start, readers):
+        self._store_url = store_url
+        self._job = job
+        self._key = key
+        self._start = start
+        self._readers = readers
+        self._counters = {name: Metrics.counter(readers.namespace, name) for name in (
             'records', 'shards_read', 'shards_finished', 'throttled', 'iterators_renewed')}
 
     def setup(self):
-        self._client = kinesis_client(self._region, self._endpoint_url)
+        self._readers.setup()
         self._store = CheckpointStore(self._store_url)
 
     def process(self, stream: str):
-        name = stream_name(stream)
         read_started_ms = time.time_ns() // 1_000_000
-        checkpoint = self._store.load(self._job, name)
+        checkpoint = self._store.load(self._job, self._key)
         start = self._start
         if start.kind == 'latest':  # the same point in every cycle (Start's docstring)
             start = Start('at_timestamp', self._store.start_time_ms(
-                self._job, name, time.time_ns() // 1_000_000))
-        reader = KinesisShardReader(self._client, limit=self._limit,
-                                    reads_per_second=self._reads_per_second)
+                self._job, self._key, time.time_ns() // 1_000_000))
+        reader = self._readers.reader()
         ends = {}
-        for batch in reader.read_to_tip(stream, checkpoint.positions, start):
+        for batch in reader.read_to_tip(self._readers.stream(stream), checkpoint.positions,
+                                        start):
             ends[batch.shard_id] = batch.position
             self._lag(batch.shard_id, batch.millis_behind)
             self._counters['records'].inc(len(batch.records))
@@ -80,32 +112,33 @@ class _ReadToTipFn(beam.DoFn):
         for shard_id, lag in reader.lag.items():
             self._lag(shard_id, lag)
         for shard_id, position in sorted(ends.items()):
-            yield pvalue.TaggedOutput(ReadKinesisToTip.END, (shard_id, position))
-        yield pvalue.TaggedOutput(ReadKinesisToTip.CYCLE, {
+            yield pvalue.TaggedOutput(ReadStreamToTip.END, (shard_id, position))
+        yield pvalue.TaggedOutput(ReadStreamToTip.CYCLE, {
             'state': checkpoint.state, 'read_started_ms': read_started_ms})
 
     def _lag(self, shard_id: str, millis_behind: Optional[int]):
         if millis_behind is not None:
-            Metrics.gauge(_NAMESPACE, f'millis_behind/{shard_id}').set(millis_behind)
+            Metrics.gauge(self._readers.namespace, f'millis_behind/{shard_id}').set(millis_behind)
 
     def teardown(self):
         self._store.engine.dispose()
 
 
-class ReadKinesisToTip(beam.PTransform):
-    """One catch-up cycle's read of a Kinesis stream: ``p | ReadKinesisToTip(...)``.
+class ReadStreamToTip(beam.PTransform):
+    """One catch-up cycle's read of a sharded stream (Kinesis, DynamoDB
+    Streams): ``p | ReadStreamToTip(stream, url, job, key, readers=...)``.
 
     Args:
-        stream: the stream's name or ARN.
+        stream: the stream as ``readers.stream`` takes it (a Kinesis stream's
+            name or ARN; a DynamoDB table's name or stream ARN).
         store_url: the checkpoint store (:class:`CheckpointStore`) to resume from.
-        job: the job name the checkpoints are kept under (with the stream's name).
+        job: the job name the checkpoints are kept under.
+        key: the stream's name in the store (with ``job``).
         start: where shards without a checkpoint start. ``latest`` is fixed at
             the job's first cycle (in the store, by the worker's clock) and read
             as that ``at_timestamp`` ever after, so a shard that gets its first
             record between two cycles is read from that record on.
-        region, endpoint_url: for the boto3 client (default credential chain).
-        limit, reads_per_second: records per GetRecords call, calls per shard
-            and second (see :class:`KinesisShardReader`).
+        readers: the service's clients and reader (:class:`KinesisReaders`).
 
     Returns a DoOutputsTuple: ``MAIN`` (``'records'``, as ReadArchive's) the
     SourceRecords; ``END`` one ``(shard id, ShardPosition)`` per shard read in
@@ -115,36 +148,29 @@ class ReadKinesisToTip(beam.PTransform):
     worker's clock: every record that arrived before it is read by this
     cycle or an earlier one); ``DEAD_LETTER_TAG``, declared
     so the reader stands in for ReadArchive, stays empty: records are taken
-    as Kinesis holds them and the decode step judges their bytes.
+    as the service holds them and the decode step judges their bytes.
 
     A half-read shard that expired from the stream fails the job
-    (:class:`~changeflow.io.kinesis.ShardsLost`): its records are lost.
-    Metrics (namespace ``changeflow.read_kinesis``): records, shards_read,
-    shards_finished, throttled, iterators_renewed; a gauge per shard,
-    ``millis_behind/<shard id>`` (its last MillisBehindLatest).
+    (:class:`~changeflow.io.kinesis.ShardsLost`), as does a checkpoint past
+    DynamoDB's trim horizon (:class:`~changeflow.io.dynamodb_streams.TrimmedData`):
+    records were lost. Metrics (namespace ``readers.namespace``): records,
+    shards_read, shards_finished, throttled, iterators_renewed; a gauge per
+    shard, ``millis_behind/<shard id>`` (its last MillisBehindLatest).
     """
 
     MAIN = 'records'
     END = 'end_positions'
     CYCLE = 'cycle'
 
-    def __init__(self, stream: str, store_url: str, job: str, start: Start = Start(),
-                 region: Optional[str] = None, endpoint_url: Optional[str] = None,
-                 limit: int = MAX_LIMIT, reads_per_second: float = 5.0):
+    def __init__(self, stream: str, store_url: str, job: str, key: str, start: Start = Start(),
+                 readers=None):
         super().__init__()
-        if not stream or not store_url or not job:
-            raise ValueError(f'ReadKinesisToTip needs a stream, a store URL and a job name, '
-                             f'got {stream!r}, {store_url!r}, {job!r}')
+        if not stream or not store_url or not job or not key or readers is None:
+            raise ValueError(f'{type(self).__name__} needs a stream, a store URL, a job name, '
+                             f'a checkpoint key and readers, got {stream!r}, {store_url!r}, '
+                             f'{job!r}, {key!r}, {readers!r}')
         self._stream = stream
-        self._fn = _ReadToTipFn(store_url, job, start, region, endpoint_url, limit,
-                                reads_per_second)
-
-    @classmethod
-    def from_config(cls, config) -> 'ReadKinesisToTip':
-        """The reader of a JobConfig whose source is a KinesisSourceConfig."""
-        source = config.source
-        return cls(source.stream, config.checkpoints_url, config.job, source.start,
-                   source.region, source.endpoint_url)
+        self._fn = _ReadToTipFn(store_url, job, key, start, readers)
 
     def expand(self, pbegin):
         return (pbegin
@@ -156,17 +182,45 @@ class ReadKinesisToTip(beam.PTransform):
 _KEEP = object()  # no new state: the stored one is committed again
 
 
+class ReadKinesisToTip(ReadStreamToTip):
+    """One catch-up cycle's read of a Kinesis stream: ``p | ReadKinesisToTip(...)``.
+
+    Args:
+        stream: the stream's name or ARN (checkpoints are keyed by its name).
+        store_url, job, start: as :class:`ReadStreamToTip`'s.
+        region, endpoint_url: for the boto3 client (default credential chain).
+        limit, reads_per_second: records per GetRecords call, calls per shard
+            and second (see :class:`KinesisShardReader`).
+
+    Outputs and metrics (namespace ``changeflow.read_kinesis``) as
+    :class:`ReadStreamToTip`'s.
+    """
+
+    def __init__(self, stream: str, store_url: str, job: str, start: Start = Start(),
+                 region: Optional[str] = None, endpoint_url: Optional[str] = None,
+                 limit: int = MAX_LIMIT, reads_per_second: float = 5.0):
+        super().__init__(stream, store_url, job, stream_name(stream) if stream else stream,
+                         start, KinesisReaders(region, endpoint_url, limit, reads_per_second))
+
+    @classmethod
+    def from_config(cls, config) -> 'ReadKinesisToTip':
+        """The reader of a JobConfig whose source is a KinesisSourceConfig."""
+        source = config.source
+        return cls(source.stream, config.checkpoints_url, config.job, source.start,
+                   source.region, source.endpoint_url)
+
+
 class _CommitFn(beam.DoFn):
     """All end positions of the cycle (one list) -> committed, with the new
     state when there is one; the sinks' completion counts arrive as side
     inputs, so this runs after them."""
 
-    def __init__(self, store_url: str, job: str, stream: str):
+    def __init__(self, store_url: str, job: str, stream: str, namespace: str):
         self._store_url = store_url
         self._job = job
         self._stream = stream
-        self._committed = Metrics.counter(_NAMESPACE, 'shards_committed')
-        self._commits = Metrics.counter(_NAMESPACE, 'checkpoints_committed')
+        self._committed = Metrics.counter(namespace, 'shards_committed')
+        self._commits = Metrics.counter(namespace, 'checkpoints_committed')
 
     def setup(self):
         self._store = CheckpointStore(self._store_url)
@@ -189,11 +243,12 @@ class _CommitFn(beam.DoFn):
 
 class CommitCheckpoints(beam.PTransform):
     """Commits a cycle's end positions once every sink is done:
-    ``read[ReadKinesisToTip.END] | CommitCheckpoints(url, job, stream, sinks_done)``.
+    ``read[ReadStreamToTip.END] | CommitCheckpoints(url, job, key, sinks_done)``.
 
     Args:
-        store_url, job: as given to ReadKinesisToTip.
-        stream: the stream's name or ARN (checkpoints are keyed by its name).
+        store_url, job: as given to the read.
+        stream: the read's checkpoint key; a Kinesis stream's ARN is taken
+            for its name.
         sinks_done: every sink's output PCollection (what it wrote, emitted
             after writing). The commit takes each, counted, as a side input: a
             runner starts a step only when its side inputs are complete, so the
@@ -207,13 +262,15 @@ class CommitCheckpoints(beam.PTransform):
     was: then nothing is committed. A commit that would move a shard back
     (another run of the job committed further) fails the job with
     :class:`~changeflow.io.checkpoints.CheckpointConflict`. Metrics
-    ``changeflow.read_kinesis/shards_committed``, ``checkpoints_committed``.
+    ``NAMESPACE/shards_committed`` and ``checkpoints_committed`` (the read's
+    namespace, by default ``changeflow.read_kinesis``).
     """
 
     def __init__(self, store_url: str, job: str, stream: str,
-                 sinks_done: Sequence[beam.PCollection] = (), state=None):
+                 sinks_done: Sequence[beam.PCollection] = (), namespace: str = _NAMESPACE,
+                 state=None):
         super().__init__()
-        self._fn = _CommitFn(store_url, job, stream_name(stream))
+        self._fn = _CommitFn(store_url, job, stream_name(stream), namespace)
         self._sinks_done = tuple(sinks_done)
         self._state = state
 

@@ -5,10 +5,12 @@ A rule (a :class:`changeflow.config.NotifyRule`, or a mapping as in the YAML)::
     {'to': 'file:/var/changeflow/orders.jsonl',
      'when': {'table': 'shop.orders', 'op': ['insert', 'delete']}}
 
-``to`` is ``scheme:address``: ``file:PATH`` (JSON lines) or ``stdout``. More
-targets (SNS, SQS, a Slack webhook) plug in as :class:`NotificationWriter`
-subclasses registered in :data:`WRITERS` under their scheme, with the same
-rule shape.
+``to`` is ``scheme:address``: ``file:PATH`` (JSON lines) or ``stdout``; SNS
+topics, SQS queues and webhooks (``sns:ARN``, ``sqs:URL``, ``https://...``)
+are the :class:`NotificationWriter` subclasses of
+:mod:`changeflow.io.messaging`, registered in :data:`WRITERS` under their
+scheme, with the same rule shape plus the options they declare
+(``template``, ``region``, ...) as keys of the rule.
 
 ``when`` (optional, every key optional): ``table`` is a 'database.table' name
 or an ``fnmatch`` pattern ('shop.*'); ``op`` one OpKind value or a list of
@@ -17,7 +19,9 @@ listed kind. Kinds match exactly: a rule for 'insert' does not fire on
 'replace', 'upsert' or 'insert_ignore', nor one for 'update' on 'upsert',
 because from the change stream alone one cannot tell whether such a statement
 inserted, updated or did nothing (that needs the replica's prior state); list
-those kinds to be told about them.
+those kinds to be told about them. ``columns`` (column predicates such as
+``{status: {to: shipped}}``) must all hold too: see
+:mod:`changeflow.io.notify_columns`.
 
 Each matching (rule target, Change) gives one JSON object::
 
@@ -43,7 +47,9 @@ lock on the file; so re-running the same input, or several workers of one
 machine, leave one line per id. The file must be on a local filesystem shared
 by the workers that write it (a local or single-machine run).
 ``stdout`` prints every notification and is not idempotent: a re-run prints
-again.
+again. SNS, SQS and webhooks send at most once per (target, id) by a ledger
+in the job's state store, with retries and dead letters per notification:
+see :mod:`changeflow.io.messaging`.
 
 Runner support: any runner; writes are buffered per bundle (at most
 ``batch_size`` per target) and flushed before the bundle ends, each batch in
@@ -65,6 +71,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from changeflow.config import NotifyRule, TableSpec
 from changeflow.io.json_records import dumps_json, iso_utc, json_value, loads_json
+from changeflow.io.notify_columns import ColumnPredicate, columns_match, parse_columns
 from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.guard import changes_original, guarded
@@ -83,11 +90,31 @@ class NotificationWriter:
 
     One instance per target and DoFn instance: :meth:`open` in the DoFn's
     setup, :meth:`write` when a buffer is flushed, :meth:`close` at teardown.
+    ``OPTIONS``: the rule keys besides ``to`` and ``when`` that the
+    constructor takes as keywords; ``STATEFUL``: it takes ``state_url`` (the
+    job's state store) too.
     """
+
+    OPTIONS: FrozenSet[str] = frozenset()
+    STATEFUL = False
 
     def __init__(self, address: str):
         """Checks ``address``; raises ValueError naming it when unusable."""
         self.address = address
+
+    @classmethod
+    def shown(cls, target: str) -> str:
+        """``target`` as logs and dead letters show it (secrets masked)."""
+        return target
+
+    def message(self, change: Change, note_id: str, line: bytes, redact: FrozenSet[str],
+                key_columns: Tuple[str, ...]) -> bytes:
+        """The line to deliver for ``change`` (by default its notification line)."""
+        return line
+
+    def failures(self) -> Dict[str, Tuple[str, str]]:
+        """The ids the last :meth:`write` failed to deliver -> (reason, detail)."""
+        return {}
 
     def open(self) -> None:
         """Connects. If it raises, it is called again before each write until
@@ -197,22 +224,25 @@ class _Rule(NamedTuple):
     address: str
     table: Optional[str]         # fnmatch pattern; None: any table
     ops: FrozenSet[str]          # OpKind values; empty: any op
+    columns: Tuple[ColumnPredicate, ...] = ()   # all must hold
+    options: Tuple[Tuple[str, Any], ...] = ()   # the writer's keyword arguments
 
     def matches(self, change: Change) -> bool:
         if self.table is not None and not fnmatch.fnmatchcase(change.table, self.table):
             return False
-        return not self.ops or any(op.kind.value in self.ops for op in change.ops)
+        return (not self.ops or any(op.kind.value in self.ops for op in change.ops)) and (
+            columns_match(self.columns, change))
 
 
 def _parse_rule(rule: Union[NotifyRule, Mapping[str, Any]]) -> _Rule:
+    columns = None
     if isinstance(rule, NotifyRule):
-        rule = {'to': rule.to, 'when': {'table': rule.table, 'op': list(rule.ops)}}
+        columns = rule.columns
+        rule = {'to': rule.to, 'when': {'table': rule.table, 'op': list(rule.ops)},
+                **dict(rule.options)}
     if not isinstance(rule, Mapping):
         raise ValueError(f'a notification rule is a NotifyRule or a mapping with "to" and '
                          f'"when", got {rule!r}')
-    unknown = set(rule) - {'to', 'when'}
-    if unknown:
-        raise ValueError(f'unknown notification rule keys {sorted(unknown)} in {dict(rule)!r}')
     target = rule.get('to')
     if not isinstance(target, str) or not target:
         raise ValueError(f'a notification rule needs a "to" target, got {target!r}')
@@ -220,10 +250,17 @@ def _parse_rule(rule: Union[NotifyRule, Mapping[str, Any]]) -> _Rule:
     if scheme not in WRITERS:
         raise ValueError(f'unknown notification target scheme {scheme!r} in {target!r}; '
                          f'known: {sorted(WRITERS)}')
-    WRITERS[scheme](address)  # validates the address
+    allowed = {'to', 'when'} | WRITERS[scheme].OPTIONS
+    if set(rule) - allowed:
+        raise ValueError(f'unknown notification rule keys {sorted(set(rule) - allowed)} for a '
+                         f'{scheme!r} target; it takes {", ".join(sorted(allowed))}')
+    options = tuple((key, rule[key]) for key in sorted(WRITERS[scheme].OPTIONS) if key in rule)
+    WRITERS[scheme](address, **dict(options))  # validates the address and options
     when = rule.get('when') or {}
-    if not isinstance(when, Mapping) or set(when) - {'table', 'op'}:
-        raise ValueError(f'"when" takes "table" and "op", got {when!r}')
+    if not isinstance(when, Mapping) or set(when) - {'table', 'op', 'columns'}:
+        raise ValueError(f'"when" takes "table", "op" and "columns", got {when!r}')
+    if columns is None:
+        columns = parse_columns(when['columns']) if when.get('columns') is not None else ()
     table = when.get('table')
     if table is not None and (not isinstance(table, str) or not table):
         raise ValueError(f'"when.table" must be a table name, got {table!r}')
@@ -233,7 +270,7 @@ def _parse_rule(rule: Union[NotifyRule, Mapping[str, Any]]) -> _Rule:
         if op not in _OP_KINDS:
             raise ValueError(f'unknown op {op!r} in notification rule for {target!r}; '
                              f'known: {sorted(_OP_KINDS)}')
-    return _Rule(target, scheme, address, table, frozenset(ops))
+    return _Rule(target, scheme, address, table, frozenset(ops), tuple(columns), options)
 
 
 def _notification(target: str, change: Change, redact: FrozenSet[str],
@@ -280,8 +317,9 @@ class _NotifyFn(beam.DoFn):
 
     def __init__(self, rules: Tuple[_Rule, ...], tables: Dict[str, Tuple[FrozenSet[str],
                                                                        Tuple[str, ...]]],
-                 batch_size: int, batched: bool = False):
+                 batch_size: int, batched: bool = False, state_url: Optional[str] = None):
         self._batched = batched
+        self._state_url = state_url
         self._rules = rules
         self._tables = tables
         self._batch_size = batch_size
@@ -297,11 +335,15 @@ class _NotifyFn(beam.DoFn):
         self._unopened: Set[str] = set()
         for rule in self._rules:
             if rule.target not in self._writers:
-                self._writers[rule.target] = WRITERS[rule.scheme](rule.address)
+                writer = WRITERS[rule.scheme]
+                state = {'state_url': self._state_url} if writer.STATEFUL else {}
+                writer = self._writers[rule.target] = writer(rule.address, **dict(rule.options),
+                                                             **state)
                 try:
-                    self._writers[rule.target].open()
+                    writer.open()
                 except Exception as error:  # retried at each flush, dead-lettered there
-                    _LOG.warning('cannot open notification target %s yet: %s', rule.target, error)
+                    _LOG.warning('cannot open notification target %s yet: %s',
+                                 writer.shown(rule.target), error)
                     self._unopened.add(rule.target)
 
     def start_bundle(self):
@@ -322,8 +364,12 @@ class _NotifyFn(beam.DoFn):
         self._received.inc()
         try:
             redact, key_columns = tables.get(change.table, (frozenset(), ()))
-            notes = {rule.target: _notification(rule.target, change, redact, key_columns)
-                     for rule in self._rules if rule.matches(change)}
+            notes = {}
+            for rule in self._rules:
+                if rule.target not in notes and rule.matches(change):
+                    note_id, line = _notification(rule.target, change, redact, key_columns)
+                    notes[rule.target] = note_id, self._writers[rule.target].message(
+                        change, note_id, line, redact, key_columns)
         except Exception as error:  # a malformed Change: dead-lettered, not retried
             self._dead_lettered.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -346,21 +392,30 @@ class _NotifyFn(beam.DoFn):
         self._pending[target] = []
         if not batch:
             return
+        writer = self._writers[target]
         try:
             if target in self._unopened:
-                self._writers[target].open()
+                writer.open()
                 self._unopened.discard(target)
-            written = self._writers[target].write([(p.note_id, p.line) for p in batch])
+            written = writer.write([(p.note_id, p.line) for p in batch])
         except Exception as error:  # every notification of the batch is dead-lettered
             self._dead_lettered.inc(len(batch))
             for pending in batch:
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(dead_letter(
-                    _STEP, 'write-failed', f'{target}: {type(error).__name__}: {error}',
+                    _STEP, 'write-failed',
+                    f'{writer.shown(target)}: {type(error).__name__}: {error}',
                     pending.line, pending.position), pending.timestamp, [pending.window]))
             return
+        failed = writer.failures()
         lines = []
         for pending in batch:
-            if pending.note_id in written:
+            if pending.note_id in failed:  # the writer says why (rejected, retries exhausted)
+                reason, detail = failed[pending.note_id]
+                self._dead_lettered.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(dead_letter(
+                    _STEP, reason, f'{writer.shown(target)}: {detail}', pending.line,
+                    pending.position), pending.timestamp, [pending.window]))
+            elif pending.note_id in written:
                 written.discard(pending.note_id)
                 self._written.inc()
                 if self._batched:
@@ -397,13 +452,16 @@ class WriteNotifications(beam.PTransform):
         batched: each input element is a shard batch ``(table, shard,
             changes)`` (the bounded data flow's); the main output then has one
             tuple of lines per write instead of one line per element.
+        state_url: the state store (SQLAlchemy URL) of the ledgers of the
+            targets that need one (SNS, SQS, webhooks); required with them.
 
     Returns:
         A DoOutputsTuple: the main output (tag ``MAIN``, ``'written'``) has each JSON
         line written (str, without newline); lines skipped because their id
         was already in a file are counted, not output. ``DEAD_LETTER_TAG`` has
         a DeadLetter (step ``write_notify``) per notification not delivered
-        (``write-failed``, ``original`` the JSON line) and per Change that
+        (``write-failed``, or the reason the target gave, ``original`` the
+        JSON line) and per Change that
         could not be rendered (``bad-change``). Metrics (namespace
         ``changeflow.write_notify``): received (Changes), written,
         skipped_existing, dead_lettered.
@@ -419,13 +477,23 @@ class WriteNotifications(beam.PTransform):
 
     def __init__(self, rules: Sequence[Union[NotifyRule, Mapping[str, Any]]],
                  tables: Sequence[TableSpec] = (),
-                 batch_size: int = 500, schema_timeline=None, batched: bool = False):
+                 batch_size: int = 500, schema_timeline=None, batched: bool = False,
+                 state_url: Optional[str] = None):
         super().__init__()
         if isinstance(rules, Mapping) or not rules:
             raise ValueError(f'WriteNotifications needs a list of rules, got {rules!r}')
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size!r}')
         self._rules = tuple(_parse_rule(rule) for rule in rules)
+        options = {}
+        for rule in self._rules:
+            if options.setdefault(rule.target, rule.options) != rule.options:
+                raise ValueError(f'rules for {WRITERS[rule.scheme].shown(rule.target)!r} '
+                                 f'give it different options; one target, one set of options')
+            if WRITERS[rule.scheme].STATEFUL and state_url is None:
+                raise ValueError(f'the {rule.scheme!r} target of a rule needs state_url: the '
+                                 f'state store of its ledger (notifications sent)')
+        self._state_url = state_url
         self._tables = table_info(tables)
         self._batch_size = batch_size
         self._schema_timeline = schema_timeline
@@ -435,7 +503,8 @@ class WriteNotifications(beam.PTransform):
         side = {} if self._schema_timeline is None else {
             'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
         return changes | 'Notify' >> beam.ParDo(
-            _NotifyFn(self._rules, self._tables, self._batch_size, self._batched), **side
+            _NotifyFn(self._rules, self._tables, self._batch_size, self._batched,
+                      self._state_url), **side
         ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN)
 
 
@@ -443,3 +512,7 @@ def table_info(specs: Sequence[TableSpec]) -> Dict[str, Tuple[FrozenSet[str], Tu
     """source -> (redacted columns, folded; key columns) of each spec."""
     return {spec.source: (frozenset(c.lower() for c in spec.redact), tuple(spec.key))
             for spec in specs}
+
+
+# The message targets subclass NotificationWriter: they register themselves in WRITERS.
+import changeflow.io.messaging  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -22,11 +22,10 @@ from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
-from changeflow.pipelines.branches import run_job, write_branches
+from changeflow.pipelines.branches import run_job, write_branches, written_outputs
 from changeflow.transforms.connections import (
     CARRY, DDL, RUNS, ParseToConnectionRuns, ReplayConnections, carried_connections, carry_state)
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
-from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
 
@@ -34,7 +33,7 @@ LOCAL_RUNNER = 'FnApiRunner'
 LINES_PER_ELEMENT = 1000  # a raw server_audit.log is parsed in chunks of this many lines
 
 
-def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
+def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     """Adds the job to ``p``; returns the main PCollections by name (for tests).
 
     Coarse elements all the way (see the README's Throughput): a record (or a
@@ -42,6 +41,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
     run per connection; each connection's runs are merged, replayed and
     translated as one element into runs per (table, shard); each shard's runs
     are merged and coalesced into one batch per shard for every branch.
+    ``handlers``: a :class:`changeflow.handlers.Handlers` registry run
+    besides the config's, on every translated change (uncoalesced).
     """
     dead_letters = []
     read = (p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
@@ -68,14 +69,14 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
         time_zone=config.time_zone, timeline=timeline, **stream)
     dead_letters.append(replayed[DEAD_LETTER_TAG])
-    outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline)
+    outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline,
+                             handlers=handlers)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
-        sinks_done = [outputs[name] for name in (DATABASE, PARQUET, NOTIFY) if name in outputs]
         state = replayed[CARRY] | 'AllCarried' >> beam.combiners.ToList() | (
             'CarryState' >> beam.Map(carry_state))
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            sinks_done + [outputs['dead_letters_written']], state=state)
+            written_outputs(outputs), state=state)
     return outputs
 
 

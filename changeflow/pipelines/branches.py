@@ -17,6 +17,7 @@ from typing import List, Mapping, Optional
 import apache_beam as beam
 
 from changeflow.config import JobConfig
+from changeflow.handlers.transforms import RunHandlers
 from changeflow.io.dead_letter import WriteDeadLetters
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.parquet import WriteParquetBackup
@@ -25,11 +26,14 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
-__all__ = ['write_branches', 'run_job']
+__all__ = ['write_branches', 'written_outputs', 'run_job', 'HANDLERS']
+
+HANDLERS = 'handlers'  # the handlers branch's output name
 
 
 def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None,
-                   before_sink: Optional[Mapping[str, beam.PTransform]] = None) -> dict:
+                   before_sink: Optional[Mapping[str, beam.PTransform]] = None,
+                   events=None, handlers=None) -> dict:
     """Coalesces ``runs`` per shard and writes them to every sink ``config`` names.
 
     Args:
@@ -41,9 +45,15 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         before_sink: a branch name (DATABASE, PARQUET, NOTIFY) -> a transform
             applied to that branch's shard batches before its sink, e.g. to
             keep a table's initial state out of notifications.
+        events: the handlers' input, ((table, shard), run of ChangeEvents)
+            (:mod:`changeflow.handlers.events`); None: ``runs`` themselves
+            (audit-log Changes, turned into events by the handlers branch).
+        handlers: a :class:`changeflow.handlers.Handlers` registry (or
+            Handler definitions) run besides ``config.handlers``.
 
     Returns the main PCollections by name: 'batches' (one per shard), each
-    configured branch's sink output, 'dead_letters' and 'dead_letters_written'
+    configured branch's sink output ('handlers': a HandlerOutcome per
+    handler and shard batch), 'dead_letters' and 'dead_letters_written'
     (the dead-letter files, once written).
     """
     dead_letters = list(dead_letters)
@@ -75,15 +85,33 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         outputs[PARQUET] = written[WriteParquetBackup.MAIN]
     if config.notify:
         written = routed[NOTIFY] | 'Notify' >> WriteNotifications(
-            config.notify, config.tables, schema_timeline=timeline, batched=True)
+            config.notify, config.tables, schema_timeline=timeline, batched=True,
+            state_url=config.state_url)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
+
+    all_handlers = tuple(config.handlers) + tuple(handlers or ())
+    if all_handlers:  # its own branch, from the uncoalesced changes: every event counts
+        models = {**getattr(handlers, 'models', {}),
+                  **{spec.source: spec.model for spec in config.tables if spec.model}}
+        handled = (runs if events is None else events) | 'Handlers' >> RunHandlers(
+            all_handlers, config.state_url, models, [spec.source for spec in config.tables])
+        dead_letters.append(handled[DEAD_LETTER_TAG])
+        outputs[HANDLERS] = handled[RunHandlers.MAIN]
 
     all_dead = tuple(dead_letters) | 'CollectDeadLetters' >> beam.Flatten()
     written = all_dead | 'WriteDeadLetters' >> WriteDeadLetters(config.dead_letter_path)
     outputs['dead_letters'] = all_dead
     outputs['dead_letters_written'] = written[WriteDeadLetters.MAIN]
     return outputs
+
+
+def written_outputs(outputs: Mapping) -> List:
+    """What ``write_branches`` wrote, as the PCollections a cycle's checkpoint
+    commit waits for: every sink's and handler branch's output, and the dead
+    letters once written."""
+    return [outputs[name] for name in (DATABASE, PARQUET, NOTIFY, HANDLERS)
+            if name in outputs] + [outputs['dead_letters_written']]
 
 
 def run_job(build_pipeline, description: str, argv=None):
