@@ -1,6 +1,7 @@
 """The ``changeflow`` command.
 
     changeflow run CONFIG.yaml [--verbose] [--fail-on-dead-letters] [Beam pipeline flags]
+    changeflow run CONFIG.yaml --follow [--poll-seconds S] [--status-seconds S] [...]
     changeflow status CONFIG.yaml
     changeflow inspect FILE|- [--config CONFIG.yaml]
 
@@ -143,12 +144,16 @@ def _read_line(config, count: _Counts) -> str:
     from changeflow.config import is_dynamodb_job
     if is_dynamodb_job(config):
         return _dynamodb_read_line(config, count)
-    files = count('read_archive', 'files')
-    if config.source.format == 'server-audit':
-        read = _n(count('read_archive', 'lines'), 'line')
+    if config.source.type == 'kinesis':
+        source = config.source.name
+        read = _n(count('read_kinesis', 'records'), 'record')
     else:
-        read = _n(count('read_archive', 'records'), 'record')
-    return (f'{_n(files, "file")}: {read} -> {_n(count("parse_audit", "events_parsed"), "event")}'
+        source = _n(count('read_archive', 'files'), 'file')
+        if config.source.format == 'server-audit':
+            read = _n(count('read_archive', 'lines'), 'line')
+        else:
+            read = _n(count('read_archive', 'records'), 'record')
+    return (f'{source}: {read} -> {_n(count("parse_audit", "events_parsed"), "event")}'
             f' -> {_n(count("sql_changes", "statements_received"), "statement")}'
             f' -> {_n(count("sql_changes", "row_changes"), "row change")}'
             f' -> {_n(count("coalesce", "rows"), "row")} changed')
@@ -305,6 +310,8 @@ def _run(args, beam_args) -> int:
     config, status = _load(args.config)
     if config is None:
         return status
+    if args.follow:
+        return _follow(args, beam_args, config)
     job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
     try:
@@ -319,7 +326,12 @@ def _run(args, beam_args) -> int:
         return RUN_FAILED
     state = str(result.state)
     print(f'changeflow: job {state} in {time.monotonic() - started:.1f} s')
-    totals = _totals(result)
+    return _finish(args, config, state, _totals(result))
+
+
+def _finish(args, config, state: str, totals) -> int:
+    """The summary of a finished run (``totals`` None: the runner has no
+    counters) and its exit status."""
     if totals is None:
         print('  (this runner reports no counters)')
         count = _Counts({})
@@ -342,6 +354,41 @@ def _run(args, beam_args) -> int:
     if args.fail_on_dead_letters and (count('write_dead_letters', 'received')):
         return RUN_DEAD_LETTERS
     return RUN_DONE
+
+
+def _follow(args, beam_args, config) -> int:
+    """``run --follow``: catch-up cycles until a signal, then the summary of all."""
+    from changeflow.config import KinesisSourceConfig, is_dynamodb_job
+    if not isinstance(config.source, KinesisSourceConfig):
+        print(f'changeflow: --follow needs a stream source (source.type: kinesis); '
+              f'{args.config} reads an archive, which one run reads whole: '
+              f'run it without --follow', file=sys.stderr)
+        return STATUS_ERROR
+    if is_dynamodb_job(config):
+        print('changeflow: --follow follows audit logs (format: cloudwatch-audit) for now; '
+              'run a DynamoDB stream job\'s catch-up cycles without --follow', file=sys.stderr)
+        return STATUS_ERROR
+    from changeflow.pipelines import audit_sync, follow
+    started = time.monotonic()
+    follower = follow.Follower(config, audit_sync.pipeline_options(beam_args),
+                               audit_sync.build_pipeline, poll_seconds=args.poll_seconds,
+                               status_seconds=args.status_seconds, stop_now_status=RUN_FAILED)
+    print(f'changeflow: following {config.source.name} (job {config.job}); '
+          f'SIGINT or SIGTERM stops after the current cycle', file=sys.stderr, flush=True)
+    ended = follower.run()
+    took = f'{ended.cycles:,} cycles in {time.monotonic() - started:.1f} s'
+    if ended.ended == follow.FAILED:
+        error = ended.error
+        hidden = _terminal().hidden
+        if args.verbose:
+            print(hidden(''.join(traceback.format_exception(error))), file=sys.stderr, end='')
+        first = (str(error).strip().splitlines() or [''])[0]
+        print(f'changeflow: a cycle FAILED after {took}: {type(error).__name__}: '
+              f'{hidden(first)}', file=sys.stderr)
+    else:
+        print(f'changeflow: followed {config.source.name}: {took}, {ended.ended}')
+    state = 'FAILED' if ended.ended == follow.FAILED else 'DONE'
+    return _finish(args, config, state, ended.totals)
 
 
 def _status(args) -> int:
@@ -392,6 +439,17 @@ def main(argv=None):
                      help='print every counter, and the traceback when the job fails')
     run.add_argument('--fail-on-dead-letters', action='store_true',
                      help=f'exit with status {RUN_DEAD_LETTERS} when the job wrote dead letters')
+    run.add_argument('--follow', action='store_true',
+                     help='stream sources: catch-up cycles one after another until SIGINT or '
+                          'SIGTERM (which stop after the current cycle; a second one stops at '
+                          'once), with a status line every few seconds; the exit status is the '
+                          'whole run\'s (1 when a cycle failed or was stopped part way, 3 when '
+                          'the replica database could not be reached: following stops there)')
+    run.add_argument('--poll-seconds', type=float, default=1.0, metavar='S',
+                     help='with --follow: the least time from one cycle\'s start to the next '
+                          'when it read nothing (default 1)')
+    run.add_argument('--status-seconds', type=float, default=5.0, metavar='S',
+                     help='with --follow: the least time between two status lines (default 5)')
     status = commands.add_parser(
         'status', help='list the replica\'s diverged tables and rows; exit status 0 when '
                        'nothing is diverged, 1 when something is, 2 on errors')

@@ -550,6 +550,8 @@ class KinesisSourceConfig(NamedTuple):
     endpoint_url: Optional[str]     # None: AWS's endpoint
     start: Start                    # where a shard without a checkpoint starts
     seeds: Tuple['ExportSeed', ...] = ()   # 'dynamodb-kinesis': ``seed:``, per table
+    lateness_seconds: float = 0.0   # the reorder buffer: how much later an earlier statement
+                                    # may arrive (distribution: Random); 0: no buffer
 
     @property
     def name(self) -> str:
@@ -564,7 +566,8 @@ def _is_stream_source(source) -> bool:
 
 def _stream_source(source) -> KinesisSourceConfig:
     _check_keys('source', source, ('type', 'stream', 'stream_arn', 'format', 'region',
-                                   'endpoint_url', 'start'), required=('type',))
+                                   'endpoint_url', 'start', 'lateness_seconds'),
+                required=('type',))
     if ('stream' in source) == ('stream_arn' in source):
         raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
                           'one of the two')
@@ -587,8 +590,13 @@ def _stream_source(source) -> KinesisSourceConfig:
     fmt = source.get('format', formats[0])
     if not isinstance(fmt, str) or fmt not in formats:
         raise ConfigError(f"source.format: {_shown(fmt)} is not one of {', '.join(formats)}")
+    lateness = _typed('source.lateness_seconds', source.get('lateness_seconds', 0),
+                      (int, float), 'a number of seconds')
+    if not (math.isfinite(lateness) and lateness >= 0):
+        raise ConfigError(f'source.lateness_seconds: must be 0 or more seconds, '
+                          f'got {lateness!r}')
     return KinesisSourceConfig(source['type'], fmt, stream, region, _endpoint_url(source),
-                               _start(source))
+                               _start(source), lateness_seconds=float(lateness))
 
 
 def _region(source) -> Optional[str]:

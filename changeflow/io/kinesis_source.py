@@ -74,7 +74,8 @@ class KinesisReaders:
 
 class _ReadToTipFn(beam.DoFn):
     """A stream -> its records from the checkpoints to the tip, then (tag END)
-    one ``(shard id, ShardPosition)`` per shard read."""
+    one ``(shard id, ShardPosition)`` per shard read and (tag CYCLE) the cycle:
+    the state loaded with the positions, when the read began."""
 
     def __init__(self, store_url: str, job: str, key: str, start: Start, readers):
         self._store_url = store_url
@@ -90,6 +91,7 @@ class _ReadToTipFn(beam.DoFn):
         self._store = CheckpointStore(self._store_url)
 
     def process(self, stream: str):
+        read_started_ms = time.time_ns() // 1_000_000
         checkpoint = self._store.load(self._job, self._key)
         start = self._start
         if start.kind == 'latest':  # the same point in every cycle (Start's docstring)
@@ -100,14 +102,23 @@ class _ReadToTipFn(beam.DoFn):
         for batch in reader.read_to_tip(self._readers.stream(stream), checkpoint.positions,
                                         start):
             ends[batch.shard_id] = batch.position
+            self._lag(batch.shard_id, batch.millis_behind)
             self._counters['records'].inc(len(batch.records))
             yield from batch.records
         self._counters['shards_read'].inc(len(ends))
         self._counters['shards_finished'].inc(sum(p.finished for p in ends.values()))
         self._counters['throttled'].inc(reader.throttled)
         self._counters['iterators_renewed'].inc(reader.renewed)
+        for shard_id, lag in reader.lag.items():
+            self._lag(shard_id, lag)
         for shard_id, position in sorted(ends.items()):
             yield pvalue.TaggedOutput(ReadStreamToTip.END, (shard_id, position))
+        yield pvalue.TaggedOutput(ReadStreamToTip.CYCLE, {
+            'state': checkpoint.state, 'read_started_ms': read_started_ms})
+
+    def _lag(self, shard_id: str, millis_behind: Optional[int]):
+        if millis_behind is not None:
+            Metrics.gauge(self._readers.namespace, f'millis_behind/{shard_id}').set(millis_behind)
 
     def teardown(self):
         self._store.engine.dispose()
@@ -131,7 +142,11 @@ class ReadStreamToTip(beam.PTransform):
 
     Returns a DoOutputsTuple: ``MAIN`` (``'records'``, as ReadArchive's) the
     SourceRecords; ``END`` one ``(shard id, ShardPosition)`` per shard read in
-    the cycle, for :class:`CommitCheckpoints`; ``DEAD_LETTER_TAG``, declared
+    the cycle, for :class:`CommitCheckpoints`; ``CYCLE`` one dict: ``state``,
+    the state committed with the positions read from (None before the first
+    commit), and ``read_started_ms``, when the read began (epoch ms, the
+    worker's clock: every record that arrived before it is read by this
+    cycle or an earlier one); ``DEAD_LETTER_TAG``, declared
     so the reader stands in for ReadArchive, stays empty: records are taken
     as the service holds them and the decode step judges their bytes.
 
@@ -139,11 +154,13 @@ class ReadStreamToTip(beam.PTransform):
     (:class:`~changeflow.io.kinesis.ShardsLost`), as does a checkpoint past
     DynamoDB's trim horizon (:class:`~changeflow.io.dynamodb_streams.TrimmedData`):
     records were lost. Metrics (namespace ``readers.namespace``): records,
-    shards_read, shards_finished, throttled, iterators_renewed.
+    shards_read, shards_finished, throttled, iterators_renewed; a gauge per
+    shard, ``millis_behind/<shard id>`` (its last MillisBehindLatest).
     """
 
     MAIN = 'records'
     END = 'end_positions'
+    CYCLE = 'cycle'
 
     def __init__(self, stream: str, store_url: str, job: str, key: str, start: Start = Start(),
                  readers=None):
@@ -159,7 +176,10 @@ class ReadStreamToTip(beam.PTransform):
         return (pbegin
                 | 'Stream' >> beam.Create([self._stream])
                 | 'ReadToTip' >> beam.ParDo(self._fn).with_output_types(SourceRecord)
-                .with_outputs(self.END, DEAD_LETTER_TAG, main=self.MAIN))
+                .with_outputs(self.END, self.CYCLE, DEAD_LETTER_TAG, main=self.MAIN))
+
+
+_KEEP = object()  # no new state: the stored one is committed again
 
 
 class ReadKinesisToTip(ReadStreamToTip):
@@ -191,26 +211,30 @@ class ReadKinesisToTip(ReadStreamToTip):
 
 
 class _CommitFn(beam.DoFn):
-    """All end positions of the cycle (one list) -> committed; the sinks'
-    completion counts arrive as side inputs, so this runs after them."""
+    """All end positions of the cycle (one list) -> committed, with the new
+    state when there is one; the sinks' completion counts arrive as side
+    inputs, so this runs after them."""
 
     def __init__(self, store_url: str, job: str, stream: str, namespace: str):
         self._store_url = store_url
         self._job = job
         self._stream = stream
         self._committed = Metrics.counter(namespace, 'shards_committed')
+        self._commits = Metrics.counter(namespace, 'checkpoints_committed')
 
     def setup(self):
         self._store = CheckpointStore(self._store_url)
 
-    def process(self, ends, *sinks_written):
+    def process(self, ends, *sinks_written, state=_KEEP):
         positions = dict(ends)
-        if not positions:  # nothing read: the checkpoints stay as they are
+        stored = self._store.load(self._job, self._stream).state
+        if state is _KEEP:
+            state = stored
+        if not positions and state == stored:  # nothing new: the checkpoints stay as they are
             return
-        # The state (open transactions) is not this transform's: commit it as it is.
-        state = self._store.load(self._job, self._stream).state
         self._store.commit(self._job, self._stream, positions, state)
         self._committed.inc(len(positions))
+        self._commits.inc()
         yield positions
 
     def teardown(self):
@@ -229,20 +253,26 @@ class CommitCheckpoints(beam.PTransform):
             after writing). The commit takes each, counted, as a side input: a
             runner starts a step only when its side inputs are complete, so the
             commit follows the last write of every sink.
+        state: a PCollection of one JSON value, the state to commit with the
+            positions (what the next cycle's CYCLE output returns), computed
+            from the cycle's data; None keeps the stored state.
 
     Returns a PCollection of one dict shard id -> ShardPosition (what was
-    committed), or none when the cycle read nothing. A commit that would move
-    a shard back (another run of the job committed further) fails the job
-    with :class:`~changeflow.io.checkpoints.CheckpointConflict`. Metric
-    ``NAMESPACE/shards_committed`` (the read's namespace, by default
-    ``changeflow.read_kinesis``).
+    committed), or none when the cycle read nothing and left the state as it
+    was: then nothing is committed. A commit that would move a shard back
+    (another run of the job committed further) fails the job with
+    :class:`~changeflow.io.checkpoints.CheckpointConflict`. Metrics
+    ``NAMESPACE/shards_committed`` and ``checkpoints_committed`` (the read's
+    namespace, by default ``changeflow.read_kinesis``).
     """
 
     def __init__(self, store_url: str, job: str, stream: str,
-                 sinks_done: Sequence[beam.PCollection] = (), namespace: str = _NAMESPACE):
+                 sinks_done: Sequence[beam.PCollection] = (), namespace: str = _NAMESPACE,
+                 state=None):
         super().__init__()
         self._fn = _CommitFn(store_url, job, stream_name(stream), namespace)
         self._sinks_done = tuple(sinks_done)
+        self._state = state
 
     def expand(self, end_positions):
         done = [beam.pvalue.AsSingleton(
@@ -250,6 +280,7 @@ class CommitCheckpoints(beam.PTransform):
             | f'Sink{i}AllWindows' >> beam.WindowInto(window.GlobalWindows())
             | f'Sink{i}Done' >> beam.combiners.Count.Globally())
             for i, written in enumerate(self._sinks_done)]
+        side = {} if self._state is None else {'state': beam.pvalue.AsSingleton(self._state)}
         return (end_positions
                 | 'AllEnds' >> beam.combiners.ToList()
-                | 'Commit' >> beam.ParDo(self._fn, *done))
+                | 'Commit' >> beam.ParDo(self._fn, *done, **side))

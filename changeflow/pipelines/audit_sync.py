@@ -27,7 +27,8 @@ from changeflow.io.archive import ReadArchive
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches, written_outputs
-from changeflow.transforms.connections import DDL, RUNS, ParseToConnectionRuns, ReplayConnections
+from changeflow.transforms.connections import (
+    CARRY, DDL, RUNS, ParseToConnectionRuns, ReplayConnections, carried_connections, carry_state)
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 
 __all__ = ['build_pipeline', 'pipeline_options', 'run']
@@ -64,17 +65,25 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     if config.schema is not None:  # the schema the log starts with, advanced by its DDL
         timeline = parsed[DDL] | 'SchemaTimeline' >> BuildSchemaTimeline(
             config.schema, config.table_rules, config.tables)
+    stream = {}
+    if config.source.type == 'kinesis':  # each connection continues from the last cycle
+        cycle = read[ReadKinesisToTip.CYCLE]
+        stream = dict(carried=cycle | 'CarriedConnections' >> beam.FlatMap(
+            lambda c: carried_connections(c['state'])), cycle=cycle,
+            lateness_seconds=config.source.lateness_seconds)
     replayed = parsed[RUNS] | 'Replay' >> ReplayConnections(
         config.tables, config.schema, autocommit=config.autocommit,
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
-        time_zone=config.time_zone, timeline=timeline)
+        time_zone=config.time_zone, timeline=timeline, **stream)
     dead_letters.append(replayed[DEAD_LETTER_TAG])
     outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline,
                              handlers=handlers)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
+        state = replayed[CARRY] | 'AllCarried' >> beam.combiners.ToList() | (
+            'CarryState' >> beam.Map(carry_state))
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            written_outputs(outputs))
+            written_outputs(outputs), state=state)
     return outputs
 
 

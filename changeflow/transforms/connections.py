@@ -12,8 +12,9 @@ transforms' own (:class:`changeflow.transforms.decode.RecordDecoder`,
 stage's DoFn): only the element boundaries move, so the outputs are the same.
 """
 
+import bisect
 import gc
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,22 +22,24 @@ from apache_beam.pvalue import TaggedOutput
 
 from changeflow.config import TableSpec
 from changeflow.io.sql import DEFAULT_SHARDS, shards_of
-from changeflow.model import DEAD_LETTER_TAG, SourceRecord
+from changeflow.model import DEAD_LETTER_TAG, AuditEvent, SourceRecord, dead_letter
 from changeflow.schema.model import SourceSchema
 from changeflow.schema.timeline import ddl_position
 from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.audit_log import AuditLineParser
 from changeflow.transforms.decode import RecordDecoder
 from changeflow.transforms.guard import guarded, lines_original
-from changeflow.transforms.runs import make_run, merge_runs, unpack
+from changeflow.transforms.runs import make_run, merge_runs, pack, unpack
 from changeflow.transforms.sql_changes import ExtractRowChangesFn
 from changeflow.transforms.transactions import (
     StatementClass, TransactionTracker, classify_statement, input_end_letters, session_order)
 
-__all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'RUNS', 'DDL']
+__all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'Carried', 'carried_connections',
+           'carry_state', 'RUNS', 'DDL', 'CARRY']
 
 RUNS = 'runs'
 DDL = 'ddl'
+CARRY = 'carried'
 _SESSION_OPS = frozenset({'QUERY', 'CONNECT', 'DISCONNECT'})
 _FLUSH_CHANGES = 4096  # a connection's pending changes before they go out as runs
 
@@ -99,13 +102,15 @@ class _ParseRecordFn(beam.DoFn):
                 continue
             by_connection.setdefault((event.serverhost, event.connection_id), []).append(event)
         self._parser.report()
+        arrival_ms = element.arrival_ms if isinstance(element, SourceRecord) else 0
         for connection, session_events in by_connection.items():
-            yield connection, make_run(session_events, session_order)
+            yield connection, (*make_run(session_events, session_order), arrival_ms)
 
 
 class ParseToConnectionRuns(beam.PTransform):
     """PCollection[SourceRecord | tuple of LogEvent] -> ``RUNS``: ((serverhost,
-    connection id), run of its session events sorted in statement order);
+    connection id), run of its session events sorted in statement order, with
+    the record's arrival time: ``(first key, packed events, arrival ms)``);
     ``DDL``: (position, database, sql) of each committed DDL statement, for
     :class:`changeflow.transforms.follow_schema.BuildSchemaTimeline`;
     DEAD_LETTER_TAG: records that cannot be decoded and lines that cannot be
@@ -123,8 +128,14 @@ class ParseToConnectionRuns(beam.PTransform):
 
 
 def _runs_original(element):
-    (serverhost, connection_id), runs = element
-    return lines_original([event for _, data in runs for event in unpack(data)])
+    (serverhost, connection_id), values = element
+    events = []
+    for value in values:
+        if isinstance(value, Carried):
+            events.extend(value.pending_events())
+        else:
+            events.extend(unpack(value[1]))
+    return lines_original(events)
 
 
 def _runs_position(element):
@@ -132,39 +143,140 @@ def _runs_position(element):
     return f'connection {serverhost}/{connection_id}'
 
 
+class Carried(NamedTuple):
+    """One connection's replay state from a stream's catch-up cycle to the
+    next, committed with the checkpoints (:func:`carry_state`)."""
+    tracker: Optional[dict] = None        # TransactionTracker.snapshot(): open writes, settings
+    held: Tuple[tuple, ...] = ()          # runs the reorder buffer held back, not yet replayed
+    last: Optional[AuditEvent] = None     # the last event replayed
+
+    def pending_events(self) -> List[AuditEvent]:
+        """Its open writes and held-back events (for a dead letter)."""
+        events = [AuditEvent(*fields) for fields in (self.tracker or {}).get('pending', ())]
+        for run in self.held:
+            events.extend(unpack(run[1]))
+        return events
+
+
+def carried_connections(state) -> List[Tuple[Tuple[str, int], Carried]]:
+    """A committed checkpoint state (None before the first) -> the connections
+    it carries, as ReplayConnections' ``carried`` elements."""
+    connections = []
+    for entry in (state or {}).get('connections', ()):
+        held = tuple((*make_run([AuditEvent(*fields) for fields in events], session_order),
+                      arrival_ms) for arrival_ms, events in entry['held'])
+        last = None if entry['last'] is None else AuditEvent(*entry['last'])
+        connections.append(((entry['serverhost'], entry['connection_id']),
+                            Carried(entry['tracker'], held, last)))
+    return connections
+
+
+def carry_state(carried: Sequence[Tuple[Tuple[str, int], Carried]]) -> Optional[dict]:
+    """ReplayConnections' ``CARRY`` output, all of it -> the checkpoint state
+    (plain JSON, in a stable order: an unchanged state encodes the same;
+    None when no connection is carried)."""
+    if not carried:
+        return None
+    connections = []
+    for (serverhost, connection_id), value in sorted(carried, key=lambda item: item[0]):
+        held = sorted(value.held, key=lambda run: (run[0], run[2]))
+        connections.append({
+            'serverhost': serverhost, 'connection_id': connection_id, 'tracker': value.tracker,
+            'held': [[arrival_ms, [list(event) for event in unpack(data)]]
+                     for _, data, arrival_ms in held],
+            'last': None if value.last is None else list(value.last)})
+    return {'connections': connections}
+
+
+def _hold_back(runs: List[tuple], cutoff_ms: int) -> Tuple[List[tuple], Tuple[tuple, ...]]:
+    """(runs to replay, runs held back): from the first event (in statement
+    order) of a run that arrived after ``cutoff_ms`` on, every event is held,
+    so a statement arriving later on another shard still goes in its place."""
+    recent = [run[0] for run in runs if run[2] > cutoff_ms]
+    if not recent:
+        return runs, ()
+    hold_from = min(recent)
+    replay, held = [], []
+    for run in runs:
+        if run[0] >= hold_from:
+            held.append(run)
+            continue
+        events = unpack(run[1])
+        keys = [session_order(event) for event in events]
+        cut = bisect.bisect_left(keys, hold_from)
+        if cut == len(events):
+            replay.append(run)
+            continue
+        replay.append((keys[0], pack(events[:cut]), run[2]))
+        held.append((keys[cut], pack(events[cut:]), run[2]))
+    return replay, tuple(held)
+
+
 @guarded('transactions', _runs_original, _runs_position, buffered=False)
 class _ReplayConnectionFn(beam.DoFn):
     """One connection's runs -> its committed transactions, translated, as
-    runs of changes per (table, shard); dead letters of both steps."""
+    runs of changes per (table, shard); dead letters of both steps; in a
+    stream's cycle (``lateness_ms`` not None), the connection's state to carry."""
 
     def __init__(self, autocommit: bool, server_version: int, rollback_on_timeout: bool,
-                 tables: Sequence[TableSpec], schema, time_zone: str, num_shards: int):
+                 tables: Sequence[TableSpec], schema, time_zone: str, num_shards: int,
+                 lateness_ms: Optional[int] = None):
         self._tracker_args = (autocommit, server_version, rollback_on_timeout)
         self._translate = ExtractRowChangesFn(tables, schema, time_zone, server_version)
         self._num_shards = num_shards
+        self._lateness_ms = lateness_ms
         self._counters = {name: Metrics.counter('changeflow.transactions', name) for name in (
             'committed', 'rolled_back', 'failed', 'reads', 'ddl', 'session', 'duplicates',
-            'transactions', 'open_at_end', 'unresolved')}
+            'transactions', 'open_at_end', 'unresolved', 'carried_connections',
+            'carried_open', 'held_back', 'late')}
 
     def setup(self):
         self._translate.setup()
 
-    def process(self, element, timeline=None):
-        (serverhost, connection_id), runs = element
-        tracker = TransactionTracker(serverhost, connection_id, *self._tracker_args)
-        yield from self.replay(tracker, runs, timeline)
-        yield from input_end_letters(tracker, self._counters['unresolved'],
-                                     self._counters['open_at_end'])
+    def process(self, element, timeline=None, cycle=None):
+        (serverhost, connection_id), values = element
+        carried, runs = Carried(), []
+        for value in values:
+            if isinstance(value, Carried):
+                carried = value
+            else:
+                runs.append(value)
+        runs.extend(carried.held)
+        held = ()
+        if self._lateness_ms:
+            runs, held = _hold_back(runs, cycle['read_started_ms'] - self._lateness_ms)
+        tracker = TransactionTracker(serverhost, connection_id, *self._tracker_args).restore(
+            carried.tracker)
+        last = yield from self.replay(tracker, runs, timeline, carried.last)
+        if self._lateness_ms is None:
+            yield from input_end_letters(tracker, self._counters['unresolved'],
+                                         self._counters['open_at_end'])
+            return
+        yield from input_end_letters(tracker, self._counters['unresolved'])
+        snapshot = tracker.snapshot()
+        if snapshot is not None or held:
+            self._counters['carried_connections'].inc()
+            self._counters['carried_open'].inc(len(tracker.open_statements()))
+            self._counters['held_back'].inc(bool(held))
+            yield TaggedOutput(CARRY, ((serverhost, connection_id), Carried(snapshot, held, last)))
 
-    def replay(self, tracker: TransactionTracker, runs, timeline=None):
+    def replay(self, tracker: TransactionTracker, runs, timeline=None, last=None):
         """Feeds ``runs`` to ``tracker`` (a connection's, possibly holding an
         open transaction) and yields the committed changes' runs per (table,
         shard) and dead letters; the tracker's counts go to the counters and
-        restart at 0."""
+        restart at 0. ``last``: the event a previous cycle replayed last (an
+        earlier one arriving now came too late). Returns the last event replayed."""
+        replayed_to = None if last is None else session_order(last)
         buckets: Dict[Tuple[str, int], list] = {}
         pending = 0
         transactions = 0
         for event in merge_runs(runs, session_order):
+            if replayed_to is not None:  # events before the first new one came too late
+                if session_order(event) < replayed_to:
+                    yield self._late(event, last)
+                    continue
+                replayed_to = None
+            last = event
             for transaction in tracker.feed(event):
                 transactions += 1
                 for out in self._translate.process(transaction, timeline):
@@ -182,6 +294,16 @@ class _ReplayConnectionFn(beam.DoFn):
         for name, count in tracker.counts.items():
             self._counters[name].inc(count)
             tracker.counts[name] = 0
+        return last
+
+    def _late(self, event: AuditEvent, last: AuditEvent):
+        self._counters['late'].inc()
+        return TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            'transactions', 'after-lateness',
+            f'connection {event.serverhost}/{event.connection_id}: this statement (query id '
+            f'{event.query_id}) arrived after its connection was replayed to query id '
+            f'{last.query_id}: later than the allowed lateness (or delivered twice)',
+            event.line, event.position))
 
 
 def change_version(change) -> str:
@@ -204,21 +326,47 @@ class ReplayConnections(beam.PTransform):
     schema timeline as a side input when given); its changes are bucketed
     by :func:`changeflow.io.sql.shards_of` (a whole-table change into every
     shard of its table) and go out every few thousand changes.
+
+    A bounded input dead-letters the writes still open at its end
+    ('transaction-open-at-end'). A stream's catch-up cycle instead passes
+    ``carried`` (the last cycle's ``CARRY`` output, restored by
+    :func:`carried_connections`) and ``cycle`` (a singleton dict whose
+    ``read_started_ms`` is when the cycle's read began): each connection
+    continues from its carried state, and ``CARRY`` holds what to carry
+    into the next cycle (open writes, session settings, held-back events),
+    for :func:`carry_state`. With ``lateness_seconds`` > 0 the cycle is a
+    reorder buffer: a connection's events from the first that arrived less
+    than the lateness before the read began are held back, so an earlier
+    statement arriving later (another shard, ``distribution: Random``)
+    is still replayed in its place; one arriving after its connection was
+    replayed past it is dead-lettered ('after-lateness').
     """
 
     def __init__(self, tables: Sequence[TableSpec], schema: SourceSchema = None, *,
                  autocommit: bool = True, server_version: int = DEFAULT_SERVER_VERSION,
                  rollback_on_timeout: bool = False, time_zone: str = '+00:00',
-                 num_shards: int = DEFAULT_SHARDS, timeline=None):
+                 num_shards: int = DEFAULT_SHARDS, timeline=None, carried=None, cycle=None,
+                 lateness_seconds: float = 0.0):
         super().__init__()
+        if (carried is None) != (cycle is None):
+            raise ValueError('ReplayConnections: give both carried and cycle (a stream\'s '
+                             'cycle) or neither (a bounded input)')
+        if not lateness_seconds >= 0:
+            raise ValueError(f'lateness_seconds must be 0 or more, not {lateness_seconds!r}')
+        lateness_ms = None if carried is None else round(lateness_seconds * 1000)
         self._fn = _ReplayConnectionFn(autocommit, server_version, rollback_on_timeout,
-                                       tables, schema, time_zone, num_shards)
+                                       tables, schema, time_zone, num_shards, lateness_ms)
         self._timeline = timeline
+        self._carried = carried
+        self._cycle = cycle
 
     def expand(self, runs):
         side = {} if self._timeline is None else {
             'timeline': beam.pvalue.AsSingleton(self._timeline)}
+        if self._carried is not None:
+            runs = (runs, self._carried) | 'WithCarried' >> beam.Flatten()
+            side['cycle'] = beam.pvalue.AsSingleton(self._cycle)
         return (runs
                 | 'GroupConnection' >> beam.GroupByKey()
                 | 'ReplayAndTranslate' >> beam.ParDo(self._fn, **side).with_outputs(
-                    DEAD_LETTER_TAG, main='changes'))
+                    DEAD_LETTER_TAG, CARRY, main='changes'))

@@ -31,7 +31,9 @@ set, time zone, from its SET statements, executable comments included) is
 recorded per statement, since it decides how the statement's literals read.
 
 Writes still open when a bounded input ends are dead-lettered
-('transaction-open-at-end'): they may yet commit in a later log.
+('transaction-open-at-end'): they may yet commit in a later log. A stream's
+catch-up cycle carries them instead, with the rest of the connection's state
+(:meth:`TransactionTracker.snapshot`), into the next cycle.
 """
 
 import re
@@ -552,6 +554,43 @@ class TransactionTracker:
     def open_statements(self) -> Tuple[AuditEvent, ...]:
         return tuple(self._pending)
 
+    def snapshot(self) -> Optional[dict]:
+        """The connection's replay state as plain JSON values, to carry it into
+        a later input (a stream's next catch-up cycle), or None when it is a
+        fresh connection's: nothing open, no setting changed. What the log
+        reported as ``unresolved`` is not in it (the caller dead-letters it)."""
+        if not (self._pending or self._in_transaction or self._savepoints or self._xa_prepared
+                or self._tables_locked or self._saved_modes or self._completion_type
+                or self._autocommit != self._default_autocommit
+                or self._session != SessionState()):
+            return None
+        return {'autocommit': self._autocommit, 'in_transaction': self._in_transaction,
+                'pending': [list(event) for event in self._pending],
+                'sessions': [list(session) for session in self._sessions],
+                'savepoints': dict(self._savepoints), 'session': list(self._session),
+                'saved_modes': dict(self._saved_modes), 'completion_type': self._completion_type,
+                'tables_locked': self._tables_locked, 'xa_prepared': self._xa_prepared,
+                'seen_at': None if self._seen_at is None else list(self._seen_at),
+                'seen': sorted(self._seen)}
+
+    def restore(self, snapshot: Optional[dict]) -> 'TransactionTracker':
+        """Continues from a :meth:`snapshot` (None: a fresh connection); returns self."""
+        if snapshot is None:
+            return self
+        self._autocommit = snapshot['autocommit']
+        self._in_transaction = snapshot['in_transaction']
+        self._pending = [AuditEvent(*fields) for fields in snapshot['pending']]
+        self._sessions = [SessionState(*fields) for fields in snapshot['sessions']]
+        self._savepoints = dict(snapshot['savepoints'])
+        self._session = SessionState(*snapshot['session'])
+        self._saved_modes = dict(snapshot['saved_modes'])
+        self._completion_type = snapshot['completion_type']
+        self._tables_locked = snapshot['tables_locked']
+        self._xa_prepared = snapshot['xa_prepared']
+        self._seen_at = None if snapshot['seen_at'] is None else tuple(snapshot['seen_at'])
+        self._seen = set(snapshot['seen'])
+        return self
+
 
 @guarded('transactions', lambda element: lines_original(element[1]),
          lambda element: next(iter(element[1])).position)
@@ -593,13 +632,14 @@ def unresolved_letters(tracker: TransactionTracker, unresolved):
             f'{event.query_id}): another session may commit it', event.line, event.position))
 
 
-def input_end_letters(tracker: TransactionTracker, unresolved, still_open):
+def input_end_letters(tracker: TransactionTracker, unresolved, still_open=None):
     """The dead letters of a connection whose bounded input ended: writes in
     an XA transaction still prepared, and writes of a transaction still open
-    (counted on the ``unresolved`` and ``still_open`` counters)."""
+    (counted on the ``unresolved`` and ``still_open`` counters; ``still_open``
+    None: a stream's cycle, which carries them instead)."""
     where = f'connection {tracker.serverhost}/{tracker.connection_id}'
     yield from unresolved_letters(tracker, unresolved)
-    for event in tracker.open_statements():
+    for event in tracker.open_statements() if still_open is not None else ():
         still_open.inc()
         yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
             'transactions', 'transaction-open-at-end',
