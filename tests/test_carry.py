@@ -14,7 +14,7 @@ from changeflow.transforms.audit_log import AuditLineError, parse_audit_line
 from changeflow.transforms.connections import (
     CARRY, ReplayConnections, carried_connections, carry_state)
 from changeflow.transforms.runs import make_run, unpack
-from changeflow.transforms.transactions import TransactionTracker, _session_order
+from changeflow.transforms.transactions import TransactionTracker, session_order
 from tests.audit_fixture import SHOP_TABLES, audit_events
 
 
@@ -24,7 +24,7 @@ def committed(tracker, events):
 
 def by_connection(events):
     connections = {}
-    for event in sorted(events, key=lambda e: (e.serverhost, e.connection_id, _session_order(e))):
+    for event in sorted(events, key=lambda e: (e.serverhost, e.connection_id, session_order(e))):
         if event.operation in ('QUERY', 'CONNECT', 'DISCONNECT'):
             connections.setdefault((event.serverhost, event.connection_id), []).append(event)
     return connections
@@ -84,7 +84,7 @@ def statement(query_id, sql, second=0):
 
 
 def run(events, arrival_ms=0):
-    return CONNECTION, (*make_run(events, _session_order), arrival_ms)
+    return CONNECTION, (*make_run(events, session_order), arrival_ms)
 
 
 def cycle(runs, state=None, read_started_ms=10_000_000, lateness_seconds=0.0):

@@ -22,8 +22,9 @@ checkpoints hold all of it; nothing is kept in the checkpoint store):
 4. The committed changes, per (table, shard), are windowed in fixed windows
    of ``window.seconds`` and coalesced per shard and window
    (:class:`~changeflow.transforms.shard_batches.FoldShards`).
-5. The sinks take one Change per row and window
-   (:class:`~changeflow.transforms.route.RouteChanges`): the database through
+5. The database takes one coalesced Change per row and window, Parquet and
+   notifications one Change per source op (the fold's log batches), each
+   branch isolated (:class:`~changeflow.transforms.route.RouteChanges`): the database through
    the stateful :class:`~changeflow.io.sql.WriteToDatabase` (per (table,
    shard) bag state across windows, flushed in version order when the
    watermark passes a window), Parquet one file set per partition and
@@ -212,12 +213,17 @@ def build_streaming_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
               | 'Coalesce' >> FoldShards())
     dead_letters.append(folded[DEAD_LETTER_TAG])
     changes = folded[FoldShards.MAIN] | 'ShardChanges' >> beam.FlatMap(_shard_changes)
-
-    branches = [name for name, on in ((DATABASE, config.database_url),
-                                      (PARQUET, config.parquet_path),
-                                      (NOTIFY, config.notify)) if on]
-    routed = changes | 'Route' >> RouteChanges(branches)
-    dead_letters.append(routed[DEAD_LETTER_TAG])
+    # The replica takes the coalesced changes; the change-log sinks each source op.
+    source_ops = folded[FoldShards.LOG] | 'SourceOps' >> beam.FlatMap(batch_changes)
+    routed = {}
+    for label, pcoll, names in (('Route', changes, [DATABASE] if config.database_url else []),
+                                ('RouteLog', source_ops, [name for name, on in (
+                                    (PARQUET, config.parquet_path),
+                                    (NOTIFY, config.notify)) if on])):
+        if names:
+            branch = pcoll | label >> RouteChanges(names)
+            dead_letters.append(branch[DEAD_LETTER_TAG])
+            routed.update({name: branch[name] for name in names})
     outputs = {'changes': changes}
     if config.database_url:
         written = routed[DATABASE] | 'WriteDatabase' >> WriteToDatabase(
