@@ -284,6 +284,7 @@ class StreamRecordsToShardRuns(beam.PTransform):
 
 _SEED_STEP = 'seed_dynamodb'
 _MARKS = 'marks'    # the runs of whole-table marks of seeds that cannot be read
+_EXPORTED = 'exported'  # (table, export version) of each export read
 
 
 class _SeedFiles:
@@ -336,6 +337,7 @@ class _ListExportFilesFn(beam.DoFn):
             for run in _runs(buckets):
                 yield pvalue.TaggedOutput(_MARKS, run)
             return
+        yield pvalue.TaggedOutput(_EXPORTED, (seed.table, export_version(summary.export_time_us)))
         for data_file in summary.files:
             yield seed, summary, data_file
 
@@ -396,6 +398,7 @@ class ExportToShardRuns(beam.PTransform):
     """
 
     MAIN = 'runs'
+    EXPORTED = _EXPORTED  # (table, export version) of each export read
 
     def __init__(self, tables: Sequence[TableSpec], num_shards: int = DEFAULT_SHARDS):
         super().__init__()
@@ -407,7 +410,7 @@ class ExportToShardRuns(beam.PTransform):
     def expand(self, seeds):
         listed = seeds | 'ListExportFiles' >> beam.ParDo(
             _ListExportFilesFn(self._num_shards)).with_outputs(
-                DEAD_LETTER_TAG, _MARKS, main='files')
+                DEAD_LETTER_TAG, _MARKS, _EXPORTED, main='files')
         read = (listed['files']
                 | 'SpreadFiles' >> beam.Reshuffle()
                 | 'ReadExportFile' >> beam.ParDo(
@@ -415,17 +418,20 @@ class ExportToShardRuns(beam.PTransform):
                         DEAD_LETTER_TAG, main=self.MAIN))
         return {
             self.MAIN: (listed[_MARKS], read[self.MAIN]) | 'WithMarks' >> beam.Flatten(),
+            self.EXPORTED: listed[_EXPORTED],
             DEAD_LETTER_TAG: ((listed[DEAD_LETTER_TAG], read[DEAD_LETTER_TAG])
                               | 'SeedDeadLetters' >> beam.Flatten()),
         }
 
 
-def _without_initial_state(batch):
+def _without_initial_state(batch, exported=()):
     table, shard, _ = batch
+    export = max((version for name, version in exported if name == table), default=None)
     changes = batch_changes(batch)
     kept = []
     for change in changes:
-        ops = tuple(op for op in change.ops if not is_export_version(op.version))
+        ops = tuple(op for op in change.ops if not is_export_version(op.version)
+                    and (export is None or op.version >= export))
         if ops:
             kept.append(change if len(ops) == len(change.ops) else change._replace(ops=ops))
     if len(kept) == len(changes) and all(a is b for a, b in zip(kept, changes)):
@@ -435,9 +441,20 @@ def _without_initial_state(batch):
 
 
 class DropInitialState(beam.PTransform):
-    """Shard batches (:func:`changeflow.transforms.runs.make_batch`) without the ops of a seeded
-    export: for notifications, which are about what changed, not about the
-    items a table held when it was exported."""
+    """Shard batches (:func:`changeflow.transforms.runs.make_batch`) without the
+    ops of a seeded export, nor the stream's ops from before the export (the
+    export holds their outcome): for notifications, which are about what
+    changed since, not about the items a table held when it was exported.
+
+    Args:
+        exported: ExportToShardRuns' ``EXPORTED`` output, (table, export
+            version) per export read.
+    """
+
+    def __init__(self, exported):
+        super().__init__()
+        self._exported = exported
 
     def expand(self, batches):
-        return batches | 'DropExportOps' >> beam.FlatMap(_without_initial_state)
+        return batches | 'DropExportOps' >> beam.FlatMap(
+            _without_initial_state, exported=beam.pvalue.AsList(self._exported))

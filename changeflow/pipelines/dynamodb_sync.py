@@ -76,7 +76,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
         dead_letters.append(seeded[DEAD_LETTER_TAG])
         runs.append(seeded[ExportToShardRuns.MAIN])
         if config.notify:
-            before_sink[NOTIFY] = DropInitialState()
+            before_sink[NOTIFY] = DropInitialState(seeded[ExportToShardRuns.EXPORTED])
     all_runs = tuple(runs) | 'AllRuns' >> beam.Flatten()
     outputs = write_branches(all_runs, config, dead_letters, before_sink=before_sink,
                              events=stream[EVENTS], handlers=handlers)
