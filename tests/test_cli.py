@@ -50,8 +50,8 @@ def test_run_prints_a_summary_at_a_glance(tmp_path, capsys):
         ' -> 13 rows changed',
         f'  replica       sqlite:///{out_dir}/replica.db: 15 changes -> 9 rows upserted,'
         f' 0 deleted, 2 ops already applied; 1 dead-lettered',
-        f'  parquet       {out_dir}/backup: 18 rows in 11 files',
-        f'  notify        7 notifications to file:{out_dir}/notifications.jsonl,'
+        f'  parquet       {out_dir}/backup: 28 rows in 4 files',
+        f'  notify        13 notifications to file:{out_dir}/notifications.jsonl,'
         f' file:{out_dir}/customer-changes.jsonl',
         f'  dead letters  6 in 1 file under {out_dir}/dead-letter',
         # Three refusals, the ALTER TABLE of customers, the statement cut at the log limit.
@@ -69,7 +69,7 @@ def test_verbose_adds_every_counter_and_a_rerun_sends_nothing_twice(tmp_path, ca
     code, out, _ = run_cli(['run', config, '--verbose'], capsys)
     assert code == 0
     assert f'  notify        0 notifications to file:{tmp_path}' in out
-    assert out.splitlines()[4].endswith(' (7 already sent)')
+    assert out.splitlines()[4].endswith(' (13 already sent)')
     counters = dict(line.split() for line in out.splitlines()
                     if line.startswith('  changeflow.'))
     assert counters['changeflow.sql_changes.dead_lettered'] == '5'

@@ -1,6 +1,6 @@
 """The DynamoDB job end to end: writes to a table with a stream on moto's server,
 its stream records archived, the job run into a replica that must equal a final
-scan, Parquet rows that must equal the coalesced changes, notifications, and
+scan, Parquet rows that must equal the stream records, notifications, and
 export seeding that converges to the table."""
 
 import base64
@@ -194,14 +194,20 @@ def bookkeeping(url, target):
 def final_ops(lines):
     """Per item, the last record that changed it (a no-op MODIFY changes nothing):
     what one coalesced op per row must be."""
+    return {row: ops[-1] for row, ops in source_ops(lines).items()}
+
+
+def source_ops(lines):
+    """Per item, every record that changed it, in version order: the change log's rows."""
     ops = {}
     records = sorted((decode_record(json.loads(line)) for line in lines), key=lambda r: r.version)
     for record in records:
         if record.no_op:
             continue
         row = (int(record.keys.get('id')), record.keys.get('title'))
-        ops[row] = ('delete' if record.event.value == 'REMOVE' else 'replace', record.version,
-                    record.new_image)
+        ops.setdefault(row, []).append((
+            'delete' if record.event.value == 'REMOVE' else 'replace', record.version,
+            record.new_image))
     return ops
 
 
@@ -242,14 +248,16 @@ def test_replica_equals_a_scan_and_parquet_the_changes_and_a_rerun_changes_nothi
     assert sorted(expected) == [(1, 'card 1'), (2, 'card 2'), (6, 'card 6')]
     assert replica(database_url, target) == expected
 
-    # Parquet: one row per touched item, its final op, the values as the item holds them.
+    # Parquet: one row per stream record that changed an item, the values as it wrote them.
     ops = final_ops(lines)
+    logged = {(row, version): (op, version, image)
+              for row, row_ops in source_ops(lines).items() for op, version, image in row_ops}
     rows = parquet_rows(tmp_path / 'out' / 'backup')
     assert sorted((json.loads(r['key'])[0], r['op'], r['version']) for r in rows) == sorted(
-        (row[0], op, version) for row, (op, version, _) in ops.items())
+        (row[0], op, version) for (row, _), (op, version, _) in logged.items())
     for r in rows:
         row = tuple(json.loads(r['key']))
-        op, _, image = ops[row]
+        op, _, image = logged[row, r['version']]
         assert r['source_table'] == name
         if op == 'replace':
             want = expected_row(image)
@@ -258,11 +266,11 @@ def test_replica_equals_a_scan_and_parquet_the_changes_and_a_rerun_changes_nothi
             assert got == want
             assert sorted(r['set_columns']) == sorted(image.names())
 
-    # Notifications: one per coalesced change, redacted.
+    # Notifications: one per stream record that changed an item, redacted.
     notified = [json.loads(line) for line in
                 (tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()]
-    assert sorted((n['key'][0], n['op']) for n in notified) == sorted(
-        (row[0], op) for row, (op, _, _) in ops.items())
+    assert sorted((n['key'][0], n['op'], n['version']) for n in notified) == sorted(
+        (row[0], op, version) for (row, _), (op, version, _) in logged.items())
     assert all(n['values'].get('note') in (None, '***') for n in notified)
 
     state = (replica(database_url, target), bookkeeping(database_url, target),
@@ -406,10 +414,12 @@ def test_seeding_from_an_export_then_the_stream_converges_to_the_table(
                 (tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()]
     assert sorted((n['key'][0], n['op']) for n in notified) == [
         (2, 'replace'), (3, 'delete'), (4, 'delete'), (5, 'replace')]
-    # The backup holds the seed (item 1, never changed since) as well.
+    # The backup holds the seed (every seeded item, as exported) as well, then each
+    # stream record: a change log of source ops.
     rows = parquet_rows(tmp_path / 'out' / 'backup')
     assert sorted((json.loads(r['key'])[0], r['op']) for r in rows) == [
-        (1, 'replace'), (2, 'replace'), (3, 'delete'), (4, 'delete'), (5, 'replace')]
+        (1, 'replace'), (2, 'replace'), (2, 'replace'), (3, 'delete'), (3, 'replace'),
+        (4, 'delete'), (4, 'replace'), (5, 'replace')]
     run_job(config)
     assert replica(sqlite_url, 'cards') == expected
     assert len((tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()) == 4
@@ -494,8 +504,8 @@ def test_records_given_twice_in_one_run_apply_once(tmp_path, sqlite_url):
     with sa.create_engine(sqlite_url).connect() as conn:
         assert conn.execute(sa.text('SELECT id, qty FROM cards')).all() == [(1, 2)]
     rows = parquet_rows(tmp_path / 'out' / 'backup')
-    assert sorted((json.loads(r['key'])[0], r['op']) for r in rows) == [(1, 'replace'),
-                                                                       (2, 'delete')]
+    assert sorted((json.loads(r['key'])[0], r['op']) for r in rows) == [  # each record once
+        (1, 'replace'), (1, 'replace'), (2, 'delete')]
 
 
 def test_keys_other_than_the_configured_key_mark_the_table(tmp_path, sqlite_url):
