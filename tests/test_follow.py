@@ -281,18 +281,11 @@ def notifications(config_path):
         return collections.Counter(json.dumps(json.loads(line), sort_keys=True) for line in f)
 
 
-IDEMPOTENCE = ('Parquet rows and notifications are per coalesced change, so cycles that cut '
-               'the stream elsewhere (a re-read after a kill sees more) give other rows; '
-               'made per source op (table, key, version) by the idem branch')
-
-
-@pytest.mark.xfail(strict=True, reason=IDEMPOTENCE)
 def test_the_parquet_backup_of_a_killed_follow_run_holds_each_op_once(crashed_and_reference):
     run = crashed_and_reference
     assert parquet_ops(run['follow']) == parquet_ops(run['reference'])
 
 
-@pytest.mark.xfail(strict=True, reason=IDEMPOTENCE)
 def test_a_killed_follow_run_sends_each_notification_once(crashed_and_reference):
     run = crashed_and_reference
     assert notifications(run['follow']) == notifications(run['reference'])
