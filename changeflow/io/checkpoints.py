@@ -36,8 +36,9 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
-from changeflow.io.sqlite import begin_immediate
 from changeflow.io.shards import ShardPosition, sequence_key
+from changeflow.io.sqlite import begin_immediate
+from changeflow.state.tables import create_tables
 
 __all__ = ['Checkpoint', 'CheckpointStore', 'CheckpointConflict', 'sqlite_url_beside']
 
@@ -102,11 +103,7 @@ class CheckpointStore:
     def _create(self):
         if self._created:
             return
-        try:
-            self._metadata.create_all(self.engine)
-        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
-            # Another process created the tables between the check and ours.
-            self._metadata.create_all(self.engine)
+        create_tables(self._metadata, self.engine)
         self._created = True
 
     def load(self, job: str, stream: str) -> Checkpoint:

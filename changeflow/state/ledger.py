@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from changeflow.io.sqlite import begin_immediate
+from changeflow.state.tables import create_tables
 
 __all__ = ['Ledger']
 
@@ -55,10 +56,7 @@ class Ledger:
     def _create(self):
         if self._created:
             return
-        try:
-            self._metadata.create_all(self.engine)
-        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
-            self._metadata.create_all(self.engine)  # another worker created it meanwhile
+        create_tables(self._metadata, self.engine)
         self._created = True
 
     def done(self, scope: str, ids: Iterable[str]) -> Set[str]:
