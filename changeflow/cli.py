@@ -358,21 +358,19 @@ def _finish(args, config, state: str, totals) -> int:
 
 def _follow(args, beam_args, config) -> int:
     """``run --follow``: catch-up cycles until a signal, then the summary of all."""
-    from changeflow.config import KinesisSourceConfig, is_dynamodb_job
-    if not isinstance(config.source, KinesisSourceConfig):
-        print(f'changeflow: --follow needs a stream source (source.type: kinesis); '
+    from changeflow.config import is_dynamodb_job
+    if config.checkpoints_url is None:  # only a stream source keeps checkpoints
+        print(f'changeflow: --follow needs a stream source (source.type: kinesis or dynamodb); '
               f'{args.config} reads an archive, which one run reads whole: '
               f'run it without --follow', file=sys.stderr)
         return STATUS_ERROR
-    if is_dynamodb_job(config):
-        print('changeflow: --follow follows audit logs (format: cloudwatch-audit) for now; '
-              'run a DynamoDB stream job\'s catch-up cycles without --follow', file=sys.stderr)
-        return STATUS_ERROR
-    from changeflow.pipelines import audit_sync, follow
+    from changeflow.pipelines import audit_sync, dynamodb_sync, follow
+    job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
     follower = follow.Follower(config, audit_sync.pipeline_options(beam_args),
-                               audit_sync.build_pipeline, poll_seconds=args.poll_seconds,
-                               status_seconds=args.status_seconds, stop_now_status=RUN_FAILED)
+                               job.build_pipeline, poll_seconds=args.poll_seconds,
+                               status_seconds=args.status_seconds, stop_now_status=RUN_FAILED,
+                               read_namespace=job.read_namespace(config))
     print(f'changeflow: following {config.source.name} (job {config.job}); '
           f'SIGINT or SIGTERM stops after the current cycle', file=sys.stderr, flush=True)
     ended = follower.run()

@@ -253,3 +253,48 @@ def test_config_of_a_live_dynamodb_source(tmp_path):
 def test_config_errors_of_a_live_dynamodb_source(tmp_path, source, words):
     with pytest.raises(ConfigError, match=words):
         config_of(tmp_path, **source)
+
+
+class _WritesBetweenCycles:
+    """The follower's status output; after the first cycle's line it makes
+    more writes, so the second cycle has new records to read."""
+
+    def __init__(self, write):
+        self.lines, self._write = [], write
+
+    def write(self, text):
+        if text.strip():
+            self.lines.append(text)
+            if len(self.lines) == 1:
+                self._write()
+
+    def flush(self):
+        pass
+
+
+def test_following_a_table_stream_reads_each_cycle_s_new_records_once(
+        table, tmp_path, sqlite_url, aws_env):
+    from changeflow.pipelines import audit_sync, dynamodb_sync, follow
+    name, ddb, streams = table
+    write_workload(ddb, name)
+    config_path = live_job(tmp_path, name, sqlite_url, 'cards', aws_env)
+    config = load_config(config_path)
+
+    def more_writes():
+        ddb.update_item(TableName=name, Key=key(2), UpdateExpression='SET qty = :q',
+                        ExpressionAttributeValues={':q': {'N': '70'}})
+        ddb.delete_item(TableName=name, Key=key(6))
+
+    out = _WritesBetweenCycles(more_writes)
+    follower = follow.Follower(
+        config, audit_sync.pipeline_options([]), dynamodb_sync.build_pipeline, poll_seconds=0,
+        status_seconds=0, out=out, max_cycles=3,
+        read_namespace=dynamodb_sync.read_namespace(config))
+    ended = follower.run()
+    assert (ended.ended, ended.cycles) == (follow.STOPPED, 3)
+    assert read_counter(ended.totals, 'records') == 12 + 2   # each record read once
+    assert ended.totals['changeflow.read_dynamodb_streams.checkpoints_committed'] == 2
+    assert 'cycle 1,' in out.lines[0] and 'checkpoint none yet' not in out.lines[0]
+    expected = {row: expected_row(image) for row, image in scan(ddb, name).items()}
+    assert replica(sqlite_url, 'cards') == expected
+    assert positions(config_path)  # committed where the cycles got to

@@ -298,4 +298,4 @@ def test_follow_needs_a_stream_source(tmp_path):
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, 'PYTHONPATH': ROOT})
     assert done.returncode == 2
-    assert '--follow needs a stream source (source.type: kinesis)' in done.stderr
+    assert '--follow needs a stream source (source.type: kinesis or dynamodb)' in done.stderr

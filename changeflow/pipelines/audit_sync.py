@@ -24,14 +24,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
-from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
+from changeflow.io.kinesis_source import CommitCheckpoints, KinesisReaders, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches, written_outputs
 from changeflow.transforms.connections import (
     CARRY, DDL, RUNS, ParseToConnectionRuns, ReplayConnections, carried_connections, carry_state)
 from changeflow.transforms.follow_schema import BuildSchemaTimeline
 
-__all__ = ['build_pipeline', 'pipeline_options', 'run']
+__all__ = ['build_pipeline', 'pipeline_options', 'read_namespace', 'run']
 
 LOCAL_RUNNER = 'FnApiRunner'
 LINES_PER_ELEMENT = 1000  # a raw server_audit.log is parsed in chunks of this many lines
@@ -85,6 +85,11 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
             config.checkpoints_url, config.job, config.source.stream,
             written_outputs(outputs), state=state)
     return outputs
+
+
+def read_namespace(config: JobConfig) -> str:
+    """The metrics namespace of the job's stream reader (for ``--follow``)."""
+    return KinesisReaders.namespace
 
 
 def pipeline_options(beam_args) -> PipelineOptions:

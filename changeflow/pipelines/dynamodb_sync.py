@@ -38,7 +38,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches, written_outputs
 from changeflow.transforms.route import NOTIFY
 
-__all__ = ['build_pipeline', 'run']
+__all__ = ['build_pipeline', 'read_namespace', 'run']
 
 RECORDS_PER_ELEMENT = 1000  # stream records decoded as one element
 
@@ -91,6 +91,11 @@ def _readers(config: JobConfig):
     source = config.source
     kind = DynamoDBStreamReaders if source.type == DYNAMODB_STREAM else KinesisReaders
     return kind(source.region, source.endpoint_url)
+
+
+def read_namespace(config: JobConfig) -> str:
+    """The metrics namespace of the job's stream reader (for ``--follow``)."""
+    return _readers(config).namespace
 
 
 def _read_step(config: JobConfig):

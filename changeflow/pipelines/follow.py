@@ -78,11 +78,14 @@ class Follower:
         out: where status lines go.
         max_cycles: stop after this many (tests and benchmarks); None: never.
         stop_now_status: the exit status of a process a second signal ends.
+        read_namespace: the metrics namespace of the job's stream reader
+            (records read, lag, checkpoints committed).
     """
 
     def __init__(self, config, options, build_pipeline: Callable, poll_seconds: float = 1.0,
                  status_seconds: float = 5.0, out: TextIO = sys.stderr,
-                 max_cycles: Optional[int] = None, stop_now_status: int = 1):
+                 max_cycles: Optional[int] = None, stop_now_status: int = 1,
+                 read_namespace: str = _READ):
         if not poll_seconds >= 0 or not status_seconds >= 0:
             raise ValueError(f'poll_seconds and status_seconds must be 0 or more, got '
                              f'{poll_seconds!r}, {status_seconds!r}')
@@ -94,6 +97,7 @@ class Follower:
         self._out = out
         self._max_cycles = max_cycles
         self._stop_now_status = stop_now_status
+        self._read = read_namespace
         self._runner = (_TranslateOnce() if options.view_as(StandardOptions).runner
                         == 'FnApiRunner' else None)
         self._signals = 0
@@ -136,7 +140,7 @@ class Follower:
         totals = counter_totals(result)
         for gauge in result.metrics().query()['gauges']:
             metric = gauge.key.metric
-            if metric.namespace == _READ and metric.name.startswith('millis_behind/'):
+            if metric.namespace == self._read and metric.name.startswith('millis_behind/'):
                 value = gauge.committed or gauge.attempted
                 if value is not None:
                     self.lag[metric.name.partition('/')[2]] = value.value
@@ -161,10 +165,11 @@ class Follower:
                 cycles += 1
                 for name, value in totals.items():
                     self.totals[name] = self.totals.get(name, 0) + value
-                if totals.get(f'{_READ}.checkpoints_committed'):
+                if totals.get(f'{self._read}.checkpoints_committed'):
                     self.last_checkpoint = time.time()
                 self.carried_open = totals.get('changeflow.transactions.carried_open', 0)
-                events_since += totals.get('changeflow.parse_audit.events_parsed', 0)
+                events_since += (totals.get('changeflow.parse_audit.events_parsed', 0)
+                                 + totals.get('changeflow.dynamodb.stream_records', 0))
                 cycles_since += 1
                 now = time.monotonic()
                 if now - last_status >= self._status_every:
@@ -172,7 +177,7 @@ class Follower:
                     last_status, events_since, cycles_since = now, 0, 0
                 if totals.get('changeflow.write_database.batches_unreachable'):
                     return FollowResult(SINK_UNAVAILABLE, cycles, self.totals)
-                if not totals.get(f'{_READ}.records'):
+                if not totals.get(f'{self._read}.records'):
                     self._wait(started + self._poll - time.monotonic())
             return FollowResult(STOPPED, cycles, self.totals)
         finally:
