@@ -25,6 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BOOT = os.path.join(HERE, 'portable_worker_boot.py')
 START_TIMEOUT = 30.0
 _POOL_ADDRESS = re.compile(r'Started worker pool servicer at port: (\S+:\d+)')
+_POOL_MAIN = ('import logging, sys; logging.basicConfig(level=logging.INFO); '
+              'from apache_beam.runners.worker import worker_pool_main; '
+              'worker_pool_main.main(sys.argv[1:])')
 
 
 class ServiceFailed(RuntimeError):
@@ -137,8 +140,10 @@ def start_worker_pool(work_dir: str, bin_dir: str) -> Service:
                TMPDIR=work_dir)
     for name in ('PYTHONPATH', 'PYTHONHOME', 'VIRTUAL_ENV'):
         env.pop(name, None)
-    process = _spawn([os.path.join(bin_dir, 'python'), '-m',
-                      'apache_beam.runners.worker.worker_pool_main',
+    # worker_pool_main logs its address at INFO but configures no handler: with
+    # none on the root logger (as with apache-beam[gcp] installed) Python's
+    # last-resort handler drops INFO, so the address is never printed.
+    process = _spawn([os.path.join(bin_dir, 'python'), '-c', _POOL_MAIN,
                       '--service_port', '0', '--container_executable', BOOT],
                      log, work_dir, env)
 
