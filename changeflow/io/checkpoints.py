@@ -37,8 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from changeflow.io.shards import ShardPosition, sequence_key
-from changeflow.io.sqlite import begin_immediate
-from changeflow.state.tables import create_tables
+from changeflow.state.tables import create_tables, store_engine
 
 __all__ = ['Checkpoint', 'CheckpointStore', 'CheckpointConflict', 'sqlite_url_beside']
 
@@ -70,12 +69,7 @@ class CheckpointStore:
     """
 
     def __init__(self, url='sqlite:///changeflow-checkpoints.db', prefix: str = 'changeflow_'):
-        if isinstance(url, sa.engine.Engine):
-            self.engine = url
-        else:
-            self.engine = sa.create_engine(url)
-            if self.engine.dialect.name == 'sqlite':
-                begin_immediate(self.engine)
+        self.engine = store_engine(url)
         metadata = sa.MetaData()
         self.shards = sa.Table(
             f'{prefix}checkpoints', metadata,

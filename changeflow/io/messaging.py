@@ -471,6 +471,18 @@ class _AwsWriter(_MessageWriter):
             self._client = None
         super().close()
 
+    def _entries(self, messages, body_key: str) -> List[dict]:
+        """Batch entries (SNS names the body 'Message', SQS 'MessageBody'); a
+        FIFO target's carry the row's group and the notification id for dedup."""
+        entries = []
+        for message in messages:
+            entry = {'Id': message.note_id, body_key: message.body,
+                     'MessageAttributes': _attributes(message)}
+            if self._fifo:
+                entry.update(MessageGroupId=message.group, MessageDeduplicationId=message.note_id)
+            entries.append(entry)
+        return entries
+
 
 def _attributes(message: _Message) -> Dict[str, Dict[str, str]]:
     return {'table': {'DataType': 'String', 'StringValue': message.table},
@@ -503,15 +515,9 @@ class SnsWriter(_AwsWriter):
         self._region = self._region or match[1]
 
     def _send(self, messages):
-        entries = []
-        for message in messages:
-            entry = {'Id': message.note_id, 'Message': message.body,
-                     'MessageAttributes': _attributes(message)}
-            if self._fifo:
-                entry.update(MessageGroupId=message.group, MessageDeduplicationId=message.note_id)
-            entries.append(entry)
         return _entry_results(self._client.publish_batch(
-            TopicArn=self.address, PublishBatchRequestEntries=entries))
+            TopicArn=self.address,
+            PublishBatchRequestEntries=self._entries(messages, 'Message')))
 
 
 class SqsWriter(_AwsWriter):
@@ -530,15 +536,8 @@ class SqsWriter(_AwsWriter):
         self._region = self._region or (match[1] if match else None)
 
     def _send(self, messages):
-        entries = []
-        for message in messages:
-            entry = {'Id': message.note_id, 'MessageBody': message.body,
-                     'MessageAttributes': _attributes(message)}
-            if self._fifo:
-                entry.update(MessageGroupId=message.group, MessageDeduplicationId=message.note_id)
-            entries.append(entry)
         return _entry_results(self._client.send_message_batch(
-            QueueUrl=self.address, Entries=entries))
+            QueueUrl=self.address, Entries=self._entries(messages, 'MessageBody')))
 
 
 class WebhookWriter(_MessageWriter):

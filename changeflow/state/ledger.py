@@ -21,8 +21,7 @@ from typing import Iterable, Set
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from changeflow.io.sqlite import begin_immediate
-from changeflow.state.tables import create_tables
+from changeflow.state.tables import create_tables, store_engine
 
 __all__ = ['Ledger']
 
@@ -38,12 +37,7 @@ class Ledger:
     """
 
     def __init__(self, url, prefix: str = 'changeflow_'):
-        if isinstance(url, sa.engine.Engine):
-            self.engine = url
-        else:
-            self.engine = sa.create_engine(url)
-            if self.engine.dialect.name == 'sqlite':
-                begin_immediate(self.engine)
+        self.engine = store_engine(url)
         metadata = sa.MetaData()
         self.table = sa.Table(
             f'{prefix}ledger', metadata,

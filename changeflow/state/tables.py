@@ -1,9 +1,11 @@
-"""Creating the state store's tables from workers that start at the same time."""
+"""The state store's engine and tables, shared by the checkpoint store and the ledger."""
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-__all__ = ['create_tables']
+from changeflow.io.sqlite import begin_immediate
+
+__all__ = ['create_tables', 'store_engine']
 
 
 def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
@@ -13,3 +15,14 @@ def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
         metadata.create_all(engine)
     except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
         metadata.create_all(engine)
+
+
+def store_engine(url) -> sa.Engine:
+    """An Engine as given, else one for the URL; SQLite's takes its write
+    lock at BEGIN, so writers in several processes never deadlock."""
+    if isinstance(url, sa.engine.Engine):
+        return url
+    engine = sa.create_engine(url)
+    if engine.dialect.name == 'sqlite':
+        begin_immediate(engine)
+    return engine
