@@ -30,6 +30,8 @@ setuptools.setup(
         'postgres': ['psycopg2-binary>=2.9,<3'],
         'test': [
             'pytest>=8,<10',
+            # pytest.ini runs the suite on up to 4 processes, a test file per process
+            'pytest-xdist>=3.5,<4',
             'moto[server]>=5.2,<6',
             'pymysql>=1.1,<2',
             'psycopg2-binary>=2.9,<3',

@@ -67,15 +67,20 @@ def mariadb_schema_shop(mariadb_url):
     engine = sqlalchemy.create_engine(mariadb_url)
     try:
         with engine.connect() as conn:
-            exists = conn.execute(sqlalchemy.text(
-                'SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :d'),
-                {'d': 'cf_schema_shop'}).scalar()
-            if not exists:
-                spec = importlib.util.spec_from_file_location('make_schema_fixture', os.path.join(
-                    DATA, 'schema', 'make_schema_fixture.py'))
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                module.create(conn.connection.dbapi_connection)
+            # Test processes (pytest-xdist) share the server: one creates, the others wait.
+            conn.execute(sqlalchemy.text("SELECT GET_LOCK('cf_schema_shop', 120)"))
+            try:
+                exists = conn.execute(sqlalchemy.text(
+                    'SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :d'),
+                    {'d': 'cf_schema_shop'}).scalar()
+                if not exists:
+                    spec = importlib.util.spec_from_file_location(
+                        'make_schema_fixture', os.path.join(DATA, 'schema', 'make_schema_fixture.py'))
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                    module.create(conn.connection.dbapi_connection)
+            finally:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('cf_schema_shop')"))
     finally:
         engine.dispose()
     return mariadb_url
