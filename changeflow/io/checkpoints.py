@@ -37,7 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from changeflow.io.shards import ShardPosition, sequence_key
-from changeflow.state.tables import create_tables, store_engine
+from changeflow.state.tables import StateTables
 
 __all__ = ['Checkpoint', 'CheckpointStore', 'CheckpointConflict', 'sqlite_url_beside']
 
@@ -60,7 +60,7 @@ def sqlite_url_beside(job_path: str) -> str:
     return f'sqlite:///{base}.checkpoints.db'
 
 
-class CheckpointStore:
+class CheckpointStore(StateTables):
     """Checkpoints of stream readers, keyed by (job name, stream, shard).
 
     Args:
@@ -69,8 +69,8 @@ class CheckpointStore:
     """
 
     def __init__(self, url='sqlite:///changeflow-checkpoints.db', prefix: str = 'changeflow_'):
-        self.engine = store_engine(url)
-        metadata = sa.MetaData()
+        super().__init__(url)
+        metadata = self._metadata
         self.shards = sa.Table(
             f'{prefix}checkpoints', metadata,
             sa.Column('job', sa.String(128), primary_key=True),
@@ -91,14 +91,6 @@ class CheckpointStore:
             sa.Column('job', sa.String(128), primary_key=True),
             sa.Column('stream', sa.String(400), primary_key=True),
             sa.Column('start_ms', sa.BigInteger, nullable=False))
-        self._metadata = metadata
-        self._created = False
-
-    def _create(self):
-        if self._created:
-            return
-        create_tables(self._metadata, self.engine)
-        self._created = True
 
     def load(self, job: str, stream: str) -> Checkpoint:
         """The positions and state last committed for (job, stream)."""

@@ -21,14 +21,14 @@ from typing import Iterable, Set
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from changeflow.state.tables import create_tables, store_engine
+from changeflow.state.tables import StateTables
 
 __all__ = ['Ledger']
 
 _CHUNK = 500  # ids per IN (...) query: well under every dialect's parameter limit
 
 
-class Ledger:
+class Ledger(StateTables):
     """Which (scope, id) side effects already succeeded.
 
     Args:
@@ -37,21 +37,12 @@ class Ledger:
     """
 
     def __init__(self, url, prefix: str = 'changeflow_'):
-        self.engine = store_engine(url)
-        metadata = sa.MetaData()
+        super().__init__(url)
         self.table = sa.Table(
-            f'{prefix}ledger', metadata,
+            f'{prefix}ledger', self._metadata,
             sa.Column('scope', sa.String(200), primary_key=True),
             sa.Column('id', sa.String(128), primary_key=True),
             sa.Column('done_us', sa.BigInteger, nullable=False))
-        self._metadata = metadata
-        self._created = False
-
-    def _create(self):
-        if self._created:
-            return
-        create_tables(self._metadata, self.engine)
-        self._created = True
 
     def done(self, scope: str, ids: Iterable[str]) -> Set[str]:
         """The ids of ``ids`` already recorded under ``scope``."""

@@ -5,7 +5,7 @@ from sqlalchemy import exc as sa_exc
 
 from changeflow.io.sqlite import begin_immediate
 
-__all__ = ['create_tables', 'store_engine']
+__all__ = ['StateTables', 'create_tables', 'store_engine']
 
 
 def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
@@ -26,3 +26,18 @@ def store_engine(url) -> sa.Engine:
     if engine.dialect.name == 'sqlite':
         begin_immediate(engine)
     return engine
+
+
+class StateTables:
+    """Base of the stores: their engine and tables, created on first use
+    (a store built in a pipeline's construction may never be used there)."""
+
+    def __init__(self, url):
+        self.engine = store_engine(url)
+        self._metadata = sa.MetaData()
+        self._created = False
+
+    def _create(self):
+        if not self._created:
+            create_tables(self._metadata, self.engine)
+            self._created = True
