@@ -568,24 +568,10 @@ def _stream_source(source) -> KinesisSourceConfig:
     _check_keys('source', source, ('type', 'stream', 'stream_arn', 'format', 'region',
                                    'endpoint_url', 'start', 'lateness_seconds'),
                 required=('type',))
-    if ('stream' in source) == ('stream_arn' in source):
-        raise ConfigError('source: name the stream by stream (its name) or by stream_arn, '
-                          'one of the two')
-    region = _region(source)
-    if 'stream' in source:
-        stream = _typed('source.stream', source['stream'], str, 'a stream name')
-        if not _STREAM_NAME.fullmatch(stream):
-            raise ConfigError(f'source.stream: {stream!r} is not a Kinesis stream name '
-                              f'(1 to 128 of A-Z a-z 0-9 _ . -)')
-    else:
-        stream = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
-        match = _STREAM_ARN.fullmatch(stream)
-        if not match:
-            raise ConfigError(f'source.stream_arn: {stream!r} is not a Kinesis stream ARN '
-                              f'(arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)')
-        if region is not None and region != match[1]:
-            raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
-        region = match[1]
+    stream, region, _ = _named_stream(
+        source, 'stream', 'the stream by stream (its name)',
+        _STREAM_NAME, 'a Kinesis stream name (1 to 128 of A-Z a-z 0-9 _ . -)',
+        _STREAM_ARN, 'a Kinesis stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)')
     formats = STREAM_FORMATS[source['type']]
     fmt = source.get('format', formats[0])
     if not isinstance(fmt, str) or fmt not in formats:
@@ -597,6 +583,28 @@ def _stream_source(source) -> KinesisSourceConfig:
                           f'got {lateness!r}')
     return KinesisSourceConfig(source['type'], fmt, stream, region, _endpoint_url(source),
                                _start(source), lateness_seconds=float(lateness))
+
+
+def _named_stream(source, name_key: str, by_name: str, name_pattern, name_rule: str,
+                  arn_pattern, arn_rule: str):
+    """(the name or ARN, region, the ARN's match or None) of a stream source
+    named by ``name_key`` or by ``stream_arn``, one of the two; an ARN's region
+    is the region, and a ``region`` given beside it must agree."""
+    if (name_key in source) == ('stream_arn' in source):
+        raise ConfigError(f'source: name {by_name} or by stream_arn, one of the two')
+    region = _region(source)
+    if name_key in source:
+        name = _typed(f'source.{name_key}', source[name_key], str, name_rule.split(' (')[0])
+        if not name_pattern.fullmatch(name):
+            raise ConfigError(f'source.{name_key}: {name!r} is not {name_rule}')
+        return name, region, None
+    arn = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
+    match = arn_pattern.fullmatch(arn)
+    if not match:
+        raise ConfigError(f'source.stream_arn: {arn!r} is not {arn_rule}')
+    if region is not None and region != match[1]:
+        raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
+    return arn, match[1], match
 
 
 def _region(source) -> Optional[str]:
@@ -816,24 +824,12 @@ def is_dynamodb_job(config: 'JobConfig') -> bool:
 def _dynamodb_stream_source(source) -> DynamoDBStreamSource:
     _check_keys('source', source, ('type', 'table', 'stream_arn', 'region', 'endpoint_url',
                                    'start'), required=('type',))
-    if ('table' in source) == ('stream_arn' in source):
-        raise ConfigError('source: name the stream by table (its latest stream is read) or by '
-                          'stream_arn, one of the two')
-    region = _region(source)
-    if 'table' in source:
-        stream = table = _typed('source.table', source['table'], str, 'a table name')
-        if not _DYNAMODB_TABLE.fullmatch(table):
-            raise ConfigError(f'source.table: {table!r} is not a DynamoDB table name '
-                              f'(3 to 255 of A-Z a-z 0-9 _ . -)')
-    else:
-        stream = _typed('source.stream_arn', source['stream_arn'], str, 'a stream ARN')
-        match = _DYNAMODB_STREAM_ARN.fullmatch(stream)
-        if not match:
-            raise ConfigError(f'source.stream_arn: {stream!r} is not a DynamoDB stream ARN '
-                              f'(arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)')
-        if region is not None and region != match[1]:
-            raise ConfigError(f'source.region: {region!r}, but the stream_arn is in {match[1]}')
-        region, table = match[1], match[2]
+    stream, region, match = _named_stream(
+        source, 'table', 'the stream by table (its latest stream is read)',
+        _DYNAMODB_TABLE, 'a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -)',
+        _DYNAMODB_STREAM_ARN,
+        'a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)')
+    table = match[2] if match else stream
     start = _start(source)
     if start.kind == 'at_timestamp':
         raise ConfigError('source.start: a DynamoDB stream starts at trim_horizon or latest '
