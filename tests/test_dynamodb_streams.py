@@ -3,9 +3,7 @@
 import json
 import uuid
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from changeflow.dynamodb.records import EventName, decode_source_record, to_change
 from changeflow.io.dynamodb_streams import (
@@ -13,6 +11,7 @@ from changeflow.io.dynamodb_streams import (
 from changeflow.io.kinesis import Backoff, ReadError, Start
 from changeflow.io.shards import ShardPosition
 from kinesis_servers import Recording, error
+from test_dynamodb_sync import clients, create_table
 
 
 def raise_times(code, times):
@@ -36,25 +35,9 @@ class Clock:
         self.now += seconds
 
 
-def clients(endpoint):
-    kw = dict(endpoint_url=endpoint, region_name='us-east-1', aws_access_key_id='testing',
-              aws_secret_access_key='testing',
-              config=Config(retries={'mode': 'standard', 'max_attempts': 1}))
-    return boto3.client('dynamodb', **kw), boto3.client('dynamodbstreams', **kw)
-
-
 @pytest.fixture
 def table(moto_endpoint):
-    ddb, streams = clients(moto_endpoint)
-    name = f'prod-Card.{uuid.uuid4().hex[:6]}'
-    ddb.create_table(
-        TableName=name, BillingMode='PAY_PER_REQUEST',
-        KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'},
-                   {'AttributeName': 'title', 'KeyType': 'RANGE'}],
-        AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'},
-                              {'AttributeName': 'title', 'AttributeType': 'S'}],
-        StreamSpecification={'StreamEnabled': True, 'StreamViewType': 'NEW_AND_OLD_IMAGES'})
-    return name, ddb, streams
+    return create_table(moto_endpoint)
 
 
 def key(i):

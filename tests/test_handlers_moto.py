@@ -2,7 +2,6 @@
 the handler as the typed event it was, in order per key."""
 
 import json
-import uuid
 
 import apache_beam as beam
 import pytest
@@ -11,21 +10,12 @@ import yaml
 from changeflow.config import load_config
 from changeflow.handlers import Handlers
 from changeflow.pipelines import audit_sync, dynamodb_sync
-from test_dynamodb_sync import KEY, clients, mark_ttl, stream_lines, write_workload
+from test_dynamodb_sync import KEY, create_table, mark_ttl, stream_lines, write_workload
 
 
 @pytest.fixture
 def card_table(moto_endpoint):
-    ddb, streams = clients(moto_endpoint)
-    name = f'prod-Card.{uuid.uuid4().hex[:6]}'
-    ddb.create_table(
-        TableName=name, BillingMode='PAY_PER_REQUEST',
-        KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'},
-                   {'AttributeName': 'title', 'KeyType': 'RANGE'}],
-        AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'},
-                              {'AttributeName': 'title', 'AttributeType': 'S'}],
-        StreamSpecification={'StreamEnabled': True, 'StreamViewType': 'NEW_AND_OLD_IMAGES'})
-    return name, ddb, streams
+    return create_table(moto_endpoint)
 
 
 def _recorder(path):
