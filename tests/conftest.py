@@ -7,6 +7,9 @@ import uuid
 
 import pytest
 
+# kinesalite_endpoint: the resharding emulator's fixture, for every test file.
+pytest_plugins = ['kinesis_servers']
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 AUDIT = os.path.join(DATA, 'audit')
 

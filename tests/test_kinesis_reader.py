@@ -13,8 +13,7 @@ from changeflow.io.kinesis import (
 from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.shards import ShardPosition
 from changeflow.model import SourceRecord
-from kinesis_servers import (  # noqa: F401
-    Recording, client, create_stream, error, kinesalite_endpoint, wait_active)
+from kinesis_servers import Recording, client, create_stream, error, wait_active
 
 
 class FakeClock:

@@ -21,8 +21,7 @@ from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.kinesis import Start
 from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
 from changeflow.pipelines import audit_sync
-from kinesis_servers import (  # noqa: F401 (kinesalite_endpoint: a fixture)
-    client, create_stream, kinesalite_endpoint, wait_active)
+from kinesis_servers import client, create_stream, wait_active
 from test_audit_sync_e2e import (
     AUDIT, dead_letter_reasons, replica_tables, snapshot_outputs, write_config)
 

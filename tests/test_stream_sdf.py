@@ -16,7 +16,7 @@ from changeflow.io.stream_sdf import (
     STOP, ArrivalWatermarkEstimator, Claim, ShardRange, StreamRestriction,
     StreamRestrictionTracker, _ReadShardsFn, initial_restriction)
 from changeflow.model import SourceRecord
-from kinesis_servers import client, create_stream, kinesalite_endpoint  # noqa: F401 (a fixture)
+from kinesis_servers import client, create_stream
 from test_kinesis_reader import KEYS, _check_order, _merge, _split, put
 
 
