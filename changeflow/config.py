@@ -720,11 +720,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
     tables = _tables(raw['tables'], schema)
     table_rules = copy.deepcopy(raw['tables']) if schema is not None else None
-    window = raw.get('window') or {}
-    _check_keys('window', window, ('seconds',))
-    seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f'window.seconds: must be positive and finite, got {seconds!r}')
+    seconds = _window_seconds(raw)
     sinks = _sinks(raw, base_dir)
     audit = raw.get('audit') or {}
     _check_keys('audit', audit, ('query_log_limit', 'autocommit', 'time_zone', 'server_version',
@@ -741,7 +737,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
     return _with_handlers(JobConfig(
         source=source_config,
         tables=tables,
-        window_seconds=float(seconds),
+        window_seconds=seconds,
         **sinks,
         query_log_limit=limit,
         autocommit=_typed('audit.autocommit', audit.get('autocommit', True), bool, 'true/false'),
@@ -769,7 +765,7 @@ _DYNAMODB_STREAM_ARN = re.compile(
     r'arn:aws[a-z-]*:dynamodb:([a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:table/([A-Za-z0-9_.-]{3,255})'
     r'/stream/[^/\s]+')
 _DYNAMODB_KEYS = ('source', 'seed', 'tables', 'sinks', 'dead_letter', 'job', 'checkpoints',
-                  'handlers', 'state')
+                  'handlers', 'state', 'window')
 _TARGET_LENGTH = 128    # the database sink's longest table name
 
 
@@ -902,6 +898,17 @@ def _seeds(raw, tables: Tuple[TableSpec, ...], base_dir: str) -> Tuple[ExportSee
     return tuple(seeds)
 
 
+def _window_seconds(raw) -> float:
+    """``window.seconds``: the fixed windows of the unbounded job
+    (``--streaming``); 5 by default."""
+    window = raw.get('window') or {}
+    _check_keys('window', window, ('seconds',))
+    seconds = _typed('window.seconds', window.get('seconds', 5), (int, float), 'a number')
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f'window.seconds: must be positive and finite, got {seconds!r}')
+    return float(seconds)
+
+
 def _dynamodb_config(raw, base_dir: str, config_path: Optional[str] = None) -> JobConfig:
     """A DynamoDB job: ``source`` (a table's stream, DynamoDB's Kinesis
     destination, or archived stream records), ``seed``, ``tables`` keyed by
@@ -930,7 +937,8 @@ def _dynamodb_config(raw, base_dir: str, config_path: Optional[str] = None) -> J
     job, checkpoints_url = _job_and_checkpoints(raw, source_config, base_dir, config_path)
     sinks = _sinks(raw, base_dir)
     _check_shared_targets(tables)
-    return JobConfig(source=source_config, tables=tables, window_seconds=5.0, query_log_limit=0,
+    return JobConfig(source=source_config, tables=tables, window_seconds=_window_seconds(raw),
+                     query_log_limit=0,
                      autocommit=True, job=job, checkpoints_url=checkpoints_url,
                      state_url=_state_url(raw, base_dir, job), **sinks)
 

@@ -44,17 +44,9 @@ def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
 DETERMINISTIC = {'beam:coder:string_utf8:v1', 'beam:coder:varint:v1', 'beam:coder:bytes:v1'}
 
 
-def test_every_state_key_of_the_streaming_job_has_a_deterministic_coder(tmp_path):
-    """On Flink and Dataflow a key's encoding decides where its state lives."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+def stateful_key_coders(p):
+    """Each stateful ParDo of ``p`` -> the coder URNs of its input's key."""
     from apache_beam.portability.api import beam_runner_api_pb2
-
-    from changeflow.config import load_config
-    from changeflow.pipelines.streaming import build_streaming_pipeline
-    config = load_config(kinesis_config(tmp_path, 'audit-stream', 'http://127.0.0.1:9'))
-    p = beam.Pipeline(options=PipelineOptions(['--streaming']))
-    build_streaming_pipeline(p, config)
     components = p.to_runner_api().components
 
     def key_coders(transform):
@@ -64,9 +56,22 @@ def test_every_state_key_of_the_streaming_job_has_a_deterministic_coder(tmp_path
         return [key.spec.urn] if not key.component_coder_ids else [
             components.coders[c].spec.urn for c in key.component_coder_ids]
 
-    stateful = {t.unique_name: key_coders(t) for t in components.transforms.values()
-                if t.spec.urn == 'beam:transform:pardo:v1'
-                and beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).state_specs}
+    return {t.unique_name: key_coders(t) for t in components.transforms.values()
+            if t.spec.urn == 'beam:transform:pardo:v1'
+            and beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).state_specs}
+
+
+def test_every_state_key_of_the_streaming_job_has_a_deterministic_coder(tmp_path):
+    """On Flink and Dataflow a key's encoding decides where its state lives."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from changeflow.config import load_config
+    from changeflow.pipelines.streaming import build_streaming_pipeline
+    config = load_config(kinesis_config(tmp_path, 'audit-stream', 'http://127.0.0.1:9'))
+    p = beam.Pipeline(options=PipelineOptions(['--streaming']))
+    build_streaming_pipeline(p, config)
+    stateful = stateful_key_coders(p)
     assert set(stateful) == {'Replay/ReplayInOrder/ParDo(_ReplayStreamFn)',
                              'WriteDatabase/WriteInVersionOrder/ParDo(_WriteDoFn)'}
     assert all(set(coders) <= DETERMINISTIC for coders in stateful.values()), stateful

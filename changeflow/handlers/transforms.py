@@ -43,8 +43,10 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import apache_beam as beam
 import tenacity
+from apache_beam import typehints, window
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms import userstate
 
 from changeflow.handlers.events import ChangeEvent, audit_events, typed_event
 from changeflow.handlers.models import ModelMismatch, fit, import_ref
@@ -53,6 +55,7 @@ from changeflow.io.sql import create_engine
 from changeflow.model import DEAD_LETTER_TAG, dead_letter
 from changeflow.state.ledger import Ledger
 from changeflow.transforms.guard import describe_error, guarded
+from changeflow.transforms.hold import hold, hold_specs, take_due
 from changeflow.transforms.runs import merge_runs, unpack
 
 __all__ = ['RunHandlers', 'HandlerOutcome', 'MODEL_STEP']
@@ -146,7 +149,11 @@ class _HandleShardFn(beam.DoFn):
                       if widest > 1 else None)
 
     def process(self, element):
-        (table, shard), runs = element
+        yield from self._handle(*element)
+
+    def _handle(self, shard_key, runs):
+        """The handlers of the shard's table on its runs' events, in version order."""
+        table, shard = shard_key
         handlers = self._by_table.get(table)
         if not handlers:
             return
@@ -277,6 +284,32 @@ class _HandleShardFn(beam.DoFn):
             self._ledger.dispose()
 
 
+_PENDING, _DUE, _RELEASE = hold_specs()    # a shard's runs, until the watermark passes
+
+
+def _held_original(element):
+    return _shard_original((element[0], [element[1]]))
+
+
+@guarded('handlers', _held_original, lambda element: f'shard {element[0]!r}', buffered=False)
+class _HandleInOrderFn(_HandleShardFn):
+    """The unbounded form: a shard's runs held in state until the watermark
+    passes them (:mod:`changeflow.transforms.hold`), then handled as one batch
+    in version order; one release after another, so a key's events reach
+    its handlers in order across windows."""
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                pending=beam.DoFn.StateParam(_PENDING), due=beam.DoFn.StateParam(_DUE),
+                release=beam.DoFn.TimerParam(_RELEASE)):
+        hold(pending, due, release, timestamp.micros, element[1])
+
+    @userstate.on_timer(_RELEASE)
+    def release_due(self, fired=beam.DoFn.TimestampParam, shard_key=beam.DoFn.KeyParam,
+                    pending=beam.DoFn.StateParam(_PENDING), due=beam.DoFn.StateParam(_DUE),
+                    release=beam.DoFn.TimerParam(_RELEASE)):
+        yield from self._handle(shard_key, take_due(pending, due, release, fired.micros))
+
+
 class RunHandlers(beam.PTransform):
     """((table, shard), run of ChangeEvents or audit Changes) -> main:
     HandlerOutcome per handler and shard batch, DEAD_LETTER_TAG: DeadLetters.
@@ -287,13 +320,17 @@ class RunHandlers(beam.PTransform):
         models: table -> its model (a dataclass or ``'pkg.module:Name'``,
             imported in setup); tables without one get plain dicts.
         tables: the job's tables, which handlers must name (ValueError).
+        stream_windows: the unbounded job's WindowFn: each shard's runs are
+            held until the watermark passes them and handled in order across
+            windows (:class:`_HandleInOrderFn`), the outputs put back into
+            these windows; None (bounded): one GroupByKey per shard.
     """
 
     MAIN = 'handled'
 
     def __init__(self, handlers: Sequence[Handler], state_url: str,
                  models: Optional[Mapping[str, Any]] = None,
-                 tables: Optional[Sequence[str]] = None):
+                 tables: Optional[Sequence[str]] = None, stream_windows=None):
         super().__init__()
         handlers = tuple(handlers)
         if not handlers:
@@ -303,12 +340,24 @@ class RunHandlers(beam.PTransform):
         check_handlers(handlers, sorted({h.table for h in handlers} if tables is None
                                         else tables))
         self._tables = frozenset(h.table for h in handlers)
-        self._fn = _HandleShardFn(handlers, models or {}, state_url)
+        self._stream_windows = stream_windows
+        self._fn = (_HandleShardFn if stream_windows is None else _HandleInOrderFn)(
+            handlers, models or {}, state_url)
 
     def expand(self, runs):
         tables = self._tables
-        return (runs
-                | 'HandledTables' >> beam.Filter(lambda element: element[0][0] in tables)
-                | 'GroupEvents' >> beam.GroupByKey()
-                | 'Handle' >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
+        handled = runs | 'HandledTables' >> beam.Filter(lambda element: element[0][0] in tables)
+        if self._stream_windows is None:
+            return (handled
+                    | 'GroupEvents' >> beam.GroupByKey()
+                    | 'Handle' >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG,
+                                                                    main=self.MAIN))
+        outputs = (handled
+                   | 'AcrossWindows' >> beam.WindowInto(window.GlobalWindows())
+                   | 'KeyTyped' >> beam.Map(lambda kv: kv).with_output_types(
+                       typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
+                   | 'HandleInOrder' >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG,
+                                                                          main=self.MAIN))
+        return {name: outputs[name] | f'Rewindow_{name}' >> beam.WindowInto(self._stream_windows)
+                for name in (self.MAIN, DEAD_LETTER_TAG)}
 

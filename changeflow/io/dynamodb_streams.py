@@ -40,7 +40,7 @@ creation time.
 
 import base64
 import datetime
-from typing import Iterator, List, Mapping, Optional
+from typing import Iterator, List, Mapping, NamedTuple, Optional
 
 from botocore.exceptions import ClientError
 
@@ -49,7 +49,8 @@ from changeflow.io.kinesis import KinesisShardReader, ReadError, ShardBatch, Sta
 from changeflow.io.shards import ShardPosition
 from changeflow.model import SourceRecord
 
-__all__ = ['DynamoDBStreamReader', 'DynamoDBStreamReaders', 'TrimmedData', 'streams_client', 'dynamodb_client',
+__all__ = ['DynamoDBStreamReader', 'DynamoDBStreamReaders', 'DynamoDBShardReaders', 'TrimmedData',
+           'streams_client', 'dynamodb_client',
            'latest_stream_arn', 'record_json', 'MAX_LIMIT']
 
 MAX_LIMIT = 1_000                      # GetRecords' largest Limit in DynamoDB Streams
@@ -166,8 +167,10 @@ class DynamoDBStreamReader(KinesisShardReader):
 
     max_limit = MAX_LIMIT
 
-    def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 4.0, **kwargs):
+    def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 4.0,
+                 dynamodb=None, **kwargs):
         super().__init__(_Sequenced(client), limit, reads_per_second, **kwargs)
+        self._dynamodb = dynamodb   # resolves a table's name to its stream (resolve_stream)
         self._stream_arn = ''
         self._source = ''
         self._not_before_ms: Optional[int] = None
@@ -184,6 +187,15 @@ class DynamoDBStreamReader(KinesisShardReader):
             if not last:
                 return shards
             args = {**args, 'ExclusiveStartShardId': last}
+
+    def resolve_stream(self, stream: str) -> str:
+        """A stream ARN as given; a table's name: its latest stream's ARN."""
+        if stream.startswith('arn:'):
+            return stream
+        if self._dynamodb is None:
+            raise ValueError(f'{stream!r} is a table name: this reader has no DynamoDB '
+                             f'client to find its stream (give the stream ARN)')
+        return latest_stream_arn(self._dynamodb, stream)
 
     def shard_iterator(self, stream: str, shard_id: str, position: ShardPosition,
                        start: Start) -> str:
@@ -276,3 +288,19 @@ class DynamoDBStreamReaders:
     def reader(self) -> DynamoDBStreamReader:
         return DynamoDBStreamReader(self._streams, limit=self._limit,
                                     reads_per_second=self._reads_per_second)
+
+
+class DynamoDBShardReaders(NamedTuple):
+    """A picklable ``reader_factory`` for the unbounded mode's
+    :class:`~changeflow.io.stream_sdf.ReadStream`: a DynamoDB Streams reader
+    on new boto3 clients (default credential chain), built on the worker; a
+    table's name is read as its latest stream."""
+    region: Optional[str] = None
+    endpoint_url: Optional[str] = None
+    limit: int = MAX_LIMIT
+    reads_per_second: float = 4.0
+
+    def __call__(self) -> DynamoDBStreamReader:
+        return DynamoDBStreamReader(streams_client(self.region, self.endpoint_url),
+                                    limit=self.limit, reads_per_second=self.reads_per_second,
+                                    dynamodb=dynamodb_client(self.region, self.endpoint_url))

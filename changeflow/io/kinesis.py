@@ -275,6 +275,10 @@ class KinesisShardReader:
     def shard_graph(self, stream: str) -> ShardGraph:
         return ShardGraph.from_descriptions(self.list_shards(stream))
 
+    def resolve_stream(self, stream: str) -> str:
+        """The stream as the reading calls take it: a Kinesis name or ARN as given."""
+        return stream
+
     def shard_iterator(self, stream: str, shard_id: str, position: ShardPosition,
                        start: Start) -> str:
         """An iterator after ``position``, or at ``start`` when nothing was read."""

@@ -313,6 +313,7 @@ class _ListShardsFn(beam.DoFn):
         self._reader = self._reader_factory()
 
     def process(self, stream):
+        stream = self._reader.resolve_stream(stream)   # a DynamoDB table: its stream's ARN
         yield stream, initial_restriction(self._reader.shard_graph(stream))
 
 

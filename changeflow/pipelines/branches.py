@@ -33,7 +33,7 @@ HANDLERS = 'handlers'  # the handlers branch's output name
 
 def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None,
                    before_sink: Optional[Mapping[str, beam.PTransform]] = None,
-                   events=None, handlers=None) -> dict:
+                   events=None, handlers=None, stream_windows=None) -> dict:
     """Coalesces ``runs`` per shard and writes them to every sink ``config`` names.
 
     Args:
@@ -51,6 +51,9 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
             (audit-log Changes, turned into events by the handlers branch).
         handlers: a :class:`changeflow.handlers.Handlers` registry (or
             Handler definitions) run besides ``config.handlers``.
+        stream_windows: an unbounded job's WindowFn (``runs`` are in its
+            windows): the handlers get each key's events in order across
+            windows (:class:`~changeflow.handlers.transforms.RunHandlers`).
 
     Returns the main PCollections by name: 'batches' (one per shard), each
     configured branch's sink output ('handlers': a HandlerOutcome per
@@ -97,7 +100,8 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         models = {**getattr(handlers, 'models', {}),
                   **{spec.source: spec.model for spec in config.tables if spec.model}}
         handled = (runs if events is None else events) | 'Handlers' >> RunHandlers(
-            all_handlers, config.state_url, models, [spec.source for spec in config.tables])
+            all_handlers, config.state_url, models, [spec.source for spec in config.tables],
+            stream_windows=stream_windows)
         dead_letters.append(handled[DEAD_LETTER_TAG])
         outputs[HANDLERS] = handled[RunHandlers.MAIN]
 

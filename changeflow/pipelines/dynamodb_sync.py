@@ -20,12 +20,15 @@ sequence number (:class:`~changeflow.io.dynamodb_streams.TrimmedData`). See
 the README's DynamoDB section for the YAML.
 
 Runs on the FnApiRunner locally (the default when no --runner is given) and
-unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
+unchanged on Dataflow or Flink with ``--setup_file ./setup.py``. With Beam's
+``--streaming`` on a stream source the job is the unbounded one
+(:mod:`changeflow.pipelines.dynamodb_streaming`).
 """
 
 import logging
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
 from changeflow.config import DYNAMODB_ARCHIVE, DYNAMODB_STREAM, JobConfig, is_dynamodb_job
 from changeflow.dynamodb.transforms import (
@@ -55,6 +58,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     """
     if not is_dynamodb_job(config):
         raise ValueError(f'not a DynamoDB job: source.type is {config.source.type!r}')
+    if p.options.view_as(StandardOptions).streaming:  # --streaming: the unbounded job
+        from changeflow.pipelines.dynamodb_streaming import build_dynamodb_streaming_pipeline
+        return build_dynamodb_streaming_pipeline(p, config, handlers)
     source = config.source
     dead_letters = []
     read = p | _read_step(config)

@@ -44,8 +44,6 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import userstate
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.utils.timestamp import Timestamp
 
 from changeflow.config import JobConfig, TableSpec
 from changeflow.io.dead_letter import WriteDeadLetters
@@ -58,6 +56,7 @@ from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.connections import (
     DDL, RUNS, ParseToConnectionRuns, _ReplayConnectionFn, _runs_original, _runs_position)
 from changeflow.transforms.guard import guarded
+from changeflow.transforms.hold import hold, hold_specs, take_due
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET, RouteChanges
 from changeflow.transforms.runs import batch_changes
 from changeflow.transforms.shard_batches import FoldShards
@@ -66,10 +65,8 @@ from changeflow.transforms.transactions import TransactionTracker, unresolved_le
 __all__ = ['build_streaming_pipeline', 'ReplayConnectionStreams', 'StreamingOptions']
 
 _CONNECTION = typehints.Tuple[str, int]
-_PENDING = userstate.BagStateSpec('pending', PickleCoder())        # (due micros, run)
-_DUE = userstate.ReadModifyWriteStateSpec('due', PickleCoder())    # the timer's time
+_PENDING, _DUE, _RELEASE = hold_specs()    # a connection's runs, until the watermark passes
 _TRACKER = userstate.ReadModifyWriteStateSpec('tracker', PickleCoder())
-_RELEASE = userstate.TimerSpec('release', TimeDomain.WATERMARK)
 
 
 @guarded('transactions', _runs_original, _runs_position, buffered=False)
@@ -84,13 +81,7 @@ class _ReplayStreamFn(_ReplayConnectionFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 pending=beam.DoFn.StateParam(_PENDING), due=beam.DoFn.StateParam(_DUE),
                 release=beam.DoFn.TimerParam(_RELEASE)):
-        _, run = element
-        at = timestamp.micros + self._reorder_us
-        pending.add((at, run))
-        earliest = due.read()
-        if earliest is None or at < earliest:
-            due.write(at)
-            release.set(Timestamp(micros=at))
+        hold(pending, due, release, timestamp.micros + self._reorder_us, element[1])
 
     @userstate.on_timer(_RELEASE)
     def release_due(self, fired=beam.DoFn.TimestampParam, connection=beam.DoFn.KeyParam,
@@ -98,19 +89,9 @@ class _ReplayStreamFn(_ReplayConnectionFn):
                     release=beam.DoFn.TimerParam(_RELEASE),
                     tracker_state=beam.DoFn.StateParam(_TRACKER)):
         """Every run due by ``fired`` has arrived: replay them; keep the rest."""
-        ready, later = [], []
-        for at, run in pending.read():
-            (ready if at <= fired.micros else later).append((at, run))
-        pending.clear()
-        due.clear()
-        for item in later:
-            pending.add(item)
-        if later:
-            earliest = min(at for at, _ in later)
-            due.write(earliest)
-            release.set(Timestamp(micros=earliest))
+        ready = take_due(pending, due, release, fired.micros)
         tracker = tracker_state.read() or TransactionTracker(*connection, *self._tracker_args)
-        yield from self.replay(tracker, [run for _, run in ready])
+        yield from self.replay(tracker, ready)
         yield from unresolved_letters(tracker, self._counters['unresolved'])
         tracker.unresolved.clear()
         tracker_state.write(tracker)
