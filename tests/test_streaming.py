@@ -6,6 +6,8 @@ state, windowed, written; the outputs equal the archive run's."""
 import json
 import os
 
+import yaml
+
 from changeflow.pipelines import audit_sync
 from equivalence import snapshot
 from test_audit_sync_e2e import AUDIT, dead_letter_reasons, replica_tables, write_config
@@ -20,15 +22,47 @@ def parquet_rows(config):
                   for row in rows)
 
 
+RECORDER = """import json, os
+def record(events):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'events.jsonl'), 'a') as f:
+        for e in events:
+            f.write(json.dumps([e.table, list(map(str, e.key)), e.version, e.kind]) + '\\n')
+"""
+
+
+def with_recorder(config_path, module):
+    """The job with a handler of shop.orders that appends its events to
+    events.jsonl beside it (``module``: the handler's module, one per job:
+    a process imports a module once)."""
+    folder = os.path.dirname(config_path)
+    with open(os.path.join(folder, f'{module}.py'), 'w', encoding='utf-8') as f:
+        f.write(RECORDER)
+    with open(config_path, encoding='utf-8') as f:
+        raw = yaml.safe_load(f)
+    raw['handlers'] = [{'name': 'recorder', 'table': 'shop.orders',
+                        'function': f'{module}:record'}]
+    raw['state'] = {'url': f'sqlite:///{folder}/state.db'}
+    with open(config_path, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(raw, f, allow_unicode=True)
+    return config_path
+
+
+def handled_events(config_path):
+    with open(os.path.join(os.path.dirname(config_path), 'events.jsonl'), encoding='utf-8') as f:
+        return [json.loads(line) for line in f]
+
+
 def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
                                               expected_tables):
     source = CloudWatchToKinesis(moto_endpoint, shards=1)
     batches = archive_batches()
     for lines in batches:
         source.put(lines)
-    archive = write_config(tmp_path, 'kinesis-jsonl', os.path.join(AUDIT, 'kinesis.jsonl'))
+    archive = with_recorder(write_config(tmp_path, 'kinesis-jsonl',
+                                         os.path.join(AUDIT, 'kinesis.jsonl')), 'archive_recorder')
     audit_sync.run(['--config', archive])
-    config = kinesis_config(tmp_path / 'stream', source.stream, moto_endpoint)
+    config = with_recorder(kinesis_config(tmp_path / 'stream', source.stream, moto_endpoint),
+                           'stream_recorder')
 
     result = audit_sync.run(['--config', config, '--streaming',
                              f'--stream_max_records={len(batches)}'])
@@ -39,6 +73,14 @@ def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
     assert dead_letter_reasons(config) == dead_letter_reasons(archive)
     assert parquet_rows(config) == parquet_rows(archive)
     assert snapshot(config)['notifications'] == snapshot(archive)['notifications']
+    # The handler saw every change of shop.orders once, each row's in version order.
+    streamed = handled_events(config)
+    assert len(streamed) > 10
+    assert sorted(streamed) == sorted(handled_events(archive))
+    by_key = {}
+    for table, key, version, _ in streamed:
+        by_key.setdefault((table, tuple(key)), []).append(version)
+    assert all(versions == sorted(versions) for versions in by_key.values())
 
 
 DETERMINISTIC = {'beam:coder:string_utf8:v1', 'beam:coder:varint:v1', 'beam:coder:bytes:v1'}

@@ -284,7 +284,7 @@ class _HandleShardFn(beam.DoFn):
             self._ledger.dispose()
 
 
-_PENDING, _DUE, _RELEASE = hold_specs()    # a shard's runs, until the watermark passes
+_PENDING, _DUE, _RELEASE = hold_specs('handlers')    # a shard's runs, until the watermark passes
 
 
 def _held_original(element):

@@ -46,12 +46,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import userstate
 
 from changeflow.config import JobConfig, TableSpec
+from changeflow.handlers.transforms import RunHandlers
 from changeflow.io.dead_letter import WriteDeadLetters
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.parquet import WriteParquetBackup
 from changeflow.io.sql import DEFAULT_SHARDS, WriteToDatabase
 from changeflow.io.stream_sdf import KinesisReaders, ReadStream
 from changeflow.model import DEAD_LETTER_TAG, dead_letter
+from changeflow.pipelines.branches import HANDLERS
 from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.connections import (
     DDL, RUNS, ParseToConnectionRuns, _ReplayConnectionFn, _runs_original, _runs_position)
@@ -65,7 +67,7 @@ from changeflow.transforms.transactions import TransactionTracker, unresolved_le
 __all__ = ['build_streaming_pipeline', 'ReplayConnectionStreams', 'StreamingOptions']
 
 _CONNECTION = typehints.Tuple[str, int]
-_PENDING, _DUE, _RELEASE = hold_specs()    # a connection's runs, until the watermark passes
+_PENDING, _DUE, _RELEASE = hold_specs('connection')    # a connection's runs, until the watermark passes
 _TRACKER = userstate.ReadModifyWriteStateSpec('tracker', PickleCoder())
 
 
@@ -189,9 +191,9 @@ def build_streaming_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
         time_zone=config.time_zone, reorder_seconds=reorder_seconds)
     dead_letters.append(replayed[DEAD_LETTER_TAG])
-    folded = (replayed['changes']
-              | 'Window' >> beam.WindowInto(window.FixedWindows(window_seconds))
-              | 'Coalesce' >> FoldShards())
+    windows = window.FixedWindows(window_seconds)
+    windowed = replayed['changes'] | 'Window' >> beam.WindowInto(windows)
+    folded = windowed | 'Coalesce' >> FoldShards()
     dead_letters.append(folded[DEAD_LETTER_TAG])
     changes = folded[FoldShards.MAIN] | 'ShardChanges' >> beam.FlatMap(_shard_changes)
     # The replica takes the coalesced changes; the change-log sinks each source op.
@@ -220,6 +222,14 @@ def build_streaming_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         written = routed[NOTIFY] | 'Notify' >> WriteNotifications(config.notify, config.tables)
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
+
+    if config.handlers:  # every translated change, in order per key across windows
+        handled = windowed | 'Handlers' >> RunHandlers(
+            config.handlers, config.state_url,
+            {spec.source: spec.model for spec in config.tables if spec.model},
+            [spec.source for spec in config.tables], stream_windows=windows)
+        dead_letters.append(handled[DEAD_LETTER_TAG])
+        outputs[HANDLERS] = handled[RunHandlers.MAIN]
 
     # Letters of the global-window steps (reader, replay, database) get windows too,
     # so the dead-letter files are written per window while the job runs.

@@ -11,7 +11,7 @@ the runner fires windows in.
 
 Usage, in a DoFn with the three specs of :func:`hold_specs` as parameters::
 
-    PENDING, DUE, RELEASE = hold_specs()
+    PENDING, DUE, RELEASE = hold_specs('connection')
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 pending=beam.DoFn.StateParam(PENDING), due=beam.DoFn.StateParam(DUE),
@@ -33,13 +33,15 @@ from apache_beam.utils.timestamp import Timestamp
 __all__ = ['hold_specs', 'hold', 'take_due']
 
 
-def hold_specs():
+def hold_specs(name: str):
     """(pending, due, release): the bag of ``(due micros, item)``, the timer's
-    time and the event-time timer, new for each DoFn class (Beam binds a
-    TimerSpec to the one callback declared with it)."""
-    return (userstate.BagStateSpec('pending', PickleCoder()),
-            userstate.ReadModifyWriteStateSpec('due', PickleCoder()),
-            userstate.TimerSpec('release', TimeDomain.WATERMARK))
+    time and the event-time timer, new and named for each DoFn class: Beam
+    binds a TimerSpec to the one callback declared with it, and the
+    FnApiRunner dispatches the timers of two fused stateful DoFns whose
+    timers share a name to one of them (seen with 2.77)."""
+    return (userstate.BagStateSpec(f'{name}_pending', PickleCoder()),
+            userstate.ReadModifyWriteStateSpec(f'{name}_due', PickleCoder()),
+            userstate.TimerSpec(f'{name}_release', TimeDomain.WATERMARK))
 
 
 def hold(pending, due, release, at_us: int, item: Any) -> None:
