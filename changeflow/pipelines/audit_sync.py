@@ -29,7 +29,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches, written_outputs
 from changeflow.transforms.connections import (
     CARRY, DDL, RUNS, ParseToConnectionRuns, ReplayConnections, carried_connections, carry_state)
-from changeflow.transforms.follow_schema import BuildSchemaTimeline
+from changeflow.transforms.follow_schema import BuildSchemaTimeline, carried_ddl, with_ddl
 
 __all__ = ['build_pipeline', 'pipeline_options', 'read_namespace', 'run']
 
@@ -61,13 +61,17 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     parsed = records | 'ParseRecords' >> ParseToConnectionRuns(
         config.query_log_limit, config.server_version)
     dead_letters.append(parsed[DEAD_LETTER_TAG])
-    timeline = None
-    if config.schema is not None:  # the schema the log starts with, advanced by its DDL
-        timeline = parsed[DDL] | 'SchemaTimeline' >> BuildSchemaTimeline(
-            config.schema, config.table_rules, config.tables)
     stream = {}
-    if config.source.type == 'kinesis':  # each connection continues from the last cycle
-        cycle = read[ReadKinesisToTip.CYCLE]
+    cycle = read[ReadKinesisToTip.CYCLE] if config.source.type == 'kinesis' else None
+    timeline = all_ddl = None
+    if config.schema is not None:  # the schema the log starts with, advanced by its DDL
+        all_ddl = parsed[DDL]
+        if cycle is not None:      # and by the DDL of the cycles before
+            all_ddl = (cycle | 'CarriedDdl' >> beam.FlatMap(lambda c: carried_ddl(c['state'])),
+                       all_ddl) | 'AllDdl' >> beam.Flatten()
+        timeline = all_ddl | 'SchemaTimeline' >> BuildSchemaTimeline(
+            config.schema, config.table_rules, config.tables)
+    if cycle is not None:  # each connection continues from the last cycle
         stream = dict(carried=cycle | 'CarriedConnections' >> beam.FlatMap(
             lambda c: carried_connections(c['state'])), cycle=cycle,
             lateness_seconds=config.source.lateness_seconds)
@@ -81,6 +85,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
         state = replayed[CARRY] | 'AllCarried' >> beam.combiners.ToList() | (
             'CarryState' >> beam.Map(carry_state))
+        if all_ddl is not None:
+            state = state | 'CarryDdl' >> beam.Map(with_ddl, beam.pvalue.AsList(all_ddl))
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
             written_outputs(outputs), state=state)

@@ -4,11 +4,15 @@ input: each statement is read against the schema at its position) and for
 the database sink (which applies its steps to the replica before writing).
 
 In a bounded run the timeline holds every DDL of the input before any
-statement is translated. A stream has no such point: it needs the timeline
-per window, which the streaming mode adds.
+statement is translated. A catch-up cycle of a stream also replays the DDL
+of the cycles before it, carried in the checkpoint state
+(:func:`carried_ddl`, :func:`with_ddl`): each cycle's timeline starts from
+the configured schema and advances through every DDL the stream committed
+so far, so a statement is read against the schema the earlier cycles' DDL
+left. The unbounded mode does not follow DDL.
 """
 
-from typing import Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -17,7 +21,9 @@ from changeflow.config import TableSpec
 from changeflow.schema.model import SourceSchema
 from changeflow.schema.timeline import SchemaTimeline
 
-__all__ = ['BuildSchemaTimeline']
+__all__ = ['BuildSchemaTimeline', 'carried_ddl', 'with_ddl']
+
+Ddl = Tuple[tuple, Optional[str], str]   # (position, database, sql)
 
 
 class BuildSchemaTimeline(beam.PTransform):
@@ -41,3 +47,21 @@ class BuildSchemaTimeline(beam.PTransform):
         return (ddl
                 | 'AllDdl' >> beam.combiners.ToList()
                 | 'Timeline' >> beam.Map(timeline, self._schema, self._rules, self._tables))
+
+
+def carried_ddl(state) -> List[Ddl]:
+    """The DDL a committed checkpoint state carries (None before the first
+    commit): every DDL statement the earlier cycles committed."""
+    return [(tuple(position), database, sql)
+            for position, database, sql in (state or {}).get('ddl', ())]
+
+
+def with_ddl(state: Optional[dict], ddl: Sequence[Ddl]) -> Optional[dict]:
+    """The checkpoint state with ``ddl`` (the carried and this cycle's DDL),
+    in log order, each statement once; as given when there is none. The
+    list grows with the source's DDL statements, not with its writes."""
+    entries = sorted({(tuple(p), d, s) for p, d, s in ddl},
+                     key=lambda entry: (entry[0], entry[1] or '', entry[2]))
+    if not entries:
+        return state
+    return {**(state or {}), 'ddl': [[list(p), d, s] for p, d, s in entries]}
