@@ -104,7 +104,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
-from changeflow.transforms.runs import batch_changes, pack, unpack
+from changeflow.transforms.runs import batch_changes, gc_paused, pack, unpack
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -498,8 +498,10 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
             yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in values)
             return
         layouts, plans = self._current(timeline)
-        changes = [change for data in values for change in unpack(data)]
-        yield from self._write_partition(partition, changes, layouts, plans)
+        with gc_paused():  # a partition's Changes and rows: many small objects, no cycles
+            changes = [change for data in values for change in unpack(data)]
+            outputs = list(self._write_partition(partition, changes, layouts, plans))
+        yield from outputs
 
     def _write_partition(self, partition, changes: List[Change], layouts, plans):
         if partition == _UNROUTABLE:
