@@ -489,9 +489,12 @@ def _notify_rule(i: int, raw, base_dir: str) -> NotifyRule:
         to = 'file:' + _resolve(address, base_dir)
     options = tuple((key, raw[key]) for key in sorted(writer.OPTIONS) if key in raw)
     try:
-        writer(to.partition(':')[2], **dict(options))
+        checked = writer(to.partition(':')[2], **dict(options))
     except (ValueError, TypeError) as error:
         raise ConfigError(f'{where}: {writer.shown(str(error))}') from None
+    unset = [name for name in getattr(checked, 'environment', list)() if name not in os.environ]
+    if unset:  # named, never shown: the values are secrets
+        raise ConfigError(f'{where}.headers: environment variable {unset[0]} is not set')
     when = raw.get('when') or {}
     _check_keys(f'{where}.when', when, ('table', 'op', 'columns'))
     try:

@@ -103,7 +103,10 @@ class RowOp(NamedTuple):
     DELETE, an expression (the WHERE beyond the key pin: ``version = 3``,
     ``deleted_at IS NULL``); the op applies only where it is true on the
     row's current state (MySQL WHERE truth: non-NULL and non-zero); None:
-    always.
+    always. ``old``: the whole row before the op, column -> value pairs, where
+    the source tells it (a DynamoDB MODIFY's or REMOVE's OldImage); None:
+    unknown (the audit log never tells it). Only notifications read it; the
+    sinks apply ``values``.
     """
     kind: OpKind
     version: str
@@ -111,6 +114,7 @@ class RowOp(NamedTuple):
     assignments: Tuple[Tuple[str, Any], ...] = ()
     position: str = ''
     condition: Optional[tuple] = None
+    old: Optional[Tuple[Tuple[str, Any], ...]] = None
 
 
 def diverge_op(version: str, reason: str, detail: str, position: str = '') -> RowOp:

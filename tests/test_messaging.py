@@ -13,7 +13,7 @@ import pytest
 import yaml
 from apache_beam.testing.util import assert_that, equal_to
 
-from changeflow.config import TableSpec, parse_config
+from changeflow.config import ConfigError, TableSpec, parse_config
 from changeflow.io.json_records import dumps_json
 from changeflow.io.messaging import (
     SqsWriter, _entry_results, display_target, render_template, template_fields)
@@ -131,14 +131,19 @@ class _Hook(http.server.BaseHTTPRequestHandler):
     """Answers POSTs with the statuses scripted for their path, then 200."""
     script: dict = {}
     received: list = []
+    headers_seen: list = []
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
         statuses = self.script.get(self.path, [])
         status = statuses.pop(0) if statuses else 200
         self.received.append((self.path, status, body))
+        self.headers_seen.append(dict(self.headers))
         self.send_response(status)
         self.end_headers()
+        if status == 401:  # as some servers do: the credential echoed back
+            self.wfile.write(f'bad token {self.headers.get("Authorization")}'.encode())
+            return
         self.wfile.write(b'ok' if status == 200 else b'invalid_payload')
 
     def log_message(self, *args):
@@ -147,7 +152,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webhook():
-    _Hook.script, _Hook.received = {}, []
+    _Hook.script, _Hook.received, _Hook.headers_seen = {}, [], []
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -192,6 +197,48 @@ def test_webhook_retries_a_500_dead_letters_a_400_and_never_posts_twice(
     # never sent) and now accepted.
     assert [p for p, _, _ in hook.received] == ['/services/T0/bad-SECRET']
     assert counters == {'received': 3, 'written': 1, 'skipped_existing': 2}
+
+
+def test_webhook_headers_come_from_the_environment_and_are_never_shown(
+        webhook, sqlite_url, monkeypatch, caplog, tmp_path):
+    base, hook = webhook
+    monkeypatch.setenv('CF_TEST_TOKEN', 'xoxb-42-SECRET')
+    hook.script = {'/services/T0/bad': [401]}
+    headers = {'Authorization': 'Bearer ${CF_TEST_TOKEN}', 'X-Team': 'ops'}
+    inserts = {'op': 'insert'}
+    rules = [{'to': f'{base}/services/T0/good', 'headers': headers, 'retry': FAST,
+              'when': inserts},
+             {'to': f'{base}/services/T0/bad', 'headers': headers, 'retry': FAST,
+              'when': inserts}]
+    def check(dead):
+        assert [d.reason for d in dead] == ['rejected']
+        assert 'HTTP 401: bad token ***' in dead[0].detail
+        assert 'SECRET' not in dead[0].detail + dead[0].original.decode()
+        assert '${CF_TEST_TOKEN}' not in dead[0].detail   # nor the rule: the target alone
+
+    caplog.set_level('DEBUG')
+    counters = run(rules, changes(1), sqlite_url, letters=check)
+    assert counters == {'received': 3, 'written': 1, 'dead_lettered': 1}
+    assert [(h['Authorization'], h['X-Team']) for h in hook.headers_seen] == [
+        ('Bearer xoxb-42-SECRET', 'ops')] * 2
+    assert 'SECRET' not in caplog.text
+
+    # The config names the variable and holds no secret; an unset one is an error there.
+    (tmp_path / 'audit.log').write_text('')
+    raw = {'source': {'type': 'archive', 'format': 'server-audit', 'path': 'audit.log'},
+           'tables': {'shop.orders': {'key': ['tenant_id', 'order_id']}},
+           'sinks': {'notify': [{'to': f'{base}/services/T0/good', 'headers': headers}]},
+           'dead_letter': {'path': 'dead'}}
+    assert dict(parse_config(raw, str(tmp_path)).notify[0].options)['headers'] == headers
+    monkeypatch.delenv('CF_TEST_TOKEN')
+    with pytest.raises(ConfigError, match=r'headers: environment variable CF_TEST_TOKEN is not set'):
+        parse_config(raw, str(tmp_path))
+    for bad, why in (({'Content-Type': 'text/plain'}, 'set by changeflow'),
+                     ({'X-A': 'one\r\nX-B: two'}, 'one line'), ({'bad name': 'x'}, 'header name'),
+                     ('Bearer x', 'mapping')):
+        raw['sinks']['notify'][0]['headers'] = bad
+        with pytest.raises(ConfigError, match=why):
+            parse_config(raw, str(tmp_path))
 
 
 def test_unreachable_webhook_exhausts_retries_into_dead_letters(sqlite_url):

@@ -22,7 +22,18 @@ binary              B
 date, datetime      S (ISO-8601 text, parsed by the sinks)
 json                every type: M an object, L and sets arrays, S and B JSON
                     strings (B base64), N a number, BOOL true/false
+list<T>             L whose every element fits T
+set<T>              SS (T string or text), NS (T a number type), BS (T binary)
+map<T>              M whose every value fits T
+struct<a: T, ...>   M whose names are among the declared fields, each fitting
+                    its type
 ==================  ===========================================================
+
+Inside a nested type (:mod:`changeflow.sql.nested`) the scalars take what
+they take at the top, except that string and text take S only (a nested
+number has no exact text left to give them), and a ``json`` part takes
+anything. Nested columns are json columns to the replica; the Parquet
+backup stores them as Arrow lists, maps and structs.
 
 NULL, like an absent attribute, is SQL NULL in any column: the replica does
 not tell the two apart. An attribute the table does not declare does not fit.
@@ -46,6 +57,8 @@ _TAKES = {
     'date': {'S'}, 'datetime': {'S'},
     'json': {'S', 'N', 'B', 'BOOL', 'M', 'L', 'SS', 'NS', 'BS'},
 }
+_NESTED_TAKES = {'list': {'L'}, 'set': {'SS', 'NS', 'BS'}, 'map': {'M'}, 'struct': {'M'}}
+_SET_TAGS = {'string': 'SS', 'text': 'SS', 'binary': 'BS'}   # the number types: NS
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
 _BARE_DECIMAL = (38, 9)
 
@@ -89,11 +102,55 @@ def _fits_number(number: decimal.Decimal, column_type) -> bool:
     return True
 
 
+def _fit_shape(value, shape, path: str, declared: str) -> None:
+    """Raises ItemMismatch naming the attribute path where ``value`` (not
+    None) does not fit ``shape`` (a :class:`changeflow.sql.nested.Nested`)."""
+    tag = dynamodb_type(value)
+    if shape.kind == 'scalar':
+        if shape.scalar == 'json':
+            return
+        column_type = parse_type(shape.scalar)
+        takes = {'S'} if column_type.kind in ('string', 'text') else _TAKES[column_type.kind]
+    elif shape.kind == 'set':
+        kind = parse_type(shape.element.scalar).kind
+        takes = {_SET_TAGS.get(kind, 'NS')}
+    else:
+        takes = _NESTED_TAKES[shape.kind]
+    if tag not in takes:
+        raise ItemMismatch('attribute-type', (
+            f'attribute {path!r} is of type {tag}; its column ({declared}) takes '
+            f'{", ".join(sorted(takes))} there'))
+    if shape.kind == 'scalar':
+        if tag == 'N' and not _fits_number(value, column_type):
+            raise ItemMismatch('attribute-type', (
+                f'attribute {path!r}: a number that its column ({declared}) cannot hold '
+                f'exactly'))
+    elif shape.kind == 'set':
+        if tag == 'NS':
+            for number in value:
+                _fit_shape(number, shape.element, path, declared)
+    elif shape.kind == 'list':
+        for index, element in enumerate(value):
+            if element is not None:
+                _fit_shape(element, shape.element, f'{path}[{index}]', declared)
+    else:
+        fields = dict(shape.fields) if shape.kind == 'struct' else None
+        for name, element in value:
+            node = shape.element if fields is None else fields.get(name)
+            if node is None:
+                raise ItemMismatch('unknown-attribute', (
+                    f'attribute {path + "." + name!r} is not among the fields of its column '
+                    f'({declared})'))
+            if element is not None:
+                _fit_shape(element, node, f'{path}.{name}', declared)
+
+
 class ItemColumns:
     """Fits items to one table's declared columns.
 
     ``columns``: (column name, declared type) pairs, the types one of
-    :data:`COLUMN_TYPES` or ``decimal(p,s)``; ValueError for another.
+    :data:`COLUMN_TYPES`, ``decimal(p,s)`` or a nested type (``list<T>``,
+    ``set<T>``, ``map<T>``, ``struct<...>``); ValueError for another.
     """
 
     def __init__(self, columns):
@@ -102,8 +159,10 @@ class ItemColumns:
             column_type = parse_type(declared)
             if not column_type.changeflow or column_type.kind not in _TAKES:
                 raise ValueError(f'column {name!r}: {declared!r} is not one of '
-                                 f'{", ".join(COLUMN_TYPES)} or decimal(p,s)')
-            self._types[name] = (declared, column_type, _TAKES[column_type.kind])
+                                 f'{", ".join(COLUMN_TYPES)}, decimal(p,s) or a nested type')
+            takes = _TAKES[column_type.kind] if column_type.shape is None else _NESTED_TAKES[
+                column_type.shape.kind]
+            self._types[name] = (declared, column_type, takes)
 
     def values(self, image: DynamoMap) -> Tuple[Tuple[str, Any], ...]:
         """The (column, value) pairs of a whole-row write of ``image``: the
@@ -131,6 +190,8 @@ class ItemColumns:
                     raise ItemMismatch('attribute-type', (
                         f'attribute {name!r}: a number that its column ({text}) cannot hold '
                         f'exactly'))
+                if column_type.shape is not None:
+                    _fit_shape(value, column_type.shape, name, text)
                 if column_type.kind == 'json' and tag in ('S', 'B'):
                     value = dumps_json(json_ready(value, nested=True)).decode('utf-8')
                 else:

@@ -522,7 +522,8 @@ def json_ready(value, nested: bool = False) -> Any:
     return value
 
 
-def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> Optional[Change]:
+def to_change(record: StreamRecord, key_names: Sequence[str], columns=None,
+              old_image: bool = False) -> Optional[Change]:
     """The record as one Change for the replica, or None for a no-op MODIFY.
 
     ``key_names``: the table's key attributes in key order (hash, then range);
@@ -541,6 +542,10 @@ def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> O
     new image's attributes; REMOVE (a user's or TTL's) -> DELETE; INSERT or
     MODIFY without a new image (``KEYS_ONLY``, ``OLD_IMAGE`` views) -> a
     DIVERGE op: the row is no longer known to equal the table.
+    ``old_image``: the REPLACE's or DELETE's ``old`` is the record's old image
+    (``NEW_AND_OLD_IMAGES``, ``OLD_IMAGE``), valued as ``values`` are (fitted
+    to ``columns`` where it fits them, else as :func:`json_ready` gives it),
+    for notifications' old values; otherwise None.
 
     Raises:
         BadRecord: 'missing-key' when a key attribute is not in the record's
@@ -558,9 +563,10 @@ def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> O
             raise BadRecord('missing-key', f'key attribute {name!r} is not in Keys '
                                            f'{list(record.keys.names())}')
         key.append(_key_value(value))
+    old = _old_values(record.old_image, columns) if old_image else None
     if record.event is EventName.REMOVE:
         op = RowOp(OpKind.DELETE, record.version, position=record.position + (
-            TTL_MARK if record.ttl_delete else ''))
+            TTL_MARK if record.ttl_delete else ''), old=old)
     elif record.new_image is not None:
         if columns is None:
             values = tuple((name, json_ready(v)) for name, v in record.new_image)
@@ -570,13 +576,24 @@ def to_change(record: StreamRecord, key_names: Sequence[str], columns=None) -> O
             except BadRecord as e:
                 e.key = tuple(key)
                 raise
-        op = RowOp(OpKind.REPLACE, record.version, values, position=record.position)
+        op = RowOp(OpKind.REPLACE, record.version, values, position=record.position, old=old)
     else:
         view = record.view_type.value if record.view_type else 'unknown'
         op = diverge_op(record.version, 'no-new-image',
                         f'{record.event.value} in a {view} stream carries no new image',
                         record.position)
     return Change(record.table, tuple(key), (op,), record.created_us)
+
+
+def _old_values(image: Optional[DynamoMap], columns):
+    if image is None:
+        return None
+    if columns is not None:
+        try:
+            return columns.values(image)
+        except BadRecord:
+            pass  # an old state that did not fit (its row is marked): shown as it was
+    return tuple((name, json_ready(v)) for name, v in image)
 
 
 def is_ttl_position(position: str) -> bool:

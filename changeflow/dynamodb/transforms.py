@@ -155,10 +155,11 @@ class _ShardRunsFn(beam.DoFn):
     (table, shard) into runs; what does not fit is dead-lettered and marked."""
 
     def __init__(self, tables: Sequence[TableSpec], num_shards: int,
-                 event_tables: FrozenSet[str] = frozenset()):
+                 event_tables: FrozenSet[str] = frozenset(), old_images: bool = False):
         self._tables = tables
         self._num_shards = num_shards
         self._event_tables = event_tables
+        self._old_images = old_images
         self._counters = {name: Metrics.counter(_NAMESPACE, name) for name in (
             'changes', 'no_op_modifies', 'unconfigured_table', 'dead_lettered',
             'rows_marked', 'tables_marked')}
@@ -176,7 +177,7 @@ class _ShardRunsFn(beam.DoFn):
             self._counters['unconfigured_table'].inc()
             return
         try:
-            change = to_change(record, *entry)
+            change = to_change(record, *entry, old_image=self._old_images)
         except BadRecord as e:
             self._counters['dead_lettered'].inc()
             yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -212,8 +213,9 @@ def _chunk_position(chunk) -> str:
 
 @guarded(STEP, _chunk_original, _chunk_position)
 class _StreamShardRunsFn(_ShardRunsFn):
-    def __init__(self, tables, num_shards, kinesis: bool, event_tables=frozenset()):
-        super().__init__(tables, num_shards, event_tables)
+    def __init__(self, tables, num_shards, kinesis: bool, event_tables=frozenset(),
+                 old_images: bool = False):
+        super().__init__(tables, num_shards, event_tables, old_images)
         self._kinesis = kinesis
         self._received = Metrics.counter(_NAMESPACE, 'records_received')
         self._decoded = Metrics.counter(_NAMESPACE, 'stream_records')
@@ -265,17 +267,20 @@ class StreamRecordsToShardRuns(beam.PTransform):
             :class:`~changeflow.handlers.events.ChangeEvent` per (table,
             shard), with their images and event names (no-op MODIFYs and
             records whose Keys do not fit are not events).
+        old_images: each op carries its record's old image as ``old``
+            (:func:`~changeflow.dynamodb.records.to_change`), for
+            notifications' old values; off, the runs hold new images only.
     """
 
     MAIN = 'runs'
 
     def __init__(self, tables: Sequence[TableSpec], kinesis: bool = False,
-                 num_shards: int = DEFAULT_SHARDS, event_tables=()):
+                 num_shards: int = DEFAULT_SHARDS, event_tables=(), old_images: bool = False):
         super().__init__()
         if not tables:
             raise ValueError('tables is empty')
         self._fn = _StreamShardRunsFn(tuple(tables), num_shards, kinesis,
-                                      frozenset(event_tables))
+                                      frozenset(event_tables), old_images)
 
     def expand(self, chunks):
         return chunks | 'ToShardRuns' >> beam.ParDo(self._fn).with_outputs(

@@ -21,7 +21,8 @@ or a value of another type is a :class:`ModelMismatch` naming the attribute
 BOOLEAN is TINYINT), ``bytes``, ``dict``, ``list``/``tuple``, ``set``/
 ``frozenset``, ``datetime.date``/``datetime.datetime`` (ISO-8601 text),
 ``typing.Any``, each optionally ``Optional[...]``; parametrised containers
-(``list[int]``) are checked as their container only.
+(``list[int]``) are checked as their container only here, and element by
+element by the column types they declare (:func:`model_columns`).
 """
 
 import dataclasses
@@ -79,11 +80,43 @@ _COLUMN_TYPES = {int: 'bigint', float: 'float', decimal.Decimal: 'decimal', str:
 
 def model_columns(model) -> Tuple[Tuple[str, str], ...]:
     """(field, changeflow column type) pairs: int bigint, Decimal decimal,
-    str string, bool boolean, bytes binary, date, datetime, anything else json."""
+    str string, bool boolean, bytes binary, date, datetime; ``list[T]`` and
+    ``tuple[T, ...]`` list<T>, ``set[T]`` and ``frozenset[T]`` set<T> (T a
+    string, number or bytes), ``dict[str, T]`` map<T> (nested types, so the
+    Parquet backup stores them as Arrow lists and maps); anything else
+    json (a container without element types too, or as an element)."""
     _check_model(model)
     hints = typing.get_type_hints(model)
-    return tuple((field.name, _COLUMN_TYPES.get(_unwrap(hints[field.name])[0], 'json'))
+    return tuple((field.name, _column_type(hints[field.name]))
                  for field in dataclasses.fields(model))
+
+
+_SET_ELEMENTS = frozenset({'string', 'bigint', 'decimal', 'float', 'binary'})
+
+
+def _column_type(hint) -> str:
+    base, _ = _unwrap(hint)
+    if base in _COLUMN_TYPES:
+        return _COLUMN_TYPES[base]
+    args = typing.get_args(_without_none(hint))
+    if (base is list and len(args) == 1) or (
+            base is tuple and len(args) == 2 and args[1] is Ellipsis):
+        return f'list<{_column_type(args[0])}>'
+    if base in (set, frozenset) and len(args) == 1:
+        element = _column_type(args[0])
+        return f'set<{element}>' if element in _SET_ELEMENTS else 'json'
+    if base is dict and len(args) == 2 and args[0] is str:
+        return f'map<{_column_type(args[1])}>'
+    return 'json'
+
+
+def _without_none(hint):
+    """``hint`` without the None of an Optional (the hint itself otherwise)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        others = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(others) == 1:
+            return others[0]
+    return hint
 
 
 def _check_model(model):

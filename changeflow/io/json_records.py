@@ -101,6 +101,7 @@ def change_json(change: Change) -> bytes:
             'values': {c: json_value(v) for c, v in op.values},
             'assignments': [[c, _sql_text(e)] for c, e in op.assignments],
             **({} if op.condition is None else {'condition': _sql_text(op.condition)}),
+            **({} if op.old is None else {'old': {c: json_value(v) for c, v in op.old}}),
         } for op in change.ops],
     })
 

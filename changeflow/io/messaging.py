@@ -41,13 +41,18 @@ another one or the other sinks beyond its own retries.
 
 AWS clients use boto3's default credential chain, the rule's ``region``
 (default: the ARN's or queue URL's, else the chain's) and ``endpoint_url``.
-Webhooks use urllib3 (already installed with botocore, which depends on it):
+Webhooks take ``headers`` (``{Authorization: "Bearer ${SLACK_TOKEN}"}``):
+``${NAME}`` reads the environment variable NAME of the process that sends,
+so no secret is in the config; their values are masked out of every error
+text, as the URL's path and query are. Webhooks use urllib3 (already
+installed with botocore, which depends on it):
 one connection pool per target, no retries of its own (ours apply), no
 redirects followed (a redirect is a permanent failure: a webhook that moved
 is a configuration to fix).
 """
 
 import hashlib
+import os
 import re
 import string
 import urllib.parse
@@ -65,7 +70,7 @@ from changeflow.io.notify import REDACTED, WRITERS, NotificationWriter
 from changeflow.io.notify_columns import before_and_after
 from changeflow.io.sql import create_engine
 from changeflow.model import Change
-from changeflow.sql.secrets import mask_url_passwords
+from changeflow.sql.secrets import env_names, expand_env, mask_url_passwords, mask_values
 from changeflow.state.ledger import Ledger
 
 __all__ = ['SnsWriter', 'SqsWriter', 'WebhookWriter', 'DEFAULT_TEMPLATE', 'template_fields',
@@ -135,8 +140,11 @@ def template_fields(change: Change, note: Mapping[str, Any], redact=frozenset(),
     ``id``, ``table``, ``op``, ``version``, ``event_time``: as in the
     notification. ``key``: the key parts (``{key[0]}``; ``{key}`` is a JSON
     array). ``new``: the values the op writes (``{new[status]}``; computed
-    assignments are not there). ``old``: the values known before the op (only
-    what the Change's earlier ops tell; usually empty). ``changes``:
+    assignments are not there; for a DynamoDB MODIFY with its old image, an
+    attribute it removed reads ``null``). ``old``: the values known before
+    the op: a DynamoDB record's old image (``NEW_AND_OLD_IMAGES``, and a
+    REMOVE's in ``OLD_IMAGE`` streams), else what the Change's earlier ops
+    tell (the audit log: usually nothing). ``changes``:
     ``col=value`` pairs of ``new``, comma-separated. Every field is text; a
     column not there reads as the empty string.
     """
@@ -540,22 +548,59 @@ class SqsWriter(_AwsWriter):
             QueueUrl=self.address, Entries=self._entries(messages, 'MessageBody')))
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_OWN_HEADERS = frozenset({'content-type', 'content-length', 'host', 'transfer-encoding'})
+
+
+def _check_headers(headers) -> Dict[str, str]:
+    """``headers`` as configured (values may name ``${ENV}`` variables), checked."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping) or not headers:
+        raise ValueError(f'headers must be a mapping of header name -> value, got '
+                         f'{type(headers).__name__}')
+    checked = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f'headers: {name!r} is not a header name')
+        if name.lower() in _OWN_HEADERS:
+            raise ValueError(f'headers: {name} is set by changeflow')
+        if not isinstance(value, str) or '\r' in value or '\n' in value:
+            raise ValueError(f'headers.{name}: the value must be one line of text '
+                             f'(secrets as ${{ENV_VAR}})')
+        checked[name] = value
+    return checked
+
+
 class WebhookWriter(_MessageWriter):
-    """``https://...``: a POST of ``{"text": ...}`` per notification."""
+    """``https://...``: a POST of ``{"text": ...}`` per notification.
+
+    ``headers``: sent with every POST; a value's ``${NAME}`` parts are the
+    environment variable NAME (``Authorization: "Bearer ${SLACK_TOKEN}"``),
+    read when the target is opened, so the config holds no secret. Resolved
+    values never reach logs or dead letters (:meth:`_hide` masks them).
+    """
 
     SCHEME = 'https'
     SECRET = True
-    OPTIONS = _MessageWriter.OPTIONS | {'timeout_seconds'}
+    OPTIONS = _MessageWriter.OPTIONS | {'timeout_seconds', 'headers'}
     _default_template = DEFAULT_TEMPLATE
     _http = None
 
-    def __init__(self, address: str, timeout_seconds: float = 15.0, **options):
+    def __init__(self, address: str, timeout_seconds: float = 15.0, headers=None, **options):
         if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, (int, float)) or (
                 not 0 < timeout_seconds <= 300):
             raise ValueError(f'timeout_seconds must be above 0 and at most 300, '
                              f'got {timeout_seconds!r}')
         self._timeout = float(timeout_seconds)
+        self._configured_headers = _check_headers(headers)
+        self._headers = {'Content-Type': 'application/json'}
+        self._secrets: List[str] = []
         super().__init__(address, **options)
+
+    def environment(self) -> List[str]:
+        """The environment variables its headers name."""
+        return [name for value in self._configured_headers.values() for name in env_names(value)]
 
     def _check_address(self):
         parts = urllib.parse.urlsplit(self.target)
@@ -564,6 +609,19 @@ class WebhookWriter(_MessageWriter):
                              f"'https://hooks.slack.com/services/...', got {self.display!r}")
 
     def _connect(self):
+        resolved = {}
+        for name, value in self._configured_headers.items():
+            try:
+                resolved[name] = expand_env(value)
+            except KeyError as error:
+                raise ValueError(f'headers.{name}: {error.args[0]}') from None
+            if '\r' in resolved[name] or '\n' in resolved[name]:
+                raise ValueError(f'headers.{name}: its environment variable holds a line break')
+        # The whole values and each variable's own: a server may echo either back.
+        self._secrets = [value for name, value in resolved.items()
+                         if value != self._configured_headers[name]] + [
+            os.environ[name] for name in self.environment()]
+        self._headers = {'Content-Type': 'application/json', **resolved}
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(self._timeout, 10.0), read=self._timeout),
             retries=False)
@@ -581,7 +639,7 @@ class WebhookWriter(_MessageWriter):
         text = text.replace(self.target, self.display)
         if len(secret) > 1:
             text = text.replace(secret, shown.path + ('?***' if parts.query else ''))
-        return mask_url_passwords(text)
+        return mask_url_passwords(mask_values(text, self._secrets))
 
     def _size(self, message: _Message) -> int:
         return 0  # one POST per message, no batch limit of ours
@@ -592,7 +650,7 @@ class WebhookWriter(_MessageWriter):
             try:
                 response = self._http.request(
                     'POST', self.target, body=dumps_json({'text': message.body}),
-                    headers={'Content-Type': 'application/json'}, redirect=False)
+                    headers=self._headers, redirect=False)
             except Exception as error:  # per message: the ones posted before stay posted
                 why = self._hide(f'{type(error).__name__}: {error}')
                 (again if _transient(error) else rejected)[message.note_id] = why
@@ -601,7 +659,8 @@ class WebhookWriter(_MessageWriter):
             if 200 <= status < 300:
                 ok.add(message.note_id)
                 continue
-            why = f'HTTP {status}: ' + response.data[:200].decode('utf-8', 'replace').strip()
+            why = self._hide(f'HTTP {status}: ' + response.data[:200].decode(
+                'utf-8', 'replace').strip())  # a server may echo the token back
             (again if status == 429 or status >= 500 else rejected)[message.note_id] = why
         return ok, rejected, again
 

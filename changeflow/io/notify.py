@@ -32,8 +32,10 @@ once however runs over overlapping input coalesce::
      "version": "...", "event_time": "2026-11-22T14:16:18.000000Z",
      "values": {"status": "paid", "card": "***"}}
 
-``op`` and ``version`` are the Change's last op's; ``values`` the literal
-values that op writes (see :func:`changeflow.sql.rowstate.op_columns`: an
+``op`` and ``version`` are the Change's last op's; ``old``, only where the
+source tells it (a DynamoDB MODIFY's or REMOVE's old image, in
+``NEW_AND_OLD_IMAGES`` and ``OLD_IMAGE`` streams), the row before it;
+``values`` the literal values that op writes (see :func:`changeflow.sql.rowstate.op_columns`: an
 UPDATE's literal assignments, an insert's or UPSERT's inserted values; computed
 assignments are left out), rendered by
 :func:`changeflow.io.json_records.json_value` (Decimal as text, bytes base64).
@@ -289,10 +291,13 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
     literals, _ = op_columns(last)
     values = {column: REDACTED if column.lower() in redact else json_value(value)
               for column, value in literals.items()}
-    return note_id, dumps_json({
-        'id': note_id, 'table': change.table, 'key': key, 'op': last.kind.value,
-        'version': last.version, 'event_time': iso_utc(change.event_time_us),
-        'values': values})
+    note = {'id': note_id, 'table': change.table, 'key': key, 'op': last.kind.value,
+            'version': last.version, 'event_time': iso_utc(change.event_time_us),
+            'values': values}
+    if last.old is not None:
+        note['old'] = {column: REDACTED if column.lower() in redact else json_value(value)
+                       for column, value in last.old}
+    return note_id, dumps_json(note)
 
 
 class _Pending(NamedTuple):

@@ -14,13 +14,18 @@ So "status changed to shipped" is ``columns: {status: {to: shipped}}``.
 What is known: *new* values are the literals the Change's last op writes
 (:func:`changeflow.sql.rowstate.op_columns`; a computed ``qty = qty + 1`` is
 written but its value is unknown, so it matches ``changed`` and never
-``to``). *Old* values are known only where the Change itself tells them: its
-earlier ops, when the first writes the whole row (an INSERT then an UPDATE in
-one window). The audit log and DynamoDB changes as modelled today carry no
-before-image, so elsewhere the old value is unknown: ``from`` does not match,
-and ``to``/``changed`` cannot tell a write of the value the column already
-held (``SET status = 'shipped'`` on a shipped row) from a change, and match.
-A delete or truncate writes no column and matches no column predicate.
+``to``). *Old* values are the op's ``old`` where the source tells it: a
+DynamoDB MODIFY's old image (``NEW_AND_OLD_IMAGES`` streams); the op then
+writes the whole new image, so an attribute the old image has and the new
+one lacks was changed to null. Otherwise they are known only where the
+Change itself tells them: its earlier ops, when the first writes the whole
+row (an INSERT then an UPDATE in one window). The audit log carries no
+before-image, nor do ``NEW_IMAGE`` streams, so there the old value is
+unknown: ``from`` does not match, and ``to``/``changed`` cannot tell a write
+of the value the column already held (``SET status = 'shipped'`` on a
+shipped row) from a change, and match. A delete or truncate writes no column
+and matches no column predicate (its old image is still a template's
+``old``).
 
 Values compare as the YAML writes them: null with NULL, numbers numerically
 (``9.5`` matches DECIMAL 9.50), true/false with booleans and 1/0, text with
@@ -87,6 +92,11 @@ def before_and_after(change: Change) -> Tuple[Dict[str, Any], Dict[str, Any], Di
     computed (unknown) value. Column names as the ops spell them."""
     last = change.ops[-1]
     new, computed = op_columns(last)
+    if last.old is not None:  # the source's before-image; the op writes the whole row
+        old = dict(last.old)
+        if last.kind in FULL_ROW_KINDS and last.kind != OpKind.DELETE:
+            new = {**dict.fromkeys(old), **new}
+        return old, new, dict.fromkeys(computed)
     old: Dict[str, Any] = {}
     earlier = change.ops[:-1]
     if earlier and earlier[0].kind in FULL_ROW_KINDS and earlier[0].kind != OpKind.DELETE:

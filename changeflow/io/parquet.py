@@ -53,11 +53,17 @@ Type mapping: integer, bigint -> int64 (MySQL's INT UNSIGNED exceeds int32);
 decimal(p,s) -> decimal128(p,s) (decimal256 beyond 38 digits), bare decimal ->
 decimal128(38,9); float -> float64; string, text, json -> string; boolean ->
 bool; date -> date32; datetime -> timestamp[us] (no zone, as MySQL DATETIME);
-binary -> binary. Values are coerced as MySQL stores them, by
-:func:`changeflow.sql.coercion.coercer`: numbers round half away from zero to the
-column's scale (a bare decimal's is 9), numeric strings parse, a boolean is
-true for any non-zero number. Integers must also fit int64, and a json column
-holds the document's text. A value that does not fit is ``bad-value``.
+binary -> binary; a nested type (a json column with a declared shape, see
+:mod:`changeflow.sql.nested`): list<T> and set<T> -> list_(T) (a set's
+elements distinct and sorted), map<T> -> map_(string, T), struct<...> ->
+struct(...), their scalars as above, ``json`` parts as JSON text. Values are
+coerced as MySQL stores them, by :func:`changeflow.sql.coercion.coercer`:
+numbers round half away from zero to the column's scale (a bare decimal's is
+9), numeric strings parse, a boolean is true for any non-zero number.
+Integers must also fit int64, and a json column holds the document's text.
+A nested column takes dicts and lists (DynamoDB's values, bytes as base64
+text) or a JSON document's text, its decimals read exactly. A value that
+does not fit is ``bad-value``.
 
 Dead letters (step ``write_parquet``), one per op row, ``original`` the
 single-op Change as JSON: ``bad-value`` (a value not coercible to its
@@ -98,7 +104,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
-from changeflow.transforms.runs import batch_changes, pack, unpack
+from changeflow.transforms.runs import batch_changes, gc_paused, pack, unpack
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -132,7 +138,11 @@ def arrow_type(column_type: str) -> pa.DataType:
 def _coercer(arrow: pa.DataType, column_type: str) -> Callable[[Any], Any]:
     """The coercion of a declared column stored as ``arrow``: a decimal at the
     Arrow type's precision and scale (a bare 'decimal' is decimal128(38,9)),
-    an integer within int64. Raises BadValue."""
+    an integer within int64, a nested type's lists, maps and structs
+    (:mod:`changeflow.sql.nested`). Raises BadValue."""
+    shape = types.parse_type(column_type).shape
+    if shape is not None:
+        return shape.converter()
     if pa.types.is_decimal(arrow):
         return coercer(f'decimal({arrow.precision},{arrow.scale})')
     coerce = coercer(column_type)
@@ -488,8 +498,10 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
             yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in values)
             return
         layouts, plans = self._current(timeline)
-        changes = [change for data in values for change in unpack(data)]
-        yield from self._write_partition(partition, changes, layouts, plans)
+        with gc_paused():  # a partition's Changes and rows: many small objects, no cycles
+            changes = [change for data in values for change in unpack(data)]
+            outputs = list(self._write_partition(partition, changes, layouts, plans))
+        yield from outputs
 
     def _write_partition(self, partition, changes: List[Change], layouts, plans):
         if partition == _UNROUTABLE:

@@ -72,7 +72,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     event_tables = {h.table for h in (*config.handlers, *(handlers or ()))}
     stream = chunks | 'StreamChanges' >> StreamRecordsToShardRuns(
         config.tables, kinesis=source.type == 'kinesis' or source.format == 'kinesis-destination',
-        event_tables=event_tables)
+        event_tables=event_tables, old_images=bool(config.notify))
     dead_letters.append(stream[DEAD_LETTER_TAG])
     runs = [stream[StreamRecordsToShardRuns.MAIN]]
     before_sink = {}

@@ -9,11 +9,19 @@ server's own ``server_audit`` masks ``IDENTIFIED BY`` the same way). It works
 on a bare statement and on a logged line, whose literals the plugin escapes
 as ``\\'...\\'``; an unterminated literal (a statement cut at the log limit)
 is masked to the end.
+
+Secrets a job needs at run time (a webhook's ``Authorization`` header) are
+not written in its config: values there name environment variables,
+``${SLACK_TOKEN}`` (:func:`expand_env`), resolved where the job sends, and
+every resolved value is masked out of error text (:func:`mask_values`).
 """
 
+import os
 import re
+from typing import Iterable, List, Mapping, Optional
 
-__all__ = ['MASK', 'mask_secrets', 'mask_url_passwords']
+__all__ = ['MASK', 'mask_secrets', 'mask_url_passwords', 'env_names', 'expand_env',
+           'mask_values']
 
 MASK = '*****'
 
@@ -56,3 +64,31 @@ def mask_url_passwords(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host``
     in it shown as ``***``, as SQLAlchemy's ``hide_password`` renders it."""
     return _URL_PASSWORD.sub(r'\g<head>***@', text)
+
+
+_ENV = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
+
+
+def env_names(text: str) -> List[str]:
+    """The environment variables ``text`` names as ``${NAME}``."""
+    return _ENV.findall(text)
+
+
+def expand_env(text: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """``text`` with each ``${NAME}`` replaced by that environment variable;
+    KeyError naming (only naming) the first one that is not set."""
+    environ = os.environ if environ is None else environ
+
+    def value(match):
+        name = match.group(1)
+        if name not in environ:
+            raise KeyError(f'environment variable {name} is not set')
+        return environ[name]
+    return _ENV.sub(value, text)
+
+
+def mask_values(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret (the longest first) as ``***``."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, '***')
+    return text

@@ -2,7 +2,9 @@
 
 A TableSpec column type is either one of changeflow's names
 (:data:`changeflow.config.COLUMN_TYPES`: integer, bigint, decimal, float,
-string, text, boolean, date, datetime, binary, json, and ``decimal(p,s)``) or a
+string, text, boolean, date, datetime, binary, json, and ``decimal(p,s)``; a json
+column with a declared shape, ``list<...>``, ``set<...>``, ``map<...>`` or
+``struct<...>``, see :mod:`changeflow.sql.nested`) or a
 MySQL column type as ``SHOW CREATE TABLE`` / ``information_schema.COLUMNS``
 write it (``int(11) unsigned``, ``tinyint(1)``, ``varchar(20)``,
 ``enum('a','b')``, ``datetime(6)``, ...). :func:`parse_type` reads both into a
@@ -27,7 +29,7 @@ Example::
 import decimal
 import math
 import re
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -78,6 +80,7 @@ class ColumnType(NamedTuple):
     fsp: Optional[int] = None         # TIME / DATETIME / TIMESTAMP fractional digits
     charset: Optional[str] = None
     collation: Optional[str] = None
+    shape: Optional[Any] = None       # a json column's declared shape (changeflow.sql.nested)
 
     @property
     def integer_range(self) -> Optional[Tuple[int, int]]:
@@ -102,6 +105,9 @@ def parse_type(text: str, mysql: bool = False) -> ColumnType:
     ``text`` holds 65535 bytes): for type text read from a MySQL schema."""
     if not isinstance(text, str):
         raise ValueError(f'column type {text!r} is not text')
+    if '<' in text and not mysql:
+        from changeflow.sql.nested import parse_nested
+        return ColumnType('json', True, shape=parse_nested(text))
     head = _HEAD.match(text)
     if not head:
         raise ValueError(f'unknown type {text!r}')
@@ -243,6 +249,8 @@ def canonical_type(text: str, mysql: bool = False) -> str:
     "enum('a','B')", 'datetime(0)'); :func:`parse_type` reads it back to the
     same type. ``mysql`` as for :func:`parse_type`."""
     parsed = parse_type(text, mysql)
+    if parsed.shape is not None:
+        return parsed.shape.text()
     if parsed.changeflow and parsed.precision is not None:
         return f'decimal({parsed.precision},{parsed.scale})'
     if parsed.changeflow:
@@ -482,6 +490,8 @@ def arrow_type(column) -> pa.DataType:
     int16, BIT(n) uint64, TIME duration(us), DATETIME/TIMESTAMP timestamp(us)."""
     if isinstance(column, str):
         column = parse_type(column)
+    if column.shape is not None:
+        return column.shape.arrow()
     kind = column.kind
     if kind == 'decimal':
         if column.changeflow and column.precision is None:

@@ -10,12 +10,14 @@ that overlap are decoded at once (a connection's payloads, or a connection's
 flushes, follow each other in time).
 """
 
+import contextlib
+import gc
 import heapq
 import pickle
 import zlib
 from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple
 
-__all__ = ['pack', 'unpack', 'Run', 'make_run', 'merge_runs', 'make_batch', 'batch_changes']
+__all__ = ['pack', 'unpack', 'gc_paused', 'Run', 'make_run', 'merge_runs', 'make_batch', 'batch_changes']
 
 Run = Tuple[Any, bytes]  # (smallest key, packed sorted records)
 
@@ -25,7 +27,31 @@ def pack(records: Sequence) -> bytes:
 
 
 def unpack(data: bytes) -> List:
-    return pickle.loads(zlib.decompress(data))
+    """The records of ``pack``, unpickled with the garbage collector paused
+    (see :func:`gc_paused`)."""
+    data = zlib.decompress(data)
+    with gc_paused():
+        return pickle.loads(data)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """The cyclic garbage collector paused for the block (kept paused if it was).
+
+    Unpickling a run, or building a partition's rows, allocates hundreds of
+    thousands of tuples; every 700 allocations start a collection, and every
+    tenth of those scans the older objects too, all the records the worker
+    holds by then: the cost grows with what is held, for records that hold no
+    cycles to collect. Collections resume (and catch up once) after the block.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def make_run(records: Sequence, key: Callable[[Any], Any]) -> Run:
