@@ -37,6 +37,7 @@ from apache_beam import window
 
 from changeflow.config import DYNAMODB_STREAM, JobConfig
 from changeflow.dynamodb.transforms import EVENTS, StreamRecordsToShardRuns
+from changeflow.pipelines.dynamodb_sync import stream_changes
 from changeflow.io.dynamodb_streams import DynamoDBShardReaders
 from changeflow.io.stream_sdf import KinesisReaders, ReadStream
 from changeflow.pipelines.branches import write_branches
@@ -73,9 +74,7 @@ def build_dynamodb_streaming_pipeline(p: beam.Pipeline, config: JobConfig,
               | 'Window' >> beam.WindowInto(windows)
               | 'Chunk' >> beam.BatchElements(min_batch_size=1,
                                               max_batch_size=RECORDS_PER_ELEMENT))
-    event_tables = {h.table for h in (*config.handlers, *(handlers or ()))}
-    stream = chunks | 'StreamChanges' >> StreamRecordsToShardRuns(
-        config.tables, kinesis=source.type == 'kinesis', event_tables=event_tables)
+    stream = chunks | 'StreamChanges' >> stream_changes(config, handlers)
     return write_branches(stream[StreamRecordsToShardRuns.MAIN], config,
                           [stream[DEAD_LETTER_TAG]], events=stream[EVENTS], handlers=handlers,
                           stream_windows=windows)

@@ -41,7 +41,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches, written_outputs
 from changeflow.transforms.route import NOTIFY
 
-__all__ = ['build_pipeline', 'read_namespace', 'run']
+__all__ = ['build_pipeline', 'read_namespace', 'run', 'stream_changes']
 
 RECORDS_PER_ELEMENT = 1000  # stream records decoded as one element
 
@@ -69,10 +69,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
               | 'Chunk' >> beam.BatchElements(min_batch_size=RECORDS_PER_ELEMENT,
                                               max_batch_size=RECORDS_PER_ELEMENT)
               | 'SpreadRecords' >> beam.Reshuffle())  # over workers
-    event_tables = {h.table for h in (*config.handlers, *(handlers or ()))}
-    stream = chunks | 'StreamChanges' >> StreamRecordsToShardRuns(
-        config.tables, kinesis=source.type == 'kinesis' or source.format == 'kinesis-destination',
-        event_tables=event_tables, old_images=bool(config.notify))
+    stream = chunks | 'StreamChanges' >> stream_changes(config, handlers)
     dead_letters.append(stream[DEAD_LETTER_TAG])
     runs = [stream[StreamRecordsToShardRuns.MAIN]]
     before_sink = {}
@@ -91,6 +88,17 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
             config.checkpoints_url, config.job, source.name,
             written_outputs(outputs), namespace=_readers(config).namespace)
     return outputs
+
+
+def stream_changes(config: JobConfig, handlers=None) -> StreamRecordsToShardRuns:
+    """The decoding of the job's chunks of stream records into runs of
+    Changes per (table, shard) (events too for tables with handlers; old
+    images when the job notifies), for the catch-up and the unbounded job."""
+    source = config.source
+    return StreamRecordsToShardRuns(
+        config.tables, kinesis=source.type == 'kinesis' or source.format == 'kinesis-destination',
+        event_tables={h.table for h in (*config.handlers, *(handlers or ()))},
+        old_images=bool(config.notify))
 
 
 def _readers(config: JobConfig):
