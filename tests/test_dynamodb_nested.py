@@ -18,8 +18,8 @@ from changeflow.dynamodb.records import item
 from changeflow.handlers.models import model_columns
 from changeflow.io.dead_letter import read_dead_letters
 from changeflow.sql.types import arrow_type, canonical_type, parse_type
-from tests.test_dynamodb_sync import (
-    KEY, clients, key, parquet_rows, run_job, stream_lines, stream_record)
+from test_dynamodb_sync import (
+    KEY, create_table, key, parquet_rows, run_job, stream_lines, stream_record)
 
 D = decimal.Decimal
 BIG = '12345678901234567890123456789012345678'          # 38 digits
@@ -84,15 +84,7 @@ def write_job(tmp_path, name, archive, database_url):
 
 def test_declared_shapes_are_arrow_structs_lists_and_maps_with_exact_values(
         moto_endpoint, tmp_path, sqlite_url):
-    ddb, streams = clients(moto_endpoint)
-    name = 'prod-Nested.cards'
-    ddb.create_table(
-        TableName=name, BillingMode='PAY_PER_REQUEST',
-        KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'},
-                   {'AttributeName': 'title', 'KeyType': 'RANGE'}],
-        AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'},
-                              {'AttributeName': 'title', 'AttributeType': 'S'}],
-        StreamSpecification={'StreamEnabled': True, 'StreamViewType': 'NEW_AND_OLD_IMAGES'})
+    name, ddb, streams = create_table(moto_endpoint, 'prod-Nested.cards')
     write_items(ddb, name)
     archive = tmp_path / 'stream.jsonl'
     archive.write_bytes(b'\n'.join(stream_lines(ddb, streams, name)))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from changeflow.io.dead_letter import read_dead_letters
-from tests.test_dynamodb_sync import KEY, clients, key, run_job, stream_lines
+from test_dynamodb_sync import KEY, create_table, key, run_job, stream_lines
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
@@ -53,15 +53,7 @@ def write_workload(ddb, name):
 def test_column_predicates_and_templates_read_the_old_image(
         moto_endpoint, tmp_path, webhook, view):
     url, posted = webhook
-    ddb, streams = clients(moto_endpoint)
-    name = f'prod-Order.{uuid.uuid4().hex[:6]}'
-    ddb.create_table(
-        TableName=name, BillingMode='PAY_PER_REQUEST',
-        KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'},
-                   {'AttributeName': 'title', 'KeyType': 'RANGE'}],
-        AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'},
-                              {'AttributeName': 'title', 'AttributeType': 'S'}],
-        StreamSpecification={'StreamEnabled': True, 'StreamViewType': view})
+    name, ddb, streams = create_table(moto_endpoint, f'prod-Order.{uuid.uuid4().hex[:6]}', view)
     write_workload(ddb, name)
     lines = stream_lines(ddb, streams, name)
     assert len(lines) == 6

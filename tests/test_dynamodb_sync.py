@@ -47,17 +47,19 @@ def table(moto_endpoint):
     return create_table(moto_endpoint)
 
 
-def create_table(moto_endpoint):
-    """A table with a NEW_AND_OLD_IMAGES stream: (name, dynamodb client, streams client)."""
+def create_table(moto_endpoint, name=None, view='NEW_AND_OLD_IMAGES'):
+    """A table keyed (id, title) with a stream of ``view``: (name, dynamodb
+    client, streams client). The default name has '-' and '.', as the seed
+    library's could not."""
     ddb, streams = clients(moto_endpoint)
-    name = f'prod-Card.{uuid.uuid4().hex[:6]}'   # '-' and '.', as the seed library could not
+    name = name or f'prod-Card.{uuid.uuid4().hex[:6]}'
     ddb.create_table(
         TableName=name, BillingMode='PAY_PER_REQUEST',
         KeySchema=[{'AttributeName': 'id', 'KeyType': 'HASH'},
                    {'AttributeName': 'title', 'KeyType': 'RANGE'}],
         AttributeDefinitions=[{'AttributeName': 'id', 'AttributeType': 'N'},
                               {'AttributeName': 'title', 'AttributeType': 'S'}],
-        StreamSpecification={'StreamEnabled': True, 'StreamViewType': 'NEW_AND_OLD_IMAGES'})
+        StreamSpecification={'StreamEnabled': True, 'StreamViewType': view})
     return name, ddb, streams
 
 
