@@ -295,8 +295,13 @@ class KinesisShardReader:
 
         Yields a ShardBatch per ``GetRecords`` call that returned records or
         finished a shard (an empty batch then carries the finished position).
-        An open shard stops when caught up (no records and
-        ``MillisBehindLatest`` 0), a closed one only when drained
+        An open shard stops when caught up: no records and
+        ``MillisBehindLatest`` 0, or a page short of the limit whose last
+        record is the tip (``MillisBehindLatest`` 0), so that a cycle does not
+        chase records that keep arriving while it reads (one more call would
+        mostly find the next put's records, and the next, for a cycle of
+        unbounded length); what arrives after the tip was read is the next
+        cycle's. A closed one stops only when drained
         (``NextShardIterator`` null; kinesalite then still reports a
         ``MillisBehindLatest`` above 0), so its children follow. Shards
         without a checkpoint start at ``start``, except children of a shard
@@ -342,6 +347,7 @@ class KinesisShardReader:
                 records[-1]['SequenceNumber'] if records else cursor.position.sequence,
                 drained, cursor.position.parents)
             positions[cursor.shard_id] = cursor.position
+            closed = cursor.shard_id in graph and graph.shards[cursor.shard_id].closed
             if records or drained:
                 yield ShardBatch(cursor.shard_id,
                                  tuple(self._source_record(r, source, cursor.shard_id)
@@ -350,10 +356,11 @@ class KinesisShardReader:
             if drained:
                 del cursors[cursor.shard_id]
                 graph = self.shard_graph(stream)     # children made while reading
-            elif not self._caught_up(records, behind):
+            elif not self._caught_up(records, behind) and (
+                    closed or not self._at_tip(records, behind)):
                 cursor.closed_empty_reads = 0
                 cursor.iterator = response['NextShardIterator']
-            elif cursor.shard_id in graph and graph.shards[cursor.shard_id].closed:
+            elif closed:
                 # A closed shard ends at a null NextShardIterator alone: an empty page with an
                 # iterator may come first (kinesalite: after the last record, when the close
                 # came over a second later), and the children wait for the end.
@@ -414,6 +421,12 @@ class KinesisShardReader:
     @staticmethod
     def _caught_up(records, millis_behind) -> bool:
         return not records and not millis_behind
+
+    def _at_tip(self, records, millis_behind) -> bool:
+        """A page of records that ends at the shard's tip: ``MillisBehindLatest``
+        0 and fewer records than asked for (a full page may stop short of
+        records of the same millisecond)."""
+        return millis_behind == 0 and len(records) < self._limit
 
     @staticmethod
     def _records_args(stream: str) -> dict:
