@@ -79,11 +79,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline,
                              handlers=handlers)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
-        state = replayed[CARRY] | 'AllCarried' >> beam.combiners.ToList() | (
-            'CarryState' >> beam.Map(carry_state))
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            written_outputs(outputs), state=state)
+            written_outputs(outputs), state=replayed[CARRY], fold_state=carry_state)
     return outputs
 
 
