@@ -606,3 +606,34 @@ def test_a_closed_shard_at_the_tip_is_read_on_to_its_end():
     positions = {}
     records, _ = read_all(reader, 's', positions)
     assert fake.calls == 51 and len(records) == 50 and positions['shardId-0'].finished
+
+
+class _Meeting:
+    """Three open shards whose first GetRecords calls return only once all
+    three are in flight (a barrier): calls made one after another time out."""
+
+    def __init__(self):
+        import threading
+        self.barrier = threading.Barrier(3, timeout=5)
+
+    def list_shards(self, **kwargs):
+        return {'Shards': [{'ShardId': f'shardId-{i}', 'SequenceNumberRange': {
+            'StartingSequenceNumber': '1'}} for i in range(3)]}
+
+    def get_shard_iterator(self, ShardId, **kwargs):
+        return {'ShardIterator': ShardId}
+
+    def get_records(self, ShardIterator, **kwargs):
+        if not ShardIterator.endswith('tip'):
+            self.barrier.wait()
+            return {'Records': [{'SequenceNumber': '5', 'Data': ShardIterator.encode()}],
+                    'NextShardIterator': ShardIterator + '-tip', 'MillisBehindLatest': 0}
+        return {'Records': [], 'NextShardIterator': ShardIterator, 'MillisBehindLatest': 0}
+
+
+def test_shards_are_read_concurrently():
+    clock = FakeClock()
+    reader = KinesisShardReader(_Meeting(), clock=clock, sleep=clock.sleep)
+    records, batches = read_all(reader, 's', {})
+    assert sorted(r.data for r in records) == [b'shardId-0', b'shardId-1', b'shardId-2']
+    assert [b.shard_id for b in batches] == ['shardId-0', 'shardId-1', 'shardId-2']

@@ -20,6 +20,10 @@ What it guarantees:
   ``AFTER_SEQUENCE_NUMBER`` the last record read; a
   shard a checkpoint had read part way that the listing no longer holds raises
   :class:`ShardsLost` (its records expired unread) instead of being skipped.
+* The shards readable at once are read concurrently: their
+  ``GetShardIterator`` and ``GetRecords`` calls go out together (up to
+  ``max_concurrent_calls``), one call per shard at a time, and the pages are
+  taken in shard order.
 * Throttling (``ProvisionedThroughputExceededException``,
   ``LimitExceededException``) is backed off per shard, capped exponential with
   full jitter, while the other shards go on; at most ``reads_per_second``
@@ -36,7 +40,9 @@ mode with few attempts for what it is good at: connection errors and 5xx.
 import datetime
 import logging
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from botocore.exceptions import ClientError
@@ -199,6 +205,8 @@ class KinesisShardReader:
     # Empty pages in a row of a closed shard before ReadError: sparse stretches of a shard
     # may take several calls to cross; this many (minutes of calls) means it never ends.
     max_closed_empty_reads = 1000
+    # Shards whose calls a cycle makes at once (botocore's pool keeps 10 connections).
+    max_concurrent_calls = 10
 
     def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 5.0,
                  page_size: Optional[int] = None, backoff: Backoff = Backoff(),
@@ -220,6 +228,7 @@ class KinesisShardReader:
         self.lag: Dict[str, Optional[int]] = {}
         self.throttled = 0                  # throttling errors seen (all calls)
         self.renewed = 0                    # expired iterators renewed
+        self._count_lock = threading.Lock()
 
     # -- service calls ------------------------------------------------------
 
@@ -233,7 +242,8 @@ class KinesisShardReader:
                 if _code(e) not in THROTTLING:
                     raise
                 attempt += 1
-                self.throttled += 1
+                with self._count_lock:          # shards' iterators are opened concurrently
+                    self.throttled += 1
                 if attempt >= self._backoff.max_attempts:
                     raise ReadError(f'{fn.__name__} throttled {attempt} times: {e}') from e
                 self._sleep(self._backoff.delay(attempt, self._rng))
@@ -320,59 +330,93 @@ class KinesisShardReader:
         records_args = self._records_args(stream)
         cursors: Dict[str, _Cursor] = {}
         caught_up = set()
-        while True:
-            finished, sequences = split_positions(positions)
-            for shard_id in graph.readable(finished, sequences):
-                if shard_id not in cursors and shard_id not in caught_up:
-                    cursors[shard_id] = self._open(stream, graph, shard_id, positions, start)
-            if not cursors:
-                return
-            cursor = min(cursors.values(), key=lambda c: (c.next_call, c.shard_id))
-            wait = cursor.next_call - self._clock()
-            if wait > 0:
-                self._sleep(wait)
-            cursor.next_call = self._clock() + self._interval
-            try:
-                response = self._client.get_records(
-                    ShardIterator=cursor.iterator, Limit=self._limit, **records_args)
-            except ClientError as e:
-                self._recover(stream, cursor, e, start)
-                continue
-            cursor.throttles = cursor.renewals = 0
-            records = response.get('Records', ())
-            behind = response.get('MillisBehindLatest')
-            self.lag[cursor.shard_id] = behind
-            drained = response.get('NextShardIterator') is None
-            cursor.position = ShardPosition(
-                records[-1]['SequenceNumber'] if records else cursor.position.sequence,
-                drained, cursor.position.parents)
-            positions[cursor.shard_id] = cursor.position
-            closed = cursor.shard_id in graph and graph.shards[cursor.shard_id].closed
-            if records or drained:
-                yield ShardBatch(cursor.shard_id,
-                                 tuple(self._source_record(r, source, cursor.shard_id)
-                                       for r in records),
-                                 cursor.position, behind)
-            if drained:
-                del cursors[cursor.shard_id]
-                graph = self.shard_graph(stream)     # children made while reading
-            elif not self._caught_up(records, behind) and (
-                    closed or not self._at_tip(records, behind)):
-                cursor.closed_empty_reads = 0
-                cursor.iterator = response['NextShardIterator']
-            elif closed:
-                # A closed shard ends at a null NextShardIterator alone: an empty page with an
-                # iterator may come first (kinesalite: after the last record, when the close
-                # came over a second later), and the children wait for the end.
-                cursor.closed_empty_reads += 1
-                if cursor.closed_empty_reads > self.max_closed_empty_reads:
-                    raise ReadError(f'{stream}/{cursor.shard_id}: closed, but '
-                                    f'{cursor.closed_empty_reads} GetRecords calls in a row '
-                                    f'returned nothing and did not reach its end')
-                cursor.iterator = response['NextShardIterator']
-            else:
-                del cursors[cursor.shard_id]
-                caught_up.add(cursor.shard_id)
+        with ThreadPoolExecutor(self.max_concurrent_calls, 'kinesis-read') as pool:
+            while True:
+                finished, sequences = split_positions(positions)
+                new = [shard_id for shard_id in graph.readable(finished, sequences)
+                       if shard_id not in cursors and shard_id not in caught_up]
+                opened = self._each(pool, lambda shard_id: self._open(
+                    stream, graph, shard_id, positions, start), new)
+                cursors.update(zip(new, opened))
+                if not cursors:
+                    return
+                due = self._due(cursors.values())
+                pages = self._each(pool, lambda cursor: self._get_page(cursor, records_args), due)
+                for cursor, response in zip(due, pages):
+                    yield from self._take_page(stream, source, start, graph, cursor, response,
+                                               positions, cursors, caught_up)
+                    if cursor.shard_id not in cursors and positions[cursor.shard_id].finished:
+                        graph = self.shard_graph(stream)     # children made while reading
+
+    @staticmethod
+    def _each(pool: ThreadPoolExecutor, fn: Callable, items: List) -> List:
+        """``fn`` of every item, concurrently when there are several (one shard's
+        calls never overlap: each cursor is in ``items`` once)."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        return list(pool.map(fn, items))
+
+    def _due(self, cursors) -> List[_Cursor]:
+        """Waits for the first cursor whose next call is due; returns every
+        cursor then due (by shard id), their next calls set one interval on."""
+        wait = min(c.next_call for c in cursors) - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        now = self._clock()
+        due = sorted((c for c in cursors if c.next_call <= now), key=lambda c: c.shard_id)
+        for cursor in due:
+            cursor.next_call = now + self._interval
+        return due
+
+    def _get_page(self, cursor: _Cursor, records_args: dict):
+        """One GetRecords response, or the ClientError it raised (recovered by the caller)."""
+        try:
+            return self._client.get_records(
+                ShardIterator=cursor.iterator, Limit=self._limit, **records_args)
+        except ClientError as e:
+            return e
+
+    def _take_page(self, stream, source, start, graph, cursor, response, positions, cursors,
+                   caught_up) -> Iterator[ShardBatch]:
+        """One GetRecords response of ``cursor`` read: its batch, and the cursor
+        moved on, recovered, or done (removed from ``cursors``)."""
+        if isinstance(response, ClientError):
+            self._recover(stream, cursor, response, start)
+            return
+        cursor.throttles = cursor.renewals = 0
+        records = response.get('Records', ())
+        behind = response.get('MillisBehindLatest')
+        self.lag[cursor.shard_id] = behind
+        drained = response.get('NextShardIterator') is None
+        cursor.position = ShardPosition(
+            records[-1]['SequenceNumber'] if records else cursor.position.sequence,
+            drained, cursor.position.parents)
+        positions[cursor.shard_id] = cursor.position
+        closed = cursor.shard_id in graph and graph.shards[cursor.shard_id].closed
+        if records or drained:
+            yield ShardBatch(cursor.shard_id,
+                             tuple(self._source_record(r, source, cursor.shard_id)
+                                   for r in records),
+                             cursor.position, behind)
+        if drained:
+            del cursors[cursor.shard_id]
+        elif not self._caught_up(records, behind) and (
+                closed or not self._at_tip(records, behind)):
+            cursor.closed_empty_reads = 0
+            cursor.iterator = response['NextShardIterator']
+        elif closed:
+            # A closed shard ends at a null NextShardIterator alone: an empty page with an
+            # iterator may come first (kinesalite: after the last record, when the close
+            # came over a second later), and the children wait for the end.
+            cursor.closed_empty_reads += 1
+            if cursor.closed_empty_reads > self.max_closed_empty_reads:
+                raise ReadError(f'{stream}/{cursor.shard_id}: closed, but '
+                                f'{cursor.closed_empty_reads} GetRecords calls in a row '
+                                f'returned nothing and did not reach its end')
+            cursor.iterator = response['NextShardIterator']
+        else:
+            del cursors[cursor.shard_id]
+            caught_up.add(cursor.shard_id)
 
     # -- one shard at a time (the unbounded mode's splittable DoFn) ----------
 

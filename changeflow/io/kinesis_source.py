@@ -18,7 +18,9 @@ idempotent sinks; the checkpoints never get ahead of what the sinks hold.
 
 One DoFn reads all shards of a cycle: the reader loop keeps the lineage order
 (a child after all its parents) and the per-shard read rate across shards, and
-the local runners run one worker anyway (FACTS.md). On Flink and Dataflow the
+the local runners run one worker anyway (FACTS.md). Its calls to the shards
+due go out together (threads), so a cycle's read takes about one round trip
+per page whatever the number of shards. On Flink and Dataflow the
 unbounded mode (issue 7) reads shards in parallel.
 
 Beam's own KinesisIO is a Java cross-language transform (its jars cannot be
