@@ -35,7 +35,8 @@ from apache_beam import pvalue, window
 from apache_beam.metrics import Metrics
 
 from changeflow.io.checkpoints import CheckpointStore
-from changeflow.io.kinesis import MAX_LIMIT, KinesisShardReader, Start, kinesis_client, stream_name
+from changeflow.io.kinesis import (
+    MAX_LIMIT, KinesisShardReader, Start, shared_kinesis_client, stream_name)
 from changeflow.model import DEAD_LETTER_TAG, SourceRecord
 
 __all__ = ['ReadStreamToTip', 'ReadKinesisToTip', 'KinesisReaders', 'CommitCheckpoints']
@@ -63,7 +64,7 @@ class KinesisReaders:
         self._client = None
 
     def setup(self) -> None:
-        self._client = kinesis_client(self._region, self._endpoint_url)
+        self._client = shared_kinesis_client(self._region, self._endpoint_url)
 
     def stream(self, stream: str) -> str:
         """The stream as the reader's calls take it (a name or ARN as given)."""
