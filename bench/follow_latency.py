@@ -15,6 +15,7 @@ process. The target is p99 <= 5 s at 1,000 statements/s.
 """
 
 import argparse
+import logging
 import os
 import resource
 import signal
@@ -86,6 +87,7 @@ def main():
     args = parser.parse_args()
 
     from moto.server import ThreadedMotoServer
+    logging.getLogger('werkzeug').setLevel(logging.ERROR)   # one line per request otherwise
     server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -157,10 +159,11 @@ def main():
         print(f'latency after the first {args.warmup:.0f} s ({len(latencies)} calls): '
               f'p50 {percentile(latencies, 50):.2f} s, p90 {percentile(latencies, 90):.2f} s, '
               f'p99 {percentile(latencies, 99):.2f} s, max {max(latencies):.2f} s')
-    print(f'follow process: {usage.ru_utime + usage.ru_stime:.1f} CPU seconds '
-          f'({(usage.ru_utime + usage.ru_stime) / written:.2f} per second written), '
-          f'peak RSS {usage.ru_maxrss / 1024:.0f} MB')
     cycles = [line for line in output if ': cycle ' in line]
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f'follow process: {cpu:.1f} CPU seconds ({cpu / written:.2f} per second written, '
+          f'{cpu / max(1, len(cycles)):.2f} per cycle, the first included), '
+          f'peak RSS {usage.ru_maxrss / 1024:.0f} MB')
     print(f'{len(cycles)} cycles; the last status lines:')
     for line in cycles[-3:] + [line for line in output if line.startswith(
             ('changeflow: followed', '  read', '  replica', '  dead'))]:

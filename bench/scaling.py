@@ -9,8 +9,10 @@ Prints, from runs made back to back on the same machine:
 * peak RSS of the job at ``--small`` and ``--large`` events of the upsert
   workload (bench/workload.py, one connection) and their ratio (issue 6: within
   1.2x, and under 400 MB);
-* the fixed cost of a job: a 100-event job against a bare one-element Beam
-  pipeline, both on the FnApiRunner in a fresh process (target: within 1.5 s);
+* the fixed cost of a job: ``changeflow run`` of a 100-event job against a
+  bare one-element Beam pipeline, both on the FnApiRunner in a fresh process,
+  whole processes (imports included), CPU and wall seconds, the median of
+  ``--repeat`` runs alternated (target: within 1.5 s);
 * throughput of ``--workers-events`` events from 50 connections on one worker
   and on two (``--direct_num_workers=2 --direct_running_mode=multi_processing``;
   target: 1.6x).
@@ -19,9 +21,12 @@ Prints, from runs made back to back on the same machine:
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,21 +34,15 @@ _CHILD = r'''
 import json, os, resource, sys, time
 sys.path.insert(0, {bench!r})
 started = time.perf_counter()
-mode, folder, events, connections, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
-if mode == 'bare':
-    import apache_beam as beam
-    imported = time.perf_counter()
-    with beam.Pipeline(runner='FnApiRunner') as p:
-        p | beam.Create([1]) | beam.Map(lambda x: x)
-else:
-    from pipeline_throughput import UPSERT_TABLE, write_config
-    from workload import write_firehose_archive
-    from changeflow.pipelines import audit_sync
-    archive = os.path.join(folder, 'audit.gz')
-    write_firehose_archive(archive, events, connections=connections)
-    config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items')
-    imported = time.perf_counter()
-    audit_sync.run(['--config', config, *extra])
+folder, events, connections, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+from pipeline_throughput import UPSERT_TABLE, write_config
+from workload import write_firehose_archive
+from changeflow.pipelines import audit_sync
+archive = os.path.join(folder, 'audit.gz')
+write_firehose_archive(archive, events, connections=connections)
+config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items')
+imported = time.perf_counter()
+audit_sync.run(['--config', config, *extra])
 done = time.perf_counter()
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({{'seconds': done - imported, 'total': done - started,
@@ -52,13 +51,49 @@ print(json.dumps({{'seconds': done - imported, 'total': done - started,
 '''
 
 
-def run(mode, events=0, connections=1, extra=()):
+def run(events, connections=1, extra=()):
     with tempfile.TemporaryDirectory() as folder:
         out = subprocess.run(
-            [sys.executable, '-c', _CHILD.format(bench=HERE), mode, folder, str(events),
+            [sys.executable, '-c', _CHILD.format(bench=HERE), folder, str(events),
              str(connections), *extra],
             check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+_BARE = '''
+import apache_beam as beam
+with beam.Pipeline(runner='FnApiRunner') as p:
+    p | beam.Create([1]) | beam.Map(lambda x: x)
+'''
+
+
+def process_cost(argv):
+    """(CPU seconds, wall seconds) of a whole process running ``argv``."""
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime), wall
+
+
+def fixed_cost(repeat):
+    """Median (CPU, wall) of a bare pipeline's process and a 100-event job's."""
+    sys.path.insert(0, HERE)
+    from pipeline_throughput import UPSERT_TABLE, write_config
+    from workload import write_firehose_archive
+    bare, job = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        archive = os.path.join(folder, 'audit.gz')
+        write_firehose_archive(archive, 100)
+        config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items')
+        for _ in range(repeat):
+            bare.append(process_cost([sys.executable, '-c', _BARE]))
+            for name in ('replica.db', 'notifications.jsonl'):
+                if os.path.exists(os.path.join(folder, name)):
+                    os.remove(os.path.join(folder, name))
+            job.append(process_cost([sys.executable, '-m', 'changeflow', 'run', config]))
+    return ([statistics.median(c for c, _ in runs) for runs in (bare, job)],
+            [statistics.median(w for _, w in runs) for runs in (bare, job)])
 
 
 def main():
@@ -66,24 +101,26 @@ def main():
     parser.add_argument('--small', type=int, default=200_000)
     parser.add_argument('--large', type=int, default=800_000)
     parser.add_argument('--workers-events', type=int, default=200_000)
+    parser.add_argument('--repeat', type=int, default=5, help='runs of each for the fixed cost')
     parser.add_argument('--skip', default='', help='comma list of memory,fixed,workers')
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(',')))
     if 'memory' not in skip:
-        small, large = run('job', args.small), run('job', args.large)
+        small, large = run(args.small), run(args.large)
         print(f'peak RSS {args.small:>9,} events   {small["rss_mb"]:>8,.0f} MiB '
               f'({args.small / small["seconds"]:,.0f} events/s)')
         print(f'peak RSS {args.large:>9,} events   {large["rss_mb"]:>8,.0f} MiB '
               f'({args.large / large["seconds"]:,.0f} events/s)')
         print(f'memory ratio large/small       {large["rss_mb"] / small["rss_mb"]:>8.2f} x')
     if 'fixed' not in skip:
-        bare, tiny = run('bare'), run('job', 100)
-        print(f'bare Beam pipeline             {bare["seconds"]:>8.2f} s')
-        print(f'100-event job                  {tiny["seconds"]:>8.2f} s '
-              f'(fixed cost over bare: {tiny["seconds"] - bare["seconds"]:.2f} s)')
+        (bare_cpu, job_cpu), (bare_wall, job_wall) = fixed_cost(args.repeat)
+        print(f'bare Beam pipeline (process)   {bare_cpu:>8.2f} CPU s {bare_wall:>6.2f} wall s')
+        print(f'changeflow run, 100 events     {job_cpu:>8.2f} CPU s {job_wall:>6.2f} wall s '
+              f'(fixed cost over bare: {job_cpu - bare_cpu:.2f} CPU s, '
+              f'{job_wall - bare_wall:.2f} wall s; medians of {args.repeat})')
     if 'workers' not in skip:
-        one = run('job', args.workers_events, 50)
-        two = run('job', args.workers_events, 50,
+        one = run(args.workers_events, 50)
+        two = run(args.workers_events, 50,
                   ('--direct_num_workers=2', '--direct_running_mode=multi_processing'))
         print(f'1 worker, 50 connections       {args.workers_events / one["seconds"]:>8,.0f} events/s')
         print(f'2 workers, 50 connections      {args.workers_events / two["seconds"]:>8,.0f} events/s')

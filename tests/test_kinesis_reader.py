@@ -376,11 +376,14 @@ def test_split_and_merge_while_reading_lose_and_repeat_nothing(kinesalite_endpoi
     first, second = _open_shards(kinesis, stream)
     _split(kinesis, stream, first)                  # split during reading
     write(3)
-    consume(batches)                                # the same cycle reads on into the children
-    commit()
+    consume(batches)            # this cycle (when it reaches the parent's end) or the next
+    commit()                    # reads on into the children
     children = sorted(sid for sid, s in _shard_ids(kinesis, stream).items()
                       if s.get('ParentShardId') == first)
-    assert len(children) == 2 and set(children) <= set(batch_shards)
+    assert len(children) == 2
+    consume(cycle())
+    commit()
+    assert set(children) <= set(batch_shards)
 
     batches = cycle()
     write(2)
@@ -544,3 +547,92 @@ def test_a_closed_shard_that_never_ends_fails_loudly():
     reader = KinesisShardReader(_NeverEnding(), clock=clock, sleep=clock.sleep)
     with pytest.raises(ReadError, match='closed, but 1001 GetRecords calls'):
         read_all(reader, 's', {})
+
+
+class _Arriving:
+    """One open shard that gets a record before every GetRecords call, so each
+    page ends at the tip (``MillisBehindLatest`` 0) and the next holds a new
+    record; after 50 calls it stays empty. ``full_pages``: the first pages
+    hold ``limit`` records each (at the tip too)."""
+
+    def __init__(self, limit=10, full_pages=0, closed=False):
+        self.calls = 0
+        self._limit = limit
+        self._full_pages = full_pages
+        self._closed = closed
+
+    def list_shards(self, **kwargs):
+        ending = {'EndingSequenceNumber': '999999'} if self._closed else {}
+        return {'Shards': [{'ShardId': 'shardId-0', 'SequenceNumberRange': {
+            'StartingSequenceNumber': '1', **ending}}]}
+
+    def get_shard_iterator(self, **kwargs):
+        return {'ShardIterator': 'it'}
+
+    def get_records(self, **kwargs):
+        self.calls += 1
+        if self.calls > 50:
+            return ({'Records': []} if self._closed else
+                    {'Records': [], 'NextShardIterator': 'it', 'MillisBehindLatest': 0})
+        n = self._limit if self.calls <= self._full_pages else 1
+        records = [{'SequenceNumber': str(self.calls * 100 + i), 'Data': b'r'} for i in range(n)]
+        return {'Records': records, 'NextShardIterator': 'it', 'MillisBehindLatest': 0}
+
+
+def test_a_cycle_stops_at_the_tip_instead_of_chasing_new_records():
+    """A page short of the limit at the tip ends an open shard's cycle: the
+    next call would find records that arrived while reading, and so on."""
+    clock = FakeClock()
+    fake = _Arriving()
+    reader = KinesisShardReader(fake, limit=10, clock=clock, sleep=clock.sleep)
+    records, batches = read_all(reader, 's', {})
+    assert fake.calls == 1 and len(records) == 1 and clock.sleeps == []
+    assert batches[0].position == ShardPosition('100', False, ())
+
+
+def test_a_full_page_at_the_tip_is_read_on():
+    clock = FakeClock()
+    fake = _Arriving(limit=3, full_pages=2)
+    reader = KinesisShardReader(fake, limit=3, clock=clock, sleep=clock.sleep)
+    records, _ = read_all(reader, 's', {})
+    assert fake.calls == 3 and len(records) == 3 + 3 + 1
+
+
+def test_a_closed_shard_at_the_tip_is_read_on_to_its_end():
+    clock = FakeClock()
+    fake = _Arriving(closed=True)
+    reader = KinesisShardReader(fake, limit=10, clock=clock, sleep=clock.sleep)
+    positions = {}
+    records, _ = read_all(reader, 's', positions)
+    assert fake.calls == 51 and len(records) == 50 and positions['shardId-0'].finished
+
+
+class _Meeting:
+    """Three open shards whose first GetRecords calls return only once all
+    three are in flight (a barrier): calls made one after another time out."""
+
+    def __init__(self):
+        import threading
+        self.barrier = threading.Barrier(3, timeout=5)
+
+    def list_shards(self, **kwargs):
+        return {'Shards': [{'ShardId': f'shardId-{i}', 'SequenceNumberRange': {
+            'StartingSequenceNumber': '1'}} for i in range(3)]}
+
+    def get_shard_iterator(self, ShardId, **kwargs):
+        return {'ShardIterator': ShardId}
+
+    def get_records(self, ShardIterator, **kwargs):
+        if not ShardIterator.endswith('tip'):
+            self.barrier.wait()
+            return {'Records': [{'SequenceNumber': '5', 'Data': ShardIterator.encode()}],
+                    'NextShardIterator': ShardIterator + '-tip', 'MillisBehindLatest': 0}
+        return {'Records': [], 'NextShardIterator': ShardIterator, 'MillisBehindLatest': 0}
+
+
+def test_shards_are_read_concurrently():
+    clock = FakeClock()
+    reader = KinesisShardReader(_Meeting(), clock=clock, sleep=clock.sleep)
+    records, batches = read_all(reader, 's', {})
+    assert sorted(r.data for r in records) == [b'shardId-0', b'shardId-1', b'shardId-2']
+    assert [b.shard_id for b in batches] == ['shardId-0', 'shardId-1', 'shardId-2']

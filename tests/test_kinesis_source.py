@@ -19,7 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from changeflow.config import load_config
 from changeflow.io.checkpoints import CheckpointStore
 from changeflow.io.kinesis import Start
-from changeflow.io.kinesis_source import CommitCheckpoints, ReadKinesisToTip
+from changeflow.io.kinesis_source import CommitCheckpoints, KinesisReaders, ReadKinesisToTip
 from changeflow.pipelines import audit_sync
 from kinesis_servers import client, create_stream, wait_active
 from test_audit_sync_e2e import (
@@ -373,3 +373,14 @@ def test_resharding_between_and_within_catch_ups_loses_and_repeats_nothing(
     assert all(positions[s].finished for s in (first, second, *children))
     merged = next(s for s, d in listing.items() if d.get('AdjacentParentShardId'))
     assert set(positions[merged].parents) == set(children)
+
+
+def test_the_kinesis_client_is_made_once_per_process(aws_env):
+    """Each --follow cycle's read sets up anew; the boto3 client it opens is kept."""
+    first, second = (KinesisReaders(REGION, 'http://127.0.0.1:1') for _ in range(2))
+    first.setup()
+    second.setup()
+    assert first.reader()._client is second.reader()._client
+    other = KinesisReaders(REGION, 'http://127.0.0.1:2')
+    other.setup()
+    assert other.reader()._client is not first.reader()._client

@@ -20,6 +20,10 @@ What it guarantees:
   ``AFTER_SEQUENCE_NUMBER`` the last record read; a
   shard a checkpoint had read part way that the listing no longer holds raises
   :class:`ShardsLost` (its records expired unread) instead of being skipped.
+* The shards readable at once are read concurrently: their
+  ``GetShardIterator`` and ``GetRecords`` calls go out together (up to
+  ``max_concurrent_calls``), one call per shard at a time, and the pages are
+  taken in shard order.
 * Throttling (``ProvisionedThroughputExceededException``,
   ``LimitExceededException``) is backed off per shard, capped exponential with
   full jitter, while the other shards go on; at most ``reads_per_second``
@@ -34,9 +38,12 @@ mode with few attempts for what it is good at: connection errors and 5xx.
 """
 
 import datetime
+import functools
 import logging
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from botocore.exceptions import ClientError
@@ -45,7 +52,8 @@ from changeflow.io.shards import ShardGraph, ShardPosition, split_positions
 from changeflow.model import SourceRecord
 
 __all__ = ['Start', 'ShardBatch', 'Page', 'Backoff', 'KinesisShardReader', 'kinesis_client',
-           'ReadError', 'ShardsLost', 'MAX_LIMIT', 'THROTTLING', 'stream_name']
+           'ReadError', 'ShardsLost', 'MAX_LIMIT', 'THROTTLING', 'shared_kinesis_client',
+           'stream_name']
 
 _LOG = logging.getLogger(__name__)
 
@@ -151,6 +159,15 @@ def kinesis_client(region: Optional[str] = None, endpoint_url: Optional[str] = N
     return boto3.client('kinesis', region_name=region, endpoint_url=endpoint_url, config=config)
 
 
+@functools.lru_cache(maxsize=8)
+def shared_kinesis_client(region: Optional[str] = None, endpoint_url: Optional[str] = None):
+    """One :func:`kinesis_client` per process and (region, endpoint): boto3
+    clients are thread-safe, and making one (loading the service model, the
+    credential chain) costs 20-50 ms, which every cycle of ``--follow`` paid
+    in its read's ``setup``."""
+    return kinesis_client(region, endpoint_url)
+
+
 def _code(error: ClientError) -> str:
     return error.response.get('Error', {}).get('Code', '')
 
@@ -199,6 +216,8 @@ class KinesisShardReader:
     # Empty pages in a row of a closed shard before ReadError: sparse stretches of a shard
     # may take several calls to cross; this many (minutes of calls) means it never ends.
     max_closed_empty_reads = 1000
+    # Shards whose calls a cycle makes at once (botocore's pool keeps 10 connections).
+    max_concurrent_calls = 10
 
     def __init__(self, client, limit: int = MAX_LIMIT, reads_per_second: float = 5.0,
                  page_size: Optional[int] = None, backoff: Backoff = Backoff(),
@@ -220,6 +239,7 @@ class KinesisShardReader:
         self.lag: Dict[str, Optional[int]] = {}
         self.throttled = 0                  # throttling errors seen (all calls)
         self.renewed = 0                    # expired iterators renewed
+        self._count_lock = threading.Lock()
 
     # -- service calls ------------------------------------------------------
 
@@ -233,7 +253,8 @@ class KinesisShardReader:
                 if _code(e) not in THROTTLING:
                     raise
                 attempt += 1
-                self.throttled += 1
+                with self._count_lock:          # shards' iterators are opened concurrently
+                    self.throttled += 1
                 if attempt >= self._backoff.max_attempts:
                     raise ReadError(f'{fn.__name__} throttled {attempt} times: {e}') from e
                 self._sleep(self._backoff.delay(attempt, self._rng))
@@ -299,8 +320,13 @@ class KinesisShardReader:
 
         Yields a ShardBatch per ``GetRecords`` call that returned records or
         finished a shard (an empty batch then carries the finished position).
-        An open shard stops when caught up (no records and
-        ``MillisBehindLatest`` 0), a closed one only when drained
+        An open shard stops when caught up: no records and
+        ``MillisBehindLatest`` 0, or a page short of the limit whose last
+        record is the tip (``MillisBehindLatest`` 0), so that a cycle does not
+        chase records that keep arriving while it reads (one more call would
+        mostly find the next put's records, and the next, for a cycle of
+        unbounded length); what arrives after the tip was read is the next
+        cycle's. A closed one stops only when drained
         (``NextShardIterator`` null; kinesalite then still reports a
         ``MillisBehindLatest`` above 0), so its children follow. Shards
         without a checkpoint start at ``start``, except children of a shard
@@ -319,57 +345,93 @@ class KinesisShardReader:
         records_args = self._records_args(stream)
         cursors: Dict[str, _Cursor] = {}
         caught_up = set()
-        while True:
-            finished, sequences = split_positions(positions)
-            for shard_id in graph.readable(finished, sequences):
-                if shard_id not in cursors and shard_id not in caught_up:
-                    cursors[shard_id] = self._open(stream, graph, shard_id, positions, start)
-            if not cursors:
-                return
-            cursor = min(cursors.values(), key=lambda c: (c.next_call, c.shard_id))
-            wait = cursor.next_call - self._clock()
-            if wait > 0:
-                self._sleep(wait)
-            cursor.next_call = self._clock() + self._interval
-            try:
-                response = self._client.get_records(
-                    ShardIterator=cursor.iterator, Limit=self._limit, **records_args)
-            except ClientError as e:
-                self._recover(stream, cursor, e, start)
-                continue
-            cursor.throttles = cursor.renewals = 0
-            records = response.get('Records', ())
-            behind = response.get('MillisBehindLatest')
-            self.lag[cursor.shard_id] = behind
-            drained = response.get('NextShardIterator') is None
-            cursor.position = ShardPosition(
-                records[-1]['SequenceNumber'] if records else cursor.position.sequence,
-                drained, cursor.position.parents)
-            positions[cursor.shard_id] = cursor.position
-            if records or drained:
-                yield ShardBatch(cursor.shard_id,
-                                 tuple(self._source_record(r, source, cursor.shard_id)
-                                       for r in records),
-                                 cursor.position, behind)
-            if drained:
-                del cursors[cursor.shard_id]
-                graph = self.shard_graph(stream)     # children made while reading
-            elif not self._caught_up(records, behind):
-                cursor.closed_empty_reads = 0
-                cursor.iterator = response['NextShardIterator']
-            elif cursor.shard_id in graph and graph.shards[cursor.shard_id].closed:
-                # A closed shard ends at a null NextShardIterator alone: an empty page with an
-                # iterator may come first (kinesalite: after the last record, when the close
-                # came over a second later), and the children wait for the end.
-                cursor.closed_empty_reads += 1
-                if cursor.closed_empty_reads > self.max_closed_empty_reads:
-                    raise ReadError(f'{stream}/{cursor.shard_id}: closed, but '
-                                    f'{cursor.closed_empty_reads} GetRecords calls in a row '
-                                    f'returned nothing and did not reach its end')
-                cursor.iterator = response['NextShardIterator']
-            else:
-                del cursors[cursor.shard_id]
-                caught_up.add(cursor.shard_id)
+        with ThreadPoolExecutor(self.max_concurrent_calls, 'kinesis-read') as pool:
+            while True:
+                finished, sequences = split_positions(positions)
+                new = [shard_id for shard_id in graph.readable(finished, sequences)
+                       if shard_id not in cursors and shard_id not in caught_up]
+                opened = self._each(pool, lambda shard_id: self._open(
+                    stream, graph, shard_id, positions, start), new)
+                cursors.update(zip(new, opened))
+                if not cursors:
+                    return
+                due = self._due(cursors.values())
+                pages = self._each(pool, lambda cursor: self._get_page(cursor, records_args), due)
+                for cursor, response in zip(due, pages):
+                    yield from self._take_page(stream, source, start, graph, cursor, response,
+                                               positions, cursors, caught_up)
+                    if cursor.shard_id not in cursors and positions[cursor.shard_id].finished:
+                        graph = self.shard_graph(stream)     # children made while reading
+
+    @staticmethod
+    def _each(pool: ThreadPoolExecutor, fn: Callable, items: List) -> List:
+        """``fn`` of every item, concurrently when there are several (one shard's
+        calls never overlap: each cursor is in ``items`` once)."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        return list(pool.map(fn, items))
+
+    def _due(self, cursors) -> List[_Cursor]:
+        """Waits for the first cursor whose next call is due; returns every
+        cursor then due (by shard id), their next calls set one interval on."""
+        wait = min(c.next_call for c in cursors) - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        now = self._clock()
+        due = sorted((c for c in cursors if c.next_call <= now), key=lambda c: c.shard_id)
+        for cursor in due:
+            cursor.next_call = now + self._interval
+        return due
+
+    def _get_page(self, cursor: _Cursor, records_args: dict):
+        """One GetRecords response, or the ClientError it raised (recovered by the caller)."""
+        try:
+            return self._client.get_records(
+                ShardIterator=cursor.iterator, Limit=self._limit, **records_args)
+        except ClientError as e:
+            return e
+
+    def _take_page(self, stream, source, start, graph, cursor, response, positions, cursors,
+                   caught_up) -> Iterator[ShardBatch]:
+        """One GetRecords response of ``cursor`` read: its batch, and the cursor
+        moved on, recovered, or done (removed from ``cursors``)."""
+        if isinstance(response, ClientError):
+            self._recover(stream, cursor, response, start)
+            return
+        cursor.throttles = cursor.renewals = 0
+        records = response.get('Records', ())
+        behind = response.get('MillisBehindLatest')
+        self.lag[cursor.shard_id] = behind
+        drained = response.get('NextShardIterator') is None
+        cursor.position = ShardPosition(
+            records[-1]['SequenceNumber'] if records else cursor.position.sequence,
+            drained, cursor.position.parents)
+        positions[cursor.shard_id] = cursor.position
+        closed = cursor.shard_id in graph and graph.shards[cursor.shard_id].closed
+        if records or drained:
+            yield ShardBatch(cursor.shard_id,
+                             tuple(self._source_record(r, source, cursor.shard_id)
+                                   for r in records),
+                             cursor.position, behind)
+        if drained:
+            del cursors[cursor.shard_id]
+        elif not self._caught_up(records, behind) and (
+                closed or not self._at_tip(records, behind)):
+            cursor.closed_empty_reads = 0
+            cursor.iterator = response['NextShardIterator']
+        elif closed:
+            # A closed shard ends at a null NextShardIterator alone: an empty page with an
+            # iterator may come first (kinesalite: after the last record, when the close
+            # came over a second later), and the children wait for the end.
+            cursor.closed_empty_reads += 1
+            if cursor.closed_empty_reads > self.max_closed_empty_reads:
+                raise ReadError(f'{stream}/{cursor.shard_id}: closed, but '
+                                f'{cursor.closed_empty_reads} GetRecords calls in a row '
+                                f'returned nothing and did not reach its end')
+            cursor.iterator = response['NextShardIterator']
+        else:
+            del cursors[cursor.shard_id]
+            caught_up.add(cursor.shard_id)
 
     # -- one shard at a time (the unbounded mode's splittable DoFn) ----------
 
@@ -418,6 +480,12 @@ class KinesisShardReader:
     @staticmethod
     def _caught_up(records, millis_behind) -> bool:
         return not records and not millis_behind
+
+    def _at_tip(self, records, millis_behind) -> bool:
+        """A page of records that ends at the shard's tip: ``MillisBehindLatest``
+        0 and fewer records than asked for (a full page may stop short of
+        records of the same millisecond)."""
+        return millis_behind == 0 and len(records) < self._limit
 
     @staticmethod
     def _records_args(stream: str) -> dict:

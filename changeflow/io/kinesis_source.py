@@ -18,7 +18,9 @@ idempotent sinks; the checkpoints never get ahead of what the sinks hold.
 
 One DoFn reads all shards of a cycle: the reader loop keeps the lineage order
 (a child after all its parents) and the per-shard read rate across shards, and
-the local runners run one worker anyway (FACTS.md). On Flink and Dataflow the
+the local runners run one worker anyway (FACTS.md). Its calls to the shards
+due go out together (threads), so a cycle's read takes about one round trip
+per page whatever the number of shards. On Flink and Dataflow the
 unbounded mode (issue 7) reads shards in parallel.
 
 Beam's own KinesisIO is a Java cross-language transform (its jars cannot be
@@ -26,14 +28,15 @@ fetched here, and it does not run on the local runners): this is boto3.
 """
 
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam import pvalue, window
 from apache_beam.metrics import Metrics
 
 from changeflow.io.checkpoints import CheckpointStore
-from changeflow.io.kinesis import MAX_LIMIT, KinesisShardReader, Start, kinesis_client, stream_name
+from changeflow.io.kinesis import (
+    MAX_LIMIT, KinesisShardReader, Start, shared_kinesis_client, stream_name)
 from changeflow.model import DEAD_LETTER_TAG, SourceRecord
 
 __all__ = ['ReadStreamToTip', 'ReadKinesisToTip', 'KinesisReaders', 'CommitCheckpoints']
@@ -61,7 +64,7 @@ class KinesisReaders:
         self._client = None
 
     def setup(self) -> None:
-        self._client = kinesis_client(self._region, self._endpoint_url)
+        self._client = shared_kinesis_client(self._region, self._endpoint_url)
 
     def stream(self, stream: str) -> str:
         """The stream as the reader's calls take it (a name or ARN as given)."""
@@ -211,25 +214,29 @@ class ReadKinesisToTip(ReadStreamToTip):
 
 
 class _CommitFn(beam.DoFn):
-    """All end positions of the cycle (one list) -> committed, with the new
-    state when there is one; the sinks' completion counts arrive as side
-    inputs, so this runs after them."""
+    """Once per cycle: all end positions of the cycle (a side input) ->
+    committed, with the new state when there is one; every sink's output
+    arrives as a side input too, so this runs after them."""
 
-    def __init__(self, store_url: str, job: str, stream: str, namespace: str):
+    def __init__(self, store_url: str, job: str, stream: str, namespace: str,
+                 fold_state: Optional[Callable] = None):
         self._store_url = store_url
         self._job = job
         self._stream = stream
+        self._fold_state = fold_state
         self._committed = Metrics.counter(namespace, 'shards_committed')
         self._commits = Metrics.counter(namespace, 'checkpoints_committed')
 
     def setup(self):
         self._store = CheckpointStore(self._store_url)
 
-    def process(self, ends, *sinks_written, state=_KEEP):
+    def process(self, unused_impulse, ends, *sinks_written, state=_KEEP):
         positions = dict(ends)
         stored = self._store.load(self._job, self._stream).state
         if state is _KEEP:
             state = stored
+        elif self._fold_state is not None:
+            state = self._fold_state(list(state))
         if not positions and state == stored:  # nothing new: the checkpoints stay as they are
             return
         self._store.commit(self._job, self._stream, positions, state)
@@ -250,12 +257,18 @@ class CommitCheckpoints(beam.PTransform):
         stream: the read's checkpoint key; a Kinesis stream's ARN is taken
             for its name.
         sinks_done: every sink's output PCollection (what it wrote, emitted
-            after writing). The commit takes each, counted, as a side input: a
-            runner starts a step only when its side inputs are complete, so the
+            after writing). The commit takes each as a side input: a runner
+            starts a step only when its side inputs are complete, so the
             commit follows the last write of every sink.
         state: a PCollection of one JSON value, the state to commit with the
             positions (what the next cycle's CYCLE output returns), computed
             from the cycle's data; None keeps the stored state.
+        fold_state: when given, ``state`` holds any number of parts and the
+            state committed is ``fold_state(list of the parts)`` (a JSON value).
+
+    The end positions, the sinks' outputs and the state reach the commit as
+    side inputs of one impulse, not through combines: each combine is two
+    more stages to set up in every cycle of ``--follow``.
 
     Returns a PCollection of one dict shard id -> ShardPosition (what was
     committed), or none when the cycle read nothing and left the state as it
@@ -268,19 +281,29 @@ class CommitCheckpoints(beam.PTransform):
 
     def __init__(self, store_url: str, job: str, stream: str,
                  sinks_done: Sequence[beam.PCollection] = (), namespace: str = _NAMESPACE,
-                 state=None):
+                 state=None, fold_state: Optional[Callable] = None):
         super().__init__()
-        self._fn = _CommitFn(store_url, job, stream_name(stream), namespace)
+        if fold_state is not None and state is None:
+            raise ValueError('fold_state needs a state PCollection')
+        self._fn = _CommitFn(store_url, job, stream_name(stream), namespace, fold_state)
         self._sinks_done = tuple(sinks_done)
         self._state = state
+        self._fold = fold_state is not None
 
     def expand(self, end_positions):
-        done = [beam.pvalue.AsSingleton(
-            written
-            | f'Sink{i}AllWindows' >> beam.WindowInto(window.GlobalWindows())
-            | f'Sink{i}Done' >> beam.combiners.Count.Globally())
+        def everything(pcoll, label):  # all of it, whatever windows it was written in
+            return pcoll | f'{label}AllWindows' >> beam.WindowInto(window.GlobalWindows())
+
+        done = [beam.pvalue.AsIter(
+            everything(written, f'Sink{i}') | f'Sink{i}Done' >> beam.Map(lambda _: None))
             for i, written in enumerate(self._sinks_done)]
-        side = {} if self._state is None else {'state': beam.pvalue.AsSingleton(self._state)}
-        return (end_positions
-                | 'AllEnds' >> beam.combiners.ToList()
-                | 'Commit' >> beam.ParDo(self._fn, *done, **side))
+        side = {}
+        if self._state is not None:
+            state = everything(self._state, 'State')
+            side['state'] = (beam.pvalue.AsList(state) if self._fold
+                             else beam.pvalue.AsSingleton(state))
+        return (end_positions.pipeline
+                | 'Once' >> beam.Impulse()
+                | 'Commit' >> beam.ParDo(
+                    self._fn, beam.pvalue.AsList(everything(end_positions, 'Ends')),
+                    *done, **side))

@@ -83,14 +83,23 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline,
                              handlers=handlers)
     if config.source.type == 'kinesis':  # the cycle's end, once every output is written
-        state = replayed[CARRY] | 'AllCarried' >> beam.combiners.ToList() | (
-            'CarryState' >> beam.Map(carry_state))
-        if all_ddl is not None:
-            state = state | 'CarryDdl' >> beam.Map(with_ddl, beam.pvalue.AsList(all_ddl))
+        state, fold = replayed[CARRY], carry_state
+        if all_ddl is not None:  # the DDL so far goes with the carried connections
+            state = ((state | 'CarriedParts' >> beam.Map(lambda part: (CARRY, part)),
+                      all_ddl | 'DdlParts' >> beam.Map(lambda part: (DDL, part)))
+                     | 'StateParts' >> beam.Flatten())
+            fold = _carry_state_with_ddl
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
             config.checkpoints_url, config.job, config.source.stream,
-            written_outputs(outputs), state=state)
+            written_outputs(outputs), state=state, fold_state=fold)
     return outputs
+
+
+def _carry_state_with_ddl(parts) -> dict:
+    """The checkpoint state of a cycle that follows DDL: its carried
+    connections and every DDL statement so far (``(CARRY | DDL, part)`` pairs)."""
+    return with_ddl(carry_state([part for kind, part in parts if kind == CARRY]),
+                    [part for kind, part in parts if kind == DDL])
 
 
 def read_namespace(config: JobConfig) -> str:
