@@ -89,6 +89,7 @@ import re
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam import typehints
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -724,7 +725,13 @@ class WriteParquetBackup(beam.PTransform):
         keyed = changes | 'KeyByPartition' >> keyer.with_outputs(DEAD_LETTER_TAG, main='keyed')
         failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(
             lambda letter: (_FAILED, [letter]))
-        return ((keyed['keyed'] | 'GroupByPartition' >> beam.GroupByKey(), failed)
+        # (target, day) keys with a deterministic coder: on Flink and Dataflow a
+        # key's encoding decides where its group is (pickled, it may vary).
+        partitioned = (keyed['keyed']
+                       | 'PartitionTyped' >> beam.Map(lambda kv: kv).with_output_types(
+                           typehints.Tuple[typehints.Tuple[str, str], bytes])
+                       | 'GroupByPartition' >> beam.GroupByKey())
+        return ((partitioned, failed)
                 | 'WithFailed' >> beam.Flatten()
                 | 'WriteFiles' >> beam.ParDo(
                     _WritePartitionFn(self._path, self._layouts, self._rows_per_file), **side
