@@ -86,21 +86,29 @@ def test_unbounded_run_equals_the_archive_run(tmp_path, moto_endpoint, aws_env,
 DETERMINISTIC = {'beam:coder:string_utf8:v1', 'beam:coder:varint:v1', 'beam:coder:bytes:v1'}
 
 
+def _key_coders(components, transform):
+    """The coder URNs of ``transform``'s input key (its components' for a tuple)."""
+    kv = components.coders[components.pcollections[
+        next(iter(transform.inputs.values()))].coder_id]
+    key = components.coders[kv.component_coder_ids[0]]
+    return [key.spec.urn] if not key.component_coder_ids else [
+        components.coders[c].spec.urn for c in key.component_coder_ids]
+
+
 def stateful_key_coders(p):
     """Each stateful ParDo of ``p`` -> the coder URNs of its input's key."""
     from apache_beam.portability.api import beam_runner_api_pb2
     components = p.to_runner_api().components
-
-    def key_coders(transform):
-        kv = components.coders[components.pcollections[
-            next(iter(transform.inputs.values()))].coder_id]
-        key = components.coders[kv.component_coder_ids[0]]
-        return [key.spec.urn] if not key.component_coder_ids else [
-            components.coders[c].spec.urn for c in key.component_coder_ids]
-
-    return {t.unique_name: key_coders(t) for t in components.transforms.values()
+    return {t.unique_name: _key_coders(components, t) for t in components.transforms.values()
             if t.spec.urn == 'beam:transform:pardo:v1'
             and beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).state_specs}
+
+
+def grouping_key_coders(p):
+    """Each GroupByKey of ``p`` -> the coder URNs of its input's key."""
+    components = p.to_runner_api().components
+    return {t.unique_name: _key_coders(components, t) for t in components.transforms.values()
+            if t.spec.urn == 'beam:transform:group_by_key:v1'}
 
 
 def test_every_state_key_of_the_streaming_job_has_a_deterministic_coder(tmp_path):

@@ -346,7 +346,10 @@ class RunHandlers(beam.PTransform):
 
     def expand(self, runs):
         tables = self._tables
-        handled = runs | 'HandledTables' >> beam.Filter(lambda element: element[0][0] in tables)
+        handled = (runs
+                   | 'HandledTables' >> beam.Filter(lambda element: element[0][0] in tables)
+                   | 'KeyTyped' >> beam.Map(lambda kv: kv).with_output_types(
+                       typehints.Tuple[typehints.Tuple[str, int], typehints.Any]))
         if self._stream_windows is None:
             return (handled
                     | 'GroupEvents' >> beam.GroupByKey()
@@ -354,8 +357,6 @@ class RunHandlers(beam.PTransform):
                                                                     main=self.MAIN))
         outputs = (handled
                    | 'AcrossWindows' >> beam.WindowInto(window.GlobalWindows())
-                   | 'KeyTyped' >> beam.Map(lambda kv: kv).with_output_types(
-                       typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
                    | 'HandleInOrder' >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG,
                                                                           main=self.MAIN))
         return {name: outputs[name] | f'Rewindow_{name}' >> beam.WindowInto(self._stream_windows)

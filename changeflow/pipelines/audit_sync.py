@@ -50,7 +50,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     """
     if p.options.view_as(StandardOptions).streaming:  # --streaming: the unbounded job
         from changeflow.pipelines.streaming import build_streaming_pipeline
-        return build_streaming_pipeline(p, config)
+        return build_streaming_pipeline(p, config, handlers)
     dead_letters = []
     read = (p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
             if config.source.type == 'kinesis' else

@@ -26,7 +26,7 @@ from changeflow.model import DEAD_LETTER_TAG
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET
 from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
 
-__all__ = ['write_branches', 'written_outputs', 'run_job', 'HANDLERS']
+__all__ = ['write_branches', 'written_outputs', 'job_handlers', 'run_job', 'HANDLERS']
 
 HANDLERS = 'handlers'  # the handlers branch's output name
 
@@ -95,21 +95,29 @@ def write_branches(runs, config: JobConfig, dead_letters: List, *, timeline=None
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 
-    all_handlers = tuple(config.handlers) + tuple(handlers or ())
-    if all_handlers:  # its own branch, from the uncoalesced changes: every event counts
-        models = {**getattr(handlers, 'models', {}),
-                  **{spec.source: spec.model for spec in config.tables if spec.model}}
-        handled = (runs if events is None else events) | 'Handlers' >> RunHandlers(
-            all_handlers, config.state_url, models, [spec.source for spec in config.tables],
-            stream_windows=stream_windows)
+    handling = job_handlers(config, handlers, stream_windows)
+    if handling is not None:  # its own branch, from the uncoalesced changes: every event counts
+        handled = (runs if events is None else events) | 'Handlers' >> handling
         dead_letters.append(handled[DEAD_LETTER_TAG])
-        outputs[HANDLERS] = handled[RunHandlers.MAIN]
+        outputs[HANDLERS] = handled[handling.MAIN]
 
     all_dead = tuple(dead_letters) | 'CollectDeadLetters' >> beam.Flatten()
     written = all_dead | 'WriteDeadLetters' >> WriteDeadLetters(config.dead_letter_path)
     outputs['dead_letters'] = all_dead
     outputs['dead_letters_written'] = written[WriteDeadLetters.MAIN]
     return outputs
+
+
+def job_handlers(config: JobConfig, handlers=None, stream_windows=None) -> Optional[RunHandlers]:
+    """The handlers branch of a job: the config's handlers and those of the
+    ``handlers`` registry (its models too), or None when there are none."""
+    all_handlers = tuple(config.handlers) + tuple(handlers or ())
+    if not all_handlers:
+        return None
+    models = {**getattr(handlers, 'models', {}),
+              **{spec.source: spec.model for spec in config.tables if spec.model}}
+    return RunHandlers(all_handlers, config.state_url, models,
+                       [spec.source for spec in config.tables], stream_windows=stream_windows)
 
 
 def written_outputs(outputs: Mapping) -> List:

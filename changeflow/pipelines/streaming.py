@@ -46,14 +46,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import userstate
 
 from changeflow.config import JobConfig, TableSpec
-from changeflow.handlers.transforms import RunHandlers
 from changeflow.io.dead_letter import WriteDeadLetters
 from changeflow.io.notify import WriteNotifications
 from changeflow.io.parquet import WriteParquetBackup
 from changeflow.io.sql import DEFAULT_SHARDS, WriteToDatabase
 from changeflow.io.stream_sdf import KinesisReaders, ReadStream
 from changeflow.model import DEAD_LETTER_TAG, dead_letter
-from changeflow.pipelines.branches import HANDLERS
+from changeflow.pipelines.branches import HANDLERS, job_handlers
 from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.connections import (
     DDL, RUNS, ParseToConnectionRuns, _ReplayConnectionFn, _runs_original, _runs_position)
@@ -169,9 +168,10 @@ class StreamingOptions(PipelineOptions):
                  'this many records (the local runners fire windows only at the end)')
 
 
-def build_streaming_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
+def build_streaming_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     """Adds the unbounded job to ``p`` (its :class:`StreamingOptions` from
-    ``p.options``); returns its main PCollections by name."""
+    ``p.options``); returns its main PCollections by name. ``handlers``: a
+    :class:`changeflow.handlers.Handlers` registry run besides the config's."""
     flags = p.options.view_as(StreamingOptions)
     max_records, reorder_seconds = flags.stream_max_records, flags.reorder_seconds
     source = config.source
@@ -223,13 +223,11 @@ def build_streaming_pipeline(p: beam.Pipeline, config: JobConfig) -> dict:
         dead_letters.append(written[DEAD_LETTER_TAG])
         outputs[NOTIFY] = written[WriteNotifications.MAIN]
 
-    if config.handlers:  # every translated change, in order per key across windows
-        handled = windowed | 'Handlers' >> RunHandlers(
-            config.handlers, config.state_url,
-            {spec.source: spec.model for spec in config.tables if spec.model},
-            [spec.source for spec in config.tables], stream_windows=windows)
+    handling = job_handlers(config, handlers, stream_windows=windows)
+    if handling is not None:  # every translated change, in order per key across windows
+        handled = windowed | 'Handlers' >> handling
         dead_letters.append(handled[DEAD_LETTER_TAG])
-        outputs[HANDLERS] = handled[RunHandlers.MAIN]
+        outputs[HANDLERS] = handled[handling.MAIN]
 
     # Letters of the global-window steps (reader, replay, database) get windows too,
     # so the dead-letter files are written per window while the job runs.

@@ -18,6 +18,7 @@ import gc
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -371,6 +372,8 @@ class ReplayConnections(beam.PTransform):
             runs = (runs, self._carried) | 'WithCarried' >> beam.Flatten()
             side['cycle'] = beam.pvalue.AsSingleton(self._cycle)
         return (runs
+                | 'ConnectionTyped' >> beam.Map(lambda kv: kv).with_output_types(
+                    typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
                 | 'GroupConnection' >> beam.GroupByKey()
                 | 'ReplayAndTranslate' >> beam.ParDo(self._fn, **side).with_outputs(
                     DEAD_LETTER_TAG, CARRY, main='changes'))

@@ -21,6 +21,7 @@ inputs (a crash-replayed catch-up, a backfill over a synced period).
 from typing import List, Sequence
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -80,6 +81,8 @@ class FoldShards(beam.PTransform):
 
     def expand(self, runs):
         return (runs
+                | 'ShardTyped' >> beam.Map(lambda kv: kv).with_output_types(
+                    typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
                 | 'GroupShard' >> beam.GroupByKey()
                 | 'Fold' >> beam.ParDo(_FoldShardFn()).with_outputs(
                     DEAD_LETTER_TAG, self.LOG, main=self.MAIN))
