@@ -391,13 +391,9 @@ class KinesisShardReader:
         except ClientError as e:
             return e
 
-    def _take_page(self, stream, source, start, graph, cursor, response, positions, cursors,
-                   caught_up) -> Iterator[ShardBatch]:
-        """One GetRecords response of ``cursor`` read: its batch, and the cursor
-        moved on, recovered, or done (removed from ``cursors``)."""
-        if isinstance(response, ClientError):
-            self._recover(stream, cursor, response, start)
-            return
+    def _advance(self, cursor: _Cursor, response: Mapping):
+        """A GetRecords response taken on ``cursor``: (records, MillisBehindLatest,
+        whether the shard ended), the cursor's position moved past the records."""
         cursor.throttles = cursor.renewals = 0
         records = response.get('Records', ())
         behind = response.get('MillisBehindLatest')
@@ -406,6 +402,16 @@ class KinesisShardReader:
         cursor.position = ShardPosition(
             records[-1]['SequenceNumber'] if records else cursor.position.sequence,
             drained, cursor.position.parents)
+        return records, behind, drained
+
+    def _take_page(self, stream, source, start, graph, cursor, response, positions, cursors,
+                   caught_up) -> Iterator[ShardBatch]:
+        """One GetRecords response of ``cursor`` read: its batch, and the cursor
+        moved on, recovered, or done (removed from ``cursors``)."""
+        if isinstance(response, ClientError):
+            self._recover(stream, cursor, response, start)
+            return
+        records, behind, drained = self._advance(cursor, response)
         positions[cursor.shard_id] = cursor.position
         closed = cursor.shard_id in graph and graph.shards[cursor.shard_id].closed
         if records or drained:
@@ -461,14 +467,7 @@ class KinesisShardReader:
         except ClientError as e:
             self._recover(stream, cursor, e, start)
             return None
-        cursor.throttles = cursor.renewals = 0
-        records = response.get('Records', ())
-        behind = response.get('MillisBehindLatest')
-        self.lag[cursor.shard_id] = behind
-        drained = response.get('NextShardIterator') is None
-        cursor.position = ShardPosition(
-            records[-1]['SequenceNumber'] if records else cursor.position.sequence,
-            drained, cursor.position.parents)
+        records, behind, drained = self._advance(cursor, response)
         if not drained:
             cursor.iterator = response['NextShardIterator']
         return Page(tuple(self._source_record(r, source, cursor.shard_id) for r in records),
