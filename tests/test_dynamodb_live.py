@@ -68,6 +68,16 @@ def positions(config_path):
         store.engine.dispose()
 
 
+def write_more(ddb, name):
+    """After write_workload: an update, a delete, a transaction (put, delete): 4 records."""
+    ddb.update_item(TableName=name, Key=key(2), UpdateExpression='SET qty = :q',
+                    ExpressionAttributeValues={':q': {'N': '50'}})
+    ddb.delete_item(TableName=name, Key=key(6))
+    ddb.transact_write_items(TransactItems=[
+        {'Put': {'TableName': name, 'Item': {**key(7), 'note': {'S': 'seven'}}}},
+        {'Delete': {'TableName': name, 'Key': key(1)}}])
+
+
 def test_catch_up_cycles_equal_a_scan_read_nothing_twice_and_converge_again(
         table, tmp_path, database_url, table_prefix, aws_env, capsys):
     name, ddb, streams = table
@@ -98,12 +108,7 @@ def test_catch_up_cycles_equal_a_scan_read_nothing_twice_and_converge_again(
     assert outputs(tmp_path, database_url, target) == state
 
     # More writes: the next cycle reads exactly them and converges again.
-    ddb.update_item(TableName=name, Key=key(2), UpdateExpression='SET qty = :q',
-                    ExpressionAttributeValues={':q': {'N': '50'}})
-    ddb.delete_item(TableName=name, Key=key(6))
-    ddb.transact_write_items(TransactItems=[
-        {'Put': {'TableName': name, 'Item': {**key(7), 'note': {'S': 'seven'}}}},
-        {'Delete': {'TableName': name, 'Key': key(1)}}])
+    write_more(ddb, name)
     counters = run_job(config)
     assert read_counter(counters, 'records') == 4
     assert counters['changeflow.read_dynamodb_streams.shards_committed'] == 1

@@ -17,9 +17,9 @@ from changeflow.handlers import Handlers
 from changeflow.io.dead_letter import read_dead_letters
 from changeflow.metrics import counter_totals
 from changeflow.pipelines import audit_sync, dynamodb_sync
-from test_dynamodb_live import REGION, live_job
+from test_dynamodb_live import REGION, live_job, write_more
 from test_dynamodb_sync import (
-    create_table, expected_row, key, kinesis_destination_lines, parquet_rows, replica, run_job, scan,
+    create_table, expected_row, kinesis_destination_lines, parquet_rows, replica, run_job, scan,
     stream_lines, write_workload)
 from test_handlers_moto import _recorder
 from test_streaming import DETERMINISTIC, stateful_key_coders
@@ -69,12 +69,7 @@ def test_the_unbounded_run_equals_the_catch_up_run_and_a_scan(table, tmp_path, a
     name, ddb, streams = table
     write_workload(ddb, name)
     time.sleep(1.1)    # a second window: rows 1, 2 and 6 change in both
-    ddb.update_item(TableName=name, Key=key(2), UpdateExpression='SET qty = :q',
-                    ExpressionAttributeValues={':q': {'N': '50'}})
-    ddb.delete_item(TableName=name, Key=key(6))
-    ddb.transact_write_items(TransactItems=[
-        {'Put': {'TableName': name, 'Item': {**key(7), 'note': {'S': 'seven'}}}},
-        {'Delete': {'TableName': name, 'Key': key(1)}}])
+    write_more(ddb, name)
     created = [json.loads(line)['dynamodb']['ApproximateCreationDateTime']
                for line in stream_lines(ddb, streams, name)]
     assert len(created) == RECORDS and created[-1] - created[RECORDS - 5] >= 1
