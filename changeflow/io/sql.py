@@ -68,7 +68,7 @@ from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
-from changeflow.transforms.runs import batch_changes
+from changeflow.transforms.runs import batch_changes, make_batch
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
@@ -1533,7 +1533,7 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
                 yield output
             else:
                 applied.append(output.value)
-        yield table, shard, tuple(applied)
+        yield make_batch(table, shard, applied)
 
 
 @typehints.with_input_types(Change)
@@ -1716,8 +1716,10 @@ class WriteBatchesToDatabase(WriteToDatabase):
     :func:`shards_of` shards), written in version order as WriteToDatabase
     writes a shard once the watermark has passed all of it; no state or
     timers. Each batch is one transaction (``batch_size`` does not split it).
-    Same arguments and metrics; the main output has one
-    ``(table, shard, changes applied or found applied)`` per batch."""
+    Same arguments and metrics; the main output has one batch
+    ``(table, shard, packed changes applied or found applied)`` per input
+    batch (:func:`changeflow.transforms.runs.batch_changes` reads it): packed,
+    as Beam's coder would pickle each Change of a tuple on its own."""
 
     def expand(self, batches):
         return batches | 'WriteShards' >> beam.ParDo(_WriteBatchFn(
