@@ -211,12 +211,19 @@ def shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int]
 _JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')  # text json.dumps writes as it is
 
 
+@functools.lru_cache(maxsize=1024)
+def _plain_table(table: str) -> bool:
+    """``table`` as json.dumps writes it (checked once per table, not per change)."""
+    return _JSON_PLAIN.fullmatch(table) is not None
+
+
 def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
     """The shard of a row, from the canonical text of its key values: the
     same for the values a Change carries and for those read back from the
     replica, for the key types _ShardableKey accepts."""
     parts = [str(value) if type(value) is int else str(_key_part(value)) for value in key]
-    if _JSON_PLAIN.fullmatch(table) and all(_JSON_PLAIN.fullmatch(part) for part in parts):
+    if _plain_table(table) and all(type(value) is int or _JSON_PLAIN.fullmatch(part)
+                                   for value, part in zip(key, parts)):
         text = f'["{table}", ["' + '", "'.join(parts) + '"]]'  # as json.dumps writes it
     else:
         text = json.dumps([table, parts], ensure_ascii=False)
