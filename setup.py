@@ -22,6 +22,8 @@ setuptools.setup(
         # webhooks (io/messaging.py); botocore already requires urllib3 >=1.25.4,<3,
         # and the calls used there are the same in 1.26 and 2.x
         'urllib3>=1.26,<3',
+        # runs and batches (transforms/runs.py); the range apache-beam 2.77 requires
+        'zstandard>=0.18,<1',
     ],
     extras_require={
         # The Dataflow runner (and --dry_run translation checks).

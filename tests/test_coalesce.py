@@ -169,3 +169,17 @@ def test_shard_folder_equals_coalescing_each_row_with_the_tables_ops():
         for change in sorted(changes, key=lambda c: c.ops[0].version):
             folder.add(change)
         assert {c.key: c for c in folder.changes('t.x')} == expected, seed
+
+
+def test_apply_op_reads_kinds_by_value_and_returns_row_states():
+    """The kinds are compared by value (a kind read back as its string applies
+    the same), and every state made is a RowState."""
+    from changeflow.model import OpKind, RowOp
+    from changeflow.sql.rowstate import ABSENT, RowState, apply_op
+    for kind in (OpKind.INSERT, 'insert'):
+        state = apply_op(ABSENT, RowOp(kind, 'v1', (('id', 1), ('qty', 2))))
+        assert type(state) is RowState and state == (True, {'id': 1, 'qty': 2}, True)
+        updated = apply_op(state, RowOp('update' if kind == 'insert' else OpKind.UPDATE, 'v2',
+                                        (), (('qty', ('bin', '+', ('col', 'qty'), ('lit', 1))),)))
+        assert type(updated) is RowState and updated.values == {'id': 1, 'qty': 3}
+        assert apply_op(updated, RowOp('delete', 'v3')) is ABSENT

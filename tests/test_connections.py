@@ -31,3 +31,21 @@ def test_the_first_parse_freezes_the_workers_heap_once(monkeypatch):
     assert frozen == [True]
     # counting the frozen objects (slow once they are many) happens once, not per setup
     assert counted == [1]
+
+
+def test_worker_setup_makes_young_collections_rarer_never_more_frequent():
+    import gc
+    from changeflow.transforms import connections
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        connections._freeze_startup_heap.cache_clear()   # as in a new worker process
+        connections._freeze_startup_heap()
+        assert gc.get_threshold() == (connections._YOUNG_COLLECTION, 10, 10)
+        gc.set_threshold(10 ** 6, 10, 10)
+        connections._freeze_startup_heap.cache_clear()
+        connections._freeze_startup_heap()
+        assert gc.get_threshold() == (10 ** 6, 10, 10)
+    finally:
+        gc.set_threshold(*saved)
+        connections._freeze_startup_heap.cache_clear()

@@ -36,3 +36,85 @@ def test_runs_in_sequence_are_decoded_one_at_a_time(monkeypatch):
         assert value == i
         peak[0] = max(peak[0], decoded[0] - i // 100)
     assert decoded[0] == 100 and peak[0] <= 2
+
+
+def _changes():
+    from decimal import Decimal
+    from changeflow.model import Change, OpKind, RowOp, diverge_op
+    from changeflow.sql.literals import HexLiteral
+    upsert = RowOp(OpKind.UPSERT, 'v1', (('id', 5), ('price', Decimal('12.30')),
+                                         ('blob', b'\x00\xff'), ('hex', HexLiteral(b'A')),
+                                         ('note', None)),
+                   (('qty', ('bin', '+', ('col', 'qty'), ('lit', Decimal('1.5')))),), 'p#1')
+    update = RowOp(OpKind.UPDATE, 'v2', (), (('note', ('lit', 'ünï\n')),), 'p#2',
+                   ('fn', '=', (('col', 'qty'), ('lit', 3))))
+    return [Change('shop.items', (5,), (upsert, update), 10),
+            Change('shop.items', (), (diverge_op('v3', 'needs-lookup', 'x'),), 11),
+            Change('shop.items', (6, 'b'), (RowOp(OpKind.DELETE, 'v4'),), 12)]
+
+
+def _same(a, b):
+    """Equal and of the same types all the way down (tuple == NamedTuple is not enough)."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    else:
+        assert a == b
+
+
+def test_changes_and_events_round_trip_exactly():
+    from changeflow.model import AuditEvent
+    changes = _changes()
+    _same(tuple(unpack(pack(changes))), tuple(changes))
+    events = [AuditEvent(1, 'db-1', 'app', 'h', 7, 23, 'QUERY', 'shop', "UPDATE t SET a = 'x'",
+                         0, 'f#1', 'line'),
+              AuditEvent(2, 'db-1', 'app', 'h', 7, 24, 'READ', 'shop', 't', None, 'f#2', 'l2',
+                         True)]
+    _same(tuple(unpack(pack(events))), tuple(events))
+
+
+def test_changes_that_are_not_plain_pack_as_they_are():
+    """A Change whose ops are a list (or not RowOps) comes back as it was, not
+    rebuilt into a tuple of RowOps."""
+    from changeflow.model import Change
+    odd = [Change('t', (1,), [('upsert', 'v1')], 1), *_changes()]
+    _same(tuple(unpack(pack(odd))), tuple(odd))
+    mixed = [*_changes(), ('not', 'a change')]
+    _same(tuple(unpack(pack(mixed))), tuple(mixed))
+
+
+def test_data_packed_before_the_header_still_unpacks():
+    import pickle
+    import zlib
+    changes = _changes()
+    legacy = zlib.compress(pickle.dumps(changes, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    _same(tuple(unpack(legacy)), tuple(changes))
+    assert runs_module.packed_counts(legacy) == (3, 1)
+
+
+def test_batch_counts_are_read_without_decoding(monkeypatch):
+    from changeflow.transforms.runs import batch_counts, make_batch
+    batch = make_batch('shop.items', 3, _changes())
+    monkeypatch.setattr(runs_module.pickle, 'loads', None)
+    assert batch_counts(batch) == (3, 1)
+    assert batch_counts(make_batch('shop.items', 3, [])) == (0, 0)
+
+
+def test_routing_counts_a_whole_table_change_once_per_table():
+    """The database branch's count takes a whole-table change from shard 0
+    only (every shard's batch carries it); the log branches count every op."""
+    import apache_beam as beam
+    from changeflow.metrics import counter_totals
+    from changeflow.transforms.runs import make_batch
+    from changeflow.transforms.shard_batches import FoldShards, RouteShardBatches
+    pipeline = beam.Pipeline(runner='FnApiRunner')
+    batches = [make_batch('shop.items', shard, _changes()) for shard in (0, 1, 2)]
+    folded = {FoldShards.MAIN: pipeline | 'Main' >> beam.Create(batches),
+              FoldShards.LOG: pipeline | 'Log' >> beam.Create(batches[:1])}
+    _ = folded | RouteShardBatches(('database', 'notify'))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = counter_totals(result, 'changeflow.route')
+    assert counts['to_database'] == 3 + 2 + 2 and counts['to_notify'] == 3

@@ -18,7 +18,7 @@ from changeflow.io import sql
 from changeflow.io.sql import WriteToDatabase
 from changeflow.metrics import counter_totals
 from changeflow.model import Change, OpKind, RowOp, audit_version
-from changeflow.transforms.runs import make_batch
+from changeflow.transforms.runs import batch_changes, make_batch
 from tests.beam_helpers import local_pipeline
 
 D = decimal.Decimal
@@ -539,8 +539,8 @@ def test_a_shard_batch_commits_in_one_transaction(tmp_path):
     pipeline = local_pipeline()
     written, _ = (pipeline | beam.Create([make_batch(ORDERS_SOURCE, 0, changes)])
                   | sql.WriteBatchesToDatabase(url, [spec], batch_size=2, num_shards=1))
-    assert_that(written | beam.MapTuple(lambda table, shard, applied: len(applied)),
-                equal_to([5]))
+    assert_that(written | beam.Map(lambda batch: (batch[:2], len(batch_changes(batch)))),
+                equal_to([((ORDERS_SOURCE, 0), 5)]))
     counters = counter_totals(pipeline.run(), 'changeflow.write_database')
     assert counters['batches_committed'] == 1
     engine = sa.create_engine(url)

@@ -313,3 +313,18 @@ def test_classify_statement_reads_executable_comments():
     assert classify_statement('/*!99999 DROP TABLE t */ SELECT 1')[0] == StatementClass.READ
     assert classify_statement('/*!50003 CREATE*/ /*!50003 TRIGGER x BEFORE INSERT ON t '
                               'FOR EACH ROW SET NEW.a = 1 */')[0] == StatementClass.DDL
+
+
+def test_a_repeated_session_statement_is_classified_once_per_text():
+    """BEGIN, COMMIT and SET lines repeat verbatim: classified once (by text,
+    server version and sql_mode flags), parsed or replayed alike."""
+    from changeflow.transforms import transactions
+    before = transactions._classify_seen.cache_info().hits
+    sql = "SET @note = 'a\\\\'"
+    plain = transactions._classify(sql, 101100)
+    assert transactions._classify(sql, 101100) == plain
+    assert transactions._classify_seen.cache_info().hits == before + 1
+    assert plain == transactions._classify_text(sql, 101100, (False, False))
+    no_backslash = transactions._classify(sql, 101100, (True, False))
+    assert no_backslash == transactions._classify_text(sql, 101100, (True, False))
+    assert transactions._classify_seen.cache_info().hits == before + 1

@@ -231,3 +231,18 @@ def test_parquet_stores_mysql_types(text, value):
     coerced = parquet._coercer(arrow, text)(value)
     assert coerced == coercer(text)(value)
     assert pa.array([coerced], type=arrow).to_pylist() == [coerced]
+
+
+@pytest.mark.parametrize('declared, given, cast', [
+    ('integer', ('5',), (5,)), ('integer', (5,), (5,)), ('integer', (True,), (True,)),
+    ('integer', ('1e2',), (100,)), ('integer', (), ()), ('integer', (None,), (None,)),
+    ('varchar(10)', (7,), ('7',)), ('varchar(10)', ('x',), ('x',)),
+    ('decimal(10,2)', ('1.50',), (D('1.50'),)),
+])
+def test_a_single_key_column_is_cast_as_its_kind(declared, given, cast):
+    """The one-column fast path (a value already of its type passes as it is)
+    casts as the general caster does."""
+    from changeflow.config import TableSpec
+    from changeflow.sql.plans import key_caster
+    key = key_caster(TableSpec('s.t', ('a',), 't', (('a', declared),)))(given)
+    assert key == cast and [type(v) for v in key] == [type(v) for v in cast]

@@ -9,6 +9,7 @@ UTF-8 (lone surrogates from 'surrogateescape' decoding) is still written, as
 import base64
 import datetime
 import decimal
+import functools
 import json
 import math
 from typing import Any
@@ -24,8 +25,12 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 
+@functools.lru_cache(maxsize=4096)
 def iso_utc(time_us: int) -> str:
-    """Epoch microseconds as ISO 8601 UTC with microseconds and a ``Z``."""
+    """Epoch microseconds as ISO 8601 UTC with microseconds and a ``Z``.
+
+    Cached: a log's events share their (whole-second) times, and building the
+    text costs 3 us, once per notification."""
     moment = _EPOCH + datetime.timedelta(microseconds=time_us)
     return moment.isoformat(timespec='microseconds').replace('+00:00', 'Z')
 

@@ -68,7 +68,7 @@ from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
-from changeflow.transforms.runs import batch_changes
+from changeflow.transforms.runs import batch_changes, make_batch
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
@@ -211,12 +211,19 @@ def shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int]
 _JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')  # text json.dumps writes as it is
 
 
+@functools.lru_cache(maxsize=1024)
+def _plain_table(table: str) -> bool:
+    """``table`` as json.dumps writes it (checked once per table, not per change)."""
+    return _JSON_PLAIN.fullmatch(table) is not None
+
+
 def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
     """The shard of a row, from the canonical text of its key values: the
     same for the values a Change carries and for those read back from the
     replica, for the key types _ShardableKey accepts."""
     parts = [str(value) if type(value) is int else str(_key_part(value)) for value in key]
-    if _JSON_PLAIN.fullmatch(table) and all(_JSON_PLAIN.fullmatch(part) for part in parts):
+    if _plain_table(table) and all(type(value) is int or _JSON_PLAIN.fullmatch(part)
+                                   for value, part in zip(key, parts)):
         text = f'["{table}", ["' + '", "'.join(parts) + '"]]'  # as json.dumps writes it
     else:
         text = json.dumps([table, parts], ensure_ascii=False)
@@ -1533,7 +1540,7 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
                 yield output
             else:
                 applied.append(output.value)
-        yield table, shard, tuple(applied)
+        yield make_batch(table, shard, applied)
 
 
 @typehints.with_input_types(Change)
@@ -1716,8 +1723,10 @@ class WriteBatchesToDatabase(WriteToDatabase):
     :func:`shards_of` shards), written in version order as WriteToDatabase
     writes a shard once the watermark has passed all of it; no state or
     timers. Each batch is one transaction (``batch_size`` does not split it).
-    Same arguments and metrics; the main output has one
-    ``(table, shard, changes applied or found applied)`` per batch."""
+    Same arguments and metrics; the main output has one batch
+    ``(table, shard, packed changes applied or found applied)`` per input
+    batch (:func:`changeflow.transforms.runs.batch_changes` reads it): packed,
+    as Beam's coder would pickle each Change of a tuple on its own."""
 
     def expand(self, batches):
         return batches | 'WriteShards' >> beam.ParDo(_WriteBatchFn(

@@ -706,20 +706,31 @@ class StatementTranslator:
 def key_caster(spec: TableSpec):
     """Normalises key values to the declared column types, so `WHERE id = '5'`
     and `VALUES (5, ...)` name the same row."""
-    casters = []
+    casters, kept = [], []  # kept: the type a value of the column already is cast to
     for column in spec.key:
         declared = _key_kind(spec.column_type(column))
         if declared in ('integer', 'bigint'):
             casters.append(lambda v: v if v is None or isinstance(v, int) else int(decimal.Decimal(str(v))))
+            kept.append(int)
         elif declared == 'decimal':
             casters.append(lambda v: v if v is None else decimal.Decimal(str(v)))
+            kept.append(None)
         elif declared in ('string', 'text'):
             casters.append(lambda v: v if v is None or isinstance(v, str) else str(v))
+            kept.append(str)
         else:
             casters.append(None)
+            kept.append(None)
     if not any(casters):
         return None
-    return lambda key: tuple(c(v) if c else v for c, v in zip(casters, key))
+
+    def cast(key):
+        return tuple(c(v) if c else v for c, v in zip(casters, key))
+    if len(casters) == 1 and kept[0] is not None:
+        # One key column, its value already of its type (nearly every statement): as it is.
+        single = kept[0]
+        return lambda key: key if len(key) == 1 and type(key[0]) is single else cast(key)
+    return cast
 
 
 def _key_kind(declared: Optional[str]) -> str:

@@ -3,6 +3,7 @@ semantics, shared by the coalescer and every sink that materialises rows; and
 what one op writes (:func:`op_columns`), for the sinks that record ops
 (the Parquet change log, notifications)."""
 
+import functools
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from changeflow.sql.expressions import evaluate, is_literal, literal_value, substitute, truthy
@@ -26,24 +27,33 @@ class RowState(NamedTuple):
 ABSENT = RowState(False, {}, True)
 
 
+# The kinds as module constants, compared with ==: a lookup on the Enum class, or a
+# tuple of them built per call, cost more than the rest of a typical op (once per op
+# per sink); == keeps a kind given as its plain string value working.
+_DIVERGE, _DELETE, _TRUNCATE = OpKind.DIVERGE, OpKind.DELETE, OpKind.TRUNCATE
+_INSERT, _REPLACE, _INSERT_IGNORE, _UPSERT = (
+    OpKind.INSERT, OpKind.REPLACE, OpKind.INSERT_IGNORE, OpKind.UPSERT)
+_state = functools.partial(tuple.__new__, RowState)  # RowState(...) without a Python call
+
+
 def apply_op(state: RowState, op: RowOp) -> RowState:
     """State after ``op``. Raises expressions.MissingColumn when an assignment
     or the op's condition reads a column ``state`` does not know (the caller
     reads it and retries)."""
     kind = op.kind
-    if kind == OpKind.DIVERGE:
+    if kind == _DIVERGE:
         return state  # a marker: the sink records it, the row is unchanged
     if op.condition is not None and not (
             state.exists and truthy(evaluate(op.condition, state.values))):
         return state  # the WHERE beyond the key does not hold: the row is not touched
-    if kind in (OpKind.DELETE, OpKind.TRUNCATE):
+    if kind == _DELETE or kind == _TRUNCATE:
         return ABSENT
-    if kind in (OpKind.INSERT, OpKind.REPLACE):
-        return RowState(True, dict(op.values), True)
-    if kind == OpKind.INSERT_IGNORE:
-        return state if state.exists else RowState(True, dict(op.values), True)
-    if kind == OpKind.UPSERT and not state.exists:
-        return RowState(True, dict(op.values), True)
+    if kind == _INSERT or kind == _REPLACE:
+        return _state((True, dict(op.values), True))
+    if kind == _INSERT_IGNORE:
+        return state if state.exists else _state((True, dict(op.values), True))
+    if kind == _UPSERT and not state.exists:
+        return _state((True, dict(op.values), True))
     # UPDATE, or UPSERT on an existing row: assignments left to right, each
     # seeing the values the previous ones set (MySQL single-table UPDATE).
     if not state.exists:
@@ -51,7 +61,7 @@ def apply_op(state: RowState, op: RowOp) -> RowState:
     values = dict(state.values)
     for column, expr in op.assignments:
         values[column] = evaluate(expr, values)
-    return RowState(True, values, state.replaced)
+    return _state((True, values, state.replaced))
 
 
 def apply_ops(state: Optional[RowState], ops: Sequence[RowOp]) -> RowState:
@@ -75,7 +85,7 @@ def op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
     assigned: Dict[str, tuple] = {}
     for column, expr in op.assignments:
         assigned[column] = substitute(expr, assigned)
-    if op.kind == OpKind.UPSERT:
+    if op.kind == _UPSERT:
         return literals, assigned
     computed = {}
     for column, expr in assigned.items():

@@ -30,7 +30,7 @@ from changeflow.transforms.coalesce import ShardFolder
 from changeflow.transforms.connections import change_version
 from changeflow.transforms.guard import changes_original, guarded
 from changeflow.transforms.route import BRANCHES, DATABASE
-from changeflow.transforms.runs import batch_changes, make_batch, merge_runs, unpack
+from changeflow.transforms.runs import batch_counts, make_batch, merge_runs, unpack
 
 __all__ = ['FoldShards', 'RouteShardBatches', 'LOG_BATCH']
 
@@ -96,12 +96,11 @@ class _RouteBatchFn(beam.DoFn):
         self._routed = {b: Metrics.counter('changeflow.route', f'to_{b}') for b in branches}
 
     def process(self, batch):
-        table, shard, _ = batch
-        changes = batch_changes(batch)
+        _, shard, _ = batch
+        changes, keyless = batch_counts(batch)  # read, not decoded: the sinks decode it
         for branch in self._branches:
             self._routed[branch].inc(
-                sum(1 for c in changes if c.key or shard == 0) if branch == DATABASE
-                else len(changes))
+                changes - keyless if branch == DATABASE and shard != 0 else changes)
             yield TaggedOutput(branch, batch)
 
 

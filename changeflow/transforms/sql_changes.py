@@ -93,6 +93,7 @@ class ExtractRowChangesFn(beam.DoFn):
         self._translator = context.translator
         self._casters = context.casters
         self._folded_keys = context.folded_keys
+        self._any_folded = any(context.folded_keys.values())
         self._timestamps = context.timestamps
         self._server_zone = parse_time_zone(self._time_zone)
 
@@ -292,6 +293,8 @@ class ExtractRowChangesFn(beam.DoFn):
         """A key on a case-insensitive column written in a spelling that is not
         its folded form: the source may have matched a row spelled otherwise."""
         hazards = []
+        if not self._any_folded:
+            return hazards
         for change, key in zip(changes, keys):
             positions = self._folded_keys.get(change.table)
             if positions and key and any(isinstance(key[i], str) and key[i] != _folded(key[i])

@@ -36,6 +36,7 @@ catch-up cycle carries them instead, with the rest of the connection's state
 (:meth:`TransactionTracker.snapshot`), into the next cycle.
 """
 
+import functools
 import re
 from typing import Iterable, List, NamedTuple, Optional, Tuple
 
@@ -267,10 +268,19 @@ _NO_FLAGS = (False, False)
 _WRITE_HEADS = frozenset(('INSERT', 'UPDATE', 'DELETE', 'insert', 'update', 'delete'))
 
 
+_CACHED_LENGTH = 256  # statements up to this long are classified once per text
+
+
 def _classify(sql: str, server_version: int, flags: Tuple[bool, bool] = (False, False)):
     """(StatementClass, savepoint name, the statement as run, SET items or None)."""
     if sql[:6] in _WRITE_HEADS and sql[6:7] in (' ', '\t', '\n'):
         return StatementClass.WRITE, None, sql, None  # the common case, without a regex
+    if len(sql) <= _CACHED_LENGTH:
+        return _classify_seen(sql, server_version, flags)
+    return _classify_text(sql, server_version, flags)
+
+
+def _classify_text(sql: str, server_version: int, flags: Tuple[bool, bool]):
     if '/*!' in sql or '/*M!' in sql:
         try:
             sql = unwrap_executable_comments(sql, server_version, flags[0])
@@ -297,12 +307,19 @@ def _classify(sql: str, server_version: int, flags: Tuple[bool, bool] = (False, 
         return _classify(shape[inner.end():], server_version, flags)[:2] + (sql, None)
     if kind == 'set':
         items = _set_items(sql, flags)
+        items = None if items is None else tuple(items)  # shared by the cache: read-only
         autocommit = _autocommit_of(items)
         if autocommit is None:
             return StatementClass.SESSION, None, sql, items
         return (StatementClass.AUTOCOMMIT_ON if autocommit else StatementClass.AUTOCOMMIT_OFF,
                 None, sql, items)
     return kind, None, sql, None
+
+
+# The short statements a session repeats verbatim (BEGIN, COMMIT, SET autocommit=0,
+# SET NAMES ...: 1.5-20 us each by the regexes) are classified once per text, not
+# once when parsed (for DDL) and again when replayed; bounded, as a log's SETs vary.
+_classify_seen = functools.lru_cache(maxsize=4096)(_classify_text)
 
 
 def classify_statement(sql: str, server_version: int = DEFAULT_SERVER_VERSION
