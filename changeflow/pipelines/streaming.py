@@ -55,7 +55,7 @@ from changeflow.model import DEAD_LETTER_TAG, dead_letter
 from changeflow.pipelines.branches import HANDLERS, job_handlers
 from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.connections import (
-    DDL, RUNS, ParseToConnectionRuns, _ReplayConnectionFn, _runs_original, _runs_position)
+    DDL, RUNS, ParseToConnectionRuns, ReplayConnectionFn, runs_original, runs_position)
 from changeflow.transforms.guard import guarded
 from changeflow.transforms.hold import hold, hold_specs, take_due
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET, RouteChanges
@@ -70,8 +70,8 @@ _PENDING, _DUE, _RELEASE = hold_specs('connection')    # a connection's runs, un
 _TRACKER = userstate.ReadModifyWriteStateSpec('tracker', PickleCoder())
 
 
-@guarded('transactions', _runs_original, _runs_position, buffered=False)
-class _ReplayStreamFn(_ReplayConnectionFn):
+@guarded('transactions', runs_original, runs_position, buffered=False)
+class _ReplayStreamFn(ReplayConnectionFn):
     """A connection's runs, held until the watermark passes them, replayed
     in order through the connection's tracker kept in state."""
 

@@ -36,8 +36,9 @@ from changeflow.transforms.sql_changes import ExtractRowChangesFn
 from changeflow.transforms.transactions import (
     StatementClass, TransactionTracker, classify_statement, input_end_letters, session_order)
 
-__all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'Carried', 'carried_connections',
-           'carry_state', 'RUNS', 'DDL', 'CARRY']
+__all__ = ['ParseToConnectionRuns', 'ReplayConnections', 'ReplayConnectionFn', 'Carried',
+           'carried_connections', 'carry_state', 'runs_original', 'runs_position', 'RUNS', 'DDL',
+           'CARRY']
 
 RUNS = 'runs'
 DDL = 'ddl'
@@ -141,7 +142,8 @@ class ParseToConnectionRuns(beam.PTransform):
                 DEAD_LETTER_TAG, DDL, main=RUNS)
 
 
-def _runs_original(element):
+def runs_original(element):
+    """A connection's grouped runs as dead-letter bytes: its audit lines."""
     (serverhost, connection_id), values = element
     events = []
     for value in values:
@@ -152,7 +154,8 @@ def _runs_original(element):
     return lines_original(events)
 
 
-def _runs_position(element):
+def runs_position(element):
+    """Where a connection's grouped runs come from, for a dead letter."""
     (serverhost, connection_id), _ = element
     return f'connection {serverhost}/{connection_id}'
 
@@ -226,8 +229,8 @@ def _hold_back(runs: List[tuple], cutoff_ms: int) -> Tuple[List[tuple], Tuple[tu
     return replay, tuple(held)
 
 
-@guarded('transactions', _runs_original, _runs_position, buffered=False)
-class _ReplayConnectionFn(beam.DoFn):
+@guarded('transactions', runs_original, runs_position, buffered=False)
+class ReplayConnectionFn(beam.DoFn):
     """One connection's runs -> its committed transactions, translated, as
     runs of changes per (table, shard); dead letters of both steps; in a
     stream's cycle (``lateness_ms`` not None), the connection's state to carry."""
@@ -368,7 +371,7 @@ class ReplayConnections(beam.PTransform):
         if not lateness_seconds >= 0:
             raise ValueError(f'lateness_seconds must be 0 or more, not {lateness_seconds!r}')
         lateness_ms = None if carried is None else round(lateness_seconds * 1000)
-        self._fn = _ReplayConnectionFn(autocommit, server_version, rollback_on_timeout,
+        self._fn = ReplayConnectionFn(autocommit, server_version, rollback_on_timeout,
                                        tables, schema, time_zone, num_shards, lateness_ms)
         self._timeline = timeline
         self._carried = carried
