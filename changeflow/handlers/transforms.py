@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import apache_beam as beam
 import tenacity
-from apache_beam import typehints, window
+from apache_beam import window
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms import userstate
@@ -56,7 +56,7 @@ from changeflow.model import DEAD_LETTER_TAG, dead_letter
 from changeflow.state.ledger import Ledger
 from changeflow.transforms.guard import describe_error, guarded
 from changeflow.transforms.hold import hold, hold_specs, take_due
-from changeflow.transforms.runs import merge_runs, unpack
+from changeflow.transforms.runs import merge_runs, typed_keys, unpack
 
 __all__ = ['RunHandlers', 'HandlerOutcome', 'MODEL_STEP']
 
@@ -348,8 +348,7 @@ class RunHandlers(beam.PTransform):
         tables = self._tables
         handled = (runs
                    | 'HandledTables' >> beam.Filter(lambda element: element[0][0] in tables)
-                   | 'KeyTyped' >> beam.Map(lambda kv: kv).with_output_types(
-                       typehints.Tuple[typehints.Tuple[str, int], typehints.Any]))
+                   | 'KeyTyped' >> typed_keys())
         if self._stream_windows is None:
             return (handled
                     | 'GroupEvents' >> beam.GroupByKey()

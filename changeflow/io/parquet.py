@@ -105,7 +105,7 @@ from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
-from changeflow.transforms.runs import batch_changes, gc_paused, pack, unpack
+from changeflow.transforms.runs import batch_changes, gc_paused, pack, typed_keys, unpack
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -728,8 +728,7 @@ class WriteParquetBackup(beam.PTransform):
         # (target, day) keys with a deterministic coder: on Flink and Dataflow a
         # key's encoding decides where its group is (pickled, it may vary).
         partitioned = (keyed['keyed']
-                       | 'PartitionTyped' >> beam.Map(lambda kv: kv).with_output_types(
-                           typehints.Tuple[typehints.Tuple[str, str], bytes])
+                       | 'PartitionTyped' >> typed_keys(typehints.Tuple[str, str], bytes)
                        | 'GroupByPartition' >> beam.GroupByKey())
         return ((partitioned, failed)
                 | 'WithFailed' >> beam.Flatten()

@@ -59,13 +59,12 @@ from changeflow.transforms.connections import (
 from changeflow.transforms.guard import guarded
 from changeflow.transforms.hold import hold, hold_specs, take_due
 from changeflow.transforms.route import DATABASE, NOTIFY, PARQUET, RouteChanges
-from changeflow.transforms.runs import batch_changes
+from changeflow.transforms.runs import SHARD_KEY, batch_changes, typed_keys
 from changeflow.transforms.shard_batches import FoldShards
 from changeflow.transforms.transactions import TransactionTracker, unresolved_letters
 
 __all__ = ['build_streaming_pipeline', 'ReplayConnectionStreams', 'StreamingOptions']
 
-_CONNECTION = typehints.Tuple[str, int]
 _PENDING, _DUE, _RELEASE = hold_specs('connection')    # a connection's runs, until the watermark passes
 _TRACKER = userstate.ReadModifyWriteStateSpec('tracker', PickleCoder())
 
@@ -126,10 +125,9 @@ class ReplayConnectionStreams(beam.PTransform):
     def expand(self, runs):
         return (runs
                 | 'AcrossWindows' >> beam.WindowInto(window.GlobalWindows())
-                | 'KeyTyped' >> beam.Map(lambda kv: kv).with_output_types(
-                    typehints.Tuple[_CONNECTION, typehints.Any])
+                | 'KeyTyped' >> typed_keys()
                 | 'ReplayInOrder' >> beam.ParDo(self._fn).with_output_types(
-                    typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
+                    typehints.Tuple[SHARD_KEY, typehints.Any])
                 .with_outputs(DEAD_LETTER_TAG, main='changes'))
 
 

@@ -18,7 +18,6 @@ import gc
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -31,7 +30,7 @@ from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.audit_log import AuditLineParser
 from changeflow.transforms.decode import RecordDecoder
 from changeflow.transforms.guard import guarded, lines_original
-from changeflow.transforms.runs import make_run, merge_runs, pack, unpack
+from changeflow.transforms.runs import make_run, merge_runs, pack, typed_keys, unpack
 from changeflow.transforms.sql_changes import ExtractRowChangesFn
 from changeflow.transforms.transactions import (
     StatementClass, TransactionTracker, classify_statement, input_end_letters, session_order)
@@ -384,8 +383,7 @@ class ReplayConnections(beam.PTransform):
             runs = (runs, self._carried) | 'WithCarried' >> beam.Flatten()
             side['cycle'] = beam.pvalue.AsSingleton(self._cycle)
         return (runs
-                | 'ConnectionTyped' >> beam.Map(lambda kv: kv).with_output_types(
-                    typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
+                | 'ConnectionTyped' >> typed_keys()
                 | 'GroupConnection' >> beam.GroupByKey()
                 | 'ReplayAndTranslate' >> beam.ParDo(self._fn, **side).with_outputs(
                     DEAD_LETTER_TAG, CARRY, main='changes'))

@@ -33,11 +33,14 @@ import zlib
 from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple
 
 import zstandard
+from apache_beam import Map, typehints
 
 from changeflow.model import AuditEvent, Change, RowOp
 
 __all__ = ['pack', 'unpack', 'packed_counts', 'gc_paused', 'Run', 'make_run', 'merge_runs',
-           'make_batch', 'batch_changes', 'batch_counts']
+           'make_batch', 'batch_changes', 'batch_counts', 'typed_keys', 'SHARD_KEY']
+
+SHARD_KEY = typehints.Tuple[str, int]   # (table, shard), (serverhost, connection id)
 
 Run = Tuple[Any, bytes]  # (smallest key, packed sorted records)
 
@@ -172,3 +175,14 @@ def batch_changes(batch: tuple) -> List:
 def batch_counts(batch: tuple) -> Tuple[int, int]:
     """(changes, whole-table changes) of a shard batch, without decoding it."""
     return packed_counts(batch[2])
+
+
+def _same(element):
+    return element
+
+
+def typed_keys(key=SHARD_KEY, value=typehints.Any):
+    """A pass-through step declaring its (key, value) elements' types, so the
+    grouping or state after it encodes keys with a deterministic coder (on
+    Flink and Dataflow the encoding decides the group; pickled, it may vary)."""
+    return Map(_same).with_output_types(typehints.Tuple[key, value])

@@ -21,7 +21,6 @@ inputs (a crash-replayed catch-up, a backfill over a synced period).
 from typing import List, Sequence
 
 import apache_beam as beam
-from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -30,7 +29,7 @@ from changeflow.transforms.coalesce import ShardFolder
 from changeflow.transforms.connections import change_version
 from changeflow.transforms.guard import changes_original, guarded
 from changeflow.transforms.route import BRANCHES, DATABASE
-from changeflow.transforms.runs import batch_counts, make_batch, merge_runs, unpack
+from changeflow.transforms.runs import batch_counts, make_batch, merge_runs, typed_keys, unpack
 
 __all__ = ['FoldShards', 'RouteShardBatches', 'LOG_BATCH']
 
@@ -81,8 +80,7 @@ class FoldShards(beam.PTransform):
 
     def expand(self, runs):
         return (runs
-                | 'ShardTyped' >> beam.Map(lambda kv: kv).with_output_types(
-                    typehints.Tuple[typehints.Tuple[str, int], typehints.Any])
+                | 'ShardTyped' >> typed_keys()
                 | 'GroupShard' >> beam.GroupByKey()
                 | 'Fold' >> beam.ParDo(_FoldShardFn()).with_outputs(
                     DEAD_LETTER_TAG, self.LOG, main=self.MAIN))
