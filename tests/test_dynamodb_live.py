@@ -199,24 +199,37 @@ def test_seeding_from_an_export_then_following_the_live_stream_converges(
     assert len((tmp_path / 'out' / 'notifications.jsonl').read_text().splitlines()) == 5
 
 
-def test_the_kinesis_streaming_destination_read_live_gives_the_same_replica(
-        table, tmp_path, sqlite_url, aws_env):
-    """moto's DynamoDB cannot stream to Kinesis (HTTP 500): its stream records go
-    to a Kinesis stream in the destination's shape, as DynamoDB would put them."""
-    name, ddb, streams = table
-    write_workload(ddb, name)
+def kinesis_destination(ddb, streams, name) -> str:
+    """A Kinesis stream holding the table's stream records as DynamoDB's
+    Kinesis streaming destination puts them; its name."""
     kinesis = boto3.client('kinesis', region_name=REGION)
     stream = f'ddb-{uuid.uuid4().hex[:8]}'
     kinesis.create_stream(StreamName=stream, ShardCount=1)
     for line in kinesis_destination_lines(stream_lines(ddb, streams, name)):
         kinesis.put_record(StreamName=stream, Data=base64.b64decode(json.loads(line)['Data']),
                            PartitionKey='k')
-    config = live_job(tmp_path, name, sqlite_url, 'cards', aws_env)
-    raw = yaml.safe_load(open(config, encoding='utf-8'))
+    return stream
+
+
+def destination_job(config, stream, endpoint):
+    """The job at ``config`` reading the Kinesis destination ``stream`` instead."""
+    with open(config, encoding='utf-8') as f:
+        raw = yaml.safe_load(f)
     raw['source'] = {'type': 'kinesis', 'format': 'dynamodb-kinesis', 'stream': stream,
-                     'region': REGION, 'endpoint_url': aws_env}
+                     'region': REGION, 'endpoint_url': endpoint}
     with open(config, 'w', encoding='utf-8') as f:
         yaml.safe_dump(raw, f)
+    return config
+
+
+def test_the_kinesis_streaming_destination_read_live_gives_the_same_replica(
+        table, tmp_path, sqlite_url, aws_env):
+    """moto's DynamoDB cannot stream to Kinesis (HTTP 500): its stream records go
+    to a Kinesis stream in the destination's shape, as DynamoDB would put them."""
+    name, ddb, streams = table
+    write_workload(ddb, name)
+    config = destination_job(live_job(tmp_path, name, sqlite_url, 'cards', aws_env),
+                             kinesis_destination(ddb, streams, name), aws_env)
     counters = run_job(config)
     assert counters['changeflow.read_kinesis.records'] == 12
     assert list(read_dead_letters(str(tmp_path / 'out' / 'dead-letter'))) == []

@@ -2,13 +2,10 @@
 server) read by the splittable DoFn until a test-only record count, windowed
 and written; its outputs equal the catch-up job's and the table's scan."""
 
-import base64
 import json
 import time
-import uuid
 
 import apache_beam as beam
-import boto3
 import pytest
 import yaml
 
@@ -17,9 +14,9 @@ from changeflow.handlers import Handlers
 from changeflow.io.dead_letter import read_dead_letters
 from changeflow.metrics import counter_totals
 from changeflow.pipelines import audit_sync, dynamodb_sync
-from test_dynamodb_live import REGION, live_job, write_more
+from test_dynamodb_live import destination_job, kinesis_destination, live_job, write_more
 from test_dynamodb_sync import (
-    create_table, expected_row, kinesis_destination_lines, parquet_rows, replica, run_job, scan,
+    create_table, expected_row, parquet_rows, replica, run_job, scan,
     stream_lines, write_workload)
 from test_handlers_moto import _recorder
 from test_streaming import DETERMINISTIC, stateful_key_coders
@@ -103,19 +100,10 @@ def test_the_unbounded_run_equals_the_catch_up_run_and_a_scan(table, tmp_path, a
 def test_the_unbounded_run_of_the_kinesis_destination_equals_a_scan(table, tmp_path, aws_env):
     name, ddb, streams = table
     write_workload(ddb, name)   # 12 records
-    kinesis = boto3.client('kinesis', region_name=REGION)
-    stream = f'ddb-{uuid.uuid4().hex[:8]}'
-    kinesis.create_stream(StreamName=stream, ShardCount=1)
-    for line in kinesis_destination_lines(stream_lines(ddb, streams, name)):
-        kinesis.put_record(StreamName=stream, Data=base64.b64decode(json.loads(line)['Data']),
-                           PartitionKey='k')
-    config = live_job(tmp_path, name, f'sqlite:///{tmp_path}/r.db', 'cards', aws_env)
-    raw = load_config(config)
-    assert raw.source.type == 'dynamodb'
-    text = (tmp_path / 'job.yaml').read_text()
-    text = text.replace('type: dynamodb', 'type: kinesis').replace(
-        f'table: {name}', f'stream: {stream}\n  format: dynamodb-kinesis')
-    (tmp_path / 'job.yaml').write_text(text)
+    config = destination_job(
+        live_job(tmp_path, name, f'sqlite:///{tmp_path}/r.db', 'cards', aws_env),
+        kinesis_destination(ddb, streams, name), aws_env)
+    assert load_config(config).source.format == 'dynamodb-kinesis'
 
     totals = streaming_run(config, records=12)
     assert totals['changeflow.read_stream.records'] == 12

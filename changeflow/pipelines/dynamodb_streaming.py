@@ -37,16 +37,14 @@ from apache_beam import window
 
 from changeflow.config import DYNAMODB_STREAM, JobConfig
 from changeflow.dynamodb.transforms import EVENTS, StreamRecordsToShardRuns
-from changeflow.pipelines.dynamodb_sync import stream_changes
 from changeflow.io.dynamodb_streams import DynamoDBShardReaders
 from changeflow.io.stream_sdf import KinesisReaders, ReadStream
-from changeflow.pipelines.branches import write_branches
-from changeflow.pipelines.streaming import StreamingOptions
 from changeflow.model import DEAD_LETTER_TAG
+from changeflow.pipelines.branches import write_branches
+from changeflow.pipelines.dynamodb_sync import RECORDS_PER_ELEMENT, stream_changes
+from changeflow.pipelines.streaming import StreamingOptions
 
-__all__ = ['build_dynamodb_streaming_pipeline', 'RECORDS_PER_ELEMENT']
-
-RECORDS_PER_ELEMENT = 1000  # stream records decoded as one element, within a window
+__all__ = ['build_dynamodb_streaming_pipeline']
 
 
 def build_dynamodb_streaming_pipeline(p: beam.Pipeline, config: JobConfig,
