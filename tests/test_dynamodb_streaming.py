@@ -96,6 +96,15 @@ def test_the_unbounded_run_equals_the_catch_up_run_and_a_scan(table, tmp_path, a
     assert sum(map(len, events.values())) == RECORDS - 1
     assert all(e == sorted(e) for e in events.values())
 
+    # Restarted from the trim horizon (no runner checkpoint): a replay changes
+    # nothing and calls the handler for nothing again.
+    before = (replica(f'sqlite:///{tmp_path}/stream.db', 'cards'), outputs(tmp_path / 'stream'))
+    totals = streaming_run(streamed, handlers)
+    assert totals['changeflow.handlers.already_done'] == RECORDS - 1
+    assert (replica(f'sqlite:///{tmp_path}/stream.db', 'cards'),
+            outputs(tmp_path / 'stream')) == before
+    assert events_by_key(tmp_path / 'events.jsonl') == events
+
 
 def test_the_unbounded_run_of_the_kinesis_destination_equals_a_scan(table, tmp_path, aws_env):
     name, ddb, streams = table
