@@ -95,6 +95,10 @@ MARKER = '\0'  # stands for a literal in a shape; NUL cannot occur in SQL outsid
 _ESCAPES = {'0': '\0', "'": "'", '"': '"', 'b': '\b', 'n': '\n', 'r': '\r',
             't': '\t', 'Z': '\x1a', '\\': '\\', '%': '\\%', '_': '\\_'}
 _ESCAPE = re.compile(r"\\(.)|''|\"\"", re.S)
+# Escapes str.replace resolves (unescape_mysql_string's fast path): those of _ESCAPES
+# whose value holds no backslash, \\ and \' aside.
+_COMMON_ESCAPES = tuple(('\\' + char, value) for char, value in _ESCAPES.items()
+                        if '\\' not in value and char not in '\\\'')
 _UNTERMINATED = {"'": 'string literal', '"': 'string literal', '`': 'quoted identifier',
                  '/': 'comment'}
 
@@ -106,13 +110,26 @@ def unescape_mysql_string(body: str, quote: str = "'", no_backslash_escapes: boo
         return body.replace(quote * 2, quote)
     if '\\' not in body and quote * 2 not in body:
         return body
+    if quote == "'" and "''" not in body and '""' not in body and '\1' not in body:
+        # The common escapes by str.replace, `\\` first (through a sentinel) so that
+        # `\\n` reads as `\` + `n`; anything rarer (\%, \_, \x) takes the regex, and
+        # so do doubled quotes (the regex reads `""` as `"` in a '..' string too).
+        text = body.replace('\\\\', '\1').replace("\\'", "'")
+        if '\\' in text:
+            for pair, char in _COMMON_ESCAPES:
+                if pair in text:
+                    text = text.replace(pair, char)
+            if '\\' in text:
+                return _ESCAPE.sub(_unescaped, body)
+        return text.replace('\1', '\\') if '\1' in text else text
+    return _ESCAPE.sub(_unescaped, body)
 
-    def replace(match):
-        char = match.group(1)
-        if char is None:
-            return match.group(0)[0]
-        return _ESCAPES.get(char, char)
-    return _ESCAPE.sub(replace, body)
+
+def _unescaped(match) -> str:
+    char = match.group(1)
+    if char is None:
+        return match.group(0)[0]
+    return _ESCAPES.get(char, char)
 
 
 def number_literal(text: str):

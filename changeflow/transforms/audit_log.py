@@ -150,7 +150,9 @@ def parse_audit_line(line: str, position: str = '',
     if quoted is None:
         obj = bare
     else:
-        if query_log_limit and _utf8_length_at_least(quoted, query_log_limit - 1):
+        # 4 * len: the most UTF-8 bytes the object can be (no call for a short one)
+        if query_log_limit and 4 * len(quoted) >= query_log_limit - 1 and _utf8_length_at_least(
+                quoted, query_log_limit - 1):
             if not (keep_truncated and operation == 'QUERY'):
                 raise AuditLineError(
                     'truncated-statement',

@@ -179,6 +179,8 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
             raise DecodeError('bad-envelope', f'unknown messageType {preview(message_type)}')
         log_group = _field(envelope, 'logGroup', (str,), 'envelope')
         log_stream = _field(envelope, 'logStream', (str,), 'envelope')
+        index = len(events)  # of the next event in the record
+        append = events.append
         for i, event in enumerate(_field(envelope, 'logEvents', (list,), 'envelope')):
             if type(event) is not dict:
                 raise DecodeError('bad-envelope', f'logEvents[{i}] is {preview(event)}, not an object')
@@ -186,8 +188,9 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
             if type(message) is not str or type(event_id) not in _ID_TYPES or type(timestamp) is not int:
                 raise DecodeError('bad-envelope', f'logEvents[{i}] needs a str message, a str or int'
                                                   f' id and an int timestamp: {preview(event, 200)}')
-            events.append(new(LogEvent, (message, log_group, log_stream, str(event_id), timestamp,
-                                         base + str(len(events)))))
+            append(new(LogEvent, (message, log_group, log_stream,
+                                  event_id if type(event_id) is str else str(event_id), timestamp,
+                                  f'{base}{index + i}')))
     return events, controls
 
 
