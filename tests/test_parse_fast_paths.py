@@ -105,6 +105,40 @@ def test_specialized_plans_translate_as_the_general_plans(recorded, monkeypatch)
             assert _outcome(general, *case) == outcome, (name, case)
 
 
+def _masked(sql):
+    try:
+        return literals.mask_literals(sql)
+    except SqlChangeError as error:
+        return error.reason
+
+
+def test_known_shapes_mask_recorded_statements_as_the_general_scan_does(recorded):
+    """Learnt from the recorded statements, matched against them and against each
+    with a letter of its text changed after the first _HEAD characters (another
+    table or column, whose bucket shares its head with the original's): a
+    template found by the head is the statement's only when its text is."""
+    known = literals.KnownShapes(100_000)
+    statements = [sql for _, _, logged in recorded for _, sql in logged]
+    for sql in statements:
+        masked = _masked(sql)
+        if not isinstance(masked, str):
+            known.learn(sql, *masked)
+    matched = renamed = 0
+    for sql in statements:
+        start = literals._BEFORE_LITERAL.match(sql).end()
+        variants = [sql]
+        if start > literals._HEAD and sql[literals._HEAD].isalpha():
+            letter = 'q' if sql[literals._HEAD] != 'q' else 'z'
+            variants.append(sql[:literals._HEAD] + letter + sql[literals._HEAD + 1:])
+            renamed += 1
+        for variant in variants:
+            found = known.match(variant)
+            if found is not None:
+                assert found == _masked(variant), variant
+                matched += 1
+    assert matched > 1_000 and renamed > 500
+
+
 def test_the_plan_cache_tells_databases_and_sql_modes_apart():
     translator = StatementTranslator(SHOP_TABLES)
     insert = "INSERT INTO notes (id, body) VALUES (1, 'a\\\\b')"

@@ -458,6 +458,9 @@ _STRING_CONTEXT = re.compile(
 _BEFORE_LITERAL = re.compile(r"[^'0-9]*+(?:(?<=[\w$\x80-\U0010ffff])[0-9]++[^'0-9]*+)*+")
 _MAX_TEMPLATE_LITERALS = 200
 _MAX_PER_BUCKET = 8
+# Buckets whose text is at least this long are found by the statement's first
+# _HEAD characters and a startswith (~0.2 µs), not by _BEFORE_LITERAL (~0.45 µs).
+_HEAD = 16
 
 
 class _Template(NamedTuple):
@@ -510,20 +513,34 @@ class KnownShapes:
     def __init__(self, max_shapes: int):
         self._max_shapes = max_shapes
         self._buckets: Dict[str, List[_Template]] = {}
+        # first _HEAD characters -> (text, its length, bucket) of each long bucket's text
+        self._by_head: Dict[str, List[Tuple[str, int, List[_Template]]]] = {}
         self._refused: Set[str] = set()  # shapes whose statements had no template
         self._kept = 0
 
     def match(self, sql: str) -> Optional[Tuple[str, List[Any]]]:
-        start = _BEFORE_LITERAL.match(sql).end()
-        bucket = self._buckets.get(sql[:start])
-        if bucket is None:
-            return None
-        for template in bucket:
-            found = template.regex.fullmatch(sql, start)
-            if found is not None:
-                break
-        else:
-            return None
+        # A template's match is the statement whichever bucket it is found in (its
+        # text, then its regex from there): the statement's bucket text is found
+        # by its head when it is a long one, else by _BEFORE_LITERAL.
+        found = None
+        for text, start, bucket in self._by_head.get(sql[:_HEAD], ()):
+            if sql.startswith(text):
+                for template in bucket:
+                    found = template.regex.fullmatch(sql, start)
+                    if found is not None:
+                        break
+                if found is not None:
+                    break
+        if found is None:
+            start = _BEFORE_LITERAL.match(sql).end()
+            if start >= _HEAD:  # its bucket, if any, was tried above
+                return None
+            for template in self._buckets.get(sql[:start], ()):
+                found = template.regex.fullmatch(sql, start)
+                if found is not None:
+                    break
+            else:
+                return None
         if not template.strings:
             return template.shape, list(map(int, found.groups()))
         params = list(found.groups())
@@ -549,8 +566,13 @@ class KnownShapes:
         if template is not None:
             if self._kept >= self._max_shapes:
                 self._buckets.clear()
+                self._by_head.clear()
                 self._kept = 0
-            bucket = self._buckets.setdefault(sql[:start], [])
+            bucket = self._buckets.get(sql[:start])
+            if bucket is None:
+                bucket = self._buckets[sql[:start]] = []
+                if start >= _HEAD:
+                    self._by_head.setdefault(sql[:_HEAD], []).append((sql[:start], start, bucket))
             bucket.append(template)
             if self.match(sql) == (shape, params):  # the model reads back as mask_literals read it
                 self._kept += 1
