@@ -464,7 +464,7 @@ _HEAD = 16
 
 
 class _Template(NamedTuple):
-    regex: Any  # re.Pattern of the statement after its bucket key
+    fullmatch: Any  # re.Pattern.fullmatch of the statement after its bucket key
     shape: str
     integers: Tuple[int, ...]  # positions of integer literals among the params
     strings: Tuple[int, ...]
@@ -525,8 +525,8 @@ class KnownShapes:
         found = None
         for text, start, bucket in self._by_head.get(sql[:_HEAD], ()):
             if sql.startswith(text):
-                for template in bucket:
-                    found = template.regex.fullmatch(sql, start)
+                for fullmatch, shape, integers, strings in bucket:
+                    found = fullmatch(sql, start)
                     if found is not None:
                         break
                 if found is not None:
@@ -535,23 +535,23 @@ class KnownShapes:
             start = _BEFORE_LITERAL.match(sql).end()
             if start >= _HEAD:  # its bucket, if any, was tried above
                 return None
-            for template in self._buckets.get(sql[:start], ()):
-                found = template.regex.fullmatch(sql, start)
+            for fullmatch, shape, integers, strings in self._buckets.get(sql[:start], ()):
+                found = fullmatch(sql, start)
                 if found is not None:
                     break
             else:
                 return None
-        if not template.strings:
-            return template.shape, list(map(int, found.groups()))
+        if not strings:
+            return shape, list(map(int, found.groups()))
         params = list(found.groups())
-        for i in template.integers:
+        for i in integers:
             params[i] = int(params[i])
         if '\\' in sql or "''" in sql:
-            for i in template.strings:
+            for i in strings:
                 text = params[i]
                 if '\\' in text or "''" in text:
                     params[i] = unescape_mysql_string(text)
-        return template.shape, params
+        return shape, params
 
     def learn(self, sql: str, shape: str, params: List[Any]) -> None:
         """Keeps the template of ``sql`` (which mask_literals read as ``shape``,
@@ -594,6 +594,6 @@ class KnownShapes:
         pattern = [re.escape(texts[0][start:])]
         for kind, after in zip(kinds, texts[1:]):
             pattern += [_LITERAL_REGEX[kind], re.escape(after)]
-        return _Template(re.compile(''.join(pattern), re.S), shape,
+        return _Template(re.compile(''.join(pattern), re.S).fullmatch, shape,
                          tuple(i for i, kind in enumerate(kinds) if kind is int),
                          tuple(i for i, kind in enumerate(kinds) if kind is str))

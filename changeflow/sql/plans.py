@@ -678,6 +678,13 @@ def _parse(shape: str):
     return tree
 
 
+def _refusal(error: SqlChangeError) -> Callable[[Sequence[Any]], Translation]:
+    """The plan of a shape compiling refused: a copy of the refusal for each statement."""
+    def refuse(params):
+        raise error.on(error.table, error.keys)
+    return refuse
+
+
 class StatementTranslator:
     """Translates statements of the configured tables; plans cached by shape.
 
@@ -709,29 +716,29 @@ class StatementTranslator:
         statement pins them, the keys of its rows.
         """
         flags = _NO_FLAGS if session is None else session_flags(session, sql)
-        default_mode = flags == _NO_FLAGS
-        known = self._known_shapes.match(sql) if default_mode else None
-        if known is None:
-            shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
-            if default_mode:
+        if flags is _NO_FLAGS or flags == _NO_FLAGS:
+            known = self._known_shapes.match(sql)
+            if known is None:
+                shape, params = mask_literals(sql, False, False, self._server_version)
                 self._known_shapes.learn(sql, shape, params)
+            else:
+                shape, params = known
+            plans = self._plans.get(database)
         else:
-            shape, params = known
-        plans = self._plans.get(database if default_mode else (database, flags))
+            shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
+            plans = self._plans.get((database, flags))
         plan = None if plans is None else plans.get(shape)
         if plan is None:
             plan = self._compile(shape, database, flags)
-        if isinstance(plan, SqlChangeError):
-            raise plan.on(plan.table, plan.keys)
         return plan(params)
 
     def _compile(self, shape: str, database: str, flags: Tuple[bool, bool]):
         try:
             plan = _Compiler(self._tables, database, self._schema).compile(_parse(shape))
         except SqlChangeError as error:
-            plan = error  # refusals are cached too: a bad shape is not parsed twice
+            plan = _refusal(error)  # refusals are cached too: a bad shape is not parsed twice
         except RecursionError:
-            plan = SqlChangeError('unparseable-sql', 'nested too deeply to compile')
+            plan = _refusal(SqlChangeError('unparseable-sql', 'nested too deeply to compile'))
         if self._plans_kept >= self._max_shapes:
             self._plans.clear()
             self._plans_kept = 0
