@@ -3,11 +3,16 @@ recorded MariaDB audit logs (tests/data/audit, tests/data/app/*) and on
 generated text: the plan cache (by database, sql_mode flags and shape), the
 known shapes, and the str.replace unescaping of string literals."""
 
+import gzip
+import json
 import os
 import random
 import re
 
 import pytest
+
+from changeflow.model import SourceRecord
+from changeflow.transforms import decode
 
 from changeflow.sql import literals, plans
 from changeflow.sql.errors import SqlChangeError
@@ -173,3 +178,50 @@ def test_string_literals_unescape_as_the_regex_reads_them(recorded):
                for _ in range(50_000)]
     for body in bodies:
         assert literals.unescape_mysql_string(body) == _regex_unescape(body), body
+
+
+def _checked_decode(record):
+    """decode_record's events by the checked loop alone, or its DecodeError."""
+    events = []
+    try:
+        for envelope in decode.envelopes(record.data):
+            if envelope.get('messageType') == 'DATA_MESSAGE':
+                decode._add_checked_events(envelope['logEvents'], envelope['logGroup'],
+                                           envelope['logStream'], record.position + '@', events)
+    except decode.DecodeError as error:
+        return error.reason, error.detail
+    return events
+
+
+def test_records_decode_as_the_checked_loop_reads_them():
+    """Records of the recorded audit lines, two envelopes each, with entries as AWS
+    writes them, with moto's int ids, or bad, anywhere: the unchecked loop gives
+    what the checked one gives, also when it gives up part way."""
+    with open(os.path.join(AUDIT, 'server_audit.log'), encoding='utf-8') as f:
+        lines = f.read().splitlines()
+    rng = random.Random(3)
+    bad = [None, [], 'x', {'id': '1', 'timestamp': 1}, {'message': 1, 'id': '1', 'timestamp': 1},
+           {'message': 'm', 'id': 1.5, 'timestamp': 1}, {'message': 'm', 'id': '1', 'timestamp': True}]
+    kinds = {'aws': 0, 'int': 0, 'bad': 0}
+    for n in range(600):
+        envelopes = []
+        for _ in range(2):
+            entries = []
+            for i in range(rng.randrange(0, 6)):
+                kind = rng.choices(['aws', 'int', 'bad'], [20, 1, 1])[0]
+                kinds[kind] += 1
+                entry = {'id': str(i), 'timestamp': 1_795_000_000_000 + i,
+                         'message': rng.choice(lines)}
+                entries.append(entry if kind == 'aws' else {**entry, 'id': i} if kind == 'int'
+                               else rng.choice(bad))
+            envelopes.append(json.dumps({
+                'messageType': 'DATA_MESSAGE', 'logGroup': 'g', 'logStream': 's',
+                'logEvents': entries}).encode())
+        record = SourceRecord(b''.join(gzip.compress(e) for e in envelopes), 'kinesis', 'shard',
+                              str(n), 0)
+        try:
+            decoded = decode.decode_record(record)
+        except decode.DecodeError as error:
+            decoded = error.reason, error.detail
+        assert decoded == _checked_decode(record), record
+    assert min(kinds.values()) > 50

@@ -621,6 +621,10 @@ def _assignments_binder(assignments: Sequence[Tuple[str, tuple]]
     if not any(_has_params(template) for _, template in assignments):
         constant = tuple((column, _binder(template)(())) for column, template in assignments)
         return lambda params: constant
+    if _SPECIALIZED and all(template[0] == 'param' for _, template in assignments):
+        # Every value a literal (SET status = 'paid', note = '...'): no call per value.
+        pairs = tuple((column, template[1]) for column, template in assignments)
+        return lambda params: tuple([(column, ('lit', params[i])) for column, i in pairs])
     binders = tuple((column, _binder(template)) for column, template in assignments)
     if len(binders) == 1 and _SPECIALIZED:
         ((column, bind),) = binders
