@@ -424,7 +424,7 @@ def numbered_shape(shape: str) -> str:
 #
 # The general scan above costs ~4.4 µs for the statements of
 # bench/parse_throughput.py (94 characters on average); matching one against
-# a regex compiled for its shape, values included, ~1.6 µs. A shape's regex
+# a regex compiled for its shape, values included, ~1.4 µs. A shape's regex
 # is its text between literals, escaped, with each literal as the exact
 # alternative of the general pattern that read it there: a plain integer or
 # a plain single-quoted string.
