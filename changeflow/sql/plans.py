@@ -103,6 +103,10 @@ class Translation(NamedTuple):
 # Plans build their results with tuple.__new__: a NamedTuple's Python-level
 # __new__ costs ~0.08 µs more a call, a sixth of a keyed plan.
 _new_tuple = tuple.__new__
+# Plans of the commonest statements (one row, one assignment, one key column IN
+# literals) built with fewer calls; False (tests only) compiles the general
+# plans, which must give the same translations.
+_SPECIALIZED = True
 
 
 class _Compiler:
@@ -319,7 +323,12 @@ class _Compiler:
         # Every row names every column (a DEFAULT as its literal), so key
         # positions are those of the first row.
         first = list(rows[0][0])
-        key_of = _values_binder([('param', first.index(k)) for k in spec.key])  # bound row -> key
+        positions = [first.index(k) for k in spec.key]
+        # bound row -> key; one subscript for a one-column key
+        key_of = ((lambda bound, i=positions[0]: (bound[i],)) if len(positions) == 1
+                  else operator.itemgetter(*positions))
+        if len(rows) == 1 and _SPECIALIZED:
+            return _row_binder(spec.source, kind, key_of, *rows[0], translation=True)
         binders = [_row_binder(spec.source, kind, key_of, values, assignments)
                    for values, assignments in rows]
         if len(binders) == 1:
@@ -408,6 +417,13 @@ class _Compiler:
         bind_condition = None if condition is None else _binder(condition)
         bind_limit = None if limit is None else _value_binder(limit)
         source_table = spec.source
+        if limit is None and condition is None and rows == 1 and _SPECIALIZED:
+            # One row, no condition, no LIMIT (nearly every UPDATE and DELETE):
+            # its one RowChange built in one call, without the list of keys.
+            bind_key = _values_binder([pins[k][0] for k in spec.key])
+            return lambda params: _new_tuple(Translation, ((_new_tuple(RowChange, (
+                source_table, bind_key(params), kind, (), bind_assignments(params), None)),),
+                '', ()))
 
         def plan(params):
             keys = bind_keys(params)
@@ -468,6 +484,10 @@ def _keys_binder(candidates: Sequence[Sequence[tuple]]) -> Callable[[Sequence[An
     if all(len(column) == 1 for column in candidates):
         bind_key = _values_binder([column[0] for column in candidates])
         return lambda params: [bind_key(params)]
+    if len(candidates) == 1 and all(t[0] == 'param' for t in candidates[0]) and _SPECIALIZED:
+        # One key column IN a list of literals: its values by one C call.
+        bind_values = _values_binder(candidates[0])
+        return lambda params: list(dict.fromkeys([(value,) for value in bind_values(params)]))
     binders = [[_value_binder(t) for t in column] for column in candidates]
 
     def bind_keys(params):
@@ -601,16 +621,33 @@ def _assignments_binder(assignments: Sequence[Tuple[str, tuple]]
     if not any(_has_params(template) for _, template in assignments):
         constant = tuple((column, _binder(template)(())) for column, template in assignments)
         return lambda params: constant
+    if _SPECIALIZED and all(template[0] == 'param' for _, template in assignments):
+        # Every value a literal (SET status = 'paid', note = '...'): no call per value.
+        pairs = tuple((column, template[1]) for column, template in assignments)
+        return lambda params: tuple([(column, ('lit', params[i])) for column, i in pairs])
     binders = tuple((column, _binder(template)) for column, template in assignments)
+    if len(binders) == 1 and _SPECIALIZED:
+        ((column, bind),) = binders
+        return lambda params: ((column, bind(params)),)
     return lambda params: tuple([(column, bind(params)) for column, bind in binders])
 
 
 def _row_binder(table: str, kind: OpKind, key_of, values: Dict[str, tuple],
-                assignments: Sequence[Tuple[str, tuple]]) -> Callable[[Sequence[Any]], RowChange]:
-    """params -> the RowChange of one VALUES row (``key_of``: its values -> its key)."""
+                assignments: Sequence[Tuple[str, tuple]], translation: bool = False
+                ) -> Callable[[Sequence[Any]], Any]:
+    """params -> the RowChange of one VALUES row (``key_of``: its values -> its key);
+    with ``translation``, the Translation of a statement of that one row."""
     columns = tuple(values)
     bind_values = _values_binder(list(values.values()))
     bind_assignments = _assignments_binder(assignments)
+
+    if translation:
+        def bind_statement(params):
+            bound = bind_values(params)
+            return _new_tuple(Translation, ((_new_tuple(RowChange, (
+                table, key_of(bound), kind, tuple(zip(columns, bound)),
+                bind_assignments(params), None)),), '', ()))
+        return bind_statement
 
     def bind_row(params):
         bound = bind_values(params)
@@ -645,6 +682,13 @@ def _parse(shape: str):
     return tree
 
 
+def _refusal(error: SqlChangeError) -> Callable[[Sequence[Any]], Translation]:
+    """The plan of a shape compiling refused: a copy of the refusal for each statement."""
+    def refuse(params):
+        raise error.on(error.table, error.keys)
+    return refuse
+
+
 class StatementTranslator:
     """Translates statements of the configured tables; plans cached by shape.
 
@@ -657,7 +701,10 @@ class StatementTranslator:
         self._tables = {spec.source: spec for spec in tables}
         self._schema = schema
         self._server_version = server_version  # which executable comments run
-        self._plans: Dict[Tuple[str, str, Tuple[bool, bool]], Any] = {}
+        # database (default sql_mode) or (database, flags) -> shape -> plan: two
+        # lookups by strings whose hashes are kept, no key tuple made per statement
+        self._plans: Dict[Any, Dict[str, Any]] = {}
+        self._plans_kept = 0
         self._max_shapes = max_shapes
         self._known_shapes = KnownShapes(max_shapes)  # statement -> (shape, params), fast
         self.shapes_compiled = 0
@@ -673,32 +720,35 @@ class StatementTranslator:
         statement pins them, the keys of its rows.
         """
         flags = _NO_FLAGS if session is None else session_flags(session, sql)
-        default_mode = flags == _NO_FLAGS
-        known = self._known_shapes.match(sql) if default_mode else None
-        if known is None:
-            shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
-            if default_mode:
+        if flags is _NO_FLAGS or flags == _NO_FLAGS:
+            known = self._known_shapes.match(sql)
+            if known is None:
+                shape, params = mask_literals(sql, False, False, self._server_version)
                 self._known_shapes.learn(sql, shape, params)
+            else:
+                shape, params = known
+            plans = self._plans.get(database)
         else:
-            shape, params = known
-        key = (shape, database, flags)
-        plan = self._plans.get(key)
+            shape, params = mask_literals(sql, flags[0], flags[1], self._server_version)
+            plans = self._plans.get((database, flags))
+        plan = None if plans is None else plans.get(shape)
         if plan is None:
-            plan = self._compile(shape, database, key)
-        if isinstance(plan, SqlChangeError):
-            raise plan.on(plan.table, plan.keys)
+            plan = self._compile(shape, database, flags)
         return plan(params)
 
-    def _compile(self, shape: str, database: str, key):
+    def _compile(self, shape: str, database: str, flags: Tuple[bool, bool]):
         try:
             plan = _Compiler(self._tables, database, self._schema).compile(_parse(shape))
         except SqlChangeError as error:
-            plan = error  # refusals are cached too: a bad shape is not parsed twice
+            plan = _refusal(error)  # refusals are cached too: a bad shape is not parsed twice
         except RecursionError:
-            plan = SqlChangeError('unparseable-sql', 'nested too deeply to compile')
-        if len(self._plans) >= self._max_shapes:
+            plan = _refusal(SqlChangeError('unparseable-sql', 'nested too deeply to compile'))
+        if self._plans_kept >= self._max_shapes:
             self._plans.clear()
-        self._plans[key] = plan
+            self._plans_kept = 0
+        plans = self._plans.setdefault(database if flags == _NO_FLAGS else (database, flags), {})
+        plans[shape] = plan
+        self._plans_kept += 1
         self.shapes_compiled += 1
         return plan
 

@@ -140,7 +140,7 @@ def parse_audit_line(line: str, position: str = '',
         raise AuditLineError('malformed-line', _why_malformed(line))
     (timestamp, serverhost, username, host, connection_id, query_id, operation,
      database, rest) = fields
-    tail = _TAIL.fullmatch(line, len(line) - len(rest))
+    tail = _TAIL.fullmatch(rest)
     last = _last_timestamp  # a line with the last valid line's timestamp needs no check of it
     if tail is None or not (connection_id.isdecimal() and query_id.isdecimal()) or (
             timestamp != last[0] and _TIMESTAMP.fullmatch(timestamp) is None):
@@ -150,7 +150,9 @@ def parse_audit_line(line: str, position: str = '',
     if quoted is None:
         obj = bare
     else:
-        if query_log_limit and _utf8_length_at_least(quoted, query_log_limit - 1):
+        # 4 * len: the most UTF-8 bytes the object can be (no call for a short one)
+        if query_log_limit and 4 * len(quoted) >= query_log_limit - 1 and _utf8_length_at_least(
+                quoted, query_log_limit - 1):
             if not (keep_truncated and operation == 'QUERY'):
                 raise AuditLineError(
                     'truncated-statement',
@@ -164,7 +166,7 @@ def parse_audit_line(line: str, position: str = '',
     return _new_tuple(AuditEvent, (
         last[1] if timestamp == last[0] else _timestamp_us(timestamp), serverhost, username,
         host, int(connection_id), int(query_id), operation, database, obj,
-        int(retcode) if retcode else None, position, line, truncated))
+        0 if retcode == '0' else int(retcode) if retcode else None, position, line, truncated))
 
 
 def _check_bounds(connection_id: str, query_id: str, retcode: str) -> None:

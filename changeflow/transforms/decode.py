@@ -169,7 +169,6 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
     events = []
     controls = 0
     base = record.position + '@'
-    new = tuple.__new__  # skips LogEvent's Python-level __new__ on this hot path
     for envelope in envelopes(record.data):
         message_type = _field(envelope, 'messageType', (str,), 'envelope')
         if message_type == 'CONTROL_MESSAGE':
@@ -179,16 +178,48 @@ def _decode(record: SourceRecord) -> Tuple[List[LogEvent], int]:
             raise DecodeError('bad-envelope', f'unknown messageType {preview(message_type)}')
         log_group = _field(envelope, 'logGroup', (str,), 'envelope')
         log_stream = _field(envelope, 'logStream', (str,), 'envelope')
-        for i, event in enumerate(_field(envelope, 'logEvents', (list,), 'envelope')):
-            if type(event) is not dict:
-                raise DecodeError('bad-envelope', f'logEvents[{i}] is {preview(event)}, not an object')
-            message, event_id, timestamp = event.get('message'), event.get('id'), event.get('timestamp')
-            if type(message) is not str or type(event_id) not in _ID_TYPES or type(timestamp) is not int:
-                raise DecodeError('bad-envelope', f'logEvents[{i}] needs a str message, a str or int'
-                                                  f' id and an int timestamp: {preview(event, 200)}')
-            events.append(new(LogEvent, (message, log_group, log_stream, str(event_id), timestamp,
-                                         base + str(len(events)))))
+        entries = _field(envelope, 'logEvents', (list,), 'envelope')
+        if not _add_events(entries, log_group, log_stream, base, events):
+            _add_checked_events(entries, log_group, log_stream, base, events)
     return events, controls
+
+
+def _add_events(entries: list, log_group: str, log_stream: str, base: str,
+                events: List[LogEvent]) -> bool:
+    """Appends the LogEvents of an envelope whose entries are all as AWS writes
+    them (a dict with a str message and id and an int timestamp); False, with
+    ``events`` as it was, at the first that is not (then the checked loop reads
+    them all: moto's int ids, or the error)."""
+    new = tuple.__new__  # skips LogEvent's Python-level __new__ on this hot path
+    append = events.append
+    start = index = len(events)  # index: of the next event in the record
+    try:
+        for event in entries:
+            message, event_id, timestamp = event['message'], event['id'], event['timestamp']
+            if type(message) is not str or type(event_id) is not str or type(timestamp) is not int:
+                raise TypeError
+            append(new(LogEvent, (message, log_group, log_stream, event_id, timestamp,
+                                  f'{base}{index}')))
+            index += 1
+    except (KeyError, TypeError):
+        del events[start:]
+        return False
+    return True
+
+
+def _add_checked_events(entries: list, log_group: str, log_stream: str, base: str,
+                        events: List[LogEvent]) -> None:
+    """Appends an envelope's LogEvents, or raises DecodeError naming the first bad entry."""
+    new = tuple.__new__
+    for i, event in enumerate(entries):
+        if type(event) is not dict:
+            raise DecodeError('bad-envelope', f'logEvents[{i}] is {preview(event)}, not an object')
+        message, event_id, timestamp = event.get('message'), event.get('id'), event.get('timestamp')
+        if type(message) is not str or type(event_id) not in _ID_TYPES or type(timestamp) is not int:
+            raise DecodeError('bad-envelope', f'logEvents[{i}] needs a str message, a str or int'
+                                              f' id and an int timestamp: {preview(event, 200)}')
+        events.append(new(LogEvent, (message, log_group, log_stream, str(event_id), timestamp,
+                                     base + str(len(events)))))
 
 
 class RecordDecoder:
