@@ -186,6 +186,33 @@ def test_sql_mode_flags():
     assert values('SELECT "x"') == ['x']
 
 
+
+# A doubled quote escapes only the literal's own quote: 'a""b' keeps both double quotes.
+# (The regex once collapsed `""` in a '..' string that also held a backslash or `''`,
+# and `''` in a ".." string: a replica value silently one character short.)
+QUOTED = [
+    ("'x\\'y\"\"z'", 'x\'y""z'), ("'a\"\"b'", 'a""b'), ("'a\"\"b''c'", 'a""b\'c'),
+    ("'a\"\"\\nb'", 'a""\nb'), ('"a\'\'b"', "a''b"), ('"a\"\"b"', 'a"b'),
+    ('"a\'\'b\\tc"', "a''b\tc"), ("'a''b'", "a'b"), ('"a\\"b"', 'a"b'),
+]
+
+
+def test_a_doubled_quote_escapes_only_the_literals_own_quote():
+    """Values as MariaDB 10.11 returns them for these literals (``SELECT``)."""
+    assert values('SELECT ' + ', '.join(sql for sql, _ in QUOTED)) == [v for _, v in QUOTED]
+
+
+def test_doubled_quotes_read_as_the_server_reads_them(mariadb_url):
+    """The same literals through a live server's ``SELECT``."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(mariadb_url)
+    statement = 'SELECT ' + ', '.join(sql for sql, _ in QUOTED)
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(statement.replace('%', '%%')).one()
+    engine.dispose()
+    assert list(row) == values(statement)
+
+
 # Executable comments (MariaDB "Comment Syntax" and its lexer; results checked on MariaDB 10.11).
 
 def test_executable_comments_the_server_runs_are_part_of_the_statement():

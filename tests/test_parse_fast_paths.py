@@ -158,7 +158,7 @@ def _regex_unescape(body):
     """unescape_mysql_string's regex path, for a '..' string's body."""
     if '\\' not in body and "''" not in body:
         return body
-    return literals._ESCAPE.sub(literals._unescaped, body)
+    return literals._ESCAPE["'"].sub(literals._unescaped, body)
 
 
 _BODY = re.compile(r"'((?:[^'\\]|\\.|'')*)'", re.S)

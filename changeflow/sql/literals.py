@@ -94,7 +94,9 @@ MARKER = '\0'  # stands for a literal in a shape; NUL cannot occur in SQL outsid
 
 _ESCAPES = {'0': '\0', "'": "'", '"': '"', 'b': '\b', 'n': '\n', 'r': '\r',
             't': '\t', 'Z': '\x1a', '\\': '\\', '%': '\\%', '_': '\\_'}
-_ESCAPE = re.compile(r"\\(.)|''|\"\"", re.S)
+# A doubled quote is an escape only of the literal's own quote ('it''s', "say ""hi"""):
+# 'a""b' is a, two double quotes, b (as MariaDB reads it).
+_ESCAPE = {"'": re.compile(r"\\(.)|''", re.S), '"': re.compile(r'\\(.)|""', re.S)}
 # Escapes str.replace resolves (unescape_mysql_string's fast path): those of _ESCAPES
 # whose value holds no backslash, \\ and \' aside.
 _COMMON_ESCAPES = tuple(('\\' + char, value) for char, value in _ESCAPES.items()
@@ -110,19 +112,19 @@ def unescape_mysql_string(body: str, quote: str = "'", no_backslash_escapes: boo
         return body.replace(quote * 2, quote)
     if '\\' not in body and quote * 2 not in body:
         return body
-    if quote == "'" and "''" not in body and '""' not in body and '\1' not in body:
+    if quote == "'" and "''" not in body and '\1' not in body:
         # The common escapes by str.replace, `\\` first (through a sentinel) so that
         # `\\n` reads as `\` + `n`; anything rarer (\%, \_, \x) takes the regex, and
-        # so do doubled quotes (the regex reads `""` as `"` in a '..' string too).
+        # so do doubled quotes.
         text = body.replace('\\\\', '\1').replace("\\'", "'")
         if '\\' in text:
             for pair, char in _COMMON_ESCAPES:
                 if pair in text:
                     text = text.replace(pair, char)
             if '\\' in text:
-                return _ESCAPE.sub(_unescaped, body)
+                return _ESCAPE[quote].sub(_unescaped, body)
         return text.replace('\1', '\\') if '\1' in text else text
-    return _ESCAPE.sub(_unescaped, body)
+    return _ESCAPE[quote].sub(_unescaped, body)
 
 
 def _unescaped(match) -> str:
