@@ -20,10 +20,10 @@ last version and a hash of its rows' identities. The files are the ledger: a
 file appears whole or not at all (:func:`changeflow.io.files.write_file`),
 so a run after a crash, a backfill over a synced period or the same input
 again adds exactly the ops the backup lacks. Cost: a listing per partition
-written, a read of three columns of each overlapping file, and one
-partition's rows held by one worker. Two jobs writing one path at once are
-not supported. Accumulating triggers would repeat rows in later panes:
-use the default (discarding) trigger.
+written, and a read of three columns of each overlapping file, whose
+identities (one text per row) are held while the partition is written.
+Two jobs writing one path at once are not supported. Accumulating triggers
+would repeat rows in later panes: use the default (discarding) trigger.
 
 Columns of every file:
 
@@ -75,10 +75,22 @@ declare), ``unknown-table`` (a Change of a table not in ``tables``),
 
 Runner support: any runner. Files are written through Beam's ``FileSystems``:
 ``s3://`` uses ``S3Options`` (``--s3_endpoint_url`` ...) or boto3's default
-chain. A GroupByKey's values are held in memory to sort them: Changes
-cross it packed (pickled and compressed, a log batch at a time), and a partition's rows are built column by
-column (one Python list per column, Arrow arrays at once), so a row costs a
-few plain values rather than a dict.
+chain. Memory does not grow with a partition: Changes cross the GroupByKey
+packed (pickled and compressed, a log batch at a time) and the writer reads
+the grouped values a batch at a time (a runner that pages large groups,
+Dataflow's or Flink's, never holds them all; the FnApiRunner and the
+DirectRunner do, packed). Rows are built column by column (one Python list
+per column) ``_SLICE_ROWS`` (50,000) at a time; each such slice becomes an
+Arrow table sorted by identity, keeping per row its origin (batch, Change
+and op index, not the Change) and, but for the last, is spilled to a local
+temporary Arrow IPC file and read back memory-mapped. The slices are merged
+in identity order about ``_SLICE_ROWS`` rows at a time, and each file is
+written as its ``rows_per_file`` rows are in. A worker holds one slice's
+Python rows, one merge round, one file's rows and its Parquet bytes, and the
+identities of the overlapping files (above); a partition smaller than a
+slice is sorted and cut in memory. Local disk: the partition's rows, as
+uncompressed Arrow. A ``write-failed`` dead letter's Change is unpacked
+again from the grouped values (only the batches of its file's rows).
 """
 
 import datetime
@@ -86,6 +98,7 @@ import functools
 import hashlib
 import io
 import itertools
+import mmap
 import os
 import re
 import tempfile
@@ -529,6 +542,7 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
         held = _Held(functools.partial(self._partition_files, partition), self._files_read)
         slices: List[pa.Table] = []
         errors: List[Exception] = []  # of the rows Arrow refused, by their _FAILED_COLUMN value
+        maps: List[mmap.mmap] = []  # of the spilled slices
         rows = None
         with tempfile.TemporaryDirectory(prefix='changeflow-parquet-') as spill:
             for batch, data in enumerate(values):
@@ -547,20 +561,21 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
                             yield self._reject(_single(change, op), 'bad-change',
                                                f'{type(error).__name__}: {error}')
                     if rows.count >= _SLICE_ROWS:
-                        slices.append(self._sorted_slice(rows, held, errors, spill, len(slices)))
+                        slices.append(self._sorted_slice(rows, held, errors, spill, maps))
                         rows = _PartitionRows(layout)
             if rows is not None and rows.count:
-                slices.append(self._sorted_slice(rows, held, errors, None, len(slices)))
+                slices.append(self._sorted_slice(rows, held, errors, None, maps))
             slices = [piece for piece in slices if piece.num_rows]
             if slices:
-                yield from self._write_files(partition, slices, errors, values)
+                yield from self._write_files(partition, slices, errors, values, maps)
 
     def _sorted_slice(self, rows: '_PartitionRows', held: '_Held', errors: List[Exception],
-                      spill: Optional[str], number: int) -> pa.Table:
+                      spill: Optional[str], maps: List[mmap.mmap]) -> pa.Table:
         """The rows no file holds yet, sorted by identity (stably: ties in
         arrival order), with their origins (_ORIGIN_COLUMNS) and, for a row
         Arrow refuses, the index of its error in ``errors`` (its columns
-        null); spilled to ``spill`` and read back memory-mapped when given."""
+        null); spilled to ``spill`` and read back memory-mapped (the map
+        added to ``maps``) when given."""
         identities = rows.identities()
         fresh = held.fresh(identities)
         if fresh is not None:
@@ -580,17 +595,23 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
         table = table.append_column(_FAILED_COLUMN, failed)
         if spill is None or not table.num_rows:
             return table
-        path = os.path.join(spill, f'{number}.arrow')
+        path = os.path.join(spill, f'{len(maps)}.arrow')
         with pa.OSFile(path, 'wb') as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        return pa.ipc.open_file(pa.memory_map(path)).read_all()
+        with open(path, 'rb') as f:
+            maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return pa.ipc.open_file(pa.py_buffer(maps[-1])).read_all()
 
     def _write_files(self, partition, slices: List[pa.Table], errors: List[Exception],
-                     values: Iterable[bytes]):
-        """Writes the merged slices ``rows_per_file`` a file, as each fills."""
+                     values: Iterable[bytes], maps: List[mmap.mmap]):
+        """Writes the merged slices ``rows_per_file`` a file, as each fills.
+        The pages of the spilled slices a merge round read are let go after
+        it (they stay in the page cache, out of the worker's RSS)."""
         pending: List[pa.Table] = []
         count = 0
         for piece in _merged(slices):
+            for mapped in maps:
+                mapped.madvise(mmap.MADV_DONTNEED)
             pending.append(piece)
             count += piece.num_rows
             while count >= self._rows_per_file:
