@@ -83,12 +83,12 @@ DirectRunner do, packed). Rows are built column by column (one Python list
 per column) ``_SLICE_ROWS`` (50,000) at a time; each such slice becomes an
 Arrow table sorted by identity, keeping per row its origin (batch, Change
 and op index, not the Change) and, but for the last, is spilled to a local
-temporary Arrow IPC file and read back memory-mapped. The slices are merged
-in identity order about ``_SLICE_ROWS`` rows at a time, and each file is
-written as its ``rows_per_file`` rows are in. A worker holds one slice's
-Python rows, one merge round, one file's rows and its Parquet bytes, and the
-identities of the overlapping files (above); a partition smaller than a
-slice is sorted and cut in memory. Local disk: the partition's rows, as
+temporary Arrow IPC file (under ``TMPDIR``) and read back memory-mapped. The
+slices are merged in identity order about ``_SLICE_ROWS`` rows at a time,
+and each file is written as its ``rows_per_file`` rows are in. A worker
+holds one slice's Python rows, one merge round, one file's rows and its
+Parquet bytes, and the identities of the overlapping files (above); a
+partition smaller than a slice is sorted and cut in memory. Local disk: the partition's rows, as
 uncompressed Arrow. A ``write-failed`` dead letter's Change is unpacked
 again from the grouped values (only the batches of its file's rows).
 """
