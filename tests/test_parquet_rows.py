@@ -304,3 +304,97 @@ def test_a_value_arrow_refuses_fails_only_its_file(tmp_path, monkeypatch):
     assert letters[0][3] == change_json(first._replace(ops=first.ops[1:]))
     assert sorted(row['position'] for data in files.values()
                   for row in pq.read_table(io.BytesIO(data)).to_pylist()) == ['a#1', 'a#2', 'a#5']
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(changes(), st.integers(1, 5), st.integers(1, 4))
+def test_spilled_slices_hold_what_rows_define(tmp_path_factory, generated, rows_per_file,
+                                              slice_rows):
+    """A partition of more than ``_SLICE_ROWS`` rows, sorted a slice at a time
+    and merged: the same files, names, rows and dead letters."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parquet, '_SLICE_ROWS', slice_rows)
+        assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file)
+
+
+def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
+    """Rows spilled in sorted slices of 7 (log batches of several Changes, in
+    no version order, an identity repeated) make the files of one sort of
+    them all, byte for byte; the same input again writes nothing; a
+    bad-value and a write-failed dead letter of a spilled slice (a value
+    Arrow refuses fails the last file: ops 100 and 200) carry their own
+    op's Change."""
+    def coercer(arrow, column_type):
+        coerce = original(arrow, column_type)
+        return lambda value: object() if value == 'unwritable' else coerce(value)
+    original = parquet._coercer
+    monkeypatch.setattr(parquet, '_coercer', coercer)
+    real_merged, merged = parquet._merged, []
+
+    def counted(slices):
+        merged.append(len(slices))
+        return real_merged(slices)
+    monkeypatch.setattr(parquet, '_merged', counted)
+
+    def insert(n, note='fine'):
+        return RowOp(OpKind.INSERT, audit_version(DAY1, n, n, 0), (('note', note),), (), f'a#{n}')
+    numbers = [(n * 37) % 101 for n in range(1, 101)]  # 1..100, shuffled
+    changes = [Change('shop.orders', (1, n), (insert(n),), DAY1) for n in numbers]
+    changes[60] = Change('shop.orders', (1, numbers[60]),
+                         (insert(numbers[60]), insert(200, 'unwritable')), DAY1)
+    changes[70] = Change('shop.orders', (1, numbers[70]), (RowOp(
+        OpKind.INSERT, audit_version(DAY1, 300, 300, 0), (('shipped', '2026-02-30'),), (), 'a#300'),
+        insert(numbers[70])), DAY1)
+    changes.append(changes[3])  # the same op twice: two equal identities, both written
+    batches = [changes[start:start + 3] for start in range(0, len(changes), 3)]
+    layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
+
+    def write(root, slice_rows):
+        monkeypatch.setattr(parquet, '_SLICE_ROWS', slice_rows)
+        writer = parquet._WritePartitionFn(str(root), layouts, 10)
+        writer.setup()
+        outputs = list(writer.process((('orders', '2026-11-22'),
+                                       [parquet.pack(batch) for batch in batches])))
+        letters = [(o.value.reason, o.value.position, o.value.original) for o in outputs
+                   if getattr(o, 'tag', '') == DEAD_LETTER_TAG]
+        written = {}
+        for output in outputs:
+            if isinstance(output, parquet.WrittenFile):
+                with open(output.path, 'rb') as f:
+                    written[os.path.relpath(output.path, root)] = f.read()
+        return written, letters
+
+    whole, whole_letters = write(tmp_path / 'whole', 10 ** 6)
+    sliced, sliced_letters = write(tmp_path / 'sliced', 7)
+    assert merged == [1, 15]
+    assert sorted(sliced) == sorted(whole) and len(whole) == 10
+    assert all(sliced[name] == whole[name] for name in whole)
+    assert sliced_letters == whole_letters
+    assert sorted((reason, position) for reason, position, _ in sliced_letters) == [
+        ('bad-value', 'a#300'), ('write-failed', 'a#100'), ('write-failed', 'a#200')]
+    originals = {position: original for _, position, original in sliced_letters}
+    assert originals['a#300'] == change_json(changes[70]._replace(ops=changes[70].ops[:1]))
+    assert originals['a#200'] == change_json(changes[60]._replace(ops=changes[60].ops[1:]))
+    assert originals['a#100'] == change_json(changes[numbers.index(100)])
+
+    again, again_letters = write(tmp_path / 'sliced', 7)
+    assert again == {} and sorted(os.listdir(tmp_path / 'sliced' / 'table=orders' /
+                                             'date=2026-11-22')) == sorted(
+        name.rsplit('/', 1)[-1] for name in whole)
+    assert again_letters == sliced_letters  # the rows never written are dead-lettered again
+
+
+def test_merged_slices_keep_ties_in_slice_order(monkeypatch):
+    """Equal identities across slices come out as one stable sort would put
+    them: slice by slice, whatever row of a round ends a slice's block."""
+    monkeypatch.setattr(parquet, '_SLICE_ROWS', 2)  # a round: one row of each slice
+
+    def piece(versions, tags):
+        return pa.table({'version': versions, 'source_table': ['t'] * len(tags),
+                         'key': ['k'] * len(tags), 'position': ['p'] * len(tags), 'tag': tags})
+    slices = [piece(['1', '2', '2', '3'], ['a0', 'a1', 'a2', 'a3']),
+              piece(['2', '2', '2'], ['b0', 'b1', 'b2'])]
+    merged = [tag for table in parquet._merged(slices) for tag in table.column('tag').to_pylist()]
+    assert merged == ['a0', 'a1', 'a2', 'b0', 'b1', 'b2', 'a3']

@@ -20,10 +20,10 @@ last version and a hash of its rows' identities. The files are the ledger: a
 file appears whole or not at all (:func:`changeflow.io.files.write_file`),
 so a run after a crash, a backfill over a synced period or the same input
 again adds exactly the ops the backup lacks. Cost: a listing per partition
-written, a read of three columns of each overlapping file, and one
-partition's rows held by one worker. Two jobs writing one path at once are
-not supported. Accumulating triggers would repeat rows in later panes:
-use the default (discarding) trigger.
+written, and a read of three columns of each overlapping file, whose
+identities (one text per row) are held while the partition is written.
+Two jobs writing one path at once are not supported. Accumulating triggers
+would repeat rows in later panes: use the default (discarding) trigger.
 
 Columns of every file:
 
@@ -75,21 +75,39 @@ declare), ``unknown-table`` (a Change of a table not in ``tables``),
 
 Runner support: any runner. Files are written through Beam's ``FileSystems``:
 ``s3://`` uses ``S3Options`` (``--s3_endpoint_url`` ...) or boto3's default
-chain. A GroupByKey's values are held in memory to sort them: Changes
-cross it packed (pickled and compressed, a log batch at a time), and a partition's rows are built column by
-column (one Python list per column, Arrow arrays at once), so a row costs a
-few plain values rather than a dict.
+chain. Memory does not grow with a partition: Changes cross the GroupByKey
+packed (pickled and compressed, a log batch at a time) and the writer reads
+the grouped values a batch at a time (a runner that pages large groups,
+Dataflow's or Flink's, never holds them all; the FnApiRunner and the
+DirectRunner do, packed). Rows are built column by column (one Python list
+per column) ``_SLICE_ROWS`` (50,000) at a time; each such slice becomes an
+Arrow table sorted by identity, keeping per row its origin (batch, Change
+and op index, not the Change) and, but for the last, is spilled to a local
+temporary Arrow IPC file (under ``TMPDIR``) and read back memory-mapped. The
+slices are merged in identity order about ``_SLICE_ROWS`` rows at a time,
+and each file is written as its ``rows_per_file`` rows are in. A worker
+holds one slice's Python rows, one merge round, one file's rows and its
+Parquet bytes, and the identities of the overlapping files (above); a
+partition smaller than a slice is sorted and cut in memory. Local disk: the partition's rows, as
+uncompressed Arrow. A ``write-failed`` dead letter's Change is unpacked
+again from the grouped values (only the batches of its file's rows).
 """
 
 import datetime
 import functools
 import hashlib
 import io
+import itertools
+import mmap
+import os
 import re
-from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
+import tempfile
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple,
+                    Optional, Sequence, Tuple)
 
 import apache_beam as beam
 from apache_beam import typehints
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -253,7 +271,7 @@ class _PartitionRows:
     def __init__(self, layout: _Layout):
         self.schema = layout.schema
         self.count = 0
-        self.origins: List[Tuple[int, int]] = []  # per row: (its Change's, its op's index)
+        self.origins: List[Tuple[int, int, int]] = []  # per row: its batch's, Change's, op's index
         self._tables: List[str] = []
         self._kinds: List[str] = []
         self._versions: List[str] = []
@@ -270,7 +288,7 @@ class _PartitionRows:
         else:
             self._values: List[str] = []
 
-    def add(self, change: Change, op: RowOp, origin: Tuple[int, int], key_text: Optional[str],
+    def add(self, change: Change, op: RowOp, origin: Tuple[int, int, int], key_text: Optional[str],
             layout: _Layout, plan: _Plan) -> str:
         """Stores the row of ``op``; returns the Change's key as JSON (``key_text``,
         or rendered when None) for its next op."""
@@ -381,6 +399,9 @@ class _PartitionRows:
 
 _IDENTITY = ('version', 'source_table', 'key', 'position')  # the order of a partition's rows
 _HASHED_ROWS = 65_536  # identities joined into one text at a time, far below Arrow's 2 GiB
+_SLICE_ROWS = 50_000  # a partition's rows held as Python values at once, and merged at once
+_ORIGIN_COLUMNS = ('__changeflow_batch', '__changeflow_change', '__changeflow_op')
+_FAILED_COLUMN = '__changeflow_refused'  # after the origins: the row's error, if Arrow refused it
 
 
 def _as_text(value) -> str:
@@ -499,101 +520,132 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
             yield from (beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter) for letter in values)
             return
         layouts, plans = self._current(timeline)
-        with gc_paused():  # a partition's Changes and rows: many small objects, no cycles
-            changes = [change for data in values for change in unpack(data)]
-            outputs = list(self._write_partition(partition, changes, layouts, plans))
+        with gc_paused():  # a slice's Changes and rows: many small objects, no cycles
+            outputs = list(self._write_partition(partition, values, layouts, plans))
         yield from outputs
 
-    def _write_partition(self, partition, changes: List[Change], layouts, plans):
+    def _write_partition(self, partition, values: Iterable[bytes], layouts, plans):
+        """The grouped values are read a packed batch at a time; every
+        ``_SLICE_ROWS`` rows become a sorted slice spilled to a local file
+        (none for a smaller partition), and the slices are merged into files."""
         if partition == _UNROUTABLE:
-            for change in changes:
-                for op in change.ops:
-                    if change.table in layouts:
-                        yield self._reject(_single(change, op), 'bad-change',
-                                           f'event time {change.event_time_us!r} has no date')
-                    else:
-                        yield self._reject(_single(change, op), 'unknown-table',
-                                           f'no TableSpec for {change.table!r}')
+            for data in values:
+                for change in unpack(data):
+                    for op in change.ops:
+                        if change.table in layouts:
+                            yield self._reject(_single(change, op), 'bad-change',
+                                               f'event time {change.event_time_us!r} has no date')
+                        else:
+                            yield self._reject(_single(change, op), 'unknown-table',
+                                               f'no TableSpec for {change.table!r}')
             return
+        held = _Held(functools.partial(self._partition_files, partition), self._files_read)
+        slices: List[pa.Table] = []
+        errors: List[Exception] = []  # of the rows Arrow refused, by their _FAILED_COLUMN value
+        maps: List[mmap.mmap] = []  # of the spilled slices
         rows = None
-        for index, change in enumerate(changes):
-            layout, plan = layouts[change.table], plans[change.table]
-            if rows is None:
-                rows = _PartitionRows(layout)
-            key_text = None
-            for number, op in enumerate(change.ops):
-                try:
-                    key_text = rows.add(change, op, (index, number), key_text, layout, plan)
-                except _BadRow as error:
-                    yield self._reject(_single(change, op), error.reason, error.detail)
-                except Exception as error:  # a malformed op: dead-lettered, the others written
-                    yield self._reject(_single(change, op), 'bad-change',
-                                       f'{type(error).__name__}: {error}')
-        if rows.count:
-            yield from self._write_files(partition, rows, changes)
+        with tempfile.TemporaryDirectory(prefix='changeflow-parquet-') as spill:
+            for batch, data in enumerate(values):
+                for index, change in enumerate(unpack(data)):
+                    layout, plan = layouts[change.table], plans[change.table]
+                    if rows is None:
+                        rows = _PartitionRows(layout)
+                    key_text = None
+                    for number, op in enumerate(change.ops):
+                        try:
+                            key_text = rows.add(change, op, (batch, index, number), key_text,
+                                                layout, plan)
+                        except _BadRow as error:
+                            yield self._reject(_single(change, op), error.reason, error.detail)
+                        except Exception as error:  # a malformed op: dead-lettered, the others written
+                            yield self._reject(_single(change, op), 'bad-change',
+                                               f'{type(error).__name__}: {error}')
+                    if rows.count >= _SLICE_ROWS:
+                        slices.append(self._sorted_slice(rows, held, errors, spill, maps))
+                        rows = _PartitionRows(layout)
+            if rows is not None and rows.count:
+                slices.append(self._sorted_slice(rows, held, errors, None, maps))
+            slices = [piece for piece in slices if piece.num_rows]
+            if slices:
+                yield from self._write_files(partition, slices, errors, values, maps)
 
-    def _write_files(self, partition, rows: _PartitionRows, changes: List[Change]):
-        """Sorts the rows the partition does not hold yet by identity and
-        writes them, ``rows_per_file`` a file. The columns are built once for
-        the partition; if that fails, each file's own, so only the files
-        holding what cannot be written fail."""
+    def _sorted_slice(self, rows: '_PartitionRows', held: '_Held', errors: List[Exception],
+                      spill: Optional[str], maps: List[mmap.mmap]) -> pa.Table:
+        """The rows no file holds yet, sorted by identity (stably: ties in
+        arrival order), with their origins (_ORIGIN_COLUMNS) and, for a row
+        Arrow refuses, the index of its error in ``errors`` (its columns
+        null); spilled to ``spill`` and read back memory-mapped (the map
+        added to ``maps``) when given."""
         identities = rows.identities()
-        fresh = self._fresh(partition, identities)
+        fresh = held.fresh(identities)
         if fresh is not None:
             self._skipped_existing.inc(rows.count - len(fresh))
-            if not len(fresh):
-                return
-            identities_fresh = identities.take(fresh)
-        else:
-            identities_fresh = identities
-        order = pc.sort_indices(identities_fresh,
-                                sort_keys=[(name, 'ascending') for name in _IDENTITY])
+            identities = identities.take(fresh)
+        order = pc.sort_indices(identities, sort_keys=[(name, 'ascending') for name in _IDENTITY])
         if fresh is not None:
             order = fresh.take(order)
-        count = len(order)
+        picked = order.to_pylist()
         try:
             table = rows.table().take(order)
+            failed = pa.nulls(len(picked), pa.int32())
         except Exception:  # pylint: disable=broad-except
-            table = None
-        for start in range(0, count, self._rows_per_file):
-            chunk = order[start:start + self._rows_per_file]
-            path = self._file_path(partition, identities.take(chunk))
-            try:
-                chunk_table = (rows.table(chunk.to_pylist()) if table is None
-                               else table.slice(start, len(chunk)))
-                buffer = io.BytesIO()
-                pq.write_table(chunk_table, buffer, compression='snappy')
-                write_file(path, buffer.getvalue())
-            except Exception as error:  # every row of the file goes to DEAD_LETTER_TAG
-                for row in chunk.to_pylist():
-                    index, number = rows.origins[row]
-                    change = changes[index]
-                    yield self._reject(_single(change, change.ops[number]), 'write-failed',
-                                       f'{path}: {error}')
-                continue
-            self._written.inc(len(chunk))
-            self._files_written.inc()
-            yield WrittenFile(path, len(chunk))
+            table, failed = _refused_apart(rows, picked, errors)
+        for name, values in zip(_ORIGIN_COLUMNS, zip(*(rows.origins[row] for row in picked))):
+            table = table.append_column(name, pa.array(values, pa.int64()))
+        table = table.append_column(_FAILED_COLUMN, failed)
+        if spill is None or not table.num_rows:
+            return table
+        path = os.path.join(spill, f'{len(maps)}.arrow')
+        with pa.OSFile(path, 'wb') as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        with open(path, 'rb') as f:
+            maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return pa.ipc.open_file(pa.py_buffer(maps[-1])).read_all()
 
-    def _fresh(self, partition, identities: pa.Table) -> Optional[pa.Array]:
-        """The indices of the rows whose (version, source table, key) no file
-        of the partition holds, or None when no file may hold any: only files
-        whose version range (in their name) meets these rows' are read, and
-        only their identity columns."""
-        versions = identities.column('version')
-        low, high = pc.min(versions).as_py(), pc.max(versions).as_py()
-        held = []
-        for path in self._partition_files(partition):
-            match = _FILE_NAME.match(path.rsplit('/', 1)[-1])
-            if match and (match.group(1) > high or match.group(2) < low):
-                continue
-            self._files_read.inc()
-            held.append(_read_identities(path))
-        if not held:
-            return None
-        written = pa.concat_arrays([_identity_text(table) for table in held])
-        mine = _identity_text(identities)
-        return pc.indices_nonzero(pc.invert(pc.is_in(mine, value_set=written)))
+    def _write_files(self, partition, slices: List[pa.Table], errors: List[Exception],
+                     values: Iterable[bytes], maps: List[mmap.mmap]):
+        """Writes the merged slices ``rows_per_file`` a file, as each fills.
+        The pages of the spilled slices a merge round read are let go after
+        it (they stay in the page cache, out of the worker's RSS)."""
+        pending: List[pa.Table] = []
+        count = 0
+        for piece in _merged(slices):
+            for mapped in maps:
+                mapped.madvise(mmap.MADV_DONTNEED)
+            pending.append(piece)
+            count += piece.num_rows
+            while count >= self._rows_per_file:
+                rows = pa.concat_tables(pending)
+                yield from self._write_file(partition, rows.slice(0, self._rows_per_file),
+                                            errors, values)
+                pending = [rows.slice(self._rows_per_file)]
+                count -= self._rows_per_file
+        if count:
+            yield from self._write_file(partition, pa.concat_tables(pending), errors, values)
+
+    def _write_file(self, partition, rows: pa.Table, errors: List[Exception],
+                    values: Iterable[bytes]):
+        """One file; if it cannot be written (or holds a row Arrow refused),
+        every row of it goes to DEAD_LETTER_TAG."""
+        path = self._file_path(partition, rows.select(list(_IDENTITY)))
+        extra = len(_ORIGIN_COLUMNS) + 1
+        try:
+            refused = rows.column(rows.num_columns - 1).drop_null()
+            if len(refused):
+                raise errors[refused[0].as_py()]
+            buffer = io.BytesIO()
+            pq.write_table(rows.select(range(rows.num_columns - extra)).combine_chunks(), buffer,
+                           compression='snappy')
+            write_file(path, buffer.getvalue())
+        except Exception as error:  # pylint: disable=broad-except
+            origins = zip(*(rows.column(rows.num_columns - extra + i).to_pylist()
+                            for i in range(len(_ORIGIN_COLUMNS))))
+            for change in _originals(values, list(origins)):
+                yield self._reject(change, 'write-failed', f'{path}: {error}')
+            return
+        self._written.inc(rows.num_rows)
+        self._files_written.inc()
+        yield WrittenFile(path, rows.num_rows)
 
     def _partition_files(self, partition) -> List[str]:
         target, day = partition
@@ -646,6 +698,126 @@ def _read_identities(path: str) -> pa.Table:
 def _identity_text(table: pa.Table) -> pa.Array:
     return pc.binary_join_element_wise(
         *(table.column(name).combine_chunks() for name in _HELD), '\t')
+
+
+class _Held:
+    """The identities the files of one partition hold, read as the slices
+    need them: a file only once, only its identity columns, and only when its
+    version range (in its name) meets a slice's."""
+
+    def __init__(self, paths: Callable[[], List[str]], files_read):
+        self._paths = paths
+        self._unread: Optional[List[str]] = None
+        self._files_read = files_read
+        self._texts: Optional[pa.Array] = None
+
+    def fresh(self, identities: pa.Table) -> Optional[pa.Array]:
+        """The indices of the rows whose (version, source table, key) no file
+        of the partition holds, or None when no file read so far may hold any."""
+        if self._unread is None:
+            self._unread = self._paths()
+        versions = identities.column('version')
+        low, high = pc.min(versions).as_py(), pc.max(versions).as_py()
+        unread, texts = [], [] if self._texts is None else [self._texts]
+        for path in self._unread:
+            match = _FILE_NAME.match(path.rsplit('/', 1)[-1])
+            if match and (match.group(1) > high or match.group(2) < low):
+                unread.append(path)
+                continue
+            self._files_read.inc()
+            texts.append(_identity_text(_read_identities(path)))
+        self._unread = unread
+        if not texts:
+            return None
+        self._texts = pa.concat_arrays(texts)
+        mine = _identity_text(identities)
+        return pc.indices_nonzero(pc.invert(pc.is_in(mine, value_set=self._texts)))
+
+
+def _refused_apart(rows: _PartitionRows, picked: List[int],
+                   errors: List[Exception]) -> Tuple[pa.Table, pa.Array]:
+    """The rows at ``picked`` as a table when Arrow refuses some of them, and
+    per row the index in ``errors`` of its error or null: a refused row is
+    found by halving and kept as a row of nulls but its identity, so only its
+    file fails."""
+    kept: List[pa.Table] = []
+    failed: List[Optional[int]] = [None] * len(picked)
+
+    def build(start, stop):
+        try:
+            kept.append(rows.table(picked[start:stop]))
+        except Exception as error:  # pylint: disable=broad-except
+            if stop - start == 1:
+                failed[start] = len(errors)
+                errors.append(error)
+                return
+            middle = (start + stop) // 2
+            build(start, middle)
+            build(middle, stop)
+
+    build(0, len(picked))
+    take, count = [], 0
+    for index in failed:
+        take.append(None if index is not None else count)
+        count += index is None
+    table = (pa.concat_tables(kept) if kept else rows.schema.empty_table()).take(
+        pa.array(take, pa.int64()))
+    identities = rows.identities().take(pa.array(picked, pa.int64()))
+    for name in _IDENTITY:  # a refused row's too: they sort, cut and name its file
+        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name),
+                                 identities.column(name))
+    return table, pa.array(failed, pa.int32())
+
+
+def _merged(slices: List[pa.Table]) -> Iterator[pa.Table]:
+    """The rows of sorted slices in identity order, ties in slice order (one
+    stable sort of them all), about ``_SLICE_ROWS`` at a time: each round
+    sorts the next rows of every slice and yields those up to the least last
+    row of a slice not exhausted (the first such slice's on a tie), before
+    which no row left unread can sort."""
+    if len(slices) == 1:
+        yield slices[0]
+        return
+    block = max(1, _SLICE_ROWS // len(slices))
+    done = [0] * len(slices)
+    keys = [(name, 'ascending') for name in _IDENTITY]
+    while True:
+        ends = [min(piece.num_rows, start + block) for piece, start in zip(slices, done)]
+        taken = [piece.slice(start, end - start) for piece, start, end in zip(slices, done, ends)]
+        offsets = list(itertools.accumulate((piece.num_rows for piece in taken), initial=0))
+        if not offsets[-1]:
+            return
+        rows = pa.concat_tables(taken)
+        order = pc.sort_indices(rows.select(list(_IDENTITY)), sort_keys=keys)
+        unfinished = [i for i, piece in enumerate(slices) if ends[i] < piece.num_rows]
+        if unfinished:
+            bound = min(unfinished, key=lambda i: (_identity(slices[i], ends[i] - 1), i))
+            last = pc.index(order, pa.scalar(offsets[bound + 1] - 1, order.type)).as_py()
+            order = order[:last + 1]
+        counts = np.bincount(np.searchsorted(offsets[1:], order.to_numpy(), side='right'),
+                             minlength=len(slices))
+        done = [start + int(count) for start, count in zip(done, counts)]
+        yield rows.take(order)
+
+
+def _identity(table: pa.Table, row: int) -> Tuple[str, ...]:
+    """A row's identity as Python compares it: as Arrow sorts UTF-8, by code point."""
+    return tuple(table.column(name)[row].as_py() for name in _IDENTITY)
+
+
+def _originals(values: Iterable[bytes], origins: List[Tuple[int, int, int]]) -> Iterator[Change]:
+    """The single-op Change of each origin (batch, Change, op index), from the
+    grouped values read again, only the batches named unpacked."""
+    wanted = {batch for batch, _, _ in origins}
+    unpacked: Dict[int, List[Change]] = {}
+    for batch, data in enumerate(values):
+        if batch in wanted:
+            unpacked[batch] = unpack(data)
+            if len(unpacked) == len(wanted):
+                break
+    for batch, index, number in origins:
+        change = unpacked[batch][index]
+        yield _single(change, change.ops[number])
 
 
 @beam.typehints.with_input_types(Change)
