@@ -10,7 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from changeflow.config import NotifyRule, TableSpec
 from changeflow.sql.expressions import col, lit
-from changeflow.io.notify import REDACTED, WriteNotifications
+from changeflow.io import notify
+from changeflow.io.notify import REDACTED, JsonLinesFileWriter, WriteNotifications
 from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
 from tests.beam_helpers import local_pipeline
@@ -184,3 +185,74 @@ def test_malformed_change_is_dead_lettered():
 def test_rules_are_checked(rules, message):
     with pytest.raises(ValueError, match=message):
         WriteNotifications(rules)
+
+
+def note_lines(*ids):
+    return [(i, json.dumps({'id': i, 'n': 'x' * 40}).encode()) for i in ids]
+
+
+def file_writer(path):
+    writer = JsonLinesFileWriter(str(path))
+    writer.open()
+    return writer
+
+
+def test_the_id_index_survives_a_restart_and_a_replay_writes_nothing(tmp_path, monkeypatch):
+    """The ids are the SQLite index's, not a set read from the file: a restart
+    reads none of the file back, and a replay (as a whole or per line) writes
+    nothing."""
+    target = tmp_path / 'notes.jsonl'
+    writer = file_writer(target)
+    assert writer.write(note_lines('a', 'b', 'a')) == {'a', 'b'}
+    assert writer.write(note_lines('b', 'c')) == {'c'}
+    writer.close()
+    written = target.read_bytes()
+    assert written == b''.join(line + b'\n' for _, line in note_lines('a', 'b', 'c'))
+
+    parsed = []
+    monkeypatch.setattr(notify, '_line_ids', lambda data: parsed.append(data) or [])
+    writer = file_writer(target)
+    assert writer.write(note_lines('c', 'b', 'a')) == set()
+    assert writer.write(note_lines('d')) == {'d'}
+    writer.close()
+    assert parsed == []  # nothing read back from the file
+    assert target.read_bytes() == written + note_lines('d')[0][1] + b'\n'
+
+
+@pytest.mark.parametrize('damage', ['deleted', 'not a database', 'another file'])
+def test_the_id_index_is_rebuilt_from_the_file(tmp_path, damage):
+    target = tmp_path / 'notes.jsonl'
+    index = tmp_path / 'notes.jsonl.ids'
+    writer = file_writer(target)
+    writer.write(note_lines('a', 'b'))
+    writer.close()
+    if damage == 'deleted':
+        index.unlink()
+    elif damage == 'not a database':
+        index.write_bytes(b'\0garbage' * 100)
+    else:  # the file replaced by a longer one without 'a': its index is not this file's
+        target.write_bytes(b''.join(line + b'\n' for _, line in note_lines('b', 'c', 'e')))
+    before = target.read_bytes()
+    writer = file_writer(target)
+    fresh = writer.write(note_lines('a', 'b', 'c', 'd'))
+    writer.close()
+    assert fresh == ({'a', 'd'} if damage == 'another file' else {'c', 'd'})
+    assert target.read_bytes() == before + b''.join(
+        line + b'\n' for i, line in note_lines('a', 'b', 'c', 'd') if i in fresh)
+
+
+def test_lines_appended_by_another_writer_are_caught_up(tmp_path):
+    """Two writers of one file (two workers), and lines appended without the
+    index (a crash between the append and the index update): each id once."""
+    target = tmp_path / 'notes.jsonl'
+    first, second = file_writer(target), file_writer(target)
+    assert first.write(note_lines('a')) == {'a'}
+    assert second.write(note_lines('a', 'b')) == {'b'}
+    with open(target, 'ab') as f:
+        f.write(note_lines('c')[0][1] + b'\n')
+    assert first.write(note_lines('a', 'b', 'c', 'd')) == {'d'}
+    assert second.write(note_lines('d', 'c')) == set()
+    first.close()
+    second.close()
+    assert [json.loads(line)['id'] for line in target.read_bytes().splitlines()] == [
+        'a', 'b', 'c', 'd']

@@ -46,10 +46,13 @@ notification goes: two rules with the same target send one notification, and
 a file moved to another path keeps its ids (nothing is sent again).
 
 Delivery: ``file:`` appends a line per notification whose ``id`` is not yet in
-the file. The ids in the file are read when the DoFn is set up, and again
-(what was appended since) before every append, under an exclusive ``fcntl``
-lock on the file; so re-running the same input, or several workers of one
-machine, leave one line per id. The file must be on a local filesystem shared
+the file. The file's ids are indexed in a SQLite file beside it (``PATH.ids``,
+a cache: rebuilt from the file when missing or not this file's, so a file
+moved without it keeps its ids); before every append, under an exclusive
+``fcntl`` lock on the file, the lines appended since the index's offset are
+indexed and the batch's ids looked up in it; so re-running the same input, or
+several workers of one machine, leave one line per id, and a worker's memory
+does not grow with the file. The file must be on a local filesystem shared
 by the workers that write it (a local or single-machine run).
 ``stdout`` prints every notification and is not idempotent: a re-run prints
 again. SNS, SQS and webhooks send at most once per (target, id) by a ledger
@@ -66,6 +69,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import sqlite3
 import sys
 from typing import (Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set,
                     Tuple, Union)
@@ -136,15 +140,28 @@ class NotificationWriter:
 
 
 class JsonLinesFileWriter(NotificationWriter):
-    """``file:PATH``: appends JSON lines whose id is not yet in the file."""
+    """``file:PATH``: appends JSON lines whose id is not yet in the file.
+
+    The ids are looked up in a SQLite index next to the file (``PATH.ids``),
+    not held in memory: a worker's memory does not grow with the file. The
+    file is the truth and the index a cache of its first ``offset`` bytes:
+    both are updated under the file's lock, the index after the append, so
+    a crash between them leaves it behind, never ahead; it is caught up
+    from ``offset`` (lines appended by other writers, or before a crash) and
+    rebuilt from the whole file when missing, unreadable, or describing
+    another file (shorter than ``offset``, or other bytes before it).
+    """
+
+    _CHUNK = 1 << 20   # bytes read at a time when catching up
+    _TAIL = 64         # bytes before offset the index checks the file still has
+    _LOOKUP = 500      # ids per query (SQLite's variable limit is 32766)
 
     def __init__(self, address: str):
         super().__init__(address)
         if not address:
             raise ValueError("a 'file:' target needs a path, as in 'file:/tmp/notes.jsonl'")
         self._file = None
-        self._ids: Set[str] = set()
-        self._offset = 0
+        self._index: Optional[sqlite3.Connection] = None
 
     def open(self) -> None:
         self.close()
@@ -152,39 +169,83 @@ class JsonLinesFileWriter(NotificationWriter):
         if directory:
             os.makedirs(directory, exist_ok=True)
         self._file = open(self.address, 'a+b')  # pylint: disable=consider-using-with
-        self._ids, self._offset = set(), 0
         fcntl.flock(self._file, fcntl.LOCK_EX)
         try:
+            try:
+                self._index = self._open_index()
+            except sqlite3.DatabaseError:  # not a database (a torn or foreign file): rebuilt
+                os.remove(self.address + '.ids')
+                self._index = self._open_index()
             self._catch_up()
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
 
-    def _catch_up(self) -> bytes:
-        """Reads the ids of the lines appended since the last call (the whole
-        file after a truncation); returns the unfinished last line, if any.
-        Lines that are not notification objects are ignored."""
-        if os.fstat(self._file.fileno()).st_size < self._offset:
-            self._ids, self._offset = set(), 0
-        self._file.seek(self._offset)
-        data = self._file.read()
-        complete = data.rfind(b'\n') + 1
-        for line in data[:complete].splitlines():
-            try:
-                record = loads_json(line)
-            except ValueError:
-                continue  # a line someone else wrote or a torn write: not an id
-            if isinstance(record, dict) and isinstance(record.get('id'), str):
-                self._ids.add(record['id'])
-        self._offset += complete
-        return data[complete:]
+    def _open_index(self) -> sqlite3.Connection:
+        index = sqlite3.connect(self.address + '.ids', isolation_level=None,
+                                check_same_thread=False)
+        try:
+            index.executescript(
+                'CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY) WITHOUT ROWID;'
+                'CREATE TABLE IF NOT EXISTS indexed (one INTEGER PRIMARY KEY CHECK (one = 0),'
+                ' offset INTEGER NOT NULL, tail BLOB NOT NULL);'
+                "INSERT OR IGNORE INTO indexed VALUES (0, 0, x'');")
+        except sqlite3.DatabaseError:
+            index.close()
+            raise
+        return index
+
+    def _tail(self, offset: int) -> bytes:
+        start = max(0, offset - self._TAIL)
+        return os.pread(self._file.fileno(), offset - start, start)
+
+    def _catch_up(self) -> int:
+        """Indexes the ids of the lines appended since the index's offset (the
+        whole file if the index is not this file's); returns the length of
+        the unfinished last line, if any. Lines that are not notification
+        objects are ignored."""
+        index, fd = self._index, self._file.fileno()
+        offset, tail = index.execute('SELECT offset, tail FROM indexed').fetchone()
+        size = os.fstat(fd).st_size
+        if size < offset or self._tail(offset) != tail:
+            index.execute('BEGIN')
+            index.execute('DELETE FROM ids')
+            index.execute("UPDATE indexed SET offset = 0, tail = x''")
+            index.execute('COMMIT')
+            offset = 0
+        rest = b''
+        while offset + len(rest) < size:
+            data = rest + os.pread(fd, self._CHUNK, offset + len(rest))
+            complete = data.rfind(b'\n') + 1
+            rest = data[complete:]
+            if complete:
+                self._indexed(_line_ids(data[:complete]), offset + complete)
+                offset += complete
+        return size - offset
+
+    def _indexed(self, ids, offset: int) -> None:
+        """Adds ``ids`` and moves the offset, in one transaction."""
+        index = self._index
+        index.execute('BEGIN')
+        index.executemany('INSERT OR IGNORE INTO ids VALUES (?)', ((i,) for i in ids))
+        index.execute('UPDATE indexed SET offset = ?, tail = ?', (offset, self._tail(offset)))
+        index.execute('COMMIT')
+
+    def _known(self, ids: List[str]) -> Set[str]:
+        known: Set[str] = set()
+        for start in range(0, len(ids), self._LOOKUP):
+            chunk = ids[start:start + self._LOOKUP]
+            known.update(row[0] for row in self._index.execute(
+                f'SELECT id FROM ids WHERE id IN ({",".join("?" * len(chunk))})', chunk))
+        return known
 
     def write(self, batch):
         fcntl.flock(self._file, fcntl.LOCK_EX)
         try:
             unfinished = self._catch_up()
+            known = self._known(list({note_id for note_id, _ in batch}))
             fresh: Dict[str, bytes] = {}
             for note_id, line in batch:
-                if note_id not in self._ids and note_id not in fresh:
+                if note_id not in known and note_id not in fresh:
                     fresh[note_id] = line
             if fresh:
                 data = (b'\n' if unfinished else b'') + b''.join(
@@ -192,16 +253,31 @@ class JsonLinesFileWriter(NotificationWriter):
                 self._file.write(data)
                 self._file.flush()
                 os.fsync(self._file.fileno())
-                self._ids.update(fresh)
-                self._offset += len(unfinished) + len(data)
+                self._indexed(fresh, os.fstat(self._file.fileno()).st_size)
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
         return set(fresh)
 
     def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _line_ids(data: bytes) -> List[str]:
+    """The ids of the notification objects among ``data``'s lines."""
+    ids = []
+    for line in data.splitlines():
+        try:
+            record = loads_json(line)
+        except ValueError:
+            continue  # a line someone else wrote or a torn write: not an id
+        if isinstance(record, dict) and isinstance(record.get('id'), str):
+            ids.append(record['id'])
+    return ids
 
 
 class StdoutWriter(NotificationWriter):
