@@ -13,6 +13,9 @@ setuptools.setup(
         'alembic>=1.13,<2',
         'apache-beam>=2.77.0,<2.78',
         'boto3>=1.34,<2',
+        # the Parquet sink's merge of sorted slices (io/parquet.py); the range
+        # apache-beam 2.77 requires
+        'numpy>=1.14.3,<2.5',
         'orjson>=3.9,<4',
         'pyarrow>=14,<26',
         'PyYAML>=6,<7',
