@@ -345,6 +345,25 @@ def test_shapes_of_tables_and_columns_named_with_digits_are_all_kept():
                for sql in statements)
 
 
+def test_shapes_whose_template_fails_its_self_check_leave_nothing_behind():
+    """A template that does not read its own statement back is dropped, and so
+    is the group it opened: refused shapes are not counted towards
+    ``max_shapes``, so a group kept per refused shape would grow with them."""
+    class Misreading(KnownShapes):
+        @staticmethod
+        def _template(sql, shape, start):
+            template = KnownShapes._template(sql, shape, start)
+            return template._replace(shape=shape + ' misread')
+
+    known = Misreading(max_shapes=1_000)
+    for i in range(200):  # short and long texts before the first literal
+        for sql in (f"UPDATE t{i} SET a = 'x' WHERE id = 1",
+                    f"UPDATE a_long_table_name_{i} SET a = 'x' WHERE id = 1"):
+            known.learn(sql, *mask_literals(sql))
+            assert known.match(sql) is None
+    assert known._buckets == {} and known._by_head == {}
+
+
 def test_translations_are_the_same_with_or_without_known_shapes():
     """Through the translator, sql_mode included: NO_BACKSLASH_ESCAPES and
     ANSI_QUOTES statements take the general scan."""

@@ -580,9 +580,19 @@ class KnownShapes:
                 self._kept += 1
                 return
             bucket.remove(template)
+            if not bucket:  # no empty bucket kept per refused shape: they are not counted
+                self._forget_bucket(sql[:start], start)
         if len(self._refused) >= self._max_shapes:
             self._refused.clear()
         self._refused.add(shape)
+
+    def _forget_bucket(self, text: str, start: int) -> None:
+        del self._buckets[text]
+        if start >= _HEAD:
+            heads = self._by_head[text[:_HEAD]]
+            heads[:] = [entry for entry in heads if entry[0] != text]
+            if not heads:
+                del self._by_head[text[:_HEAD]]
 
     @staticmethod
     def _template(sql: str, shape: str, start: int) -> Optional[_Template]:
