@@ -1,10 +1,11 @@
 """Memory of the Parquet writer alone: one (table, day) partition written.
 
-    python bench/parquet_memory.py [--events 800000] [--keys 20000]
+    python bench/parquet_memory.py [--events 800000] [--keys 20000] [--shards 4]
 
 The workload's source ops (bench/workload.py, as bench/sink_throughput.py
-builds them) keyed by partition as the job keys them, then the partition
-written by the sink's DoFn called directly, into a temporary directory.
+builds them) keyed by partition as the job keys them (``--shards`` write
+shards of the day, the sink's default), then each partition written by the
+sink's DoFn called directly, one after the other, into a temporary directory.
 Prints the process's anonymous and file-backed RSS (``/proc/self/status``,
 sampled every 20 ms) before the write and at its peak, and the write's CPU
 time in rows/s. File-backed pages include the spilled slices' memory maps.
@@ -35,10 +36,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--events', type=int, default=800_000)
     parser.add_argument('--keys', type=int, default=20_000)
+    parser.add_argument('--shards', type=int, default=4)
     args = parser.parse_args()
     batches = log_batches(source_ops(args.events, args.keys))
     layouts = {ITEMS.source: parquet._layout(ITEMS)}
-    keyer = parquet._KeyBatchByPartition(layouts)
+    keyer = parquet._KeyBatchByPartition(layouts, args.shards)
     keyer.setup()
     partitions = collections.defaultdict(list)
     for batch in batches:
@@ -46,7 +48,7 @@ def main():
             partitions[partition].append(packed)
     del batches
     with tempfile.TemporaryDirectory() as folder:
-        writer = parquet._WritePartitionFn(folder, layouts, 250_000)
+        writer = parquet._WritePartitionFn(folder, layouts, 250_000, args.shards)
         writer.setup()
         before = rss_mib()
         peak = dict(before, total=sum(before.values()))

@@ -50,7 +50,8 @@ def test_run_prints_a_summary_at_a_glance(tmp_path, capsys):
         ' -> 13 rows changed',
         f'  replica       sqlite:///{out_dir}/replica.db: 15 changes -> 9 rows upserted,'
         f' 0 deleted, 2 ops already applied; 1 dead-lettered',
-        f'  parquet       {out_dir}/backup: 28 rows in 4 files',  # one per source op
+        f'  parquet       {out_dir}/backup: 28 rows in 9 files',  # a row per source op, a file
+        # per (table, day, write shard)
         f'  notify        13 notifications to file:{out_dir}/notifications.jsonl,'
         f' file:{out_dir}/customer-changes.jsonl',
         f'  dead letters  6 in 1 file under {out_dir}/dead-letter',

@@ -11,6 +11,7 @@ import decimal
 import hashlib
 import io
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +24,8 @@ from hypothesis import strategies as st  # noqa: E402
 from changeflow.config import TableSpec  # noqa: E402
 from changeflow.io import parquet  # noqa: E402
 from changeflow.io.json_records import change_json, dumps_json, json_value  # noqa: E402
+from changeflow.io.sql import shards_of  # noqa: E402
+from changeflow.transforms.runs import make_batch  # noqa: E402
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version  # noqa: E402
 from changeflow.sql.coercion import BadValue  # noqa: E402
 from changeflow.sql.expressions import col, lit, to_sql  # noqa: E402
@@ -153,8 +156,9 @@ def row_of(change, op, spec, layout):
     return row
 
 
-def expected_backup(changes, rows_per_file):
-    """(files: relative path -> table, dead letters: sorted (reason, position, detail, original))."""
+def expected_backup(changes, rows_per_file, shards=1):
+    """(files: relative path -> table, dead letters: sorted (reason, position, detail, original)).
+    A row's write shard: its row's shard in the replica among ``shards`` (0 without a key)."""
     specs = {spec.source: spec for spec in SPECS}
     partitions, letters = collections.defaultdict(list), []
     for change in changes:
@@ -181,25 +185,28 @@ def expected_backup(changes, rows_per_file):
                 continue
             day = datetime.datetime.fromtimestamp(change.event_time_us / 1e6,
                                                   datetime.timezone.utc).date().isoformat()
-            partitions[f'table={spec.target}/date={day}'].append((row, layout.schema))
+            shard = next(iter(shards_of(change, shards)))[0][1] if change.key else 0
+            partitions[f'table={spec.target}/date={day}', shard].append((row, layout.schema))
     files = {}
-    for directory, rows in partitions.items():
+    for (directory, shard), rows in partitions.items():
         rows.sort(key=lambda entry: tuple(entry[0][k] for k in parquet._IDENTITY))
         for start in range(0, len(rows), rows_per_file):
             chunk = [row for row, _ in rows[start:start + rows_per_file]]
             identities = '\n'.join('\t'.join(row[k] for k in parquet._IDENTITY) for row in chunk)
             digest = hashlib.sha256(identities.encode()).hexdigest()[:16]
-            name = f'part-{chunk[0]["version"]}-{chunk[-1]["version"]}-{digest}.parquet'
+            name = (f'part-{chunk[0]["version"]}-{chunk[-1]["version"]}-{digest}-'
+                    f'{shard}of{shards}.parquet')
             files[f'{directory}/{name}'] = pa.Table.from_pylist(chunk, schema=rows[0][1])
     return files, sorted((reason, position, detail, change_json(change))
                          for reason, position, detail, change in letters)
 
 
-def written_backup(root, changes, rows_per_file):
+def written_backup(root, changes, rows_per_file, shards=1):
     """The sink's DoFns called as the pipeline calls them: (files, dead letters)."""
     layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
-    keyer = parquet._KeyByPartition({source: layout.target for source, layout in layouts.items()})
-    writer = parquet._WritePartitionFn(root, layouts, rows_per_file)
+    keyer = parquet._KeyByPartition({source: layout.target for source, layout in layouts.items()},
+                                    shards)
+    writer = parquet._WritePartitionFn(root, layouts, rows_per_file, shards)
     writer.setup()
     partitions = collections.defaultdict(list)
     for change in changes:
@@ -217,12 +224,31 @@ def written_backup(root, changes, rows_per_file):
                          for letter in letters)
 
 
-def assert_same_backup(root, changes, rows_per_file):
-    expected_files, expected_letters = expected_backup(changes, rows_per_file)
-    files, letters = written_backup(str(root), changes, rows_per_file)
-    assert letters == expected_letters
+def unaddressed(letters):
+    """Dead letters without the addresses of the object()s of BAD (the sink's
+    copies, unpickled from its input, are other objects)."""
+    return [tuple(re.sub(rb' at 0x[0-9a-f]+' if isinstance(part, bytes) else r' at 0x[0-9a-f]+',
+                         b'' if isinstance(part, bytes) else '', part) for part in letter)
+            for letter in letters]
+
+
+def assert_same_backup(root, changes, rows_per_file, shards=1, row_group_rows=None):
+    """The files written are the expected ones, byte for byte; with
+    ``row_group_rows``, the same rows and schema in row groups of that many."""
+    expected_files, expected_letters = expected_backup(changes, rows_per_file, shards)
+    files, letters = written_backup(str(root), changes, rows_per_file, shards)
+    assert unaddressed(letters) == unaddressed(expected_letters)
     assert sorted(files) == sorted(expected_files)
     for name, data in files.items():
+        if row_group_rows:
+            written = pq.ParquetFile(io.BytesIO(data))
+            assert [written.metadata.row_group(i).num_rows
+                    for i in range(written.num_row_groups)] == [
+                min(row_group_rows, expected_files[name].num_rows - start)
+                for start in range(0, expected_files[name].num_rows, row_group_rows)], name
+            assert repr(written.read().to_pylist()) == repr(expected_files[name].to_pylist())
+            assert written.schema_arrow == expected_files[name].schema, name
+            continue
         expected = io.BytesIO()
         pq.write_table(expected_files[name], expected, compression='snappy')
         if data != expected.getvalue():  # repr: NaN equals NaN
@@ -235,9 +261,9 @@ def assert_same_backup(root, changes, rows_per_file):
 @settings(max_examples=120, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
-@given(changes(), st.integers(1, 5))
-def test_columns_hold_what_rows_define(tmp_path_factory, generated, rows_per_file):
-    assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file)
+@given(changes(), st.integers(1, 5), st.integers(1, 3))
+def test_columns_hold_what_rows_define(tmp_path_factory, generated, rows_per_file, shards):
+    assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file, shards)
 
 
 def test_a_partition_of_every_kind_of_row(tmp_path, monkeypatch):
@@ -319,6 +345,104 @@ def test_spilled_slices_hold_what_rows_define(tmp_path_factory, generated, rows_
         assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file)
 
 
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(changes(), st.integers(1, 7), st.integers(1, 4), st.integers(1, 3), st.integers(1, 2))
+def test_files_streamed_a_row_group_at_a_time(tmp_path_factory, generated, rows_per_file,
+                                              slice_rows, row_group_rows, shards):
+    """A file is written as the merge yields its rows, ``_ROW_GROUP_ROWS`` a
+    row group: the same names and rows as one sort of them all."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parquet, '_SLICE_ROWS', slice_rows)
+        patch.setattr(parquet, '_ROW_GROUP_ROWS', row_group_rows)
+        assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file, shards,
+                           row_group_rows)
+
+
+def test_a_write_failing_mid_file(tmp_path, monkeypatch):
+    """An error writing a file's second row group dead-letters that file's
+    rows ('write-failed', the detail naming the file), leaving nothing of it
+    under any name, and the other files are written; a crash there (an
+    exception the writer does not catch) leaves no file under its final
+    name, and the run again writes what a run without the crash writes."""
+    monkeypatch.setattr(parquet, '_ROW_GROUP_ROWS', 2)
+    calls = []
+
+    class Failing(pq.ParquetWriter):
+        def write_table(self, table, row_group_size=None):
+            calls.append(table.num_rows)
+            if len(calls) == failing_call:
+                raise failure
+            super().write_table(table, row_group_size=row_group_size)
+    monkeypatch.setattr(parquet.pq, 'ParquetWriter', Failing)
+
+    def insert(n):
+        return RowOp(OpKind.INSERT, audit_version(DAY1, n, n, 0), (('note', 'n'),), (), f'a#{n}')
+    changes = [Change('shop.orders', (1, n), (insert(n),), DAY1) for n in range(1, 10)]
+
+    failing_call, failure = 0, None
+    clean, clean_letters = written_backup(str(tmp_path / 'clean'), changes, 4)
+    assert clean_letters == [] and len(clean) == 3 and calls == [2, 2, 2, 2, 1]
+
+    calls.clear()
+    failing_call, failure = 4, OSError('disk full')  # the 2nd row group of the 2nd file
+    files, letters = written_backup(str(tmp_path / 'failed'), changes, 4)
+    failed_name = sorted(clean)[1]
+    assert sorted(files) == sorted(name for name in clean if name != failed_name)
+    assert [(reason, position) for reason, position, *_ in letters] == [
+        ('write-failed', f'a#{n}') for n in range(5, 9)]
+    assert all(detail.endswith(f'{failed_name}: disk full') for _, _, detail, _ in letters)
+    day = tmp_path / 'failed' / os.path.dirname(failed_name)
+    assert sorted(os.listdir(day)) == sorted(os.path.basename(name) for name in files)
+
+    calls.clear()
+    failing_call, failure = 4, KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        written_backup(str(tmp_path / 'crashed'), changes, 4)
+    day = tmp_path / 'crashed' / os.path.dirname(failed_name)
+    assert [name for name in os.listdir(day) if not name.startswith('.')] == [
+        os.path.basename(sorted(clean)[0])]
+    failing_call = 0
+    again, again_letters = written_backup(str(tmp_path / 'crashed'), changes, 4)
+    assert again_letters == [] and sorted(again) == sorted(clean)[1:]
+    assert all(again[name] == clean[name] for name in again)
+
+
+@pytest.mark.parametrize('shards', [4, 3])
+def test_a_log_batch_keeps_its_rows_write_shards(shards):
+    """A log batch of a replica shard (among 16, as the job folds them) is
+    keyed by the write shard each of its Changes has on its own (as a
+    streaming job keys them); with write shards dividing 16, without
+    hashing one again: the batch goes on whole, packed as it came."""
+    def insert(n):
+        return RowOp(OpKind.INSERT, audit_version(DAY1, n, n, 0), (), (), f'a#{n}')
+    changes = [Change('shop.orders', (1, n), (insert(n),), DAY1) for n in range(60)]
+    changes.append(Change('shop.orders', (), (insert(99),), DAY1))  # a whole-table op
+    by_shard = collections.defaultdict(list)
+    for change in changes:
+        for (table, shard), copy in shards_of(change, 16):
+            if change.key or shard == 0:  # the log takes a whole-table op from shard 0 only
+                by_shard[shard].append(copy)
+    layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
+    batched = parquet._KeyBatchByPartition(layouts, shards)
+    batched.setup()
+    single = parquet._KeyByPartition({source: layout.target for source, layout in layouts.items()},
+                                     shards)
+    expected = {change.ops[0].position: partition
+                for change in changes for partition, _ in single.process(change)}
+    assert len(set(expected.values())) == shards
+    keyed = {}
+    for shard, copies in sorted(by_shard.items()):
+        batch = make_batch('shop.orders', shard, copies)
+        outputs = list(batched.process(batch))
+        if shards == 4:
+            assert [data for _, data in outputs] == [batch[2]]
+        for partition, data in outputs:
+            keyed.update((change.ops[0].position, partition) for change in parquet.unpack(data))
+    assert keyed == expected
+
+
 def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
     """Rows spilled in sorted slices of 7 (log batches of several Changes, in
     no version order, an identity repeated) make the files of one sort of
@@ -355,7 +479,7 @@ def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
         monkeypatch.setattr(parquet, '_SLICE_ROWS', slice_rows)
         writer = parquet._WritePartitionFn(str(root), layouts, 10)
         writer.setup()
-        outputs = list(writer.process((('orders', '2026-11-22'),
+        outputs = list(writer.process((('orders', '2026-11-22', 0),
                                        [parquet.pack(batch) for batch in batches])))
         letters = [(o.value.reason, o.value.position, o.value.original) for o in outputs
                    if getattr(o, 'tag', '') == DEAD_LETTER_TAG]
@@ -368,7 +492,7 @@ def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
 
     whole, whole_letters = write(tmp_path / 'whole', 10 ** 6)
     sliced, sliced_letters = write(tmp_path / 'sliced', 7)
-    assert merged == [1, 15]
+    assert merged == [1, 1, 15, 15]  # the rows, then the failed file's origins again
     assert sorted(sliced) == sorted(whole) and len(whole) == 10
     assert all(sliced[name] == whole[name] for name in whole)
     assert sliced_letters == whole_letters

@@ -19,6 +19,7 @@ from apache_beam.transforms import window
 from changeflow.config import TableSpec
 from changeflow.sql.expressions import col, lit
 from changeflow.io.parquet import WriteParquetBackup, arrow_type
+from changeflow.io.sql import shards_of
 from changeflow.metrics import counter_totals
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version
 from changeflow.sql.rowstate import op_columns
@@ -37,7 +38,8 @@ ORDERS = TableSpec(
     redact=('note',))
 EVENTS = TableSpec(source='shop.events', key=('id',), target='events')
 
-PART_NAME = re.compile(r'part-(?P<first>[0-9.]+)-(?P<last>[0-9.]+)-[0-9a-f]{16}\.parquet$')
+PART_NAME = re.compile(r'part-(?P<first>[0-9.]+)-(?P<last>[0-9.]+)-[0-9a-f]{16}'
+                       r'-(?P<shard>[0-9]+)of(?P<shards>[0-9]+)\.parquet$')
 
 
 def version(time_us, query_id, seq=0):
@@ -126,7 +128,7 @@ def bad_date_letter(letters):
 
 def test_rows_schema_partitions_and_dead_letters(tmp_path):
     root = str(tmp_path)
-    counters = run(root, changes(), letters=bad_date_letter, written=files(
+    counters = run(root, changes(), shards=1, letters=bad_date_letter, written=files(
         root, ('table=orders/date=2026-11-22', 3), ('table=orders/date=2026-11-23', 1)))
     assert counters == {'received': 5, 'written': 4, 'dead_lettered': 1, 'files_written': 2}
 
@@ -136,6 +138,7 @@ def test_rows_schema_partitions_and_dead_letters(tmp_path):
     first = pq.read_table(tmp_path / paths[0])
     name = PART_NAME.search(paths[0])
     assert (name['first'], name['last']) == (version(DAY1, 10), version(DAY1, 12))
+    assert (name['shard'], name['shards']) == ('0', '1')
     assert first.schema.field('event_time').type == pa.timestamp('us', tz='UTC')
     assert first.schema.field('total').type == pa.decimal128(10, 2)
     assert first.schema.field('computed').type == pa.map_(pa.string(), pa.string())
@@ -182,6 +185,41 @@ def test_rerun_rewrites_the_same_files(tmp_path):
     assert tree(tmp_path) == before
 
 
+def row_shard(order_id, shards=4):
+    """The replica's shard of an order's row."""
+    ((_, shard), _), = shards_of(order(order_id), shards)
+    return shard
+
+
+def test_write_shards(tmp_path):
+    """A day's rows go to write shards by a hash of their key, a file (and
+    a writer) each; a writer reads its own shard's files, and those of
+    another shard count or of none, so neither a rerun, nor another count,
+    nor a tree written before shards writes a row twice. (Each key's ops
+    span the versions of all, so every file's range meets every writer's.)"""
+    ops = [order(n, insert(100 + n, tenant_id=1, order_id=n), insert(200 + n, order_id=n))
+           for n in range(1, 9)]
+    day = tmp_path / 'table=orders' / 'date=2026-11-22'
+    counters = run(str(tmp_path), ops)
+    assert counters['written'] == 16 and counters['files_written'] == 4
+    for name in os.listdir(day):
+        shard, shards = PART_NAME.search(name).group('shard', 'shards')
+        keys = pq.read_table(day / name).column('order_id').to_pylist()
+        assert shards == '4' and set(map(row_shard, keys)) == {int(shard)}
+    before = tree(tmp_path)
+
+    counters = run(str(tmp_path), ops)
+    assert counters['skipped_existing'] == 16 and counters['files_read'] == 4  # its own only
+    counters = run(str(tmp_path), ops, shards=2)
+    assert counters['skipped_existing'] == 16 and counters['files_read'] == 8  # all of another count
+    assert tree(tmp_path) == before
+    for name in os.listdir(day):  # as named before write shards
+        os.rename(day / name, day / re.sub(r'-[0-9]+of[0-9]+\.parquet$', '.parquet', name))
+    counters = run(str(tmp_path), ops)
+    assert counters['skipped_existing'] == 16 and counters['files_read'] == 16
+    assert 'written' not in counters
+
+
 def test_undeclared_columns_go_to_a_values_json_column(tmp_path):
     event = Change('shop.events', (5,), (
         RowOp(OpKind.UPSERT, version(DAY1, 20),
@@ -204,7 +242,7 @@ def test_windows_and_rows_per_file_split_files(tmp_path):
                | beam.Create(ops)
                | beam.Map(lambda c: window.TimestampedValue(c, 10 if c.key[1] < 3 else 100))
                | beam.WindowInto(window.FixedWindows(60))
-               | WriteParquetBackup(str(tmp_path), [ORDERS], rows_per_file=2))
+               | WriteParquetBackup(str(tmp_path), [ORDERS], rows_per_file=2, shards=1))
     assert_that(written.written | beam.Map(lambda f: f.records), equal_to([2, 1, 2]),
                 label='RecordsPerFile')
     p.run().wait_until_finish()
@@ -281,17 +319,20 @@ def test_writes_to_s3(aws_env):
         f'--s3_endpoint_url={aws_env}', '--s3_access_key_id=testing',
         '--s3_secret_access_key=testing', '--s3_region_name=us-east-1'])
     root = 's3://backup/cdc'
-    expected = files(root, ('table=orders/date=2026-11-22', 3), ('table=orders/date=2026-11-23', 1))
+    # Keys (1, 1) and (1, 2) fall in write shards 1 and 0 of 4 (see test_write_shards).
+    expected = files(root, ('table=orders/date=2026-11-22', 2), ('table=orders/date=2026-11-22', 1),
+                     ('table=orders/date=2026-11-23', 1))
     run(root, changes(), options=options, written=expected, letters=bad_date_letter)
     keys = sorted(o['Key'] for o in s3.list_objects_v2(Bucket='backup')['Contents'])
     assert [k.rsplit('/', 1)[0] for k in keys] == [
-        'cdc/table=orders/date=2026-11-22', 'cdc/table=orders/date=2026-11-23']
+        'cdc/table=orders/date=2026-11-22', 'cdc/table=orders/date=2026-11-22',
+        'cdc/table=orders/date=2026-11-23']
     body = s3.get_object(Bucket='backup', Key=keys[0])['Body'].read()
     table = pq.read_table(io.BytesIO(body))
-    assert table.column('order_id').to_pylist() == [1, 1, 2]
+    assert table.column('order_id').to_pylist() == [1, 1]
 
     counters = run(root, changes(), options=options, written=files(root))  # all held already
-    assert counters['skipped_existing'] == 4 and counters['files_read'] == 2
+    assert counters['skipped_existing'] == 4 and counters['files_read'] == 3
     again = sorted(o['Key'] for o in s3.list_objects_v2(Bucket='backup')['Contents'])
     assert again == keys
     assert s3.get_object(Bucket='backup', Key=keys[0])['Body'].read() == body

@@ -255,7 +255,8 @@ def test_parquet_sink_internal_error(monkeypatch, tmp_path):
     changes = [insert(n)._replace(event_time_us=T0 + n) for n in (1, 2, 3)]
 
     def build(p):
-        out = p | beam.Create(changes) | parquet.WriteParquetBackup(str(tmp_path), [ORDERS])
+        out = p | beam.Create(changes) | parquet.WriteParquetBackup(str(tmp_path), [ORDERS],
+                                                                     shards=1)  # one file
         return out[parquet.WriteParquetBackup.MAIN], out[DEAD_LETTER_TAG]
     run(build, [2], [('write_parquet', 'internal-error', guard.changes_original(changes[1]))],
         lambda f: f.records)

@@ -2,22 +2,27 @@
 
 Layout (Hive-style partitions, local directory or ``s3://``)::
 
-    {path}/table={target}/date=YYYY-MM-DD/part-{first_version}-{last_version}-{hash}.parquet
+    {path}/table={target}/date=YYYY-MM-DD/part-{first_version}-{last_version}-{hash}-{shard}of{shards}.parquet
 
 ``date`` is the UTC day of the Change's ``event_time_us``. In a job
 (``batched=True``) the input is each shard's *source ops*, one Change per op
 with the op's own time (:mod:`changeflow.transforms.shard_batches`), so a
 row, its partition and its identity (source table, key, version) are the
-same whatever else a run read. Rows are grouped per (target, date) (and
-window, for a Change input), one writer per partition.
+same whatever else a run read. Rows are grouped per (target, date, write
+shard) (and window, for a Change input), one writer per partition: the
+write shard is the row's shard among ``shards`` (4) by a stable hash of its
+table and key (:func:`changeflow.io.sql.shards_of`, the replica's shards),
+so a day is written by as many workers, each row always by the same shard.
 
 Written once per source op: before writing a partition, the writer lists its
-files and reads the ``version``, ``source_table`` and ``key`` columns of those
+files (its own write shard's, and those of another shard count or, written
+before write shards, of none, ``part-{first}-{last}-{hash}.parquet``) and
+reads the ``version``, ``source_table`` and ``key`` columns of those
 whose version range (in the name) meets the new rows' range, and writes only
 the rows no file holds, sorted by (version, source table, key, position) and
 cut into files of at most ``rows_per_file`` rows, each named by its first and
 last version and a hash of its rows' identities. The files are the ledger: a
-file appears whole or not at all (:func:`changeflow.io.files.write_file`),
+file appears whole or not at all (:class:`changeflow.io.files.StagedFile`),
 so a run after a crash, a backfill over a synced period or the same input
 again adds exactly the ops the backup lacks. Cost: a listing per partition
 written, and a read of three columns of each overlapping file, whose
@@ -85,18 +90,21 @@ Arrow table sorted by identity, keeping per row its origin (batch, Change
 and op index, not the Change) and, but for the last, is spilled to a local
 temporary Arrow IPC file (under ``TMPDIR``) and read back memory-mapped. The
 slices are merged in identity order about ``_SLICE_ROWS`` rows at a time,
-and each file is written as its ``rows_per_file`` rows are in. A worker
-holds one slice's Python rows, one merge round, one file's rows and its
-Parquet bytes, and the identities of the overlapping files (above); a
-partition smaller than a slice is sorted and cut in memory. Local disk: the partition's rows, as
-uncompressed Arrow. A ``write-failed`` dead letter's Change is unpacked
-again from the grouped values (only the batches of its file's rows).
+and each file is written as the merge yields its rows, a row group of
+``_ROW_GROUP_ROWS`` (65,536) at a time, to a staged file renamed (or, to an
+object store, uploaded) once its last row is in, its name's versions and
+hash computed as the rows stream by. A worker holds one slice's Python
+rows, one merge round, one row group, and the identities of the
+overlapping files of its shard (above); a partition smaller than a slice is
+sorted in memory. Local disk: the partition's rows, as uncompressed Arrow,
+and the file being written. A ``write-failed`` dead letter's Change is
+unpacked again from the grouped values (only the batches of its file's
+rows, found by merging the slices' identities again).
 """
 
 import datetime
 import functools
 import hashlib
-import io
 import itertools
 import mmap
 import os
@@ -118,8 +126,9 @@ from apache_beam.metrics import Metrics
 from changeflow.sql.coercion import BadValue, coercer
 from changeflow.config import TableSpec
 from changeflow.sql.expressions import to_sql
-from changeflow.io.files import WrittenFile, write_file
+from changeflow.io.files import StagedFile, WrittenFile
 from changeflow.io.json_records import change_json, dumps_json, json_value
+from changeflow.io.sql import DEFAULT_SHARDS, shards_of
 from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
@@ -142,8 +151,8 @@ METADATA_SCHEMA = pa.schema([
 ])
 _RESERVED = frozenset(METADATA_SCHEMA.names) | {'table', 'date', 'values'}
 _UNSAFE_IN_NAME = re.compile(r'[^A-Za-z0-9._-]')
-_UNROUTABLE = ('', '')
-_FAILED = ('', 'failed')  # dead letters of KeyByPartition, passed through WriteFiles
+_UNROUTABLE = ('', '', 0)
+_FAILED = ('', 'failed', 0)  # dead letters of KeyByPartition, passed through WriteFiles
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -416,12 +425,14 @@ def _utc_day(time_us: int) -> str:
 @guarded(_STEP, changes_original, lambda change: change.ops[-1].position)
 class _KeyByPartition(beam.DoFn):
     """Change -> (partition, packed [Change]): all ops of a Change share its
-    table and time, so its rows share a partition. Never raises: a Change
-    that has no partition is keyed _UNROUTABLE and rejected after the
-    grouping, where every dead letter of this sink comes from."""
+    table, key and time, so its rows share a partition (target, day, write
+    shard). Never raises: a Change that has no partition is keyed
+    _UNROUTABLE and rejected after the grouping, where every dead letter of
+    this sink comes from."""
 
-    def __init__(self, targets: Dict[str, str]):
+    def __init__(self, targets: Dict[str, str], shards: int = 1):
         self._targets = targets
+        self._shards = shards
         self._received = Metrics.counter(f'changeflow.{_STEP}', 'received')
 
     def process(self, change: Change):
@@ -429,15 +440,35 @@ class _KeyByPartition(beam.DoFn):
         if change.ops:
             # Packed here: Beam's coder encodes a NamedTuple field by field and
             # pickles its class with every one, at twice the cost or more.
-            yield _partition(change, self._targets), pack([change])
+            yield _partition(change, self._targets, self._shards), pack([change])
 
 
-def _partition(change: Change, targets: Dict[str, str]) -> Tuple[str, str]:
+def _partition(change: Change, targets: Dict[str, str], shards: int,
+               shard: Optional[int] = None) -> Tuple[str, str, int]:
+    """(target, day, write shard), the write shard ``shard`` when known."""
     target = targets.get(change.table)
     try:
-        return (target, _utc_day(change.event_time_us)) if target else _UNROUTABLE
+        day = _utc_day(change.event_time_us) if target else None
     except (ArithmeticError, ValueError, TypeError):
         return _UNROUTABLE
+    if not day:
+        return _UNROUTABLE
+    return target, day, _write_shard(change, shards) if shard is None else shard
+
+
+def _write_shard(change: Change, shards: int) -> int:
+    """The write shard of a Change's rows: its row's shard among ``shards``
+    (:func:`changeflow.io.sql.shards_of`, a stable hash of the table and key
+    values, the same in every run, process and runner), 0 for a whole-table
+    op and for a key that cannot be hashed (whose ops the writer
+    dead-letters). Part of the file format: a writer reads only the files of
+    its own shard of the same count."""
+    if shards == 1 or not change.key:
+        return 0
+    try:
+        return next(iter(shards_of(change, shards)))[0][1]
+    except Exception:  # pylint: disable=broad-except
+        return 0
 
 
 def _single(change: Change, op: RowOp) -> Change:
@@ -469,20 +500,29 @@ class _FollowedLayouts:
          lambda batch: f'shard {batch[0]}/{batch[1]}')
 class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
     """A log batch (table, shard, packed source ops) -> (partition, packed
-    Changes) per (target, day) it touches."""
+    Changes) per (target, day, write shard) it touches. When the write
+    shards divide the batches' shards (``fold_shards``), a batch's rows all
+    have its shard's write shard (the shard modulo ``shards``; a whole-table
+    op only comes in shard 0's): none is hashed again, and a batch of one
+    day goes on packed as it came."""
 
-    def __init__(self, layouts: Dict[str, _Layout]):
+    def __init__(self, layouts: Dict[str, _Layout], shards: int = 1,
+                 fold_shards: int = DEFAULT_SHARDS):
         self._layouts = layouts
+        self._shards = shards
+        self._fold_shards = fold_shards
         self._received = Metrics.counter(f'changeflow.{_STEP}', 'received')
 
     def process(self, batch, timeline=None):
         layouts, _ = self._current(timeline)
         targets = {source: layout.target for source, layout in layouts.items()}
-        by_partition: Dict[Tuple[str, str], List[Change]] = {}
+        by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         changes = batch_changes(batch)
+        shard = batch[1] % self._shards if self._fold_shards % self._shards == 0 else None
         for change in changes:
             if change.ops:
-                by_partition.setdefault(_partition(change, targets), []).append(change)
+                by_partition.setdefault(_partition(change, targets, self._shards, shard),
+                                        []).append(change)
         self._received.inc(sum(len(change.ops) for change in changes))
         if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
             yield next(iter(by_partition)), batch[2]  # one partition: packed as it came
@@ -498,15 +538,18 @@ def _grouped_original(element):
     return changes_original([change for data in values for change in unpack(data)])
 
 
-@guarded(_STEP, _grouped_original, lambda element: '/'.join(element[0]), buffered=False)
+@guarded(_STEP, _grouped_original, lambda element: '/'.join(map(str, element[0])),
+         buffered=False)
 class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
     """(partition, packed Changes) -> Parquet files of the rows the backup
     does not hold yet, and dead letters."""
 
-    def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int):
+    def __init__(self, path: str, layouts: Dict[str, _Layout], rows_per_file: int,
+                 shards: int = 1):
         self._path = path
         self._layouts = layouts
         self._rows_per_file = rows_per_file
+        self._shards = shards
         namespace = f'changeflow.{_STEP}'
         self._written = Metrics.counter(namespace, 'written')
         self._skipped_existing = Metrics.counter(namespace, 'skipped_existing')
@@ -604,74 +647,62 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
 
     def _write_files(self, partition, slices: List[pa.Table], errors: List[Exception],
                      values: Iterable[bytes], maps: List[mmap.mmap]):
-        """Writes the merged slices ``rows_per_file`` a file, as each fills.
-        The pages of the spilled slices a merge round read are let go after
-        it (they stay in the page cache, out of the worker's RSS)."""
-        pending: List[pa.Table] = []
-        count = 0
+        """Streams the merged slices into files of ``rows_per_file`` rows, each
+        written a row group at a time as the merge yields its rows and named
+        once its last row is in (:class:`_PartFile`). The rows of a file that
+        failed are dead-lettered after the merge, their origins found by
+        merging the slices' identities again. The pages of the spilled slices
+        a merge round read are let go after it (they stay in the page cache,
+        out of the worker's RSS)."""
+        directory = self._directory(partition)
+        failed: List[Tuple[int, int, str]] = []  # (first row in merged order, rows, detail)
+        done = 0  # rows in the files finished
+        part = None
         for piece in _merged(slices):
             for mapped in maps:
                 mapped.madvise(mmap.MADV_DONTNEED)
-            pending.append(piece)
-            count += piece.num_rows
-            while count >= self._rows_per_file:
-                rows = pa.concat_tables(pending)
-                yield from self._write_file(partition, rows.slice(0, self._rows_per_file),
-                                            errors, values)
-                pending = [rows.slice(self._rows_per_file)]
-                count -= self._rows_per_file
-        if count:
-            yield from self._write_file(partition, pa.concat_tables(pending), errors, values)
+            start = 0
+            while start < piece.num_rows:
+                if part is None:
+                    part = _PartFile(directory, errors)
+                taken = min(piece.num_rows - start, self._rows_per_file - part.rows)
+                part.add(piece.slice(start, taken))
+                start += taken
+                if part.rows == self._rows_per_file:
+                    yield from self._finish(part, partition, done, failed)
+                    done, part = done + part.rows, None
+        if part is not None:
+            yield from self._finish(part, partition, done, failed)
+        ranges = [(first, rows) for first, rows, _ in failed]
+        for (_, _, detail), origins in zip(failed, _failed_origins(slices, ranges)):
+            for change in _originals(values, origins):
+                yield self._reject(change, 'write-failed', detail)
 
-    def _write_file(self, partition, rows: pa.Table, errors: List[Exception],
-                    values: Iterable[bytes]):
-        """One file; if it cannot be written (or holds a row Arrow refused),
-        every row of it goes to DEAD_LETTER_TAG."""
-        path = self._file_path(partition, rows.select(list(_IDENTITY)))
-        extra = len(_ORIGIN_COLUMNS) + 1
-        try:
-            refused = rows.column(rows.num_columns - 1).drop_null()
-            if len(refused):
-                raise errors[refused[0].as_py()]
-            buffer = io.BytesIO()
-            pq.write_table(rows.select(range(rows.num_columns - extra)).combine_chunks(), buffer,
-                           compression='snappy')
-            write_file(path, buffer.getvalue())
-        except Exception as error:  # pylint: disable=broad-except
-            origins = zip(*(rows.column(rows.num_columns - extra + i).to_pylist()
-                            for i in range(len(_ORIGIN_COLUMNS))))
-            for change in _originals(values, list(origins)):
-                yield self._reject(change, 'write-failed', f'{path}: {error}')
+    def _finish(self, part: '_PartFile', partition, first: int,
+                failed: List[Tuple[int, int, str]]):
+        """The file complete under its name, or (if it could not be written,
+        or holds a row Arrow refused) its rows noted in ``failed``."""
+        path = FileSystems.join(self._directory(partition), part.name(partition[2], self._shards))
+        error = part.commit(path)
+        if error is not None:
+            failed.append((first, part.rows, f'{path}: {error}'))
             return
-        self._written.inc(rows.num_rows)
+        self._written.inc(part.rows)
         self._files_written.inc()
-        yield WrittenFile(path, rows.num_rows)
+        yield WrittenFile(path, part.rows)
+
+    def _directory(self, partition) -> str:
+        target, day, _ = partition
+        return FileSystems.join(self._path, f'table={target}', f'date={day}')
 
     def _partition_files(self, partition) -> List[str]:
-        target, day = partition
-        pattern = FileSystems.join(self._path, f'table={target}', f'date={day}', 'part-*.parquet')
-        return sorted(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
-
-    def _file_path(self, partition, identities: pa.Table) -> str:
-        """The file of these rows: named by its first and last version and a
-        hash of its rows' identities, one per line, tab-separated (joined by
-        Arrow, ``_HASHED_ROWS`` at a time). A version that cannot stand in a
-        name as it is becomes ``_``: such a file is read by every later
-        write of its partition (its range is unknown)."""
-        digest = hashlib.sha256()
-        for start in range(0, identities.num_rows, _HASHED_ROWS):
-            part = identities.slice(start, _HASHED_ROWS)
-            lines = pc.binary_join_element_wise(
-                *(part.column(name).combine_chunks() for name in _IDENTITY), '\t')
-            text = pc.binary_join(pa.ListArray.from_arrays(
-                pa.array([0, len(lines)], pa.int32()), lines), '\n')[0]
-            digest.update(b'\n' if start else b'')
-            digest.update(text.as_buffer())
-        versions = identities.column('version')
-        first, last = (_name_part(versions[i].as_py()) for i in (0, -1))
-        target, day = partition
-        return FileSystems.join(self._path, f'table={target}', f'date={day}',
-                                f'part-{first}-{last}-{digest.hexdigest()[:16]}.parquet')
+        """The files of the partition that may hold rows of its write shard:
+        its own, and those of another shard count or of no shard (written
+        before write shards), whose keys may be any."""
+        _, _, shard = partition
+        pattern = FileSystems.join(self._directory(partition), 'part-*.parquet')
+        paths = sorted(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
+        return [path for path in paths if _may_hold(path, shard, self._shards)]
 
     def _reject(self, change: Change, reason: str, detail: str):
         self._dead_lettered.inc()
@@ -680,12 +711,132 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
 
 
 _NAME_VERSION = re.compile(r'[0-9A-Za-z.]{1,100}')
-_FILE_NAME = re.compile(r'part-([0-9A-Za-z.]{1,100})-([0-9A-Za-z.]{1,100})-[0-9a-f]{16}\.parquet')
+_FILE_NAME = re.compile(r'part-([0-9A-Za-z.]{1,100})-([0-9A-Za-z.]{1,100})-[0-9a-f]{16}'
+                        r'(?:-[0-9]+of[0-9]+)?\.parquet')
+_SHARD_IN_NAME = re.compile(r'-([0-9]+)of([0-9]+)\.parquet$')
 _HELD = ('version', 'source_table', 'key')  # a source op's identity in the backup
+_ROW_GROUP_ROWS = 65_536  # rows of a file written (and held as Arrow) at once
 
 
 def _name_part(version: str) -> str:
     return version if _NAME_VERSION.fullmatch(version) else '_'
+
+
+def _may_hold(path: str, shard: int, shards: int) -> bool:
+    """Whether the file at ``path`` may hold rows of write shard ``shard`` of ``shards``."""
+    match = _SHARD_IN_NAME.search(path)
+    return match is None or int(match.group(2)) != shards or int(match.group(1)) == shard
+
+
+class _PartFile:
+    """One file of a partition's rows, filled in identity order as the merge
+    yields them: written ``_ROW_GROUP_ROWS`` rows (a row group) at a time to
+    a staged file (:class:`changeflow.io.files.StagedFile`), its name's first
+    and last version and hash of its rows' identities kept as they come, and
+    put under that name by :meth:`commit`. After its first failure (a row
+    Arrow refused, or an error writing) its rows are only hashed, so the
+    failed file is still named."""
+
+    def __init__(self, directory: str, errors: List[Exception]):
+        self.rows = 0
+        self._directory = directory
+        self._errors = errors  # of the rows Arrow refused, by their _FAILED_COLUMN value
+        self._refused: Optional[Exception] = None  # the first refused row's error
+        self._failure: Optional[Exception] = None  # the error writing
+        self._digest = hashlib.sha256()
+        self._first = self._last = ''
+        self._pending: List[pa.Table] = []  # rows not yet in a row group
+        self._pending_rows = 0
+        self._staged: Optional[StagedFile] = None
+        self._writer: Optional[pq.ParquetWriter] = None
+
+    def add(self, rows: pa.Table) -> None:
+        """The next rows of the file (with their origin and refusal columns)."""
+        if not rows.num_rows:
+            return
+        self._hash(rows)
+        versions = rows.column('version')
+        if not self.rows:
+            self._first = versions[0].as_py()
+        self._last = versions[-1].as_py()
+        self.rows += rows.num_rows
+        refused = rows.column(_FAILED_COLUMN).drop_null()
+        if len(refused) and self._refused is None:
+            self._refused = self._errors[refused[0].as_py()]
+            self._abandon()
+        if self._failed():
+            return
+        self._pending.append(rows.select(range(rows.num_columns - len(_ORIGIN_COLUMNS) - 1)))
+        self._pending_rows += rows.num_rows
+        while self._pending_rows >= _ROW_GROUP_ROWS and not self._failed():
+            self._write_group(_ROW_GROUP_ROWS)
+
+    def name(self, shard: int, shards: int) -> str:
+        return (f'part-{_name_part(self._first)}-{_name_part(self._last)}-'
+                f'{self._digest.hexdigest()[:16]}-{shard}of{shards}.parquet')
+
+    def commit(self, path: str) -> Optional[Exception]:
+        """The file complete under ``path``; or, if it failed, its error (a
+        refused row's first), nothing left under any name."""
+        if not self._failed():
+            try:
+                if self._pending_rows:
+                    self._write_group(self._pending_rows)
+                if not self._failed():
+                    self._writer.close()
+                    self._writer = None
+                    self._staged.commit(path)
+                    self._staged = None
+            except Exception as error:  # pylint: disable=broad-except
+                self._fail(error)
+        return self._refused or self._failure
+
+    def _hash(self, rows: pa.Table) -> None:
+        """The identities of ``rows`` into the digest, one per line, tab-separated
+        (joined by Arrow, ``_HASHED_ROWS`` at a time), lines after those of
+        the rows before."""
+        for start in range(0, rows.num_rows, _HASHED_ROWS):
+            part = rows.slice(start, _HASHED_ROWS)
+            lines = pc.binary_join_element_wise(
+                *(part.column(name).combine_chunks() for name in _IDENTITY), '\t')
+            text = pc.binary_join(pa.ListArray.from_arrays(
+                pa.array([0, len(lines)], pa.int32()), lines), '\n')[0]
+            self._digest.update(b'\n' if self.rows or start else b'')
+            self._digest.update(text.as_buffer())
+
+    def _write_group(self, count: int) -> None:
+        rows = pa.concat_tables(self._pending)
+        self._pending = [rows.slice(count)] if count < rows.num_rows else []
+        self._pending_rows -= count
+        try:
+            group = rows.slice(0, count).combine_chunks()
+            if self._writer is None:
+                self._staged = StagedFile(self._directory)
+                self._writer = pq.ParquetWriter(self._staged.path, group.schema,
+                                                compression='snappy')
+            self._writer.write_table(group, row_group_size=count)
+        except Exception as error:  # pylint: disable=broad-except
+            self._fail(error)
+
+    def _failed(self) -> bool:
+        return self._refused is not None or self._failure is not None
+
+    def _fail(self, error: Exception) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Drops what was written and the rows not yet written."""
+        self._pending, self._pending_rows = [], 0
+        writer, staged, self._writer, self._staged = self._writer, self._staged, None, None
+        try:
+            if writer is not None:
+                writer.close()
+        except Exception:  # pylint: disable=broad-except
+            pass  # the staged file is dropped: what it holds no longer matters
+        if staged is not None:
+            staged.discard()
 
 
 def _read_identities(path: str) -> pa.Table:
@@ -800,6 +951,35 @@ def _merged(slices: List[pa.Table]) -> Iterator[pa.Table]:
         yield rows.take(order)
 
 
+def _failed_origins(slices: List[pa.Table],
+                    ranges: List[Tuple[int, int]]) -> Iterator[List[Tuple[int, int, int]]]:
+    """The origins of the rows in each (first row, rows) range of the merged
+    order (ranges in order, disjoint), from the slices' identity and origin
+    columns merged again (as :func:`_merged` orders them by identity alone)."""
+    ranges_left = iter(ranges)
+    current = next(ranges_left, None)
+    if current is None:
+        return
+    found: List[Tuple[int, int, int]] = []
+    seen = 0
+    columns = [*_IDENTITY, *_ORIGIN_COLUMNS]
+    for piece in _merged([piece.select(columns) for piece in slices]):
+        end = seen + piece.num_rows
+        while current is not None:
+            start, stop = current[0], current[0] + current[1]
+            low, high = max(start, seen), min(stop, end)
+            if low < high:
+                part = piece.slice(low - seen, high - low)
+                found.extend(zip(*(part.column(name).to_pylist() for name in _ORIGIN_COLUMNS)))
+            if stop > end:
+                break
+            yield found
+            found, current = [], next(ranges_left, None)
+        if current is None:
+            return
+        seen = end
+
+
 def _identity(table: pa.Table, row: int) -> Tuple[str, ...]:
     """A row's identity as Python compares it: as Arrow sorts UTF-8, by code point."""
     return tuple(table.column(name)[row].as_py() for name in _IDENTITY)
@@ -833,6 +1013,11 @@ class WriteParquetBackup(beam.PTransform):
             target must declare the same columns.
         rows_per_file: most rows per file (a partition of one window holding
             more is cut, deterministically, into several files).
+        shards: write shards per (target, day): a row goes to the shard of a
+            hash of its key, each shard's rows grouped (and written by a
+            worker) on their own, in files of their own (``-{shard}of{shards}``
+            in the name). Changing it is safe: a writer reads the files of
+            any other shard count (and of none) for the rows it holds.
         batched: each input element is a log batch ``(table, shard, packed
             source ops)`` (:class:`changeflow.transforms.shard_batches.FoldShards`'s
             ``LOG`` output), as a job gives them.
@@ -859,7 +1044,7 @@ class WriteParquetBackup(beam.PTransform):
     MAIN = 'written'
 
     def __init__(self, path: str, tables: Sequence[TableSpec], rows_per_file: int = 250_000,
-                 *, batched: bool = False, schema_timeline=None):
+                 *, batched: bool = False, schema_timeline=None, shards: int = 4):
         super().__init__()
         self._batched = batched
         self._schema_timeline = schema_timeline
@@ -869,6 +1054,8 @@ class WriteParquetBackup(beam.PTransform):
             raise ValueError(f'WriteParquetBackup needs a path, got {path!r}')
         if rows_per_file < 1:
             raise ValueError(f'rows_per_file must be positive, got {rows_per_file!r}')
+        if shards < 1:
+            raise ValueError(f'shards must be positive, got {shards!r}')
         layouts: Dict[str, _Layout] = {}
         by_target: Dict[str, _Layout] = {}
         for spec in tables:
@@ -885,25 +1072,28 @@ class WriteParquetBackup(beam.PTransform):
         self._path = path.rstrip('/') or path
         self._layouts = layouts
         self._rows_per_file = rows_per_file
+        self._shards = shards
 
     def expand(self, changes):
         side = {} if self._schema_timeline is None else {
             'timeline': beam.pvalue.AsSingleton(self._schema_timeline)}
         if self._batched:
-            keyer = beam.ParDo(_KeyBatchByPartition(self._layouts), **side)
+            keyer = beam.ParDo(_KeyBatchByPartition(self._layouts, self._shards), **side)
         else:
             keyer = beam.ParDo(_KeyByPartition(
-                {source: layout.target for source, layout in self._layouts.items()}))
+                {source: layout.target for source, layout in self._layouts.items()},
+                self._shards))
         keyed = changes | 'KeyByPartition' >> keyer.with_outputs(DEAD_LETTER_TAG, main='keyed')
         failed = keyed[DEAD_LETTER_TAG] | 'FailedToKey' >> beam.Map(
             lambda letter: (_FAILED, [letter]))
-        # (target, day) keys with a deterministic coder: on Flink and Dataflow a
-        # key's encoding decides where its group is (pickled, it may vary).
+        # (target, day, shard) keys with a deterministic coder: on Flink and Dataflow
+        # a key's encoding decides where its group is (pickled, it may vary).
         partitioned = (keyed['keyed']
-                       | 'PartitionTyped' >> typed_keys(typehints.Tuple[str, str], bytes)
+                       | 'PartitionTyped' >> typed_keys(typehints.Tuple[str, str, int], bytes)
                        | 'GroupByPartition' >> beam.GroupByKey())
         return ((partitioned, failed)
                 | 'WithFailed' >> beam.Flatten()
                 | 'WriteFiles' >> beam.ParDo(
-                    _WritePartitionFn(self._path, self._layouts, self._rows_per_file), **side
+                    _WritePartitionFn(self._path, self._layouts, self._rows_per_file,
+                                      self._shards), **side
                 ).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
