@@ -85,7 +85,7 @@ from changeflow.io.notify_columns import ColumnPredicate, columns_match, parse_c
 from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.guard import changes_original, guarded
-from changeflow.transforms.runs import batch_changes
+from changeflow.transforms.runs import batch_changes, gc_paused
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']
@@ -497,13 +497,14 @@ class _NotifyFn(beam.DoFn):
                 self._timeline = timeline
                 self._followed = {**self._tables, **table_info(timeline.all_specs)}
             tables = self._followed
-        changes = batch_changes(element) if self._batched else (element,)
-        if changes:
-            self._received.inc(len(changes))
-        for change in changes:
-            outputs = self._notify(change, timestamp, window, tables)
-            if outputs:
-                yield from outputs
+        with gc_paused():  # the batch's changes and notes: many small objects, no cycles
+            changes = batch_changes(element) if self._batched else (element,)
+            if changes:
+                self._received.inc(len(changes))
+            for change in changes:
+                outputs = self._notify(change, timestamp, window, tables)
+                if outputs:
+                    yield from outputs
 
     def _rules_of(self, table: str) -> Tuple[_Rule, ...]:
         """The rules whose table pattern matches ``table`` (matched once per name)."""
