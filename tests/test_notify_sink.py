@@ -3,6 +3,7 @@
 import datetime
 import decimal
 import json
+import sqlite3
 
 import apache_beam as beam
 import pytest
@@ -239,6 +240,41 @@ def test_the_id_index_is_rebuilt_from_the_file(tmp_path, damage):
     assert fresh == ({'a', 'd'} if damage == 'another file' else {'c', 'd'})
     assert target.read_bytes() == before + b''.join(
         line + b'\n' for i, line in note_lines('a', 'b', 'c', 'd') if i in fresh)
+
+
+def indexed(path):
+    """(offset, sorted ids) of a file's id index."""
+    index = sqlite3.connect(f'{path}.ids')
+    try:
+        (offset,), = index.execute('SELECT offset FROM indexed')
+        return offset, [row[0] for row in index.execute('SELECT id FROM ids ORDER BY id')]
+    finally:
+        index.close()
+
+
+def test_a_writer_indexes_its_own_lines_every_few_thousand_ids_and_at_close(
+        tmp_path, monkeypatch):
+    """Its own lines' ids are held and added to the index every _INDEX_EVERY
+    ids (and at close), not at every write; another writer meanwhile reads
+    them from the file, and each id is written once."""
+    monkeypatch.setattr(JsonLinesFileWriter, '_INDEX_EVERY', 4)
+    target = tmp_path / 'notes.jsonl'
+    writer = file_writer(target)
+    assert writer.write(note_lines('a', 'b')) == {'a', 'b'}
+    assert writer.write(note_lines('b', 'c')) == {'c'}
+    assert indexed(target) == (0, [])
+    assert writer.write(note_lines('d', 'a', 'e')) == {'d', 'e'}
+    assert indexed(target) == (target.stat().st_size, ['a', 'b', 'c', 'd', 'e'])
+    assert writer.write(note_lines('f')) == {'f'}
+    other = file_writer(target)
+    assert other.write(note_lines('f', 'g')) == {'g'}
+    assert writer.write(note_lines('g', 'h')) == {'h'}
+    assert indexed(target)[1] == ['a', 'b', 'c', 'd', 'e', 'f', 'g']
+    writer.close()
+    other.close()
+    assert indexed(target) == (target.stat().st_size, list('abcdefgh'))
+    assert [json.loads(line)['id'] for line in target.read_bytes().splitlines()] == list(
+        'abcdefgh')
 
 
 def test_lines_appended_by_another_writer_are_caught_up(tmp_path):

@@ -50,7 +50,8 @@ the file. The file's ids are indexed in a SQLite file beside it (``PATH.ids``,
 a cache: rebuilt from the file when missing or not this file's, so a file
 moved without it keeps its ids); before every append, under an exclusive
 ``fcntl`` lock on the file, the lines appended since the index's offset are
-indexed and the batch's ids looked up in it; so re-running the same input, or
+indexed (a writer's own last few thousand are held by it until it indexes
+them) and the batch's ids looked up; so re-running the same input, or
 several workers of one machine, leave one line per id, and a worker's memory
 does not grow with the file. The file must be on a local filesystem shared
 by the workers that write it (a local or single-machine run).
@@ -84,7 +85,7 @@ from changeflow.io.notify_columns import ColumnPredicate, columns_match, parse_c
 from changeflow.model import DEAD_LETTER_TAG, MARKER_KINDS, Change, OpKind, dead_letter
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.guard import changes_original, guarded
-from changeflow.transforms.runs import batch_changes
+from changeflow.transforms.runs import batch_changes, gc_paused
 
 __all__ = ['WriteNotifications', 'NotificationWriter', 'JsonLinesFileWriter',
            'StdoutWriter', 'WRITERS', 'REDACTED']
@@ -150,9 +151,17 @@ class JsonLinesFileWriter(NotificationWriter):
     from ``offset`` (lines appended by other writers, or before a crash) and
     rebuilt from the whole file when missing, unreadable, or describing
     another file (shorter than ``offset``, or other bytes before it).
+
+    The index is updated every ``_INDEX_EVERY`` ids this writer appends (and
+    at :meth:`close`), not at every write: an update of 500 random ids
+    rewrites most of the index's pages, and its commit cost more than the
+    rest of the write. Meanwhile the ids of its own lines since the index's
+    offset are held (at most ``_INDEX_EVERY`` and a batch); another
+    writer, or a restart after a crash, reads those lines from the file.
     """
 
     _CHUNK = 1 << 20   # bytes read at a time when catching up
+    _INDEX_EVERY = 8192  # ids appended between updates of the index
     _TAIL = 64         # bytes before offset the index checks the file still has
     _LOOKUP = 500      # ids per query (SQLite's variable limit is 32766)
 
@@ -162,6 +171,8 @@ class JsonLinesFileWriter(NotificationWriter):
             raise ValueError("a 'file:' target needs a path, as in 'file:/tmp/notes.jsonl'")
         self._file = None
         self._index: Optional[sqlite3.Connection] = None
+        self._unindexed: Dict[str, None] = {}  # ids of this writer's lines past the index
+        self._unindexed_span = (0, 0, b'')     # those lines' bytes: start, end, tail
 
     def open(self) -> None:
         self.close()
@@ -207,11 +218,16 @@ class JsonLinesFileWriter(NotificationWriter):
         offset, tail = index.execute('SELECT offset, tail FROM indexed').fetchone()
         size = os.fstat(fd).st_size
         if size < offset or self._tail(offset) != tail:
+            self._unindexed.clear()
             index.execute('BEGIN')
             index.execute('DELETE FROM ids')
             index.execute("UPDATE indexed SET offset = 0, tail = x''")
             index.execute('COMMIT')
             offset = 0
+        if self._unindexed:
+            if (offset, size, self._tail(size)) == self._unindexed_span:
+                return 0  # the file past the index is this writer's lines alone
+            self._unindexed.clear()  # another writer appended or indexed: read from the file
         rest = b''
         while offset + len(rest) < size:
             data = rest + os.pread(fd, self._CHUNK, offset + len(rest))
@@ -242,24 +258,46 @@ class JsonLinesFileWriter(NotificationWriter):
         fcntl.flock(self._file, fcntl.LOCK_EX)
         try:
             unfinished = self._catch_up()
-            known = self._known(list({note_id for note_id, _ in batch}))
+            unindexed = self._unindexed
+            known = self._known([note_id for note_id in dict(batch) if note_id not in unindexed])
             fresh: Dict[str, bytes] = {}
             for note_id, line in batch:
-                if note_id not in known and note_id not in fresh:
+                if note_id not in known and note_id not in unindexed and note_id not in fresh:
                     fresh[note_id] = line
             if fresh:
                 data = (b'\n' if unfinished else b'') + b''.join(
                     line + b'\n' for line in fresh.values())
+                fd = self._file.fileno()
+                start = self._unindexed_span[0] if unindexed else os.fstat(fd).st_size
                 self._file.write(data)
                 self._file.flush()
-                os.fsync(self._file.fileno())
-                self._indexed(fresh, os.fstat(self._file.fileno()).st_size)
+                os.fsync(fd)
+                end = os.fstat(fd).st_size
+                unindexed.update(dict.fromkeys(fresh))
+                self._unindexed_span = (start, end, self._tail(end))
+                if unfinished or len(unindexed) >= self._INDEX_EVERY:
+                    self._index_own_lines()  # after a torn line: indexed past it at once
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
         return set(fresh)
 
+    def _index_own_lines(self) -> None:
+        """Adds the held ids of this writer's lines to the index (under the lock)."""
+        self._indexed(self._unindexed, self._unindexed_span[1])
+        self._unindexed.clear()
+
     def close(self) -> None:
         if self._index is not None:
+            if self._unindexed:
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+                try:
+                    if self._catch_up() == 0 and self._unindexed:
+                        self._index_own_lines()
+                except (OSError, sqlite3.Error) as error:  # a cache: caught up at the next open
+                    _LOG.warning('the id index of %s stays behind the file: %s',
+                                 self.address, error)
+                finally:
+                    fcntl.flock(self._file, fcntl.LOCK_UN)
             self._index.close()
             self._index = None
         if self._file is not None:
@@ -308,11 +346,19 @@ class _Rule(NamedTuple):
     columns: Tuple[ColumnPredicate, ...] = ()   # all must hold
     options: Tuple[Tuple[str, Any], ...] = ()   # the writer's keyword arguments
 
-    def matches(self, change: Change) -> bool:
-        if self.table is not None and not fnmatch.fnmatchcase(change.table, self.table):
-            return False
-        return (not self.ops or any(op.kind.value in self.ops for op in change.ops)) and (
-            columns_match(self.columns, change))
+    def matches_table(self, table: str) -> bool:
+        return self.table is None or fnmatch.fnmatchcase(table, self.table)
+
+    def fires(self, change: Change) -> bool:
+        """Whether the change, of a table the rule matches, has an op of a listed
+        kind and meets every column predicate."""
+        if self.ops:
+            for op in change.ops:
+                if op.kind in self.ops:  # an OpKind hashes and compares as its str value
+                    break
+            else:
+                return False
+        return not self.columns or columns_match(self.columns, change)
 
 
 def _parse_rule(rule: Union[NotifyRule, Mapping[str, Any]]) -> _Rule:
@@ -354,10 +400,15 @@ def _parse_rule(rule: Union[NotifyRule, Mapping[str, Any]]) -> _Rule:
     return _Rule(target, scheme, address, table, frozenset(ops), tuple(columns), options)
 
 
+_AS_IS = frozenset({int, str, bool, type(None)})  # what json_value returns unchanged
+_KIND_VALUES = {kind: kind.value for kind in OpKind}
+
+
 def _notification(target: str, change: Change, redact: FrozenSet[str],
                   key_columns: Tuple[str, ...]) -> Tuple[str, bytes]:
     """(id, JSON line) of ``change`` for ``target``."""
-    key = json_value(list(change.key))
+    # json_value called only for the values it changes: most are ints and text.
+    key = [part if type(part) in _AS_IS else json_value(part) for part in change.key]
     # The row and version alone: a file moved elsewhere (a new target path) keeps its ids.
     note_id = hashlib.sha256(dumps_json([change.table, key, change.version])).hexdigest()[:32]
     if redact and len(key_columns) == len(key):
@@ -365,9 +416,13 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
                for column, value in zip(key_columns, key)]
     last = change.ops[-1]
     literals, _ = op_columns(last)
-    values = {column: REDACTED if column.lower() in redact else json_value(value)
-              for column, value in literals.items()}
-    note = {'id': note_id, 'table': change.table, 'key': key, 'op': last.kind.value,
+    if redact:
+        values = {column: REDACTED if column.lower() in redact else json_value(value)
+                  for column, value in literals.items()}
+    else:
+        values = {column: value if type(value) in _AS_IS else json_value(value)
+                  for column, value in literals.items()}
+    note = {'id': note_id, 'table': change.table, 'key': key, 'op': _KIND_VALUES[last.kind],
             'version': last.version, 'event_time': iso_utc(change.event_time_us),
             'values': values}
     if last.old is not None:
@@ -415,6 +470,7 @@ class _NotifyFn(beam.DoFn):
 
     def setup(self):
         self._timeline = self._followed = None
+        self._table_rules: Dict[str, Tuple[_Rule, ...]] = {}
         self._writers: Dict[str, NotificationWriter] = {}
         self._unopened: Set[str] = set()
         for rule in self._rules:
@@ -441,31 +497,49 @@ class _NotifyFn(beam.DoFn):
                 self._timeline = timeline
                 self._followed = {**self._tables, **table_info(timeline.all_specs)}
             tables = self._followed
-        for change in (batch_changes(element) if self._batched else (element,)):
-            yield from self._notify(change, timestamp, window, tables)
+        with gc_paused():  # the batch's changes and notes: many small objects, no cycles
+            changes = batch_changes(element) if self._batched else (element,)
+            if changes:
+                self._received.inc(len(changes))
+            for change in changes:
+                outputs = self._notify(change, timestamp, window, tables)
+                if outputs:
+                    yield from outputs
 
-    def _notify(self, change: Change, timestamp, window, tables):
-        self._received.inc()
+    def _rules_of(self, table: str) -> Tuple[_Rule, ...]:
+        """The rules whose table pattern matches ``table`` (matched once per name)."""
+        rules = self._table_rules.get(table)
+        if rules is None:
+            rules = self._table_rules[table] = tuple(
+                rule for rule in self._rules if rule.matches_table(table))
+        return rules
+
+    def _notify(self, change: Change, timestamp, window, tables) -> list:
+        """Buffers the change's notifications; returns what to emit now (its dead
+        letter, or what the flushes of full buffers output)."""
         try:
-            redact, key_columns = tables.get(change.table, (frozenset(), ()))
             notes = {}
-            for rule in self._rules:
-                if rule.target not in notes and rule.matches(change):
-                    note_id, line = _notification(rule.target, change, redact, key_columns)
-                    notes[rule.target] = note_id, self._writers[rule.target].message(
-                        change, note_id, line, redact, key_columns)
+            rules = self._rules_of(change.table)
+            if rules:
+                redact, key_columns = tables.get(change.table, (frozenset(), ()))
+                for rule in rules:
+                    if rule.target not in notes and rule.fires(change):
+                        note_id, line = _notification(rule.target, change, redact, key_columns)
+                        notes[rule.target] = note_id, self._writers[rule.target].message(
+                            change, note_id, line, redact, key_columns)
         except Exception as error:  # a malformed Change: dead-lettered, not retried
             self._dead_lettered.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            return [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                 _STEP, 'bad-change', f'{type(error).__name__}: {error}', repr(change),
-                change.ops[-1].position if change.ops else ''))
-            return
+                change.ops[-1].position if change.ops else ''))]
+        outputs = []
         for target, (note_id, line) in notes.items():
             pending = self._pending[target]
             pending.append(_Pending(change.version, note_id, line, change.ops[-1].position,
                                     timestamp, window))
             if len(pending) >= self._batch_size:
-                yield from self._flush(target)
+                outputs.extend(self._flush(target))
+        return outputs
 
     def finish_bundle(self):
         for target in self._pending:
@@ -492,6 +566,7 @@ class _NotifyFn(beam.DoFn):
             return
         failed = writer.failures()
         lines = []
+        skipped = 0
         for pending in batch:
             if pending.note_id in failed:  # the writer says why (rejected, retries exhausted)
                 reason, detail = failed[pending.note_id]
@@ -501,15 +576,18 @@ class _NotifyFn(beam.DoFn):
                     pending.position), pending.timestamp, [pending.window]))
             elif pending.note_id in written:
                 written.discard(pending.note_id)
-                self._written.inc()
                 if self._batched:
                     lines.append(pending.line.decode('utf-8'))
                 else:
+                    self._written.inc()
                     yield WindowedValue(pending.line.decode('utf-8'), pending.timestamp,
                                         [pending.window])
             else:
-                self._skipped_existing.inc()
+                skipped += 1
+        if skipped:
+            self._skipped_existing.inc(skipped)
         if lines:
+            self._written.inc(len(lines))
             yield WindowedValue(tuple(lines), batch[-1].timestamp, [batch[-1].window])
 
     def teardown(self):

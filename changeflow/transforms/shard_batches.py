@@ -29,7 +29,8 @@ from changeflow.transforms.coalesce import ShardFolder
 from changeflow.transforms.connections import change_version
 from changeflow.transforms.guard import changes_original, guarded
 from changeflow.transforms.route import BRANCHES, DATABASE
-from changeflow.transforms.runs import batch_counts, make_batch, merge_runs, typed_keys, unpack
+from changeflow.transforms.runs import (batch_counts, gc_paused, make_batch, merge_runs, typed_keys,
+                                       unpack)
 
 __all__ = ['FoldShards', 'RouteShardBatches', 'LOG_BATCH']
 
@@ -49,24 +50,25 @@ class _FoldShardFn(beam.DoFn):
 
     def process(self, element):
         (table, shard), runs = element
-        folder = ShardFolder()
-        log: List[Change] = []
-        for change in merge_runs(runs, change_version):
-            new = folder.add(change)
-            if not change.key and shard != 0:
-                continue  # the change log takes a whole-table op from shard 0 only
-            for op in new:
-                if op.kind not in MARKER_KINDS:
-                    log.append(change if len(change.ops) == 1 else change._replace(ops=(op,)))
-            if len(log) >= LOG_BATCH:
+        with gc_paused():  # changes, folded rows and the log: many small objects, no cycles
+            folder = ShardFolder()
+            log: List[Change] = []
+            for change in merge_runs(runs, change_version):
+                new = folder.add(change)
+                if not change.key and shard != 0:
+                    continue  # the change log takes a whole-table op from shard 0 only
+                for op in new:
+                    if op.kind not in MARKER_KINDS:
+                        log.append(change if len(change.ops) == 1 else change._replace(ops=(op,)))
+                if len(log) >= LOG_BATCH:
+                    yield TaggedOutput(FoldShards.LOG, make_batch(table, shard, log))
+                    log = []
+            if log:
                 yield TaggedOutput(FoldShards.LOG, make_batch(table, shard, log))
-                log = []
-        if log:
-            yield TaggedOutput(FoldShards.LOG, make_batch(table, shard, log))
-        changes = folder.changes(table)
-        self._rows.inc(sum(1 for change in changes if change.key))
-        self._folded.inc(folder.ops_in - sum(len(change.ops) for change in changes))
-        yield make_batch(table, shard, changes)
+            changes = folder.changes(table)
+            self._rows.inc(sum(1 for change in changes if change.key))
+            self._folded.inc(folder.ops_in - sum(len(change.ops) for change in changes))
+            yield make_batch(table, shard, changes)
 
 
 class FoldShards(beam.PTransform):
