@@ -94,6 +94,7 @@ again from the grouped values (only the batches of its file's rows).
 """
 
 import datetime
+import decimal
 import functools
 import hashlib
 import io
@@ -166,7 +167,7 @@ def _coercer(arrow: pa.DataType, column_type: str) -> Callable[[Any], Any]:
     if shape is not None:
         return shape.converter()
     if pa.types.is_decimal(arrow):
-        return coercer(f'decimal({arrow.precision},{arrow.scale})')
+        return _decimal_coercer(arrow.precision, arrow.scale)
     coerce = coercer(column_type)
     if pa.types.is_int64(arrow):
         within = functools.partial(_within_int64, coerce)
@@ -181,6 +182,20 @@ def _coercer(arrow: pa.DataType, column_type: str) -> Callable[[Any], Any]:
             return value if type(value) is str and value.isascii() else coerce(value)
         return text
     return coerce
+
+
+def _decimal_coercer(precision: int, scale: int) -> Callable[[Any], Any]:
+    """DECIMAL(precision, scale)'s coercion; text that already has the scale's
+    digits and fits (what a log mostly holds: '523.45') is its Decimal as it
+    is, the value the coercion's rounding returns for it."""
+    coerce = coercer(f'decimal({precision},{scale})')
+    whole = precision - scale
+    exact = re.compile(f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
+                       if whole else f'-?0\\.[0-9]{{{scale}}}').fullmatch
+
+    def fixed(value):
+        return decimal.Decimal(value) if type(value) is str and exact(value) else coerce(value)
+    return fixed
 
 
 _PLAIN_INTEGER = coercer('integer')  # integer and bigint: any MySQL integer, then int64's range
@@ -292,7 +307,7 @@ class _PartitionRows:
         self.count = 0
         self.origins: List[Tuple[int, int, int]] = []  # per row: its batch's, Change's, op's index
         self._rows: List[tuple] = []  # per row: its _ROW_FIELDS
-        self._columns: Optional[List[Sequence]] = None  # _rows as columns, once built
+        self._arrays: Optional[Dict[str, pa.Array]] = None  # _rows' columns, once built
         self._set_columns: Dict[Tuple[str, ...], int] = {}
         self._computed: Dict[Tuple[Tuple[str, str], ...], int] = {}
         self._utf8: set = set()  # table and column names found UTF-8
@@ -338,7 +353,7 @@ class _PartitionRows:
                                for column, value in literals.items()}).decode('utf-8')
         row = self.count
         self.count = row + 1
-        self._columns = None
+        self._arrays = None
         self.origins.append(origin)
         self._rows.append((table, kind, op.version, change.event_time_us, key_text, op.position,
                            set_columns_index, computed_index))
@@ -370,20 +385,22 @@ class _PartitionRows:
         """(slot, coerced value) of every value the op gives, key columns from
         the Change's key; raises _BadRow for the first value, in column order,
         that cannot be stored."""
-        given: Dict[int, Any] = {}
-        if len(change.key) == len(layout.key):
-            for slot, value in zip(plan.key_slots, change.key):
-                if slot is not None:
-                    given[slot] = value
+        key = change.key
+        given: Dict[Optional[int], Any] = (dict(zip(plan.key_slots, key))
+                                           if len(key) == len(layout.key) else {})
+        given.pop(None, None)  # key columns not declared
         slots = plan.slots
-        for name, value in literals.items():
-            slot = slots.get(name)
-            if slot is None:
-                slot = slots.get(name.lower())
+        try:  # every name lower-cased, as a log mostly has them: at once
+            given.update(zip(map(slots.__getitem__, literals), literals.values()))
+        except KeyError:
+            for name, value in literals.items():
+                slot = slots.get(name)
                 if slot is None:
-                    raise _BadRow('unknown-column',
-                                  f'{change.table} declares no column {name!r}')
-            given[slot] = value
+                    slot = slots.get(name.lower())
+                    if slot is None:
+                        raise _BadRow('unknown-column',
+                                      f'{change.table} declares no column {name!r}') from None
+                given[slot] = value
         coercers = plan.coercers
         typed = []
         try:  # as given; the column order only matters for the error reported
@@ -407,39 +424,48 @@ class _PartitionRows:
                               f'{shown} as {column.column_type}: {error}') from None
         return typed
 
-    def _metadata(self) -> List[Sequence]:
-        """The rows' _ROW_FIELDS as columns."""
-        if self._columns is None:
-            self._columns = list(zip(*self._rows)) if self._rows else [()] * len(_ROW_FIELDS)
-        return self._columns
+    def _array(self, name: str) -> pa.Array:
+        """A metadata column (of :data:`_ROW_FIELDS`) of every row as Arrow,
+        kept until a row is added: the identities and the table share it."""
+        if self._arrays is None:
+            self._arrays = {}
+        array = self._arrays.get(name)
+        if array is None:
+            field = _ROW_FIELDS.index(name)
+            kind = pa.int32() if name in ('set_columns', 'computed') else METADATA_SCHEMA.field(
+                name).type
+            array = pa.array(list(map(operator.itemgetter(field), self._rows)), kind)
+            self._arrays[name] = array
+        return array
 
     def identities(self) -> pa.Table:
         """The columns that order the rows and name the files."""
-        columns = dict(zip(_ROW_FIELDS, self._metadata()))
-        return pa.table([pa.array(columns[name], pa.string()) for name in _IDENTITY],
-                        names=_IDENTITY)
+        return pa.table([self._array(name) for name in _IDENTITY], names=_IDENTITY)
 
     def table(self, rows: Optional[List[int]] = None) -> pa.Table:
         """The rows (all, or those at ``rows``, in that order) as an Arrow table."""
-        def pick(values):
-            return values[:self.count] if rows is None else [values[row] for row in rows]
+        def metadata(name, kind):
+            if rows is None:
+                return self._array(name)
+            field = _ROW_FIELDS.index(name)
+            return pa.array([self._rows[row][field] for row in rows], kind)
 
-        def distinct(interned, indices, field):
+        def distinct(interned, field):
             return pa.array([list(value) for value in interned], type=field.type).take(
-                pa.array(pick(indices), pa.int32()))
+                metadata(field.name, pa.int32()))
 
-        columns = dict(zip(_ROW_FIELDS, self._metadata()))
         arrays = []
         for field in METADATA_SCHEMA:
             if field.name == 'set_columns':
-                arrays.append(distinct(self._set_columns, columns['set_columns'], field))
+                arrays.append(distinct(self._set_columns, field))
             elif field.name == 'computed':
-                arrays.append(distinct(self._computed, columns['computed'], field))
+                arrays.append(distinct(self._computed, field))
             else:
-                arrays.append(pa.array(pick(columns[field.name]), type=field.type))
+                arrays.append(metadata(field.name, field.type))
         declared = self._typed if self._declared else [self._values]
         for values, field in zip(declared, list(self.schema)[len(METADATA_SCHEMA):]):
-            arrays.append(pa.array(pick(values), type=field.type))
+            picked = values[:self.count] if rows is None else [values[row] for row in rows]
+            arrays.append(pa.array(picked, type=field.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
