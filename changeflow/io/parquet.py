@@ -103,10 +103,12 @@ rows, found by merging the slices' identities again).
 """
 
 import datetime
+import decimal
 import functools
 import hashlib
 import itertools
 import mmap
+import operator
 import os
 import re
 import tempfile
@@ -129,7 +131,7 @@ from changeflow.sql.expressions import to_sql
 from changeflow.io.files import StagedFile, WrittenFile
 from changeflow.io.json_records import change_json, dumps_json, json_value
 from changeflow.io.sql import DEFAULT_SHARDS, shards_of
-from changeflow.model import DEAD_LETTER_TAG, Change, RowOp, dead_letter
+from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
 from changeflow.transforms.runs import batch_changes, gc_paused, pack, typed_keys, unpack
@@ -167,16 +169,45 @@ def _coercer(arrow: pa.DataType, column_type: str) -> Callable[[Any], Any]:
     """The coercion of a declared column stored as ``arrow``: a decimal at the
     Arrow type's precision and scale (a bare 'decimal' is decimal128(38,9)),
     an integer within int64, a nested type's lists, maps and structs
-    (:mod:`changeflow.sql.nested`). Raises BadValue."""
+    (:mod:`changeflow.sql.nested`). Raises BadValue. An int already within
+    int64, and ASCII text for a string, are taken as they are (what the
+    coercion returns for them) without a call into it."""
     shape = types.parse_type(column_type).shape
     if shape is not None:
         return shape.converter()
     if pa.types.is_decimal(arrow):
-        return coercer(f'decimal({arrow.precision},{arrow.scale})')
+        return _decimal_coercer(arrow.precision, arrow.scale)
     coerce = coercer(column_type)
     if pa.types.is_int64(arrow):
-        return functools.partial(_within_int64, coerce)
+        within = functools.partial(_within_int64, coerce)
+        if coerce is not _PLAIN_INTEGER:
+            return within
+
+        def integer(value, low=_INT64[0], high=_INT64[1]):
+            return value if type(value) is int and low <= value <= high else within(value)
+        return integer
+    if column_type.strip().lower() in ('string', 'text'):  # coercer's own test of a plain string
+        def text(value):
+            return value if type(value) is str and value.isascii() else coerce(value)
+        return text
     return coerce
+
+
+def _decimal_coercer(precision: int, scale: int) -> Callable[[Any], Any]:
+    """DECIMAL(precision, scale)'s coercion; text that already has the scale's
+    digits and fits (what a log mostly holds: '523.45') is its Decimal as it
+    is, the value the coercion's rounding returns for it."""
+    coerce = coercer(f'decimal({precision},{scale})')
+    whole = precision - scale
+    exact = re.compile(f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
+                       if whole else f'-?0\\.[0-9]{{{scale}}}').fullmatch
+
+    def fixed(value):
+        return decimal.Decimal(value) if type(value) is str and exact(value) else coerce(value)
+    return fixed
+
+
+_PLAIN_INTEGER = coercer('integer')  # integer and bigint: any MySQL integer, then int64's range
 
 
 def _within_int64(coerce: Callable[[Any], int], value) -> int:
@@ -266,31 +297,29 @@ def _check_utf8(texts: List[str], table: str) -> None:
 
 
 class _PartitionRows:
-    """The backup rows of one partition, kept column by column in arrival order.
+    """The backup rows of one partition, kept in arrival order.
 
     :meth:`add` turns one op into its row's values, or raises (_BadRow, or
     any error of a malformed op) before storing any of them, so a rejected op
     leaves no trace; :meth:`table` builds the Arrow columns at once. Lists of
     set columns and computed assignments repeat from row to row: each
-    distinct one is built once and taken by index. Rows hold plain values
-    only (no Change), so a large partition leaves the garbage collector
-    little to scan.
+    distinct one is built once and taken by index, and its texts (like the
+    table and column names) are checked for UTF-8 once. Rows hold plain
+    values only (no Change), so a large partition leaves the garbage
+    collector little to scan: one tuple of the metadata columns per row
+    (:data:`_ROW_FIELDS`), turned into columns when the table is built, and
+    the declared columns as one list each.
     """
 
     def __init__(self, layout: _Layout):
         self.schema = layout.schema
         self.count = 0
         self.origins: List[Tuple[int, int, int]] = []  # per row: its batch's, Change's, op's index
-        self._tables: List[str] = []
-        self._kinds: List[str] = []
-        self._versions: List[str] = []
-        self._times: List[int] = []
-        self._keys: List[str] = []
-        self._positions: List[str] = []
+        self._rows: List[tuple] = []  # per row: its _ROW_FIELDS
+        self._arrays: Optional[Dict[str, pa.Array]] = None  # _rows' columns, once built
         self._set_columns: Dict[Tuple[str, ...], int] = {}
-        self._set_column_rows: List[int] = []
         self._computed: Dict[Tuple[Tuple[str, str], ...], int] = {}
-        self._computed_rows: List[int] = []
+        self._utf8: set = set()  # table and column names found UTF-8
         self._declared = bool(layout.columns)
         if self._declared:  # grown in steps, so an op pays only for the columns it sets
             self._typed: List[List[Any]] = [[] for _ in layout.columns]
@@ -301,46 +330,63 @@ class _PartitionRows:
             layout: _Layout, plan: _Plan) -> str:
         """Stores the row of ``op``; returns the Change's key as JSON (``key_text``,
         or rendered when None) for its next op."""
-        literals, computed = op_columns(op) if op.assignments else (dict(op.values), {})
-        sql_texts = [to_sql(expr) for expr in computed.values()]
-        _check_utf8([change.table, op.version, op.position, *literals, *computed, *sql_texts],
-                    change.table)
-        kind = op.kind.value
+        table, values, assignments = change.table, op.values, op.assignments
+        literals, computed = op_columns(op) if assignments else (dict(values), {})
+        pairs = tuple(zip(computed, map(to_sql, computed.values()))) if computed else ()
+        computed_index = self._computed.get(pairs)
+        if computed_index is None or not self._known_utf8(table, op, literals):
+            _check_utf8([table, op.version, op.position, *literals, *computed,
+                         *(text for _, text in pairs)], table)
+            self._utf8.add(table)
+            self._utf8.update(literals)
+        kind = op.kind
+        if type(kind) is not OpKind:  # an OpKind is its value's text
+            kind = kind.value
         if key_text is None:
-            key_text = dumps_json(json_value(list(change.key))).decode('utf-8')
-        if op.assignments:
-            set_columns = tuple(dict.fromkeys(
-                [column for column, _ in (*op.values, *op.assignments)]))
-        else:
+            key_text = _key_text(change.key)
+        if not assignments:
             set_columns = tuple(literals)
-        set_columns_index = self._set_columns.setdefault(set_columns, len(self._set_columns))
-        pairs = tuple(zip(computed, sql_texts))
-        computed_index = self._computed.setdefault(pairs, len(self._computed))
-        if layout.columns:
+        elif kind is OpKind.UPSERT:  # literals: its values; computed: every assignment
+            set_columns = tuple({**literals, **computed})
+        else:
+            set_columns = _set_columns(values, assignments)
+        set_columns_index = self._set_columns.get(set_columns)
+        if set_columns_index is None:
+            set_columns_index = self._set_columns.setdefault(set_columns, len(self._set_columns))
+        if computed_index is None:
+            computed_index = self._computed.setdefault(pairs, len(self._computed))
+        if self._declared:
             typed = self._coerced(change, literals, layout, plan)
         else:
-            values = dumps_json({column: None if value is None else _as_text(value)
-                                 for column, value in literals.items()}).decode('utf-8')
+            text = dumps_json({column: None if value is None else _as_text(value)
+                               for column, value in literals.items()}).decode('utf-8')
         row = self.count
-        self.count += 1
+        self.count = row + 1
+        self._arrays = None
         self.origins.append(origin)
-        self._tables.append(change.table)
-        self._kinds.append(kind)
-        self._versions.append(op.version)
-        self._times.append(change.event_time_us)
-        self._keys.append(key_text)
-        self._positions.append(op.position)
-        self._set_column_rows.append(set_columns_index)
-        self._computed_rows.append(computed_index)
-        if layout.columns:
-            if row == len(self._typed[0]):
-                for values in self._typed:
-                    values.extend([None] * max(row, 64))
+        self._rows.append((table, kind, op.version, change.event_time_us, key_text, op.position,
+                           set_columns_index, computed_index))
+        if self._declared:
+            columns = self._typed
+            if row == len(columns[0]):
+                for column in columns:
+                    column.extend([None] * max(row, 64))
             for slot, value in typed:
-                self._typed[slot][row] = value
+                columns[slot][row] = value
         else:
-            self._values.append(values)
+            self._values.append(text)
         return key_text
+
+    def _known_utf8(self, table: str, op: RowOp, literals: Dict[str, Any]) -> bool:
+        """Whether the row's texts are known to be UTF-8 (its computed
+        assignments' were checked with them): the table and column names seen
+        before, an ASCII version and position. False for anything else, even
+        not text: :func:`_check_utf8` reports it."""
+        try:
+            return (table in self._utf8 and self._utf8.issuperset(literals)
+                    and op.version.isascii() and op.position.isascii())
+        except Exception:  # pylint: disable=broad-except
+            return False
 
     @staticmethod
     def _coerced(change: Change, literals: Dict[str, Any], layout: _Layout,
@@ -348,26 +394,38 @@ class _PartitionRows:
         """(slot, coerced value) of every value the op gives, key columns from
         the Change's key; raises _BadRow for the first value, in column order,
         that cannot be stored."""
-        given: Dict[int, Any] = {}
-        if len(change.key) == len(layout.key):
-            for slot, value in zip(plan.key_slots, change.key):
-                if slot is not None:
-                    given[slot] = value
-        for name, value in literals.items():
-            slot = plan.slots.get(name)
-            if slot is None:
-                slot = plan.slots.get(name.lower())
+        key = change.key
+        given: Dict[Optional[int], Any] = (dict(zip(plan.key_slots, key))
+                                           if len(key) == len(layout.key) else {})
+        given.pop(None, None)  # key columns not declared
+        slots = plan.slots
+        try:  # every name lower-cased, as a log mostly has them: at once
+            given.update(zip(map(slots.__getitem__, literals), literals.values()))
+        except KeyError:
+            for name, value in literals.items():
+                slot = slots.get(name)
                 if slot is None:
-                    raise _BadRow('unknown-column',
-                                  f'{change.table} declares no column {name!r}')
-            given[slot] = value
+                    slot = slots.get(name.lower())
+                    if slot is None:
+                        raise _BadRow('unknown-column',
+                                      f'{change.table} declares no column {name!r}') from None
+                given[slot] = value
+        coercers = plan.coercers
+        typed = []
+        try:  # as given; the column order only matters for the error reported
+            for slot, value in given.items():
+                if value is not None:
+                    typed.append((slot, coercers[slot](value)))
+            return typed
+        except Exception:  # pylint: disable=broad-except
+            pass
         typed = []
         for slot in sorted(given):
             value = given[slot]
             if value is None:
                 continue
             try:
-                typed.append((slot, plan.coercers[slot](value)))
+                typed.append((slot, coercers[slot](value)))
             except BadValue as error:
                 column = layout.columns[slot]
                 shown = '<redacted>' if plan.redacted[slot] else f'{value!r:.100}'
@@ -375,35 +433,80 @@ class _PartitionRows:
                               f'{shown} as {column.column_type}: {error}') from None
         return typed
 
+    def _array(self, name: str) -> pa.Array:
+        """A metadata column (of :data:`_ROW_FIELDS`) of every row as Arrow,
+        kept until a row is added: the identities and the table share it."""
+        if self._arrays is None:
+            self._arrays = {}
+        array = self._arrays.get(name)
+        if array is None:
+            field = _ROW_FIELDS.index(name)
+            kind = pa.int32() if name in ('set_columns', 'computed') else METADATA_SCHEMA.field(
+                name).type
+            array = pa.array(list(map(operator.itemgetter(field), self._rows)), kind)
+            self._arrays[name] = array
+        return array
+
     def identities(self) -> pa.Table:
         """The columns that order the rows and name the files."""
-        return pa.table([pa.array(values, pa.string()) for values in (
-            self._versions, self._tables, self._keys, self._positions)], names=_IDENTITY)
+        return pa.table([self._array(name) for name in _IDENTITY], names=_IDENTITY)
 
     def table(self, rows: Optional[List[int]] = None) -> pa.Table:
         """The rows (all, or those at ``rows``, in that order) as an Arrow table."""
-        def pick(values):
-            return values[:self.count] if rows is None else [values[row] for row in rows]
+        def metadata(name, kind):
+            if rows is None:
+                return self._array(name)
+            field = _ROW_FIELDS.index(name)
+            return pa.array([self._rows[row][field] for row in rows], kind)
 
-        def distinct(interned, indices, field):
+        def distinct(interned, field):
             return pa.array([list(value) for value in interned], type=field.type).take(
-                pa.array(pick(indices), pa.int32()))
+                metadata(field.name, pa.int32()))
 
-        columns = {
-            'source_table': self._tables, 'op': self._kinds, 'version': self._versions,
-            'event_time': self._times, 'key': self._keys, 'position': self._positions}
         arrays = []
         for field in METADATA_SCHEMA:
             if field.name == 'set_columns':
-                arrays.append(distinct(self._set_columns, self._set_column_rows, field))
+                arrays.append(distinct(self._set_columns, field))
             elif field.name == 'computed':
-                arrays.append(distinct(self._computed, self._computed_rows, field))
+                arrays.append(distinct(self._computed, field))
             else:
-                arrays.append(pa.array(pick(columns[field.name]), type=field.type))
+                arrays.append(metadata(field.name, field.type))
         declared = self._typed if self._declared else [self._values]
         for values, field in zip(declared, list(self.schema)[len(METADATA_SCHEMA):]):
-            arrays.append(pa.array(pick(values), type=field.type))
+            picked = values[:self.count] if rows is None else [values[row] for row in rows]
+            arrays.append(pa.array(picked, type=field.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+# A row's metadata as _PartitionRows holds it: set_columns and computed are indices.
+_ROW_FIELDS = ('source_table', 'op', 'version', 'event_time', 'key', 'position',
+               'set_columns', 'computed')
+_KEY_INTEGERS = (-2 ** 63, 2 ** 64 - 1)  # what orjson writes as it is
+
+
+def _key_text(key) -> str:
+    """A Change's key as a JSON array (see :func:`json_value`); a tuple of
+    integers written directly, as orjson writes them."""
+    if type(key) is tuple:
+        parts = []
+        for value in key:
+            if type(value) is not int or not _KEY_INTEGERS[0] <= value <= _KEY_INTEGERS[1]:
+                break
+            parts.append(str(value))
+        else:
+            return '[' + ','.join(parts) + ']'
+    return dumps_json(json_value(list(key))).decode('utf-8')
+
+
+_FIRST = operator.itemgetter(0)
+
+
+def _set_columns(values, assignments) -> Tuple[str, ...]:
+    """The columns an op sets, each once, in order: its values', then its assignments'."""
+    try:
+        return tuple(dict.fromkeys(map(_FIRST, values + assignments)))
+    except Exception:  # pylint: disable=broad-except  # not tuples of pairs
+        return tuple(dict.fromkeys([column for column, _ in (*values, *assignments)]))
 
 
 _IDENTITY = ('version', 'source_table', 'key', 'position')  # the order of a partition's rows

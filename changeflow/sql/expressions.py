@@ -29,7 +29,7 @@ import functools
 import math
 import re
 import unicodedata
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from changeflow.sql.literals import HexLiteral
 
@@ -975,26 +975,55 @@ def substitute(expr: tuple, known: Mapping[str, tuple]) -> tuple:
     """``expr`` with columns in ``known`` replaced by their expressions, folded
     to a literal where every input is now known (and its value is one MySQL
     accepts: an error is left for the evaluation on the row to report)."""
+    return _substituted(expr, known)[0]
+
+
+def _substituted(expr: tuple, known: Mapping[str, tuple]) -> Tuple[tuple, bool]:
+    """(:func:`substitute` of ``expr``, whether its leaves are all literals):
+    one walk of the tree, which folds bottom up (a walk of the leaves at every
+    node cost a sink half its time per op)."""
     tag = expr[0]
     if tag == 'lit':
-        return expr
+        return expr, True
     if tag == 'col':
-        return known.get(expr[1], expr)
+        value = known.get(expr[1])
+        if value is None:
+            return expr, False
+        return value, value[0] == 'lit' or _all_literal(value)
     if tag == 'neg':
-        inner = substitute(expr[1], known)
+        inner, literal = _substituted(expr[1], known)
         result = ('neg', inner)
-    elif tag == 'bin':
-        result = ('bin', expr[1], substitute(expr[2], known), substitute(expr[3], known))
+    elif tag == 'bin':  # the common operand: a literal or a column not known, taken inline
+        left, right = expr[2], expr[3]
+        if left[0] == 'lit':
+            left_literal = True
+        elif left[0] == 'col' and left[1] not in known:
+            left_literal = False
+        else:
+            left, left_literal = _substituted(left, known)
+        if right[0] == 'lit':
+            right_literal = True
+        elif right[0] == 'col' and right[1] not in known:
+            right_literal = False
+        else:
+            right, right_literal = _substituted(right, known)
+        result = ('bin', expr[1], left, right)
+        literal = left_literal and right_literal
     elif tag == 'fn':
-        result = ('fn', expr[1], tuple(substitute(arg, known) for arg in expr[2]))
+        args, literal = [], True
+        for arg in expr[2]:
+            arg, arg_literal = _substituted(arg, known)
+            args.append(arg)
+            literal = literal and arg_literal
+        result = ('fn', expr[1], tuple(args))
     else:
         raise ValueError(f'not an expression: {expr!r}')
-    if _all_literal(result):
+    if literal:
         try:
-            return lit(evaluate(result, {}))
+            return lit(evaluate(result, {})), True
         except (ArithmeticError, ValueError):
-            return result
-    return result
+            return result, True
+    return result, False
 
 
 def leaf_tags(expr: tuple) -> Iterator[str]:
@@ -1040,8 +1069,11 @@ def to_sql(expr: tuple) -> str:
         return '`' + expr[1].replace('`', '``') + '`'
     if tag == 'neg':
         return f'-({to_sql(expr[1])})'
-    if tag == 'bin':
-        return f'({to_sql(expr[2])} {expr[1]} {to_sql(expr[3])})'
+    if tag == 'bin':  # a column operand quoted inline: the common one
+        left, right = expr[2], expr[3]
+        left = '`' + left[1].replace('`', '``') + '`' if left[0] == 'col' else to_sql(left)
+        right = '`' + right[1].replace('`', '``') + '`' if right[0] == 'col' else to_sql(right)
+        return f'({left} {expr[1]} {right})'
     name, args = expr[1], [to_sql(arg) for arg in expr[2]]
     arity = _ARITY.get(name)
     if arity is None or not arity[0] <= len(args) <= arity[1]:
