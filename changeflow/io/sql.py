@@ -39,6 +39,7 @@ import functools
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 import time
@@ -68,7 +69,7 @@ from changeflow.io.sqlite import begin_immediate
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, dead_letter, divergence
 from changeflow.sql.rowstate import ABSENT, RowState, apply_op
 from changeflow.sql.types import parse_type, sqlalchemy_type
-from changeflow.transforms.runs import batch_changes, make_batch
+from changeflow.transforms.runs import batch_changes, gc_paused, make_batch
 from changeflow.transforms.guard import changes_original, describe_error, guarded
 
 __all__ = ['WriteToDatabase', 'WriteBatchesToDatabase', 'Divergence', 'read_divergence', 'replica_table', 'schema_table',
@@ -293,6 +294,7 @@ class _Target:
         self.coercers = {c.name: (_declared_coercer(declared[c.name]) if _mysql_type(
             declared.get(c.name)) else _coercer(c.type), declared.get(c.name) or repr(c.type))
             for c in table.columns}
+        self._coerce_functions = {column: entry[0] for column, entry in self.coercers.items()}
         self._key_coercers = [(k, self.coercers[k][0]) for k in spec.key]
         self.redacted = frozenset(column.lower() for column in spec.redact)
         self.statements = _Statements()
@@ -315,6 +317,14 @@ class _Target:
                                       f'({self.coercers[column][1]}): {shown}: {exc}')
 
     def coerce_key(self, key: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        if len(key) == len(self._key_coercers) and None not in key:
+            try:
+                return tuple([coerce(value) for (_, coerce), value in zip(self._key_coercers, key)])
+            except BadValue:
+                pass  # the loop below names the column
+        return self._coerce_key(key)
+
+    def _coerce_key(self, key: Tuple[Any, ...]) -> Tuple[Any, ...]:
         if len(key) != len(self._key_coercers):
             raise _Rejected('bad-change', f'key {len(key)} values long; {self.name!r} '
                                           f'has key columns {list(self.spec.key)}')
@@ -340,16 +350,16 @@ class _Target:
         its values afresh (rowstate.apply_op), so they are coerced in place."""
         values, kept = state.values, previous.values
         if values is not kept:
-            coercers = self.coercers
+            coercers = self._coerce_functions
             for column, value in values.items():
                 if kept.get(column, _MISSING) is value:
                     continue
-                entry = coercers.get(column)
-                if entry is None or value is None:
+                coerce = coercers.get(column)
+                if coerce is None or value is None:
                     coerced = self.coerce(column, value)
                 else:
                     try:
-                        coerced = entry[0](value)
+                        coerced = coerce(value)
                     except BadValue as exc:
                         raise self._bad_value(column, value, exc) from None
                 if coerced is not value:
@@ -436,12 +446,21 @@ class _Plan:
         target = self.target
         if self.deletes:
             target.delete_statement(conn).execute(conn, self.deletes)
-        for columns, rows in _by_columns(self.inserts, lambda row: row).items():
+        for columns, rows in _by_columns(self.inserts, _itself).items():
             target.insert_statement(conn, columns).execute(
-                conn, [tuple([row[c] for c in columns]) for row in rows])
-        for columns, updates in _by_columns(self.updates, lambda update: update[1]).items():
+                conn, list(map(_values_of(columns), rows)))
+        for columns, updates in _by_columns(self.updates, _changed_columns).items():
+            values_of = _values_of(columns)
             target.update_statement(conn, columns).execute(
-                conn, [(*[changed[c] for c in columns], *key) for key, changed in updates])
+                conn, [values_of(changed) + key for key, changed in updates])
+
+
+def _itself(value):
+    return value
+
+
+def _changed_columns(update):
+    return update[1]
 
 
 def _by_columns(values, columns_of) -> Dict[Tuple[str, ...], list]:
@@ -454,8 +473,20 @@ def _by_columns(values, columns_of) -> Dict[Tuple[str, ...], list]:
         group = names.get(columns)
         if group is None:
             group = names[columns] = tuple(sorted(columns))
-        groups.setdefault(group, []).append(value)
+            groups.setdefault(group, [])
+        groups[group].append(value)
     return groups
+
+
+@functools.lru_cache(maxsize=_MAX_STATEMENTS)
+def _values_of(columns: Tuple[Any, ...]) -> Callable[[Any], Tuple[Any, ...]]:
+    """Function giving the tuple of a row's values of ``columns`` (names of
+    a dict's, positions of a tuple's): an itemgetter, which gives a bare
+    value for one column."""
+    get = operator.itemgetter(*columns)
+    if len(columns) == 1:
+        return lambda row: (get(row),)
+    return get
 
 
 class _Compiled:
@@ -491,27 +522,28 @@ class _Compiled:
 
     def _parameters(self, rows):
         """The driver's parameters of ``rows``: tuples for a positional
-        paramstyle, dictionaries for a named one."""
-        positional, order, processors = self._dialect.positional, self._order, self._processors
-        names = self._names
+        paramstyle, dictionaries for a named one. Bind processors run column
+        by column (a transposition, not a list per row)."""
         try:
-            out = []
-            for row in rows:
-                if processors:
-                    row = list(row)
-                    for i, process in processors:
-                        row[i] = process(row[i])
-                if not positional:
-                    out.append(dict(zip(names, row)))
-                elif order is not None:
-                    out.append(tuple([row[i] for i in order]))
-                else:
-                    out.append(tuple(row))
-            return out
+            if self._processors and rows:
+                columns = list(zip(*rows))
+                for i, process in self._processors:
+                    columns[i] = map(process, columns[i])
+                rows = zip(*columns)
+            if not self._dialect.positional:
+                names = self._names
+                return [dict(zip(names, row)) for row in rows]
+            order = self._order
+            if order is not None:
+                return [tuple([row[i] for i in order]) for row in rows]
+            return list(map(tuple, rows))
         except Exception as exc:  # a value the type rejects: as SQLAlchemy reports it
-            raise sa_exc.DBAPIError.instance(
-                self.sql, None, exc, self._dialect.loaded_dbapi.Error,
-                hide_parameters=True, dialect=self._dialect) from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: Exception) -> sa_exc.DBAPIError:
+        return sa_exc.DBAPIError.instance(
+            self.sql, None, exc, self._dialect.loaded_dbapi.Error,
+            hide_parameters=True, dialect=self._dialect)
 
     def execute(self, conn: sa.Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Executes the statement once per row of ``rows`` (executemany)."""
@@ -534,16 +566,18 @@ class _Compiled:
                 (i, p) for i, p in enumerate(
                     c.type.dialect_impl(self._dialect).result_processor(self._dialect, code)
                     for c, code in zip(self._columns, codes)) if p is not None]
-        rows = result.all()
-        if not processors:
+        try:  # the driver's tuples: a Row per row cost more than the query
+            rows = result.cursor.fetchall()
+        except Exception as exc:
+            raise self._error(exc) from exc
+        finally:
+            result.close()
+        if not processors or not rows:
             return rows
-        processed = []
-        for row in rows:
-            row = list(row)
-            for i, process in processors:
-                row[i] = process(row[i])
-            processed.append(row)
-        return processed
+        columns = list(zip(*rows))
+        for i, process in processors:
+            columns[i] = map(process, columns[i])
+        return list(zip(*columns))
 
 
 class _Statements:
@@ -783,20 +817,36 @@ class _Replica:
 
         With ``isolate``, each change runs in its own SAVEPOINT and a change
         the database rejects is dead-lettered alone ('database-rejected').
+        The collector is paused: a batch allocates dicts and tuples by the
+        hundred thousand, none in a cycle, and each of its collections would
+        scan everything the worker holds.
         """
+        with gc_paused():
+            return self._write_items(conn, items, isolate)
+
+    def _write_items(self, conn: sa.Connection, items: Sequence[_Item], isolate: bool) -> _Outcome:
         outcome = _Outcome()
-        names = sorted({self.targets[i.change.table].name for i in items})
-        truncating = {self.targets[i.change.table].name for i in items if not i.change.key}
+        keyed: Dict[str, List[_Item]] = {}  # every table's, in order of first appearance
+        whole = []
+        for item in items:
+            change = item.change
+            group = keyed.get(change.table)
+            if group is None:
+                group = keyed[change.table] = []
+            (group if change.key else whole).append(item)
+        names = sorted({self.targets[table].name for table in keyed})
+        truncating = {self.targets[i.change.table].name for i in whole}
         # Share-lock each table's truncate marker (exclusive when this batch
         # truncates the table), always in name order: keyed writers of one
         # table run concurrently, a TRUNCATE waits for them and they for it.
         truncated = {name: self._lock_table(conn, name, exclusive=name in truncating)
                      for name in names}
-        whole = sorted((i for i in items if not i.change.key), key=lambda i: i.change.version)
+        whole.sort(key=lambda i: i.change.version)
         for item in whole:  # before the keyed changes: they see the new marker
             outcome.merge(self._guarded(conn, isolate, [item], self._table_ops, truncated))
-        keyed = _grouped((i for i in items if i.change.key), lambda i: i.change.table)
         for table in sorted(keyed):
+            if not keyed[table]:
+                continue
             target = self.targets[table]
             batches = [[item] for item in keyed[table]] if isolate else [keyed[table]]
             for batch in batches:
@@ -967,7 +1017,7 @@ class _Replica:
         """Apply keyed changes of one table; a second change of one row (from
         another window) waits for the next round."""
         outcome = _Outcome()
-        pending = sorted(items, key=lambda i: i.change.first_version)
+        pending = sorted(items, key=_first_version)
         while pending:
             rows, pending = self._distinct_rows(conn, target, pending, outcome)
             if rows:
@@ -998,33 +1048,37 @@ class _Replica:
     def _write_round(self, conn, target: _Target, rows, truncated_version: str) -> _Outcome:
         outcome = _Outcome()
         stored = self._stored_versions(conn, target, [row_key for _, _, row_key in rows])
-        newer_ops, stale_ops = [], 0
+        newer_ops, stale_ops, to_read = [], 0, []
         for item, key, row_key in rows:
             ops = item.change.ops
-            guard = max(stored.get(row_key, ''), truncated_version)
+            guard = stored.get(row_key, '')
+            if guard < truncated_version:
+                guard = truncated_version
             newer = [op for op in ops if op.version > guard]
             stale_ops += len(ops) - len(newer)
             newer_ops.append((item, key, row_key, newer))
+            if newer:
+                to_read.append(key)
         outcome.counts['ops_skipped_stale'] += stale_ops
         # Only the rows with ops to apply are read.
-        current = self._current_rows(conn, target, [key for _, key, _, newer in newer_ops if newer])
+        current = self._current_rows(conn, target, to_read)
         plan = _Plan(target)
-        versions, marks = [], []
+        versions, marks, applied_items, name = [], [], outcome.applied, target.name
         for item, key, row_key, newer in newer_ops:
             if not newer:
-                outcome.applied.append(item)
+                applied_items.append(item)
                 continue
             row = current.get(row_key)
-            base = ABSENT if row is None else RowState(True, row, False)
+            base = ABSENT if row is None else _row_state((True, row, False))
             base, state, applied, rejection = self._apply_prefix(conn, target, key, base, newer)
             for op in applied:
-                if op.kind == OpKind.DIVERGE:
+                if op.kind == _DIVERGE:
                     marks.append(_diverged_row(target, row_key, op.version, *divergence(op)))
             if applied:
                 plan.add(key, base, state)
-                versions.append((target.name, row_key, applied[-1].version, not state.exists))
+                versions.append((name, row_key, applied[-1].version, not state.exists))
                 if rejection is None:
-                    outcome.applied.append(item)
+                    applied_items.append(item)
                 else:
                     ops = item.change.ops
                     outcome.applied.append(_with_ops(
@@ -1160,13 +1214,13 @@ class _Replica:
                       ) -> Dict[str, Dict[str, Any]]:
         """The stored rows of ``keys``, by row key (of their values as read)."""
         names = target.column_names
-        at = [names.index(c.name) for c in target.key_columns]
+        key_of = _values_of(tuple(names.index(c.name) for c in target.key_columns))
         current = {}
         for chunk in _chunks(keys):
             size = _select_size(len(chunk))
             select = target.select_statement(conn, size)
             for row in select.fetch(conn, [v for key in _padded(chunk, size) for v in key]):
-                current[_row_key([row[i] for i in at])] = dict(zip(names, row))
+                current[_row_key(key_of(row))] = dict(zip(names, row))
         return current
 
 
@@ -1174,6 +1228,15 @@ class _Replica:
 _VERSION_COLUMNS = ('table_name', 'row_key', 'version', 'deleted')
 _MARKER_COLUMNS = ('table_name', 'truncated_version')
 _MARK_COLUMNS = ('table_name', 'row_key', 'version', 'reason', 'detail')
+
+_DIVERGE = OpKind.DIVERGE  # a module constant: a lookup on the Enum class costs more
+_row_state = functools.partial(tuple.__new__, RowState)  # RowState(...) without a Python call
+_new_item = functools.partial(tuple.__new__, _Item)  # likewise _Item(...)
+
+
+def _first_version(item: _Item) -> str:
+    return item.change.ops[0].version
+
 
 _TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE, OpKind.UPDATE, OpKind.DELETE})
 _ROW_WRITES = frozenset({OpKind.UPDATE, OpKind.DELETE})
@@ -1318,10 +1381,14 @@ class _DatabaseWriter:
             logging.warning('%s: cannot prepare replica tables yet (%s); retrying at the '
                             'first batch', _STEP, self._hide_password(_describe(exc)))
 
-    def _write_ready(self, ready, shard: int, batch_size: Optional[int] = None):
+    def _write_ready(self, ready, shard: int, batch_size: Optional[int] = None,
+                     applied: Optional[list] = None):
         """Applies one shard's ready (micros, Change) pairs in version order,
-        ``batch_size`` per transaction (default: the sink's)."""
+        ``batch_size`` per transaction (default: the sink's). With ``applied``,
+        the Changes applied go there instead of out as WindowedValues."""
         batch_size = batch_size or self._batch_size
+        emit = functools.partial(self._emit, applied=applied)
+        window, timestamps = GlobalWindow(), {}  # one Timestamp per time, not per change
         ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
         if not self._replica.prepared:
             try:
@@ -1334,20 +1401,22 @@ class _DatabaseWriter:
                  else None if self._follows_schema else self._known)
         batch: List[_Item] = []
         for micros, change in ready:
-            item = _Item(change, Timestamp(micros=micros), GlobalWindow(),
-                         reported=bool(change.key) or shard == 0, shard=shard)
+            timestamp = timestamps.get(micros)
+            if timestamp is None:
+                timestamp = timestamps[micros] = Timestamp(micros=micros)
+            item = _new_item((change, timestamp, window, bool(change.key) or shard == 0, shard))
             if change.table in self._replica.dropped:
                 # Older than the DROP TABLE that the replica followed: gone with the table.
                 if item.reported:
                     self._counters['changes_of_dropped_tables'].inc()
                 continue
             if known is not None and change.table not in known:
-                yield from self._emit(_Outcome.all_dead(
+                yield from emit(_Outcome.all_dead(
                     [item], 'unknown-table',
                     f'{change.table!r} is not one of the tables given to WriteToDatabase'))
                 continue
             if not change.ops:
-                yield from self._emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
+                yield from emit(_Outcome.all_dead([item], 'bad-change', 'no ops'))
                 continue
             if not item.reported or (not change.key and any(
                     op.kind in _ROW_WRITES for op in change.ops)):
@@ -1356,24 +1425,24 @@ class _DatabaseWriter:
                 # marks the table, so count those); or one that writes this
                 # shard's rows, which must see every older change applied.
                 if batch:
-                    yield from self._emit(self._write(batch))
+                    yield from emit(self._write(batch))
                     batch = []
                 outcome = self._write([item])
                 if item.reported:
-                    yield from self._emit(outcome)
+                    yield from emit(outcome)
                     continue
                 for name in ('rows_deleted', 'rows_upserted', 'rows_marked_diverged',
                              'tables_marked_diverged'):
                     self._counters[name].inc(outcome.counts.get(name, 0))
                 outcome.applied, outcome.counts = [], collections.Counter()
-                yield from self._emit(outcome)  # its own rows' dead letters
+                yield from emit(outcome)  # its own rows' dead letters
                 continue
             batch.append(item)
             if len(batch) >= batch_size:
-                yield from self._emit(self._write(batch))
+                yield from emit(self._write(batch))
                 batch = []
         if batch:
-            yield from self._emit(self._write(batch))
+            yield from emit(self._write(batch))
 
     def teardown(self):
         if self._engine is not None:
@@ -1458,11 +1527,14 @@ class _DatabaseWriter:
         password = make_url(self._url).password
         return text.replace(str(password), '***') if password else text
 
-    def _emit(self, outcome: _Outcome):
+    def _emit(self, outcome: _Outcome, applied: Optional[list] = None):
         for name, count in outcome.counts.items():
             self._counters[name].inc(count)
-        for item in outcome.applied:
-            yield WindowedValue(item.change, item.timestamp, (item.window,))
+        if applied is not None:
+            applied.extend([item.change for item in outcome.applied])
+        else:
+            for item in outcome.applied:
+                yield WindowedValue(item.change, item.timestamp, (item.window,))
         self._counters['changes_dead_lettered'].inc(len(outcome.dead))
         for item, reason, detail in outcome.dead:
             ops = item.change.ops
@@ -1534,12 +1606,8 @@ class _WriteBatchFn(_DatabaseWriter, beam.DoFn):
         # One transaction for the whole batch: a COMMIT (an fsync) per 500 changes
         # capped a real disk near 7.6k changes/s. Crash safety is the same: each
         # transaction is atomic and the version guard skips what a replay finds applied.
-        for output in self._write_ready([(micros, change) for change in changes], shard,
-                                        len(changes)):
-            if isinstance(output, TaggedOutput):
-                yield output
-            else:
-                applied.append(output.value)
+        yield from self._write_ready([(micros, change) for change in changes], shard,
+                                     len(changes), applied)
         yield make_batch(table, shard, applied)
 
 
