@@ -9,12 +9,19 @@ __all__ = ['StateTables', 'create_tables', 'store_engine']
 
 
 def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
-    """``metadata.create_all`` that tolerates another process creating the
-    same tables between its check and its CREATE (the second try sees them)."""
-    try:
-        metadata.create_all(engine)
-    except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
-        metadata.create_all(engine)
+    """``metadata.create_all`` that tolerates other processes creating the
+    same tables between its checks and its CREATEs.
+
+    Each failed try means another creator made one of the tables, so one try
+    per table, plus one, is enough however the creators interleave.
+    """
+    for _ in range(len(metadata.tables)):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+            pass
+    metadata.create_all(engine)
 
 
 def store_engine(url) -> sa.Engine:
