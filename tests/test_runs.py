@@ -1,5 +1,6 @@
 """Runs: packed sorted records, merged in key order, decoded only when reached."""
 
+import operator
 import random
 
 from changeflow.transforms import runs as runs_module
@@ -118,3 +119,16 @@ def test_routing_counts_a_whole_table_change_once_per_table():
     result.wait_until_finish()
     counts = counter_totals(result, 'changeflow.route')
     assert counts['to_database'] == 3 + 2 + 2 and counts['to_notify'] == 3
+
+
+def test_equal_keys_merge_in_the_order_of_the_runs_then_of_each_run():
+    """Ties go to the run with the smaller smallest key (the earlier one when
+    those tie too), then in the run's own order: a replay's statement order."""
+    key = operator.itemgetter(0)
+    runs = [make_run([(1, 'a0'), (2, 'a1'), (2, 'a2'), (5, 'a3')], key),
+            make_run([(0, 'b0'), (2, 'b1'), (5, 'b2')], key),
+            make_run([(2, 'c0'), (2, 'c1')], key),
+            make_run([(1, 'd0'), (2, 'd1')], key)]
+    merged = [tag for _, tag in merge_runs(runs, key)]
+    assert merged == ['b0', 'a0', 'd0', 'b1', 'a1', 'a2', 'd1', 'c0', 'c1', 'b2', 'a3']
+

@@ -147,18 +147,30 @@ def make_run(records: Sequence, key: Callable[[Any], Any]) -> Run:
 def merge_runs(runs: Iterable[Run], key: Callable[[Any], Any]) -> Iterator:
     """The records of every run in ``key`` order (ties in the order of the
     runs' smallest keys, then of each run), decoding a run only once the merge
-    reaches its smallest key."""
+    reaches its smallest key. Each run's records are sorted by ``key`` (as
+    :func:`make_run` makes them), so the heap holds one cursor per decoded run."""
     pending = sorted(runs, key=lambda run: run[0])
-    heap: List[tuple] = []
-    order = 0
+    heap: List[tuple] = []  # (key of the run's next record, run's rank, its position, records)
     next_run = 0
     while next_run < len(pending) or heap:
         while next_run < len(pending) and (not heap or pending[next_run][0] <= heap[0][0]):
-            for record in unpack(pending[next_run][1]):
-                heapq.heappush(heap, (key(record), order, record))
-                order += 1
+            records = unpack(pending[next_run][1])
+            if records:
+                heapq.heappush(heap, (key(records[0]), next_run, 0, records))
             next_run += 1
-        yield heapq.heappop(heap)[2]
+        if not heap:
+            continue
+        if len(heap) == 1 and next_run == len(pending):
+            _, _, position, records = heap.pop()
+            yield from records[position:]
+            return
+        _, rank, position, records = heap[0]
+        yield records[position]
+        position += 1
+        if position < len(records):
+            heapq.heapreplace(heap, (key(records[position]), rank, position, records))
+        else:
+            heapq.heappop(heap)
 
 
 def make_batch(table: str, shard: int, changes: Sequence) -> tuple:
