@@ -245,7 +245,7 @@ class JsonLinesFileWriter(NotificationWriter):
         turn instead of touching one at random per id."""
         index = self._index
         index.execute('BEGIN')
-        index.executemany('INSERT OR IGNORE INTO ids VALUES (?)', ((i,) for i in sorted(ids)))
+        index.executemany('INSERT OR IGNORE INTO ids VALUES (?)', zip(sorted(ids)))
         index.execute('UPDATE indexed SET offset = ?, tail = ?', (offset, self._tail(offset)))
         index.execute('COMMIT')
 
