@@ -69,6 +69,7 @@ import fcntl
 import fnmatch
 import hashlib
 import logging
+import operator
 import os
 import sqlite3
 import sys
@@ -239,10 +240,12 @@ class JsonLinesFileWriter(NotificationWriter):
         return size - offset
 
     def _indexed(self, ids, offset: int) -> None:
-        """Adds ``ids`` and moves the offset, in one transaction."""
+        """Adds ``ids`` and moves the offset, in one transaction. Sorted first: the
+        ids are hashes, and inserted in key order they fill the index's pages in
+        turn instead of touching one at random per id."""
         index = self._index
         index.execute('BEGIN')
-        index.executemany('INSERT OR IGNORE INTO ids VALUES (?)', ((i,) for i in ids))
+        index.executemany('INSERT OR IGNORE INTO ids VALUES (?)', zip(sorted(ids)))
         index.execute('UPDATE indexed SET offset = ?, tail = ?', (offset, self._tail(offset)))
         index.execute('COMMIT')
 
@@ -410,11 +413,11 @@ def _notification(target: str, change: Change, redact: FrozenSet[str],
     # json_value called only for the values it changes: most are ints and text.
     key = [part if type(part) in _AS_IS else json_value(part) for part in change.key]
     # The row and version alone: a file moved elsewhere (a new target path) keeps its ids.
-    note_id = hashlib.sha256(dumps_json([change.table, key, change.version])).hexdigest()[:32]
+    last = change.ops[-1]
+    note_id = hashlib.sha256(dumps_json([change.table, key, last.version])).hexdigest()[:32]
     if redact and len(key_columns) == len(key):
         key = [REDACTED if column.lower() in redact else value
                for column, value in zip(key_columns, key)]
-    last = change.ops[-1]
     literals, _ = op_columns(last)
     if redact:
         values = {column: REDACTED if column.lower() in redact else json_value(value)
@@ -438,6 +441,9 @@ class _Pending(NamedTuple):
     position: str
     timestamp: Any
     window: Any
+
+
+_VERSION_AND_ID = operator.itemgetter(0, 1)  # a _Pending's order in its batch
 
 
 def _notify_original(element):
@@ -471,6 +477,8 @@ class _NotifyFn(beam.DoFn):
     def setup(self):
         self._timeline = self._followed = None
         self._table_rules: Dict[str, Tuple[_Rule, ...]] = {}
+        self._kind_rules: Dict[Tuple[str, Any], Tuple[_Rule, ...]] = {}
+        self._messages: Dict[str, Any] = {}  # the writers' own message(): the others take the line
         self._writers: Dict[str, NotificationWriter] = {}
         self._unopened: Set[str] = set()
         for rule in self._rules:
@@ -479,6 +487,8 @@ class _NotifyFn(beam.DoFn):
                 state = {'state_url': self._state_url} if writer.STATEFUL else {}
                 writer = self._writers[rule.target] = writer(rule.address, **dict(rule.options),
                                                              **state)
+                if type(writer).message is not NotificationWriter.message:
+                    self._messages[rule.target] = writer.message
                 try:
                     writer.open()
                 except Exception as error:  # retried at each flush, dead-lettered there
@@ -505,6 +515,17 @@ class _NotifyFn(beam.DoFn):
                 outputs = self._notify(change, timestamp, window, tables)
                 if outputs:
                     yield from outputs
+            del changes  # freed while paused: resumed, the collector would scan every one
+
+    def _rules_of_kind(self, table: str, kind) -> Tuple[_Rule, ...]:
+        """The rules of ``table`` that fire on an op of ``kind`` if their column
+        predicates hold: a single-op Change (every one of a log batch) is
+        matched by one lookup."""
+        rules = self._kind_rules.get((table, kind))
+        if rules is None:
+            rules = self._kind_rules[table, kind] = tuple(
+                rule for rule in self._rules_of(table) if not rule.ops or kind in rule.ops)
+        return rules
 
     def _rules_of(self, table: str) -> Tuple[_Rule, ...]:
         """The rules whose table pattern matches ``table`` (matched once per name)."""
@@ -514,19 +535,28 @@ class _NotifyFn(beam.DoFn):
                 rule for rule in self._rules if rule.matches_table(table))
         return rules
 
-    def _notify(self, change: Change, timestamp, window, tables) -> list:
+    def _notify(self, change: Change, timestamp, window, tables) -> Sequence:
         """Buffers the change's notifications; returns what to emit now (its dead
         letter, or what the flushes of full buffers output)."""
         try:
+            single = len(change.ops) == 1
+            rules = (self._rules_of_kind(change.table, change.ops[0].kind) if single
+                     else self._rules_of(change.table))
+            if not rules:
+                return ()
             notes = {}
-            rules = self._rules_of(change.table)
-            if rules:
-                redact, key_columns = tables.get(change.table, (frozenset(), ()))
-                for rule in rules:
-                    if rule.target not in notes and rule.fires(change):
-                        note_id, line = _notification(rule.target, change, redact, key_columns)
-                        notes[rule.target] = note_id, self._writers[rule.target].message(
-                            change, note_id, line, redact, key_columns)
+            note = None  # one (id, line) for every target: neither depends on it
+            for rule in rules:
+                if rule.target not in notes and (
+                        (not rule.columns or columns_match(rule.columns, change)) if single
+                        else rule.fires(change)):
+                    if note is None:
+                        redact, key_columns = tables.get(change.table, (frozenset(), ()))
+                        note = _notification(rule.target, change, redact, key_columns)
+                    note_id, line = note
+                    message = self._messages.get(rule.target)
+                    notes[rule.target] = note_id, line if message is None else message(
+                        change, note_id, line, redact, key_columns)
         except Exception as error:  # a malformed Change: dead-lettered, not retried
             self._dead_lettered.inc()
             return [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -546,7 +576,7 @@ class _NotifyFn(beam.DoFn):
             yield from self._flush(target)
 
     def _flush(self, target: str):
-        batch = sorted(self._pending[target], key=lambda p: (p.version, p.note_id))
+        batch = sorted(self._pending[target], key=_VERSION_AND_ID)
         self._pending[target] = []
         if not batch:
             return

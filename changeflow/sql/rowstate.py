@@ -84,7 +84,24 @@ def op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
     literals = dict(op.values)
     assigned: Dict[str, tuple] = {}
     for column, expr in op.assignments:
-        assigned[column] = substitute(expr, assigned)
+        # substitute's result without its calls for the common shapes (taken
+        # per op by notifications and Parquet rows): a literal; a column; an
+        # operation on a column no earlier assignment set and a literal or another such.
+        tag = expr[0]
+        if tag == 'lit':
+            assigned[column] = expr
+        elif tag == 'col':
+            assigned[column] = assigned.get(expr[1], expr)
+        else:
+            if tag == 'bin':
+                left, right = expr[2], expr[3]
+                left_column = left[0] == 'col' and left[1] not in assigned
+                right_column = right[0] == 'col' and right[1] not in assigned
+                if (left_column or right_column) and (left_column or left[0] == 'lit') and (
+                        right_column or right[0] == 'lit'):
+                    assigned[column] = expr
+                    continue
+            assigned[column] = substitute(expr, assigned)
     if op.kind == _UPSERT:
         return literals, assigned
     computed = {}
@@ -94,3 +111,4 @@ def op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
         else:
             computed[column] = expr
     return literals, computed
+

@@ -34,18 +34,22 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from changeflow.sql.expressions import is_literal, lit, literal_value, substitute, truthy
+from changeflow.sql.expressions import is_literal, literal_value, substitute, truthy
 from changeflow.model import DEAD_LETTER_TAG, FULL_ROW_KINDS, MARKER_KINDS, Change, OpKind, RowOp
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['fold_op', 'coalesce_ops', 'coalesce_changes', 'CoalesceChanges', 'ShardFolder']
 
 _WHOLE_ROW = (OpKind.INSERT, OpKind.REPLACE)
+# The kinds _merge folds a later op into: after any other (an UPSERT, a marker) it returns None.
+_MERGED_INTO = frozenset({OpKind.DELETE, OpKind.INSERT, OpKind.REPLACE, OpKind.UPDATE})
 # The kinds as module constants: a lookup on the Enum class costs 0.3 us, several per op.
 _INSERT, _INSERT_IGNORE, _UPSERT, _UPDATE, _DELETE, _TRUNCATE = (
     OpKind.INSERT, OpKind.INSERT_IGNORE, OpKind.UPSERT, OpKind.UPDATE, OpKind.DELETE,
     OpKind.TRUNCATE)
 _new_op = functools.partial(tuple.__new__, RowOp)  # RowOp(...) without NamedTuple's Python calls
+# The literal expressions of written values are built as ('lit', value), not with
+# expressions.lit: a Python call per column of every merge.
 _VERSION, _VALUES, _ASSIGNMENTS, _POSITION = map(
     RowOp._fields.index, ('version', 'values', 'assignments', 'position'))
 
@@ -64,6 +68,9 @@ def _assign(known: dict, assignments) -> Optional[dict]:
     """``known`` (column -> literal expr, updated in place) after the assignments,
     evaluated left to right as MySQL does; None if one reads a column that is not known."""
     for column, expr in assignments:
+        if expr[0] == 'lit':  # substitute leaves a literal as it is
+            known[column] = expr
+            continue
         try:
             value = substitute(expr, known)
         except (ArithmeticError, LookupError, TypeError, ValueError):
@@ -92,7 +99,7 @@ def _merge(prev: RowOp, op: RowOp) -> Optional[RowOp]:
         if prev_kind == _DELETE:
             return _newer(prev, op) if kind == _UPDATE else None
         if prev_kind in _WHOLE_ROW:
-            known = {c: lit(v) for c, v in prev.values}
+            known = {c: ('lit', v) for c, v in prev.values}
         elif prev_kind == _UPDATE and all(is_literal(e) for _, e in prev.assignments):
             known = dict(prev.assignments)
         else:
@@ -115,10 +122,10 @@ def _merge(prev: RowOp, op: RowOp) -> Optional[RowOp]:
         if kind == _INSERT_IGNORE:
             return _newer(prev, op)  # the row exists: ignored
         if kind == _UPDATE or kind == _UPSERT:
-            known = _assign({c: lit(v) for c, v in prev.values}, op.assignments)
+            known = _assign({c: ('lit', v) for c, v in prev.values}, op.assignments)
             if known is None:
                 return None
-            return _newer(prev, op, _VALUES, tuple((c, e[1]) for c, e in known.items()))
+            return _newer(prev, op, _VALUES, tuple([(c, e[1]) for c, e in known.items()]))
         return None
     if prev_kind == _UPDATE and kind == _UPDATE and all(
             is_literal(e) for _, e in prev.assignments):
@@ -136,7 +143,7 @@ def fold_op(folded: List[RowOp], op: RowOp) -> None:
     if (kind in FULL_ROW_KINDS and op.condition is None) or kind == _TRUNCATE:
         folded[:] = [o for o in folded if o.kind in MARKER_KINDS] + [op]
         return
-    if not folded or kind in MARKER_KINDS or folded[-1].kind in MARKER_KINDS:
+    if not folded or kind in MARKER_KINDS or folded[-1].kind not in _MERGED_INTO:
         folded.append(op)
         return
     merged = _merge(folded[-1], op)
@@ -274,8 +281,8 @@ class ShardFolder:
         """Folds ``change`` in; returns its ops that are new here (not a
         replay of a version of its row already added), in order."""
         self.ops_in += len(change.ops)
-        new = []
         if not change.key:
+            new = []
             for op in change.ops:
                 if op.version not in self._whole:
                     self._whole[op.version] = op
@@ -287,8 +294,17 @@ class ShardFolder:
         row = self._rows.get(change.key)
         if row is None:
             row = self._rows[change.key] = [[], '', len(self._table_ops), change.event_time_us]
+        if change.event_time_us > row[3]:
+            row[3] = change.event_time_us
         folded, table_ops = row[0], self._table_ops
-        for op in change.ops:
+        ops = change.ops
+        if len(ops) == 1 and ops[0].version != row[1] and not (folded and row[2] < len(table_ops)):
+            op = ops[0]  # a source op (nearly every change): no whole-table op since the last
+            fold_op(folded, op)
+            row[1], row[2] = op.version, len(table_ops)
+            return ops
+        new = []
+        for op in ops:
             if op.version == row[1]:
                 continue  # a replay of the same op
             if folded and row[2] < len(table_ops):
@@ -298,8 +314,6 @@ class ShardFolder:
             fold_op(folded, op)
             new.append(op)
             row[1], row[2] = op.version, len(table_ops)
-        if change.event_time_us > row[3]:
-            row[3] = change.event_time_us
         return tuple(new)
 
     def changes(self, table: str) -> List[Change]:
