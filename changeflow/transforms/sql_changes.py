@@ -197,10 +197,11 @@ class ExtractRowChangesFn(beam.DoFn):
             return
         changes = translation.changes
         versions = []
-        count, timestamp_us = len(changes), statement.timestamp_us
+        count, timestamp_us, query_id = len(changes), statement.timestamp_us, statement.query_id
         for seq, (change, key) in enumerate(zip(changes, keys)):
             self._changes_count += 1
-            version = self._version(first_touch, statement, change.table, key, seq)
+            touch = first_touch.setdefault((change.table, key), (timestamp_us, query_id))
+            version = audit_version(touch[0], touch[1], query_id, seq)  # _version's, inline
             versions.append(version)
             # Change(...) and RowOp(...) without their __new__'s Python frames: per change.
             yield _new_tuple(Change, (change.table, key, (_new_tuple(RowOp, (
