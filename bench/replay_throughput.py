@@ -9,6 +9,9 @@ pass then feeds its events in statement order to a fresh tracker, translates
 every committed transaction and buckets the changes by shard, as
 ``changeflow.transforms.connections`` does, 4,096 events at a time (the
 outputs then dropped, as a flush drops them), and times each part alone.
+Then the whole of ``ReplayConnectionFn.replay`` is timed on the same events as
+the parse step hands them over (a run per CloudWatch record of 100 events): the
+parts above plus merging the runs, bucketing and packing the changes' runs.
 Prints the best pass. ``PYTHONPATH`` picks the checkout whose code is timed.
 """
 
@@ -29,10 +32,14 @@ from changeflow.config import TableSpec  # noqa: E402
 from changeflow.io.sql import DEFAULT_SHARDS, shards_of  # noqa: E402
 from changeflow.model import LogEvent  # noqa: E402
 from changeflow.transforms.audit_log import AuditLineParser  # noqa: E402
+from changeflow.sql.literals import DEFAULT_SERVER_VERSION  # noqa: E402
+from changeflow.transforms.connections import ReplayConnectionFn  # noqa: E402
+from changeflow.transforms.runs import make_run  # noqa: E402
 from changeflow.transforms.sql_changes import ExtractRowChangesFn  # noqa: E402
 from changeflow.transforms.transactions import TransactionTracker, session_order  # noqa: E402
 
 _CHUNK = 4096  # events per timed chunk: a connection's flush (connections._FLUSH_CHANGES)
+_PER_RECORD = 100  # events per run replayed: write_firehose_archive's per record
 
 
 def _events(path):
@@ -62,9 +69,12 @@ def main():
         events = _events(path)
     tables = [TableSpec(source, tuple(spec['key']), source.split('.')[1],
                         tuple(spec['columns'].items())) for source, spec in TABLE.items()]
+    runs = [(*make_run(events[start:start + _PER_RECORD], session_order), 0)
+            for start in range(0, len(events), _PER_RECORD)]
     gc.collect()
     gc.freeze()  # the events, as a worker's startup heap is (connections._freeze_startup_heap)
     best = None
+    best_replay = None
     for _ in range(args.passes):
         translate = ExtractRowChangesFn(tables)
         translate.setup()
@@ -86,6 +96,14 @@ def main():
             shard_s += sharded - translated
         result = (feed_s + translate_s + shard_s, feed_s, translate_s, shard_s)
         best = result if best is None or result[0] < best[0] else best
+        replay = ReplayConnectionFn(True, DEFAULT_SERVER_VERSION, False, tables, None,
+                                    '+00:00', DEFAULT_SHARDS)
+        replay.setup()
+        started = time.process_time()
+        for _ in replay.replay(TransactionTracker('db-1', 1), runs):
+            pass
+        replay_s = time.process_time() - started
+        best_replay = replay_s if best_replay is None else min(best_replay, replay_s)
     total, feed_s, translate_s, shard_s = best
     n = len(events)
     print(f'events                        {n:>10,}   changes {changes:,}')
@@ -94,6 +112,8 @@ def main():
     print(f'shards_of                     {shard_s * 1e6 / n:>10.2f} us/event')
     print(f'total                         {total * 1e6 / n:>10.2f} us/event '
           f'({n / total:,.0f} events/CPU-s; best of {args.passes})')
+    print(f'ReplayConnectionFn.replay     {best_replay * 1e6 / n:>10.2f} us/event '
+          f'(the above, merge and pack too; best of {args.passes})')
 
 
 if __name__ == '__main__':

@@ -49,3 +49,34 @@ def test_worker_setup_makes_young_collections_rarer_never_more_frequent():
     finally:
         gc.set_threshold(*saved)
         connections._freeze_startup_heap.cache_clear()
+
+
+def counters_of(result, namespace):
+    totals = {}
+    for counter in result.metrics().query()['counters']:
+        if counter.key.metric.namespace == namespace:
+            name = counter.key.metric.name
+            totals[name] = totals.get(name, 0) + counter.committed
+    return totals
+
+
+def test_replay_counts_reach_the_metrics():
+    """Replay counts statements and changes as plain ints, per connection; they
+    reach the metrics at the end of each bundle."""
+    from tests.audit_fixture import SHOP_TABLES
+    line = "20261124 10:00:0{},db-1,app,10.0.0.7,{},{},QUERY,shop,'{}',0"
+    statements = [(7, 'INSERT INTO customers (id, name) VALUES (1, "a")'),
+                  (7, 'UPDATE customers SET visits = 2 WHERE id = 1'), (8, 'BEGIN'),
+                  (8, 'DELETE FROM notes WHERE id IN (1, 2)'), (8, 'COMMIT'), (8, 'SELECT 1')]
+    chunks = [tuple(LogEvent(line.format(n, connection, n, sql), 'g', 's', str(n), 0, f'log:{n}')
+                    for n, (connection, sql) in enumerate(statements, 1))]
+    pipeline = local_pipeline()
+    runs = (pipeline | beam.Create(chunks) | ParseToConnectionRuns(1024))[RUNS]
+    _ = runs | connections.ReplayConnections(SHOP_TABLES)
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert counters_of(result, 'changeflow.sql_changes') == {
+        'statements_received': 3, 'row_changes': 4}
+    replayed = counters_of(result, 'changeflow.transactions')
+    assert {name: replayed.get(name) for name in ('transactions', 'committed', 'reads')} == {
+        'transactions': 3, 'committed': 3, 'reads': 1}

@@ -156,3 +156,21 @@ def test_a_statement_with_an_uncastable_key_is_dead_lettered_whole():
                     equal_to([((), 'diverge'), ((7, 3), 'insert')]), label='changes')
         assert_that(result[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.reason, d.position)),
                     equal_to([('bad-value', template.position)]), label='dead letters')
+
+
+def test_statements_and_changes_counted_reach_the_metrics_at_the_end_of_the_bundle():
+    """Counted as plain ints per statement and change, reported by finish_bundle."""
+    template = query_event('DELETE FROM orders')
+    statements = tuple(template._replace(query_id=900 + n, object=sql) for n, sql in enumerate((
+        "INSERT INTO orders (tenant_id, order_id, note) VALUES (7, 1, 'a'), (7, 2, 'b')",
+        'DELETE FROM customers WHERE id = 3')))
+    pipeline = local_pipeline()
+    _ = (pipeline | beam.Create([CommittedTransaction('vm', 1, statements),
+                                 CommittedTransaction('vm', 2, statements[1:])])
+         | ExtractRowChanges(SHOP_TABLES))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counted = {counter.key.metric.name: counter.committed
+               for counter in result.metrics().query()['counters']
+               if counter.key.metric.namespace == 'changeflow.sql_changes'}
+    assert counted == {'statements_received': 3, 'row_changes': 4}

@@ -328,3 +328,26 @@ def test_a_repeated_session_statement_is_classified_once_per_text():
     no_backslash = transactions._classify(sql, 101100, (True, False))
     assert no_backslash == transactions._classify_text(sql, 101100, (True, False))
     assert transactions._classify_seen.cache_info().hits == before + 1
+
+
+def test_an_autocommitted_write_forgets_the_savepoints_set_before_it():
+    """An autocommitted write is committed on its own, without the pending
+    lists, and still ends its transaction as a COMMIT does: a SAVEPOINT set
+    before it is gone, so a later ROLLBACK TO it discards nothing."""
+    tracker = TransactionTracker('vm', 1)
+    assert feed_all(tracker, [
+        'SAVEPOINT s1', 'INSERT INTO t VALUES (1)', 'SET autocommit = 0',
+        'INSERT INTO t VALUES (2)', 'ROLLBACK TO SAVEPOINT s1', 'COMMIT',
+    ]) == [['INSERT INTO t VALUES (1)'], ['INSERT INTO t VALUES (2)']]
+    assert tracker.counts['committed'] == 2 and tracker.counts['rolled_back'] == 0
+
+
+def test_an_autocommitted_write_is_a_transaction_of_its_own_with_its_session():
+    tracker = TransactionTracker('vm', 1)
+    template = next(e for e in audit_events() if e.operation == 'QUERY')
+    tracker.feed(template._replace(query_id=1, object="SET time_zone = '+02:00'"))
+    write = template._replace(query_id=2, object='DELETE FROM t WHERE id = 1', retcode=0)
+    transaction, = tracker.feed(write)
+    assert transaction == CommittedTransaction('vm', 1, (write,), (SessionState(time_zone='+02:00'),))
+    assert type(transaction) is CommittedTransaction and transaction.sessions[0].time_zone == '+02:00'
+    assert tracker.open_statements() == () and tracker.snapshot() is not None

@@ -201,12 +201,43 @@ def shards_of(change: Change, num_shards: int) -> Iterable[Tuple[Tuple[str, int]
     values, so every change of one row goes to the same shard on every worker
     and run; a whole-table op (TRUNCATE, DIVERGE) goes to every shard of its
     table, so each shard applies it in version order with its own rows'
-    changes (shard 0 reports it)."""
-    if not change.key:
-        for shard in range(num_shards):
-            yield (change.table, shard), change
-        return
-    yield (change.table, _shard_of(change.table, change.key, num_shards)), change
+    changes (shard 0 reports it). A tuple, not a generator: most changes
+    have one copy, and it is made once per change of a job."""
+    table, key = change.table, change.key
+    if not key:
+        return tuple(((table, shard), change) for shard in range(num_shards))
+    if type(key) is tuple:
+        for value in key:
+            kind = type(value)
+            if kind is not int and (kind is not str or len(value) > _MEMO_TEXT):
+                break
+        else:  # int and short str values: the hash by the key itself, once per row
+            hashes = _ROW_HASHES.get(table)
+            if hashes is None:
+                hashes = _ROW_HASHES[table] = {}
+            row_hash = hashes.get(key)
+            if row_hash is None:
+                row_hash = hashes[key] = _row_hash(table, key)
+                _remembered()
+            return (((table, row_hash % num_shards), change),)
+    return (((table, _row_hash(table, key) % num_shards), change),)
+
+
+# table -> key (of int and str values only: (True,) equals (1,) but is another
+# row's text) -> its hash; every table's forgotten at once when _MEMO_KEYS are
+# kept, so a job's memory stays bounded whatever its number of rows.
+_ROW_HASHES: Dict[str, Dict[tuple, int]] = {}
+_MEMO_KEYS = 1 << 16
+_MEMO_TEXT = 64  # longer str key values are hashed each time, not kept
+_memo_kept = 0
+
+
+def _remembered() -> None:
+    global _memo_kept
+    _memo_kept += 1
+    if _memo_kept >= _MEMO_KEYS:
+        _ROW_HASHES.clear()
+        _memo_kept = 0
 
 
 _JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')  # text json.dumps writes as it is
@@ -222,6 +253,11 @@ def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
     """The shard of a row, from the canonical text of its key values: the
     same for the values a Change carries and for those read back from the
     replica, for the key types _ShardableKey accepts."""
+    return _row_hash(table, key) % num_shards
+
+
+def _row_hash(table: str, key: Sequence[Any]) -> int:
+    """The 64-bit hash the shard of a row is taken from (see :func:`_shard_of`)."""
     parts = [str(value) if type(value) is int else str(_key_part(value)) for value in key]
     if _plain_table(table) and all(type(value) is int or _JSON_PLAIN.fullmatch(part)
                                    for value, part in zip(key, parts)):
@@ -229,7 +265,7 @@ def _shard_of(table: str, key: Sequence[Any], num_shards: int) -> int:
     else:
         text = json.dumps([table, parts], ensure_ascii=False)
     digest = hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
-    return int.from_bytes(digest, 'big') % num_shards
+    return int.from_bytes(digest, 'big')
 
 
 # ---------------------------------------------------------------------------

@@ -245,9 +245,21 @@ class ReplayConnectionFn(beam.DoFn):
             'committed', 'rolled_back', 'failed', 'reads', 'ddl', 'session', 'duplicates',
             'transactions', 'open_at_end', 'unresolved', 'carried_connections',
             'carried_open', 'held_back', 'late')}
+        # The counts replay makes per connection, as plain ints until finish_bundle:
+        # a Beam counter's inc costs a metrics-container lookup per call.
+        self._tallies = dict.fromkeys(('transactions', 'committed', 'rolled_back', 'failed',
+                                       'reads', 'ddl', 'session', 'duplicates'), 0)
 
     def setup(self):
         self._translate.setup()
+
+    def finish_bundle(self):
+        tallies = self._tallies
+        for name, count in tallies.items():
+            if count:
+                self._counters[name].inc(count)
+                tallies[name] = 0
+        self._translate.report_counts()
 
     def process(self, element, timeline=None, cycle=None):
         (serverhost, connection_id), values = element
@@ -280,12 +292,14 @@ class ReplayConnectionFn(beam.DoFn):
         """Feeds ``runs`` to ``tracker`` (a connection's, possibly holding an
         open transaction) and yields the committed changes' runs per (table,
         shard) and dead letters; the tracker's counts go to the counters and
-        restart at 0. ``last``: the event a previous cycle replayed last (an
-        earlier one arriving now came too late). Returns the last event replayed."""
+        restart at 0 (reported at finish_bundle). ``last``: the event a previous
+        cycle replayed last (an earlier one arriving now came too late). Returns
+        the last event replayed."""
         replayed_to = None if last is None else session_order(last)
         buckets: Dict[Tuple[str, int], list] = {}
         pending = 0
         transactions = 0
+        feed, translate, num_shards = tracker.feed, self._translate.process, self._num_shards
         for event in merge_runs(runs, session_order):
             if replayed_to is not None:  # events before the first new one came too late
                 if session_order(event) < replayed_to:
@@ -293,22 +307,26 @@ class ReplayConnectionFn(beam.DoFn):
                     continue
                 replayed_to = None
             last = event
-            for transaction in tracker.feed(event):
+            for transaction in feed(event):
                 transactions += 1
-                for out in self._translate.process(transaction, timeline):
+                for out in translate(transaction, timeline):
                     if isinstance(out, TaggedOutput):
                         yield out
                         continue
-                    for shard_key, change in shards_of(out, self._num_shards):
-                        buckets.setdefault(shard_key, []).append(change)
+                    for shard_key, change in shards_of(out, num_shards):
+                        bucket = buckets.get(shard_key)
+                        if bucket is None:
+                            bucket = buckets[shard_key] = []
+                        bucket.append(change)
                         pending += 1
             if pending >= _FLUSH_CHANGES:
                 yield from _flush(buckets)
                 pending = 0
         yield from _flush(buckets)
-        self._counters['transactions'].inc(transactions)
+        tallies = self._tallies
+        tallies['transactions'] += transactions
         for name, count in tracker.counts.items():
-            self._counters[name].inc(count)
+            tallies[name] += count
             tracker.counts[name] = 0
         return last
 

@@ -54,6 +54,8 @@ from changeflow.transforms.transactions import CommittedTransaction
 
 __all__ = ['ExtractRowChanges', 'ExtractRowChangesFn']
 
+_new_tuple = tuple.__new__  # a NamedTuple made without its __new__'s Python frame
+
 # Hazard reasons whose write may have hit a row the statement does not name.
 _TABLE_HAZARDS = frozenset({'secondary-unique-key'})
 HAZARD_REASONS = ('trigger', 'cascade', 'secondary-unique-key', 'clock-default',
@@ -78,6 +80,9 @@ class ExtractRowChangesFn(beam.DoFn):
                                  for reason in HAZARD_REASONS}
         self._received = Metrics.counter('changeflow.sql_changes', 'statements_received')
         self._changes = Metrics.counter('changeflow.sql_changes', 'row_changes')
+        # Counted per statement and change as plain ints, reported once per bundle
+        # (report_counts): a Beam counter's inc costs a metrics-container lookup per call.
+        self._received_count = self._changes_count = 0
         self._dead = Metrics.counter('changeflow.sql_changes', 'dead_lettered')
         self._ddl_followed = Metrics.counter('changeflow.sql_changes', 'ddl_followed')
         self._rows_marked = Metrics.counter('changeflow.sql_changes', 'rows_marked_diverged')
@@ -109,11 +114,24 @@ class ExtractRowChangesFn(beam.DoFn):
         self._use(context)
         return epoch
 
+    def finish_bundle(self):
+        self.report_counts()
+
+    def report_counts(self) -> None:
+        """Adds the statements and changes counted since the last report to the
+        metrics (by finish_bundle, or by the DoFn that calls process)."""
+        if self._received_count:
+            self._received.inc(self._received_count)
+            self._received_count = 0
+        if self._changes_count:
+            self._changes.inc(self._changes_count)
+            self._changes_count = 0
+
     def process(self, transaction: CommittedTransaction, timeline=None):
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
         sessions = transaction.sessions or (None,) * len(transaction.statements)
         for statement, session in zip(transaction.statements, sessions):
-            self._received.inc()
+            self._received_count += 1
             if timeline is None:
                 yield from self._statement(statement, session, first_touch, None)
                 continue
@@ -138,10 +156,15 @@ class ExtractRowChangesFn(beam.DoFn):
         try:
             translation = self._translator.translate(statement.object, statement.database,
                                                      session)
-            translation, zone_hazards = self._in_server_zone(
-                translation, session.time_zone if session is not None else '')
-            keys = [self._key(change) for change in translation.changes]
-            _check_table_writes(translation, {table for table, _ in first_touch})
+            zone_hazards = ()
+            if session is not None and session.time_zone != '':  # else no literal moves
+                translation, zone_hazards = self._in_server_zone(translation, session.time_zone)
+            casters, keys = self._casters, []
+            for change in translation.changes:  # self._key's, inline
+                caster = casters[change.table]
+                keys.append(caster(change.key) if caster else change.key)
+            if first_touch:  # only a table written earlier in the transaction is refused
+                _check_table_writes(translation, {table for table, _ in first_touch})
         except (SqlChangeError, ValueError, ArithmeticError) as error:
             # Nothing of the statement is emitted: it is replayable whole;
             # what it wrote is marked diverged, in its place.
@@ -174,17 +197,22 @@ class ExtractRowChangesFn(beam.DoFn):
             return
         changes = translation.changes
         versions = []
+        count, timestamp_us, query_id = len(changes), statement.timestamp_us, statement.query_id
         for seq, (change, key) in enumerate(zip(changes, keys)):
-            self._changes.inc()
-            versions.append(self._version(first_touch, statement, change.table, key, seq))
-            yield Change(change.table, key, (RowOp(
-                change.kind, versions[-1], change.values, change.assignments,
-                _position(statement, seq, len(changes)), change.condition),),
-                statement.timestamp_us)
-        hazards = list(translation.hazards) + self._key_hazards(changes, keys) + zone_hazards
-        if hazards:
-            yield from self._hazard_marks(statement, hazards, changes, keys, versions,
-                                          first_touch)
+            self._changes_count += 1
+            touch = first_touch.setdefault((change.table, key), (timestamp_us, query_id))
+            version = audit_version(touch[0], touch[1], query_id, seq)  # _version's, inline
+            versions.append(version)
+            # Change(...) and RowOp(...) without their __new__'s Python frames: per change.
+            yield _new_tuple(Change, (change.table, key, (_new_tuple(RowOp, (
+                change.kind, version, change.values, change.assignments,
+                statement.position if count == 1 else f'{statement.position}#{seq}',
+                change.condition, None)),), timestamp_us))
+        if translation.hazards or zone_hazards or self._any_folded:
+            hazards = [*translation.hazards, *self._key_hazards(changes, keys), *zone_hazards]
+            if hazards:
+                yield from self._hazard_marks(statement, hazards, changes, keys, versions,
+                                              first_touch)
 
     def _cut(self, statement, first_touch):
         """A committed write the plugin cut at its query log limit: never
@@ -342,8 +370,9 @@ class ExtractRowChangesFn(beam.DoFn):
 
     @staticmethod
     def _version(first_touch, statement, table: str, key, seq: int) -> str:
-        touch = first_touch.setdefault((table, key), (statement.timestamp_us, statement.query_id))
-        return audit_version(touch[0], touch[1], statement.query_id, seq)
+        query_id = statement.query_id
+        touch = first_touch.setdefault((table, key), (statement.timestamp_us, query_id))
+        return audit_version(touch[0], touch[1], query_id, seq)
 
     def _tables_at_head(self, statement) -> List[str]:
         """The replicated tables a write the SQL stage cannot read may have

@@ -265,6 +265,7 @@ def _normalised_mode(text: str) -> str:
 
 
 _NO_FLAGS = (False, False)
+_new_tuple = tuple.__new__  # a NamedTuple made without its __new__'s Python frame, per write
 _WRITE_HEADS = frozenset(('INSERT', 'UPDATE', 'DELETE', 'insert', 'update', 'delete'))
 
 
@@ -402,28 +403,39 @@ class TransactionTracker:
         self._reset()
 
     def feed(self, event: AuditEvent) -> List[CommittedTransaction]:
-        if event.operation in ('CONNECT', 'DISCONNECT'):
-            self._end_session()
-            return []
-        if event.operation != 'QUERY':
+        operation = event.operation
+        if operation != 'QUERY':
+            if operation == 'CONNECT' or operation == 'DISCONNECT':
+                self._end_session()
             return []
         # Events come in statement order, so the same line delivered twice (at-least-once
         # sources) comes twice in a row at one (time, query id): only those are kept.
-        if (event.timestamp_us, event.query_id) != self._seen_at:
-            self._seen_at = (event.timestamp_us, event.query_id)
+        statement = event.object
+        seen_at = (event.timestamp_us, event.query_id)
+        if seen_at != self._seen_at:
+            self._seen_at = seen_at
             self._seen.clear()
-        if event.object in self._seen:
+        elif statement in self._seen:
             self.counts['duplicates'] += 1
             return []
-        self._seen.add(event.object)
-        flags = _NO_FLAGS if not self._session.sql_mode else (
-            'NO_BACKSLASH_ESCAPES' in self._session.sql_mode, 'ANSI_QUOTES' in self._session.sql_mode)
-        kind, savepoint, sql, items = _classify(event.object, self._server_version, flags)
+        self._seen.add(statement)
+        session = self._session
+        flags = _NO_FLAGS if not session.sql_mode else (
+            'NO_BACKSLASH_ESCAPES' in session.sql_mode, 'ANSI_QUOTES' in session.sql_mode)
+        kind, savepoint, sql, items = _classify(statement, self._server_version, flags)
         if event.retcode:
             return self._failed(event.retcode, kind)
         if kind == StatementClass.WRITE:
+            if self._autocommit and not self._in_transaction and not self._pending:
+                # Committed on its own (nearly every write): no pending lists made.
+                if self._savepoints:
+                    self._savepoints = {}
+                self._xa_prepared = False
+                self.counts['committed'] += 1
+                return [_new_tuple(CommittedTransaction, (
+                    self.serverhost, self.connection_id, (event,), (session,)))]
             self._pending.append(event)
-            self._sessions.append(self._session)
+            self._sessions.append(session)
             if self._autocommit and not self._in_transaction:
                 return self._release()
             return []
