@@ -489,6 +489,31 @@ def test_a_log_batch_keeps_its_rows_write_shards(shards):
     assert keyed == expected
 
 
+def test_a_log_batch_of_several_partitions_is_split():
+    """A batch is passed on whole only when all its Changes share one
+    partition: one spanning midnight (its first and last Change on one day,
+    one between them on the next), or holding a table of another target or
+    none, is split Change by Change."""
+    def change(n, time_us, table='shop.orders'):
+        return Change(table, (1, n), (RowOp(OpKind.INSERT, audit_version(time_us, n, n, 0),
+                                            (), (), f'a#{n}'),), time_us)
+    layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
+    keyer = parquet._KeyBatchByPartition(layouts, 4)
+    keyer.setup()
+
+    def keyed(changes):
+        return {partition: [c.ops[0].position for c in parquet.unpack(data)]
+                for partition, data in keyer.process(make_batch('shop.orders', 0, changes))}
+    assert keyed([change(1, DAY1), change(2, DAY1 + 1_000_000), change(3, DAY1)]) == {
+        ('orders', '2026-11-22', 0): ['a#1', 'a#3'], ('orders', '2026-11-23', 0): ['a#2']}
+    assert keyed([change(1, DAY1), change(2, DAY1, 'shop.events')]) == {
+        ('orders', '2026-11-22', 0): ['a#1'], ('events', '2026-11-22', 0): ['a#2']}
+    assert keyed([change(1, DAY1), change(2, DAY1, 'shop.other')]) == {
+        ('orders', '2026-11-22', 0): ['a#1'], parquet._UNROUTABLE: ['a#2']}
+    whole = make_batch('shop.orders', 4, [change(1, DAY1 - 10), change(2, DAY1)])
+    assert list(keyer.process(whole)) == [(('orders', '2026-11-22', 0), whole[2])]
+
+
 def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
     """Rows spilled in sorted slices of 7 (log batches of several Changes, in
     no version order, an identity repeated) make the files of one sort of

@@ -910,26 +910,26 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
 
     def process(self, batch, timeline=None):
         layouts, _ = self._current(timeline)
+        with gc_paused():  # a batch's Changes: many small objects, no cycles, freed by then
+            return self._keyed(batch, layouts)
+
+    def _keyed(self, batch, layouts) -> List[Tuple[Tuple[str, str, int], bytes]]:
         targets = {source: layout.target for source, layout in layouts.items()}
-        by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         changes = batch_changes(batch)
+        self._received.inc(sum(map(len, map(_OPS_OF, changes))))
         shard = batch[1] % self._shards if self._fold_shards % self._shards == 0 else None
         if shard is not None:
             partition = _one_partition(changes, targets, shard)
             if partition is not None:
-                self._received.inc(sum(map(len, map(_OPS_OF, changes))))
-                yield partition, batch[2]  # one partition: packed as it came
-                return
+                return [(partition, batch[2])]  # one partition: packed as it came
+        by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         for change in changes:
             if change.ops:
                 by_partition.setdefault(_partition(change, targets, self._shards, shard),
                                         []).append(change)
-        self._received.inc(sum(len(change.ops) for change in changes))
         if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
-            yield next(iter(by_partition)), batch[2]  # one partition: packed as it came
-            return
-        for partition, changes in sorted(by_partition.items()):
-            yield partition, pack(changes)
+            return [(next(iter(by_partition)), batch[2])]  # one partition: packed as it came
+        return [(partition, pack(changes)) for partition, changes in sorted(by_partition.items())]
 
 
 def _one_partition(changes: List[Change], targets: Dict[str, str],
