@@ -312,6 +312,31 @@ def test_log_batches_hold_what_rows_define(tmp_path_factory, generated, rows_per
                        batch=batch)
 
 
+def test_equal_assignments_of_unlike_literals(tmp_path):
+    """Equal assignments of one log batch are rendered once, but only when
+    equal means alike: 1, True, 1.0, Decimal('1.0') and Decimal('1.00') are
+    equal and each keeps its own SQL text (and a literal UPDATE its value)."""
+    unlike = [1, True, 1.0, D('1.0'), D('1.00'), 1, '1', '1']
+    changes = []
+    for n, value in enumerate(unlike, 1):
+        plus = ('bin', '+', col('rate'), lit(value))
+        for kind, assignments in ((OpKind.UPDATE, (('rate', plus),)),
+                                  (OpKind.UPDATE, (('note', lit(value)),)),
+                                  (OpKind.UPSERT, (('note', lit(value)),))):
+            query = len(changes) + 1
+            changes.append(Change('shop.orders', (1, n), (RowOp(
+                kind, audit_version(DAY1, query, query, 0),
+                (('tenant_id', 1), ('order_id', n)) if kind is OpKind.UPSERT else (),
+                assignments, f'a#{query}'),), DAY1))
+    assert_same_backup(tmp_path, changes, 100, batch=len(changes))
+    files, _ = written_backup(str(tmp_path / 'again'), changes, 100, batch=len(changes))
+    rows = [row for data in files.values() for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+    assert sorted({text for row in rows for _, text in row['computed']}) == [
+        "'1'", "(`rate` + '1')", '(`rate` + 1)', '(`rate` + 1.0)', '(`rate` + 1.00)',
+        '(`rate` + True)', '1', '1.0', '1.00', 'True']
+    assert sorted({row['note'] for row in rows if row['note']}) == ['1', '1.0', '1.00']
+
+
 def test_a_partition_of_every_kind_of_row(tmp_path, monkeypatch):
     """One fixed partition with every case the random one may miss; a file's
     identities hashed in several parts."""

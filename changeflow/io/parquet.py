@@ -632,56 +632,72 @@ def _batch_table(changes: List[Change], layouts: Dict[str, _Layout],
 def _shapes(ops: List[RowOp]) -> Optional[Dict[tuple, _Shape]]:
     """The ops by (literal columns, computed columns, set columns): per op,
     :func:`changeflow.sql.rowstate.op_columns` and the computed assignments'
-    SQL texts, as :meth:`_PartitionRows.add` takes them; None if a text is
-    not UTF-8."""
+    SQL texts, as :meth:`_PartitionRows.add` takes them, those of equal
+    assignments found once (:func:`_exact`); None if a text is not UTF-8."""
     shapes: Dict[tuple, _Shape] = {}
     texts_seen: List[str] = []
     upsert = OpKind.UPSERT
+    known: Dict[tuple, tuple] = {}  # (UPSERT?, exact assignments) -> their _assigned
     for row, op in enumerate(ops):
-        assignments = op.assignments
+        assignments, values = op.assignments, op.values
+        literals = dict(values)
         if assignments:
-            literals, computed = _op_columns(op)
-            texts = tuple(map(to_sql, computed.values()))
-            texts_seen += texts
-            key = (tuple(literals), tuple(computed),  # an UPSERT's: literals', then computed's
-                   None if op.kind is upsert else _set_columns(op.values, assignments))
+            is_upsert = op.kind is upsert
+            exact = _exact(assignments)
+            found = known.get((is_upsert, assignments)) if exact else None
+            if found is None:
+                found = _assigned(op, is_upsert)
+                texts_seen += found[2]
+                if exact:
+                    known[is_upsert, assignments] = found
+            assigned_literals, computed, texts, set_columns = found
+            literals.update(assigned_literals)
+            if values and not is_upsert:
+                set_columns = _set_columns(values, assignments)
+            key = (tuple(literals), computed, set_columns)  # an UPSERT's: None
         else:
-            literals, texts = dict(op.values), ()
+            texts = ()
             key = (tuple(literals), (), ())
         shape = shapes.get(key)
         if shape is None:
             shape = shapes[key] = _Shape([], [], [])
-        rows, values, computed_texts = shape
+        rows, shape_values, shape_texts = shape
         rows.append(row)
-        values.append(tuple(literals.values()))
-        computed_texts.append(texts)
+        shape_values.append(tuple(literals.values()))
+        shape_texts.append(texts)
     if not _utf8('\0'.join(texts_seen)):
         return None
     return shapes
 
 
-def _op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
-    """:func:`changeflow.sql.rowstate.op_columns`, without its walk of the
-    assignments when substituting the earlier ones changes none (each a
-    literal, or a column not assigned before it with a literal: ``qty = qty
-    + 1``, what a log mostly holds)."""
-    assigned: Dict[str, tuple] = {}
-    for column, expr in op.assignments:
-        tag = expr[0]
-        if tag != 'lit' and not (tag == 'bin' and expr[2][0] == 'col' and expr[3][0] == 'lit'
-                                 and expr[2][1] not in assigned):
-            return op_columns(op)
-        assigned[column] = expr
-    literals = dict(op.values)
-    if op.kind is OpKind.UPSERT:
-        return literals, assigned
-    computed = {}
-    for column, expr in assigned.items():
-        if expr[0] == 'lit':
-            literals[column] = expr[1]
-        else:
-            computed[column] = expr
-    return literals, computed
+_EXACT_LITERALS = (int, str)  # types whose equal values are alike (unlike 1 and True, 1.0 and 1.00)
+
+
+def _exact(assignments) -> bool:
+    """Whether every assignment equal to these is alike, for :func:`_assigned`
+    to give the same: each a literal or a binary operation on columns and
+    literals, every literal an int or a str."""
+    for _, expr in assignments:
+        if expr[0] == 'bin':
+            if type(expr[1]) is not str:
+                return False
+            for operand in expr[2:]:
+                if operand[0] != 'col' and (operand[0] != 'lit'
+                                            or type(operand[1]) not in _EXACT_LITERALS):
+                    return False
+        elif expr[0] != 'lit' or type(expr[1]) not in _EXACT_LITERALS:
+            return False
+    return True
+
+
+def _assigned(op: RowOp, upsert: bool) -> Tuple[tuple, tuple, tuple, Optional[tuple]]:
+    """What an op's assignments add to its row, as :func:`op_columns` and
+    :func:`to_sql` make it: (the literal assignments' (column, value), the
+    computed columns, their SQL texts, the set columns of an op without
+    values, None for an UPSERT)."""
+    literals, computed = op_columns(op._replace(values=()))
+    return (tuple(literals.items()), tuple(computed), tuple(map(to_sql, computed.values())),
+            None if upsert else _set_columns((), op.assignments))
 
 
 def _shaped_table(layout: _Layout, plan: _Plan, table: str, changes: List[Change],
