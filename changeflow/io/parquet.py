@@ -84,8 +84,14 @@ chain. Memory does not grow with a partition: Changes cross the GroupByKey
 packed (pickled and compressed, a log batch at a time) and the writer reads
 the grouped values a batch at a time (a runner that pages large groups,
 Dataflow's or Flink's, never holds them all; the FnApiRunner and the
-DirectRunner do, packed). Rows are built column by column (one Python list
-per column) ``_SLICE_ROWS`` (50,000) at a time; each such slice becomes an
+DirectRunner do, packed). A log batch of one table's one-op Changes whose
+values all fit their columns is built as Arrow columns at once (its ops
+grouped by the columns they set, equal assignments rendered once, values
+that need no coercion, such as ints, UTF-8 text and decimal text at the
+column's scale, handed to Arrow whole); any other batch op by op, one Python
+list per column. Rows are held ``_SLICE_ROWS`` (50,000) at a time (a batch
+built at once may carry a slice beyond), a slice also ending where batches
+of the two kinds meet; each slice becomes an
 Arrow table sorted by identity, keeping per row its origin (batch, Change
 and op index, not the Change) and, but for the last, is spilled to a local
 temporary Arrow IPC file (under ``TMPDIR``) and read back memory-mapped. The
