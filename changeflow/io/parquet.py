@@ -591,7 +591,8 @@ _POSITION_OF = operator.attrgetter('position')
 class _Shape(NamedTuple):
     """The ops of a batch that set the same columns the same way."""
     rows: List[int]                  # their indices in the batch
-    values: List[tuple]              # per op, its literal values (in ``literals`` order)
+    values: List[tuple]              # per op, its literal values (a column given twice:
+                                     # twice, the last one stored)
     texts: List[tuple]               # per op, its computed assignments' SQL texts
 
 
@@ -636,40 +637,48 @@ def _batch_table(changes: List[Change], layouts: Dict[str, _Layout],
 
 
 def _shapes(ops: List[RowOp]) -> Optional[Dict[tuple, _Shape]]:
-    """The ops by (literal columns, computed columns, set columns): per op,
+    """The ops by (literal columns, computed columns, set columns: () for an
+    op without assignments and None for an UPSERT, whose follow): per op,
     :func:`changeflow.sql.rowstate.op_columns` and the computed assignments'
     SQL texts, as :meth:`_PartitionRows.add` takes them, those of equal
-    assignments found once (:func:`_exact`); None if a text is not UTF-8."""
+    assignments found once (:func:`_exact`), an op's values as it gives them
+    when no assignment adds a literal; None if a text is not UTF-8."""
     shapes: Dict[tuple, _Shape] = {}
     texts_seen: List[str] = []
     upsert = OpKind.UPSERT
-    known: Dict[tuple, tuple] = {}  # (UPSERT?, exact assignments) -> their _assigned
+    known: Tuple[Dict[tuple, tuple], ...] = ({}, {})  # exact assignments -> their _assigned,
+    # of other ops and of UPSERTs
     for row, op in enumerate(ops):
         assignments, values = op.assignments, op.values
-        literals = dict(values)
         if assignments:
             is_upsert = op.kind is upsert
             exact = _exact(assignments)
-            found = known.get((is_upsert, assignments)) if exact else None
+            found = known[is_upsert].get(assignments) if exact else None
             if found is None:
                 found = _assigned(op, is_upsert)
                 texts_seen += found[2]
                 if exact:
-                    known[is_upsert, assignments] = found
+                    known[is_upsert][assignments] = found
             assigned_literals, computed, texts, set_columns = found
-            literals.update(assigned_literals)
             if values and not is_upsert:
                 set_columns = _set_columns(values, assignments)
-            key = (tuple(literals), computed, set_columns)  # an UPSERT's: None
+            if assigned_literals:
+                literals = dict(values)
+                literals.update(assigned_literals)
+                names, literal_values = tuple(literals), tuple(literals.values())
+            else:
+                names, literal_values = zip(*values) if values else ((), ())
+            key = (names, computed, set_columns)  # an UPSERT's: None
         else:
             texts = ()
-            key = (tuple(literals), (), ())
+            names, literal_values = zip(*values) if values else ((), ())
+            key = (names, (), ())
         shape = shapes.get(key)
         if shape is None:
             shape = shapes[key] = _Shape([], [], [])
         rows, shape_values, shape_texts = shape
         rows.append(row)
-        shape_values.append(tuple(literals.values()))
+        shape_values.append(literal_values)
         shape_texts.append(texts)
     if not _utf8('\0'.join(texts_seen)):
         return None
@@ -728,8 +737,13 @@ def _shaped_table(layout: _Layout, plan: _Plan, table: str, changes: List[Change
                     return None  # unknown-column
             slots[slot] = index
         slots_by_shape.append(slots)
-        set_columns.append(list(literals if fixed == () else fixed if fixed is not None
-                                else dict.fromkeys(literals + computed)))
+        if fixed == ():  # no assignments: its values' columns, each once
+            columns = dict.fromkeys(literals)
+        elif fixed is None:  # an UPSERT: its values', then its assignments' columns
+            columns = dict.fromkeys(literals + computed)
+        else:
+            columns = fixed
+        set_columns.append(list(columns))
     key_positions = {slot: position for position, slot in enumerate(plan.key_slots)
                      if slot is not None}
     shaped_keys = [keys[row] for row in order]
