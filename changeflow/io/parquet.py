@@ -637,8 +637,9 @@ def _batch_table(changes: List[Change], layouts: Dict[str, _Layout],
 
 
 def _shapes(ops: List[RowOp]) -> Optional[Dict[tuple, _Shape]]:
-    """The ops by (literal columns, computed columns, set columns: () for an
-    op without assignments and None for an UPSERT, whose follow): per op,
+    """The ops by (literal columns, computed columns, set columns; the last
+    () for an op without assignments and None for an UPSERT, whose set
+    columns follow from the others): per op,
     :func:`changeflow.sql.rowstate.op_columns` and the computed assignments'
     SQL texts, as :meth:`_PartitionRows.add` takes them, those of equal
     assignments found once (:func:`_exact`), an op's values as it gives them
@@ -805,6 +806,7 @@ def _key_texts(keys: List[tuple]) -> pa.Array:
             return pc.binary_join_element_wise(
                 '[', pa.array(values, pa.int64()).cast(pa.string()), ']', '')
     return pa.array(list(map(_key_text, keys)), pa.string())
+
 
 # A row's metadata as _PartitionRows holds it: set_columns and computed are indices.
 _ROW_FIELDS = ('source_table', 'op', 'version', 'event_time', 'key', 'position',
