@@ -1,7 +1,7 @@
 """Sink throughput: the Parquet backup writer and the database sink, without and with Beam.
 
     python bench/sink_throughput.py [--events 200000] [--keys 20000] [--repeat 3]
-                                    [--sink parquet|database|both]
+                                    [--sink parquet|database|both] [--direct]
 
 Inputs: the statements of bench/workload.py (half ``INSERT ... ON DUPLICATE
 KEY UPDATE``, 40% updates, 10% deletes by key over ``--keys`` rows of one typed
@@ -20,7 +20,8 @@ and coalesced per key, as the sinks receive them in a bounded run. Then:
   replayed into that database (every op found stale), and the WriteToDatabase
   transform on the FnApiRunner.
 
-Runs ``--repeat`` times and prints min / median / max of each rate. The
+Runs ``--repeat`` times and prints min / median / max of each rate
+(``--direct``: the direct calls only, for an A/B of checkouts). The
 FnApiRunner figures are wall times of a whole pipeline, so they include its
 start-up and the source; the wall time of the same pipeline without the sink
 is printed as well.
@@ -145,7 +146,7 @@ def spread(rates):
     return f'{middle:>10,.0f} /s median  (min {low:,.0f}, max {high:,.0f})'
 
 
-def bench_parquet(ops, repeat):
+def bench_parquet(ops, repeat, direct_only=False):
     rows = len(ops)
     batches = log_batches(ops)
     direct, writing, held, runner, bare = [], [], [], [], []
@@ -158,7 +159,7 @@ def bench_parquet(ops, repeat):
             keying, write, written = parquet_direct(batches, folder)
             assert written == 0, written
             held.append(rows / (keying + write))
-    for _ in range(repeat):
+    for _ in range(0 if direct_only else repeat):
         bare.append(pipeline_seconds(ops))
         with tempfile.TemporaryDirectory() as folder:
             runner.append(rows / pipeline_seconds(
@@ -167,18 +168,19 @@ def bench_parquet(ops, repeat):
     print(f'  key + write, no Beam      {spread(direct)}')
     print(f'  write step alone          {spread(writing)}')
     print(f'  again, all rows held      {spread(held)}')
-    print(f'  FnApiRunner, wall time    {spread(runner)}')
-    print(f'  (same pipeline without the sink: {statistics.median(bare):.2f} s median)')
+    if runner:
+        print(f'  FnApiRunner, wall time    {spread(runner)}')
+        print(f'  (same pipeline without the sink: {statistics.median(bare):.2f} s median)')
 
 
-def bench_database(changes, repeat):
+def bench_database(changes, repeat, direct_only=False):
     fresh, replayed, runner, bare = [], [], [], []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as folder:
             url = f'sqlite:///{folder}/replica.db'
             fresh.append(len(changes) / database_direct(changes, url))
             replayed.append(len(changes) / database_direct(changes, url))
-    for _ in range(repeat):
+    for _ in range(0 if direct_only else repeat):
         bare.append(pipeline_seconds(changes))
         with tempfile.TemporaryDirectory() as folder:
             runner.append(len(changes) / pipeline_seconds(
@@ -187,8 +189,9 @@ def bench_database(changes, repeat):
     print(f'Database sink (SQLite, version guard), {len(changes):,} changes ({ops:,} ops)')
     print(f'  fresh replica, no Beam    {spread(fresh)}')
     print(f'  replay (all stale)        {spread(replayed)}')
-    print(f'  FnApiRunner, wall time    {spread(runner)}')
-    print(f'  (same pipeline without the sink: {statistics.median(bare):.2f} s median)')
+    if runner:
+        print(f'  FnApiRunner, wall time    {spread(runner)}')
+        print(f'  (same pipeline without the sink: {statistics.median(bare):.2f} s median)')
 
 
 def main():
@@ -197,12 +200,14 @@ def main():
     parser.add_argument('--keys', type=int, default=20_000)
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--sink', choices=('parquet', 'database', 'both'), default='both')
+    parser.add_argument('--direct', action='store_true',
+                        help='time the direct calls only, not the FnApiRunner pipelines')
     args = parser.parse_args()
     print(f'workload: {args.events:,} events over {args.keys:,} keys (bench/workload.py)')
     if args.sink in ('parquet', 'both'):
-        bench_parquet(source_ops(args.events, args.keys), args.repeat)
+        bench_parquet(source_ops(args.events, args.keys), args.repeat, args.direct)
     if args.sink in ('database', 'both'):
-        bench_database(coalesced_changes(args.events, args.keys), args.repeat)
+        bench_database(coalesced_changes(args.events, args.keys), args.repeat, args.direct)
 
 
 if __name__ == '__main__':

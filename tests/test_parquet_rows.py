@@ -225,8 +225,10 @@ def expected_backup(changes, rows_per_file, shards=1):
                          for reason, position, detail, change in letters)
 
 
-def written_backup(root, changes, rows_per_file, shards=1):
-    """The sink's DoFns called as the pipeline calls them: (files, dead letters)."""
+def written_backup(root, changes, rows_per_file, shards=1, batch=None):
+    """The sink's DoFns called as the pipeline calls them: (files, dead letters).
+    With ``batch``, each partition's ops come as a job's log batches do: one
+    Change per op, ``batch`` Changes packed together."""
     layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
     keyer = parquet._KeyByPartition({source: layout.target for source, layout in layouts.items()},
                                     shards)
@@ -236,6 +238,12 @@ def written_backup(root, changes, rows_per_file, shards=1):
     for change in changes:
         for partition, keyed in keyer.process(change):
             partitions[partition].append(keyed)
+    if batch:
+        for partition, packed in partitions.items():
+            single = [change._replace(ops=(op,)) for data in packed
+                      for change in parquet.unpack(data) for op in change.ops]
+            partitions[partition] = [parquet.pack(single[start:start + batch])
+                                     for start in range(0, len(single), batch)]
     outputs = [output for element in partitions.items() for output in writer.process(element)]
     letters = [output.value for output in outputs if getattr(output, 'tag', '') == DEAD_LETTER_TAG]
     files = {}
@@ -256,11 +264,11 @@ def unaddressed(letters):
             for letter in letters]
 
 
-def assert_same_backup(root, changes, rows_per_file, shards=1, row_group_rows=None):
+def assert_same_backup(root, changes, rows_per_file, shards=1, row_group_rows=None, batch=None):
     """The files written are the expected ones, byte for byte; with
     ``row_group_rows``, the same rows and schema in row groups of that many."""
     expected_files, expected_letters = expected_backup(changes, rows_per_file, shards)
-    files, letters = written_backup(str(root), changes, rows_per_file, shards)
+    files, letters = written_backup(str(root), changes, rows_per_file, shards, batch)
     assert unaddressed(letters) == unaddressed(expected_letters)
     assert sorted(files) == sorted(expected_files)
     for name, data in files.items():
@@ -288,6 +296,45 @@ def assert_same_backup(root, changes, rows_per_file, shards=1, row_group_rows=No
 @given(changes(), st.integers(1, 5), st.integers(1, 3))
 def test_columns_hold_what_rows_define(tmp_path_factory, generated, rows_per_file, shards):
     assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file, shards)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(changes(), st.integers(1, 5), st.integers(1, 3), st.integers(2, 9))
+def test_log_batches_hold_what_rows_define(tmp_path_factory, generated, rows_per_file, shards,
+                                           batch):
+    """Log batches of one-op Changes: a batch of one table whose values all
+    take a column without a dead letter is built column by column
+    (ops of several shapes, put back in arrival order), any other op by op;
+    the same files and dead letters either way."""
+    assert_same_backup(tmp_path_factory.mktemp('backup'), generated, rows_per_file, shards,
+                       batch=batch)
+
+
+def test_equal_assignments_of_unlike_literals(tmp_path):
+    """Equal assignments of one log batch are rendered once, but only when
+    equal means alike: 1, True, 1.0, Decimal('1.0') and Decimal('1.00') are
+    equal and each keeps its own SQL text (and a literal UPDATE its value)."""
+    unlike = [1, True, 1.0, D('1.0'), D('1.00'), 1, '1', '1']
+    changes = []
+    for n, value in enumerate(unlike, 1):
+        plus = ('bin', '+', col('rate'), lit(value))
+        for kind, assignments in ((OpKind.UPDATE, (('rate', plus),)),
+                                  (OpKind.UPDATE, (('note', lit(value)),)),
+                                  (OpKind.UPSERT, (('note', lit(value)),))):
+            query = len(changes) + 1
+            changes.append(Change('shop.orders', (1, n), (RowOp(
+                kind, audit_version(DAY1, query, query, 0),
+                (('tenant_id', 1), ('order_id', n)) if kind is OpKind.UPSERT else (),
+                assignments, f'a#{query}'),), DAY1))
+    assert_same_backup(tmp_path, changes, 100, batch=len(changes))
+    files, _ = written_backup(str(tmp_path / 'again'), changes, 100, batch=len(changes))
+    rows = [row for data in files.values() for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+    assert sorted({text for row in rows for _, text in row['computed']}) == [
+        "'1'", "(`rate` + '1')", '(`rate` + 1)', '(`rate` + 1.0)', '(`rate` + 1.00)',
+        '(`rate` + True)', '1', '1.0', '1.00', 'True']
+    assert sorted({row['note'] for row in rows if row['note']}) == ['1', '1.0', '1.00']
 
 
 def test_a_partition_of_every_kind_of_row(tmp_path, monkeypatch):
@@ -467,6 +514,31 @@ def test_a_log_batch_keeps_its_rows_write_shards(shards):
     assert keyed == expected
 
 
+def test_a_log_batch_of_several_partitions_is_split():
+    """A batch is passed on whole only when all its Changes share one
+    partition: one spanning midnight (its first and last Change on one day,
+    one between them on the next), or holding a table of another target or
+    none, is split Change by Change."""
+    def change(n, time_us, table='shop.orders'):
+        return Change(table, (1, n), (RowOp(OpKind.INSERT, audit_version(time_us, n, n, 0),
+                                            (), (), f'a#{n}'),), time_us)
+    layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
+    keyer = parquet._KeyBatchByPartition(layouts, 4)
+    keyer.setup()
+
+    def keyed(changes):
+        return {partition: [c.ops[0].position for c in parquet.unpack(data)]
+                for partition, data in keyer.process(make_batch('shop.orders', 0, changes))}
+    assert keyed([change(1, DAY1), change(2, DAY1 + 1_000_000), change(3, DAY1)]) == {
+        ('orders', '2026-11-22', 0): ['a#1', 'a#3'], ('orders', '2026-11-23', 0): ['a#2']}
+    assert keyed([change(1, DAY1), change(2, DAY1, 'shop.events')]) == {
+        ('orders', '2026-11-22', 0): ['a#1'], ('events', '2026-11-22', 0): ['a#2']}
+    assert keyed([change(1, DAY1), change(2, DAY1, 'shop.other')]) == {
+        ('orders', '2026-11-22', 0): ['a#1'], parquet._UNROUTABLE: ['a#2']}
+    whole = make_batch('shop.orders', 4, [change(1, DAY1 - 10), change(2, DAY1)])
+    assert list(keyer.process(whole)) == [(('orders', '2026-11-22', 0), whole[2])]
+
+
 def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
     """Rows spilled in sorted slices of 7 (log batches of several Changes, in
     no version order, an identity repeated) make the files of one sort of
@@ -516,7 +588,9 @@ def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):
 
     whole, whole_letters = write(tmp_path / 'whole', 10 ** 6)
     sliced, sliced_letters = write(tmp_path / 'sliced', 7)
-    assert merged == [1, 1, 15, 15]  # the rows, then the failed file's origins again
+    # the rows, then the failed file's origins again; a slice also ends where batches
+    # built column by column (_batch_table) and op by op (two batches of two-op Changes) meet
+    assert merged == [5, 5, 14, 14]
     assert sorted(sliced) == sorted(whole) and len(whole) == 10
     assert all(sliced[name] == whole[name] for name in whole)
     assert sliced_letters == whole_letters

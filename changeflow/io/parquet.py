@@ -84,8 +84,14 @@ chain. Memory does not grow with a partition: Changes cross the GroupByKey
 packed (pickled and compressed, a log batch at a time) and the writer reads
 the grouped values a batch at a time (a runner that pages large groups,
 Dataflow's or Flink's, never holds them all; the FnApiRunner and the
-DirectRunner do, packed). Rows are built column by column (one Python list
-per column) ``_SLICE_ROWS`` (50,000) at a time; each such slice becomes an
+DirectRunner do, packed). A log batch of one table's one-op Changes whose
+values all fit their columns is built as Arrow columns at once (its ops
+grouped by the columns they set, equal assignments rendered once, values
+that need no coercion, such as ints, UTF-8 text and decimal text at the
+column's scale, handed to Arrow whole); any other batch op by op, one Python
+list per column. Rows are held ``_SLICE_ROWS`` (50,000) at a time (a batch
+built at once may carry a slice beyond), a slice also ending where batches
+of the two kinds meet; each slice becomes an
 Arrow table sorted by identity, keeping per row its origin (batch, Change
 and op index, not the Change) and, but for the last, is spilled to a local
 temporary Arrow IPC file (under ``TMPDIR``) and read back memory-mapped. The
@@ -198,13 +204,66 @@ def _decimal_coercer(precision: int, scale: int) -> Callable[[Any], Any]:
     digits and fits (what a log mostly holds: '523.45') is its Decimal as it
     is, the value the coercion's rounding returns for it."""
     coerce = coercer(f'decimal({precision},{scale})')
-    whole = precision - scale
-    exact = re.compile(f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
-                       if whole else f'-?0\\.[0-9]{{{scale}}}').fullmatch
+    exact = _exact_decimal(precision, scale)
 
     def fixed(value):
         return decimal.Decimal(value) if type(value) is str and exact(value) else coerce(value)
     return fixed
+
+
+def _exact_decimal(precision: int, scale: int) -> Callable[[str], Any]:
+    """The full match of decimal text that already has the scale's digits and fits."""
+    whole = precision - scale
+    return re.compile(f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
+                      if whole else f'-?0\\.[0-9]{{{scale}}}').fullmatch
+
+
+def _column_coercer(arrow: pa.DataType, column_type: str,
+                    coerce: Callable[[Any], Any]) -> Callable[[List[Any]], pa.Array]:
+    """A declared column's values (None for NULL) as its Arrow array, the
+    values :func:`_coercer`'s ``coerce`` gives them: a column whose values
+    need no coercion (ints within int64, UTF-8 text for a string, decimal text
+    at the column's scale) goes to Arrow at once, any other value by value.
+    Raises what ``coerce`` or Arrow raises."""
+    def each(values):
+        return pa.array([None if value is None else coerce(value) for value in values], arrow)
+
+    def present(values):
+        return [value for value in values if value is not None] if None in values else values
+
+    if types.parse_type(column_type).shape is not None:
+        return each
+    if pa.types.is_decimal(arrow):
+        exact = _exact_decimal(arrow.precision, arrow.scale)
+
+        def decimals(values):
+            given = present(values)
+            if set(map(type, given)) <= {str} and all(map(exact, given)):
+                return pa.array(values, pa.string()).cast(arrow)
+            return each(values)
+        return decimals
+    if pa.types.is_int64(arrow) and coercer(column_type) is _PLAIN_INTEGER:
+        def integers(values):  # Arrow refuses an int beyond int64
+            if set(map(type, present(values))) <= {int}:
+                return pa.array(values, arrow)
+            return each(values)
+        return integers
+    if column_type.strip().lower() in ('string', 'text'):
+        def texts(values):
+            given = present(values)
+            if set(map(type, given)) <= {str} and _utf8('\0'.join(given)):
+                return pa.array(values, arrow)
+            return each(values)
+        return texts
+    return each
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode('utf-8')
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 _PLAIN_INTEGER = coercer('integer')  # integer and bigint: any MySQL integer, then int64's range
@@ -263,15 +322,19 @@ class _Plan(NamedTuple):
     key_slots: Tuple[Optional[int], ...]  # the slot of each key column, None if undeclared
     coercers: Tuple[Callable[[Any], Any], ...]
     redacted: Tuple[bool, ...]
+    arrays: Tuple[Callable[[List[Any]], pa.Array], ...]  # a slot's values, coerced, as Arrow
 
 
 def _plan(layout: _Layout) -> _Plan:
     slots = {column.source.lower(): slot for slot, column in enumerate(layout.columns)}
+    arrows = [layout.schema.field(column.name).type for column in layout.columns]
+    coercers = tuple(_coercer(arrow, column.column_type)
+                     for arrow, column in zip(arrows, layout.columns))
     return _Plan(
-        slots, tuple(slots.get(name.lower()) for name in layout.key),
-        tuple(_coercer(layout.schema.field(column.name).type, column.column_type)
-              for column in layout.columns),
-        tuple(column.source.lower() in layout.redacted for column in layout.columns))
+        slots, tuple(slots.get(name.lower()) for name in layout.key), coercers,
+        tuple(column.source.lower() in layout.redacted for column in layout.columns),
+        tuple(_column_coercer(arrow, column.column_type, coerce)
+              for arrow, column, coerce in zip(arrows, layout.columns, coercers)))
 
 
 class _BadRow(Exception):
@@ -447,6 +510,11 @@ class _PartitionRows:
             self._arrays[name] = array
         return array
 
+    def origin_arrays(self) -> List[pa.Array]:
+        """Per row, its batch's, Change's and op's index: one array each."""
+        columns = list(zip(*self.origins)) or [(), (), ()]
+        return [pa.array(column, pa.int64()) for column in columns]
+
     def identities(self) -> pa.Table:
         """The columns that order the rows and name the files."""
         return pa.table([self._array(name) for name in _IDENTITY], names=_IDENTITY)
@@ -476,6 +544,268 @@ class _PartitionRows:
             picked = values[:self.count] if rows is None else [values[row] for row in rows]
             arrays.append(pa.array(picked, type=field.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+class _ColumnarRows:
+    """The backup rows of whole log batches built column by column
+    (:func:`_batch_table`), kept in arrival order: the counterpart of
+    :class:`_PartitionRows` for batches that need no check or coercion value
+    by value. Its tables are built, so Arrow never refuses one of its rows."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.count = 0
+        self._tables: List[pa.Table] = []
+        self._batches: List[Tuple[int, int]] = []  # per table: its batch's index, rows
+
+    def add(self, table: pa.Table, batch: int) -> None:
+        self._tables.append(table)
+        self._batches.append((batch, table.num_rows))
+        self.count += table.num_rows
+
+    def identities(self) -> pa.Table:
+        return self.table().select(list(_IDENTITY))
+
+    def table(self, rows: Optional[List[int]] = None) -> pa.Table:
+        """The rows (all, or those at ``rows``, in that order) as an Arrow table."""
+        table = pa.concat_tables(self._tables)
+        return table if rows is None else table.take(pa.array(rows, pa.int64()))
+
+    def origin_arrays(self) -> List[pa.Array]:
+        """Per row, its batch's, Change's and op's index (one op per Change)."""
+        return [pa.array(np.repeat([batch for batch, _ in self._batches],
+                                   [rows for _, rows in self._batches])),
+                pa.array(np.concatenate([np.arange(rows) for _, rows in self._batches])),
+                pa.array(np.zeros(self.count, np.int64))]
+
+
+_TABLE_OF = operator.attrgetter('table')
+_OPS_OF = operator.attrgetter('ops')
+_KEY_OF = operator.attrgetter('key')
+_TIME_OF = operator.attrgetter('event_time_us')
+_KIND_OF = operator.attrgetter('kind')
+_VERSION_OF = operator.attrgetter('version')
+_POSITION_OF = operator.attrgetter('position')
+
+
+class _Shape(NamedTuple):
+    """The ops of a batch that set the same columns the same way."""
+    rows: List[int]                  # their indices in the batch
+    values: List[tuple]              # per op, its literal values (a column given twice:
+                                     # twice, the last one stored)
+    texts: List[tuple]               # per op, its computed assignments' SQL texts
+
+
+def _batch_table(changes: List[Change], layouts: Dict[str, _Layout],
+                 plans: Dict[str, _Plan]) -> Optional[pa.Table]:
+    """The rows of a log batch's Changes as one Arrow table in arrival order,
+    built column by column: what :meth:`_PartitionRows.add` makes of them op
+    by op. None (nothing to undo) when any of them needs the op-by-op path:
+    Changes of several tables or of several ops, a table without declared
+    columns, a value dead-lettered or turned into a row's value only by
+    checks of its own, anything malformed."""
+    try:
+        tables = set(map(_TABLE_OF, changes))
+        if len(tables) != 1:
+            return None
+        table, = tables
+        layout = layouts.get(table)
+        if layout is None or not layout.columns:
+            return None
+        plan = plans[table]
+        ops_of = list(map(_OPS_OF, changes))
+        if set(map(type, ops_of)) != {tuple} or set(map(len, ops_of)) != {1}:
+            return None
+        ops = list(map(_FIRST, ops_of))
+        keys = list(map(_KEY_OF, changes))
+        if (set(map(type, ops)) != {RowOp} or set(map(type, keys)) != {tuple}
+                or set(map(len, keys)) != {len(layout.key)}):
+            return None
+        kinds = list(map(_KIND_OF, ops))
+        versions, positions = list(map(_VERSION_OF, ops)), list(map(_POSITION_OF, ops))
+        if (set(map(type, kinds)) != {OpKind} or set(map(type, versions)) != {str}
+                or set(map(type, positions)) != {str} or type(table) is not str
+                or not _utf8('\0'.join([table, *versions, *positions]))):
+            return None
+        shapes = _shapes(ops)
+        if shapes is None:
+            return None
+        return _shaped_table(layout, plan, table, changes, keys, kinds, versions, positions,
+                             shapes)
+    except Exception:  # pylint: disable=broad-except  # the op-by-op path reports it
+        return None
+
+
+def _shapes(ops: List[RowOp]) -> Optional[Dict[tuple, _Shape]]:
+    """The ops by (literal columns, computed columns, set columns; the last
+    () for an op without assignments and None for an UPSERT, whose set
+    columns follow from the others): per op,
+    :func:`changeflow.sql.rowstate.op_columns` and the computed assignments'
+    SQL texts, as :meth:`_PartitionRows.add` takes them, those of equal
+    assignments found once (:func:`_exact`), an op's values as it gives them
+    when no assignment adds a literal; None if a text is not UTF-8."""
+    shapes: Dict[tuple, _Shape] = {}
+    texts_seen: List[str] = []
+    upsert = OpKind.UPSERT
+    known: Tuple[Dict[tuple, tuple], ...] = ({}, {})  # exact assignments -> their _assigned,
+    # of other ops and of UPSERTs
+    for row, op in enumerate(ops):
+        assignments, values = op.assignments, op.values
+        if assignments:
+            is_upsert = op.kind is upsert
+            exact = _exact(assignments)
+            found = known[is_upsert].get(assignments) if exact else None
+            if found is None:
+                found = _assigned(op, is_upsert)
+                texts_seen += found[2]
+                if exact:
+                    known[is_upsert][assignments] = found
+            assigned_literals, computed, texts, set_columns = found
+            if values and not is_upsert:
+                set_columns = _set_columns(values, assignments)
+            if assigned_literals:
+                literals = dict(values)
+                literals.update(assigned_literals)
+                names, literal_values = tuple(literals), tuple(literals.values())
+            else:
+                names, literal_values = zip(*values) if values else ((), ())
+            key = (names, computed, set_columns)  # an UPSERT's: None
+        else:
+            texts = ()
+            names, literal_values = zip(*values) if values else ((), ())
+            key = (names, (), ())
+        shape = shapes.get(key)
+        if shape is None:
+            shape = shapes[key] = _Shape([], [], [])
+        rows, shape_values, shape_texts = shape
+        rows.append(row)
+        shape_values.append(literal_values)
+        shape_texts.append(texts)
+    if not _utf8('\0'.join(texts_seen)):
+        return None
+    return shapes
+
+
+_EXACT_LITERALS = (int, str)  # types whose equal values are alike (unlike 1 and True, 1.0 and 1.00)
+
+
+def _exact(assignments) -> bool:
+    """Whether every assignment equal to these is alike, for :func:`_assigned`
+    to give the same: each a literal or a binary operation on columns and
+    literals, every literal an int or a str."""
+    for _, expr in assignments:
+        if expr[0] == 'bin':
+            if type(expr[1]) is not str:
+                return False
+            for operand in expr[2:]:
+                if operand[0] != 'col' and (operand[0] != 'lit'
+                                            or type(operand[1]) not in _EXACT_LITERALS):
+                    return False
+        elif expr[0] != 'lit' or type(expr[1]) not in _EXACT_LITERALS:
+            return False
+    return True
+
+
+def _assigned(op: RowOp, upsert: bool) -> Tuple[tuple, tuple, tuple, Optional[tuple]]:
+    """What an op's assignments add to its row, as :func:`op_columns` and
+    :func:`to_sql` make it: (the literal assignments' (column, value), the
+    computed columns, their SQL texts, the set columns of an op without
+    values, None for an UPSERT)."""
+    literals, computed = op_columns(op._replace(values=()))
+    return (tuple(literals.items()), tuple(computed), tuple(map(to_sql, computed.values())),
+            None if upsert else _set_columns((), op.assignments))
+
+
+def _shaped_table(layout: _Layout, plan: _Plan, table: str, changes: List[Change],
+                  keys: List[tuple], kinds: List[OpKind], versions: List[str],
+                  positions: List[str], shapes: Dict[tuple, _Shape]) -> Optional[pa.Table]:
+    """:func:`_batch_table`'s table from the batch's ops by shape: the
+    declared columns and ``computed`` built shape after shape, then put back
+    in arrival order."""
+    count = len(changes)
+    order = list(itertools.chain.from_iterable(shape.rows for shape in shapes.values()))
+    arrival = None if len(shapes) == 1 else pa.array(np.argsort(order, kind='stable'))
+    slots_by_shape, set_columns = [], []
+    for (literals, computed, fixed), shape in shapes.items():
+        if not _utf8('\0'.join([*literals, *computed])):
+            return None
+        slots = {}
+        for index, name in enumerate(literals):
+            slot = plan.slots.get(name)
+            if slot is None:
+                slot = plan.slots.get(name.lower())
+                if slot is None:
+                    return None  # unknown-column
+            slots[slot] = index
+        slots_by_shape.append(slots)
+        if fixed == ():  # no assignments: its values' columns, each once
+            columns = dict.fromkeys(literals)
+        elif fixed is None:  # an UPSERT: its values', then its assignments' columns
+            columns = dict.fromkeys(literals + computed)
+        else:
+            columns = fixed
+        set_columns.append(list(columns))
+    key_positions = {slot: position for position, slot in enumerate(plan.key_slots)
+                     if slot is not None}
+    shaped_keys = [keys[row] for row in order]
+
+    def in_arrival(array):
+        return array if arrival is None else array.take(arrival)
+
+    declared = []
+    for slot, convert in enumerate(plan.arrays):
+        position = key_positions.get(slot)
+        values: List[Any] = []
+        start = 0
+        for slots, shape in zip(slots_by_shape, shapes.values()):
+            index = slots.get(slot)
+            if index is not None:
+                values.extend(map(operator.itemgetter(index), shape.values))
+            elif position is not None:
+                values.extend(map(operator.itemgetter(position),
+                                  shaped_keys[start:start + len(shape.rows)]))
+            else:
+                values.extend(itertools.repeat(None, len(shape.rows)))
+            start += len(shape.rows)
+        declared.append(in_arrival(convert(values)))
+    shape_of = np.empty(count, np.int32)
+    for number, shape in enumerate(shapes.values()):
+        shape_of[shape.rows] = number
+    computed_names = [computed for _, computed, _ in shapes]
+    sizes = np.repeat([len(names) for names in computed_names],
+                      [len(shape.rows) for shape in shapes.values()])
+    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
+    names = list(itertools.chain.from_iterable(
+        names * len(shape.rows) for names, shape in zip(computed_names, shapes.values())))
+    entries = list(itertools.chain.from_iterable(itertools.chain.from_iterable(
+        shape.texts for shape in shapes.values())))
+    computed = in_arrival(pa.MapArray.from_arrays(offsets, pa.array(names, pa.string()),
+                                                  pa.array(entries, pa.string())))
+    metadata = {
+        'source_table': pa.array([table] * count, pa.string()),
+        'op': pa.array(kinds, pa.string()),
+        'version': pa.array(versions, pa.string()),
+        'event_time': pa.array(list(map(_TIME_OF, changes)), METADATA_SCHEMA.field(
+            'event_time').type),
+        'key': _key_texts(keys),
+        'position': pa.array(positions, pa.string()),
+        'set_columns': pa.array(set_columns, pa.list_(pa.string())).take(pa.array(shape_of)),
+        'computed': computed,
+    }
+    return pa.Table.from_arrays([metadata[name] for name in METADATA_SCHEMA.names] + declared,
+                                schema=layout.schema)
+
+
+def _key_texts(keys: List[tuple]) -> pa.Array:
+    """The keys as JSON arrays (:func:`_key_text`): keys of one integer within
+    int64 written by Arrow."""
+    if set(map(len, keys)) == {1}:
+        values = list(map(_FIRST, keys))
+        if (set(map(type, values)) == {int} and _INT64[0] <= min(values)
+                and max(values) <= _INT64[1]):
+            return pc.binary_join_element_wise(
+                '[', pa.array(values, pa.int64()).cast(pa.string()), ']', '')
+    return pa.array(list(map(_key_text, keys)), pa.string())
 
 
 # A row's metadata as _PartitionRows holds it: set_columns and computed are indices.
@@ -618,20 +948,44 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
 
     def process(self, batch, timeline=None):
         layouts, _ = self._current(timeline)
+        with gc_paused():  # a batch's Changes: many small objects, no cycles, freed by then
+            return self._keyed(batch, layouts)
+
+    def _keyed(self, batch, layouts) -> List[Tuple[Tuple[str, str, int], bytes]]:
         targets = {source: layout.target for source, layout in layouts.items()}
-        by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         changes = batch_changes(batch)
+        self._received.inc(sum(map(len, map(_OPS_OF, changes))))
         shard = batch[1] % self._shards if self._fold_shards % self._shards == 0 else None
+        if shard is not None:
+            partition = _one_partition(changes, targets, shard)
+            if partition is not None:
+                return [(partition, batch[2])]  # one partition: packed as it came
+        by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         for change in changes:
             if change.ops:
                 by_partition.setdefault(_partition(change, targets, self._shards, shard),
                                         []).append(change)
-        self._received.inc(sum(len(change.ops) for change in changes))
         if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
-            yield next(iter(by_partition)), batch[2]  # one partition: packed as it came
-            return
-        for partition, changes in sorted(by_partition.items()):
-            yield partition, pack(changes)
+            return [(next(iter(by_partition)), batch[2])]  # one partition: packed as it came
+        return [(partition, pack(changes)) for partition, changes in sorted(by_partition.items())]
+
+
+def _one_partition(changes: List[Change], targets: Dict[str, str],
+                   shard: int) -> Optional[Tuple[str, str, int]]:
+    """The partition of every Change when they all have one (ops, one
+    target, their earliest and latest time on one day) and their write
+    shard is ``shard``, found without a day per Change; None otherwise."""
+    try:
+        found = {targets.get(table) for table in set(map(_TABLE_OF, changes))}
+        times = list(map(_TIME_OF, changes))
+        if (len(found) != 1 or None in found or set(map(type, times)) != {int}
+                or 0 in set(map(len, map(_OPS_OF, changes)))):
+            return None
+        target, = found
+        day = _utc_day(min(times))
+        return (target, day, shard) if target and _utc_day(max(times)) == day else None
+    except Exception:  # pylint: disable=broad-except  # each Change's own partition tells
+        return None
 
 
 def _grouped_original(element):
@@ -689,10 +1043,27 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
         slices: List[pa.Table] = []
         errors: List[Exception] = []  # of the rows Arrow refused, by their _FAILED_COLUMN value
         maps: List[mmap.mmap] = []  # of the spilled slices
-        rows = None
+        rows = None  # the slice being filled: _ColumnarRows or _PartitionRows
         with tempfile.TemporaryDirectory(prefix='changeflow-parquet-') as spill:
             for batch, data in enumerate(values):
-                for index, change in enumerate(unpack(data)):
+                changes = unpack(data)
+                built = _batch_table(changes, layouts, plans)
+                if built is not None:
+                    if rows is not None and type(rows) is not _ColumnarRows:
+                        if rows.count:
+                            slices.append(self._sorted_slice(rows, held, errors, spill, maps))
+                        rows = None
+                    if rows is None:
+                        rows = _ColumnarRows(built.schema)
+                    rows.add(built, batch)
+                    if rows.count >= _SLICE_ROWS:
+                        slices.append(self._sorted_slice(rows, held, errors, spill, maps))
+                        rows = None
+                    continue
+                if type(rows) is _ColumnarRows:
+                    slices.append(self._sorted_slice(rows, held, errors, spill, maps))
+                    rows = None
+                for index, change in enumerate(changes):
                     layout, plan = layouts[change.table], plans[change.table]
                     if rows is None:
                         rows = _PartitionRows(layout)
@@ -730,14 +1101,13 @@ class _WritePartitionFn(_FollowedLayouts, beam.DoFn):
         order = pc.sort_indices(identities, sort_keys=[(name, 'ascending') for name in _IDENTITY])
         if fresh is not None:
             order = fresh.take(order)
-        picked = order.to_pylist()
         try:
             table = rows.table().take(order)
-            failed = pa.nulls(len(picked), pa.int32())
+            failed = pa.nulls(len(order), pa.int32())
         except Exception:  # pylint: disable=broad-except
-            table, failed = _refused_apart(rows, picked, errors)
-        for name, values in zip(_ORIGIN_COLUMNS, zip(*(rows.origins[row] for row in picked))):
-            table = table.append_column(name, pa.array(values, pa.int64()))
+            table, failed = _refused_apart(rows, order.to_pylist(), errors)
+        for name, values in zip(_ORIGIN_COLUMNS, rows.origin_arrays()):
+            table = table.append_column(name, values.take(order))
         table = table.append_column(_FAILED_COLUMN, failed)
         if spill is None or not table.num_rows:
             return table
