@@ -132,3 +132,23 @@ def test_equal_keys_merge_in_the_order_of_the_runs_then_of_each_run():
     merged = [tag for _, tag in merge_runs(runs, key)]
     assert merged == ['b0', 'a0', 'd0', 'b1', 'a1', 'a2', 'd1', 'c0', 'c1', 'b2', 'a3']
 
+
+
+def test_packing_starts_no_collection():
+    """The tuples made for pickling come and go with the collector paused:
+    their allocations would start collections that scan all the worker holds
+    (at most one young collection as it resumes, over what is left)."""
+    import gc
+    changes = _changes() * 20_000
+    collections = []
+
+    def count(phase, info):
+        if phase == 'start':
+            collections.append(info['generation'])
+    gc.callbacks.append(count)
+    try:
+        packed = pack(changes)
+    finally:
+        gc.callbacks.remove(count)
+    assert collections in ([], [0])
+    _same(tuple(unpack(packed)[:3]), tuple(changes[:3]))

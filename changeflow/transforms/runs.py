@@ -66,8 +66,17 @@ _CODECS = _Codecs()
 
 
 def pack(records: Sequence) -> bytes:
-    """``records`` (a list of any picklable values) as compressed bytes."""
-    records = list(records)
+    """``records`` (a list of any picklable values) as compressed bytes.
+
+    Packed with the garbage collector paused: the plain tuples made for
+    pickling are freed before it resumes, and their allocations would
+    otherwise start collections that scan everything the worker holds (half
+    of packing's time with 200k Changes held)."""
+    with gc_paused():
+        return _pack(list(records))
+
+
+def _pack(records: List) -> bytes:
     types = set(map(type, records))
     keyless = 0
     form, body = _ANY, records
