@@ -361,6 +361,11 @@ class _Rule(NamedTuple):
                     break
             else:
                 return False
+        return self.columns_hold(change)
+
+    def columns_hold(self, change: Change) -> bool:
+        """Whether the change meets every column predicate (the whole of
+        :meth:`fires` for a rule already known to fire on its op's kind)."""
         return not self.columns or columns_match(self.columns, change)
 
 
@@ -548,8 +553,7 @@ class _NotifyFn(beam.DoFn):
             note = None  # one (id, line) for every target: neither depends on it
             for rule in rules:
                 if rule.target not in notes and (
-                        (not rule.columns or columns_match(rule.columns, change)) if single
-                        else rule.fires(change)):
+                        rule.columns_hold(change) if single else rule.fires(change)):
                     if note is None:
                         redact, key_columns = tables.get(change.table, (frozenset(), ()))
                         note = _notification(rule.target, change, redact, key_columns)

@@ -348,9 +348,9 @@ def _check_utf8(texts: List[str], table: str) -> None:
     """Raises _BadRow if a text is not UTF-8 (a lone surrogate); one encode of
     them all, then text by text to name the first that fails."""
     try:
-        '\0'.join(texts).encode('utf-8')
-        return
-    except (UnicodeEncodeError, TypeError):
+        if _utf8('\0'.join(texts)):
+            return
+    except TypeError:  # not all texts: found one by one below
         pass
     try:
         for text in texts:

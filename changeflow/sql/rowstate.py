@@ -111,4 +111,3 @@ def op_columns(op: RowOp) -> Tuple[Dict[str, Any], Dict[str, tuple]]:
         else:
             computed[column] = expr
     return literals, computed
-

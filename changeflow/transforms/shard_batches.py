@@ -57,14 +57,9 @@ class _FoldShardFn(beam.DoFn):
                 new = folder.add(change)
                 if not change.key and shard != 0:
                     continue  # the change log takes a whole-table op from shard 0 only
-                if new is change.ops and len(new) == 1:  # a source op new here: logged as it is
-                    if new[0].kind not in MARKER_KINDS:
-                        log.append(change)
-                else:
-                    for op in new:
-                        if op.kind not in MARKER_KINDS:
-                            log.append(change if len(change.ops) == 1
-                                       else change._replace(ops=(op,)))
+                for op in new:
+                    if op.kind not in MARKER_KINDS:
+                        log.append(change if len(change.ops) == 1 else change._replace(ops=(op,)))
                 if len(log) >= LOG_BATCH:
                     yield TaggedOutput(FoldShards.LOG, make_batch(table, shard, log))
                     log = []

@@ -159,10 +159,7 @@ class ExtractRowChangesFn(beam.DoFn):
             zone_hazards = ()
             if session is not None and session.time_zone != '':  # else no literal moves
                 translation, zone_hazards = self._in_server_zone(translation, session.time_zone)
-            casters, keys = self._casters, []
-            for change in translation.changes:  # self._key's, inline
-                caster = casters[change.table]
-                keys.append(caster(change.key) if caster else change.key)
+            keys = [self._key(change) for change in translation.changes]
             if first_touch:  # only a table written earlier in the transaction is refused
                 _check_table_writes(translation, {table for table, _ in first_touch})
         except (SqlChangeError, ValueError, ArithmeticError) as error:
@@ -197,17 +194,16 @@ class ExtractRowChangesFn(beam.DoFn):
             return
         changes = translation.changes
         versions = []
-        count, timestamp_us, query_id = len(changes), statement.timestamp_us, statement.query_id
+        count = len(changes)
         for seq, (change, key) in enumerate(zip(changes, keys)):
             self._changes_count += 1
-            touch = first_touch.setdefault((change.table, key), (timestamp_us, query_id))
-            version = audit_version(touch[0], touch[1], query_id, seq)  # _version's, inline
+            version = self._version(first_touch, statement, change.table, key, seq)
             versions.append(version)
             # Change(...) and RowOp(...) without their __new__'s Python frames: per change.
             yield _new_tuple(Change, (change.table, key, (_new_tuple(RowOp, (
                 change.kind, version, change.values, change.assignments,
-                statement.position if count == 1 else f'{statement.position}#{seq}',
-                change.condition, None)),), timestamp_us))
+                _position(statement, seq, count), change.condition, None)),),
+                statement.timestamp_us))
         if translation.hazards or zone_hazards or self._any_folded:
             hazards = [*translation.hazards, *self._key_hazards(changes, keys), *zone_hazards]
             if hazards:

@@ -384,9 +384,12 @@ class TransactionTracker:
         self._pending, self._sessions, self._savepoints, self._xa_prepared = [], [], {}, False
         if not pending:
             return []
-        self.counts['committed'] += len(pending)
-        return [CommittedTransaction(self.serverhost, self.connection_id, tuple(pending),
-                                     tuple(sessions))]
+        return self._committed(tuple(pending), tuple(sessions))
+
+    def _committed(self, events: tuple, sessions: tuple) -> List[CommittedTransaction]:
+        self.counts['committed'] += len(events)
+        return [_new_tuple(CommittedTransaction, (self.serverhost, self.connection_id, events,
+                                                  sessions))]
 
     def _discard(self):
         self.counts['rolled_back'] += len(self._pending)
@@ -428,12 +431,8 @@ class TransactionTracker:
         if kind == StatementClass.WRITE:
             if self._autocommit and not self._in_transaction and not self._pending:
                 # Committed on its own (nearly every write): no pending lists made.
-                if self._savepoints:
-                    self._savepoints = {}
-                self._xa_prepared = False
-                self.counts['committed'] += 1
-                return [_new_tuple(CommittedTransaction, (
-                    self.serverhost, self.connection_id, (event,), (session,)))]
+                self._savepoints, self._xa_prepared = {}, False
+                return self._committed((event,), (session,))
             self._pending.append(event)
             self._sessions.append(session)
             if self._autocommit and not self._in_transaction:
