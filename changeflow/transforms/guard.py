@@ -140,6 +140,8 @@ def _guard_process(process, step, original, position, buffered):
         def guarded_process(self, element, *args, **kwargs):
             try:
                 outputs = process(self, element, *args, **kwargs)
+                if type(outputs) is list:  # made for this call: no copy
+                    return outputs
                 return [] if outputs is None else list(outputs)
             except Exception as error:  # pylint: disable=broad-except
                 _report(step, error)

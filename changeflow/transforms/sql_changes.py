@@ -127,30 +127,38 @@ class ExtractRowChangesFn(beam.DoFn):
             self._changes.inc(self._changes_count)
             self._changes_count = 0
 
-    def process(self, transaction: CommittedTransaction, timeline=None):
+    def process(self, transaction: CommittedTransaction, timeline=None) -> list:
+        """The transaction's outputs, as a list: the coarse replay calls this
+        once per transaction, where a generator per statement cost more than
+        a typical statement's own translation."""
+        out: list = []
         first_touch = {}  # (table, key) -> (time, query id) of the transaction's first write
         sessions = transaction.sessions or (None,) * len(transaction.statements)
         for statement, session in zip(transaction.statements, sessions):
             self._received_count += 1
             if timeline is None:
-                yield from self._statement(statement, session, first_touch, None)
+                self._statement(statement, session, first_touch, None, out)
                 continue
             epoch = self._at(timeline, statement)
             position = ddl_position(statement.timestamp_us, statement.query_id)
-            for out in self._statement(statement, session, first_touch, timeline):
-                lineage = epoch.lineages.get(out.table) if isinstance(out, Change) else None
+            made: list = []
+            self._statement(statement, session, first_touch, timeline, made)
+            for output in made:
+                lineage = epoch.lineages.get(output.table) if isinstance(output, Change) else None
                 if lineage is None:
-                    yield out
+                    out.append(output)
                     continue
-                out, lost = timeline.forward(lineage, position, out)
-                yield out
+                output, lost = timeline.forward(lineage, position, output)
+                out.append(output)
                 if lost:
-                    yield from self._lost_columns(statement, out, lost)
+                    out.extend(self._lost_columns(statement, output, lost))
+        return out
 
-    def _statement(self, statement, session, first_touch, timeline):
-        """The outputs of one statement, named as the schema at its position names them."""
+    def _statement(self, statement, session, first_touch, timeline, out: list) -> None:
+        """Appends the outputs of one statement to ``out``, named as the schema at
+        its position names them."""
         if statement.truncated:
-            yield from self._cut(statement, first_touch)
+            out.extend(self._cut(statement, first_touch))
             return
         translation = None
         try:
@@ -169,46 +177,44 @@ class ExtractRowChangesFn(beam.DoFn):
             detail = getattr(error, 'detail', str(error))
             marks = self._marks(error, translation, statement)
             self._dead.inc()
-            yield TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            out.append(TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                 'sql_changes', reason, detail + _marked(marks), statement.line,
-                statement.position))
+                statement.position)))
             for seq, (table, key) in enumerate(marks):
                 (self._rows_marked if key else self._tables_marked).inc()
-                yield Change(table, key, (diverge_op(
+                out.append(Change(table, key, (diverge_op(
                     self._version(first_touch, statement, table, key, seq), reason, detail,
-                    _position(statement, seq, len(marks))),), statement.timestamp_us)
+                    _position(statement, seq, len(marks))),), statement.timestamp_us))
             return
         except Exception as error:  # pylint: disable=broad-except
             # A defect: this statement alone is dead-lettered, replayable whole.
             self._dead.inc()
-            yield TaggedOutput(DEAD_LETTER_TAG, internal_error(
-                'sql_changes', error, statement.line, statement.position))
+            out.append(TaggedOutput(DEAD_LETTER_TAG, internal_error(
+                'sql_changes', error, statement.line, statement.position)))
             return
         if translation.skipped:
             self._skipped[translation.skipped.replace('-', '_')].inc()
             if translation.skipped == 'ddl':
-                if timeline is None:
-                    yield from self._schema_change(statement, first_touch)
-                else:
-                    yield from self._followed(statement, first_touch, timeline)
+                out.extend(self._schema_change(statement, first_touch) if timeline is None
+                           else self._followed(statement, first_touch, timeline))
             return
         changes = translation.changes
         versions = []
         count = len(changes)
+        self._changes_count += count
         for seq, (change, key) in enumerate(zip(changes, keys)):
-            self._changes_count += 1
             version = self._version(first_touch, statement, change.table, key, seq)
             versions.append(version)
             # Change(...) and RowOp(...) without their __new__'s Python frames: per change.
-            yield _new_tuple(Change, (change.table, key, (_new_tuple(RowOp, (
+            out.append(_new_tuple(Change, (change.table, key, (_new_tuple(RowOp, (
                 change.kind, version, change.values, change.assignments,
                 _position(statement, seq, count), change.condition, None)),),
-                statement.timestamp_us))
+                statement.timestamp_us)))
         if translation.hazards or zone_hazards or self._any_folded:
             hazards = [*translation.hazards, *self._key_hazards(changes, keys), *zone_hazards]
             if hazards:
-                yield from self._hazard_marks(statement, hazards, changes, keys, versions,
-                                              first_touch)
+                out.extend(self._hazard_marks(statement, hazards, changes, keys, versions,
+                                              first_touch))
 
     def _cut(self, statement, first_touch):
         """A committed write the plugin cut at its query log limit: never
