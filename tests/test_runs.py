@@ -134,6 +134,28 @@ def test_equal_keys_merge_in_the_order_of_the_runs_then_of_each_run():
 
 
 
+def test_merge_equals_a_stable_sort_of_runs_that_touch_overlap_and_follow_each_other():
+    """Runs that follow each other, touch at one key or overlap, with ties:
+    the merge yields what sorting every record by (key, the rank of its run
+    by smallest key then as handed over, its place in the run) gives,
+    whichever path it takes."""
+    key = operator.itemgetter(0)
+    rng = random.Random(11)
+    for _ in range(200):
+        runs, start = [], 0
+        for tag in range(rng.randrange(1, 8)):
+            start += rng.choice((0, 1, 3, rng.randrange(10)))  # follows, touches or overlaps
+            keys = sorted(start + rng.randrange(6) for _ in range(rng.randrange(1, 6)))
+            start = keys[-1] - rng.randrange(3)
+            runs.append([(k, f'{tag}.{i}') for i, k in enumerate(keys)])
+        runs = rng.sample(runs, len(runs))  # handed over in any order; ties then go by it
+        ranked = sorted(runs, key=lambda run: run[0][0])
+        expected = [record for _, _, _, record in sorted(
+            (record[0], rank, i, record) for rank, run in enumerate(ranked)
+            for i, record in enumerate(run))]
+        assert list(merge_runs([make_run(run, key) for run in runs], key)) == expected
+
+
 def test_packing_starts_no_collection():
     """The tuples made for pickling come and go with the collector paused:
     their allocations would start collections that scan all the worker holds

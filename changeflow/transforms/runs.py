@@ -159,25 +159,28 @@ def merge_runs(runs: Iterable[Run], key: Callable[[Any], Any]) -> Iterator:
     reaches its smallest key. Each run's records are sorted by ``key`` (as
     :func:`make_run` makes them), so the heap holds one cursor per decoded run."""
     pending = sorted(runs, key=lambda run: run[0])
-    heap: List[tuple] = []  # (key of the run's next record, run's rank, its position, records)
+    # (key of the run's next record, run's rank, its position, records, key of its last)
+    heap: List[tuple] = []
     next_run = 0
     while next_run < len(pending) or heap:
         while next_run < len(pending) and (not heap or pending[next_run][0] <= heap[0][0]):
             records = unpack(pending[next_run][1])
             if records:
-                heapq.heappush(heap, (key(records[0]), next_run, 0, records))
+                heapq.heappush(heap, (key(records[0]), next_run, 0, records, key(records[-1])))
             next_run += 1
         if not heap:
             continue
-        if len(heap) == 1 and next_run == len(pending):
-            _, _, position, records = heap.pop()
-            yield from records[position:]
-            return
-        _, rank, position, records = heap[0]
+        if len(heap) == 1 and (next_run == len(pending) or heap[0][4] <= pending[next_run][0]):
+            # The one run decoded ends before the next run starts (a connection's
+            # payloads, a shard's flushes): the rest of it at once, no heap per record.
+            _, _, position, records, _ = heap.pop()
+            yield from records[position:] if position else records
+            continue
+        _, rank, position, records, last = heap[0]
         yield records[position]
         position += 1
         if position < len(records):
-            heapq.heapreplace(heap, (key(records[position]), rank, position, records))
+            heapq.heapreplace(heap, (key(records[position]), rank, position, records, last))
         else:
             heapq.heappop(heap)
 
