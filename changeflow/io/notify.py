@@ -67,6 +67,7 @@ version order.
 
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import logging
 import operator
@@ -449,6 +450,7 @@ class _Pending(NamedTuple):
 
 
 _VERSION_AND_ID = operator.itemgetter(0, 1)  # a _Pending's order in its batch
+_new_pending = functools.partial(tuple.__new__, _Pending)  # without NamedTuple's Python __new__
 
 
 def _notify_original(element):
@@ -516,7 +518,11 @@ class _NotifyFn(beam.DoFn):
             changes = batch_changes(element) if self._batched else (element,)
             if changes:
                 self._received.inc(len(changes))
+            kind_rules = self._kind_rules
             for change in changes:
+                ops = change.ops
+                if len(ops) == 1 and kind_rules.get((change.table, ops[0].kind)) == ():
+                    continue  # no rule fires on this (table, kind): most of a log batch
                 outputs = self._notify(change, timestamp, window, tables)
                 if outputs:
                     yield from outputs
@@ -569,8 +575,9 @@ class _NotifyFn(beam.DoFn):
         outputs = []
         for target, (note_id, line) in notes.items():
             pending = self._pending[target]
-            pending.append(_Pending(change.version, note_id, line, change.ops[-1].position,
-                                    timestamp, window))
+            last = change.ops[-1]
+            pending.append(_new_pending((last.version, note_id, line, last.position,
+                                         timestamp, window)))
             if len(pending) >= self._batch_size:
                 outputs.extend(self._flush(target))
         return outputs
