@@ -264,8 +264,8 @@ def test_parquet_sink_internal_error(monkeypatch, tmp_path):
 
 def test_notify_sink_internal_error(monkeypatch, tmp_path):
     from changeflow.io import notify
-    monkeypatch.setattr(notify, '_Pending', raising_for(
-        lambda version, *_: version == changes[1].version, notify._Pending))
+    monkeypatch.setattr(notify, '_new_pending', raising_for(
+        lambda fields: fields[0] == changes[1].version, notify._new_pending))
     changes = [insert(n, n) for n in (1, 2, 3)]
 
     def build(p):
