@@ -80,3 +80,58 @@ def test_replay_counts_reach_the_metrics():
     replayed = counters_of(result, 'changeflow.transactions')
     assert {name: replayed.get(name) for name in ('transactions', 'committed', 'reads')} == {
         'transactions': 3, 'committed': 3, 'reads': 1}
+
+
+def _record(arrival_ms, *lines):
+    import gzip
+    import orjson
+    from changeflow.model import SourceRecord
+    payload = {'messageType': 'DATA_MESSAGE', 'owner': '1', 'logGroup': 'g', 'logStream': 's',
+               'subscriptionFilters': [], 'logEvents': [
+                   {'id': str(i), 'timestamp': 1, 'message': m} for i, m in enumerate(lines)]}
+    return SourceRecord(gzip.compress(orjson.dumps(payload)), 'stream', 'shard-0',
+                        str(arrival_ms), arrival_ms)
+
+
+def _parsed_runs(records, monkeypatch, hold=None):
+    """(runs yielded by process, runs yielded by finish_bundle) of one bundle,
+    each as (connection, query ids, arrival ms)."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    from changeflow.transforms.runs import unpack
+    if hold is not None:
+        monkeypatch.setattr(connections, '_HOLD_EVENTS', hold)
+    fn = connections._ParseRecordFn(1024, 100_500)
+    fn.setup()
+    fn.start_bundle()
+
+    def runs(outputs):
+        return [(out.value[0], [e.query_id for e in unpack(out.value[1][1])], out.value[1][2])
+                for out in outputs if getattr(out, 'tag', None) is None]
+    during = runs(out for record in records
+                  for out in fn.process(record, GlobalWindow(), MIN_TIMESTAMP))
+    return during, runs(fn.finish_bundle())
+
+
+_LINE = "20261124 10:00:01,db-1,app,10.0.0.7,{},{},QUERY,shop,'UPDATE t SET a = 1 WHERE id = 1',0"
+
+
+def test_a_bundles_interleaved_records_give_one_run_per_connection(monkeypatch):
+    """50 interleaved connections put ~2 events per connection in a record: the
+    parse step holds a bundle's events and makes one run per connection (and
+    arrival time, which the stream's reorder buffer holds runs back by), not
+    one per record and connection: ~20x fewer, larger runs into the replay's
+    shuffle."""
+    records = [_record(0, _LINE.format(7, q), _LINE.format(8, q + 1)) for q in (1, 3, 5)]
+    records.append(_record(9, _LINE.format(7, 7)))
+    during, at_end = _parsed_runs(records, monkeypatch)
+    assert during == []
+    assert sorted(at_end) == [(('db-1', 7), [1, 3, 5], 0), (('db-1', 7), [7], 9),
+                              (('db-1', 8), [2, 4, 6], 0)]
+
+
+def test_the_parse_step_holds_a_bounded_number_of_events(monkeypatch):
+    records = [_record(0, _LINE.format(7, q), _LINE.format(8, q + 1)) for q in (1, 3, 5)]
+    during, at_end = _parsed_runs(records, monkeypatch, hold=4)
+    assert sorted(during) == [(('db-1', 7), [1, 3], 0), (('db-1', 8), [2, 4], 0)]
+    assert sorted(at_end) == [(('db-1', 7), [5], 0), (('db-1', 8), [6], 0)]

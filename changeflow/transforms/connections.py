@@ -20,6 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 
 from changeflow.config import TableSpec
 from changeflow.io.sql import DEFAULT_SHARDS, shards_of
@@ -44,6 +45,7 @@ DDL = 'ddl'
 CARRY = 'carried'
 _SESSION_OPS = frozenset({'QUERY', 'CONNECT', 'DISCONNECT'})
 _FLUSH_CHANGES = 4096  # a connection's pending changes before they go out as runs
+_HOLD_EVENTS = 5_000  # parsed session events held over a bundle's records
 
 
 def _records_original(element):
@@ -81,8 +83,10 @@ def _freeze_startup_heap() -> None:
 
 @guarded('parse_audit', _records_original, _records_position)
 class _ParseRecordFn(beam.DoFn):
-    """A SourceRecord (decoded) or a chunk of LogEvents -> a run of session
-    events per connection, the committed DDL statements, dead letters."""
+    """SourceRecords (decoded) or chunks of LogEvents -> a run of session
+    events per connection and arrival time for the records of a bundle (at
+    most ``_HOLD_EVENTS`` events held), the committed DDL statements, dead
+    letters."""
 
     def __init__(self, query_log_limit: int, server_version: int):
         self._server_version = server_version
@@ -92,7 +96,24 @@ class _ParseRecordFn(beam.DoFn):
     def setup(self):
         _freeze_startup_heap()
 
-    def process(self, element):
+    def start_bundle(self):
+        # A record holds ~2 events per connection when 50 interleave: their
+        # runs are held across the bundle's records, per window and timestamp,
+        # and go out as one run per connection every _HOLD_EVENTS events.
+        self._held: Dict[tuple, List] = {}
+        self._held_events = 0
+
+    def finish_bundle(self):
+        yield from self._release()
+
+    def _release(self):
+        for (window, timestamp, connection, arrival_ms), events in self._held.items():
+            yield WindowedValue((connection, (*make_run(events, session_order), arrival_ms)),
+                                timestamp, (window,))
+        self._held, self._held_events = {}, 0
+
+    def process(self, element, window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam):
         if isinstance(element, SourceRecord):
             events, dead = self._decoder.decode(element)
             if dead is not None:
@@ -117,8 +138,12 @@ class _ParseRecordFn(beam.DoFn):
             by_connection.setdefault((event.serverhost, event.connection_id), []).append(event)
         self._parser.report()
         arrival_ms = element.arrival_ms if isinstance(element, SourceRecord) else 0
+        held = self._held
         for connection, session_events in by_connection.items():
-            yield connection, (*make_run(session_events, session_order), arrival_ms)
+            held.setdefault((window, timestamp, connection, arrival_ms), []).extend(session_events)
+            self._held_events += len(session_events)
+        if self._held_events >= _HOLD_EVENTS:
+            yield from self._release()
 
 
 class ParseToConnectionRuns(beam.PTransform):
