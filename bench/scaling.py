@@ -16,7 +16,9 @@ Prints, from runs made back to back on the same machine:
   ``--repeat`` runs alternated (target: within 1.5 s);
 * throughput of ``--workers-events`` events from 50 connections on one worker
   and on two (``--direct_num_workers=2 --direct_running_mode=multi_processing``;
-  target: 1.6x).
+  target: 1.6x), ``--workers-runs`` of each alternated over one archive, with
+  the CPU seconds of the runner process and of each worker process (stage by
+  stage: bench/stage_profile.py).
 """
 
 import argparse
@@ -32,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 _CHILD = r'''
-import json, os, resource, sys, time
+import json, os, resource, shutil, sys, threading, time
 sys.path.insert(0, {bench!r})
 started = time.perf_counter()
 folder, events, connections, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
@@ -49,11 +51,45 @@ if without:
         del raw['sinks'][sink]
     with open(config, 'w') as f:
         yaml.safe_dump(raw, f)
-imported = time.perf_counter()
+for name in ('replica.db', 'notifications.jsonl', 'notifications.jsonl.ids'):  # a rerun's
+    if os.path.exists(os.path.join(folder, name)):
+        os.remove(os.path.join(folder, name))
+for name in ('backup', 'dead-letter'):
+    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+workers, watching = {{}}, threading.Event()
+
+
+def watch_workers():
+    # The worker processes (under a shell) are gone once the job returns:
+    # their CPU seconds are read from /proc while they run.
+    tick, me = os.sysconf('SC_CLK_TCK'), os.getpid()
+    while not watching.wait(0.1):
+        parent, cpu = {{}}, {{}}
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                with open(f'/proc/{{pid}}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            parent[int(pid)], cpu[int(pid)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        for pid, seconds in cpu.items():
+            ancestor = parent[pid]
+            while ancestor in parent and ancestor != me:
+                ancestor = parent[ancestor]
+            if ancestor == me:
+                workers[pid] = max(seconds, workers.get(pid, 0))
+
+
+watcher = threading.Thread(target=watch_workers, daemon=True)
+watcher.start()
+imported, cpu = time.perf_counter(), time.process_time()
 audit_sync.run(['--config', config, *extra])
-done = time.perf_counter()
+done, cpu = time.perf_counter(), time.process_time() - cpu
+watching.set()
+watcher.join()
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({{'seconds': done - imported, 'total': done - started,
+print(json.dumps({{'seconds': done - imported, 'total': done - started, 'cpu': cpu,
+                  'workers_cpu': sorted((s for s in workers.values() if s >= 0.05), reverse=True),
                   'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   'children_rss_mb': children / 1024}}))
 '''
@@ -61,16 +97,44 @@ print(json.dumps({{'seconds': done - imported, 'total': done - started,
 
 def run(events, connections=1, extra=()):
     with tempfile.TemporaryDirectory() as folder:
-        # Here, not in the child: generating the workload holds every statement
-        # (~120 MB at 800k events), which the job's peak RSS must not count.
-        sys.path.insert(0, HERE)
-        from workload import write_firehose_archive
-        write_firehose_archive(os.path.join(folder, 'audit.gz'), events, connections=connections)
-        out = subprocess.run(
-            [sys.executable, '-c', _CHILD.format(bench=HERE), folder, str(events),
-             str(connections), *extra],
-            check=True, capture_output=True, text=True).stdout
+        write_archive(folder, events, connections)
+        return run_job(folder, events, connections, extra)
+
+
+def write_archive(folder, events, connections):
+    # Here, not in the child: generating the workload holds every statement
+    # (~120 MB at 800k events), which the job's peak RSS must not count.
+    sys.path.insert(0, HERE)
+    from workload import write_firehose_archive
+    write_firehose_archive(os.path.join(folder, 'audit.gz'), events, connections=connections)
+
+
+def run_job(folder, events, connections, extra=()):
+    """The job's figures, from a fresh process over the archive in ``folder``."""
+    out = subprocess.run(
+        [sys.executable, '-c', _CHILD.format(bench=HERE), folder, str(events),
+         str(connections), *extra],
+        check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+TWO_WORKERS = ('--direct_num_workers=2', '--direct_running_mode=multi_processing')
+
+
+def workers(events, runs):
+    """One worker (the runner's own process) against two worker processes,
+    ``runs`` of each alternated over one archive of 50 connections."""
+    figures = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as folder:
+        write_archive(folder, events, 50)
+        for _ in range(runs):
+            for count, extra in ((1, ()), (2, TWO_WORKERS)):
+                job = run_job(folder, events, 50, extra)
+                figures[count].append(job)
+                print(f'{count} worker(s), 50 connections   {events / job["seconds"]:>8,.0f} events/s'
+                      f' {job["seconds"]:>6.2f} s; CPU s: runner {job["cpu"]:.2f}, workers '
+                      + (' '.join(f'{s:.2f}' for s in job['workers_cpu']) or '-'), flush=True)
+    return figures
 
 
 _BARE = '''
@@ -117,6 +181,8 @@ def main():
     parser.add_argument('--without', default='', help='comma list of sinks (database, parquet, '
                         'notify) the jobs leave out, to tell what holds the memory')
     parser.add_argument('--repeat', type=int, default=5, help='runs of each for the fixed cost')
+    parser.add_argument('--workers-runs', type=int, default=3,
+                        help='runs of one and of two workers, alternated')
     parser.add_argument('--skip', default='', help='comma list of memory,fixed,workers')
     args = parser.parse_args()
     os.environ['SCALING_WITHOUT'] = args.without
@@ -135,13 +201,11 @@ def main():
               f'(fixed cost over bare: {job_cpu - bare_cpu:.2f} CPU s, '
               f'{job_wall - bare_wall:.2f} wall s; medians of {args.repeat})')
     if 'workers' not in skip:
-        one = run(args.workers_events, 50)
-        two = run(args.workers_events, 50,
-                  ('--direct_num_workers=2', '--direct_running_mode=multi_processing'))
-        print(f'1 worker, 50 connections       {args.workers_events / one["seconds"]:>8,.0f} events/s')
-        print(f'2 workers, 50 connections      {args.workers_events / two["seconds"]:>8,.0f} events/s')
-        print(f'speed-up                       {one["seconds"] / two["seconds"]:>8.2f} x')
-
+        figures = workers(args.workers_events, args.workers_runs)
+        one, two = (statistics.median(job['seconds'] for job in figures[n]) for n in (1, 2))
+        print(f'1 worker, 50 connections       {args.workers_events / one:>8,.0f} events/s (median)')
+        print(f'2 workers, 50 connections      {args.workers_events / two:>8,.0f} events/s (median)')
+        print(f'speed-up                       {one / two:>8.2f} x (medians of {args.workers_runs})')
 
 if __name__ == '__main__':
     main()
