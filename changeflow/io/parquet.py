@@ -140,7 +140,8 @@ from changeflow.io.sql import DEFAULT_SHARDS, shards_of
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
-from changeflow.transforms.runs import batch_changes, gc_paused, pack, typed_keys, unpack
+from changeflow.transforms.runs import (Span, batch_changes, batch_span, gc_paused, pack,
+                                       typed_keys, unpack)
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -953,9 +954,16 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
 
     def _keyed(self, batch, layouts) -> List[Tuple[Tuple[str, str, int], bytes]]:
         targets = {source: layout.target for source, layout in layouts.items()}
-        changes = batch_changes(batch)
-        self._received.inc(sum(map(len, map(_OPS_OF, changes))))
         shard = batch[1] % self._shards if self._fold_shards % self._shards == 0 else None
+        span = batch_span(batch)
+        if span is not None:
+            self._received.inc(span.ops)
+            partition = None if shard is None else _span_partition(span, targets, shard)
+            if partition is not None:
+                return [(partition, batch[2])]  # one partition, read from the header
+        changes = batch_changes(batch)
+        if span is None:
+            self._received.inc(sum(map(len, map(_OPS_OF, changes))))
         if shard is not None:
             partition = _one_partition(changes, targets, shard)
             if partition is not None:
@@ -968,6 +976,19 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
         if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
             return [(next(iter(by_partition)), batch[2])]  # one partition: packed as it came
         return [(partition, pack(changes)) for partition, changes in sorted(by_partition.items())]
+
+
+def _span_partition(span: Span, targets: Dict[str, str],
+                    shard: int) -> Optional[Tuple[str, str, int]]:
+    """:func:`_one_partition` from a batch's :class:`~changeflow.transforms.runs.Span`."""
+    target = targets.get(span.table)
+    if not target or span.opless:
+        return None
+    try:
+        day = _utc_day(span.earliest_us)
+        return (target, day, shard) if _utc_day(span.latest_us) == day else None
+    except (ArithmeticError, ValueError, TypeError):  # each Change's own partition tells
+        return None
 
 
 def _one_partition(changes: List[Change], targets: Dict[str, str],
