@@ -938,7 +938,8 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
     shards divide the batches' shards (``fold_shards``), a batch's rows all
     have its shard's write shard (the shard modulo ``shards``; a whole-table
     op only comes in shard 0's): none is hashed again, and a batch of one
-    day goes on packed as it came."""
+    table and day goes on packed as it came, found so from its header
+    (:func:`changeflow.transforms.runs.batch_span`) without decoding it."""
 
     def __init__(self, layouts: Dict[str, _Layout], shards: int = 1,
                  fold_shards: int = DEFAULT_SHARDS):
@@ -960,14 +961,13 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
             self._received.inc(span.ops)
             partition = None if shard is None else _span_partition(span, targets, shard)
             if partition is not None:
-                return [(partition, batch[2])]  # one partition, read from the header
-        changes = batch_changes(batch)
-        if span is None:
-            self._received.inc(sum(map(len, map(_OPS_OF, changes))))
-        if shard is not None:
-            partition = _one_partition(changes, targets, shard)
-            if partition is not None:
                 return [(partition, batch[2])]  # one partition: packed as it came
+        changes = batch_changes(batch)
+        if span is None:  # packed without a span: found from the Changes
+            self._received.inc(sum(map(len, map(_OPS_OF, changes))))
+            partition = None if shard is None else _one_partition(changes, targets, shard)
+            if partition is not None:
+                return [(partition, batch[2])]
         by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         for change in changes:
             if change.ops:
