@@ -212,11 +212,16 @@ def _decimal_coercer(precision: int, scale: int) -> Callable[[Any], Any]:
     return fixed
 
 
-def _exact_decimal(precision: int, scale: int) -> Callable[[str], Any]:
-    """The full match of decimal text that already has the scale's digits and fits."""
+def _decimal_pattern(precision: int, scale: int) -> str:
+    """The regular expression of decimal text that already has the scale's digits and fits."""
     whole = precision - scale
-    return re.compile(f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
-                      if whole else f'-?0\\.[0-9]{{{scale}}}').fullmatch
+    return (f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
+            if whole else f'-?0\\.[0-9]{{{scale}}}')
+
+
+def _exact_decimal(precision: int, scale: int) -> Callable[[str], Any]:
+    """The full match of :func:`_decimal_pattern`."""
+    return re.compile(_decimal_pattern(precision, scale)).fullmatch
 
 
 def _column_coercer(arrow: pa.DataType, column_type: str,
@@ -235,12 +240,14 @@ def _column_coercer(arrow: pa.DataType, column_type: str,
     if types.parse_type(column_type).shape is not None:
         return each
     if pa.types.is_decimal(arrow):
-        exact = _exact_decimal(arrow.precision, arrow.scale)
+        # matched by Arrow (RE2, whose $ is the text's end): a full match, as Python's
+        exact = f'^(?:{_decimal_pattern(arrow.precision, arrow.scale)})$'
 
         def decimals(values):
-            given = present(values)
-            if set(map(type, given)) <= {str} and all(map(exact, given)):
-                return pa.array(values, pa.string()).cast(arrow)
+            if set(map(type, present(values))) <= {str}:
+                texts = pa.array(values, pa.string())
+                if pc.all(pc.match_substring_regex(texts, exact)).as_py() is not False:  # None: no text
+                    return texts.cast(arrow)
             return each(values)
         return decimals
     if pa.types.is_int64(arrow) and coercer(column_type) is _PLAIN_INTEGER:
