@@ -25,6 +25,7 @@ from changeflow.config import TableSpec  # noqa: E402
 from changeflow.io import parquet  # noqa: E402
 from changeflow.io.json_records import change_json, dumps_json, json_value  # noqa: E402
 from changeflow.io.sql import shards_of  # noqa: E402
+from changeflow.transforms import runs  # noqa: E402
 from changeflow.transforms.runs import make_batch  # noqa: E402
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, audit_version  # noqa: E402
 from changeflow.sql import types  # noqa: E402
@@ -537,6 +538,30 @@ def test_a_log_batch_of_several_partitions_is_split():
         ('orders', '2026-11-22', 0): ['a#1'], parquet._UNROUTABLE: ['a#2']}
     whole = make_batch('shop.orders', 4, [change(1, DAY1 - 10), change(2, DAY1)])
     assert list(keyer.process(whole)) == [(('orders', '2026-11-22', 0), whole[2])]
+
+
+def test_a_log_batch_of_one_day_is_keyed_from_its_header(monkeypatch):
+    """A batch of one table and day is keyed from its header's span, not
+    decoded; one packed without a span (by an earlier version) is decoded
+    and keyed the same, its ops counted alike."""
+    def change(n, time_us):
+        return Change('shop.orders', (1, n), (RowOp(OpKind.INSERT, audit_version(time_us, n, n, 0),
+                                                    (), (), f'a#{n}'),), time_us)
+    layouts = {spec.source: parquet._layout(spec) for spec in SPECS}
+    changes = [change(1, DAY1 + 5), change(2, DAY1), change(3, DAY1 + 9)]
+    spanned = make_batch('shop.orders', 6, changes)
+    monkeypatch.setattr(runs, '_span', lambda records: b'')
+    unspanned = make_batch('shop.orders', 6, changes)
+    monkeypatch.undo()
+    assert unspanned[2] != spanned[2]
+    counted = []
+    keyer = parquet._KeyBatchByPartition(layouts, 4)
+    keyer.setup()
+    keyer._received = type('Counter', (), {'inc': lambda self, n: counted.append(n)})()
+    assert list(keyer.process(unspanned)) == [(('orders', '2026-11-22', 2), unspanned[2])]
+    monkeypatch.setattr(runs.pickle, 'loads', None)
+    assert list(keyer.process(spanned)) == [(('orders', '2026-11-22', 2), spanned[2])]
+    assert counted == [3, 3]
 
 
 def test_a_partition_merged_from_spilled_slices(tmp_path, monkeypatch):

@@ -103,6 +103,45 @@ def test_batch_counts_are_read_without_decoding(monkeypatch):
     assert batch_counts(make_batch('shop.items', 3, [])) == (0, 0)
 
 
+def test_a_batchs_span_is_read_without_decoding(monkeypatch):
+    """Changes of one table carry their table, earliest and latest event
+    time and op count in the header; others (several tables, a time not an
+    int, records not Changes) none, and still round-trip."""
+    from changeflow.model import Change
+    from changeflow.transforms.runs import Span, batch_span, make_batch
+    changes = [*_changes(), Change('shop.items', (7,), (), 9)]
+    batch = make_batch('shop.items', 3, changes)
+    odd_ops = [Change('shop.items', (1,), [('upsert', 'v1')], 20), *_changes()]
+    others = [[*_changes(), Change('shop.other', (1,), (), 10)],
+              [*_changes(), Change('shop.items', (1,), (), 1.5)],
+              [*_changes(), ('not', 'a change')],
+              [Change('shop.ïtems', (1,), (), 2 ** 63)], []]
+    packed = [pack(records) for records in [odd_ops, *others]]
+    monkeypatch.setattr(runs_module.pickle, 'loads', None)
+    assert batch_span(batch) == Span('shop.items', 9, 12, 4, 1)
+    assert runs_module.packed_span(packed[0]) == Span('shop.items', 10, 20, 5, 0)
+    assert [runs_module.packed_span(data) for data in packed[1:]] == [None] * len(others)
+    monkeypatch.undo()
+    _same(tuple(unpack(batch[2])), tuple(changes))
+    for records, data in zip([odd_ops, *others], packed):
+        _same(tuple(unpack(data)), tuple(records))
+
+
+def test_data_packed_without_a_span_still_unpacks(monkeypatch):
+    """A header without a span (packed before spans existed) unpacks as it
+    did, and has no span to read."""
+    import pickle
+    import zstandard
+    from changeflow.transforms.runs import batch_counts, batch_span
+    changes = _changes()
+    body = [(change[0], change[1], change[3], *map(tuple, change[2])) for change in changes]
+    older = runs_module._HEADER.pack(runs_module._CHANGES, 3, 1) + zstandard.ZstdCompressor(
+        level=1).compress(pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL))
+    _same(tuple(unpack(older)), tuple(changes))
+    assert batch_span(('shop.items', 0, older)) is None
+    assert batch_counts(('shop.items', 0, older)) == (3, 1)
+
+
 def test_routing_counts_a_whole_table_change_once_per_table():
     """The database branch's count takes a whole-table change from shard 0
     only (every shard's batch carries it); the log branches count every op."""

@@ -140,7 +140,8 @@ from changeflow.io.sql import DEFAULT_SHARDS, shards_of
 from changeflow.model import DEAD_LETTER_TAG, Change, OpKind, RowOp, dead_letter
 from changeflow.sql import types
 from changeflow.sql.rowstate import op_columns
-from changeflow.transforms.runs import batch_changes, gc_paused, pack, typed_keys, unpack
+from changeflow.transforms.runs import (Span, batch_changes, batch_span, gc_paused, pack,
+                                       typed_keys, unpack)
 from changeflow.transforms.guard import changes_original, guarded
 
 __all__ = ['WriteParquetBackup', 'arrow_type', 'METADATA_SCHEMA']
@@ -211,11 +212,16 @@ def _decimal_coercer(precision: int, scale: int) -> Callable[[Any], Any]:
     return fixed
 
 
-def _exact_decimal(precision: int, scale: int) -> Callable[[str], Any]:
-    """The full match of decimal text that already has the scale's digits and fits."""
+def _decimal_pattern(precision: int, scale: int) -> str:
+    """The regular expression of decimal text that already has the scale's digits and fits."""
     whole = precision - scale
-    return re.compile(f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
-                      if whole else f'-?0\\.[0-9]{{{scale}}}').fullmatch
+    return (f'-?[0-9]{{1,{whole}}}' + (f'\\.[0-9]{{{scale}}}' if scale else '')
+            if whole else f'-?0\\.[0-9]{{{scale}}}')
+
+
+def _exact_decimal(precision: int, scale: int) -> Callable[[str], Any]:
+    """The full match of :func:`_decimal_pattern`."""
+    return re.compile(_decimal_pattern(precision, scale)).fullmatch
 
 
 def _column_coercer(arrow: pa.DataType, column_type: str,
@@ -234,12 +240,14 @@ def _column_coercer(arrow: pa.DataType, column_type: str,
     if types.parse_type(column_type).shape is not None:
         return each
     if pa.types.is_decimal(arrow):
-        exact = _exact_decimal(arrow.precision, arrow.scale)
+        # matched by Arrow (RE2, whose $ is the text's end): a full match, as Python's
+        exact = f'^(?:{_decimal_pattern(arrow.precision, arrow.scale)})$'
 
         def decimals(values):
-            given = present(values)
-            if set(map(type, given)) <= {str} and all(map(exact, given)):
-                return pa.array(values, pa.string()).cast(arrow)
+            if set(map(type, present(values))) <= {str}:
+                texts = pa.array(values, pa.string())
+                if pc.all(pc.match_substring_regex(texts, exact)).as_py() is not False:  # None: no text
+                    return texts.cast(arrow)
             return each(values)
         return decimals
     if pa.types.is_int64(arrow) and coercer(column_type) is _PLAIN_INTEGER:
@@ -937,7 +945,8 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
     shards divide the batches' shards (``fold_shards``), a batch's rows all
     have its shard's write shard (the shard modulo ``shards``; a whole-table
     op only comes in shard 0's): none is hashed again, and a batch of one
-    day goes on packed as it came."""
+    table and day goes on packed as it came, found so from its header
+    (:func:`changeflow.transforms.runs.batch_span`) without decoding it."""
 
     def __init__(self, layouts: Dict[str, _Layout], shards: int = 1,
                  fold_shards: int = DEFAULT_SHARDS):
@@ -953,13 +962,19 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
 
     def _keyed(self, batch, layouts) -> List[Tuple[Tuple[str, str, int], bytes]]:
         targets = {source: layout.target for source, layout in layouts.items()}
-        changes = batch_changes(batch)
-        self._received.inc(sum(map(len, map(_OPS_OF, changes))))
         shard = batch[1] % self._shards if self._fold_shards % self._shards == 0 else None
-        if shard is not None:
-            partition = _one_partition(changes, targets, shard)
+        span = batch_span(batch)
+        if span is not None:
+            self._received.inc(span.ops)
+            partition = None if shard is None else _span_partition(span, targets, shard)
             if partition is not None:
                 return [(partition, batch[2])]  # one partition: packed as it came
+        changes = batch_changes(batch)
+        if span is None:  # packed without a span: found from the Changes
+            self._received.inc(sum(map(len, map(_OPS_OF, changes))))
+            partition = None if shard is None else _one_partition(changes, targets, shard)
+            if partition is not None:
+                return [(partition, batch[2])]
         by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         for change in changes:
             if change.ops:
@@ -968,6 +983,19 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
         if len(by_partition) == 1 and sum(map(len, by_partition.values())) == len(changes):
             return [(next(iter(by_partition)), batch[2])]  # one partition: packed as it came
         return [(partition, pack(changes)) for partition, changes in sorted(by_partition.items())]
+
+
+def _span_partition(span: Span, targets: Dict[str, str],
+                    shard: int) -> Optional[Tuple[str, str, int]]:
+    """:func:`_one_partition` from a batch's :class:`~changeflow.transforms.runs.Span`."""
+    target = targets.get(span.table)
+    if not target or span.opless:
+        return None
+    try:
+        day = _utc_day(span.earliest_us)
+        return (target, day, shard) if _utc_day(span.latest_us) == day else None
+    except (ArithmeticError, ValueError, TypeError):  # each Change's own partition tells
+        return None
 
 
 def _one_partition(changes: List[Change], targets: Dict[str, str],

@@ -16,8 +16,10 @@ and unpacking were a third of a 50k-event job's samples (py-spy), 23% after. The
 tuples, None, OpKind members) are pickled as they are, so a record unpacks
 equal to what was packed, of the same types. A packed list starts with a
 header (format, record count, keyless Changes), so a batch's size is read
-without decoding it; data packed by earlier versions (zlib, no header)
-still unpacks.
+without decoding it; a list of Changes of one table also has its *span*
+there (the table, earliest and latest event time, ops), so a sink learns
+where a batch goes without decoding it either. Data packed by earlier
+versions (zlib and no header, or a header without a span) still unpacks.
 """
 
 import contextlib
@@ -30,27 +32,44 @@ import pickle
 import struct
 import threading
 import zlib
-from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple
+from typing import (Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import zstandard
 from apache_beam import Map, typehints
 
 from changeflow.model import AuditEvent, Change, RowOp
 
-__all__ = ['pack', 'unpack', 'packed_counts', 'gc_paused', 'Run', 'make_run', 'merge_runs',
-           'make_batch', 'batch_changes', 'batch_counts', 'typed_keys', 'SHARD_KEY']
+__all__ = ['pack', 'unpack', 'packed_counts', 'packed_span', 'Span', 'gc_paused', 'Run',
+           'make_run', 'merge_runs', 'make_batch', 'batch_changes', 'batch_counts', 'batch_span',
+           'typed_keys', 'SHARD_KEY']
 
 SHARD_KEY = typehints.Tuple[str, int]   # (table, shard), (serverhost, connection id)
 
 Run = Tuple[Any, bytes]  # (smallest key, packed sorted records)
 
 _HEADER = struct.Struct('<BII')  # format, records, keyless Changes
+_SPAN = struct.Struct('<qqIIH')  # after a spanned header: Span's fields but the table, whose
+# UTF-8 bytes (their length last here) follow
 _ANY, _EVENTS, _CHANGES = 1, 2, 3
+_SPANNED = 0x10  # a format flag: the span follows the header
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
 _ZLIB = 0x78  # the first byte of every zlib stream: data packed before the header existed
 _ops_of = operator.itemgetter(2)
+_table_of = operator.itemgetter(0)
+_time_of = operator.itemgetter(3)
 _event = functools.partial(tuple.__new__, AuditEvent)
 _op = functools.partial(tuple.__new__, RowOp)
 _new = tuple.__new__
+
+
+class Span(NamedTuple):
+    """What a packed list of Changes of one table covers, read without decoding it."""
+    table: str
+    earliest_us: int  # the least and greatest event_time_us
+    latest_us: int
+    ops: int          # of all the Changes
+    opless: int       # Changes without ops
 
 
 class _Codecs(threading.local):
@@ -79,17 +98,52 @@ def pack(records: Sequence) -> bytes:
 def _pack(records: List) -> bytes:
     types = set(map(type, records))
     keyless = 0
-    form, body = _ANY, records
+    form, body, span = _ANY, records, b''
     if types == {Change}:
         keyless = sum(1 for change in records if not change[1])
         if _plain_ops(records):
             form = _CHANGES
             body = [(change[0], change[1], change[3], *map(tuple, change[2]))
                     for change in records]
+        span = _span(records)
+        if span:
+            form |= _SPANNED
     elif types == {AuditEvent}:
         form, body = _EVENTS, list(map(tuple, records))
-    return _HEADER.pack(form, len(records), keyless) + _CODECS.compress(
+    return _HEADER.pack(form, len(records), keyless) + span + _CODECS.compress(
         pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _span(changes: List[Change]) -> bytes:
+    """The packed span of Changes of one table with event times in int64,
+    b'' for any others."""
+    tables = set(map(_table_of, changes))
+    times = list(map(_time_of, changes))
+    if len(tables) != 1 or set(map(type, times)) != {int}:
+        return b''
+    table, = tables
+    earliest, latest = min(times), max(times)
+    if type(table) is not str or earliest < _INT64[0] or latest > _INT64[1]:
+        return b''
+    try:
+        name = table.encode('utf-8')
+    except UnicodeEncodeError:
+        return b''
+    try:
+        counts = list(map(len, map(_ops_of, changes)))
+    except TypeError:  # ops that are not a sequence: packed as they are, without a span
+        return b''
+    if len(name) > 0xFFFF or sum(counts) > 0xFFFFFFFF:
+        return b''
+    return _SPAN.pack(earliest, latest, sum(counts), counts.count(0), len(name)) + name
+
+
+def _body(data: bytes) -> memoryview:
+    """The compressed records of headed ``data``, after its header and span."""
+    start = _HEADER.size
+    if data[0] & _SPANNED:
+        start += _SPAN.size + _SPAN.unpack_from(data, start)[-1]
+    return memoryview(data)[start:]
 
 
 def _plain_ops(changes: List[Change]) -> bool:
@@ -105,8 +159,8 @@ def unpack(data: bytes) -> List:
         data = zlib.decompress(data)
         with gc_paused():
             return pickle.loads(data)
-    form = data[0]
-    raw = _CODECS.decompress(memoryview(data)[_HEADER.size:])
+    form = data[0] & ~_SPANNED
+    raw = _CODECS.decompress(_body(data))
     with gc_paused():
         body = pickle.loads(raw)
         if form == _CHANGES:
@@ -125,6 +179,16 @@ def packed_counts(data: bytes) -> Tuple[int, int]:
                                  if isinstance(record, Change) and not record.key)
     _, records, keyless = _HEADER.unpack_from(data)
     return records, keyless
+
+
+def packed_span(data: bytes) -> Optional[Span]:
+    """The :class:`Span` of packed ``data``, without decoding it; None unless
+    it is a list of Changes of one table (and packed by this version)."""
+    if data[0] == _ZLIB or not data[0] & _SPANNED:
+        return None
+    earliest, latest, ops, opless, size = _SPAN.unpack_from(data, _HEADER.size)
+    start = _HEADER.size + _SPAN.size
+    return Span(bytes(data[start:start + size]).decode('utf-8'), earliest, latest, ops, opless)
 
 
 @contextlib.contextmanager
@@ -199,6 +263,11 @@ def batch_changes(batch: tuple) -> List:
 def batch_counts(batch: tuple) -> Tuple[int, int]:
     """(changes, whole-table changes) of a shard batch, without decoding it."""
     return packed_counts(batch[2])
+
+
+def batch_span(batch: tuple) -> Optional[Span]:
+    """The :class:`Span` of a shard batch's changes, without decoding them."""
+    return packed_span(batch[2])
 
 
 def _same(element):
