@@ -332,6 +332,7 @@ class _Target:
             for c in table.columns}
         self._coerce_functions = {column: entry[0] for column, entry in self.coercers.items()}
         self._key_coercers = [(k, self.coercers[k][0]) for k in spec.key]
+        self._key_column = spec.key[0] if len(spec.key) == 1 else None
         self.redacted = frozenset(column.lower() for column in spec.redact)
         self.statements = _Statements()
 
@@ -400,11 +401,19 @@ class _Target:
                         raise self._bad_value(column, value, exc) from None
                 if coerced is not value:
                     values[column] = coerced  # an existing key: iterating stays valid
-        for column, expected in zip(self.spec.key, key):
-            if column in values and values[column] != expected:
-                raise _Rejected('key-changed', f'the op sets key column {column!r} of '
-                                               f'{self.name!r}; key updates are not replicated')
+        if self._key_column is not None:  # one key column, the common key: no loop
+            value = values.get(self._key_column, _MISSING)
+            if value is not _MISSING and value != key[0]:
+                raise self._key_changed(self._key_column)
+        else:
+            for column, expected in zip(self.spec.key, key):
+                if column in values and values[column] != expected:
+                    raise self._key_changed(column)
         return state
+
+    def _key_changed(self, column: str) -> _Rejected:
+        return _Rejected('key-changed', f'the op sets key column {column!r} of '
+                                        f'{self.name!r}; key updates are not replicated')
 
     def delete_statement(self, conn) -> '_Compiled':
         """DELETE of one row by key: parameters (key values)."""

@@ -439,6 +439,13 @@ def _arith(op: str, a, b):
     division by zero is NULL."""
     if a is None or b is None:
         return None
+    if type(a) is int and type(b) is int and a <= _SIGNED[1] and b <= _SIGNED[1]:
+        # BIGINT operands (not bools, not unsigned): what the general path
+        # computes, without its type dispatch; a result out of range takes it
+        # to raise its error.
+        value = a + b if op == '+' else a - b if op == '-' else a * b if op == '*' else None
+        if value is not None and _SIGNED[0] <= value <= _SIGNED[1]:
+            return value
     x, y, kind = _operands(a, b)
     if op in ('+', '-', '*'):
         if kind == 'float':
@@ -948,8 +955,24 @@ def evaluate(expr: tuple, row: Mapping[str, Any]) -> Any:
             raise MissingColumn(expr[1]) from None
     if tag == 'neg':
         return _negate(evaluate(expr[1], row))
-    if tag == 'bin':
-        a, b = evaluate(expr[2], row), evaluate(expr[3], row)
+    if tag == 'bin':  # a column or literal operand, the common ones, taken inline
+        left, right = expr[2], expr[3]
+        if left[0] == 'col':
+            try:
+                a = row[left[1]]
+            except KeyError:
+                raise MissingColumn(left[1]) from None
+        else:
+            a = left[1] if left[0] == 'lit' else evaluate(left, row)
+        if right[0] == 'lit':
+            b = right[1]
+        elif right[0] == 'col':
+            try:
+                b = row[right[1]]
+            except KeyError:
+                raise MissingColumn(right[1]) from None
+        else:
+            b = evaluate(right, row)
         try:
             return _arith(expr[1], a, b)
         except ArithmeticError as error:  # a result beyond what the types hold
