@@ -91,6 +91,10 @@ _CIRCUIT_OPEN_SECS = 60.0    # batches dead-lettered untried, then one probes th
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
+# coercer('integer') (and 'bigint') gives a plain int within BIGINT .. BIGINT
+# UNSIGNED back as it is: _Target.coerce_state tests that without the call.
+_INTEGER = coercer('integer')
+_INTEGER_RANGE = (-2 ** 63, 2 ** 64 - 1)
 DEFAULT_SHARDS = 16          # parallel writers per table
 
 
@@ -398,6 +402,9 @@ class _Target:
                 if kept.get(column, _MISSING) is value:
                     continue
                 coerce = coercers.get(column)
+                if coerce is _INTEGER and type(value) is int and (
+                        _INTEGER_RANGE[0] <= value <= _INTEGER_RANGE[1]):
+                    continue  # what the coercer returns: the int itself
                 if coerce is None or value is None:
                     coerced = self.coerce(column, value)
                 else:

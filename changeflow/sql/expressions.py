@@ -395,6 +395,7 @@ def _or(args):
 # Arithmetic -----------------------------------------------------------------
 
 _SIGNED = (-2 ** 63, 2 ** 63 - 1)
+_BIGINT_MIN, _BIGINT_MAX = _SIGNED
 _UNSIGNED = (0, 2 ** 64 - 1)
 _DIV_PRECISION_INCREMENT = 4   # MariaDB's default div_precision_increment
 _MAX_DECIMAL_SCALE = 38        # MariaDB's largest DECIMAL scale
@@ -439,13 +440,6 @@ def _arith(op: str, a, b):
     division by zero is NULL."""
     if a is None or b is None:
         return None
-    if type(a) is int and type(b) is int and a <= _SIGNED[1] and b <= _SIGNED[1]:
-        # BIGINT operands (not bools, not unsigned): what the general path
-        # computes, without its type dispatch; a result out of range takes it
-        # to raise its error.
-        value = a + b if op == '+' else a - b if op == '-' else a * b if op == '*' else None
-        if value is not None and _SIGNED[0] <= value <= _SIGNED[1]:
-            return value
     x, y, kind = _operands(a, b)
     if op in ('+', '-', '*'):
         if kind == 'float':
@@ -973,6 +967,14 @@ def evaluate(expr: tuple, row: Mapping[str, Any]) -> Any:
                 raise MissingColumn(right[1]) from None
         else:
             b = evaluate(right, row)
+        if type(a) is int and type(b) is int and a <= _BIGINT_MAX and b <= _BIGINT_MAX:
+            # BIGINT operands (not bools, not unsigned), the common case: what
+            # _arith computes, without its calls; a result out of range, or
+            # another operator, goes to _arith (which raises its error).
+            op = expr[1]
+            value = a + b if op == '+' else a - b if op == '-' else a * b if op == '*' else None
+            if value is not None and _BIGINT_MIN <= value <= _BIGINT_MAX:
+                return value
         try:
             return _arith(expr[1], a, b)
         except ArithmeticError as error:  # a result beyond what the types hold
