@@ -472,6 +472,7 @@ class _Plan:
     def __init__(self, target: _Target):
         self.target = target
         self._key_names = target.spec.key
+        self._key_column = target._key_column
         self.deletes: List[Tuple[Any, ...]] = []
         self.inserts: List[Dict[str, Any]] = []
         self.updates: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
@@ -488,7 +489,10 @@ class _Plan:
             if base.exists:
                 self.deletes.append(key)
             row = dict(state.values)
-            row.update(zip(self._key_names, key))
+            if self._key_column is not None:  # one key column: no zip
+                row[self._key_column] = key[0]
+            else:
+                row.update(zip(self._key_names, key))
             self.inserts.append(row)
         else:
             stored = base.values

@@ -229,7 +229,7 @@ def _to_fixed_decimal(precision: int, scale: int, quantum: decimal.Decimal,
     whole_digits = precision - scale
     if not number.is_zero() and number.adjusted() >= whole_digits:
         raise BadValue(f'out of range for DECIMAL({precision},{scale})')
-    result = number.quantize(quantum, context=context)
+    result = context.quantize(number, quantum)  # number.quantize(quantum, context=context)
     if not result.is_zero() and result.adjusted() >= whole_digits:  # 99.995 -> 100.00
         raise BadValue(f'out of range for DECIMAL({precision},{scale})')
     return result
