@@ -330,10 +330,7 @@ class _Target:
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
         self.column_names = [c.name for c in table.columns]
-        # Columns in the table's order: the order an INSERT's VALUES and an
-        # UPDATE's SET render them in, so their parameters need no reordering.
-        positions = {name: i for i, name in enumerate(self.column_names)}
-        self.column_order = lambda name: (positions.get(name, len(positions)), name)
+        self._positions = {name: i for i, name in enumerate(self.column_names)}
         declared = dict(spec.columns)
         self.coercers = {c.name: (_declared_coercer(declared[c.name]) if _mysql_type(
             declared.get(c.name)) else _coercer(c.type), declared.get(c.name) or repr(c.type))
@@ -423,6 +420,12 @@ class _Target:
                 if column in values and values[column] != expected:
                     raise self._key_changed(column)
         return state
+
+    def column_order(self, name: str) -> Tuple[int, str]:
+        """Sort key of the table's column order: the order an INSERT's VALUES
+        and an UPDATE's SET render columns in, so their parameters need no
+        reordering."""
+        return self._positions.get(name, len(self._positions)), name
 
     def _key_changed(self, column: str) -> _Rejected:
         return _Rejected('key-changed', f'the op sets key column {column!r} of '
