@@ -459,3 +459,25 @@ def test_default_clauses_of_ddl_are_left_to_the_parser():
     assert mark_default_calls(ddl) == ddl
     assert mark_default_calls('UPDATE t SET a = default (a), `x default`(b)') == (
         'UPDATE t SET a = CHANGEFLOW_DEFAULT (a), `x default`(b)')
+
+
+def test_integer_arithmetic_fast_path_is_the_general_one():
+    """evaluate's path for two plain ints gives what _arith gives: the same
+    value, or the same error, at and around the BIGINT and BIGINT UNSIGNED
+    limits (bools and other operators included)."""
+    import itertools
+    from changeflow.sql.expressions import _arith
+
+    edges = [0, 1, -1, 2, 3, 2 ** 31, 2 ** 32 + 5, 2 ** 62, 2 ** 63 - 2, 2 ** 63 - 1, 2 ** 63,
+             2 ** 64 - 1, 2 ** 64, -2 ** 63, -2 ** 63 + 1, -2 ** 63 - 5, -2 ** 64, True, False]
+
+    def outcome(compute):
+        try:
+            return 'value', compute()
+        except ExpressionError as exc:
+            return 'error', str(exc)
+
+    for op, a, b in itertools.product(['+', '-', '*', '/', 'DIV', '%'], edges, edges):
+        fast = outcome(lambda: evaluate(('bin', op, ('col', 'a'), lit(b)), {'a': a}))
+        general = outcome(lambda: _arith(op, a, b))
+        assert fast == general and type(fast[1]) is type(general[1]), (op, a, b, fast, general)

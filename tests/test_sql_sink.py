@@ -327,6 +327,22 @@ def test_bad_values_are_dead_lettered_and_the_rest_of_the_batch_commits(replica)
     assert counters['changes_dead_lettered'] == 6
 
 
+def test_integers_beyond_bigint_and_bigint_unsigned_are_bad_values(replica):
+    """An int the replica would not store as it is, in an integer column, is
+    dead-lettered, as the coercer refuses it (the sink tests ints in range inline)."""
+    spec = replica.orders()
+    changes = [
+        change((1,), op(OpKind.INSERT, 1, id=1, qty=2 ** 64)),
+        change((2,), op(OpKind.INSERT, 2, id=2, qty=-2 ** 63 - 1)),
+        change((3,), op(OpKind.INSERT, 3, id=3, qty=7)),
+    ]
+    replica.run(changes, [spec], dead=[
+        ('bad-value', 'audit.log#1', "column 'qty' of"),
+        ('bad-value', 'audit.log#2', "column 'qty' of"),
+    ])
+    assert replica.rows(spec) == {(3,): order_row(3, qty=7)}
+
+
 def test_replay_and_another_arrival_order_leave_identical_tables(replica):
     notes = (('id', 'integer'), ('body', 'text'))
     seed = [order_row(10, 'seeded', qty=1), order_row(11, 'seeded', qty=2),

@@ -95,6 +95,27 @@ def test_lean_statements_store_and_read_what_sqlalchemy_core_does(engine, table_
         assert read['[3]']['amount'] is None
 
 
+def test_plan_statements_bind_in_the_order_their_sql_renders(engine, table_prefix):
+    """A plan groups an INSERT's or UPDATE's columns in the table's order, the
+    order its VALUES and SET render: the driver's parameters need no
+    reordering row by row."""
+    target = _typed_target(table_prefix, 'order')
+    with engine.begin() as conn:
+        target.table.create(conn)
+        plan = _Plan(target)
+        plan.add((1,), ABSENT, RowState(True, {'name': 'a', 'ratio': 0.5, 'id': 1}, True))
+        plan.execute(conn)
+        plan = _Plan(target)
+        plan.add((1,), RowState(True, {'id': 1, 'name': 'a', 'ratio': 0.5}, False),
+                 RowState(True, {'id': 1, 'name': 'b', 'ratio': 0.25}, False))
+        plan.execute(conn)
+        written = [compiled for shape, compiled in target.statements._compiled.items()
+                   if shape[1] in ('insert', 'update')]
+        assert len(written) == 2 and all(compiled._order is None for compiled in written)
+        assert conn.execute(sa.select(target.table.c.name, target.table.c.ratio)).all() == [
+            ('b', 0.25)]
+
+
 class _Picky(sa.types.TypeDecorator):
     """Text its bind processor refuses: a value only the type, not the sink's
     coercion or the database, rejects."""

@@ -91,6 +91,10 @@ _CIRCUIT_OPEN_SECS = 60.0    # batches dead-lettered untried, then one probes th
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
+# coercer('integer') (and 'bigint') gives a plain int within BIGINT .. BIGINT
+# UNSIGNED back as it is: _Target.coerce_state tests that without the call.
+_INTEGER = coercer('integer')
+_INTEGER_RANGE = (-2 ** 63, 2 ** 64 - 1)
 DEFAULT_SHARDS = 16          # parallel writers per table
 
 
@@ -326,12 +330,14 @@ class _Target:
         self.table = table
         self.key_columns = [table.c[k] for k in spec.key]
         self.column_names = [c.name for c in table.columns]
+        self._positions = {name: i for i, name in enumerate(self.column_names)}
         declared = dict(spec.columns)
         self.coercers = {c.name: (_declared_coercer(declared[c.name]) if _mysql_type(
             declared.get(c.name)) else _coercer(c.type), declared.get(c.name) or repr(c.type))
             for c in table.columns}
         self._coerce_functions = {column: entry[0] for column, entry in self.coercers.items()}
         self._key_coercers = [(k, self.coercers[k][0]) for k in spec.key]
+        self._key_column = spec.key[0] if len(spec.key) == 1 else None
         self.redacted = frozenset(column.lower() for column in spec.redact)
         self.statements = _Statements()
 
@@ -355,6 +361,8 @@ class _Target:
     def coerce_key(self, key: Tuple[Any, ...]) -> Tuple[Any, ...]:
         if len(key) == len(self._key_coercers) and None not in key:
             try:
+                if self._key_column is not None:  # one key column, the common key
+                    return (self._key_coercers[0][1](key[0]),)
                 return tuple([coerce(value) for (_, coerce), value in zip(self._key_coercers, key)])
             except BadValue:
                 pass  # the loop below names the column
@@ -391,6 +399,9 @@ class _Target:
                 if kept.get(column, _MISSING) is value:
                     continue
                 coerce = coercers.get(column)
+                if coerce is _INTEGER and type(value) is int and (
+                        _INTEGER_RANGE[0] <= value <= _INTEGER_RANGE[1]):
+                    continue  # what the coercer returns: the int itself
                 if coerce is None or value is None:
                     coerced = self.coerce(column, value)
                 else:
@@ -400,11 +411,25 @@ class _Target:
                         raise self._bad_value(column, value, exc) from None
                 if coerced is not value:
                     values[column] = coerced  # an existing key: iterating stays valid
-        for column, expected in zip(self.spec.key, key):
-            if column in values and values[column] != expected:
-                raise _Rejected('key-changed', f'the op sets key column {column!r} of '
-                                               f'{self.name!r}; key updates are not replicated')
+        if self._key_column is not None:  # one key column, the common key: no loop
+            value = values.get(self._key_column, _MISSING)
+            if value is not _MISSING and value != key[0]:
+                raise self._key_changed(self._key_column)
+        else:
+            for column, expected in zip(self.spec.key, key):
+                if column in values and values[column] != expected:
+                    raise self._key_changed(column)
         return state
+
+    def column_order(self, name: str) -> Tuple[int, str]:
+        """Sort key of the table's column order: the order an INSERT's VALUES
+        and an UPDATE's SET render columns in, so their parameters need no
+        reordering."""
+        return self._positions.get(name, len(self._positions)), name
+
+    def _key_changed(self, column: str) -> _Rejected:
+        return _Rejected('key-changed', f'the op sets key column {column!r} of '
+                                        f'{self.name!r}; key updates are not replicated')
 
     def delete_statement(self, conn) -> '_Compiled':
         """DELETE of one row by key: parameters (key values)."""
@@ -449,6 +474,8 @@ class _Plan:
 
     def __init__(self, target: _Target):
         self.target = target
+        self._key_names = target.spec.key
+        self._key_column = target._key_column
         self.deletes: List[Tuple[Any, ...]] = []
         self.inserts: List[Dict[str, Any]] = []
         self.updates: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
@@ -465,7 +492,10 @@ class _Plan:
             if base.exists:
                 self.deletes.append(key)
             row = dict(state.values)
-            row.update(zip(self.target.spec.key, key))
+            if self._key_column is not None:  # one key column: no zip
+                row[self._key_column] = key[0]
+            else:
+                row.update(zip(self._key_names, key))
             self.inserts.append(row)
         else:
             stored = base.values
@@ -482,10 +512,11 @@ class _Plan:
         target = self.target
         if self.deletes:
             target.delete_statement(conn).execute(conn, self.deletes)
-        for columns, rows in _by_columns(self.inserts, _itself).items():
+        for columns, rows in _by_columns(self.inserts, _itself, target.column_order).items():
             target.insert_statement(conn, columns).execute(
                 conn, list(map(_values_of(columns), rows)))
-        for columns, updates in _by_columns(self.updates, _changed_columns).items():
+        for columns, updates in _by_columns(self.updates, _changed_columns,
+                                            target.column_order).items():
             values_of = _values_of(columns)
             target.update_statement(conn, columns).execute(
                 conn, [values_of(changed) + key for key, changed in updates])
@@ -499,16 +530,16 @@ def _changed_columns(update):
     return update[1]
 
 
-def _by_columns(values, columns_of) -> Dict[Tuple[str, ...], list]:
-    """``values`` grouped by the sorted names of the columns they set, in
-    order of first appearance."""
+def _by_columns(values, columns_of, order) -> Dict[Tuple[str, ...], list]:
+    """``values`` grouped by the names of the columns they set, sorted by
+    ``order`` (a key function), in order of first appearance."""
     groups: Dict[Tuple[str, ...], list] = {}
     names: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # as set -> sorted
     for value in values:
         columns = tuple(columns_of(value))
         group = names.get(columns)
         if group is None:
-            group = names[columns] = tuple(sorted(columns))
+            group = names[columns] = tuple(sorted(columns, key=order))
             groups.setdefault(group, [])
         groups[group].append(value)
     return groups
@@ -561,7 +592,8 @@ class _Compiled:
         paramstyle, dictionaries for a named one. Bind processors run column
         by column (a transposition, not a list per row)."""
         try:
-            if self._processors and rows:
+            transposed = bool(self._processors and rows)
+            if transposed:
                 columns = list(zip(*rows))
                 for i, process in self._processors:
                     columns[i] = map(process, columns[i])
@@ -572,7 +604,7 @@ class _Compiled:
             order = self._order
             if order is not None:
                 return [tuple([row[i] for i in order]) for row in rows]
-            return list(map(tuple, rows))
+            return list(rows) if transposed else list(map(tuple, rows))  # zip gave tuples
         except Exception as exc:  # a value the type rejects: as SQLAlchemy reports it
             raise self._error(exc) from exc
 
@@ -1274,6 +1306,12 @@ def _first_version(item: _Item) -> str:
     return item.change.ops[0].version
 
 
+def _ready_version(ready) -> str:
+    """The first version of a (micros, Change) pair's Change; '' if it has no ops."""
+    ops = ready[1].ops
+    return ops[0].version if ops else ''
+
+
 _TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE, OpKind.UPDATE, OpKind.DELETE})
 _ROW_WRITES = frozenset({OpKind.UPDATE, OpKind.DELETE})
 
@@ -1425,7 +1463,7 @@ class _DatabaseWriter:
         batch_size = batch_size or self._batch_size
         emit = functools.partial(self._emit, applied=applied)
         window, timestamps = GlobalWindow(), {}  # one Timestamp per time, not per change
-        ready.sort(key=lambda item: item[1].ops[0].version if item[1].ops else '')
+        ready.sort(key=_ready_version)
         if not self._replica.prepared:
             try:
                 self._replica.prepare(self._engine)

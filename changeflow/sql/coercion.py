@@ -174,7 +174,12 @@ def _text(value, what: str) -> str:
 
 def _number(value) -> decimal.Decimal:
     """``value`` as an exact, finite Decimal (a float by its shortest repr)."""
-    if isinstance(value, bool):
+    if type(value) is str:  # the common case (audit-log text): _text's test and strip, inline
+        try:
+            result = decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            raise BadValue('not a number') from None
+    elif isinstance(value, bool):
         result = decimal.Decimal(int(value))
     elif isinstance(value, HexLiteral):  # 0x41 is 65 in numeric context
         result = decimal.Decimal(int.from_bytes(value, 'big'))
@@ -182,11 +187,6 @@ def _number(value) -> decimal.Decimal:
         result = decimal.Decimal(value)
     elif isinstance(value, float):
         result = decimal.Decimal(repr(value))
-    elif type(value) is str:  # the common case: _text's test and strip, inline
-        try:
-            result = decimal.Decimal(value.strip())
-        except decimal.InvalidOperation:
-            raise BadValue('not a number') from None
     else:
         try:
             result = decimal.Decimal(_text(value, 'a number'))
@@ -202,8 +202,8 @@ def _rounded(number: decimal.Decimal) -> decimal.Decimal:
 
 
 def _integer(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        result = value
+    if type(value) is int or isinstance(value, int) and not isinstance(value, bool):
+        result = value  # (a plain int, the common case, tested first)
     else:
         number = _number(value)
         if number.adjusted() > 19:  # beyond 2**64 (no huge int is made)
@@ -229,7 +229,7 @@ def _to_fixed_decimal(precision: int, scale: int, quantum: decimal.Decimal,
     whole_digits = precision - scale
     if not number.is_zero() and number.adjusted() >= whole_digits:
         raise BadValue(f'out of range for DECIMAL({precision},{scale})')
-    result = number.quantize(quantum, context=context)
+    result = context.quantize(number, quantum)  # number.quantize(quantum, context=context)
     if not result.is_zero() and result.adjusted() >= whole_digits:  # 99.995 -> 100.00
         raise BadValue(f'out of range for DECIMAL({precision},{scale})')
     return result
@@ -294,10 +294,11 @@ def _date(value) -> datetime.date:
 
 def _string(length: Optional[int], value) -> str:
     if isinstance(value, str):
-        try:
-            value.encode('utf-8')
-        except UnicodeEncodeError:
-            raise BadValue('text that is not UTF-8 (a lone surrogate)') from None
+        if not value.isascii():  # ASCII is UTF-8 (a flag of the str: no encoding made)
+            try:
+                value.encode('utf-8')
+            except UnicodeEncodeError:
+                raise BadValue('text that is not UTF-8 (a lone surrogate)') from None
         result = value
     elif isinstance(value, (bytes, bytearray)):
         try:

@@ -395,6 +395,7 @@ def _or(args):
 # Arithmetic -----------------------------------------------------------------
 
 _SIGNED = (-2 ** 63, 2 ** 63 - 1)
+_BIGINT_MIN, _BIGINT_MAX = _SIGNED
 _UNSIGNED = (0, 2 ** 64 - 1)
 _DIV_PRECISION_INCREMENT = 4   # MariaDB's default div_precision_increment
 _MAX_DECIMAL_SCALE = 38        # MariaDB's largest DECIMAL scale
@@ -948,8 +949,32 @@ def evaluate(expr: tuple, row: Mapping[str, Any]) -> Any:
             raise MissingColumn(expr[1]) from None
     if tag == 'neg':
         return _negate(evaluate(expr[1], row))
-    if tag == 'bin':
-        a, b = evaluate(expr[2], row), evaluate(expr[3], row)
+    if tag == 'bin':  # a column or literal operand, the common ones, taken inline
+        left, right = expr[2], expr[3]
+        if left[0] == 'col':
+            try:
+                a = row[left[1]]
+            except KeyError:
+                raise MissingColumn(left[1]) from None
+        else:
+            a = left[1] if left[0] == 'lit' else evaluate(left, row)
+        if right[0] == 'lit':
+            b = right[1]
+        elif right[0] == 'col':
+            try:
+                b = row[right[1]]
+            except KeyError:
+                raise MissingColumn(right[1]) from None
+        else:
+            b = evaluate(right, row)
+        if type(a) is int and type(b) is int and a <= _BIGINT_MAX and b <= _BIGINT_MAX:
+            # BIGINT operands (not bools, not unsigned), the common case: what
+            # _arith computes, without its calls; a result out of range, or
+            # another operator, goes to _arith (which raises its error).
+            op = expr[1]
+            value = a + b if op == '+' else a - b if op == '-' else a * b if op == '*' else None
+            if value is not None and _BIGINT_MIN <= value <= _BIGINT_MAX:
+                return value
         try:
             return _arith(expr[1], a, b)
         except ArithmeticError as error:  # a result beyond what the types hold

@@ -31,8 +31,8 @@ ABSENT = RowState(False, {}, True)
 # tuple of them built per call, cost more than the rest of a typical op (once per op
 # per sink); == keeps a kind given as its plain string value working.
 _DIVERGE, _DELETE, _TRUNCATE = OpKind.DIVERGE, OpKind.DELETE, OpKind.TRUNCATE
-_INSERT, _REPLACE, _INSERT_IGNORE, _UPSERT = (
-    OpKind.INSERT, OpKind.REPLACE, OpKind.INSERT_IGNORE, OpKind.UPSERT)
+_INSERT, _REPLACE, _INSERT_IGNORE, _UPSERT, _UPDATE = (
+    OpKind.INSERT, OpKind.REPLACE, OpKind.INSERT_IGNORE, OpKind.UPSERT, OpKind.UPDATE)
 _state = functools.partial(tuple.__new__, RowState)  # RowState(...) without a Python call
 
 
@@ -46,21 +46,23 @@ def apply_op(state: RowState, op: RowOp) -> RowState:
     if op.condition is not None and not (
             state.exists and truthy(evaluate(op.condition, state.values))):
         return state  # the WHERE beyond the key does not hold: the row is not touched
-    if kind == _DELETE or kind == _TRUNCATE:
-        return ABSENT
-    if kind == _INSERT or kind == _REPLACE:
-        return _state((True, dict(op.values), True))
-    if kind == _INSERT_IGNORE:
-        return state if state.exists else _state((True, dict(op.values), True))
-    if kind == _UPSERT and not state.exists:
-        return _state((True, dict(op.values), True))
+    if kind == _UPSERT:  # the commonest kinds tested first
+        if not state.exists:
+            return _state((True, dict(op.values), True))
+    elif kind != _UPDATE:
+        if kind == _DELETE or kind == _TRUNCATE:
+            return ABSENT
+        if kind == _INSERT or kind == _REPLACE:
+            return _state((True, dict(op.values), True))
+        if kind == _INSERT_IGNORE:
+            return state if state.exists else _state((True, dict(op.values), True))
     # UPDATE, or UPSERT on an existing row: assignments left to right, each
     # seeing the values the previous ones set (MySQL single-table UPDATE).
     if not state.exists:
         return state
     values = dict(state.values)
     for column, expr in op.assignments:
-        values[column] = evaluate(expr, values)
+        values[column] = expr[1] if expr[0] == 'lit' else evaluate(expr, values)
     return _state((True, values, state.replaced))
 
 
