@@ -7,6 +7,7 @@ disagreed; the comment says which sink changed.
 import datetime
 import doctest
 import decimal
+import math
 
 import pyarrow as pa
 import pytest
@@ -404,3 +405,42 @@ def test_mysql_cases_match_live_mariadb():
     finally:
         connection.close()
     assert not wrong, wrong
+
+
+def test_exact_decimal_binds_a_value_of_its_scale_as_requantizing_it_would():
+    """A Decimal already of the column's scale skips the re-quantizing; what
+    is bound stays bit-identical (the float's sign and bits, or the BLOB)."""
+    from changeflow.sql import types
+    column = types.ExactDecimal(18, 2)
+    dialect = sa.create_engine('sqlite://').dialect
+
+    def reference(value):
+        number = types._exact(value, 2)
+        if number.adjusted() + 2 < 15:
+            return float(number)
+        double = float(number)
+        if math.isfinite(double) and decimal.Decimal(repr(double)) == number:
+            return double
+        return format(number, 'f').encode('ascii')
+
+    class Sub(decimal.Decimal):
+        pass
+
+    values = [decimal.Decimal(v) for v in (
+        '1.50', '1.5', '1.555', '-0.00', '0E-2', '123456789012.34', '1234567890123.45',
+        '1234567890123456.78', '1E+3', '7')] + [Sub('2.505'), 2, '3.14159', 0.1]
+    for value in values:
+        bound, expected = column.process_bind_param(value, dialect), reference(value)
+        assert type(bound) is type(expected), value
+        assert repr(bound) == repr(expected), value  # -0.0 and 0.0 told apart
+
+
+def test_exact_decimal_does_not_requantize_a_value_of_its_scale(monkeypatch):
+    from changeflow.sql import types
+    column = types.ExactDecimal(12, 2)
+    column.process_bind_param(decimal.Decimal('1'), None)  # its quantum known
+
+    def unexpected(value, scale):
+        raise AssertionError(f'{value!r} quantized again')
+    monkeypatch.setattr(types, '_exact', unexpected)
+    assert column.process_bind_param(decimal.Decimal('-12.30'), None) == -12.3

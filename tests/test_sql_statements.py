@@ -232,3 +232,45 @@ def test_an_op_reading_a_column_left_at_its_default_sees_the_stored_default(engi
     with engine.connect() as conn:
         table = sink.targets['shop.items'].table
         assert [tuple(r) for r in conn.execute(sa.select(table))] == [(1, 7, 'x')]
+
+
+def _update(*assignments):
+    return RowOp(OpKind.UPDATE, version(1), (), tuple(assignments))
+
+
+def test_an_update_coerces_only_the_columns_it_sets():
+    """The values an UPDATE copied from the row before it are not visited:
+    here a kept-looking column the op did not set holds a value its coercer
+    would refuse, and only the set column is coerced."""
+    target = _typed_target('t_', 'kinds')
+    previous = RowState(True, {'id': 1, 'amount': D('1.00'), 'flag': 1}, False)
+    op = _update(('amount', lit('2.5')))
+    state = RowState(True, {'id': 1, 'amount': '2.5', 'flag': 'not a boolean'}, False)
+    assert target.coerce_state(state, (1,), previous, op).values == {
+        'id': 1, 'amount': D('2.50'), 'flag': 'not a boolean'}
+    with pytest.raises(sql._Rejected):  # the whole row's pass, as for an INSERT
+        target.coerce_state(RowState(True, dict(state.values), False), (1,), previous)
+
+
+@pytest.mark.parametrize('assignments, reason, column', [
+    ((('flag', 'nope'), ('amount', 'abc')), 'bad-value', 'amount'),  # row order, not the op's
+    ((('nosuch', 1), ('flag', 'nope')), 'bad-value', 'flag'),
+    ((('flag', 1), ('nosuch', None)), 'unknown-column', 'nosuch'),
+    ((('amount', '1.5'), ('id', 2)), 'key-changed', 'id'),
+])
+def test_an_update_with_bad_values_is_rejected_as_the_whole_rows_pass_rejects_it(
+        assignments, reason, column):
+    from changeflow.sql.rowstate import apply_op
+    target = _typed_target('t_', 'kinds')
+    previous = RowState(True, {'id': 1, 'amount': D('1.00'), 'flag': True, 'name': 'a'}, False)
+    op = _update(*((c, lit(v)) for c, v in assignments))
+    rejected = []
+    for given in (op, None):
+        state = apply_op(previous, op)
+        with pytest.raises(sql._Rejected) as exc:
+            target.coerce_state(state, (1,), previous, given)
+        rejected.append((exc.value.reason, exc.value.detail))
+        if reason != 'key-changed':
+            assert state.values == dict(previous.values, **dict(assignments))  # untouched
+    assert rejected[0] == rejected[1]
+    assert rejected[0][0] == reason and repr(column) in rejected[0][1]
