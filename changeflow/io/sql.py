@@ -387,17 +387,30 @@ class _Target:
         return tuple(values)
 
     def coerce_state(self, state: RowState, key: Tuple[Any, ...],
-                     previous: RowState, op=None) -> RowState:
-        """``state`` (after ``op``, when given) with the values an op set
-        coerced (those it kept from ``previous``, already coerced or read from
-        the table, stay as they are); a key column may not change. An op that
-        changed the row made its values afresh (rowstate.apply_op), so they
-        are coerced in place."""
+                     previous: RowState) -> RowState:
+        """``state`` with the values an op set coerced (those it kept from
+        ``previous``, already coerced or read from the table, stay as they
+        are); a key column may not change. An op that changed the row made
+        its values afresh (rowstate.apply_op), so they are coerced in place."""
         values, kept = state.values, previous.values
-        if values is not kept and not (
-                op is not None and previous.exists and (op.kind == _UPDATE or op.kind == _UPSERT)
-                and self._coerce_assigned(values, kept, op.assignments)):
-            self._coerce_changed(values, kept)
+        if values is not kept:
+            coercers = self._coerce_functions
+            for column, value in values.items():
+                if kept.get(column, _MISSING) is value:
+                    continue
+                coerce = coercers.get(column)
+                if coerce is _INTEGER and type(value) is int and (
+                        _INTEGER_RANGE[0] <= value <= _INTEGER_RANGE[1]):
+                    continue  # what the coercer returns: the int itself
+                if coerce is None or value is None:
+                    coerced = self.coerce(column, value)
+                else:
+                    try:
+                        coerced = coerce(value)
+                    except BadValue as exc:
+                        raise self._bad_value(column, value, exc) from None
+                if coerced is not value:
+                    values[column] = coerced  # an existing key: iterating stays valid
         if self._key_column is not None:  # one key column, the common key: no loop
             value = values.get(self._key_column, _MISSING)
             if value is not _MISSING and value != key[0]:
@@ -407,53 +420,6 @@ class _Target:
                 if column in values and values[column] != expected:
                     raise self._key_changed(column)
         return state
-
-    def _coerce_assigned(self, values: Dict[str, Any], kept: Dict[str, Any],
-                         assignments) -> bool:
-        """Coerce in ``values`` only the columns ``assignments`` set (an UPDATE
-        of an existing row copies the rest from ``kept``): True if all coerce.
-        On any failure ``values`` is left as it was and False returned, so
-        _coerce_changed names the failure the whole row's pass meets first."""
-        coercers, coerced = self._coerce_functions, []
-        for column, _ in assignments:
-            value = values[column]
-            if kept.get(column, _MISSING) is value:
-                continue
-            coerce = coercers.get(column)
-            if coerce is None:
-                return False  # an unknown column
-            if value is None or coerce is _INTEGER and type(value) is int and (
-                    _INTEGER_RANGE[0] <= value <= _INTEGER_RANGE[1]):
-                continue  # what coerce returns: the value itself
-            try:
-                new = coerce(value)
-            except Exception:  # whatever it is, the whole pass raises it in its order
-                return False
-            if new is not value:
-                coerced.append((column, new))
-        for column, new in coerced:
-            values[column] = new
-        return True
-
-    def _coerce_changed(self, values: Dict[str, Any], kept: Dict[str, Any]) -> None:
-        """Coerce in place every value of ``values`` not kept from ``kept``."""
-        coercers = self._coerce_functions
-        for column, value in values.items():
-            if kept.get(column, _MISSING) is value:
-                continue
-            coerce = coercers.get(column)
-            if coerce is _INTEGER and type(value) is int and (
-                    _INTEGER_RANGE[0] <= value <= _INTEGER_RANGE[1]):
-                continue  # what the coercer returns: the int itself
-            if coerce is None or value is None:
-                coerced = self.coerce(column, value)
-            else:
-                try:
-                    coerced = coerce(value)
-                except BadValue as exc:
-                    raise self._bad_value(column, value, exc) from None
-            if coerced is not value:
-                values[column] = coerced  # an existing key: iterating stays valid
 
     def column_order(self, name: str) -> Tuple[int, str]:
         """Sort key of the table's column order: the order an INSERT's VALUES
@@ -1287,7 +1253,7 @@ class _Replica:
                     row = self._current_rows(conn, target, [key])[_row_key(key)]
                     base = previous = RowState(True, row, False)
                     state = apply_op(previous, op)
-                state = target.coerce_state(state, key, previous, op)
+                state = target.coerce_state(state, key, previous)
         except MissingColumn as exc:
             rejection = _Rejected('unknown-column', f'{exc.args[0]!r} is not a column of '
                                                     f'{target.name!r}')
@@ -1337,7 +1303,6 @@ _MARKER_COLUMNS = ('table_name', 'truncated_version')
 _MARK_COLUMNS = ('table_name', 'row_key', 'version', 'reason', 'detail')
 
 _DIVERGE = OpKind.DIVERGE  # a module constant: a lookup on the Enum class costs more
-_UPDATE, _UPSERT = OpKind.UPDATE, OpKind.UPSERT
 _row_state = functools.partial(tuple.__new__, RowState)  # RowState(...) without a Python call
 _new_item = functools.partial(tuple.__new__, _Item)  # likewise _Item(...)
 
