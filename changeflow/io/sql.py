@@ -881,8 +881,7 @@ class _Replica:
         self.prepared = True
 
     def write(self, conn: sa.Connection, items: Sequence[_Item], isolate: bool) -> _Outcome:
-        """Apply ``items``, in version order (of their first ops), in the
-        transaction of ``conn``.
+        """Apply ``items`` in the transaction of ``conn``.
 
         With ``isolate``, each change runs in its own SAVEPOINT and a change
         the database rejects is dead-lettered alone ('database-rejected').
@@ -1086,11 +1085,7 @@ class _Replica:
         """Apply keyed changes of one table; a second change of one row (from
         another window) waits for the next round."""
         outcome = _Outcome()
-        # Not sorted again: every caller of write() passes its items in version
-        # order (_write_ready sorts its shard's by _ready_version, the same key
-        # for a Change with ops; its one-item retries keep it), _write_items keeps
-        # their order per table and _distinct_rows the order of the later ones.
-        pending = items
+        pending = sorted(items, key=_first_version)
         while pending:
             rows, pending = self._distinct_rows(conn, target, pending, outcome)
             if rows:
@@ -1305,6 +1300,10 @@ _MARK_COLUMNS = ('table_name', 'row_key', 'version', 'reason', 'detail')
 _DIVERGE = OpKind.DIVERGE  # a module constant: a lookup on the Enum class costs more
 _row_state = functools.partial(tuple.__new__, RowState)  # RowState(...) without a Python call
 _new_item = functools.partial(tuple.__new__, _Item)  # likewise _Item(...)
+
+
+def _first_version(item: _Item) -> str:
+    return item.change.ops[0].version
 
 
 def _ready_version(ready) -> str:
