@@ -135,3 +135,30 @@ def test_the_parse_step_holds_a_bounded_number_of_events(monkeypatch):
     during, at_end = _parsed_runs(records, monkeypatch, hold=4)
     assert sorted(during) == [(('db-1', 7), [1, 3], 0), (('db-1', 8), [2, 4], 0)]
     assert sorted(at_end) == [(('db-1', 7), [5], 0), (('db-1', 8), [6], 0)]
+
+
+def test_held_events_that_cannot_become_a_run_are_dead_lettered_with_their_lines(monkeypatch):
+    """Held over records, a connection's events belong to no one element: if
+    making their run fails (a defect), their lines are the dead letter's
+    original, and the other connections' runs still go out."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    real = connections.make_run
+
+    def failing(events, key):
+        if events[0].connection_id == 8:
+            raise RuntimeError('forced failure')
+        return real(events, key)
+    monkeypatch.setattr(connections, 'make_run', failing)
+    fn = connections._ParseRecordFn(1024, 100_500)
+    fn.setup()
+    fn.start_bundle()
+    records = [_record(0, _LINE.format(7, q), _LINE.format(8, q + 1)) for q in (1, 3)]
+    for record in records:
+        assert list(fn.process(record, GlobalWindow(), MIN_TIMESTAMP)) == []
+    outputs = list(fn.finish_bundle())
+    letters = [out.value.value for out in outputs if getattr(out, 'tag', None) == 'dead_letter']
+    runs = [out.value[0] for out in outputs if getattr(out, 'tag', None) is None]
+    assert runs == [('db-1', 7)]
+    assert [(letter.reason, letter.original) for letter in letters] == [
+        ('internal-error', '\n'.join([_LINE.format(8, 2), _LINE.format(8, 4)]).encode())]

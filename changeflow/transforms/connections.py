@@ -30,7 +30,7 @@ from changeflow.schema.timeline import ddl_position
 from changeflow.sql.literals import DEFAULT_SERVER_VERSION
 from changeflow.transforms.audit_log import AuditLineParser
 from changeflow.transforms.decode import RecordDecoder
-from changeflow.transforms.guard import guarded, lines_original
+from changeflow.transforms.guard import guarded, internal_error, lines_original
 from changeflow.transforms.runs import make_run, merge_runs, pack, typed_keys, unpack
 from changeflow.transforms.sql_changes import ExtractRowChangesFn
 from changeflow.transforms.transactions import (
@@ -107,10 +107,18 @@ class _ParseRecordFn(beam.DoFn):
         yield from self._release()
 
     def _release(self):
-        for (window, timestamp, connection, arrival_ms), events in self._held.items():
-            yield WindowedValue((connection, (*make_run(events, session_order), arrival_ms)),
-                                timestamp, (window,))
-        self._held, self._held_events = {}, 0
+        held, self._held, self._held_events = self._held, {}, 0
+        for (window, timestamp, connection, arrival_ms), events in held.items():
+            try:
+                run = make_run(events, session_order)
+            except Exception as error:  # pylint: disable=broad-except
+                # A defect: the held events are no one element's, so their lines
+                # are the dead letter's original (not lost with the bundle's end).
+                letter = internal_error('parse_audit', error, lines_original(events),
+                                        f'connection {connection[0]}/{connection[1]}')
+                yield TaggedOutput(DEAD_LETTER_TAG, WindowedValue(letter, timestamp, (window,)))
+                continue
+            yield WindowedValue((connection, (*run, arrival_ms)), timestamp, (window,))
 
     def process(self, element, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam):
