@@ -317,15 +317,8 @@ class ExactDecimal(sa.types.TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
+        number = _exact(value, self.scale)
         scale = self.scale
-        if type(value) is decimal.Decimal and scale is not None and scale <= _MYSQL_MAX_SCALE:
-            # Already of the scale (as the sink's coercer leaves it) and of at most
-            # 15 digits: _exact would return it unchanged, the branch below its float.
-            quantum = _QUANTA.get(scale)
-            if quantum is not None and value.same_quantum(quantum) and (
-                    value.adjusted() + scale < 15):
-                return float(value)
-        number = _exact(value, scale)
         if scale is not None and scale <= _MYSQL_MAX_SCALE and number.adjusted() + scale < 15:
             # At most 15 digits (quantized: exponent -scale) and 1e-30 or more
             # (a double's normal range): the double holds it, as checked below.
@@ -354,6 +347,9 @@ def _exact(value, scale: Optional[int]) -> decimal.Decimal:
     quantum = _QUANTA.get(scale)
     if quantum is None:
         quantum = _QUANTA[scale] = decimal.Decimal(1).scaleb(-scale)
+    if (type(number) is decimal.Decimal and number.same_quantum(quantum)
+            and number.adjusted() + scale < _EXACT_CONTEXT.prec):
+        return number  # of the scale already (the sink's coercers make it so): quantize's result
     return number.quantize(quantum, context=_EXACT_CONTEXT)
 
 
