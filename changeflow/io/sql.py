@@ -61,7 +61,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from changeflow.sql.coercion import BadValue, coercer
+from changeflow.sql.coercion import INTEGER_RANGE, BadValue, coercer
 from changeflow.config import TableSpec, display_url
 from changeflow.sql.expressions import MissingColumn
 from changeflow.io.json_records import change_json
@@ -91,10 +91,9 @@ _CIRCUIT_OPEN_SECS = 60.0    # batches dead-lettered untried, then one probes th
 _DETAIL_LENGTH = 2000
 _REASON_LENGTH = 64
 _MISSING = object()
-# coercer('integer') (and 'bigint') gives a plain int within BIGINT .. BIGINT
-# UNSIGNED back as it is: _Target.coerce_state tests that without the call.
+# coercer('integer') (and 'bigint') gives a plain int within INTEGER_RANGE back
+# as it is: _Target.coerce_state tests that without the call.
 _INTEGER = coercer('integer')
-_INTEGER_RANGE = (-2 ** 63, 2 ** 64 - 1)
 DEFAULT_SHARDS = 16          # parallel writers per table
 
 
@@ -400,7 +399,7 @@ class _Target:
                     continue
                 coerce = coercers.get(column)
                 if coerce is _INTEGER and type(value) is int and (
-                        _INTEGER_RANGE[0] <= value <= _INTEGER_RANGE[1]):
+                        INTEGER_RANGE[0] <= value <= INTEGER_RANGE[1]):
                     continue  # what the coercer returns: the int itself
                 if coerce is None or value is None:
                     coerced = self.coerce(column, value)

@@ -35,10 +35,10 @@ from changeflow.sql.expressions import ExpressionError, double_text
 from changeflow.sql.literals import HexLiteral
 from changeflow.sql.types import ColumnType, parse_type
 
-__all__ = ['BadValue', 'coercer']
+__all__ = ['BadValue', 'coercer', 'INTEGER_RANGE']
 
 _DECIMAL_TYPE = re.compile(r'decimal\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?', re.IGNORECASE)
-_INTEGER_RANGE = (-2 ** 63, 2 ** 64 - 1)   # BIGINT's lowest to BIGINT UNSIGNED's highest
+INTEGER_RANGE = (-2 ** 63, 2 ** 64 - 1)   # BIGINT's lowest to BIGINT UNSIGNED's highest
 _TINYINT_RANGE = (-128, 127)
 
 
@@ -209,7 +209,7 @@ def _integer(value) -> int:
         if number.adjusted() > 19:  # beyond 2**64 (no huge int is made)
             raise BadValue('out of range for any MySQL integer type')
         result = int(_rounded(number))
-    if not _INTEGER_RANGE[0] <= result <= _INTEGER_RANGE[1]:
+    if not INTEGER_RANGE[0] <= result <= INTEGER_RANGE[1]:
         raise BadValue('out of range for any MySQL integer type')
     return result
 
