@@ -964,17 +964,16 @@ class _KeyBatchByPartition(_FollowedLayouts, beam.DoFn):
         targets = {source: layout.target for source, layout in layouts.items()}
         shard = batch[1] % self._shards if self._fold_shards % self._shards == 0 else None
         span = batch_span(batch)
-        if span is not None:
-            self._received.inc(span.ops)
-            partition = None if shard is None else _span_partition(span, targets, shard)
+        changes = batch_changes(batch) if span is None else None  # no span: from the Changes
+        self._received.inc(span.ops if span is not None
+                           else sum(map(len, map(_OPS_OF, changes))))
+        if shard is not None:
+            partition = (_span_partition(span, targets, shard) if span is not None
+                         else _one_partition(changes, targets, shard))
             if partition is not None:
                 return [(partition, batch[2])]  # one partition: packed as it came
-        changes = batch_changes(batch)
-        if span is None:  # packed without a span: found from the Changes
-            self._received.inc(sum(map(len, map(_OPS_OF, changes))))
-            partition = None if shard is None else _one_partition(changes, targets, shard)
-            if partition is not None:
-                return [(partition, batch[2])]
+        if changes is None:
+            changes = batch_changes(batch)
         by_partition: Dict[Tuple[str, str, int], List[Change]] = {}
         for change in changes:
             if change.ops:
