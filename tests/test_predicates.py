@@ -280,6 +280,25 @@ def test_where_over_the_whole_table_replicates_per_shard_in_version_order(items)
     assert marks(engine, prefix) == []
 
 
+def test_a_row_change_between_two_whole_table_ops_applies_between_them(items):
+    """Row 1 is in the replica from an earlier run; this run's row change
+    (version 2) falls between two whole-table updates (1 and 3) and touches no
+    other op of its row, so none of them is carried in the row's change. Each
+    whole-table op applies at its own place: the row change is not skipped as
+    older than the second (it was, in silence, when both applied together
+    before it)."""
+    url, spec, prefix, engine = items
+    sync(url, spec, prefix, statements(
+        "INSERT INTO items (id, version, status, qty) VALUES (1, 1, 'open', 1), "
+        "(2, 1, 'open', 1)"))
+    sync(url, spec, prefix, statements(
+        "UPDATE items SET qty = qty + 10 WHERE status = 'open'",
+        "UPDATE items SET version = 2, status = 'seen' WHERE id = 1 AND version = 1",
+        "UPDATE items SET qty = qty + 100 WHERE status = 'open'", first=800))
+    assert rows(engine, spec) == {1: (2, 'seen', 11), 2: (1, 'open', 111)}
+    assert marks(engine, prefix) == []
+
+
 def test_where_over_a_table_with_diverged_rows_is_dead_lettered_and_marks_the_table(items):
     url, spec, prefix, engine = items
     sync(url, spec, prefix, statements(

@@ -1305,6 +1305,24 @@ def _first_version(item: _Item) -> str:
     return item.change.ops[0].version
 
 
+def _table_ops_apart(ready):
+    """(micros, Change) pairs with each whole-table Change of several ops as one
+    Change per op: the write applies a whole-table Change at its first op's
+    place in version order, so one holding ``UPDATE ... WHERE done`` at v1 and
+    at v3 would apply both before a keyed change at v2, which would then be
+    skipped as older than the row (found as a silent loss when a row's
+    earlier state was already in the replica)."""
+    if all(change.key or len(change.ops) < 2 for _, change in ready):
+        return ready
+    apart = []
+    for micros, change in ready:
+        if change.key or len(change.ops) < 2:
+            apart.append((micros, change))
+        else:
+            apart.extend((micros, change._replace(ops=(op,))) for op in change.ops)
+    return apart
+
+
 def _ready_version(ready) -> str:
     """The first version of a (micros, Change) pair's Change; '' if it has no ops."""
     ops = ready[1].ops
@@ -1462,6 +1480,7 @@ class _DatabaseWriter:
         batch_size = batch_size or self._batch_size
         emit = functools.partial(self._emit, applied=applied)
         window, timestamps = GlobalWindow(), {}  # one Timestamp per time, not per change
+        ready = _table_ops_apart(ready)
         ready.sort(key=_ready_version)
         if not self._replica.prepared:
             try:
