@@ -12,7 +12,8 @@ coalesced change (replica and dead letters unchanged), and again when the
 database sink began to apply each whole-table op at its own place in version
 order (a row change between two of them had been skipped in silence: the
 core fixture's SKU-005 is now deleted, as at the source; a refused whole-table
-op is now one dead letter per op instead of one for it and the ops after it).
+op is now one dead letter per run of its ops between two row changes instead
+of one for it and every op after it).
 Record again only for
 an intended change of outputs:
 

@@ -164,10 +164,10 @@ def test_an_unreachable_replica_is_given_up_while_the_other_sinks_complete(tmp_p
     assert job.returncode == RUN_SINK_UNAVAILABLE == 3, job.stderr
     out = job.stdout
     assert ('                UNAVAILABLE: 3 batches could not reach the database, '
-            '40 more not tried (dead letters: sink-unavailable)') in out.splitlines()
+            '42 more not tried (dead letters: sink-unavailable)') in out.splitlines()
     counters = dict(line.split() for line in out.splitlines() if line.startswith('  changeflow.'))
     assert counters['changeflow.write_database.batch_retries'] == '9'  # 3 batches, 3 retries each
-    assert counters['changeflow.dead_letters.write_database/sink-unavailable'] == '41'
+    assert counters['changeflow.dead_letters.write_database/sink-unavailable'] == '43'
     assert 'apitools' not in job.stderr
     out_dir = tmp_path / 'examples' / 'out'
     written = {path: path.read_bytes() for path in out_dir.rglob('*') if path.is_file()}

@@ -32,6 +32,7 @@ table name (``TableSpec.target``).
 """
 
 import base64
+import bisect
 import collections
 import datetime
 import decimal
@@ -1306,20 +1307,34 @@ def _first_version(item: _Item) -> str:
 
 
 def _table_ops_apart(ready):
-    """(micros, Change) pairs with each whole-table Change of several ops as one
-    Change per op: the write applies a whole-table Change at its first op's
-    place in version order, so one holding ``UPDATE ... WHERE done`` at v1 and
-    at v3 would apply both before a keyed change at v2, which would then be
-    skipped as older than the row (found as a silent loss when a row's
-    earlier state was already in the replica)."""
+    """(micros, Change) pairs with each whole-table Change cut where a keyed
+    change of its table starts between two of its ops. The write applies a
+    whole-table Change at its first op's place in version order: one holding
+    ``UPDATE ... WHERE done`` at v1 and at v3 would apply both before a keyed
+    change at v2, which would then be skipped as older than its row (a loss
+    in silence, found where the row's earlier ops were in an earlier run)."""
     if all(change.key or len(change.ops) < 2 for _, change in ready):
         return ready
+    starts: Dict[str, List[str]] = {}  # table -> its keyed changes' first versions, sorted
+    for _, change in ready:
+        if change.key and change.ops:
+            starts.setdefault(change.table, []).append(change.ops[0].version)
+    for versions in starts.values():
+        versions.sort()
     apart = []
     for micros, change in ready:
-        if change.key or len(change.ops) < 2:
+        versions = starts.get(change.table)
+        if change.key or len(change.ops) < 2 or not versions:
             apart.append((micros, change))
-        else:
-            apart.extend((micros, change._replace(ops=(op,))) for op in change.ops)
+            continue
+        part = [change.ops[0]]
+        for op in change.ops[1:]:
+            after = bisect.bisect_right(versions, part[-1].version)
+            if after < len(versions) and versions[after] < op.version:
+                apart.append((micros, change._replace(ops=tuple(part))))
+                part = []
+            part.append(op)
+        apart.append((micros, change._replace(ops=tuple(part))))
     return apart
 
 
