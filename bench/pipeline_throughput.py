@@ -2,6 +2,7 @@
 
     python bench/pipeline_throughput.py [--events 200000] [--workload upserts|mixed]
                                         [--connections 1] [--baseline]
+                                        [--files N --slice-mb MB]
 
 Workloads: ``upserts`` (bench/workload.py: half INSERT ... ON DUPLICATE KEY
 UPDATE, 40% updates and 10% deletes by key over 20k rows of one table, in a
@@ -10,7 +11,10 @@ statement shapes, as kinesis-jsonl). Runs the job into SQLite, local Parquet
 and a JSONL notification file, and prints wall time, events/s, the job's key
 counters and the peak RSS of this process (the FnApiRunner runs the job
 in-process). ``--baseline`` also times bench/naive_sync.py on the same archive
-in the same run and prints the ratio.
+in the same run and prints the ratio. ``--files N`` writes the upserts archive
+as N Firehose objects; with ``--slice-mb`` the job reads them a slice at a
+time (``source.slice_mb``), as ``changeflow run`` does, and the peak RSS is
+the largest slice's.
 """
 
 import argparse
@@ -39,9 +43,10 @@ def write_archive(path, records):
                                 'Data': base64.b64encode(record.data).decode()}) + '\n')
 
 
-def write_config(folder, archive, archive_format, tables, notify_table):
+def write_config(folder, archive, archive_format, tables, notify_table, slice_mb=None):
     config = {
         'source': {'type': 'archive', 'format': archive_format, 'path': archive},
+        'job': 'bench',
         'tables': tables,
         'sinks': {'database': {'url': f'sqlite:///{folder}/replica.db'},
                   'parquet': {'path': f'{folder}/backup'},
@@ -49,10 +54,27 @@ def write_config(folder, archive, archive_format, tables, notify_table):
                               'when': {'table': notify_table, 'op': 'upsert'}}]},
         'dead_letter': {'path': f'{folder}/dead-letter'},
     }
+    if slice_mb is not None:
+        config['source']['slice_mb'] = slice_mb
     path = os.path.join(folder, 'job.yaml')
     with open(path, 'w') as f:
         yaml.safe_dump(config, f)
     return path
+
+
+def run_sliced(config_path):
+    """The job a slice at a time, as ``changeflow run`` runs it; its counters."""
+    from changeflow.config import load_config
+    from changeflow.io.archive_slices import input_ended
+    from changeflow.pipelines.follow import FINISHED, Follower
+    config = load_config(config_path)
+    ended = Follower(config, audit_sync.pipeline_options([]), audit_sync.build_pipeline,
+                     poll_seconds=0, status_seconds=3600,
+                     read_namespace=audit_sync.read_namespace(config), until=input_ended).run()
+    if ended.ended != FINISHED:
+        raise RuntimeError(f'the sliced run ended {ended.ended}: {ended.error}')
+    print(f'slices                 {ended.cycles:>12,}')
+    return ended.totals
 
 
 def main():
@@ -64,13 +86,22 @@ def main():
                         help='client connections of the upserts workload')
     parser.add_argument('--baseline', action='store_true',
                         help='also time the naive hand-written sync on the same archive')
+    parser.add_argument('--files', type=int, default=1,
+                        help='Firehose objects the upserts archive is written as')
+    parser.add_argument('--slice-mb', type=float, default=None,
+                        help='read the archive in slices of this many MiB (source.slice_mb)')
     args = parser.parse_args()
+    if args.files > 1 and args.baseline:
+        parser.error('--baseline reads one archive file: leave --files at 1')
     with tempfile.TemporaryDirectory() as folder:
         if args.workload == 'upserts':
-            archive = os.path.join(folder, 'audit.gz')
+            archive = os.path.join(folder, 'audit.gz' if args.files == 1 else 'audit')
             write_firehose_archive(archive, args.events, connections=args.connections,
-                                   per_record=args.per_record)
-            config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items')
+                                   per_record=args.per_record, files=args.files)
+            if args.files > 1:
+                archive = os.path.join(archive, '*.gz')
+            config = write_config(folder, archive, 'firehose', UPSERT_TABLE, 'shop.items',
+                                  args.slice_mb)
         else:
             records, _ = make_records(args.events, args.per_record)
             archive = os.path.join(folder, 'audit.jsonl')
@@ -79,9 +110,11 @@ def main():
                                     'columns': dict(spec.columns)} for spec in TABLES}
             config = write_config(folder, archive, 'kinesis-jsonl', tables, 'shop.customers')
         started = time.perf_counter()
-        result = audit_sync.run(['--config', config])
+        if args.slice_mb is None:
+            counters = counter_totals(audit_sync.run(['--config', config]))
+        else:
+            counters = run_sliced(config)
         elapsed = time.perf_counter() - started
-        counters = counter_totals(result)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if args.baseline and args.workload == 'upserts':
             started = time.perf_counter()

@@ -9,6 +9,7 @@ the same bytes.
 
 import gzip
 import json
+import os
 import random
 
 __all__ = ['TABLE', 'write_firehose_archive']
@@ -39,12 +40,29 @@ def _audit_line(query_id, connection, sql):
             f"db-1,app,10.0.0.7,{connection},{query_id},QUERY,shop,'{logged}',0")
 
 
-def write_firehose_archive(path, events, keys=20_000, connections=1, per_record=100, seed=11):
-    """Writes the archive to ``path``; returns the statements, in log order."""
+def write_firehose_archive(path, events, keys=20_000, connections=1, per_record=100, seed=11,
+                           files=1):
+    """Writes the archive to ``path``; returns the statements, in log order.
+    ``files`` > 1: ``path`` is a folder, which gets that many objects named in
+    log order (``part-00000.gz``, ...), as Firehose writes a stream over time."""
     rng = random.Random(seed)
     statements = [_statement(rng, keys) for _ in range(events)]
+    payloads = range(0, events, per_record)
+    if files > 1:
+        os.makedirs(path, exist_ok=True)
+        per_file = -(-len(payloads) // files)
+        for index in range(files):
+            _write_payloads(os.path.join(path, f'part-{index:05d}.gz'), statements,
+                            payloads[index * per_file:(index + 1) * per_file], per_record,
+                            connections)
+    else:
+        _write_payloads(path, statements, payloads, per_record, connections)
+    return statements
+
+
+def _write_payloads(path, statements, starts, per_record, connections):
     with open(path, 'wb') as out:
-        for start in range(0, events, per_record):
+        for start in starts:
             batch = statements[start:start + per_record]
             payload = {
                 'messageType': 'DATA_MESSAGE', 'owner': '123456789012',
@@ -55,4 +73,3 @@ def write_firehose_archive(path, events, keys=20_000, connections=1, per_record=
                                                       (start + i) % connections + 1, sql)}
                               for i, sql in enumerate(batch)]}
             out.write(gzip.compress(json.dumps(payload).encode()))
-    return statements

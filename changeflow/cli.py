@@ -310,8 +310,9 @@ def _run(args, beam_args) -> int:
     config, status = _load(args.config)
     if config is None:
         return status
-    if args.follow:
-        return _follow(args, beam_args, config)
+    sliced = getattr(config.source, 'slice_bytes', None) is not None
+    if args.follow or sliced:
+        return _follow(args, beam_args, config, sliced)
     job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
     try:
@@ -356,23 +357,29 @@ def _finish(args, config, state: str, totals) -> int:
     return RUN_DONE
 
 
-def _follow(args, beam_args, config) -> int:
-    """``run --follow``: catch-up cycles until a signal, then the summary of all."""
+def _follow(args, beam_args, config, sliced: bool = False) -> int:
+    """``run --follow``: catch-up cycles until a signal, then the summary of
+    all; an archive read in slices (``sliced``): a cycle per slice until its end."""
     from changeflow.config import is_dynamodb_job
-    if config.checkpoints_url is None:  # only a stream source keeps checkpoints
+    if args.follow and (sliced or config.checkpoints_url is None):
         print(f'changeflow: --follow needs a stream source (source.type: kinesis or dynamodb); '
-              f'{args.config} reads an archive, which one run reads whole: '
-              f'run it without --follow', file=sys.stderr)
+              f'{args.config} reads an archive, which one run reads to its end'
+              f'{" a slice at a time" if sliced else ""}: run it without --follow',
+              file=sys.stderr)
         return STATUS_ERROR
+    from changeflow.io.archive_slices import input_ended
     from changeflow.pipelines import audit_sync, dynamodb_sync, follow
     job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
     follower = follow.Follower(config, audit_sync.pipeline_options(beam_args),
                                job.build_pipeline, poll_seconds=args.poll_seconds,
                                status_seconds=args.status_seconds, stop_now_status=RUN_FAILED,
-                               read_namespace=job.read_namespace(config))
-    print(f'changeflow: following {config.source.name} (job {config.job}); '
-          f'SIGINT or SIGTERM stops after the current cycle', file=sys.stderr, flush=True)
+                               read_namespace=job.read_namespace(config),
+                               until=input_ended if sliced else None)
+    print(f'changeflow: {"reading" if sliced else "following"} {config.source.name} '
+          f'(job {config.job}{", in slices" if sliced else ""}); '
+          f'SIGINT or SIGTERM stops after the current {"slice" if sliced else "cycle"}',
+          file=sys.stderr, flush=True)
     ended = follower.run()
     took = f'{ended.cycles:,} cycles in {time.monotonic() - started:.1f} s'
     if ended.ended == follow.FAILED:
@@ -383,6 +390,11 @@ def _follow(args, beam_args, config) -> int:
         first = (str(error).strip().splitlines() or [''])[0]
         print(f'changeflow: a cycle FAILED after {took}: {type(error).__name__}: '
               f'{hidden(first)}', file=sys.stderr)
+    elif sliced:
+        more = ('' if ended.ended == follow.FINISHED else
+                ': the next run goes on from the last slice written')
+        print(f'changeflow: read {config.source.name}: {took.replace("cycles", "slices")}, '
+              f'{ended.ended}{more}')
     else:
         print(f'changeflow: followed {config.source.name}: {took}, {ended.ended}')
     state = 'FAILED' if ended.ended == follow.FAILED else 'DONE'

@@ -67,6 +67,12 @@ class SourceConfig(NamedTuple):
     type: str                     # 'archive'
     format: str                   # 'kinesis-jsonl' | 'firehose' | 'server-audit'
     path: str
+    slice_bytes: Optional[int] = None  # read in slices of this many bytes of files (a backfill)
+
+    @property
+    def name(self) -> str:
+        """The archive's path or glob (status lines)."""
+        return self.path
 
 
 class NotifyRule(NamedTuple):
@@ -637,10 +643,21 @@ def _start(source) -> Start:
         raise ConfigError(f'source.start: {error}') from None
 
 
+def _slice_bytes(source) -> Optional[int]:
+    """``source.slice_mb``: read the archive in slices of files of about this
+    many megabytes (MiB), each a cycle with checkpoints; absent: one run."""
+    if 'slice_mb' not in source:
+        return None
+    mb = _typed('source.slice_mb', source['slice_mb'], (int, float), 'a number of megabytes')
+    if not (math.isfinite(mb) and mb > 0):
+        raise ConfigError(f'source.slice_mb: must be a positive number of megabytes, got {mb!r}')
+    return max(1, round(mb * (1 << 20)))
+
+
 def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str]):
     """(``job``, the checkpoint store's URL): the job name defaults to the
-    config file's name; the store (a stream source's alone) to a SQLite file
-    beside the config, ``<job>.checkpoints.db``."""
+    config file's name; the store (a stream source's or a sliced archive's
+    alone) to a SQLite file beside the config, ``<job>.checkpoints.db``."""
     job = raw.get('job')
     if job is not None:
         if not _JOB_NAME.fullmatch(_typed('job', job, str, 'a job name')):
@@ -650,13 +667,16 @@ def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str])
         stem = os.path.splitext(os.path.basename(config_path))[0]
         job = stem if _JOB_NAME.fullmatch(stem) else None
     checkpoints = raw.get('checkpoints')
-    if not isinstance(source, (KinesisSourceConfig, DynamoDBStreamSource)):
+    sliced = isinstance(source, SourceConfig) and source.slice_bytes is not None
+    if not sliced and not isinstance(source, (KinesisSourceConfig, DynamoDBStreamSource)):
         if checkpoints is not None:
             raise ConfigError("checkpoints: only a stream source (source.type 'kinesis' or "
-                              "'dynamodb') keeps checkpoints")
+                              "'dynamodb') or an archive read in slices (source.slice_mb) "
+                              "keeps checkpoints")
         return job, None
     if job is None:
-        raise ConfigError("job: a stream source needs a job name to key its checkpoints "
+        raise ConfigError(f"job: {'an archive read in slices' if sliced else 'a stream source'} "
+                          f"needs a job name to key its checkpoints "
                           "(1 to 128 of A-Z a-z 0-9 _ . -; the config file's name when it is one)")
     checkpoints = {} if checkpoints is None else checkpoints
     _check_keys('checkpoints', checkpoints, ('url',))
@@ -708,7 +728,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         if isinstance(source, dict) and source.get('type', 'archive') != 'archive':
             raise ConfigError(f"source.type: {_shown(source['type'])} is not supported; use "
                               f"'archive' or {' or '.join(map(repr, STREAM_FORMATS))}")
-        _check_keys('source', source, ('type', 'format', 'path'),
+        _check_keys('source', source, ('type', 'format', 'path', 'slice_mb'),
                     required=('type', 'format', 'path'))
         if not isinstance(source['format'], str) or source['format'] not in ARCHIVE_FORMATS:
             raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "
@@ -717,7 +737,7 @@ def parse_config(raw, base_dir: str = '.', config_path: Optional[str] = None) ->
         path = _resolve(source['path'], base_dir)
         if '://' not in path and not glob.has_magic(path) and not os.path.exists(path):
             raise ConfigError(f'source.path: {path} does not exist')
-        source_config = SourceConfig('archive', source['format'], path)
+        source_config = SourceConfig('archive', source['format'], path, _slice_bytes(source))
     job, checkpoints_url = _job_and_checkpoints(raw, source_config, base_dir, config_path)
     source_db_url = _source_db(raw.get('source_db'), base_dir)
     schema = _schema(raw.get('schema'), source_db_url, raw['tables'], base_dir)
@@ -930,7 +950,7 @@ def _dynamodb_config(raw, base_dir: str, config_path: Optional[str] = None) -> J
     elif source['type'] == 'kinesis':
         source_config = _stream_source(source)._replace(seeds=seeds)
     else:
-        _check_keys('source', source, ('type', 'format', 'path'),
+        _check_keys('source', source, ('type', 'format', 'path', 'slice_mb'),
                     required=('type', 'format', 'path'))
         if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
             raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "

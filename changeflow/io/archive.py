@@ -60,7 +60,7 @@ from changeflow.model import DEAD_LETTER_TAG, LogEvent, SourceRecord, dead_lette
 from changeflow.transforms.decode import GZIP_MAGIC, DecodeError, inflate_gzip_member
 from changeflow.transforms.guard import guarded, internal_error, preview
 
-__all__ = ['ReadArchive', 'FORMATS', 'MAX_OBJECT_BYTES']
+__all__ = ['ReadArchive', 'ReadMatchedFiles', 'FORMATS', 'MAX_OBJECT_BYTES']
 
 FORMATS = ('kinesis-jsonl', 'firehose', 'server-audit',
            'dynamodb-jsonl', 'lambda-event', 'kinesis-destination')
@@ -429,15 +429,31 @@ class ReadArchive(beam.PTransform):
         self._lines_per_element = lines_per_element
 
     def expand(self, pbegin):
+        return (pbegin
+                | 'MatchFiles' >> fileio.MatchFiles(self._path)
+                | ReadMatchedFiles(self._fmt, self._lines_per_element))
+
+
+class ReadMatchedFiles(beam.PTransform):
+    """FileMetadata (what ``fileio.MatchFiles`` emits) -> ReadArchive's outputs:
+    the files spread over workers and each read whole in format ``fmt``."""
+
+    def __init__(self, fmt: str, lines_per_element: int = 0):
+        super().__init__()
+        if fmt not in _READERS:
+            raise ValueError(f'unknown archive format {fmt!r}; expected one of {FORMATS}')
+        self._fmt = fmt
+        self._lines_per_element = lines_per_element
+
+    def expand(self, files):
         if self._fmt == 'server-audit':
             reader = _ReadServerAuditFn(self._lines_per_element)
             main_type = typehints.Tuple[LogEvent, ...] if self._lines_per_element else LogEvent
         else:
             reader, main_type = _READERS[self._fmt](), SourceRecord
-        return (pbegin
-                | 'MatchFiles' >> fileio.MatchFiles(self._path)
+        return (files
                 | 'SpreadFiles' >> beam.Reshuffle()
                 | 'ReadMatches' >> fileio.ReadMatches(
                     compression=CompressionTypes.UNCOMPRESSED)
                 | f'Read[{self._fmt}]' >> beam.ParDo(reader)
-                .with_output_types(main_type).with_outputs(DEAD_LETTER_TAG, main=self.MAIN))
+                .with_output_types(main_type).with_outputs(DEAD_LETTER_TAG, main=ReadArchive.MAIN))

@@ -18,12 +18,15 @@ unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
 """
 
 import logging
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from changeflow.config import JobConfig
 from changeflow.io.archive import ReadArchive
+from changeflow.io.archive_slices import NAMESPACE as SLICES_NAMESPACE
+from changeflow.io.archive_slices import ReadArchiveSlice, archive_key
 from changeflow.io.kinesis_source import CommitCheckpoints, KinesisReaders, ReadKinesisToTip
 from changeflow.model import DEAD_LETTER_TAG
 from changeflow.pipelines.branches import run_job, write_branches, written_outputs
@@ -52,17 +55,24 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
         from changeflow.pipelines.streaming import build_streaming_pipeline
         return build_streaming_pipeline(p, config, handlers)
     dead_letters = []
-    read = (p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
-            if config.source.type == 'kinesis' else
-            p | 'ReadArchive' >> ReadArchive(config.source.format, config.source.path,
-                                             lines_per_element=LINES_PER_ELEMENT))
+    source = config.source
+    sliced = source.type == 'archive' and source.slice_bytes is not None
+    if source.type == 'kinesis':
+        read = p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
+    elif sliced:  # a cycle per slice of the archive, like a stream's (archive_slices)
+        read = p | 'ReadArchiveSlice' >> ReadArchiveSlice(
+            source.format, source.path, source.slice_bytes, config.checkpoints_url, config.job,
+            lines_per_element=LINES_PER_ELEMENT)
+    else:
+        read = p | 'ReadArchive' >> ReadArchive(source.format, source.path,
+                                                lines_per_element=LINES_PER_ELEMENT)
     dead_letters.append(read[DEAD_LETTER_TAG])
     records = read[ReadArchive.MAIN] | 'SpreadRecords' >> beam.Reshuffle()  # over workers
     parsed = records | 'ParseRecords' >> ParseToConnectionRuns(
         config.query_log_limit, config.server_version)
     dead_letters.append(parsed[DEAD_LETTER_TAG])
     stream = {}
-    cycle = read[ReadKinesisToTip.CYCLE] if config.source.type == 'kinesis' else None
+    cycle = read[ReadKinesisToTip.CYCLE] if source.type == 'kinesis' or sliced else None
     timeline = all_ddl = None
     if config.schema is not None:  # the schema the log starts with, advanced by its DDL
         all_ddl = parsed[DDL]
@@ -74,7 +84,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     if cycle is not None:  # each connection continues from the last cycle
         stream = dict(carried=cycle | 'CarriedConnections' >> beam.FlatMap(
             lambda c: carried_connections(c['state'])), cycle=cycle,
-            lateness_seconds=config.source.lateness_seconds)
+            lateness_seconds=source.lateness_seconds if source.type == 'kinesis' else 0.0)
     replayed = parsed[RUNS] | 'Replay' >> ReplayConnections(
         config.tables, config.schema, autocommit=config.autocommit,
         server_version=config.server_version, rollback_on_timeout=config.rollback_on_timeout,
@@ -82,28 +92,38 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
     dead_letters.append(replayed[DEAD_LETTER_TAG])
     outputs = write_branches(replayed['changes'], config, dead_letters, timeline=timeline,
                              handlers=handlers)
-    if config.source.type == 'kinesis':  # the cycle's end, once every output is written
+    if cycle is not None:  # the cycle's end, once every output is written
         state, fold = replayed[CARRY], carry_state
-        if all_ddl is not None:  # the DDL so far goes with the carried connections
-            state = ((state | 'CarriedParts' >> beam.Map(lambda part: (CARRY, part)),
-                      all_ddl | 'DdlParts' >> beam.Map(lambda part: (DDL, part)))
-                     | 'StateParts' >> beam.Flatten())
-            fold = _carry_state_with_ddl
+        if all_ddl is not None or sliced:  # the DDL so far, the slice's end: with the carried
+            parts = [state | 'CarriedParts' >> beam.Map(lambda part: (CARRY, part))]
+            if all_ddl is not None:
+                parts.append(all_ddl | 'DdlParts' >> beam.Map(lambda part: (DDL, part)))
+            if sliced:
+                parts.append(cycle | 'SliceParts' >> beam.Map(lambda c: (SLICE, c['archive'])))
+            state, fold = tuple(parts) | 'StateParts' >> beam.Flatten(), _fold_state_parts
+        key = archive_key(source.path) if sliced else source.stream
         outputs['checkpoints'] = read[ReadKinesisToTip.END] | 'Checkpoint' >> CommitCheckpoints(
-            config.checkpoints_url, config.job, config.source.stream,
-            written_outputs(outputs), state=state, fold_state=fold)
+            config.checkpoints_url, config.job, key, written_outputs(outputs),
+            namespace=read_namespace(config), state=state, fold_state=fold)
     return outputs
 
 
-def _carry_state_with_ddl(parts) -> dict:
-    """The checkpoint state of a cycle that follows DDL: its carried
-    connections and every DDL statement so far (``(CARRY | DDL, part)`` pairs)."""
-    return with_ddl(carry_state([part for kind, part in parts if kind == CARRY]),
-                    [part for kind, part in parts if kind == DDL])
+SLICE = 'slice'  # the state part of an archive's slice: files done and the last of them
+
+
+def _fold_state_parts(parts) -> Optional[dict]:
+    """The checkpoint state from ``(CARRY | DDL | SLICE, part)`` pairs: the
+    carried connections, every DDL statement so far, a sliced archive's end."""
+    state = with_ddl(carry_state([part for kind, part in parts if kind == CARRY]),
+                     [part for kind, part in parts if kind == DDL])
+    archive = [part for kind, part in parts if kind == SLICE and part is not None]
+    return {**(state or {}), 'archive': archive[0]} if archive else state
 
 
 def read_namespace(config: JobConfig) -> str:
-    """The metrics namespace of the job's stream reader (for ``--follow``)."""
+    """The metrics namespace of the job's cycle reader (for ``--follow`` and slices)."""
+    if config.source.type == 'archive':
+        return SLICES_NAMESPACE
     return KinesisReaders.namespace
 
 

@@ -38,10 +38,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from changeflow.metrics import counter_totals
 
-__all__ = ['Follower', 'FollowResult', 'STOPPED', 'FAILED', 'SINK_UNAVAILABLE']
+__all__ = ['Follower', 'FollowResult', 'STOPPED', 'FINISHED', 'FAILED', 'SINK_UNAVAILABLE']
 
 # How a follow run ended.
 STOPPED = 'stopped'                  # by a signal, after a complete cycle
+FINISHED = 'finished'                # the input ended (an archive read in slices)
 FAILED = 'failed'                    # a cycle failed
 SINK_UNAVAILABLE = 'sink-unavailable'  # a cycle could not reach the replica database
 
@@ -84,12 +85,15 @@ class Follower:
         stop_now_status: the exit status of a process a second signal ends.
         read_namespace: the metrics namespace of the job's stream reader
             (records read, lag, checkpoints committed).
+        until: a cycle's counter totals -> True when the input has ended
+            (an archive's last slice): the run stops there, FINISHED.
     """
 
     def __init__(self, config, options, build_pipeline: Callable, poll_seconds: float = 1.0,
                  status_seconds: float = 5.0, out: TextIO = sys.stderr,
                  max_cycles: Optional[int] = None, stop_now_status: int = 1,
-                 read_namespace: str = _READ):
+                 read_namespace: str = _READ,
+                 until: Optional[Callable[[Dict[str, int]], bool]] = None):
         if not poll_seconds >= 0 or not status_seconds >= 0:
             raise ValueError(f'poll_seconds and status_seconds must be 0 or more, got '
                              f'{poll_seconds!r}, {status_seconds!r}')
@@ -102,6 +106,7 @@ class Follower:
         self._max_cycles = max_cycles
         self._stop_now_status = stop_now_status
         self._read = read_namespace
+        self._until = until
         self._runner = (_TranslateOnce() if options.view_as(StandardOptions).runner
                         == 'FnApiRunner' else None)
         self._signals = 0
@@ -181,6 +186,8 @@ class Follower:
                     last_status, events_since, cycles_since = now, 0, 0
                 if totals.get('changeflow.write_database.batches_unreachable'):
                     return FollowResult(SINK_UNAVAILABLE, cycles, self.totals)
+                if self._until is not None and self._until(totals):
+                    return FollowResult(FINISHED, cycles, self.totals)
                 if not totals.get(f'{self._read}.records'):
                     self._wait(started + self._poll - time.monotonic())
             return FollowResult(STOPPED, cycles, self.totals)

@@ -304,12 +304,12 @@ class ReplayConnectionFn(beam.DoFn):
                 runs.append(value)
         runs.extend(carried.held)
         held = ()
-        if self._lateness_ms:
+        if self._lateness_ms and not cycle.get('final'):
             runs, held = _hold_back(runs, cycle['read_started_ms'] - self._lateness_ms)
         tracker = TransactionTracker(serverhost, connection_id, *self._tracker_args).restore(
             carried.tracker)
         last = yield from self.replay(tracker, runs, timeline, carried.last)
-        if self._lateness_ms is None:
+        if self._lateness_ms is None or cycle.get('final'):  # the input ends here
             yield from input_end_letters(tracker, self._counters['unresolved'],
                                          self._counters['open_at_end'])
             return
@@ -401,7 +401,8 @@ class ReplayConnections(beam.PTransform):
     ``read_started_ms`` is when the cycle's read began): each connection
     continues from its carried state, and ``CARRY`` holds what to carry
     into the next cycle (open writes, session settings, held-back events),
-    for :func:`carry_state`. With ``lateness_seconds`` > 0 the cycle is a
+    for :func:`carry_state`; a cycle marked ``final`` (an archive's last
+    slice) ends the input as a bounded one does. With ``lateness_seconds`` > 0 the cycle is a
     reorder buffer: a connection's events from the first that arrived less
     than the lateness before the read began are held back, so an earlier
     statement arriving later (another shard, ``distribution: Random``)
