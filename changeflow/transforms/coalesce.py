@@ -136,14 +136,22 @@ def _merge(prev: RowOp, op: RowOp) -> Optional[RowOp]:
     return None
 
 
-def fold_op(folded: List[RowOp], op: RowOp) -> None:
+def fold_op(folded: List[RowOp], op: RowOp, table_copy: bool = False) -> None:
     """Appends ``op`` (newer than every op folded so far) to ``folded``, the
-    shortest exact op sequence of a row up to it."""
+    shortest exact op sequence of a row up to it.
+
+    ``table_copy``: ``op`` is a whole-table op's copy in this row. It is not
+    merged into the op before it, so the row's first op keeps a version older
+    than every whole-table op the row carries: the sink applies the row's
+    Change at that version's place, before those whole-table ops reach the
+    table's other rows (merged, the first op would take the copy's version,
+    and a whole-table op between the two would reach this row first)."""
     kind = op.kind
     if (kind in FULL_ROW_KINDS and op.condition is None) or kind == _TRUNCATE:
         folded[:] = [o for o in folded if o.kind in MARKER_KINDS] + [op]
         return
-    if not folded or kind in MARKER_KINDS or folded[-1].kind not in _MERGED_INTO:
+    if (not folded or table_copy or kind in MARKER_KINDS
+            or folded[-1].kind not in _MERGED_INTO):
         folded.append(op)
         return
     merged = _merge(folded[-1], op)
@@ -153,14 +161,15 @@ def fold_op(folded: List[RowOp], op: RowOp) -> None:
         folded[-1] = merged
 
 
-def coalesce_ops(ops: Sequence[RowOp]) -> Tuple[RowOp, ...]:
-    """The shortest exact op sequence for one row (see module docstring)."""
+def coalesce_ops(ops: Sequence[RowOp], table_copies=frozenset()) -> Tuple[RowOp, ...]:
+    """The shortest exact op sequence for one row (see module docstring);
+    ``table_copies``: the versions of whole-table ops' copies among ``ops``."""
     by_version = {}
     for op in ops:
         by_version.setdefault(op.version, op)
     folded: List[RowOp] = []
     for op in sorted(by_version.values(), key=lambda o: o.version):
-        fold_op(folded, op)
+        fold_op(folded, op, op.version in table_copies)
     return tuple(folded)
 
 
@@ -181,10 +190,13 @@ def coalesce_changes(changes: Sequence[Change], truncates: Sequence[RowOp] = ())
         return Change(first.table, first.key, tuple(sorted(by_version.values(),
                                                            key=lambda o: o.version)),
                       max(c.event_time_us for c in changes))
+    copies = ()
     if truncates:
         low, high = min(op.version for op in ops), max(op.version for op in ops)
-        ops += [_row_copy(t) for t in truncates if low < t.version < high]
-    return Change(first.table, first.key, coalesce_ops(ops),
+        copies = [_row_copy(t) for t in truncates if low < t.version < high]
+        ops += copies
+    return Change(first.table, first.key,
+                  coalesce_ops(ops, frozenset(op.version for op in copies)),
                   max(c.event_time_us for c in changes))
 
 
@@ -310,7 +322,7 @@ class ShardFolder:
             if folded and row[2] < len(table_ops):
                 for table_op in table_ops[row[2]:]:
                     if row[1] < table_op.version < op.version:
-                        fold_op(folded, _row_copy(table_op))
+                        fold_op(folded, _row_copy(table_op), table_copy=True)
             fold_op(folded, op)
             new.append(op)
             row[1], row[2] = op.version, len(table_ops)

@@ -742,6 +742,113 @@ def truncation_traffic(rng):
     a.close()
 
 
+# interleaved: keyed writes of several connections between whole-table writes.
+INTERLEAVED_SCHEMA = [
+    "CREATE TABLE items (id INT NOT NULL PRIMARY KEY, qty INT NOT NULL DEFAULT 0,"
+    " status VARCHAR(10) NOT NULL DEFAULT 'new', note VARCHAR(40), version INT NOT NULL DEFAULT 1)",
+    'CREATE TABLE tags (item_id INT NOT NULL, tag VARCHAR(10) NOT NULL,'
+    ' weight INT NOT NULL DEFAULT 0, PRIMARY KEY (item_id, tag))',
+]
+_RANGE = 40  # each connection's transactions write ids of its own range only
+
+
+def interleaved_traffic(rng):
+    """Three connections. Autocommit writes by key, conditional and optimistic
+    (a SELECT, then UPDATE ... WHERE id AND version) updates, upserts, REPLACE
+    and executemany, each connection on any row; whole-table UPDATEs and DELETEs
+    (WHERE not naming the key) between them; transactions of a connection on
+    its own range of ids, left open while the other connections write other
+    rows, committed or rolled back. A whole-table write waits for no open
+    transaction: it runs only when none is open (one thread drives all three)."""
+    # READ COMMITTED: no gap locks, so a transaction's misses by key (an UPDATE of a
+    # deleted row) do not lock out the other connections' inserts next to its range.
+    connections = [app_connection('interleaved', init_command='SET SESSION TRANSACTION '
+                                  'ISOLATION LEVEL READ COMMITTED') for _ in range(3)]
+    cursors = [c.cursor() for c in connections]
+    open_tx = {}  # connection index -> statements left in its transaction
+    tags = ('red', 'blue', 'green', "o'k")
+
+    def any_id():
+        return rng.randint(1, 3 * _RANGE)
+
+    def own_id(n):
+        return n * _RANGE + rng.randint(1, _RANGE)
+
+    def keyed(c, i):
+        choice = rng.random()
+        if choice < .25:
+            c.execute('INSERT INTO items (id, qty, status, note) VALUES (%s, %s, %s, %s)'
+                      ' ON DUPLICATE KEY UPDATE qty = qty + VALUES(qty), version = version + 1',
+                      (i, rng.randint(0, 20), rng.choice(('new', 'hot', 'cold')),
+                       rng.choice((None, 'note', "it's", 'ünï'))))
+        elif choice < .45:
+            c.execute('UPDATE items SET qty = qty + %s, version = version + 1 WHERE id = %s',
+                      (rng.randint(-5, 9), i))
+        elif choice < .55:
+            c.execute('UPDATE items SET status = %s WHERE id = %s AND qty > %s',
+                      (rng.choice(('hot', 'cold', 'done')), i, rng.randint(0, 15)))
+        elif choice < .65:
+            c.execute('SELECT version FROM items WHERE id = %s', (i,))
+            row = c.fetchone()
+            c.execute('UPDATE items SET note = %s, version = version + 1'
+                      ' WHERE id = %s AND version = %s',
+                      (f'seen {rng.randint(1, 99)}', i, row[0] if row else 1))
+        elif choice < .72:
+            c.execute('DELETE FROM items WHERE id = %s', (i,))
+        elif choice < .78:
+            c.execute('REPLACE INTO items (id, qty, status) VALUES (%s, %s, %s)',
+                      (i, rng.randint(0, 20), 'replaced'))
+        elif choice < .85:
+            c.executemany('INSERT INTO tags (item_id, tag, weight) VALUES (%s, %s, %s)'
+                          ' ON DUPLICATE KEY UPDATE weight = weight + VALUES(weight)',
+                          [(i, tag, rng.randint(1, 3)) for tag in rng.sample(tags, 2)])
+        elif choice < .92:
+            c.execute('UPDATE tags SET weight = weight * 2 WHERE item_id = %s AND tag = %s',
+                      (i, rng.choice(tags)))
+        else:
+            c.execute('DELETE FROM tags WHERE item_id = %s AND tag = %s', (i, rng.choice(tags)))
+
+    def whole_table(c):
+        choice = rng.random()
+        if choice < .3:
+            c.execute("UPDATE items SET status = 'hot', version = version + 1 WHERE qty > %s",
+                      (rng.randint(10, 30),))
+        elif choice < .55:
+            c.execute("UPDATE items SET qty = qty - 1 WHERE status = 'hot'")
+        elif choice < .7:
+            c.execute('DELETE FROM items WHERE qty < %s', (rng.randint(-3, 1),))
+        elif choice < .85:
+            c.execute("UPDATE items SET note = 'bulk' WHERE status = 'cold' AND version > %s",
+                      (rng.randint(1, 4),))
+        else:
+            c.execute('DELETE FROM tags WHERE weight > %s', (rng.randint(4, 8),))
+
+    for step in range(900):
+        n = rng.randrange(3)
+        c = cursors[n]
+        if n in open_tx:
+            if open_tx[n]:
+                open_tx[n] -= 1
+                keyed(c, own_id(n))
+            else:
+                del open_tx[n]
+                (connections[n].commit if rng.random() < .8 else connections[n].rollback)()
+        elif not open_tx and rng.random() < .12:
+            whole_table(c)
+        elif rng.random() < .1:
+            connections[n].begin()
+            open_tx[n] = rng.randint(1, 5)
+        else:  # autocommit: any row no open transaction holds
+            i = any_id()
+            while any(own_id_range == (i - 1) // _RANGE for own_id_range in open_tx):
+                i = any_id()
+            keyed(c, i)
+    for n in list(open_tx):
+        connections[n].commit()
+    for connection in connections:
+        connection.close()
+
+
 # ---------------------------------------------------------------------------
 
 FIXTURES = {
@@ -772,6 +879,11 @@ FIXTURES = {
             'ADD/DROP/RENAME COLUMN, RENAME TABLE, DROP and re-CREATE TABLE in the middle of '
             'traffic. schema.sql and job.yaml describe the schema at the START of the log: '
             'job.yaml cannot describe the later schema today.'),
+    'interleaved': (INTERLEAVED_SCHEMA, interleaved_traffic, RAISED_LOG_LIMIT,
+                    'Three PyMySQL connections: keyed writes (upserts, qty = qty + n, '
+                    'conditional and optimistic updates, REPLACE, executemany) between '
+                    'whole-table UPDATEs and DELETEs, transactions left open while the other '
+                    'connections write, committed or rolled back.'),
     'truncation': (TRUNCATION_SCHEMA, truncation_traffic, DEFAULT_LOG_LIMIT,
                    'server_audit_query_log_limit at its default (1024): a few statements longer '
                    'than that (a long body, a long executemany, a long IN list) among short ones.'),
