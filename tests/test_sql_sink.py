@@ -343,6 +343,22 @@ def test_integers_beyond_bigint_and_bigint_unsigned_are_bad_values(replica):
     assert replica.rows(spec) == {(3,): order_row(3, qty=7)}
 
 
+def test_an_int_the_replica_column_cannot_hold_is_rejected_and_its_row_marked(replica):
+    """BIGINT UNSIGNED's largest value fits the coercer's integer range but no
+    signed column: SQLite's driver cannot even bind it (OverflowError, not a
+    database error), PostgreSQL and MariaDB refuse it. Either way that change
+    alone is dead-lettered and its row marked diverged; the batch's others commit."""
+    spec = replica.orders()
+    changes = [change((1,), op(OpKind.INSERT, 1, id=1, qty=2 ** 64 - 1)),
+               change((2,), op(OpKind.INSERT, 2, id=2, qty=5))]
+    replica.run(changes, [spec], dead=[('database-rejected', 'audit.log#1', "")])
+    assert replica.rows(spec) == {(2,): order_row(2, qty=5)}
+    with replica.engine.connect() as conn:
+        marked = conn.execute(sa.text(
+            f'SELECT row_key, reason FROM {replica.bookkeeping}diverged')).all()
+    assert [tuple(row) for row in marked] == [('[1]', 'database-rejected')]
+
+
 def test_replay_and_another_arrival_order_leave_identical_tables(replica):
     notes = (('id', 'integer'), ('body', 'text'))
     seed = [order_row(10, 'seeded', qty=1), order_row(11, 'seeded', qty=2),

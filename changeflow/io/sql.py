@@ -928,7 +928,7 @@ class _Replica:
         savepoint = conn.begin_nested()
         try:
             outcome = write(conn, items, *args)
-        except sa_exc.StatementError as exc:
+        except _REJECTED as exc:
             savepoint.rollback()
             outcome = _Outcome.all_dead(items, 'database-rejected', _describe(exc))
             self._mark_dead(conn, outcome)
@@ -1344,6 +1344,10 @@ def _ready_version(ready) -> str:
     return ops[0].version if ops else ''
 
 
+# What a write raises when the database (or its driver, binding a value:
+# sqlite3 for an int beyond 64 bits) refuses a change: that change alone is
+# dead-lettered ('database-rejected') and its row marked.
+_REJECTED = (sa_exc.StatementError, OverflowError)
 _TABLE_KINDS = frozenset({OpKind.TRUNCATE, OpKind.DIVERGE, OpKind.UPDATE, OpKind.DELETE})
 _ROW_WRITES = frozenset({OpKind.UPDATE, OpKind.DELETE})
 
@@ -1593,6 +1597,11 @@ class _DatabaseWriter:
                 if not connected and _is_transient(exc):
                     self._not_reached(exc)
                 return _Outcome.all_dead(items, 'database-error', _describe(exc))
+            except OverflowError:  # a value the driver cannot bind: as the database rejecting it
+                if not isolate:
+                    isolate = True
+                    continue
+                raise  # pragma: no cover - isolated, _guarded dead-letters it
             except ValueError as exc:  # a replica table vanished, or is not as configured
                 return _Outcome.all_dead(items, 'database-error', str(exc))
             except Exception as exc:  # pylint: disable=broad-except
