@@ -1308,7 +1308,8 @@ def _first_version(item: _Item) -> str:
 
 def _table_ops_apart(ready):
     """(micros, Change) pairs with each whole-table Change cut where a keyed
-    change of its table starts between two of its ops. The write applies a
+    change of its table starts after one of its ops and at or before the
+    next (a row's first op may be a whole-table op's copy). The write applies a
     whole-table Change at its first op's place in version order: one holding
     ``UPDATE ... WHERE done`` at v1 and at v3 would apply both before a keyed
     change at v2, which would then be skipped as older than its row (a loss
@@ -1330,7 +1331,7 @@ def _table_ops_apart(ready):
         part = [change.ops[0]]
         for op in change.ops[1:]:
             after = bisect.bisect_right(versions, part[-1].version)
-            if after < len(versions) and versions[after] < op.version:
+            if after < len(versions) and versions[after] <= op.version:
                 apart.append((micros, change._replace(ops=tuple(part))))
                 part = []
             part.append(op)
@@ -1338,10 +1339,13 @@ def _table_ops_apart(ready):
     return apart
 
 
-def _ready_version(ready) -> str:
-    """The first version of a (micros, Change) pair's Change; '' if it has no ops."""
-    ops = ready[1].ops
-    return ops[0].version if ops else ''
+def _ready_order(ready) -> Tuple[str, bool]:
+    """Where a (micros, Change) pair is written: at its first version ('' if
+    it has no ops); a row's Change before a whole-table one of the same
+    version (the row's first op is that TRUNCATE's or DELETE's copy, and the
+    whole-table op must then find the row's newer version)."""
+    change = ready[1]
+    return (change.ops[0].version if change.ops else '', not change.key)
 
 
 # What a write raises when the database (or its driver, binding a value:
@@ -1500,7 +1504,7 @@ class _DatabaseWriter:
         emit = functools.partial(self._emit, applied=applied)
         window, timestamps = GlobalWindow(), {}  # one Timestamp per time, not per change
         ready = _table_ops_apart(ready)
-        ready.sort(key=_ready_version)
+        ready.sort(key=_ready_order)
         if not self._replica.prepared:
             try:
                 self._replica.prepare(self._engine)

@@ -849,6 +849,115 @@ def interleaved_traffic(rng):
         connection.close()
 
 
+_BULK_RANGE = 10  # ids per connection's range: 30 rows in all
+
+
+def bulk_traffic(rng):
+    """interleaved's three connections on fewer rows, with whole-table writes
+    twice as often and of more kinds: TRUNCATE TABLE, IN lists, CASE,
+    UPDATE/DELETE naming part of a two-column key, INSERT IGNORE, SAVEPOINTs
+    rolled back or released inside transactions."""
+    connections = [app_connection('bulk', init_command='SET SESSION TRANSACTION '
+                                  'ISOLATION LEVEL READ COMMITTED') for _ in range(3)]
+    cursors = [c.cursor() for c in connections]
+    open_tx = {}  # connection index -> statements left in its transaction
+    tags = ('red', 'blue', 'green')
+
+    def own_id(n):
+        return n * _BULK_RANGE + rng.randint(1, _BULK_RANGE)
+
+    def free_id():
+        """An id neither it nor the next is in an open transaction's range."""
+        while True:
+            i = rng.randint(1, 3 * _BULK_RANGE)
+            if (i - 1) // _BULK_RANGE not in open_tx and i // _BULK_RANGE not in open_tx:
+                return i
+
+    def keyed(c, i, in_transaction=False):
+        choice = rng.random()
+        if choice < .2:
+            c.execute('INSERT INTO items (id, qty, status, note) VALUES (%s, %s, %s, %s)'
+                      ' ON DUPLICATE KEY UPDATE qty = qty + VALUES(qty), version = version + 1',
+                      (i, rng.randint(0, 20), rng.choice(('new', 'hot', 'cold')),
+                       rng.choice((None, 'n'))))
+        elif choice < .3:
+            c.execute('INSERT IGNORE INTO items (id, qty) VALUES (%s, %s)', (i, rng.randint(0, 9)))
+        elif choice < .45:
+            c.execute('UPDATE items SET qty = qty + %s, version = version + 1 WHERE id = %s',
+                      (rng.randint(-5, 9), i))
+        elif choice < .5:
+            c.execute('UPDATE items SET qty = qty * 2 WHERE id IN %s',
+                      ((i,) if in_transaction else (i, i + 1),))
+        elif choice < .58:
+            c.execute("UPDATE items SET status = CASE WHEN qty > 10 THEN 'hot' ELSE 'cold' END"
+                      ' WHERE id = %s', (i,))
+        elif choice < .64:
+            c.execute('UPDATE items SET status = %s WHERE id = %s AND qty > %s',
+                      (rng.choice(('hot', 'cold', 'done')), i, rng.randint(0, 15)))
+        elif choice < .72:
+            c.execute('DELETE FROM items WHERE id = %s', (i,))
+        elif choice < .78:
+            c.execute('REPLACE INTO items (id, qty, status) VALUES (%s, %s, %s)',
+                      (i, rng.randint(0, 20), 'replaced'))
+        elif choice < .86:
+            c.executemany('INSERT INTO tags (item_id, tag, weight) VALUES (%s, %s, %s)'
+                          ' ON DUPLICATE KEY UPDATE weight = weight + VALUES(weight)',
+                          [(i, tag, rng.randint(1, 3)) for tag in rng.sample(tags, 2)])
+        elif choice < .93:
+            c.execute('UPDATE tags SET weight = weight + 1 WHERE item_id = %s', (i,))
+        else:
+            c.execute('DELETE FROM tags WHERE item_id = %s AND weight > 2', (i,))
+
+    def whole_table(c):
+        choice = rng.random()
+        if choice < .25:
+            c.execute("UPDATE items SET status = 'hot', version = version + 1 WHERE qty > %s",
+                      (rng.randint(5, 25),))
+        elif choice < .45:
+            c.execute("UPDATE items SET qty = qty - 1 WHERE status = 'hot'")
+        elif choice < .6:
+            c.execute('DELETE FROM items WHERE qty < %s', (rng.randint(-3, 2),))
+        elif choice < .7:
+            c.execute("UPDATE items SET note = 'bulk' WHERE status IN ('cold', 'replaced')"
+                      ' AND version > %s', (rng.randint(1, 4),))
+        elif choice < .8:
+            c.execute('DELETE FROM tags WHERE weight > %s', (rng.randint(3, 6),))
+        elif choice < .87:
+            c.execute('UPDATE tags SET weight = 0 WHERE tag = %s', (rng.choice(tags),))
+        elif choice < .92:
+            c.execute('TRUNCATE TABLE tags')
+        else:
+            c.execute('UPDATE items SET qty = qty + 1 WHERE note IS NULL')
+
+    for _ in range(900):
+        n = rng.randrange(3)
+        c = cursors[n]
+        if n in open_tx:
+            if not open_tx[n]:
+                del open_tx[n]
+                (connections[n].commit if rng.random() < .75 else connections[n].rollback)()
+                continue
+            open_tx[n] -= 1
+            if rng.random() < .15:
+                c.execute('SAVEPOINT sp')
+                keyed(c, own_id(n), in_transaction=True)
+                c.execute('ROLLBACK TO SAVEPOINT sp' if rng.random() < .5 else
+                          'RELEASE SAVEPOINT sp')
+            else:
+                keyed(c, own_id(n), in_transaction=True)
+        elif not open_tx and rng.random() < .2:
+            whole_table(c)
+        elif rng.random() < .12:
+            connections[n].begin()
+            open_tx[n] = rng.randint(1, 5)
+        else:
+            keyed(c, free_id())
+    for n in list(open_tx):
+        connections[n].commit()
+    for connection in connections:
+        connection.close()
+
+
 # ---------------------------------------------------------------------------
 
 FIXTURES = {
@@ -884,6 +993,10 @@ FIXTURES = {
                     'conditional and optimistic updates, REPLACE, executemany) between '
                     'whole-table UPDATEs and DELETEs, transactions left open while the other '
                     'connections write, committed or rolled back.'),
+    'bulk': (INTERLEAVED_SCHEMA, bulk_traffic, RAISED_LOG_LIMIT,
+             "interleaved's traffic on 30 rows with more whole-table writes: TRUNCATE TABLE, "
+             'IN lists, CASE, UPDATE and DELETE naming part of a two-column key, INSERT IGNORE, '
+             'SAVEPOINTs rolled back and released.'),
     'truncation': (TRUNCATION_SCHEMA, truncation_traffic, DEFAULT_LOG_LIMIT,
                    'server_audit_query_log_limit at its default (1024): a few statements longer '
                    'than that (a long body, a long executemany, a long IN list) among short ones.'),
