@@ -79,7 +79,8 @@ class _NextSliceFn(beam.DoFn):
         self._key = key
         self._slice_bytes = slice_bytes
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in (
-            'slices', 'final_slices', 'files', 'bytes', 'files_left')}
+            'slices', 'final_slices', 'files', 'bytes')}
+        self._files_left = Metrics.gauge(NAMESPACE, 'files_left')
 
     def setup(self):
         self._store = CheckpointStore(self._store_url)
@@ -115,7 +116,7 @@ class _NextSliceFn(beam.DoFn):
             self._counters['final_slices'].inc(final)
             self._counters['files'].inc(end - done)
             self._counters['bytes'].inc(size)
-        self._counters['files_left'].inc(len(files) - end)
+        self._files_left.set(len(files) - end)
         yield pvalue.TaggedOutput(ReadStreamToTip.CYCLE, {
             'state': checkpoint.state, 'read_started_ms': started_ms, 'final': final,
             'archive': archive})
@@ -139,7 +140,8 @@ class ReadArchiveSlice(beam.PTransform):
     for :class:`~changeflow.io.kinesis_source.CommitCheckpoints` (none when
     no file was left), ``CYCLE`` one dict (``state``, ``read_started_ms``,
     ``final``, ``archive``). Metrics (namespace ``changeflow.read_archive_slices``):
-    slices, final_slices, files, bytes, files_left.
+    counters slices, final_slices, files, bytes; a gauge files_left (after
+    this slice).
     """
 
     MAIN = ReadArchive.MAIN
