@@ -271,10 +271,13 @@ def test_the_cli_reads_every_slice_and_says_so(tmp_path, capsys):
         write_log(f'{workdir}/logs/{second}.log', [
             (second, 7, second + 1, f"INSERT INTO notes (id, body) VALUES ({second}, 'x')")])
     with pytest.raises(SystemExit) as ended:
-        cli.main(['run', config])
+        cli.main(['run', config, '--status-seconds', '0'])
     assert ended.value.code == cli.RUN_DONE
-    out = capsys.readouterr().out
-    assert '3 slices' in out and 'finished' in out
+    captured = capsys.readouterr()
+    assert '3 slices' in captured.out and 'finished' in captured.out
+    status = [line for line in captured.err.splitlines() if ': slice ' in line]
+    assert [line.split(': slice ')[1].split(',')[0] for line in status] == [
+        '1 (2 files left)', '2 (1 files left)', '3 (0 files left)']
     assert replica_rows(workdir) == [(0, 'x'), (1, 'x'), (2, 'x')]
     with pytest.raises(SystemExit) as ended:
         cli.main(['run', config, '--follow'])

@@ -80,7 +80,7 @@ class Follower:
         poll_seconds: the least time between the starts of two cycles when
             the first read nothing.
         status_seconds: the least time between two status lines.
-        out: where status lines go.
+        out: where status lines go (default: sys.stderr).
         max_cycles: stop after this many (tests and benchmarks); None: never.
         stop_now_status: the exit status of a process a second signal ends.
         read_namespace: the metrics namespace of the job's stream reader
@@ -90,7 +90,7 @@ class Follower:
     """
 
     def __init__(self, config, options, build_pipeline: Callable, poll_seconds: float = 1.0,
-                 status_seconds: float = 5.0, out: TextIO = sys.stderr,
+                 status_seconds: float = 5.0, out: Optional[TextIO] = None,
                  max_cycles: Optional[int] = None, stop_now_status: int = 1,
                  read_namespace: str = _READ,
                  until: Optional[Callable[[Dict[str, int]], bool]] = None):
@@ -102,7 +102,7 @@ class Follower:
         self._build = build_pipeline
         self._poll = poll_seconds
         self._status_every = status_seconds
-        self._out = out
+        self._out = out or sys.stderr  # the stream of the time the Follower is made
         self._max_cycles = max_cycles
         self._stop_now_status = stop_now_status
         self._read = read_namespace
@@ -115,6 +115,7 @@ class Follower:
         self.lag: Dict[str, int] = {}         # shard id -> its last MillisBehindLatest
         self.last_checkpoint: Optional[float] = None   # epoch seconds of the last commit
         self.carried_open = 0                 # open writes carried by the last cycle
+        self.files_left: Optional[int] = None  # an archive's files after the last slice
 
     # -- signals ------------------------------------------------------------
 
@@ -149,10 +150,13 @@ class Follower:
         totals = counter_totals(result)
         for gauge in result.metrics().query()['gauges']:
             metric = gauge.key.metric
-            if metric.namespace == self._read and metric.name.startswith('millis_behind/'):
-                value = gauge.committed or gauge.attempted
-                if value is not None:
-                    self.lag[metric.name.partition('/')[2]] = value.value
+            value = gauge.committed or gauge.attempted
+            if metric.namespace != self._read or value is None:
+                continue
+            if metric.name.startswith('millis_behind/'):
+                self.lag[metric.name.partition('/')[2]] = value.value
+            elif metric.name == 'files_left':  # an archive read in slices
+                self.files_left = value.value
         return totals
 
     def run(self) -> FollowResult:
@@ -202,6 +206,12 @@ class Follower:
         checkpoint = 'none yet' if self.last_checkpoint is None else time.strftime(
             '%H:%M:%S UTC', time.gmtime(self.last_checkpoint))
         dead = self.totals.get('changeflow.write_dead_letters.written', 0)
+        if self._until is not None:  # an archive read in slices
+            left = '' if self.files_left is None else f' ({self.files_left:,} files left)'
+            return (f'changeflow: reading {self._config.source.name}: slice {cycles:,}{left}, '
+                    f'{events:,} events in {seconds:.1f} s '
+                    f'({events / max(seconds, 1e-9):,.0f}/s); checkpoint {checkpoint}; '
+                    f'{self.carried_open:,} open writes carried; {dead:,} dead letters')
         return (f'changeflow: following {self._config.source.name}: cycle {cycles:,}, '
                 f'{events:,} events in {seconds:.1f} s ({events / max(seconds, 1e-9):,.0f}/s, '
                 f'{cycles_since:,} cycles); lag {lag}; checkpoint {checkpoint}; '
