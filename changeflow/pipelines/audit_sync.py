@@ -11,7 +11,10 @@ record that cannot be processed lands in the dead-letter output with its
 reason and original bytes.
 
 With Beam's ``--streaming`` on a Kinesis source the job is the unbounded
-one (:mod:`changeflow.pipelines.streaming`), for Flink and Dataflow.
+one (:mod:`changeflow.pipelines.streaming`), for Flink and Dataflow. An
+archive with ``source.slice_mb`` is read a slice of its files per run, as a
+stream's catch-up cycle (:mod:`changeflow.io.archive_slices`; ``changeflow
+run`` runs the slices one after another).
 
 Runs on the FnApiRunner locally (the default when no --runner is given) and
 unchanged on Dataflow or Flink with ``--setup_file ./setup.py``.
@@ -38,6 +41,7 @@ __all__ = ['build_pipeline', 'pipeline_options', 'read_namespace', 'run']
 
 LOCAL_RUNNER = 'FnApiRunner'
 LINES_PER_ELEMENT = 1000  # a raw server_audit.log is parsed in chunks of this many lines
+SLICE = 'slice'  # the checkpoint state's part of an archive's slice: files done, the last one
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
@@ -106,9 +110,6 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
             config.checkpoints_url, config.job, key, written_outputs(outputs),
             namespace=read_namespace(config), state=state, fold_state=fold)
     return outputs
-
-
-SLICE = 'slice'  # the state part of an archive's slice: files done and the last of them
 
 
 def _fold_state_parts(parts) -> Optional[dict]:
