@@ -247,21 +247,23 @@ def test_a_statement_a_later_slice_holds_out_of_order_goes_in_its_place_or_is_de
 def test_a_listing_that_changed_under_the_backfill_fails_it(tmp_path):
     workdir = str(tmp_path)
     config = small_job(workdir)
-    for name, qid in (('b.log', 1), ('c.log', 2)):
+    for name, qid in (('b.log', 1), ('c.log', 2), ('d.log', 3)):
         write_log(f'{workdir}/logs/{name}', [
             (qid, 7, qid, f"INSERT INTO notes (id, body) VALUES ({qid}, '{name}')")])
-    assert run_sliced(config, max_cycles=1).ended == follow.STOPPED
+    assert run_sliced(config, max_cycles=2).ended == follow.STOPPED  # b and c done
     write_log(f'{workdir}/logs/a.log', [(0, 7, 0, "INSERT INTO notes (id, body) VALUES (9, 'x')")])
     failed = run_sliced(config)
     assert failed.ended == follow.FAILED
     assert 'a new file sorts before them' in str(failed.error)
-    assert replica_rows(workdir) == [(1, 'b.log')]  # nothing more written
-    os.remove(f'{workdir}/logs/a.log')
-    os.remove(f'{workdir}/logs/b.log')  # a file done is gone
+    assert replica_rows(workdir) == [(1, 'b.log'), (2, 'c.log')]  # nothing more written
+    os.remove(f'{workdir}/logs/b.log')  # one done gone, one new before: c is still second
     assert run_sliced(config).ended == follow.FAILED
+    os.remove(f'{workdir}/logs/a.log')  # a file done is gone
+    assert run_sliced(config).ended == follow.FAILED
+    assert replica_rows(workdir) == [(1, 'b.log'), (2, 'c.log')]
     store = CheckpointStore(f'sqlite:///{workdir}/small.checkpoints.db')
     done = store.load('small', archive_key(load_config(config).source.path))
-    assert done.positions['files'].sequence == '1' and done.state['archive']['files'] == 1
+    assert done.positions['files'].sequence == '2' and done.state['archive']['files'] == 2
 
 
 def test_the_cli_reads_every_slice_and_says_so(tmp_path, capsys):

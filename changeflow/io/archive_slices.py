@@ -20,9 +20,10 @@ next run as new slices. Statements are replayed in the order of the slices:
 one a later file holds that precedes what its connection already replayed is
 dead-lettered ('after-lateness', never applied out of order).
 
-The listing must keep the files already done as they were: a file done that
-is gone, or a new file sorting before the last one done, fails the slice
-(:class:`ArchiveChanged`) instead of skipping or rereading files.
+The listing must keep the files already done as they were (their names
+are kept as a hash): a file done that is gone, or a new file sorting before
+the last one done, fails the slice (:class:`ArchiveChanged`) instead of
+skipping or rereading files.
 """
 
 import hashlib
@@ -61,6 +62,12 @@ def archive_key(path: str) -> str:
     return f'archive:sha256:{hashlib.sha256(path.encode()).hexdigest()}'
 
 
+def _digest(files) -> str:
+    """The names of the files done, as one hash: the next slice checks the
+    listing still starts with exactly them."""
+    return hashlib.sha256('\n'.join(m.path for m in files).encode()).hexdigest()
+
+
 def input_ended(totals) -> bool:
     """Whether a slice's counter totals say the archive is read to its end:
     the slice was the last, or no file was left for it."""
@@ -94,7 +101,7 @@ class _NextSliceFn(beam.DoFn):
         files = sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path)
         if done:
             last = archive['last'] if archive else None
-            if len(files) < done or files[done - 1].path != last:
+            if len(files) < done or _digest(files[:done]) != (archive or {}).get('digest'):
                 found = files[done - 1].path if len(files) >= done else f'{len(files)} files'
                 raise ArchiveChanged(
                     f'{pattern}: {done} files were read in slices up to {last}, but the '
@@ -109,7 +116,8 @@ class _NextSliceFn(beam.DoFn):
             yield metadata
         final = end == len(files)
         if end > done:
-            archive = {'files': end, 'last': files[end - 1].path}
+            archive = {'files': end, 'last': files[end - 1].path,
+                       'digest': _digest(files[:end])}
             yield pvalue.TaggedOutput(ReadStreamToTip.END,
                                       (FILES, ShardPosition(str(end), False, ())))
             self._counters['slices'].inc()
