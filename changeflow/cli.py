@@ -153,10 +153,12 @@ def _read_line(config, count: _Counts) -> str:
             read = _n(count('read_archive', 'lines'), 'line')
         else:
             read = _n(count('read_archive', 'records'), 'record')
+    slices = count('read_archive_slices', 'slices')
+    per_slice = f' (a row once per slice it changes in, {_n(slices, "slice")})' if slices else ''
     return (f'{source}: {read} -> {_n(count("parse_audit", "events_parsed"), "event")}'
             f' -> {_n(count("sql_changes", "statements_received"), "statement")}'
             f' -> {_n(count("sql_changes", "row_changes"), "row change")}'
-            f' -> {_n(count("coalesce", "rows"), "row")} changed')
+            f' -> {_n(count("coalesce", "rows"), "row")} changed{per_slice}')
 
 
 def _dynamodb_read_line(config, count: _Counts) -> str:

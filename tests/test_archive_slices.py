@@ -277,6 +277,7 @@ def test_the_cli_reads_every_slice_and_says_so(tmp_path, capsys):
     assert ended.value.code == cli.RUN_DONE
     captured = capsys.readouterr()
     assert '3 slices' in captured.out and 'finished' in captured.out
+    assert '3 rows changed (a row once per slice it changes in, 3 slices)' in captured.out
     status = [line for line in captured.err.splitlines() if ': slice ' in line]
     assert [line.split(': slice ')[1].split(',')[0] for line in status] == [
         '1 (2 files left)', '2 (1 files left)', '3 (0 files left)']
