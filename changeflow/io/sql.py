@@ -1069,12 +1069,14 @@ class _Replica:
         else:
             deleted = conn.execute(target.table.delete()).rowcount
         # Older marks go with their rows (a row written after the TRUNCATE
-        # keeps its mark) and the table's own.
+        # keeps its mark) and the table's own, but a schema the replica did
+        # not follow (schema-change): emptying the rows does not mend that.
         diverged = self._diverged
         conn.execute(diverged.delete().where(
             diverged.c.table_name == target.name, diverged.c.version < version,
             diverged.c.row_key.not_in(sa.select(rows.c.row_key).where(
-                of_table, rows.c.version > version))))
+                of_table, rows.c.version > version)),
+            sa.not_(sa.and_(diverged.c.row_key == '', diverged.c.reason == 'schema-change'))))
         conn.execute(rows.delete().where(of_table, rows.c.version < version))
         _upsert(conn, self._statements, self._tables, _MARKER_COLUMNS, [(target.name, version)],
                 update=('truncated_version',))
