@@ -1181,21 +1181,23 @@ class _Replica:
 
     def _record_marks(self, conn, marks: List[Dict[str, str]], counts) -> None:
         """Record ``marks`` (rows or tables diverged) where newer than the
-        stored mark, so a replay changes nothing; count those in ``counts``."""
+        stored mark, so a replay changes nothing; count those in ``counts``.
+        A table's schema-change mark is kept under newer marks of other
+        reasons: only it says that a TRUNCATE does not mend the table."""
         newest: Dict[Tuple[str, str], Dict[str, str]] = {}
         for mark in marks:
             seen = newest.get((mark['table_name'], mark['row_key']))
-            if seen is None or mark['version'] > seen['version']:
+            if seen is None or _replaces(mark, seen['version'], seen['reason']):
                 newest[(mark['table_name'], mark['row_key'])] = mark
         if not newest:
             return
         diverged, stored = self._diverged, {}
         for table_name, group in _grouped(newest, lambda k: k[0]).items():
             for chunk in _chunks([row_key for _, row_key in group]):
-                stored.update(((table_name, k), v) for k, v in conn.execute(
-                    sa.select(diverged.c.row_key, diverged.c.version).where(
+                stored.update(((table_name, k), (v, reason)) for k, v, reason in conn.execute(
+                    sa.select(diverged.c.row_key, diverged.c.version, diverged.c.reason).where(
                         diverged.c.table_name == table_name, diverged.c.row_key.in_(chunk))))
-        fresh = [mark for k, mark in newest.items() if mark['version'] > stored.get(k, '')]
+        fresh = [mark for k, mark in newest.items() if _replaces(mark, *stored.get(k, ('', '')))]
         _upsert(conn, self._statements, diverged, _MARK_COLUMNS,
                 [tuple([mark[c] for c in _MARK_COLUMNS]) for mark in fresh],
                 update=('version', 'reason', 'detail'))
@@ -1306,6 +1308,13 @@ _new_item = functools.partial(tuple.__new__, _Item)  # likewise _Item(...)
 
 def _first_version(item: _Item) -> str:
     return item.change.ops[0].version
+
+
+def _replaces(mark: Dict[str, str], version: str, reason: str) -> bool:
+    """Whether ``mark`` takes the place of a stored mark of ``version`` and
+    ``reason``: when newer, and not over a table's schema-change mark."""
+    return mark['version'] > version and not (
+        reason == 'schema-change' and not mark['row_key'] and mark['reason'] != 'schema-change')
 
 
 def _table_ops_apart(ready):
