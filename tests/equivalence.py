@@ -164,7 +164,7 @@ def _write(workdir: str, raw: dict) -> str:
     return path
 
 
-FIXTURES = ('pymysql', 'orm', 'core', 'cli', 'schema_features', 'ddl', 'truncation', 'interleaved', 'bulk')
+FIXTURES = ('pymysql', 'orm', 'core', 'cli', 'schema_features', 'ddl', 'truncation', 'interleaved', 'bulk', 'bulk_ddl')
 JOBS = {**{f'{name}-{job[:-5]}': _fixture_job(name, job) for name in FIXTURES
            for job in ('job.yaml', 'job-schema.yaml')},
         'example-shop': _example_job, 'workload-20k': _workload_job}

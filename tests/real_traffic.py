@@ -43,7 +43,7 @@ if os.path.dirname(HERE) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, os.path.dirname(HERE))
 
 APP = os.path.join(HERE, 'data', 'app')
-FIXTURES = ('pymysql', 'orm', 'core', 'cli', 'schema_features', 'ddl', 'truncation', 'interleaved', 'bulk')
+FIXTURES = ('pymysql', 'orm', 'core', 'cli', 'schema_features', 'ddl', 'truncation', 'interleaved', 'bulk', 'bulk_ddl')
 DIVERGED_TABLE = 'changeflow_diverged'
 SHOWN_SILENT_ROWS = 5
 

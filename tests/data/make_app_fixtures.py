@@ -852,12 +852,12 @@ def interleaved_traffic(rng):
 _BULK_RANGE = 10  # ids per connection's range: 30 rows in all
 
 
-def bulk_traffic(rng):
+def bulk_traffic(rng, name='bulk'):
     """interleaved's three connections on fewer rows, with whole-table writes
     twice as often and of more kinds: TRUNCATE TABLE, IN lists, CASE,
     UPDATE/DELETE naming part of a two-column key, INSERT IGNORE, SAVEPOINTs
     rolled back or released inside transactions."""
-    connections = [app_connection('bulk', init_command='SET SESSION TRANSACTION '
+    connections = [app_connection(name, init_command='SET SESSION TRANSACTION '
                                   'ISOLATION LEVEL READ COMMITTED') for _ in range(3)]
     cursors = [c.cursor() for c in connections]
     open_tx = {}  # connection index -> statements left in its transaction
@@ -958,6 +958,26 @@ def bulk_traffic(rng):
         connection.close()
 
 
+def bulk_ddl_traffic(rng):
+    """bulk's traffic in three parts, ALTER TABLEs between them (no transaction
+    open): columns added with defaults, updated by whole-table writes, one
+    modified and one dropped again, while TRUNCATE TABLE keeps emptying tags."""
+    ddl = app_connection('bulk_ddl')
+    c = ddl.cursor()
+    bulk_traffic(rng, 'bulk_ddl')
+    c.execute('ALTER TABLE items ADD COLUMN extra INT NOT NULL DEFAULT 7')
+    c.execute('UPDATE items SET extra = qty * 2 WHERE qty > 5')
+    c.execute("ALTER TABLE tags ADD COLUMN label VARCHAR(10) DEFAULT 'x'")
+    c.execute('UPDATE tags SET label = tag WHERE weight > 1')
+    bulk_traffic(rng, 'bulk_ddl')
+    c.execute('ALTER TABLE items MODIFY COLUMN note VARCHAR(60)')
+    c.execute('UPDATE items SET extra = extra + 1 WHERE status = %s', ('hot',))
+    bulk_traffic(rng, 'bulk_ddl')
+    c.execute('ALTER TABLE items DROP COLUMN extra')
+    c.execute("UPDATE items SET qty = qty + 1 WHERE status = 'hot'")
+    ddl.close()
+
+
 # ---------------------------------------------------------------------------
 
 FIXTURES = {
@@ -997,6 +1017,10 @@ FIXTURES = {
              "interleaved's traffic on 30 rows with more whole-table writes: TRUNCATE TABLE, "
              'IN lists, CASE, UPDATE and DELETE naming part of a two-column key, INSERT IGNORE, '
              'SAVEPOINTs rolled back and released.'),
+    'bulk_ddl': (INTERLEAVED_SCHEMA, bulk_ddl_traffic, RAISED_LOG_LIMIT,
+                 "bulk's traffic in three parts with ALTER TABLE between them: ADD COLUMN "
+                 'with defaults, MODIFY and DROP COLUMN, whole-table UPDATEs of the new '
+                 'columns, TRUNCATE TABLE of a table whose schema changed.'),
     'truncation': (TRUNCATION_SCHEMA, truncation_traffic, DEFAULT_LOG_LIMIT,
                    'server_audit_query_log_limit at its default (1024): a few statements longer '
                    'than that (a long body, a long executemany, a long IN list) among short ones.'),
