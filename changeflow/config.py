@@ -950,7 +950,7 @@ def _dynamodb_config(raw, base_dir: str, config_path: Optional[str] = None) -> J
     elif source['type'] == 'kinesis':
         source_config = _stream_source(source)._replace(seeds=seeds)
     else:
-        _check_keys('source', source, ('type', 'format', 'path', 'slice_mb'),
+        _check_keys('source', source, ('type', 'format', 'path'),
                     required=('type', 'format', 'path'))
         if not isinstance(source['format'], str) or source['format'] not in DYNAMODB_FORMATS:
             raise ConfigError(f"source.format: {_shown(source['format'])} is not one of "

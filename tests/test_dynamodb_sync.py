@@ -581,6 +581,12 @@ def dynamodb_config(tmp_path, **changes):
     return str(path)
 
 
+def test_a_dynamodb_archive_is_not_read_in_slices(tmp_path):
+    """slice_mb is the audit archives' alone: here it is refused, not ignored."""
+    with pytest.raises(ConfigError, match="unknown key.*'slice_mb'"):
+        load_config(dynamodb_config(tmp_path, source__slice_mb=1))
+
+
 def test_config_of_a_dynamodb_job(tmp_path):
     config = load_config(dynamodb_config(tmp_path))
     assert config.source.type == 'dynamodb-archive' and config.source.seeds == ()
