@@ -65,12 +65,9 @@ def write_config(folder, archive, archive_format, tables, notify_table, slice_mb
 def run_sliced(config_path):
     """The job a slice at a time, as ``changeflow run`` runs it; its counters."""
     from changeflow.config import load_config
-    from changeflow.io.archive_slices import input_ended
-    from changeflow.pipelines.follow import FINISHED, Follower
-    config = load_config(config_path)
-    ended = Follower(config, audit_sync.pipeline_options([]), audit_sync.build_pipeline,
-                     poll_seconds=0, status_seconds=3600,
-                     read_namespace=audit_sync.read_namespace(config), until=input_ended).run()
+    from changeflow.pipelines.follow import FINISHED
+    ended = audit_sync.slice_follower(load_config(config_path), poll_seconds=0,
+                                      status_seconds=3600).run()
     if ended.ended != FINISHED:
         raise RuntimeError(f'the sliced run ended {ended.ended}: {ended.error}')
     print(f'slices                 {ended.cycles:>12,}')

@@ -307,12 +307,12 @@ def _load(path):
 
 
 def _run(args, beam_args) -> int:
-    from changeflow.config import is_dynamodb_job
+    from changeflow.config import is_dynamodb_job, reads_in_slices
     from changeflow.pipelines import audit_sync, dynamodb_sync
     config, status = _load(args.config)
     if config is None:
         return status
-    sliced = getattr(config.source, 'slice_bytes', None) is not None
+    sliced = reads_in_slices(config)
     if args.follow or sliced:
         return _follow(args, beam_args, config, sliced)
     job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
@@ -369,33 +369,34 @@ def _follow(args, beam_args, config, sliced: bool = False) -> int:
               f'{" a slice at a time" if sliced else ""}: run it without --follow',
               file=sys.stderr)
         return STATUS_ERROR
-    from changeflow.io.archive_slices import input_ended
     from changeflow.pipelines import audit_sync, dynamodb_sync, follow
     job = dynamodb_sync if is_dynamodb_job(config) else audit_sync
     started = time.monotonic()
-    follower = follow.Follower(config, audit_sync.pipeline_options(beam_args),
-                               job.build_pipeline, poll_seconds=args.poll_seconds,
-                               status_seconds=args.status_seconds, stop_now_status=RUN_FAILED,
-                               read_namespace=job.read_namespace(config),
-                               until=input_ended if sliced else None)
+    cycles = dict(poll_seconds=args.poll_seconds, status_seconds=args.status_seconds,
+                  stop_now_status=RUN_FAILED)
+    follower = (audit_sync.slice_follower(config, beam_args, **cycles) if sliced else
+                follow.Follower(config, audit_sync.pipeline_options(beam_args),
+                                job.build_pipeline, read_namespace=job.read_namespace(config),
+                                **cycles))
     print(f'changeflow: {"reading" if sliced else "following"} {config.source.name} '
           f'(job {config.job}{", in slices" if sliced else ""}); '
           f'SIGINT or SIGTERM stops after the current {"slice" if sliced else "cycle"}',
           file=sys.stderr, flush=True)
     ended = follower.run()
-    took = f'{ended.cycles:,} cycles in {time.monotonic() - started:.1f} s'
+    took = f'{ended.cycles:,} {"slices" if sliced else "cycles"} in {time.monotonic() - started:.1f} s'
     if ended.ended == follow.FAILED:
         error = ended.error
         hidden = _terminal().hidden
         if args.verbose:
             print(hidden(''.join(traceback.format_exception(error))), file=sys.stderr, end='')
         first = (str(error).strip().splitlines() or [''])[0]
-        print(f'changeflow: a cycle FAILED after {took}: {type(error).__name__}: '
+        print(f'changeflow: {"a slice" if sliced else "a cycle"} FAILED after {took}: '
+              f'{type(error).__name__}: '
               f'{hidden(first)}', file=sys.stderr)
     elif sliced:
         more = ('' if ended.ended == follow.FINISHED else
                 ': the next run goes on from the last slice written')
-        print(f'changeflow: read {config.source.name}: {took.replace("cycles", "slices")}, '
+        print(f'changeflow: read {config.source.name}: {took}, '
               f'{ended.ended}{more}')
     else:
         print(f'changeflow: followed {config.source.name}: {took}, {ended.ended}')

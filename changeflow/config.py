@@ -667,7 +667,7 @@ def _job_and_checkpoints(raw, source, base_dir: str, config_path: Optional[str])
         stem = os.path.splitext(os.path.basename(config_path))[0]
         job = stem if _JOB_NAME.fullmatch(stem) else None
     checkpoints = raw.get('checkpoints')
-    sliced = isinstance(source, SourceConfig) and source.slice_bytes is not None
+    sliced = _sliced(source)
     if not sliced and not isinstance(source, (KinesisSourceConfig, DynamoDBStreamSource)):
         if checkpoints is not None:
             raise ConfigError("checkpoints: only a stream source (source.type 'kinesis' or "
@@ -832,6 +832,15 @@ def _is_dynamodb_job(raw) -> bool:
     return isinstance(source, dict) and (
         source.get('type') in (DYNAMODB_ARCHIVE, DYNAMODB_STREAM)
         or (source.get('type') == 'kinesis' and source.get('format') == DYNAMODB_KINESIS))
+
+
+def reads_in_slices(config: 'JobConfig') -> bool:
+    """Whether the job reads an archive a slice at a time (``source.slice_mb``)."""
+    return _sliced(config.source)
+
+
+def _sliced(source) -> bool:
+    return isinstance(source, SourceConfig) and source.slice_bytes is not None
 
 
 def is_dynamodb_job(config: 'JobConfig') -> bool:

@@ -49,13 +49,8 @@ def job_over(config_path: str, archive: str, slice_mb=None, job='backfill') -> s
 
 def run_sliced(config_path: str, max_cycles=None) -> follow.FollowResult:
     """What ``changeflow run`` does for a sliced archive, returning the result."""
-    from changeflow.io.archive_slices import input_ended
-    config = load_config(config_path)
-    follower = follow.Follower(config, audit_sync.pipeline_options([]),
-                               audit_sync.build_pipeline, poll_seconds=0,
-                               read_namespace=audit_sync.read_namespace(config),
-                               until=input_ended, max_cycles=max_cycles)
-    return follower.run()
+    return audit_sync.slice_follower(load_config(config_path), poll_seconds=0,
+                                     max_cycles=max_cycles).run()
 
 
 def outputs(config_path: str, workdir: str) -> dict:

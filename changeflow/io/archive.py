@@ -420,18 +420,13 @@ class ReadArchive(beam.PTransform):
 
     def __init__(self, fmt: str, path: str, lines_per_element: int = 0):
         super().__init__()
-        if fmt not in _READERS:
-            raise ValueError(f'unknown archive format {fmt!r}; expected one of {FORMATS}')
+        self._read = ReadMatchedFiles(fmt, lines_per_element)
         if not isinstance(path, str) or not path:
             raise ValueError(f'path must be a non-empty file path or glob, got {path!r}')
-        self._fmt = fmt
         self._path = path
-        self._lines_per_element = lines_per_element
 
     def expand(self, pbegin):
-        return (pbegin
-                | 'MatchFiles' >> fileio.MatchFiles(self._path)
-                | ReadMatchedFiles(self._fmt, self._lines_per_element))
+        return pbegin | 'MatchFiles' >> fileio.MatchFiles(self._path) | self._read
 
 
 class ReadMatchedFiles(beam.PTransform):

@@ -1612,14 +1612,12 @@ class _DatabaseWriter:
                 if not connected and _is_transient(exc):
                     self._not_reached(exc)
                 return _Outcome.all_dead(items, 'database-error', _describe(exc))
-            except OverflowError:  # a value the driver cannot bind: as the database rejecting it
-                if not isolate:
-                    isolate = True
-                    continue
-                raise  # pragma: no cover - isolated, _guarded dead-letters it
             except ValueError as exc:  # a replica table vanished, or is not as configured
                 return _Outcome.all_dead(items, 'database-error', str(exc))
             except Exception as exc:  # pylint: disable=broad-except
+                if isinstance(exc, OverflowError) and connected and not isolate:
+                    isolate = True  # a value the driver cannot bind: as the database rejecting it
+                    continue
                 # A defect, not data: keep the changes replayable, keep the branch alive.
                 if len(items) > 1:  # each change on its own: only the one that trips it is dead
                     outcome = _Outcome()

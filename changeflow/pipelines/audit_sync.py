@@ -26,7 +26,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from changeflow.config import JobConfig
+from changeflow.config import JobConfig, reads_in_slices
 from changeflow.io.archive import ReadArchive
 from changeflow.io.archive_slices import NAMESPACE as SLICES_NAMESPACE
 from changeflow.io.archive_slices import ReadArchiveSlice, archive_key
@@ -37,7 +37,7 @@ from changeflow.transforms.connections import (
     CARRY, DDL, RUNS, ParseToConnectionRuns, ReplayConnections, carried_connections, carry_state)
 from changeflow.transforms.follow_schema import BuildSchemaTimeline, carried_ddl, with_ddl
 
-__all__ = ['build_pipeline', 'pipeline_options', 'read_namespace', 'run']
+__all__ = ['build_pipeline', 'pipeline_options', 'read_namespace', 'run', 'slice_follower']
 
 LOCAL_RUNNER = 'FnApiRunner'
 LINES_PER_ELEMENT = 1000  # a raw server_audit.log is parsed in chunks of this many lines
@@ -60,7 +60,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, handlers=None) -> dict:
         return build_streaming_pipeline(p, config, handlers)
     dead_letters = []
     source = config.source
-    sliced = source.type == 'archive' and source.slice_bytes is not None
+    sliced = reads_in_slices(config)
     if source.type == 'kinesis':
         read = p | 'ReadKinesis' >> ReadKinesisToTip.from_config(config)
     elif sliced:  # a cycle per slice of the archive, like a stream's (archive_slices)
@@ -126,6 +126,16 @@ def read_namespace(config: JobConfig) -> str:
     if config.source.type == 'archive':
         return SLICES_NAMESPACE
     return KinesisReaders.namespace
+
+
+def slice_follower(config: JobConfig, beam_args=(), **follower_args):
+    """The Follower that reads an archive with ``source.slice_mb`` a slice per
+    cycle until its last (:class:`changeflow.pipelines.follow.Follower`;
+    ``follower_args``: its other arguments)."""
+    from changeflow.io.archive_slices import input_ended
+    from changeflow.pipelines.follow import Follower
+    return Follower(config, pipeline_options(list(beam_args)), build_pipeline,
+                    read_namespace=read_namespace(config), until=input_ended, **follower_args)
 
 
 def pipeline_options(beam_args) -> PipelineOptions:
