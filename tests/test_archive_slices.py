@@ -164,6 +164,12 @@ def test_a_stopped_backfill_resumes_and_a_finished_one_reads_nothing(tmp_path):
     assert not again.totals.get('changeflow.read_archive_slices.slices')
     assert not again.totals.get('changeflow.parse_audit.events_parsed')
     assert outputs(sliced, sliced_dir) == outputs(whole, whole_dir)
+    # Every slice replayed (its checkpoints lost, as after crashes before each
+    # commit): the sinks absorb it, outputs unchanged.
+    os.remove(os.path.join(sliced_dir, 'workload.checkpoints.db'))
+    replayed = run_sliced(sliced)
+    assert replayed.ended == follow.FINISHED and replayed.cycles == 2
+    assert outputs(sliced, sliced_dir) == outputs(whole, whole_dir)
 
 
 AUDIT = '20261201 10:00:{second:02d},db-1,app,10.0.0.7,{conn},{qid},QUERY,shop,{sql},0\n'
@@ -237,6 +243,19 @@ def test_a_statement_a_later_slice_holds_out_of_order_goes_in_its_place_or_is_de
     run_sliced(config)
     assert replica_rows(workdir) == [(1, 'new'), (2, 'later'), (5, 'in tx')]
     assert reasons(workdir) == ['after-lateness']
+
+
+def test_a_bad_line_in_a_slice_is_dead_lettered_and_the_rest_goes_through(tmp_path):
+    workdir = str(tmp_path)
+    config = small_job(workdir)
+    write_log(f'{workdir}/logs/a.log', [(1, 7, 1, "INSERT INTO notes (id, body) VALUES (1, 'a')")])
+    with open(f'{workdir}/logs/b.log', 'wb') as f:
+        f.write(b'20261201 10:00:02,db-1,app,10.0.0.7,7,2,QUERY,shop,\'\xff\xfe\',0\n')
+    write_log(f'{workdir}/logs/c.log', [(3, 7, 3, "INSERT INTO notes (id, body) VALUES (3, 'c')")])
+    assert run_sliced(config).ended == follow.FINISHED
+    assert replica_rows(workdir) == [(1, 'a'), (3, 'c')]
+    [letter] = read_dead_letters(f'{workdir}/dead-letter')
+    assert letter.reason == 'bad-utf8' and letter.position.endswith('b.log:1')
 
 
 def test_a_listing_that_changed_under_the_backfill_fails_it(tmp_path):
